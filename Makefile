@@ -1,0 +1,57 @@
+# hiercam developer commands. Everything runs inside .venv, created on first use from a plain Python 3.10+.
+#   make test   lint + type check + test suite (doctests included) + wheel smoke test
+#   make demo   the whole method on the bundled data; writes a report with figures
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The dev/test install pins PyTorch; the library itself only asks for torch>=2.3, torchvision>=0.18.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+PIP := $(BIN)/python -m pip install --disable-pip-version-check
+DEMO_OUT ?= demo-report
+
+.PHONY: test lint typecheck pytest wheel-smoke demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch-installed: | $(BIN)/python
+	$(PIP) $(TORCH_PINS)
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml $(VENV)/.torch-installed
+	$(PIP) -e '.[test]' $(TORCH_PINS)
+	touch $@
+
+$(VENV)/.demo-installed: pyproject.toml $(VENV)/.torch-installed
+	$(PIP) -e '.[viz]' $(TORCH_PINS)
+	touch $@
+
+test: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+	$(MAKE) wheel-smoke
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy
+
+pytest: $(VENV)/.test-installed
+	$(BIN)/python -m pytest
+
+# Build the wheel and import it from outside the source tree, so that missing package data or a
+# broken entry point fails here rather than for a user.
+wheel-smoke: $(VENV)/.test-installed
+	rm -rf build dist
+	$(BIN)/python -m build --wheel --outdir dist .
+	sh scripts/wheel_smoke.sh "$(abspath $(BIN)/python)" "$(abspath dist)"
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/python -m hiercam demo --out $(DEMO_OUT)
+
+clean:
+	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache $(DEMO_OUT)

@@ -1,0 +1,20 @@
+"""hiercam: better class activation maps from classifiers trained on a hierarchy of class groups.
+
+An implementation of Meng et al., "Hierarchical class grouping with orthogonal constraint for class
+activation map generation" (Neural Computing and Applications, 2020), as small composable PyTorch parts.
+"""
+
+from hiercam._version import __version__
+from hiercam.grouping import ClassHierarchy, HierarchicalKMeans, group_classes
+from hiercam.similarity import class_distances, class_embeddings
+
+__all__ = [
+    "__version__",
+    # class similarity (section 3.2)
+    "class_embeddings",
+    "class_distances",
+    # hierarchical grouping (section 3.3)
+    "HierarchicalKMeans",
+    "ClassHierarchy",
+    "group_classes",
+]

@@ -1,0 +1,6 @@
+"""``python -m hiercam``: the command line (see :mod:`hiercam.cli`)."""
+
+from hiercam.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

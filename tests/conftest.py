@@ -1,0 +1,36 @@
+"""Shared test fixtures: the real model and photos in ../shared (skipped when absent), seeded RNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The ../shared folder beside the checkout; tests using it skip when it is absent."""
+    if not (SHARED / "models" / "mobilenet_v2_imagenet.pth").is_file():
+        pytest.skip("../shared (real ImageNet model and photos) is not available")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def imagenet_mobilenet(shared_dir: Path) -> torch.nn.Module:
+    """The real ImageNet MobileNetV2 from ../shared, in eval mode (input normalisation: x / 127.5 - 1)."""
+    from torchvision.models import mobilenet_v2
+
+    model = mobilenet_v2()
+    state = torch.load(
+        shared_dir / "models" / "mobilenet_v2_imagenet.pth", map_location="cpu", weights_only=True
+    )
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,296 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hiercam import ClassHierarchy, HierarchicalKMeans, class_embeddings, group_classes
+
+
+def partition(groups: list[list[int]]) -> set[frozenset[int]]:
+    return {frozenset(g) for g in groups}
+
+
+def planted(seed: int) -> tuple[torch.Tensor, list[list[list[int]]]]:
+    """Class vectors with tight groups inside super-groups; returns vectors and the planted partitions."""
+    rng = np.random.default_rng(seed)
+    num_supers = int(rng.integers(2, 4))
+    groups_per_super = [int(rng.integers(2, 4)) for _ in range(num_supers)]
+    vectors, level1, level2 = [], [], []
+    cls = 0
+    for n_groups in groups_per_super:
+        super_centre = rng.normal(size=32) * 100
+        members_of_super = []
+        for _ in range(n_groups):
+            group_centre = super_centre + rng.normal(size=32) * 10
+            size = int(rng.integers(1, 5))
+            members = list(range(cls, cls + size))
+            cls += size
+            vectors.extend(group_centre + rng.normal(size=32) * 0.5 for _ in members)
+            level1.append(members)
+            members_of_super.extend(members)
+        level2.append(members_of_super)
+    # shuffle class order so that groups are not contiguous
+    perm = rng.permutation(cls)
+    inverse = np.argsort(perm)
+    shuffled = torch.tensor(np.array(vectors)[perm], dtype=torch.float32)
+    relabel = lambda groups: [sorted(int(inverse[c]) for c in g) for g in groups]  # noqa: E731
+    return shuffled, [relabel(level1), relabel(level2)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("normalize", "weighted"), [(False, False), (False, True)])
+def test_planted_hierarchy_is_recovered_at_every_level(seed: int, normalize: bool, weighted: bool) -> None:
+    vectors, truth = planted(seed)
+    levels = (len(truth[0]), len(truth[1]))
+    hierarchy = HierarchicalKMeans(levels, normalize=normalize, weighted=weighted, random_state=seed).fit(
+        vectors
+    )
+    assert hierarchy.level_sizes == (len(vectors), *levels)
+    for level, expected in enumerate(truth, start=1):
+        assert partition(hierarchy.groups(level)) == partition(expected)
+
+
+def test_groups_are_numbered_by_smallest_member() -> None:
+    vectors, truth = planted(3)
+    hierarchy = HierarchicalKMeans((len(truth[0]), len(truth[1]))).fit(vectors)
+    for level in (1, 2):
+        firsts = [min(g) for g in hierarchy.groups(level)]
+        assert firsts == sorted(firsts)
+        assert hierarchy.group_of(0, level) == 0
+
+
+def is_nested(hierarchy: ClassHierarchy) -> bool:
+    for level in range(1, hierarchy.num_levels):
+        finer = hierarchy.groups(level - 1)
+        for group in map(set, hierarchy.groups(level)):
+            touched = [set(g) for g in finer if set(g) & group]
+            if set().union(*touched) != group:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("options", [{}, {"normalize": True}, {"weighted": True}])
+def test_random_vectors_give_nested_deterministic_hierarchies(seed: int, options: dict) -> None:
+    vectors = torch.randn(20, 16, generator=torch.Generator().manual_seed(seed))
+    first = HierarchicalKMeans((12, 8, 5), random_state=seed, **options).fit(vectors)
+    second = HierarchicalKMeans((12, 8, 5), random_state=seed, **options).fit(vectors.clone())
+    assert first == second
+    assert first.level_sizes == (20, 12, 8, 5)
+    assert is_nested(first)
+    assert all(len(g) > 0 for level in range(4) for g in first.groups(level))
+
+
+def test_weighted_centres_are_means_of_member_classes() -> None:
+    vectors = torch.randn(20, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    clusterer = HierarchicalKMeans((6, 3), weighted=True)
+    hierarchy = clusterer.fit(vectors)
+    for level in (1, 2):
+        expected = torch.stack([vectors[g].mean(0) for g in hierarchy.groups(level)]).float()
+        torch.testing.assert_close(clusterer.centers_[level - 1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_unweighted_centres_are_means_of_sub_centres() -> None:
+    vectors = torch.randn(20, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    clusterer = HierarchicalKMeans((6, 3))
+    hierarchy = clusterer.fit(vectors)
+    level1 = clusterer.centers_[0]
+    torch.testing.assert_close(level1, torch.stack([vectors[g].mean(0) for g in hierarchy.groups(1)]).float())
+    parents = hierarchy.assignments(2)[[g[0] for g in hierarchy.groups(1)]]  # level-1 group -> level-2 group
+    expected = torch.stack([level1[parents == p].mean(0) for p in range(3)])
+    torch.testing.assert_close(clusterer.centers_[1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_normalize_uses_directions_only() -> None:
+    directions = torch.randn(12, 6, generator=torch.Generator().manual_seed(1))
+    scales = torch.rand(12, 1, generator=torch.Generator().manual_seed(2)) * 10 + 0.1
+    a = HierarchicalKMeans((4, 2), normalize=True).fit(directions)
+    b = HierarchicalKMeans((4, 2), normalize=True).fit(directions * scales)
+    assert a == b
+
+
+def test_level_zero_is_identity_and_accessors_agree() -> None:
+    h = ClassHierarchy([[0, 1, 0, 2, 1], [0, 1, 0, 0, 1]], class_names=list("abcde"))
+    assert torch.equal(h.assignments(0), torch.arange(5))
+    assert h.assignments(1).dtype == torch.long
+    assert h.groups(1) == [[0, 2], [1, 4], [3]]
+    assert h.groups(2) == [[0, 2, 3], [1, 4]]
+    assert [h.group_of(c, 2) for c in range(5)] == [0, 1, 0, 0, 1]
+    assert h.group_names(0) == list("abcde")
+    assert h.group_names(2) == ["{a, c, d}", "{b, e}"]
+    assert (h.num_classes, h.num_levels, h.num_groups(1)) == (5, 3, 3)
+
+
+def test_str_is_a_tree_with_group_sizes() -> None:
+    h = ClassHierarchy([[0, 1, 0, 2, 1], [0, 1, 0, 0, 1]], class_names=list("abcde"))
+    assert str(h) == "\n".join(
+        [
+            "ClassHierarchy(5 classes, levels 5 -> 3 -> 2)",
+            "level 2 group 0 (3 classes)",
+            "  level 1 group 0 (2 classes): a, c",
+            "  level 1 group 2 (1 class): d",
+            "level 2 group 1 (2 classes)",
+            "  level 1 group 1 (2 classes): b, e",
+        ]
+    )
+
+
+def test_str_truncates_long_member_lists() -> None:
+    h = ClassHierarchy([[0] * 19 + [1]])
+    shown = ", ".join(f"class {i}" for i in range(8))
+    assert f"level 1 group 0 (19 classes): {shown}, ... (11 more)" in str(h)
+
+
+def test_json_round_trip(tmp_path: Path) -> None:
+    vectors = torch.randn(20, 16, generator=torch.Generator().manual_seed(0))
+    names = [f"c{i}" for i in range(20)]
+    h = HierarchicalKMeans((12, 8, 5)).fit(vectors, class_names=names)
+    path = h.save(tmp_path / "sub" / "hierarchy.json")
+    assert [p.name for p in path.parent.iterdir()] == ["hierarchy.json"]  # no temporary file left behind
+    loaded = ClassHierarchy.load(path)
+    assert loaded == h
+    assert loaded.class_names == tuple(names)
+    assert ClassHierarchy.from_dict(json.loads(json.dumps(h.to_dict()))) == h
+
+
+def test_load_rejects_other_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        ClassHierarchy.load(bad)
+    bad.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="is not a hiercam.ClassHierarchy version 1"):
+        ClassHierarchy.load(bad)
+
+
+def naive_remap(targets: np.ndarray, assignment: list[int], num_groups: int) -> np.ndarray:
+    out = np.zeros((targets.shape[0], num_groups), dtype=targets.dtype)
+    for b in range(targets.shape[0]):
+        for k, group in enumerate(assignment):
+            if targets[b, k]:
+                out[b, group] = 1
+    return out
+
+
+@st.composite
+def hierarchies(draw: st.DrawFn) -> ClassHierarchy:
+    num_classes = draw(st.integers(2, 12))
+    assignments: list[list[int]] = []
+    current = list(range(num_classes))
+    count = num_classes
+    while count > 1 and (not assignments or draw(st.booleans())):
+        new_count = draw(st.integers(1, count - 1))
+        # a random surjection from the current groups onto new_count groups
+        parent = list(range(new_count)) + [
+            draw(st.integers(0, new_count - 1)) for _ in range(count - new_count)
+        ]
+        parent = draw(st.permutations(parent))
+        current = [parent[g] for g in current]
+        assignments.append(current)
+        count = new_count
+    return ClassHierarchy(assignments)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hierarchy=hierarchies(), data=st.data())
+def test_remap_targets_matches_naive_loop(hierarchy: ClassHierarchy, data: st.DataObject) -> None:
+    batch = data.draw(st.integers(0, 5))
+    bits = data.draw(
+        st.lists(
+            st.integers(0, 1), min_size=batch * hierarchy.num_classes, max_size=batch * hierarchy.num_classes
+        )
+    )
+    targets = np.array(bits, dtype=np.int64).reshape(batch, hierarchy.num_classes)
+    level = data.draw(st.integers(0, hierarchy.num_levels - 1))
+    got = hierarchy.remap_targets(torch.from_numpy(targets), level)
+    expected = naive_remap(targets, hierarchy.assignments(level).tolist(), hierarchy.num_groups(level))
+    np.testing.assert_array_equal(got.numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float16, torch.float32, torch.int64, torch.uint8])
+def test_remap_keeps_dtype_and_does_not_modify_input(dtype: torch.dtype) -> None:
+    h = ClassHierarchy([[0, 1, 0, 2, 1]])
+    targets = torch.tensor([[1, 0, 0, 0, 1], [0, 0, 0, 0, 0]]).to(dtype)
+    before = targets.clone()
+    got = h.remap_targets(targets, 1)
+    assert got.dtype == dtype
+    assert torch.equal(got.long(), torch.tensor([[1, 1, 0], [0, 0, 0]]))
+    assert torch.equal(targets, before)
+    copy = h.remap_targets(targets, 0)
+    assert torch.equal(copy, targets)
+    assert copy.data_ptr() != targets.data_ptr()
+
+
+def test_group_classes_one_liner_equals_the_pieces() -> None:
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=10)
+    expected = HierarchicalKMeans((5, 2), weighted=True).fit(class_embeddings(model))
+    assert group_classes(model, (5, 2), weighted=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("levels", "error", "match"),
+    [
+        ((5, 8), ValueError, r"`levels` must be strictly decreasing, got \(5, 8\)"),
+        ((5, 5), ValueError, "strictly decreasing"),
+        ((0,), ValueError, "`levels` must be >= 1, got 0"),
+        ((), ValueError, "`levels` must name at least one group level"),
+        ((2.5,), TypeError, "`levels` must be an int, got float"),
+        (3, TypeError, "`levels` must be a sequence of ints, got int"),
+    ],
+)
+def test_bad_levels(levels, error, match) -> None:
+    with pytest.raises(error, match=match):
+        HierarchicalKMeans(levels)
+
+
+def test_bad_fit_input() -> None:
+    with pytest.raises(ValueError, match="`levels` must ask for fewer groups than the 6 classes, got 6"):
+        HierarchicalKMeans((6,)).fit(torch.randn(6, 3))
+    with pytest.raises(ValueError, match=r"`embeddings` must have shape \(K, D\), got \(6,\)"):
+        HierarchicalKMeans((2,)).fit(torch.randn(6))
+    with pytest.raises(ValueError, match="`embeddings` must be finite"):
+        HierarchicalKMeans((2,)).fit(torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [1.0, 1.0]]))
+    duplicates = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    with pytest.raises(
+        ValueError, match="asks for 3 groups at level 1, but there are only 2 distinct points"
+    ):
+        HierarchicalKMeans((3,)).fit(duplicates)
+    with pytest.raises(ValueError, match="`class_names` must have 6 entries, got 2"):
+        HierarchicalKMeans((2,)).fit(torch.randn(6, 3), class_names=["a", "b"])
+
+
+def test_bad_targets() -> None:
+    h = ClassHierarchy([[0, 1, 0, 1]])
+    with pytest.raises(ValueError, match=r"`targets` must have shape \(B, 4\), got \(2, 3\)"):
+        h.remap_targets(torch.zeros(2, 3), 1)
+    with pytest.raises(ValueError, match=r"`targets` must have shape \(B, K\), got \(4,\)"):
+        h.remap_targets(torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="`targets` must hold only 0/1 values"):
+        h.remap_targets(torch.tensor([[0.0, 0.5, 1.0, 0.0]]), 1)
+    with pytest.raises(TypeError, match="`targets` must be a torch.Tensor, got list"):
+        h.remap_targets([[0, 1, 0, 1]], 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`level` must be <= 1, got 2"):
+        h.remap_targets(torch.zeros(1, 4), 2)
+
+
+def test_bad_hierarchies() -> None:
+    with pytest.raises(ValueError, match="is not nested: group 1 of level 1 is split"):
+        ClassHierarchy([[0, 1, 1, 2], [0, 0, 1, 1]])
+    with pytest.raises(ValueError, match=r"leaves group\(s\) \[1\] of level 1 empty"):
+        ClassHierarchy([[0, 2, 2, 0]])
+    with pytest.raises(ValueError, match="must strictly decrease"):
+        ClassHierarchy([[0, 1, 2, 3]])
+    with pytest.raises(ValueError, match=r"`assignments\[1\]` must have 4 entries, got 3"):
+        ClassHierarchy([[0, 0, 1, 1], [0, 0, 0]])
+    with pytest.raises(TypeError, match=r"`assignments\[0\]` must be an int, got float"):
+        ClassHierarchy([[0.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match="`class_index` must be <= 3, got 4"):
+        ClassHierarchy([[0, 0, 1, 1]]).group_of(4, 1)
