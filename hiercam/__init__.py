@@ -6,6 +6,7 @@ activation map generation" (Neural Computing and Applications, 2020), as small c
 
 from hiercam._version import __version__
 from hiercam.grouping import ClassHierarchy, HierarchicalKMeans, group_classes
+from hiercam.maps import normalize_maps
 from hiercam.similarity import class_distances, class_embeddings
 
 __all__ = [
@@ -17,4 +18,6 @@ __all__ = [
     "HierarchicalKMeans",
     "ClassHierarchy",
     "group_classes",
+    # map normalisation shared by CAMs, fusion and metrics
+    "normalize_maps",
 ]
