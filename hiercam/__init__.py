@@ -5,6 +5,16 @@ activation map generation" (Neural Computing and Applications, 2020), as small c
 """
 
 from hiercam._version import __version__
+from hiercam.cam import (
+    CAM,
+    BaseCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+    average_branch_maps,
+)
 from hiercam.grouping import ClassHierarchy, HierarchicalKMeans, group_classes
 from hiercam.maps import normalize_maps
 from hiercam.similarity import class_distances, class_embeddings
@@ -20,4 +30,13 @@ __all__ = [
     "group_classes",
     # map normalisation shared by CAMs, fusion and metrics
     "normalize_maps",
+    # class activation maps (section 3.4.2)
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "XGradCAM",
+    "LayerCAM",
+    "HiResCAM",
+    "CAM",
+    "BaseCAM",
+    "average_branch_maps",
 ]

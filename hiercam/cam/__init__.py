@@ -1,0 +1,18 @@
+"""Class activation maps: Grad-CAM and its family on one engine (one forward, all classes at once).
+
+See :mod:`hiercam.cam.engine` for how a call works (hooks, batched gradients, the verified closed form).
+"""
+
+from hiercam.cam.engine import BaseCAM, average_branch_maps
+from hiercam.cam.methods import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+
+__all__ = [
+    "BaseCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "XGradCAM",
+    "LayerCAM",
+    "HiResCAM",
+    "CAM",
+    "average_branch_maps",
+]

@@ -1,0 +1,109 @@
+"""Parsing of the ``classes`` argument of the CAM extractors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hiercam._validation import check_binary, format_shape, type_name
+
+__all__ = ["ClassRequest", "ClassesArg", "ResolvedClasses", "parse_classes"]
+
+ClassesArg = int | Sequence[int] | Tensor | None
+
+
+@dataclass(frozen=True)
+class ResolvedClasses:
+    """The classes to compute, ``indices`` (K',), and how their maps fill the output.
+
+    With a mask, ``num_outputs`` is ``K`` and ``mask`` is ``(B, K')`` (bool): the maps of the K' classes
+    present somewhere in the batch go to their slots, multiplied by the mask; every other slot is zero.
+    """
+
+    indices: list[int]
+    mask: Tensor | None
+    num_outputs: int
+
+    def place(self, maps: Tensor) -> Tensor:
+        """Arrange maps ``(B, K', h, w)`` of :attr:`indices` into the output ``(B, num_outputs, h, w)``."""
+        if self.mask is None:
+            return maps
+        full = maps.new_zeros(maps.shape[0], self.num_outputs, *maps.shape[2:])
+        full[:, self.indices] = maps * self.mask.to(device=maps.device, dtype=maps.dtype)[:, :, None, None]
+        return full
+
+
+@dataclass(frozen=True)
+class ClassRequest:
+    """Which maps to compute: ``indices`` (K',) of classes for every image, and an optional per-image mask.
+
+    ``mask`` is ``(B, K')`` (bool) when the caller gave a ``(B, K)`` multi-hot mask: maps where it is False
+    are zeroed. ``indices is None`` means all classes (known only after the forward pass).
+    """
+
+    indices: tuple[int, ...] | None
+    mask: Tensor | None = None
+
+    def resolve(self, num_classes: int) -> ResolvedClasses:
+        """Final class list and mask, once the number of classes ``K`` is known from the logits."""
+        if self.mask is not None:
+            if self.mask.shape[1] != num_classes:
+                raise ValueError(
+                    f"`classes` mask must have shape (B, {num_classes}) for a model with {num_classes} "
+                    f"classes, got {format_shape(self.mask.shape)}"
+                )
+            present = self.mask.any(dim=0).nonzero().flatten().tolist()
+            return ResolvedClasses(present, self.mask[:, present], num_classes)
+        indices = list(range(num_classes)) if self.indices is None else list(self.indices)
+        out_of_range = [k for k in indices if k >= num_classes]
+        if out_of_range:
+            raise ValueError(
+                f"`classes` must be class indices in [0, {num_classes}), got {out_of_range[0]} "
+                f"(the model has {num_classes} classes)"
+            )
+        return ResolvedClasses(indices, None, len(indices))
+
+
+def parse_classes(classes: Any, batch_size: int) -> ClassRequest:
+    """Validate the form of ``classes`` before any work starts (the range is checked after the forward)."""
+    if classes is None:
+        return ClassRequest(None)
+    if isinstance(classes, bool):
+        raise TypeError("`classes` must be None, an int, a list of ints or a (B, K) mask, got bool")
+    if isinstance(classes, int):
+        return ClassRequest((_non_negative(classes),))
+    if isinstance(classes, Tensor):
+        if classes.ndim == 2:
+            if classes.shape[0] != batch_size:
+                raise ValueError(
+                    f"`classes` mask must have shape (B, K) with B = {batch_size} images, "
+                    f"got {format_shape(classes.shape)}"
+                )
+            check_binary(classes, "classes")
+            return ClassRequest(None, classes.to(dtype=torch.bool))
+        if classes.ndim <= 1 and not classes.is_floating_point() and classes.dtype != torch.bool:
+            return ClassRequest(tuple(_non_negative(int(k)) for k in classes.reshape(-1).tolist()))
+        raise ValueError(
+            "`classes` tensor must be a (B, K) multi-hot mask or a 1-D tensor of class indices, "
+            f"got shape {format_shape(classes.shape)} and dtype {classes.dtype}"
+        )
+    if isinstance(classes, Sequence) and not isinstance(classes, str):
+        if not classes:
+            raise ValueError("`classes` must not be an empty list")
+        for k in classes:
+            if isinstance(k, bool) or not isinstance(k, int):
+                raise TypeError(f"`classes` must hold ints, got {type_name(k)}")
+        return ClassRequest(tuple(_non_negative(k) for k in classes))
+    raise TypeError(
+        f"`classes` must be None, an int, a list of ints or a (B, K) mask, got {type_name(classes)}"
+    )
+
+
+def _non_negative(index: int) -> int:
+    if index < 0:
+        raise ValueError(f"`classes` must be non-negative class indices, got {index}")
+    return index

@@ -1,0 +1,139 @@
+"""The CAM methods: how activations and gradients combine into maps. All share :class:`BaseCAM`'s engine.
+
+Notation: ``A`` is the target activation ``(B, C, h, w)``, ``G`` the gradients of the requested class scores
+``(K', B, C, h, w)``; every map is ReLU'd afterwards. The formulas follow the original papers as implemented
+by pytorch-grad-cam (``pytorch_grad_cam``) and torchcam; the tests check agreement with both.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hiercam.cam.engine import BaseCAM
+
+__all__ = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "LayerCAM", "HiResCAM", "CAM"]
+
+# Guards against zero denominators, as in pytorch-grad-cam (they matter only when gradients are tiny).
+_XGRAD_EPS = 1e-7
+_PLUSPLUS_EPS = 1e-6
+
+
+def _spatial_mean(gradients: Tensor) -> Tensor:
+    """``G.mean((h, w))`` as ``(K', B, C)``; free when G is spatially constant (the closed form's view)."""
+    if gradients.stride(-1) == 0 and gradients.stride(-2) == 0:
+        return gradients[..., 0, 0]
+    return gradients.mean(dim=(-2, -1))
+
+
+def _weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
+    return torch.einsum("kbc,bchw->bkhw", weights, activations)
+
+
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al., 2017), the map the paper uses: ``ReLU(sum_c mean_hw(G_c) * A_c)``.
+
+    Example:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> model = resnet18(num_classes=5).eval()
+        >>> with GradCAM(model, "layer4") as cam:
+        ...     maps = cam(torch.randn(2, 3, 64, 64))  # all 5 classes, one forward
+        ...     logits = cam.logits  # the logits of that forward pass
+        >>> maps.shape, logits.shape
+        (torch.Size([2, 5, 64, 64]), torch.Size([2, 5]))
+        >>> bool(maps.amax(dim=(-2, -1)).le(1).all())
+        True
+    """
+
+    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return _weighted_sum(_spatial_mean(gradients), activations)
+
+
+class HiResCAM(BaseCAM):
+    """HiResCAM (Draelos & Carin, 2020): ``ReLU(sum_c G_c * A_c)``, element-wise, without spatial averaging.
+
+    Example:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> HiResCAM(resnet18(num_classes=3), "layer4")(torch.randn(1, 3, 64, 64), 2).shape
+        torch.Size([1, 1, 64, 64])
+    """
+
+    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return torch.einsum("kbchw,bchw->bkhw", gradients, activations)
+
+
+class LayerCAM(BaseCAM):
+    """LayerCAM (Jiang et al., 2021): ``ReLU(sum_c ReLU(G_c) * A_c)``, element-wise.
+
+    Example:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> LayerCAM(resnet18(num_classes=3), "layer3")(torch.randn(1, 3, 64, 64), [0, 2]).shape
+        torch.Size([1, 2, 64, 64])
+    """
+
+    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return torch.einsum("kbchw,bchw->bkhw", gradients.relu(), activations)
+
+
+class XGradCAM(BaseCAM):
+    """XGrad-CAM (Fu et al., 2020): channel weights ``sum_hw(G_c * A_c) / sum_hw(A_c)``.
+
+    Example:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> XGradCAM(resnet18(num_classes=3), "layer4")(torch.randn(1, 3, 64, 64), size="feature").shape
+        torch.Size([1, 3, 2, 2])
+    """
+
+    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        weights = (gradients * activations).sum(dim=(-2, -1)) / (activations.sum(dim=(-2, -1)) + _XGRAD_EPS)
+        return _weighted_sum(weights, activations)
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++ (Chattopadhyay et al., 2018) with the usual exponential-score simplification.
+
+    ``alpha = G^2 / (2 G^2 + sum_hw(A) G^3)`` (0 where ``G = 0``); channel weights are
+    ``sum_hw(alpha * ReLU(G))``.
+
+    Example:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> GradCAMPlusPlus(resnet18(num_classes=3), "layer4")(torch.randn(2, 3, 64, 64)).shape
+        torch.Size([2, 3, 64, 64])
+    """
+
+    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        squared = gradients.pow(2)
+        total = activations.sum(dim=(-2, -1), keepdim=True)
+        alpha = squared / (2 * squared + total * squared * gradients + _PLUSPLUS_EPS)
+        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+        weights = (alpha * gradients.relu()).sum(dim=(-2, -1))
+        return _weighted_sum(weights, activations)
+
+
+class CAM(BaseCAM):
+    """Class activation mapping (Zhou et al., 2016): ``ReLU(sum_c W[k, c] * A_c)``, no gradients.
+
+    Needs the target layer to feed a global average pool and a single linear classifier (``W`` is its
+    weight); the structure is checked on every call (``logits == W @ mean(A) + b``) and a ``ValueError``
+    explains when it does not hold. Where it holds, Grad-CAM gives the same maps up to the factor
+    ``1 / (h * w)``.
+
+    Example:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> model = resnet18(num_classes=4).eval()
+        >>> CAM(model, "layer4")(torch.randn(1, 3, 64, 64), normalize=None, size="feature").shape
+        torch.Size([1, 4, 2, 2])
+    """
+
+    _uses_gradients = False
+
+    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        # the closed-form gradient is W / (h * w); CAM's weights are W itself
+        weights = _spatial_mean(gradients) * activations.shape[-2] * activations.shape[-1]
+        return _weighted_sum(weights, activations)
