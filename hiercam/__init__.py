@@ -5,8 +5,18 @@ activation map generation" (Neural Computing and Applications, 2020), as small c
 """
 
 from hiercam._version import __version__
+from hiercam.fusion import fuse, fuse_hierarchy
 from hiercam.grouping import ClassHierarchy, HierarchicalKMeans, group_classes
 from hiercam.maps import normalize_maps
+from hiercam.metrics import (
+    IoUResult,
+    LocalizationError,
+    MeanIoU,
+    cam_boxes,
+    cams_to_labels,
+    localization_error,
+    mean_iou,
+)
 from hiercam.similarity import class_distances, class_embeddings
 
 __all__ = [
@@ -20,4 +30,15 @@ __all__ = [
     "group_classes",
     # map normalisation shared by CAMs, fusion and metrics
     "normalize_maps",
+    # CAM fusion across levels (section 3.5)
+    "fuse",
+    "fuse_hierarchy",
+    # CAM quality metrics (section 4.1.3)
+    "cams_to_labels",
+    "mean_iou",
+    "MeanIoU",
+    "IoUResult",
+    "cam_boxes",
+    "localization_error",
+    "LocalizationError",
 ]

@@ -52,7 +52,9 @@ def fuse_hierarchy_by_hand(
                 for level, cams in enumerate(level_cams, start=1)
             ]
             others = [
-                np_normalize(base[b, j], normalize_inputs) for j in range(num_classes) if j != k and labels[b, j]
+                np_normalize(base[b, j], normalize_inputs)
+                for j in range(num_classes)
+                if j != k and labels[b, j]
             ]
             m = m0 + sum(maps) / len(maps)
             if rest == "max" and others:
@@ -70,7 +72,7 @@ def random_inputs(batch: int = 3, size: int = 5) -> tuple[torch.Tensor, list[tor
     return base, levels, labels
 
 
-# ----------------------------------------------------------------------------------------------- fuse
+# -------------------------------------------------------------------------------------- fuse
 
 
 @pytest.mark.parametrize("shape", [(4, 5), (2, 3, 6, 6)])
@@ -147,7 +149,9 @@ def test_fuse_bad_input() -> None:
         fuse(torch.rand(4), [torch.rand(4)])
     with pytest.raises(ValueError, match="`levels` must hold at least one map"):
         fuse(base, [])
-    with pytest.raises(ValueError, match=r"`levels\[1\]` must have the shape of `base` \(4, 4\), got \(4, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"`levels\[1\]` must have the shape of `base` \(4, 4\), got \(4, 5\)"
+    ):
         fuse(base, [base, torch.rand(4, 5)])
     with pytest.raises(ValueError, match=r"`levels` as a tensor must have shape \(L, \*base.shape\)"):
         fuse(base, torch.rand(2, 4, 5))
@@ -163,7 +167,7 @@ def test_fuse_bad_input() -> None:
         fuse(base, [base], normalize="sum")  # type: ignore[arg-type]
 
 
-# ----------------------------------------------------------------------------------------------- fuse_hierarchy
+# ---------------------------------------------------------------------------- fuse_hierarchy
 
 
 @pytest.mark.parametrize("rest", ["max", "mean", "none"])
@@ -245,7 +249,9 @@ def test_fuse_hierarchy_bad_input() -> None:
         fuse_hierarchy(base, levels, HIERARCHY)
     with pytest.raises(ValueError, match=r"`labels` \(B, K\) is required with rest='mean'"):
         fuse_hierarchy(base, levels, HIERARCHY, rest="mean")
-    with pytest.raises(ValueError, match=r"one tensor per group level of the hierarchy \(2, levels 1..2\), got 1"):
+    with pytest.raises(
+        ValueError, match=r"one tensor per group level of the hierarchy \(2, levels 1..2\), got 1"
+    ):
         fuse_hierarchy(base, levels[:1], HIERARCHY, labels)
     with pytest.raises(ValueError, match=r"`level_cams\[1\]` \(level 2\) must have shape \(3, 2, 5, 5\)"):
         fuse_hierarchy(base, [levels[0], levels[0]], HIERARCHY, labels)
