@@ -19,7 +19,6 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou  # type: ignore[import-untyped]
 
 from hiercam._validation import (
     check_binary,
@@ -176,6 +175,8 @@ def _localization_update(
     check_binary(labels, "labels")
     check_finite_maps(cams, "cams")
     truth = _check_boxes(boxes, cams.shape[0], cams.shape[1])
+    from torchvision.ops import box_iou  # type: ignore[import-untyped]  # imported here: slow to import
+
     images, classes = torch.nonzero(labels.to(device=cams.device, dtype=torch.bool), as_tuple=True)
     masks = _cam_masks(cams[images, classes], threshold).cpu().numpy()
     errors = 0
