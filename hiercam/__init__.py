@@ -6,7 +6,9 @@ activation map generation" (Neural Computing and Applications, 2020), as small c
 
 from hiercam._version import __version__
 from hiercam.grouping import ClassHierarchy, HierarchicalKMeans, group_classes
+from hiercam.losses import OrthogonalLoss, TwoBranchLoss, TwoBranchLossOutput, orthogonal_loss
 from hiercam.maps import normalize_maps
+from hiercam.models import Branch, GlobalPool, TwoBranchNet, TwoBranchOutput, cut_backbone
 from hiercam.similarity import class_distances, class_embeddings
 
 __all__ = [
@@ -20,4 +22,14 @@ __all__ = [
     "group_classes",
     # map normalisation shared by CAMs, fusion and metrics
     "normalize_maps",
+    # orthogonal loss and the two-branch network (section 3.4.1)
+    "orthogonal_loss",
+    "OrthogonalLoss",
+    "TwoBranchLoss",
+    "TwoBranchLossOutput",
+    "TwoBranchNet",
+    "TwoBranchOutput",
+    "Branch",
+    "GlobalPool",
+    "cut_backbone",
 ]
