@@ -5,6 +5,8 @@ seeds and steps for every setting. For each setting and seed, on held-out images
 
 * overlap: mean over images of ``sum(f1 * f2) / (|f1| |f2|)`` of the two branches' feature maps;
 * accuracy: per-label accuracy of the mean logits (threshold 0), and mAP (scikit-learn);
+* channel cosine: cosine similarity between the two branches' mean activation per channel (vectors of length
+  C); near 0 when each channel index is active in only one branch (the loss pairs channel c with channel c);
 * CAM r: mean Pearson correlation between the two branches' class activation maps (closed form: class weights
   applied to the features, ReLU) over (image, present class) pairs where both maps vary.
 
@@ -97,8 +99,10 @@ def evaluate(net: TwoBranchNet, x: Tensor, y: Tensor) -> dict[str, float]:
     accuracy = ((out.mean_logits > 0).float() == y).float().mean()
     mean_ap = average_precision_score(y.numpy(), out.mean_logits.numpy(), average="macro")
     cam_r, pairs, skipped = cam_correlation(net, x, y)
+    channels = [f.mean(dim=(0, 2, 3)) for f in out.features]
     return {
         "overlap": float(overlap),
+        "channel_cos": float(torch.nn.functional.cosine_similarity(*channels, dim=0)),
         "accuracy": float(accuracy),
         "mAP": float(mean_ap),
         "cam_r": cam_r,
@@ -120,21 +124,23 @@ def main() -> None:
         "lam=0": TwoBranchLoss(0.0),
         "sum, lam=1e-4 (paper)": TwoBranchLoss(1e-4),
         "batchmean, lam=1e-2": TwoBranchLoss(1e-2, reduction="batchmean"),
+        "normalize, batchmean, lam=0.1": TwoBranchLoss(0.1, reduction="batchmean", normalize=True),
         "normalize, batchmean, lam=1": TwoBranchLoss(1.0, reduction="batchmean", normalize=True),
     }
     print(
         f"{len(train_data[0])} training / {len(x_test)} held-out images, {args.steps} steps, batch 32, "
         f"seeds {args.seeds}"
     )
-    print(f"{'setting':32s} {'overlap':>16s} {'accuracy':>16s} {'mAP':>16s} {'CAM r':>16s}")
+    columns = ("overlap", "channel_cos", "accuracy", "mAP", "cam_r")
+    print(f"{'setting':32s} " + " ".join(f"{c:>20s}" for c in columns))
     for name, loss_fn in settings.items():
         start = time.perf_counter()
         rows = [evaluate(train(loss_fn, seed, args.steps, train_data), x_test, y_test) for seed in args.seeds]
         cells = []
-        for key in ("overlap", "accuracy", "mAP", "cam_r"):
+        for key in columns:
             values = [row[key] for row in rows]
             cells.append(f"{statistics.fmean(values):.3f} [{min(values):.3f},{max(values):.3f}]")
-        print(f"{name:32s} " + " ".join(f"{c:>16s}" for c in cells), f"({time.perf_counter() - start:.0f} s)")
+        print(f"{name:32s} " + " ".join(f"{c:>20s}" for c in cells), f"({time.perf_counter() - start:.0f} s)")
         print("    per seed:", [{k: round(v, 3) for k, v in row.items()} for row in rows])
 
 

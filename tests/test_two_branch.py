@@ -156,6 +156,16 @@ def test_bad_arguments() -> None:
         Branch(3, num_features=3, num_classes=2)  # type: ignore[arg-type]
 
 
+def test_branch_checks_its_features() -> None:
+    with pytest.raises(ValueError, match=r"`pool` must be one of 'avg', 'max', got 'min'"):
+        Branch(nn.Conv2d(3, 4, 3), num_features=4, num_classes=2, pool="min")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`num_features` must be >= 1, got 0"):
+        Branch(nn.Conv2d(3, 4, 3), num_features=0, num_classes=2)
+    branch = Branch(nn.Conv2d(3, 4, 3), num_features=5, num_classes=2)
+    with pytest.raises(ValueError, match=r"`features` must return \(B, 5, h, w\) maps, got \(2, 4, 6, 6\)"):
+        branch(torch.zeros(2, 3, 8, 8))
+
+
 def test_factory_returning_the_same_module_twice() -> None:
     shared = tiny_backbone()
     with pytest.raises(ValueError, match=r"factory returned modules that share parameters"):

@@ -87,6 +87,7 @@ class Branch(nn.Module):
             raise TypeError(f"`features` must be an nn.Module, got {type_name(features)}")
         self.num_features = check_int(num_features, "num_features", minimum=1)
         self.num_classes = check_int(num_classes, "num_classes", minimum=1)
+        check_choice(pool, "pool", _POOLS)
         reference = next(iter([*features.parameters(), *features.buffers()]), None)
         factory: dict[str, object] = {}
         if reference is not None:
