@@ -17,6 +17,7 @@ from hiercam.cam import (
 )
 from hiercam.fusion import fuse, fuse_hierarchy
 from hiercam.grouping import ClassHierarchy, HierarchicalKMeans, group_classes
+from hiercam.losses import OrthogonalLoss, TwoBranchLoss, TwoBranchLossOutput, orthogonal_loss
 from hiercam.maps import normalize_maps
 from hiercam.metrics import (
     IoUResult,
@@ -27,6 +28,7 @@ from hiercam.metrics import (
     localization_error,
     mean_iou,
 )
+from hiercam.models import Branch, GlobalPool, TwoBranchNet, TwoBranchOutput, cut_backbone
 from hiercam.similarity import class_distances, class_embeddings
 
 __all__ = [
@@ -40,6 +42,16 @@ __all__ = [
     "group_classes",
     # map normalisation shared by CAMs, fusion and metrics
     "normalize_maps",
+    # orthogonal loss and the two-branch network (section 3.4.1)
+    "orthogonal_loss",
+    "OrthogonalLoss",
+    "TwoBranchLoss",
+    "TwoBranchLossOutput",
+    "TwoBranchNet",
+    "TwoBranchOutput",
+    "Branch",
+    "GlobalPool",
+    "cut_backbone",
     # class activation maps (section 3.4.2)
     "GradCAM",
     "GradCAMPlusPlus",

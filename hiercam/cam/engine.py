@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from hiercam._validation import check_choice, check_tensor, format_shape, type_name
 from hiercam.cam._classes import ClassesArg, parse_classes
 from hiercam.maps import NormalizeMode, normalize_maps
+from hiercam.models.two_branch import Branch, TwoBranchNet
 
 __all__ = ["BaseCAM", "SizeArg", "average_branch_maps"]
 
@@ -102,6 +103,12 @@ class BaseCAM:
         closed_form: use the closed form once it has been verified (see the module docstring); ``False``
             always uses the general path.
 
+    A :class:`~hiercam.TwoBranchNet` is explained branch by branch (paper section 3.4.2): each branch's map
+    comes from its own features and its own logits, and the call returns their mean
+    (:func:`average_branch_maps`); :attr:`branch_maps` keeps both, ``(2, B, K', H', W')``. ``target_layer`` is
+    then ``None`` (each branch's ``features``) or a dotted name inside each branch, and :attr:`logits` holds
+    the mean logits. The closed form is verified for each branch with its own classifier.
+
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or ``target_layer`` has the wrong type.
         ValueError: ``target_layer`` or ``classifier`` does not name a submodule.
@@ -122,10 +129,18 @@ class BaseCAM:
         self.model = model
         self.closed_form = bool(closed_form)
         self.logits: Tensor | None = None
+        self.branch_maps: Tensor | None = None
         self._removed = False
         self._output_logits: Callable[[Any], Tensor] = _plain_logits
+        self._heads: list[_Head]
+        if isinstance(model, TwoBranchNet):
+            if classifier is not None:
+                raise ValueError("`classifier` is not used with a TwoBranchNet: each branch has its own")
+            self._heads = _branch_heads(model, target_layer)
+            self._output_logits = _mean_logits
+            return
         name, layer = (
-            _resolve_layer(model, target_layer, "target_layer") if target_layer is not None else (None, None)
+            (None, None) if target_layer is None else _resolve_layer(model, target_layer, "target_layer")
         )
         fc = None
         if classifier is not None:
@@ -133,7 +148,7 @@ class BaseCAM:
             if not isinstance(module, nn.Linear):
                 raise TypeError(f"`classifier` must be an nn.Linear, got {type_name(module)}")
             fc = module
-        self._heads: list[_Head] = [_Head(name, layer, _plain_logits, fc)]
+        self._heads = [_Head(name, layer, _plain_logits, fc)]
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -208,6 +223,7 @@ class BaseCAM:
         maps = [resolved.place(m) for m in maps]
         if len(maps) == 1:
             return normalize_maps(maps[0], normalize)
+        self.branch_maps = normalize_maps(torch.stack(maps), normalize)
         return average_branch_maps(maps, normalize)
 
     def remove(self) -> None:
@@ -217,6 +233,7 @@ class BaseCAM:
         """
         self._removed = True
         self.logits = None
+        self.branch_maps = None
         for head in self._heads:
             head.activation = None
 
@@ -345,9 +362,9 @@ class BaseCAM:
         return self._combine(features, gradients)
 
     def _classifier_for(self, head: _Head, logits: Tensor, activation: Tensor) -> nn.Linear | None:
-        if head.classifier is not None:
-            return head.classifier
         shape = (logits.shape[1], activation.shape[1])
+        if head.classifier is not None:
+            return head.classifier if tuple(head.classifier.weight.shape) == shape else None
         matches = [
             m for m in self.model.modules() if isinstance(m, nn.Linear) and tuple(m.weight.shape) == shape
         ]
@@ -430,6 +447,42 @@ def _batched_gradients(scores: Tensor, activation: Tensor, layer: str | None) ->
             raise ValueError(f"`target_layer` {layer!r} does not influence the logits of `model`")
         pieces.append(grads.float())
     return torch.cat(pieces)
+
+
+def _branch_heads(net: TwoBranchNet, target_layer: nn.Module | str | None) -> list[_Head]:
+    """One head per branch: its feature extractor (or ``target_layer`` inside it) and its own logits."""
+    if target_layer is not None and not isinstance(target_layer, str):
+        raise TypeError(
+            "`target_layer` of a TwoBranchNet must be None (the branch features) or a dotted name inside "
+            f"each branch such as 'features.layer3', got {type_name(target_layer)}"
+        )
+    heads = []
+    for index, branch in enumerate(net.branches):
+        if not isinstance(branch, Branch):  # pragma: no cover - TwoBranchNet builds Branch modules
+            raise TypeError(f"`model.branches[{index}]` must be a Branch, got {type_name(branch)}")
+        name, layer = (
+            ("features", branch.features)
+            if target_layer is None
+            else (_resolve_layer(branch, target_layer, "target_layer"))
+        )
+        heads.append(_Head(f"branches.{index}.{name}", layer, _BranchLogits(index), branch.classifier))
+    return heads
+
+
+@dataclass(frozen=True)
+class _BranchLogits:
+    """Logits ``(B, K)`` of one branch, from a :class:`~hiercam.TwoBranchOutput`."""
+
+    index: int
+
+    def __call__(self, output: Any) -> Tensor:
+        logits: Tensor = output.logits[self.index]
+        return logits
+
+
+def _mean_logits(output: Any) -> Tensor:
+    logits: Tensor = output.mean_logits
+    return logits
 
 
 def _plain_logits(output: Any) -> Tensor:

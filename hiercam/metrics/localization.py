@@ -174,7 +174,7 @@ def _localization_update(
     check_binary(labels, "labels")
     check_finite(cams, "cams")
     truth = _check_boxes(boxes, cams.shape[0], cams.shape[1])
-    from torchvision.ops import box_iou  # type: ignore[import-untyped]  # imported here: slow to import
+    from torchvision.ops import box_iou  # imported here: slow to import
 
     images, classes = torch.nonzero(labels.to(device=cams.device, dtype=torch.bool), as_tuple=True)
     masks = _cam_masks(cams[images, classes], threshold).cpu().numpy()
