@@ -215,7 +215,10 @@ def _run(
         if bar is not None:
             bar.update(1)
     if seen == 0:
-        raise ValueError("a loader yielded no batch")
+        raise ValueError(
+            "a loader yielded no batch (loaders must be re-iterable every epoch: a DataLoader or a list, "
+            "not a generator)"
+        )
     means = {name: total.item() / seen for name, total in sums.items()}
     return means, (metric.compute() if metric is not None else torch.tensor(math.nan))
 
@@ -235,7 +238,7 @@ def evaluate(
         model: a classifier following the model contract of this module.
         loader: batches following the batch contract of this module.
         loss: as in :func:`fit` (default: BCE with logits).
-        device: where to run; ``None`` is the device of the model's parameters.
+        device: where to run; ``None`` is the device of the model's parameters. The model is moved there.
         amp: float16 autocast (CUDA only); ``None`` enables it on CUDA.
         targets_transform: applied to every batch's targets first.
 
@@ -246,6 +249,8 @@ def evaluate(
         TypeError, ValueError: as :func:`fit`.
     """
     run_device, use_amp = _device_and_amp(model, device, amp)
+    if device is not None:
+        model.to(run_device)
     step = _Step(model, loss if loss is not None else _bce_loss, run_device, use_amp, targets_transform)
     was_training = model.training
     try:
@@ -340,8 +345,8 @@ def fit(
     Raises:
         TypeError: an argument of the wrong type, a batch or model output or loss result not following the
             contracts.
-        ValueError: ``epochs < 1``, ``amp`` without CUDA, logits and targets of different shapes, a
-            checkpoint from another format or with more epochs than ``epochs``.
+        ValueError: ``epochs < 1``, ``lr <= 0``, ``amp`` without CUDA, logits and targets of different
+            shapes, a checkpoint from another format or with more epochs than ``epochs``.
 
     Example:
         >>> import torch
@@ -353,6 +358,10 @@ def fit(
     check_int(epochs, "epochs", minimum=1)
     check_int(seed, "seed", minimum=0)
     run_device, use_amp = _device_and_amp(model, device, amp)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"`lr` must be a float, got {type_name(lr)}")
+    if not lr > 0:
+        raise ValueError(f"`lr` must be > 0, got {lr}")
     if loss is not None and not callable(loss):
         raise TypeError(f"`loss` must be callable or None, got {type_name(loss)}")
     if targets_transform is not None and not callable(targets_transform):

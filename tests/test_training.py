@@ -112,9 +112,9 @@ class Cached(torch.utils.data.Dataset):
         return self.images[i], self.targets[i]
 
 
-def classifier(seed: int = 0, dropout: float = 0.0, classes: int = 10) -> nn.Module:
+def classifier(seed: int = 0, dropout: float = 0.0, classes: int = 10, norm: str = "batch") -> nn.Module:
     torch.manual_seed(seed)
-    backbone = small_convnet(width=4)
+    backbone = small_convnet(width=4, norm=norm)
     return nn.Sequential(
         backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(16, classes)
     )
@@ -137,14 +137,14 @@ def without_time(history: History) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ fit
 def test_a_few_batches_of_training_lower_the_loss() -> None:
-    model = classifier()
+    model = classifier(norm="group")  # no running statistics: eval mode measures what training changed
     batches = scene_batches("train", 64, 16)
     before = evaluate(model, batches)["loss"]
-    history = fit(model, batches, epochs=3, lr=3e-3, progress=False)
+    history = fit(model, batches, epochs=5, lr=3e-3, progress=False)
     after = evaluate(model, batches)["loss"]
     assert after < before - 0.05
     assert history["train_loss"][-1] < history["train_loss"][0]
-    assert history["epoch"] == [1.0, 2.0, 3.0]
+    assert history["epoch"] == [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
 @pytest.mark.parametrize("generator_seed", [None, 5])
@@ -332,6 +332,12 @@ def test_two_branch_model_with_named_tuple_loss() -> None:
         scores = torch.cat([model(b["image"]).mean_logits for b in val])
     expected = mean_average_precision(scores, torch.cat([b["targets"] for b in val]))
     assert history["val_map"][-1] == pytest.approx(expected.item(), abs=1e-6)
+    model.train()
+    measured = evaluate(model, val, loss=pair_loss)
+    assert model.training
+    assert measured["map"] == pytest.approx(expected.item(), abs=1e-6)
+    assert measured["loss"] == pytest.approx(history["val_loss"][-1], rel=1e-5)
+    assert set(measured) == {"loss", "total", "classification", "orthogonal", "map"}
     with pytest.raises(TypeError, match="default loss .* needs a model that returns a logits tensor"):
         fit(model, val, epochs=1, progress=False)
 
@@ -378,8 +384,10 @@ def test_fit_rejects_bad_arguments_and_batches(tmp_path: Path) -> None:
         fit(model, [torch.zeros(2, 3, SIZE, SIZE)], epochs=1, progress=False)
     with pytest.raises(TypeError, match="`loss` term 'loss' must be a scalar tensor, got \\(16, 10\\)"):
         fit(model, data, epochs=1, progress=False, loss=lambda o, t: (o - t) ** 2)
-    with pytest.raises(ValueError, match="a loader yielded no batch"):
-        fit(model, [], epochs=1, progress=False)
+    with pytest.raises(ValueError, match="a loader yielded no batch .* not a generator"):
+        fit(model, (b for b in data), epochs=2, progress=False)
+    with pytest.raises(ValueError, match="`lr` must be > 0, got 0"):
+        fit(model, data, epochs=1, lr=0)
     bogus = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, bogus)
     with pytest.raises(ValueError, match="is not a hiercam.fit version 1 checkpoint"):
