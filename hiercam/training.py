@@ -2,8 +2,8 @@
 
 Batch contract: every batch a loader yields is either a mapping with ``"image"`` and ``"targets"`` keys (what
 :meth:`hiercam.datasets.FashionScenes.collate` makes; other keys are ignored) or a tuple/list whose first two
-items are the images and the targets ``(B, K)``. Images go to the model as they are (moved to the device);
-targets are passed through ``targets_transform``, moved to the device and converted to float32.
+items are the images and the targets ``(B, K)``. Images go to the model as they are (tensors moved to the
+device); targets are passed through ``targets_transform``, moved to the device and converted to float32.
 
 Model/loss contract: the model returns either a logits tensor ``(B, K)`` or an object with a ``mean_logits``
 tensor ``(B, K)`` (such as ``TwoBranchOutput``); mAP is computed from those logits. The loss is called as
@@ -16,12 +16,11 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
@@ -33,12 +32,11 @@ from hiercam._checkpoint import (
     save_checkpoint,
 )
 from hiercam._io import atomic_write_json
-from hiercam._validation import check_int, format_shape, type_name
-from hiercam.average_precision import MeanAveragePrecision
+from hiercam._loop import LossFn, Step, bce_loss, output_logits, run_pass, split_batch
+from hiercam._validation import check_int, type_name
 
 __all__ = ["fit", "evaluate", "History", "split_batch", "output_logits"]
 
-LossFn = Callable[[Any, Tensor], Any]
 Scheduler = LRScheduler | ReduceLROnPlateau
 
 
@@ -85,144 +83,6 @@ class History:
         return f"History({len(self)} epochs{': last ' + last if last else ''})"
 
 
-def split_batch(batch: Any) -> tuple[Any, Tensor]:
-    """Images and targets of a batch: a mapping with ``"image"``/``"targets"`` or ``(images, targets, ...)``.
-
-    Raises:
-        TypeError: the batch has neither form, or the targets are not a tensor.
-    """
-    if isinstance(batch, Mapping) and "image" in batch and "targets" in batch:
-        images, targets = batch["image"], batch["targets"]
-    elif isinstance(batch, Sequence) and not isinstance(batch, str) and len(batch) >= 2:
-        images, targets = batch[0], batch[1]
-    else:
-        raise TypeError(
-            "a batch must be a mapping with 'image' and 'targets' keys or an (images, targets, ...) "
-            f"tuple, got {type_name(batch)}"
-        )
-    if not isinstance(targets, Tensor):
-        raise TypeError(f"batch targets must be a torch.Tensor, got {type_name(targets)}")
-    return images, targets
-
-
-def output_logits(output: Any) -> Tensor:
-    """The ``(B, K)`` logits of a model output: the tensor itself, or its ``mean_logits`` attribute."""
-    if isinstance(output, Tensor):
-        return output
-    mean = getattr(output, "mean_logits", None)
-    if isinstance(mean, Tensor):
-        return mean
-    raise TypeError(
-        "the model must return a logits tensor (B, K) or an object with a `mean_logits` tensor, "
-        f"got {type_name(output)}"
-    )
-
-
-def _bce_loss(output: Any, targets: Tensor) -> Tensor:
-    if not isinstance(output, Tensor):
-        raise TypeError(
-            f"the default loss (BCE with logits) needs a model that returns a logits tensor, got "
-            f"{type_name(output)}; pass `loss=` (e.g. hiercam.TwoBranchLoss for a TwoBranchNet)"
-        )
-    return F.binary_cross_entropy_with_logits(output, targets)
-
-
-def _loss_terms(result: Any) -> dict[str, Tensor]:
-    """``{"loss": total, **named fields}`` from a scalar tensor or a NamedTuple of scalar tensors."""
-    if isinstance(result, Tensor):
-        terms = {"loss": result}
-    elif isinstance(result, tuple) and hasattr(result, "_asdict") and len(result) > 0:
-        terms = {"loss": result[0], **result._asdict()}
-    else:
-        raise TypeError(
-            f"`loss` must return a scalar tensor or a NamedTuple of them, got {type_name(result)}"
-        )
-    for name, value in terms.items():
-        if not isinstance(value, Tensor) or value.ndim != 0:
-            shape = format_shape(value.shape) if isinstance(value, Tensor) else type_name(value)
-            raise TypeError(f"`loss` term {name!r} must be a scalar tensor, got {shape}")
-    return terms
-
-
-def _check_logits(logits: Tensor, targets: Tensor) -> None:
-    if logits.ndim != 2 or logits.shape != targets.shape:
-        raise ValueError(
-            f"model logits {format_shape(logits.shape)} and targets {format_shape(targets.shape)} must both "
-            "be (B, K) with the same K (a level model needs `targets_transform`)"
-        )
-
-
-class _Step:
-    """What one epoch needs: model, loss, device, AMP and target handling."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        loss: LossFn,
-        device: torch.device,
-        amp: bool,
-        targets_transform: Callable[[Tensor], Tensor] | None,
-    ) -> None:
-        self.model, self.loss, self.device, self.amp = model, loss, device, amp
-        self.targets_transform = targets_transform
-
-    def __call__(self, batch: Any) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        """Forward one batch: loss terms, logits and targets (on the device)."""
-        images, targets = split_batch(batch)
-        if self.targets_transform is not None:
-            targets = self.targets_transform(targets)
-        targets = targets.to(self.device, torch.float32, non_blocking=True)
-        if isinstance(images, Tensor):
-            images = images.to(self.device, non_blocking=True)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            output = self.model(images)
-            logits = output_logits(output)
-            _check_logits(logits, targets)
-            terms = _loss_terms(self.loss(output, targets))
-        return terms, logits, targets
-
-
-def _run(
-    step: _Step,
-    loader: Iterable[Any],
-    bar: Any,
-    optimizer: torch.optim.Optimizer | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-) -> tuple[dict[str, float], Tensor]:
-    """One pass over ``loader``: sample-weighted mean of every loss term, and mAP (validation only)."""
-    sums: dict[str, Tensor] = {}
-    seen = 0
-    metric = MeanAveragePrecision() if optimizer is None else None
-    for number, batch in enumerate(loader):
-        terms, logits, targets = step(batch)
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(terms["loss"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                terms["loss"].backward()
-                optimizer.step()
-        elif metric is not None:
-            metric.update(logits.float(), targets)
-        size = targets.shape[0]
-        seen += size
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0) + value.detach().float() * size
-        if bar is not None and number % 10 == 0:
-            bar.set_postfix(loss=f"{sums['loss'].item() / seen:.4f}", refresh=False)
-        if bar is not None:
-            bar.update(1)
-    if seen == 0:
-        raise ValueError(
-            "a loader yielded no batch (loaders must be re-iterable every epoch: a DataLoader or a list, "
-            "not a generator)"
-        )
-    means = {name: total.item() / seen for name, total in sums.items()}
-    return means, (metric.compute() if metric is not None else torch.tensor(math.nan))
-
-
 def evaluate(
     model: nn.Module,
     loader: Iterable[Any],
@@ -251,12 +111,12 @@ def evaluate(
     run_device, use_amp = _device_and_amp(model, device, amp)
     if device is not None:
         model.to(run_device)
-    step = _Step(model, loss if loss is not None else _bce_loss, run_device, use_amp, targets_transform)
+    step = Step(model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform)
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            means, mean_ap = _run(step, loader, bar=None)
+            means, mean_ap = run_pass(step, loader, bar=None)
     finally:
         model.train(was_training)
     return {**means, "map": float(mean_ap)}
@@ -382,7 +242,7 @@ def fit(
     if scheduler == "plateau":
         scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=5)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    step = _Step(model, loss if loss is not None else _bce_loss, run_device, use_amp, targets_transform)
+    step = Step(model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform)
     generators = loader_generators(train_loader)
     cuda = [run_device] if run_device.type == "cuda" else []
 
@@ -425,7 +285,7 @@ def fit(
 
 
 def _epoch(
-    step: _Step,
+    step: Step,
     train_loader: Iterable[Any],
     val_loader: Iterable[Any] | None,
     optimizer: torch.optim.Optimizer,
@@ -442,13 +302,13 @@ def _epoch(
     total = len(train_loader) if isinstance(train_loader, Sized) else None
     with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not progress, dynamic_ncols=True) as bar:
         step.model.train()
-        train, _ = _run(step, train_loader, bar, optimizer, scaler)
+        train, _ = run_pass(step, train_loader, bar, optimizer, scaler)
         record.update({f"train_{name}": value for name, value in train.items()})
         bar.set_postfix(loss=f"{train['loss']:.4f}")
         if val_loader is not None:
             step.model.eval()
             with torch.no_grad():
-                val, mean_ap = _run(step, val_loader, None)
+                val, mean_ap = run_pass(step, val_loader, None)
             record.update({f"val_{name}": value for name, value in val.items()})
             record["val_map"] = float(mean_ap)
             bar.set_postfix(
