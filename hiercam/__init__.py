@@ -15,6 +15,7 @@ from hiercam.cam import (
     XGradCAM,
     average_branch_maps,
 )
+from hiercam.datasets import FashionScenes, collate_scenes
 from hiercam.fusion import fuse, fuse_hierarchy
 from hiercam.grouping import ClassHierarchy, HierarchicalKMeans, group_classes
 from hiercam.losses import OrthogonalLoss, TwoBranchLoss, TwoBranchLossOutput, orthogonal_loss
@@ -22,14 +23,28 @@ from hiercam.maps import normalize_maps
 from hiercam.metrics import (
     IoUResult,
     LocalizationError,
+    MeanAveragePrecision,
     MeanIoU,
+    average_precision,
     cam_boxes,
     cams_to_labels,
     localization_error,
+    mean_average_precision,
     mean_iou,
 )
-from hiercam.models import Branch, GlobalPool, TwoBranchNet, TwoBranchOutput, cut_backbone
+from hiercam.models import (
+    Branch,
+    GlobalPool,
+    SmallConvNet,
+    TwoBranchNet,
+    TwoBranchOutput,
+    cut_backbone,
+    small_convnet,
+)
 from hiercam.similarity import class_distances, class_embeddings
+from hiercam.training import History, evaluate, fit
+
+# hiercam.viz needs matplotlib (the optional `viz` extra): import it as a module, it is not re-exported here.
 
 __all__ = [
     "__version__",
@@ -72,4 +87,18 @@ __all__ = [
     "cam_boxes",
     "localization_error",
     "LocalizationError",
+    # a small CPU backbone
+    "small_convnet",
+    "SmallConvNet",
+    # bundled benchmark data
+    "FashionScenes",
+    "collate_scenes",
+    # training
+    "fit",
+    "evaluate",
+    "History",
+    # multi-label classification quality
+    "average_precision",
+    "mean_average_precision",
+    "MeanAveragePrecision",
 ]

@@ -32,7 +32,23 @@ def main(site: str) -> None:
     hierarchy = hiercam.group_classes(weights, levels=(3, 2))
     if hierarchy.level_sizes != (6, 3, 2):
         raise SystemExit(f"unexpected hierarchy: {hierarchy.level_sizes}")
+
+    # The bundled Fashion-MNIST subset must be in the wheel, and FashionScenes must read it from there.
+    from hiercam.datasets.fashion_mnist import SUBSET_PATH
+
+    if package_dir not in SUBSET_PATH.parents or not SUBSET_PATH.is_file():
+        raise SystemExit(f"the bundled Fashion-MNIST subset is missing from the wheel: {SUBSET_PATH}")
+    if not (SUBSET_PATH.parent / "LICENSE-fashion-mnist.txt").is_file():
+        raise SystemExit("the Fashion-MNIST licence is missing next to the bundled data")
+    sample = hiercam.FashionScenes("test", num_scenes=2, image_size=64)[1]
+    if sample["image"].shape != (3, 64, 64) or len(sample["boxes"]) != int(sample["targets"].sum()):
+        raise SystemExit(f"unexpected FashionScenes sample: {sample['image'].shape}, {sample['boxes']}")
+    size = SUBSET_PATH.stat().st_size / 1e6
     print(f"hiercam {hiercam.__version__} from {package_dir}: {len(hiercam.__all__)} public names OK")
+    print(
+        f"bundled Fashion-MNIST subset OK ({size:.2f} MB), "
+        f"FashionScenes sample with {len(sample['boxes'])} boxes"
+    )
 
 
 if __name__ == "__main__":

@@ -75,7 +75,10 @@ def test_masks_and_inner_target_layers() -> None:
     torch.testing.assert_close(masked, full * mask[:, :, None, None])
     inner = hiercam.GradCAM(net, "features.layer3")  # not GAP + linear
     inner(images)
-    assert "target_layer='branches.0.features.layer3', 'branches.1.features.layer3', closed_form=general" in repr(inner)
+    assert (
+        "target_layer='branches.0.features.layer3', 'branches.1.features.layer3', closed_form=general"
+        in repr(inner)
+    )
 
 
 def test_max_pooled_branches_use_the_general_path() -> None:

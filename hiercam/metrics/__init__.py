@@ -1,4 +1,4 @@
-"""CAM quality metrics (paper section 4.1.3): mIoU of thresholded CAMs and localisation error.
+"""Metrics: CAM quality (paper section 4.1.3: mIoU at a threshold, localisation error) and multi-label mAP.
 
 Each metric comes as a function and as a streaming class (``update`` / ``compute`` / ``reset``) that share
 their kernels, as in torchmetrics. Peer CAM libraries do not evaluate maps against masks or boxes.
@@ -6,6 +6,7 @@ their kernels, as in torchmetrics. Peer CAM libraries do not evaluate maps again
 
 from __future__ import annotations
 
+from hiercam.metrics.average_precision import MeanAveragePrecision, average_precision, mean_average_precision
 from hiercam.metrics.localization import BoxMode, LocalizationError, cam_boxes, localization_error
 from hiercam.metrics.segmentation import IoUResult, MeanIoU, cams_to_labels, mean_iou
 
@@ -20,4 +21,8 @@ __all__ = [
     "localization_error",
     "LocalizationError",
     "BoxMode",
+    # classification (multi-label mean average precision, used in training)
+    "average_precision",
+    "mean_average_precision",
+    "MeanAveragePrecision",
 ]

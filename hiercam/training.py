@@ -1,0 +1,345 @@
+"""Train multi-label classifiers (plain or two-branch) with the paper's recipe: :func:`fit`, :class:`History`.
+
+Batch contract: every batch a loader yields is either a mapping with ``"image"`` and ``"targets"`` keys (what
+:meth:`hiercam.datasets.FashionScenes.collate` makes; other keys are ignored) or a tuple/list whose first two
+items are the images and the targets ``(B, K)``. Images go to the model as they are (tensors moved to the
+device); targets are passed through ``targets_transform``, moved to the device and converted to float32.
+
+Model/loss contract: the model returns either a logits tensor ``(B, K)`` or an object with a ``mean_logits``
+tensor ``(B, K)`` (such as ``TwoBranchOutput``); mAP is computed from those logits. The loss is called as
+``loss(output, targets)`` and returns a scalar tensor or a ``NamedTuple`` of scalar tensors whose first field
+is the total to minimise (every field is logged by name).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sized
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from hiercam._checkpoint import (
+    load_checkpoint,
+    loader_generators,
+    random_states,
+    restore_random_states,
+    save_checkpoint,
+)
+from hiercam._io import atomic_write_json
+from hiercam._loop import LossFn, Step, bce_loss, output_logits, run_pass, split_batch
+from hiercam._validation import check_int, type_name
+
+__all__ = ["fit", "evaluate", "History", "split_batch", "output_logits"]
+
+Scheduler = LRScheduler | ReduceLROnPlateau
+
+
+class History:
+    """One record per completed epoch: ``{"epoch": 1, "lr": ..., "train_loss": ..., "val_map": ..., ...}``.
+
+    Record keys: ``epoch`` (1-based), ``lr`` (learning rate of the first parameter group during the epoch),
+    ``seconds`` (wall time), ``train_loss`` and ``val_loss`` (the total loss, averaged over samples),
+    ``train_<name>``/``val_<name>`` for every field of a ``NamedTuple`` loss, and ``val_map`` (mAP over the
+    validation set). Validation keys are present only when :func:`fit` was given a ``val_loader``.
+
+    Example:
+        >>> h = History([{"epoch": 1, "train_loss": 0.7}, {"epoch": 2, "train_loss": 0.5}])
+        >>> h["train_loss"], len(h)
+        ([0.7, 0.5], 2)
+    """
+
+    def __init__(self, records: Iterable[Mapping[str, float]] = ()) -> None:
+        self.records: list[dict[str, float]] = [dict(r) for r in records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: str) -> list[float]:
+        """The values of ``key`` over the epochs (NaN for an epoch without it)."""
+        if key not in self.keys():
+            raise KeyError(f"no record has {key!r}; keys are {self.keys()}")
+        return [r.get(key, math.nan) for r in self.records]
+
+    def keys(self) -> list[str]:
+        """Every key that appears in a record, in order of first appearance."""
+        return list(dict.fromkeys(k for r in self.records for k in r))
+
+    def append(self, record: Mapping[str, float]) -> None:
+        """Add the record of one epoch."""
+        self.records.append(dict(record))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the records as a JSON list, atomically."""
+        return atomic_write_json(path, self.records)
+
+    def __repr__(self) -> str:
+        last = ", ".join(f"{k}={v:.4g}" for k, v in self.records[-1].items()) if self.records else ""
+        return f"History({len(self)} epochs{': last ' + last if last else ''})"
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    loss: LossFn | None = None,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    targets_transform: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, float]:
+    """Loss terms and mAP of a model over a loader, in eval mode without gradients.
+
+    Args:
+        model: a classifier following the model contract of this module.
+        loader: batches following the batch contract of this module.
+        loss: as in :func:`fit` (default: BCE with logits).
+        device: where to run; ``None`` is the device of the model's parameters. The model is moved there.
+        amp: float16 autocast (CUDA only); ``None`` enables it on CUDA.
+        targets_transform: applied to every batch's targets first.
+
+    Returns:
+        ``{"loss": ..., <NamedTuple fields>..., "map": ...}``, means over samples; mAP over the whole loader.
+
+    Raises:
+        TypeError, ValueError: as :func:`fit`.
+    """
+    run_device, use_amp = _device_and_amp(model, device, amp)
+    if device is not None:
+        model.to(run_device)
+    step = Step(model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            means, mean_ap = run_pass(step, loader, bar=None)
+    finally:
+        model.train(was_training)
+    return {**means, "map": float(mean_ap)}
+
+
+def _device_and_amp(
+    model: nn.Module, device: str | torch.device | None, amp: bool | None
+) -> tuple[torch.device, bool]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type_name(model)}")
+    if device is None:
+        first = next(model.parameters(), None)
+        run_device = first.device if first is not None else torch.device("cpu")
+    else:
+        run_device = torch.device(device)
+    if amp is None:
+        amp = run_device.type == "cuda"
+    elif not isinstance(amp, bool):
+        raise TypeError(f"`amp` must be a bool or None, got {type_name(amp)}")
+    elif amp and run_device.type != "cuda":
+        raise ValueError(f"`amp` (float16 autocast) needs a CUDA device, got device {run_device}")
+    return run_device, amp
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    *,
+    epochs: int,
+    loss: LossFn | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float = 1e-4,
+    val_loader: Iterable[Any] | None = None,
+    scheduler: Literal["plateau"] | Scheduler | None = "plateau",
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    targets_transform: Callable[[Tensor], Tensor] | None = None,
+    seed: int = 0,
+) -> History:
+    """Train ``model`` for multi-label classification; defaults follow the paper's recipe.
+
+    Defaults: Adam with ``lr=1e-4``; ``ReduceLROnPlateau`` (factor 0.5, patience 5) on the validation loss
+    (on the training loss when there is no ``val_loader``), stepped once per epoch; BCE with logits. One tqdm
+    bar per epoch shows the running loss, then the validation mAP. The model is trained in place; its
+    ``training`` flag is restored at the end.
+
+    Reproducibility: training runs under :func:`torch.random.fork_rng` seeded with ``seed``, so the caller's
+    torch random state is left untouched and two runs with the same seed, model initialisation and data give
+    the same weights on the CPU (on CUDA, call ``torch.use_deterministic_algorithms(True)`` for bitwise
+    equality). The loader's shuffle order comes from that seeded state, or from the loader's own
+    ``generator`` if it has one.
+
+    Checkpoint and resume: with ``checkpoint``, a file is written atomically after every epoch with the model,
+    optimizer, scheduler and AMP scaler states, the history, and every random state the next epoch depends on
+    (torch CPU and CUDA, NumPy's and Python's global generators, the loader's and its sampler's generators).
+    If the file exists when ``fit`` starts, training resumes after its last completed epoch and ends with
+    the same weights as an uninterrupted run (NumPy's and Python's global states are then set to the saved
+    ones). The optimizer's hyper-parameters come from the checkpoint. It loads with
+    ``torch.load(weights_only=True)``.
+
+    Args:
+        model: a classifier returning logits ``(B, K)`` or an object with ``mean_logits (B, K)``.
+        train_loader: re-iterable batches following the batch contract (module docstring), e.g. a DataLoader.
+        epochs: total number of epochs, counting those already in ``checkpoint``.
+        loss: ``loss(output, targets)`` returning a scalar tensor or a NamedTuple of scalar tensors whose
+            first field is the total. Default: BCE with logits, for models returning a logits tensor; a
+            two-branch model needs its own loss (``hiercam.TwoBranchLoss``).
+        optimizer: default ``torch.optim.Adam(model.parameters(), lr=lr)``.
+        lr: learning rate of the default optimizer (ignored when ``optimizer`` is given).
+        val_loader: batches for the validation loss and mAP after every epoch.
+        scheduler: ``"plateau"`` (the paper's), ``None`` (constant rate), or a scheduler built on
+            ``optimizer``, stepped once per epoch (``ReduceLROnPlateau`` with the monitored loss).
+        device: where to train; ``None`` is the device of the model's parameters. The model is moved there.
+        amp: float16 autocast with gradient scaling, CUDA only; ``None`` enables it on CUDA.
+        checkpoint: file to write after every epoch and to resume from when it exists.
+        progress: show tqdm progress bars (on stderr).
+        targets_transform: applied to the targets of every batch, e.g.
+            ``functools.partial(hierarchy.remap_targets, level=1)`` to train a level model.
+        seed: seed of the torch random state during training.
+
+    Returns:
+        The :class:`History` of all epochs, resumed ones included.
+
+    Raises:
+        TypeError: an argument of the wrong type, a batch or model output or loss result not following the
+            contracts.
+        ValueError: ``epochs < 1``, ``lr <= 0``, ``amp`` without CUDA, logits and targets of different
+            shapes, a checkpoint from another format or with more epochs than ``epochs``.
+
+    Example:
+        >>> import torch
+        >>> data = [(torch.randn(8, 4), torch.randint(0, 2, (8, 3)).float()) for _ in range(4)]
+        >>> history = fit(torch.nn.Linear(4, 3), data, epochs=2, val_loader=data[:1], progress=False)
+        >>> history.keys()
+        ['epoch', 'lr', 'train_loss', 'val_loss', 'val_map', 'seconds']
+    """
+    check_int(epochs, "epochs", minimum=1)
+    check_int(seed, "seed", minimum=0)
+    run_device, use_amp = _device_and_amp(model, device, amp)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"`lr` must be a float, got {type_name(lr)}")
+    if not lr > 0:
+        raise ValueError(f"`lr` must be > 0, got {lr}")
+    if loss is not None and not callable(loss):
+        raise TypeError(f"`loss` must be callable or None, got {type_name(loss)}")
+    if targets_transform is not None and not callable(targets_transform):
+        raise TypeError(f"`targets_transform` must be callable or None, got {type_name(targets_transform)}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"`optimizer` must be a torch.optim.Optimizer or None, got {type_name(optimizer)}")
+    if isinstance(scheduler, str) and scheduler != "plateau":
+        raise ValueError(f"`scheduler` must be 'plateau', None or a scheduler object, got {scheduler!r}")
+    if scheduler is not None and not isinstance(scheduler, (str, LRScheduler, ReduceLROnPlateau)):
+        raise TypeError(
+            f"`scheduler` must be 'plateau', None or a scheduler object, got {type_name(scheduler)}"
+        )
+
+    if device is not None:
+        model.to(run_device)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if scheduler == "plateau":
+        scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=5)
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    step = Step(model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform)
+    generators = loader_generators(train_loader)
+    cuda = [run_device] if run_device.type == "cuda" else []
+
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                with torch.cuda.device(run_device):
+                    torch.cuda.manual_seed(seed)
+            history = History()
+            if checkpoint is not None and Path(checkpoint).is_file():
+                history = _resume(
+                    checkpoint, epochs, model, optimizer, scheduler, scaler, run_device, generators
+                )
+            for epoch in range(len(history) + 1, epochs + 1):
+                record = _epoch(step, train_loader, val_loader, optimizer, scaler, epoch, epochs, progress)
+                monitored = record.get("val_loss", record["train_loss"])
+                if isinstance(scheduler, ReduceLROnPlateau):
+                    scheduler.step(monitored)
+                elif scheduler is not None:
+                    scheduler.step()
+                history.append(record)
+                if checkpoint is not None:
+                    save_checkpoint(
+                        checkpoint,
+                        {
+                            "epoch": epoch,
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                            "scaler": scaler.state_dict() if scaler is not None else None,
+                            "history": history.records,
+                            "rng": random_states(run_device, generators),
+                        },
+                    )
+    finally:
+        model.train(was_training)
+    return history
+
+
+def _epoch(
+    step: Step,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    epoch: int,
+    epochs: int,
+    progress: bool,
+) -> dict[str, float]:
+    """Train one epoch, validate, and return its record."""
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    record: dict[str, float] = {"epoch": float(epoch), "lr": float(optimizer.param_groups[0]["lr"])}
+    total = len(train_loader) if isinstance(train_loader, Sized) else None
+    with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not progress, dynamic_ncols=True) as bar:
+        step.model.train()
+        train, _ = run_pass(step, train_loader, bar, optimizer, scaler)
+        record.update({f"train_{name}": value for name, value in train.items()})
+        bar.set_postfix(loss=f"{train['loss']:.4f}")
+        if val_loader is not None:
+            step.model.eval()
+            with torch.no_grad():
+                val, mean_ap = run_pass(step, val_loader, None)
+            record.update({f"val_{name}": value for name, value in val.items()})
+            record["val_map"] = float(mean_ap)
+            bar.set_postfix(
+                loss=f"{train['loss']:.4f}", val_loss=f"{val['loss']:.4f}", val_map=f"{mean_ap:.4f}"
+            )
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def _resume(
+    path: str | os.PathLike[str],
+    epochs: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Scheduler | None,
+    scaler: torch.amp.GradScaler | None,
+    device: torch.device,
+    generators: list[torch.Generator],
+) -> History:
+    """Load a checkpoint into the training objects; returns the history of its completed epochs."""
+    data = load_checkpoint(path)
+    if data["epoch"] > epochs:
+        raise ValueError(
+            f"`checkpoint` {os.fspath(path)!r} holds {data['epoch']} completed epochs, "
+            f"more than `epochs`={epochs}"
+        )
+    model.load_state_dict(data["model"])
+    optimizer.load_state_dict(data["optimizer"])
+    if scheduler is not None and data["scheduler"] is not None:
+        scheduler.load_state_dict(data["scheduler"])
+    if scaler is not None and data["scaler"] is not None:
+        scaler.load_state_dict(data["scaler"])
+    restore_random_states(data["rng"], device, generators)
+    return History(data["history"])
