@@ -19,6 +19,8 @@ from hiercam import (
     FashionScenes,
     History,
     MeanAveragePrecision,
+    TwoBranchLoss,
+    TwoBranchNet,
     average_precision,
     evaluate,
     fit,
@@ -340,6 +342,48 @@ def test_two_branch_model_with_named_tuple_loss() -> None:
     assert set(measured) == {"loss", "total", "classification", "orthogonal", "map"}
     with pytest.raises(TypeError, match="default loss .* needs a model that returns a logits tensor"):
         fit(model, val, epochs=1, progress=False)
+
+
+def test_real_two_branch_net_trains_and_resumes_with_two_branch_loss(tmp_path: Path) -> None:
+    def net() -> TwoBranchNet:
+        torch.manual_seed(0)
+        return TwoBranchNet(functools.partial(small_convnet, width=4, norm="group"), num_classes=10)
+
+    loss = TwoBranchLoss(lam=1e-3, reduction="batchmean")
+    train, val = shuffled_loader(seed=5), scene_batches("val", 32, 16)
+    whole = net()
+    history = fit(whole, train, epochs=3, loss=loss, val_loader=val, lr=3e-3, progress=False)
+    assert {"train_classification_1", "train_classification_2", "train_orthogonal", "val_map"} <= set(
+        history.keys()
+    )
+    parts = history["train_classification_1"][0] + history["train_classification_2"][0]
+    assert history["train_loss"][0] == pytest.approx(parts + 1e-3 * history["train_orthogonal"][0], rel=1e-5)
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    checkpoint = tmp_path / "two_branch.pt"
+    first = net()
+    fit(
+        first,
+        shuffled_loader(seed=5),
+        epochs=1,
+        loss=loss,
+        val_loader=val,
+        lr=3e-3,
+        checkpoint=checkpoint,
+        progress=False,
+    )
+    resumed = net()
+    again = fit(
+        resumed,
+        shuffled_loader(seed=5),
+        epochs=3,
+        loss=loss,
+        val_loader=val,
+        lr=3e-3,
+        checkpoint=checkpoint,
+        progress=False,
+    )
+    assert weights_equal(resumed, whole)
+    assert without_time(again) == without_time(history)
 
 
 def test_targets_transform_trains_a_level_model() -> None:

@@ -1,0 +1,318 @@
+"""The pipeline's typed configuration, loadable from TOML or JSON, validated before any training starts.
+
+A config file has one table per section; every key is optional (defaults below) and unknown keys are errors::
+
+    seed = 0
+    device = "cpu"
+
+    [data]
+    dataset = "fashion_scenes"
+    train_scenes = 3000
+
+    [model]
+    backbone = "small_convnet"
+
+    [train]
+    epochs = 6
+
+    [method]
+    levels = [4, 2]
+    lam = 1e-4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "MethodConfig",
+    "PipelineConfig",
+    "ConfigError",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: an unknown key, a wrong type or an invalid value."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, and how much of it.
+
+    Attributes:
+        dataset: ``"fashion_scenes"`` (bundled) or ``"voc"`` (PASCAL VOC 2012 under ``root``).
+        root: data folder: full Fashion-MNIST IDX files (optional) or ``VOCdevkit`` (required for VOC).
+        image_size: side of the square images fed to the models.
+        train_scenes, val_scenes, test_scenes: FashionScenes sizes (ignored for VOC).
+        items: FashionScenes garments per scene, ``(min, max)``.
+        num_workers: DataLoader workers.
+    """
+
+    dataset: Literal["fashion_scenes", "voc"] = "fashion_scenes"
+    root: str | None = None
+    image_size: int = 96
+    train_scenes: int = 3000
+    val_scenes: int = 400
+    test_scenes: int = 400
+    items: tuple[int, int] = (1, 4)
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The backbone every model is built from.
+
+    Attributes:
+        backbone: ``"small_convnet"``, a torchvision classifier name (``"resnet50"``, ``"vgg16"``...), or
+            ``"timm:<name>"``.
+        width: channel width of ``small_convnet``.
+        pretrained: start torchvision backbones from their ImageNet weights (they must already be in the
+            torch hub cache: nothing is downloaded unless the user allowed it).
+    """
+
+    backbone: str = "small_convnet"
+    width: int = 32
+    pretrained: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How every model is trained (the paper: Adam, lr 1e-4, plateau halving after 5 epochs, batch 20).
+
+    Attributes:
+        epochs: epochs per model.
+        lr: Adam learning rate.
+        batch_size: images per batch (per process under ``torchrun``).
+        weight_decay: L2 penalty on all weights.
+        scheduler: ``"plateau"`` (halve the rate when the validation loss stalls) or ``"none"``.
+        patience: plateau patience in epochs.
+        amp: mixed precision on CUDA (``None``: on when CUDA is used).
+        channels_last: use the channels-last memory format on CUDA.
+    """
+
+    epochs: int = 6
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    scheduler: Literal["plateau", "none"] = "plateau"
+    patience: int = 5
+    amp: bool | None = None
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The method's own choices (paper sections 3.3-3.5).
+
+    Attributes:
+        levels: group counts after the base level, strictly decreasing (paper on VOC: ``[12, 8, 5]``).
+        grouping_normalize: L2-normalise class vectors before K-means.
+        grouping_weighted: weight group centres by their class counts.
+        lam: weight of the orthogonal loss (paper: 1e-4 with the raw sum).
+        orthogonal_reduction: ``"sum"`` (paper), ``"batchmean"``, ``"mean"``.
+        orthogonal_normalize: L2-normalise each sample's features inside the orthogonal loss.
+        rest: reading of ``M0'`` in Eq. 6: ``"max"``, ``"mean"`` or ``"none"``.
+        threshold: the CAM threshold of the paper's metrics (0.15).
+        thresholds: grid from which the best threshold is chosen on validation data.
+        iou: box IoU needed for a correct localisation.
+    """
+
+    levels: tuple[int, ...] = (4, 2)
+    grouping_normalize: bool = False
+    grouping_weighted: bool = False
+    lam: float = 1e-4
+    orthogonal_reduction: Literal["sum", "batchmean", "mean"] = "sum"
+    orthogonal_normalize: bool = False
+    rest: Literal["max", "mean", "none"] = "max"
+    threshold: float = 0.15
+    thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+    iou: float = 0.5
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a run needs; recorded in full in every run directory.
+
+    Attributes:
+        seed: seed of data generation, initialisation and shuffling.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or ``"auto"`` (CUDA when available).
+        ablation: also train the single-branch level models and report the paper's Table 4 rows.
+        data, model, train, method: the sections above.
+    """
+
+    seed: int = 0
+    device: str = "auto"
+    ablation: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:
+        """Build and validate a config from nested mappings (as read from TOML or JSON)."""
+        return _build(cls, data, "")
+
+    def replace(self, **changes: Any) -> PipelineConfig:
+        """A copy with top-level fields or whole sections replaced; ``section__key=value`` sets one key."""
+        sections: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for key, value in changes.items():
+            section, _, name = key.partition("__")
+            if name:
+                sections.setdefault(section, {})[name] = value
+            else:
+                top[key] = value
+        data = self.to_dict()
+        for section, values in sections.items():
+            if section not in data or not isinstance(data[section], dict):
+                raise ConfigError(f"unknown config section {section!r}")
+            data[section].update(values)
+        data.update(top)
+        return PipelineConfig.from_dict(data)
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read a :class:`PipelineConfig` from a ``.toml`` or ``.json`` file (plain data: nothing is executed).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: unknown keys, wrong types or invalid values (the message names the key).
+    """
+    source = Path(path)
+    text = source.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if source.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{source}: cannot parse: {error}") from None
+    try:
+        return PipelineConfig.from_dict(data)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"`{prefix or 'config'}` must be a table, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f" in [{prefix}]" if prefix else ""
+        raise ConfigError(f"unknown config key(s){where}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, key)  # type: ignore[arg-type]
+        else:
+            values[name] = _coerce(value, hint, key)
+    try:
+        return cls(**values)
+    except TypeError as error:  # pragma: no cover - guarded by the key check above
+        raise ConfigError(str(error)) from None
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"`{key}` must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (tuple,):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"`{key}` must be a list, got {type(value).__name__}")
+        item = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"`{key}` must have {len(args)} entries, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if args and type(None) in args:  # Optional[...]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"`{key}` must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"`{key}` must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"`{key}` must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"`{key}` must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"`{key}` has an unsupported type {hint!r}")  # pragma: no cover
+
+
+def _validate(config: PipelineConfig) -> None:
+    data, train, method = config.data, config.train, config.method
+    positive = {
+        "data.image_size": data.image_size,
+        "data.train_scenes": data.train_scenes,
+        "data.val_scenes": data.val_scenes,
+        "data.test_scenes": data.test_scenes,
+        "model.width": config.model.width,
+        "train.epochs": train.epochs,
+        "train.batch_size": train.batch_size,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"`{key}` must be >= 1, got {value}")
+    if data.num_workers < 0 or train.patience < 0 or config.seed < 0:
+        raise ConfigError("`data.num_workers`, `train.patience` and `seed` must be >= 0")
+    if not 1 <= data.items[0] <= data.items[1]:
+        raise ConfigError(f"`data.items` must be (min, max) with 1 <= min <= max, got {list(data.items)}")
+    if not (train.lr > 0 and math.isfinite(train.lr)):
+        raise ConfigError(f"`train.lr` must be a positive number, got {train.lr}")
+    if train.weight_decay < 0:
+        raise ConfigError(f"`train.weight_decay` must be >= 0, got {train.weight_decay}")
+    if not method.levels:
+        raise ConfigError("`method.levels` must name at least one group level")
+    if any(n < 1 for n in method.levels) or any(a <= b for a, b in zip(method.levels, method.levels[1:])):
+        raise ConfigError(f"`method.levels` must be strictly decreasing positive counts, got {list(method.levels)}")
+    if not (method.lam >= 0 and math.isfinite(method.lam)):
+        raise ConfigError(f"`method.lam` must be a non-negative number, got {method.lam}")
+    for key, value in [("method.threshold", method.threshold), ("method.iou", method.iou), *(
+        (f"method.thresholds[{i}]", t) for i, t in enumerate(method.thresholds)
+    )]:
+        if not 0 < value < 1:
+            raise ConfigError(f"`{key}` must be between 0 and 1 (exclusive), got {value}")
+    if not method.thresholds:
+        raise ConfigError("`method.thresholds` must not be empty")
+    if data.dataset == "voc" and data.root is None:
+        raise ConfigError("`data.root` must name the VOCdevkit folder when `data.dataset` is 'voc'")
+    device = config.device
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
