@@ -294,3 +294,12 @@ def test_bad_hierarchies() -> None:
         ClassHierarchy([[0.0, 1.0, 1.0]])
     with pytest.raises(ValueError, match="`class_index` must be <= 3, got 4"):
         ClassHierarchy([[0, 0, 1, 1]]).group_of(4, 1)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    path = ClassHierarchy([[0, 0, 1]]).save(tmp_path / "h.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -28,6 +28,7 @@ import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -66,10 +67,10 @@ class DataConfig:
 
     dataset: Literal["fashion_scenes", "voc"] = "fashion_scenes"
     root: str | None = None
-    image_size: int = 96
-    train_scenes: int = 3000
-    val_scenes: int = 400
-    test_scenes: int = 400
+    image_size: int = 80
+    train_scenes: int = 10000
+    val_scenes: int = 500
+    test_scenes: int = 500
     items: tuple[int, int] = (1, 4)
     num_workers: int = 0
 
@@ -87,7 +88,7 @@ class ModelConfig:
     """
 
     backbone: str = "small_convnet"
-    width: int = 32
+    width: int = 16
     pretrained: bool = False
 
 
@@ -107,7 +108,7 @@ class TrainConfig:
     """
 
     epochs: int = 6
-    lr: float = 1e-3
+    lr: float = 3e-3
     batch_size: int = 32
     weight_decay: float = 0.0
     scheduler: Literal["plateau", "none"] = "plateau"
@@ -141,7 +142,7 @@ class MethodConfig:
     orthogonal_normalize: bool = False
     rest: Literal["max", "mean", "none"] = "max"
     threshold: float = 0.15
-    thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+    thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
     iou: float = 0.5
 
 
@@ -169,12 +170,14 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:
         """Build and validate a config from nested mappings (as read from TOML or JSON)."""
-        return _build(cls, data, "")
+        config: PipelineConfig = _build(cls, data, "")
+        return config
 
     def replace(self, **changes: Any) -> PipelineConfig:
         """A copy with top-level fields or whole sections replaced; ``section__key=value`` sets one key."""
@@ -222,7 +225,9 @@ def _build(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
     unknown = sorted(set(data) - known)
     if unknown:
         where = f" in [{prefix}]" if prefix else ""
-        raise ConfigError(f"unknown config key(s){where}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown config key(s){where}: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     values = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -300,15 +305,17 @@ def _validate(config: PipelineConfig) -> None:
         raise ConfigError(f"`train.weight_decay` must be >= 0, got {train.weight_decay}")
     if not method.levels:
         raise ConfigError("`method.levels` must name at least one group level")
-    if any(n < 1 for n in method.levels) or any(a <= b for a, b in zip(method.levels, method.levels[1:])):
-        raise ConfigError(f"`method.levels` must be strictly decreasing positive counts, got {list(method.levels)}")
+    if any(n < 1 for n in method.levels) or any(a <= b for a, b in pairwise(method.levels)):
+        raise ConfigError(
+            f"`method.levels` must be strictly decreasing positive counts, got {list(method.levels)}"
+        )
     if not (method.lam >= 0 and math.isfinite(method.lam)):
         raise ConfigError(f"`method.lam` must be a non-negative number, got {method.lam}")
-    for key, value in [("method.threshold", method.threshold), ("method.iou", method.iou), *(
-        (f"method.thresholds[{i}]", t) for i, t in enumerate(method.thresholds)
-    )]:
-        if not 0 < value < 1:
-            raise ConfigError(f"`{key}` must be between 0 and 1 (exclusive), got {value}")
+    bounded = {"method.threshold": method.threshold, "method.iou": method.iou}
+    bounded.update({f"method.thresholds[{i}]": t for i, t in enumerate(method.thresholds)})
+    for key, fraction in bounded.items():
+        if not 0 < fraction < 1:
+            raise ConfigError(f"`{key}` must be between 0 and 1 (exclusive), got {fraction}")
     if not method.thresholds:
         raise ConfigError("`method.thresholds` must not be empty")
     if data.dataset == "voc" and data.root is None:

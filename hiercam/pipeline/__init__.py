@@ -1,0 +1,29 @@
+"""The whole method as one pipeline: train, group, train levels, extract CAMs, fuse, evaluate, report.
+
+Stages write their artifacts to a run directory and are skipped on a re-run when their inputs and config
+did not change, so an interrupted run resumes where it stopped (``force=True`` redoes everything).
+"""
+
+from hiercam.pipeline.config import (
+    ConfigError,
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    PipelineConfig,
+    TrainConfig,
+    load_config,
+)
+from hiercam.pipeline.run import demo_config, run_bench, run_pipeline
+
+__all__ = [
+    "PipelineConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "MethodConfig",
+    "ConfigError",
+    "load_config",
+    "demo_config",
+    "run_pipeline",
+    "run_bench",
+]

@@ -1,0 +1,56 @@
+"""Run-directory artifacts: content keys that decide when a step can be skipped, and safe file I/O.
+
+Every step of a run is identified by a *key*: the SHA-256 of the JSON of everything it depends on (the parts
+of the config it reads, the keys of the steps it uses). A step writes its outputs, then a small JSON marker
+holding its key; on a re-run, a step whose marker holds the same key is skipped. Files are written atomically
+(temporary file + rename) and tensors are read back with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hiercam._io import atomic_write, atomic_write_json
+
+__all__ = ["digest", "read_marker", "write_marker", "save_tensors", "load_tensors"]
+
+
+def digest(parts: Any) -> str:
+    """SHA-256 of the canonical JSON of ``parts`` (sorted keys)."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_marker(path: Path, key: str) -> dict[str, Any] | None:
+    """The marker's content if it exists and holds ``key``, else ``None``."""
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not isinstance(marker, dict) or marker.get("key") != key:
+        return None
+    return marker
+
+
+def write_marker(path: Path, key: str, content: dict[str, Any]) -> None:
+    """Write a marker ``{"key": key, **content}`` atomically (the last thing a step does)."""
+    atomic_write_json(path, {"key": key, **content})
+
+
+def save_tensors(path: str | os.PathLike[str], tensors: dict[str, Any]) -> None:
+    """``torch.save`` a dict of tensors (and plain data), atomically."""
+    atomic_write(path, lambda handle: torch.save(tensors, handle))
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a file written by :func:`save_tensors` with ``weights_only=True`` (nothing is executed)."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict):
+        raise ValueError(f"{os.fspath(path)!r} does not hold a dict of tensors")
+    return data

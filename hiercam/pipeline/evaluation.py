@@ -1,0 +1,138 @@
+"""Stage 4: the CAM variants of the ablation, scored with mIoU and localisation error on val and test.
+
+The variants (the paper's Table 4 rows, and diagnostics):
+
+* ``baseline``: Grad-CAM of the single-branch classifier on the ``K`` classes (no grouping, no orthogonal
+  loss);
+* ``two_branch``: the branch average of the level-0 two-branch model (orthogonal loss only);
+* ``grouping``: Eq. 6 over single-branch models (grouping only);
+* ``full``: Eq. 6 over the two-branch models (both; the paper's method);
+* ``level_l``: the two-branch level-``l`` model's map of each class's group, alone (a diagnostic).
+
+Every map is upsampled (bilinear) to the image size and max-normalised before fusion and scoring. mIoU and
+localisation error are computed at every threshold of ``method.thresholds`` in one pass; the threshold with
+the best validation mIoU is then applied to test, so test data never chooses anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from hiercam.fusion import fuse_hierarchy
+from hiercam.grouping import ClassHierarchy
+from hiercam.maps import normalize_maps
+from hiercam.metrics import LocalizationError, MeanIoU
+from hiercam.pipeline.config import PipelineConfig
+from hiercam.pipeline.data import SplitData, eval_batches
+
+__all__ = ["ABLATION", "variant_names", "variant_maps", "score_split", "choose_thresholds"]
+
+ABLATION = {
+    "baseline": "Grad-CAM baseline (single branch, no grouping)",
+    "two_branch": "+ orthogonal two-branch only",
+    "grouping": "+ grouping only",
+    "full": "both (the paper's method)",
+}
+
+
+def variant_names(config: PipelineConfig, hierarchy: ClassHierarchy) -> list[str]:
+    """The variants a run evaluates (ablation rows need ``config.ablation``)."""
+    names = ["baseline", "two_branch", "grouping", "full"] if config.ablation else ["baseline", "full"]
+    return names + [f"level_{level}" for level in range(1, hierarchy.num_levels)]
+
+
+def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    return normalize_maps(F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False))
+
+
+def variant_maps(
+    cams: dict[str, Tensor],
+    rows: slice,
+    hierarchy: ClassHierarchy,
+    labels: Tensor,
+    size: tuple[int, int],
+    names: list[str],
+    rest: str,
+) -> Iterator[tuple[str, Tensor]]:
+    """``(name, maps (B, K, H, W))`` of each variant for the images ``rows`` of a split."""
+    levels = range(1, hierarchy.num_levels)
+    cache: dict[str, Tensor] = {}
+
+    def get(model: str) -> Tensor:
+        if model not in cache:
+            cache[model] = _upsample(cams[model][rows], size)
+        return cache[model]
+
+    for name in names:
+        if name == "baseline":
+            yield name, get("base")
+        elif name == "two_branch":
+            yield name, get("two_branch_L0")
+        elif name in ("grouping", "full"):
+            prefix = "single" if name == "grouping" else "two_branch"
+            base = get("base") if name == "grouping" else get("two_branch_L0")
+            level_maps = [get(f"{prefix}_L{level}") for level in levels]
+            yield name, fuse_hierarchy(base, level_maps, hierarchy, labels, rest=rest)  # type: ignore[arg-type]
+        else:
+            level = int(name.split("_")[1])
+            yield name, get(f"two_branch_L{level}")[:, hierarchy.assignments(level)]
+
+
+def score_split(
+    config: PipelineConfig,
+    data: SplitData,
+    cams: dict[str, Tensor],
+    hierarchy: ClassHierarchy,
+    names: list[str],
+) -> dict[str, dict[str, list[float]]]:
+    """Score every variant at every threshold: ``{variant: {"miou": [...], "loc_error": [...]}}``."""
+    method = config.method
+    thresholds = list(method.thresholds)
+    num_classes = hierarchy.num_classes
+    iou = {name: MeanIoU(num_classes + 1, thresholds=thresholds, ignore_index=255) for name in names}
+    loc = {name: [LocalizationError(t, method.iou) for t in thresholds] for name in names}
+    start = 0
+    for images, targets, masks, boxes in eval_batches(data, 64):
+        rows = slice(start, start + len(images))
+        start += len(images)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        for name, maps in variant_maps(cams, rows, hierarchy, targets, size, names, method.rest):
+            iou[name].update(maps, masks, targets)
+            for metric in loc[name]:
+                metric.update(maps, targets, boxes)
+    return {
+        name: {
+            "miou": [100 * float(v) for v in iou[name].compute().miou],
+            "loc_error": [float(metric.compute()) for metric in loc[name]],
+        }
+        for name in names
+    }
+
+
+def choose_thresholds(
+    config: PipelineConfig, scores: dict[str, dict[str, dict[str, list[float]]]]
+) -> dict[str, Any]:
+    """Per variant: figures at the paper's threshold and at the threshold with the best validation mIoU.
+
+    ``scores`` is ``{split: score_split(...)}`` for ``"val"`` and ``"test"``.
+    """
+    thresholds = list(config.method.thresholds)
+    paper = thresholds.index(config.method.threshold)
+    summary: dict[str, Any] = {}
+    for name, val in scores["val"].items():
+        best = max(range(len(thresholds)), key=lambda i: val["miou"][i])
+        entry: dict[str, Any] = {"threshold": thresholds[best]}
+        for split, by_name in scores.items():
+            figures = by_name[name]
+            entry[split] = {
+                "miou": figures["miou"][paper],
+                "loc_error": figures["loc_error"][paper],
+                "miou_at_val_threshold": figures["miou"][best],
+                "loc_error_at_val_threshold": figures["loc_error"][best],
+            }
+        summary[name] = entry
+    return summary

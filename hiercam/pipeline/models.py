@@ -1,0 +1,80 @@
+"""Building the pipeline's models from the config: single-branch classifiers and two-branch networks."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from hiercam.models import Branch, TwoBranchNet, cut_backbone, small_convnet
+from hiercam.pipeline.config import ModelConfig
+
+__all__ = ["backbone_factory", "single_branch", "two_branch"]
+
+
+def backbone_factory(config: ModelConfig) -> Callable[[], nn.Module]:
+    """A function returning a new feature extractor ``(B, 3, H, W) -> (B, C, h, w)`` on every call.
+
+    ``small_convnet`` is initialised at random; a torchvision name (``"resnet50"``) builds that classifier
+    with its ImageNet weights when ``pretrained`` (from the torch hub cache; the run fails rather than
+    download when they are missing and downloads are off) and cuts it before its pooling; ``"timm:<name>"``
+    does the same through timm.
+    """
+    if config.backbone == "small_convnet":
+        return functools.partial(small_convnet, width=config.width)
+    if config.backbone.startswith("timm:"):
+        return functools.partial(_timm_features, config.backbone[5:], config.pretrained)
+    return functools.partial(_torchvision_features, config.backbone, config.pretrained)
+
+
+def _torchvision_features(name: str, pretrained: bool) -> nn.Module:
+    from torchvision import models
+
+    try:
+        model = models.get_model(name, weights="DEFAULT" if pretrained else None)
+    except ValueError as error:
+        raise ValueError(f"`model.backbone` {name!r} is not a torchvision model: {error}") from None
+    return cut_backbone(model).features
+
+
+def _timm_features(name: str, pretrained: bool) -> nn.Module:
+    import timm
+
+    return cut_backbone(timm.create_model(name, pretrained=pretrained)).features
+
+
+def _channels(features: nn.Module) -> int:
+    channels = getattr(features, "out_channels", None)
+    if isinstance(channels, int):
+        return channels
+    was_training = features.training
+    features.eval()
+    try:
+        with torch.no_grad():
+            probe = features(torch.zeros(1, 3, 64, 64, device=next(features.parameters()).device))
+    finally:
+        features.train(was_training)
+    return int(probe.shape[1])
+
+
+def single_branch(config: ModelConfig, num_classes: int, seed: int) -> Branch:
+    """A single-branch classifier ``features -> global average pool -> linear``, seeded."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        features = backbone_factory(config)()
+        return Branch(features, _channels(features), num_classes)
+
+
+def two_branch(config: ModelConfig, num_classes: int, seed: int) -> TwoBranchNet:
+    """A :class:`~hiercam.TwoBranchNet`, seeded.
+
+    From-scratch backbones get two independent initialisations (a factory); pretrained ones are copied, so
+    both branches start from the same ImageNet weights as in the paper.
+    """
+    factory = backbone_factory(config)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        backbone: nn.Module | Callable[[], nn.Module] = factory() if config.pretrained else factory
+        return TwoBranchNet(backbone, num_classes)

@@ -1,0 +1,226 @@
+"""Running the whole method: :func:`run_pipeline` for one config, :func:`run_bench` over seeds, presets."""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hiercam._io import atomic_write_json
+from hiercam._version import __version__
+from hiercam.pipeline.config import PipelineConfig
+from hiercam.pipeline.evaluation import choose_thresholds, score_split, variant_names
+from hiercam.pipeline.stages import (
+    EVAL_SPLITS,
+    RunContext,
+    build_hierarchy,
+    extract_cams,
+    model_map,
+    train_base,
+    train_levels,
+)
+
+__all__ = ["run_pipeline", "run_bench", "demo_config", "RunResult"]
+
+RunResult = dict[str, Any]
+
+
+def demo_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
+    """The bundled-data demo: FashionScenes, ``small_convnet``, levels 10 -> 4 -> 2, on the CPU.
+
+    The full demo takes about 4-6 minutes on 2 CPU cores; ``quick`` (tiny images, few scenes, 2 epochs)
+    under a minute, for smoke tests. Its numbers mean nothing.
+    """
+    config = PipelineConfig(seed=seed, device="cpu")
+    if quick:
+        return config.replace(
+            data__image_size=48,
+            data__train_scenes=256,
+            data__val_scenes=64,
+            data__test_scenes=64,
+            model__width=8,
+            train__epochs=2,
+            train__lr=3e-3,
+        )
+    return config
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    out: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    test: bool = True,
+    cache: str | Path | None = None,
+) -> RunResult:
+    """Run every stage into ``out``; stages whose inputs did not change since they completed are skipped.
+
+    Writes ``config.json`` (the full config), ``run.json`` (versions, seeds, timings), ``metrics.json``,
+    ``report.md`` and ``figures/*.png`` (when matplotlib is installed), besides the stages' own artifacts.
+
+    Args:
+        config: the run's settings.
+        out: run directory.
+        force: redo every stage even when up to date.
+        progress: tqdm bars during training.
+        log: where progress lines go.
+        test: also extract and score the test split. Hyper-parameter sweeps pass ``False`` so that test data
+            is never looked at while choosing.
+        cache: a folder for models and CAMs shared between runs (stored under content keys), e.g. by the
+            runs of a sweep; default ``out``.
+
+    Returns:
+        The content of ``metrics.json``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(
+        config, out, force=force, progress=progress, log=log, cache=None if cache is None else Path(cache)
+    )
+    splits = EVAL_SPLITS if test else ("val",)
+    atomic_write_json(out / "config.json", config.to_dict())
+    started = time.perf_counter()
+    ctx.data("train")  # data problems (a missing folder...) show before any training
+
+    log(f"[1/4] base classifier and class hierarchy ({config.data.dataset}, {config.model.backbone})")
+    stage = time.perf_counter()
+    base = train_base(ctx)
+    hierarchy, hierarchy_key = build_hierarchy(ctx, base)
+    log(str(hierarchy))
+    ctx.timings["stage1_base_and_hierarchy"] = time.perf_counter() - stage
+
+    log(
+        f"[2/4] level models: two-branch (lam={config.method.lam:g}, {config.method.orthogonal_reduction})"
+        + (" and single-branch" if config.ablation else "")
+    )
+    stage = time.perf_counter()
+    models = {"base": base, **train_levels(ctx, hierarchy, hierarchy_key)}
+    ctx.timings["stage2_levels"] = time.perf_counter() - stage
+
+    log(f"[3/4] class activation maps of every model ({', '.join(splits)})")
+    stage = time.perf_counter()
+    cams = {split: extract_cams(ctx, models, split) for split in splits}
+    ctx.timings["stage3_cams"] = time.perf_counter() - stage
+
+    log(f"[4/4] evaluation: mIoU and localisation error, M0' = {config.method.rest!r}")
+    stage = time.perf_counter()
+    names = variant_names(config, hierarchy)
+    scores = {split: score_split(config, ctx.data(split), cams[split], hierarchy, names) for split in splits}
+    summary = choose_thresholds(config, scores)
+    classification = {
+        split: model_map(models, cams[split], ctx.data(split).targets, hierarchy) for split in splits
+    }
+    branch_r = {
+        split: {
+            name[: -len("/branch_r")]: _nanmean(values)
+            for name, values in cams[split].items()
+            if name.endswith("/branch_r")
+        }
+        for split in splits
+    }
+    ctx.timings["stage4_evaluation"] = time.perf_counter() - stage
+    ctx.timings["total"] = time.perf_counter() - started
+
+    metrics: RunResult = {
+        "variants": summary,
+        "thresholds": list(config.method.thresholds),
+        "scores": scores,
+        "classification_map": classification,
+        "branch_cam_correlation": branch_r,
+        "rest": config.method.rest,
+        "hierarchy": hierarchy.to_dict(),
+        "histories": {name: trained.history for name, trained in models.items()},
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(
+        out / "run.json",
+        {
+            "hiercam": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "threads": torch.get_num_threads(),
+            "device": str(ctx.device),
+            "seed": config.seed,
+            "seconds": ctx.timings,
+        },
+    )
+    from hiercam.pipeline.report import write_report
+
+    write_report(ctx, hierarchy, models, cams, metrics)
+    log(f"wrote {out / 'report.md'} in {ctx.timings['total']:.0f} s")
+    return metrics
+
+
+def run_bench(
+    config: PipelineConfig,
+    seeds: Sequence[int],
+    out: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the pipeline once per seed (``out/seed_<n>``) and aggregate: mean, standard deviation, min, max.
+
+    Writes ``bench.json`` and ``bench.md`` (the ablation table) into ``out``.
+    """
+    out = Path(out)
+    runs = {}
+    for seed in seeds:
+        log(f"=== seed {seed}")
+        runs[seed] = run_pipeline(
+            config.replace(seed=seed), out / f"seed_{seed}", force=force, progress=progress, log=log
+        )
+    aggregate: dict[str, Any] = {}
+    for name in runs[seeds[0]]["variants"]:
+        entry: dict[str, Any] = {}
+        for split in EVAL_SPLITS:
+            for figure in ("miou", "loc_error", "miou_at_val_threshold", "loc_error_at_val_threshold"):
+                values = [runs[s]["variants"][name][split][figure] for s in seeds]
+                entry[f"{split}/{figure}"] = _stats(values)
+        entry["threshold"] = [runs[s]["variants"][name]["threshold"] for s in seeds]
+        aggregate[name] = entry
+    maps = {
+        f"{split}/{model}": _stats([runs[s]["classification_map"][split][model] for s in seeds])
+        for split in EVAL_SPLITS
+        for model in runs[seeds[0]]["classification_map"][split]
+    }
+    result = {
+        "seeds": list(seeds),
+        "config": config.to_dict(),
+        "variants": aggregate,
+        "classification_map": maps,
+        "rest": config.method.rest,
+    }
+    atomic_write_json(out / "bench.json", result)
+    from hiercam._io import atomic_write_text
+    from hiercam.pipeline.report import bench_markdown
+
+    atomic_write_text(out / "bench.md", bench_markdown(result))
+    return result
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
+    return {
+        "mean": statistics.fmean(finite),
+        "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
+        "min": min(finite),
+        "max": max(finite),
+    }
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if finite.numel() else math.nan

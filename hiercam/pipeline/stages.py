@@ -1,0 +1,299 @@
+"""The pipeline's stages: base classifier and hierarchy, level models, CAMs, evaluation.
+
+Each stage reads what earlier stages wrote to the run directory and writes its own outputs there; a stage (or
+one model of a stage) whose inputs and config did not change since it last completed is skipped
+(:mod:`hiercam.pipeline.artifacts`). Training resumes from the last completed epoch after an interruption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from hiercam.cam import GradCAM
+from hiercam.grouping import ClassHierarchy, group_classes
+from hiercam.losses import TwoBranchLoss
+from hiercam.metrics import mean_average_precision
+from hiercam.pipeline import models as build
+from hiercam.pipeline.artifacts import digest, load_tensors, read_marker, save_tensors, write_marker
+from hiercam.pipeline.config import PipelineConfig
+from hiercam.pipeline.data import SplitData, class_names, eval_batches, load_split, train_loader
+from hiercam.training import fit
+
+__all__ = ["RunContext", "TrainedModel", "train_base", "build_hierarchy", "train_levels", "extract_cams"]
+
+EVAL_SPLITS = ("val", "test")
+
+
+@dataclass
+class RunContext:
+    """What every stage needs: the config, the run directory, options, and the data (loaded once).
+
+    ``cache`` is a folder shared by several runs (e.g. a hyper-parameter sweep): models and CAMs are stored
+    there under their content keys, so runs that need the same model train it once.
+    """
+
+    config: PipelineConfig
+    out: Path
+    force: bool = False
+    progress: bool = True
+    log: Callable[[str], None] = print
+    cache: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    _data: dict[str, SplitData] = field(default_factory=dict)
+
+    @property
+    def models_dir(self) -> Path:
+        """Where trained models are kept: ``<cache>/models`` with a shared cache, else ``<out>/models``."""
+        return (self.cache if self.cache is not None else self.out) / "models"
+
+    @property
+    def device(self) -> torch.device:
+        """The device to train and extract on (``"auto"``: CUDA when available)."""
+        if self.config.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.config.device)
+
+    def data(self, split: str) -> SplitData:
+        """One split, drawn or read on first use."""
+        if split not in self._data:
+            start = time.perf_counter()
+            self._data[split] = load_split(self.config, split)
+            self.timings[f"data_{split}"] = time.perf_counter() - start
+        return self._data[split]
+
+    def data_key(self) -> dict[str, Any]:
+        """The config entries that fix the data."""
+        return {"seed": self.config.seed, "data": dataclasses.asdict(self.config.data)}
+
+
+@dataclass
+class TrainedModel:
+    """A trained model and what identifies it."""
+
+    name: str
+    model: nn.Module
+    key: str
+    level: int
+    history: list[dict[str, float]]
+
+
+def _train(
+    ctx: RunContext,
+    name: str,
+    model: nn.Module,
+    level: int,
+    key_parts: dict[str, Any],
+    *,
+    loss: Callable[..., Any] | None = None,
+    hierarchy: ClassHierarchy | None = None,
+) -> TrainedModel:
+    """Train one model with :func:`~hiercam.fit`, or load it when a completed run with the same key exists."""
+    config = ctx.config
+    key = digest(
+        {
+            **key_parts,
+            **ctx.data_key(),
+            "model": dataclasses.asdict(config.model),
+            "train": dataclasses.asdict(config.train),
+            "name": name,
+            "level": level,
+        }
+    )
+    folder = ctx.models_dir
+    stem = f"{name}-{key[:16]}"  # content-addressed: runs that share a model (same key) share the file
+    weights, marker_path = folder / f"{stem}.pt", folder / f"{stem}.json"
+    marker = None if ctx.force else read_marker(marker_path, key)
+    if marker is not None and weights.is_file():
+        model.load_state_dict(load_tensors(weights))
+        ctx.log(f"  {name}: up to date, loaded")
+        return TrainedModel(name, model.to(ctx.device).eval(), key, level, marker["history"])
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = folder / f"{stem}.ckpt"
+    transform = (
+        None if level == 0 or hierarchy is None else functools.partial(hierarchy.remap_targets, level=level)
+    )
+    ctx.log(f"  {name}: training {config.train.epochs} epochs on {len(ctx.data('train'))} images")
+    start = time.perf_counter()
+    model.to(ctx.device)
+    if config.train.channels_last and ctx.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # convolutions then run channels-last
+    train = config.train
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    scheduler = None
+    if config.train.scheduler == "plateau":
+        scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=config.train.patience)
+    history = fit(
+        model,
+        train_loader(ctx.data("train"), config.train.batch_size, config.seed),
+        epochs=config.train.epochs,
+        loss=loss,
+        optimizer=optimizer,
+        val_loader=train_loader(ctx.data("val"), 128, config.seed, shuffle=False),
+        scheduler=scheduler,
+        device=ctx.device,
+        amp=config.train.amp,
+        checkpoint=checkpoint,
+        progress=ctx.progress,
+        targets_transform=transform,
+        seed=config.seed,
+    )
+    ctx.timings[f"train_{name}"] = time.perf_counter() - start
+    save_tensors(weights, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    write_marker(marker_path, key, {"history": history.records})
+    checkpoint.unlink(missing_ok=True)
+    ctx.log(f"  {name}: val mAP {history['val_map'][-1]:.3f}")
+    return TrainedModel(name, model.eval(), key, level, history.records)
+
+
+def _model_seed(config: PipelineConfig, index: int) -> int:
+    return config.seed * 1000 + index
+
+
+def train_base(ctx: RunContext) -> TrainedModel:
+    """Stage 1a: the single-branch classifier on all ``K`` classes (also the baseline Grad-CAM model)."""
+    config = ctx.config
+    num_classes = len(class_names(config))
+    model = build.single_branch(config.model, num_classes, _model_seed(config, 0))
+    return _train(ctx, "base", model, 0, {"kind": "single"})
+
+
+def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy, str]:
+    """Stage 1b: class vectors of the base classifier, hierarchical K-means; ``hierarchy.json``.
+
+    Returns the hierarchy and its key. Also writes ``hierarchy.txt`` (the tree with group sizes) and the
+    fraction of training images in which each group is present (``hierarchy_presence.json``).
+    """
+    config, method = ctx.config, ctx.config.method
+    key = digest(
+        {
+            "base": base.key,
+            "levels": method.levels,
+            "normalize": method.grouping_normalize,
+            "weighted": method.grouping_weighted,
+            "seed": config.seed,
+        }
+    )
+    path, marker_path = ctx.out / "hierarchy.json", ctx.out / "hierarchy.marker.json"
+    if not ctx.force and read_marker(marker_path, key) is not None and path.is_file():
+        return ClassHierarchy.load(path), key
+    hierarchy = group_classes(
+        base.model,
+        method.levels,
+        class_names(config),
+        normalize=method.grouping_normalize,
+        weighted=method.grouping_weighted,
+        random_state=config.seed,
+    )
+    hierarchy.save(path)
+    targets = ctx.data("train").targets
+    presence = {
+        str(level): hierarchy.remap_targets(targets, level).float().mean(0).tolist()
+        for level in range(1, hierarchy.num_levels)
+    }
+    from hiercam._io import atomic_write_json, atomic_write_text
+
+    atomic_write_text(ctx.out / "hierarchy.txt", str(hierarchy) + "\n")
+    atomic_write_json(ctx.out / "hierarchy_presence.json", presence)
+    write_marker(marker_path, key, {})
+    return hierarchy, key
+
+
+def train_levels(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str) -> dict[str, TrainedModel]:
+    """Stage 2: a two-branch model per level (0 = classes), and single-branch level models (ablation)."""
+    config, method = ctx.config, ctx.config.method
+    loss = TwoBranchLoss(
+        method.lam, reduction=method.orthogonal_reduction, normalize=method.orthogonal_normalize
+    )
+    loss_key = {
+        "lam": method.lam,
+        "reduction": method.orthogonal_reduction,
+        "normalize": method.orthogonal_normalize,
+    }
+    trained: dict[str, TrainedModel] = {}
+    for level in range(hierarchy.num_levels):
+        groups = hierarchy.num_groups(level)
+        level_key = {"hierarchy": hierarchy_key if level else None}
+        name = f"two_branch_L{level}"
+        pair = build.two_branch(config.model, groups, _model_seed(config, 10 + level))
+        trained[name] = _train(
+            ctx,
+            name,
+            pair,
+            level,
+            {"kind": "two_branch", **loss_key, **level_key},
+            loss=loss,
+            hierarchy=hierarchy,
+        )
+        if config.ablation and level > 0:
+            name = f"single_L{level}"
+            single = build.single_branch(config.model, groups, _model_seed(config, 20 + level))
+            trained[name] = _train(
+                ctx, name, single, level, {"kind": "single", **level_key}, hierarchy=hierarchy
+            )
+    return trained
+
+
+def extract_cams(ctx: RunContext, models: dict[str, TrainedModel], split: str) -> dict[str, Tensor]:
+    """Stage 3: Grad-CAMs of every model for every image of ``split`` at feature resolution, and logits.
+
+    Returns ``{name: maps (N, N_l, h, w) float16, name + "/logits": (N, N_l), name + "/branch_r": (N, N_l)}``
+    where ``branch_r`` is the Pearson correlation between the two branches' maps of each class (two-branch
+    models; NaN where a map is constant). Cached in ``cams/{split}.pt`` under the models' keys.
+    """
+    key = digest({"models": {n: m.key for n, m in models.items()}, "data": ctx.data_key(), "split": split})
+    folder = ctx.models_dir.parent / "cams" if ctx.cache is not None else ctx.out / "cams"
+    path, marker_path = folder / f"{split}-{key[:16]}.pt", folder / f"{split}-{key[:16]}.json"
+    if not ctx.force and read_marker(marker_path, key) is not None and path.is_file():
+        return load_tensors(path)
+    data = ctx.data(split)
+    result: dict[str, Tensor] = {}
+    for name, trained in models.items():
+        extractor = GradCAM(trained.model)
+        maps, logits, correlations = [], [], []
+        for images, *_ in eval_batches(data, 64):
+            cams = extractor(images.to(ctx.device), size="feature", normalize=None)
+            maps.append(cams.to("cpu", torch.float16))
+            if extractor.logits is not None:
+                logits.append(extractor.logits.float().cpu())
+            if extractor.branch_maps is not None:
+                correlations.append(_branch_correlation(extractor.branch_maps).cpu())
+        extractor.remove()
+        result[name] = torch.cat(maps)
+        result[f"{name}/logits"] = torch.cat(logits)
+        if correlations:
+            result[f"{name}/branch_r"] = torch.cat(correlations)
+    save_tensors(path, result)
+    write_marker(marker_path, key, {})
+    return result
+
+
+def _branch_correlation(branch_maps: Tensor) -> Tensor:
+    """Pearson r between branch 1 and branch 2 maps, per image and class: ``(2, B, K, h, w) -> (B, K)``."""
+    first, second = (m.flatten(2) for m in branch_maps.float())
+    first = first - first.mean(-1, keepdim=True)
+    second = second - second.mean(-1, keepdim=True)
+    denominator = first.norm(dim=-1) * second.norm(dim=-1)
+    safe = denominator.where(denominator > 0, torch.full_like(denominator, torch.nan))
+    correlation: Tensor = (first * second).sum(-1) / safe
+    return correlation
+
+
+def model_map(
+    models: dict[str, TrainedModel], cams: dict[str, Tensor], targets: Tensor, hierarchy: ClassHierarchy
+) -> dict[str, float]:
+    """Classification mAP of every model on a split, against its level's group targets."""
+    scores = {}
+    for name, trained in models.items():
+        level_targets = hierarchy.remap_targets(targets, trained.level)
+        scores[name] = float(mean_average_precision(cams[f"{name}/logits"], level_targets))
+    return scores
