@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hiercam._validation import format_shape, type_name
+from hiercam.metrics._distributed import sync_sum
 from hiercam.metrics.average_precision import MeanAveragePrecision
 
 __all__ = ["LossFn", "Step", "bce_loss", "output_logits", "run_pass", "split_batch"]
@@ -101,8 +102,10 @@ class Step:
         device: torch.device,
         amp: bool,
         targets_transform: Callable[[Tensor], Tensor] | None,
+        amp_dtype: torch.dtype = torch.float16,
     ) -> None:
         self.model, self.loss, self.device, self.amp = model, loss, device, amp
+        self.amp_dtype = amp_dtype
         self.targets_transform = targets_transform
 
     def __call__(self, batch: Any) -> tuple[dict[str, Tensor], Tensor, Tensor]:
@@ -113,7 +116,7 @@ class Step:
         targets = targets.to(self.device, torch.float32, non_blocking=True)
         if isinstance(images, Tensor):
             images = images.to(self.device, non_blocking=True)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             output = self.model(images)
             logits = output_logits(output)
             _check_logits(logits, targets)
@@ -158,5 +161,15 @@ def run_pass(
             "a loader yielded no batch (loaders must be re-iterable every epoch: a DataLoader or a list, "
             "not a generator)"
         )
-    means = {name: total.item() / seen for name, total in sums.items()}
+    # under torch.distributed every process saw its own shard: means over all of them
+    names = list(sums)
+    totals = sync_sum(
+        torch.stack(
+            [
+                *(sums[name].reshape(()) for name in names),
+                torch.tensor(float(seen), device=sums[names[0]].device),
+            ]
+        )
+    )
+    means = {name: float(totals[i]) / float(totals[-1]) for i, name in enumerate(names)}
     return means, (metric.compute() if metric is not None else torch.tensor(math.nan))

@@ -112,19 +112,20 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from hiercam.pipeline import load_config, run_pipeline
+    from hiercam.pipeline.distributed import init_distributed
     from hiercam.pipeline.report import ablation_rows
 
-    config = load_config(args.config)
     changes: dict[str, Any] = {}
     if args.data is not None:
         changes["data__root"] = args.data
     if args.seed is not None:
         changes["seed"] = args.seed
-    if changes:
-        config = config.replace(**changes)
+    config = load_config(args.config, **changes)
+    distributed = init_distributed()  # under torchrun: join the other processes
     out = args.out if args.out is not None else Path("runs") / Path(args.config).stem
     metrics = run_pipeline(config, out, force=args.force)
-    print("\n" + "\n".join(ablation_rows(metrics)))
+    if distributed.is_main:
+        print("\n" + "\n".join(ablation_rows(metrics)))
     return 0
 
 

@@ -91,6 +91,7 @@ def evaluate(
     device: str | torch.device | None = None,
     amp: bool | None = None,
     targets_transform: Callable[[Tensor], Tensor] | None = None,
+    amp_dtype: torch.dtype = torch.float16,
 ) -> dict[str, float]:
     """Loss terms and mAP of a model over a loader, in eval mode without gradients.
 
@@ -99,8 +100,9 @@ def evaluate(
         loader: batches following the batch contract of this module.
         loss: as in :func:`fit` (default: BCE with logits).
         device: where to run; ``None`` is the device of the model's parameters. The model is moved there.
-        amp: float16 autocast (CUDA only); ``None`` enables it on CUDA.
+        amp: autocast (CUDA only); ``None`` enables it on CUDA.
         targets_transform: applied to every batch's targets first.
+        amp_dtype: ``torch.float16`` or ``torch.bfloat16``.
 
     Returns:
         ``{"loss": ..., <NamedTuple fields>..., "map": ...}``, means over samples; mAP over the whole loader.
@@ -109,9 +111,12 @@ def evaluate(
         TypeError, ValueError: as :func:`fit`.
     """
     run_device, use_amp = _device_and_amp(model, device, amp)
+    _check_amp_dtype(amp_dtype)
     if device is not None:
         model.to(run_device)
-    step = Step(model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform)
+    step = Step(
+        model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform, amp_dtype
+    )
     was_training = model.training
     try:
         model.eval()
@@ -137,8 +142,13 @@ def _device_and_amp(
     elif not isinstance(amp, bool):
         raise TypeError(f"`amp` must be a bool or None, got {type_name(amp)}")
     elif amp and run_device.type != "cuda":
-        raise ValueError(f"`amp` (float16 autocast) needs a CUDA device, got device {run_device}")
+        raise ValueError(f"`amp` (mixed-precision autocast) needs a CUDA device, got device {run_device}")
     return run_device, amp
+
+
+def _check_amp_dtype(amp_dtype: torch.dtype) -> None:
+    if amp_dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"`amp_dtype` must be torch.float16 or torch.bfloat16, got {amp_dtype}")
 
 
 def fit(
@@ -157,6 +167,7 @@ def fit(
     progress: bool = True,
     targets_transform: Callable[[Tensor], Tensor] | None = None,
     seed: int = 0,
+    amp_dtype: torch.dtype = torch.float16,
 ) -> History:
     """Train ``model`` for multi-label classification; defaults follow the paper's recipe.
 
@@ -170,6 +181,11 @@ def fit(
     the same weights on the CPU (on CUDA, call ``torch.use_deterministic_algorithms(True)`` for bitwise
     equality). The loader's shuffle order comes from that seeded state, or from the loader's own
     ``generator`` if it has one.
+
+    Distributed training: wrap the model in ``DistributedDataParallel`` and give each process its share of the
+    data (a ``DistributedSampler``, whose ``set_epoch`` is called every epoch, or any per-process loader);
+    losses and mAP are then computed over all processes, and only rank 0 writes the checkpoint and shows
+    progress bars. Resuming restores rank 0's random states in every process.
 
     Checkpoint and resume: with ``checkpoint``, a file is written atomically after every epoch with the model,
     optimizer, scheduler and AMP scaler states, the history, and every random state the next epoch depends on
@@ -192,12 +208,14 @@ def fit(
         scheduler: ``"plateau"`` (the paper's), ``None`` (constant rate), or a scheduler built on
             ``optimizer``, stepped once per epoch (``ReduceLROnPlateau`` with the monitored loss).
         device: where to train; ``None`` is the device of the model's parameters. The model is moved there.
-        amp: float16 autocast with gradient scaling, CUDA only; ``None`` enables it on CUDA.
+        amp: mixed-precision autocast, CUDA only; ``None`` enables it on CUDA.
         checkpoint: file to write after every epoch and to resume from when it exists.
         progress: show tqdm progress bars (on stderr).
         targets_transform: applied to the targets of every batch, e.g.
             ``functools.partial(hierarchy.remap_targets, level=1)`` to train a level model.
         seed: seed of the torch random state during training.
+        amp_dtype: the autocast type with ``amp``: ``torch.float16`` (with gradient scaling, the default) or
+            ``torch.bfloat16`` (no scaling needed).
 
     Returns:
         The :class:`History` of all epochs, resumed ones included.
@@ -241,8 +259,11 @@ def fit(
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     if scheduler == "plateau":
         scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=5)
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    step = Step(model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform)
+    _check_amp_dtype(amp_dtype)
+    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+    step = Step(
+        model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform, amp_dtype
+    )
     generators = loader_generators(train_loader)
     cuda = [run_device] if run_device.type == "cuda" else []
 
@@ -266,7 +287,7 @@ def fit(
                 elif scheduler is not None:
                     scheduler.step()
                 history.append(record)
-                if checkpoint is not None:
+                if checkpoint is not None and _is_main():
                     save_checkpoint(
                         checkpoint,
                         {
@@ -279,6 +300,8 @@ def fit(
                             "rng": random_states(run_device, generators),
                         },
                     )
+                if checkpoint is not None:
+                    _barrier()  # every process resumes from the same file
     finally:
         model.train(was_training)
     return history
@@ -300,7 +323,11 @@ def _epoch(
     start = time.perf_counter()
     record: dict[str, float] = {"epoch": float(epoch), "lr": float(optimizer.param_groups[0]["lr"])}
     total = len(train_loader) if isinstance(train_loader, Sized) else None
-    with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not progress, dynamic_ncols=True) as bar:
+    set_epoch = getattr(getattr(train_loader, "sampler", None), "set_epoch", None)
+    if callable(set_epoch):  # DistributedSampler: a new shuffle every epoch
+        set_epoch(epoch)
+    show = progress and _is_main()
+    with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not show, dynamic_ncols=True) as bar:
         step.model.train()
         train, _ = run_pass(step, train_loader, bar, optimizer, scaler)
         record.update({f"train_{name}": value for name, value in train.items()})
@@ -316,6 +343,17 @@ def _epoch(
             )
     record["seconds"] = time.perf_counter() - start
     return record
+
+
+def _is_main() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _resume(

@@ -233,3 +233,25 @@ def test_localization_bad_input() -> None:
         metric.update(cams, labels, [torch.tensor([[0, 1, 5, 4, 4]]), truth[1]])
     assert int(metric.counts.sum()) == 0
     assert repr(metric) == "LocalizationError(threshold=0.15, iou=0.5, mode='largest')"
+
+
+def test_threshold_sweep_equals_one_metric_per_threshold() -> None:
+    from hiercam.metrics import LocalizationError
+
+    generator = torch.Generator().manual_seed(0)
+    thresholds = [0.1, 0.3, 0.5, 0.7]
+    sweep = LocalizationError(thresholds=thresholds)
+    singles = [LocalizationError(t) for t in thresholds]
+    for _ in range(3):
+        cams = torch.rand(4, 3, 16, 16, generator=generator) ** 4
+        labels = (torch.rand(4, 3, generator=generator) > 0.4).long()
+        boxes = [torch.tensor([[k, 2.0, 3.0, 10.0, 12.0] for k in range(3)]) for _ in range(4)]
+        sweep.update(cams, labels, boxes)
+        for metric in singles:
+            metric.update(cams, labels, boxes)
+    assert sweep.counts.shape == (4, 2)
+    expected = torch.stack([metric.compute() for metric in singles])
+    torch.testing.assert_close(sweep.compute(), expected)
+    assert len(set(expected.tolist())) > 1  # the thresholds really differ
+    with pytest.raises(ValueError, match="`thresholds` must be between 0 and 1"):
+        LocalizationError(thresholds=[0.2, 1.2])

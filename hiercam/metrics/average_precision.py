@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from hiercam._validation import check_binary, check_finite, check_same_shape, check_tensor
+from hiercam.metrics._distributed import sync_cat
 
 __all__ = ["average_precision", "mean_average_precision", "MeanAveragePrecision"]
 
@@ -104,6 +105,9 @@ class MeanAveragePrecision:
     """Accumulate scores and targets over batches, then compute mAP over everything seen.
 
     Keeps every score (AP needs the full ranking): ``B x K`` floats per batch, on the device they come from.
+    In a ``torch.distributed`` run, :meth:`per_class` and :meth:`compute` gather the scores and targets of all
+    processes first (every process must call them), so each process may see a disjoint shard of the data;
+    ``sync_on_compute=False`` keeps them local.
 
     Example:
         >>> import torch
@@ -114,7 +118,8 @@ class MeanAveragePrecision:
         tensor(0.9167)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, sync_on_compute: bool = True) -> None:
+        self.sync_on_compute = bool(sync_on_compute)
         self._scores: list[Tensor] = []
         self._targets: list[Tensor] = []
 
@@ -133,7 +138,10 @@ class MeanAveragePrecision:
         """``(K,)`` AP of each class over all batches seen (NaN for a class without positives)."""
         if not self._scores:
             raise ValueError("no batch was added: call update() before compute()")
-        return _average_precision_compute(torch.cat(self._scores), torch.cat(self._targets))
+        scores, targets = torch.cat(self._scores), torch.cat(self._targets)
+        if self.sync_on_compute:
+            scores, targets = sync_cat(scores), sync_cat(targets)
+        return _average_precision_compute(scores, targets)
 
     def compute(self) -> Tensor:
         """The mAP over all batches seen, as :func:`mean_average_precision`."""

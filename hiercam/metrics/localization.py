@@ -157,11 +157,15 @@ def _localization_update(
     cams: Tensor,
     labels: Tensor,
     boxes: BoxesArg,
-    threshold: float,
+    thresholds: list[float],
     iou: float,
     mode: BoxMode,
 ) -> Tensor:
-    """``[errors, pairs]`` (int64, CPU) over the (image, present class) pairs of a batch."""
+    """``[[errors, pairs], ...]`` (int64 ``(T, 2)``, CPU) per threshold over the (image, present class) pairs.
+
+    Inputs are checked and the maps of the present classes normalised once, whatever the number of
+    thresholds; only the thresholding and the connected components are done per threshold.
+    """
     check_tensor(cams, "cams", dims="B, K, H, W", floating=True)
     check_tensor(labels, "labels", dims="B, K")
     if cams.shape[0] == 0:
@@ -177,20 +181,29 @@ def _localization_update(
     from torchvision.ops import box_iou  # imported here: slow to import
 
     images, classes = torch.nonzero(labels.to(device=cams.device, dtype=torch.bool), as_tuple=True)
-    masks = _cam_masks(cams[images, classes], threshold).cpu().numpy()
-    errors = 0
-    for mask, image, cls in zip(masks, images.tolist(), classes.tolist(), strict=True):
-        coords, box_classes = truth[image]
-        target = coords[box_classes == cls]
-        predicted = torch.from_numpy(_mask_boxes(mask, mode)).to(torch.float64)
-        hit = target.numel() > 0 and predicted.numel() > 0 and bool((box_iou(predicted, target) >= iou).any())
-        errors += not hit
-    return torch.tensor([errors, len(masks)], dtype=torch.long)
+    maps = normalize_maps(cams[images, classes].detach(), "max").cpu()
+    targets = [
+        truth[image][0][truth[image][1] == cls]
+        for image, cls in zip(images.tolist(), classes.tolist(), strict=True)
+    ]
+    counts = torch.zeros(len(thresholds), 2, dtype=torch.long)
+    counts[:, 1] = len(maps)
+    for row, threshold in enumerate(thresholds):
+        masks = (maps > threshold).numpy()
+        for mask, target in zip(masks, targets, strict=True):
+            predicted = torch.from_numpy(_mask_boxes(mask, mode)).to(torch.float64)
+            hit = (
+                target.numel() > 0
+                and predicted.numel() > 0
+                and bool((box_iou(predicted, target) >= iou).any())
+            )
+            counts[row, 0] += int(not hit)
+    return counts
 
 
 def _localization_compute(counts: Tensor) -> Tensor:
-    """Error percentage from ``[errors, pairs]``; NaN when there were no pairs."""
-    errors, pairs = counts.to(torch.float64)
+    """Error percentage from ``[..., [errors, pairs]]``; NaN where there were no pairs."""
+    errors, pairs = counts[..., 0].to(torch.float64), counts[..., 1].to(torch.float64)
     return torch.where(pairs > 0, 100.0 * errors / pairs.clamp_min(1), torch.full_like(pairs, torch.nan))
 
 
@@ -248,7 +261,7 @@ def localization_error(
         tensor(50., dtype=torch.float64)
     """
     threshold, iou, mode = _check_options(threshold, iou, mode)
-    return _localization_compute(_localization_update(cams, labels, boxes, threshold, iou, mode))
+    return _localization_compute(_localization_update(cams, labels, boxes, [threshold], iou, mode)[0])
 
 
 class LocalizationError:
@@ -259,14 +272,19 @@ class LocalizationError:
     sums the counts of all processes (all_reduce SUM) when a process group of more than one process is
     initialised; every process must call it (use :meth:`to` to put the state on the backend's device).
 
+    With ``thresholds=[t1, t2, ...]`` every update scores every threshold (inputs are checked and the maps
+    normalised once per batch) and :meth:`compute` returns one error per threshold, so a threshold can be
+    chosen on validation data in one pass, as with ``MeanIoU(thresholds=...)``.
+
     Args:
         threshold: background threshold of the max-normalised maps, in (0, 1).
         iou: IoU needed for a hit, in (0, 1).
         mode: ``"largest"`` or ``"all"`` (see :func:`cam_boxes`).
+        thresholds: several thresholds in (0, 1) instead of ``threshold``, or ``None``.
         sync_on_compute: sum the state across processes in :meth:`compute`.
 
     Attributes:
-        counts: int64 ``[errors, trials]`` accumulated so far.
+        counts: int64 ``[errors, trials]`` accumulated so far; ``(T, 2)`` with ``thresholds``.
 
     Example:
         >>> import torch
@@ -285,19 +303,31 @@ class LocalizationError:
         iou: float = 0.5,
         mode: BoxMode = "largest",
         *,
+        thresholds: Sequence[float] | None = None,
         sync_on_compute: bool = True,
     ) -> None:
         self.threshold, self.iou, self.mode = _check_options(threshold, iou, mode)
+        if thresholds is not None:
+            if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence) or not thresholds:
+                raise ValueError(f"`thresholds` must be a non-empty sequence of floats, got {thresholds!r}")
+            self.thresholds: list[float] | None = [check_threshold(t, "thresholds") for t in thresholds]
+        else:
+            self.thresholds = None
         self.sync_on_compute = bool(sync_on_compute)
-        self.counts = torch.zeros(2, dtype=torch.long)
+        self.counts = torch.zeros((len(self.thresholds), 2) if self.thresholds else (2,), dtype=torch.long)
 
     def update(self, cams: Tensor, labels: Tensor, boxes: BoxesArg) -> None:
         """Add a batch; arguments as in :func:`localization_error`."""
-        batch = _localization_update(cams, labels, boxes, self.threshold, self.iou, self.mode)
-        self.counts += batch.to(self.counts.device)
+        thresholds = self.thresholds if self.thresholds is not None else [self.threshold]
+        batch = _localization_update(cams, labels, boxes, thresholds, self.iou, self.mode)
+        self.counts += batch.reshape(self.counts.shape).to(self.counts.device)
 
     def compute(self) -> Tensor:
-        """Error in percent over everything seen since :meth:`reset` (0-dim float64; NaN before any trial)."""
+        """Error in percent over everything seen since :meth:`reset`, NaN before any trial.
+
+        Returns:
+            A 0-dim float64 tensor, or ``(T,)`` with ``thresholds``.
+        """
         counts = sync_sum(self.counts) if self.sync_on_compute else self.counts
         return _localization_compute(counts)
 

@@ -83,12 +83,14 @@ class ModelConfig:
         backbone: ``"small_convnet"``, a torchvision classifier name (``"resnet50"``, ``"vgg16"``...), or
             ``"timm:<name>"``.
         width: channel width of ``small_convnet``.
+        norm: normalisation of ``small_convnet``: ``"batch"`` or ``"group"`` (batch-independent).
         pretrained: start torchvision backbones from their ImageNet weights (they must already be in the
             torch hub cache: nothing is downloaded unless the user allowed it).
     """
 
     backbone: str = "small_convnet"
     width: int = 16
+    norm: Literal["batch", "group"] = "batch"
     pretrained: bool = False
 
 
@@ -104,6 +106,7 @@ class TrainConfig:
         scheduler: ``"plateau"`` (halve the rate when the validation loss stalls) or ``"none"``.
         patience: plateau patience in epochs.
         amp: mixed precision on CUDA (``None``: on when CUDA is used).
+        amp_dtype: the autocast type: ``"float16"`` (with gradient scaling) or ``"bfloat16"``.
         channels_last: use the channels-last memory format on CUDA.
     """
 
@@ -114,6 +117,7 @@ class TrainConfig:
     scheduler: Literal["plateau", "none"] = "plateau"
     patience: int = 5
     amp: bool | None = None
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
     channels_last: bool = False
 
 
@@ -181,25 +185,31 @@ class PipelineConfig:
 
     def replace(self, **changes: Any) -> PipelineConfig:
         """A copy with top-level fields or whole sections replaced; ``section__key=value`` sets one key."""
-        sections: dict[str, dict[str, Any]] = {}
-        top: dict[str, Any] = {}
-        for key, value in changes.items():
-            section, _, name = key.partition("__")
-            if name:
-                sections.setdefault(section, {})[name] = value
-            else:
-                top[key] = value
-        data = self.to_dict()
-        for section, values in sections.items():
-            if section not in data or not isinstance(data[section], dict):
-                raise ConfigError(f"unknown config section {section!r}")
-            data[section].update(values)
-        data.update(top)
-        return PipelineConfig.from_dict(data)
+        return PipelineConfig.from_dict(_apply(self.to_dict(), changes))
 
 
-def load_config(path: str | Path) -> PipelineConfig:
+def _apply(data: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with ``changes``: ``key=value`` at the top level, ``section__key=value`` in a table."""
+    merged = {key: dict(value) if isinstance(value, Mapping) else value for key, value in data.items()}
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if not name:
+            merged[key] = value
+            continue
+        if section not in {f.name for f in dataclasses.fields(PipelineConfig)}:
+            raise ConfigError(f"unknown config section {section!r}")
+        table = merged.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"`{section}` must be a table, got {type(table).__name__}")
+        table[name] = value
+    return merged
+
+
+def load_config(path: str | Path, **changes: Any) -> PipelineConfig:
     """Read a :class:`PipelineConfig` from a ``.toml`` or ``.json`` file (plain data: nothing is executed).
+
+    ``changes`` override entries before validation, as in :meth:`PipelineConfig.replace`
+    (``data__root="/data/VOCdevkit"``), so a file may leave out what the command line supplies.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -212,7 +222,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"{source}: cannot parse: {error}") from None
     try:
-        return PipelineConfig.from_dict(data)
+        return PipelineConfig.from_dict(_apply(data, changes))
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
 
@@ -323,3 +333,5 @@ def _validate(config: PipelineConfig) -> None:
     device = config.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if train.amp and device == "cpu":
+        raise ConfigError("`train.amp` (mixed precision) needs CUDA, but `device` is 'cpu'")

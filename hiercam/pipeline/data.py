@@ -1,31 +1,57 @@
-"""The pipeline's data: evaluation splits with masks and boxes, and loaders for training.
+"""The pipeline's data: one interface over FashionScenes and PASCAL VOC for training and evaluation.
 
-FashionScenes are drawn once per run and kept in memory as uint8 images (what real photos are), so that the
-many models of a run train on the same scenes without drawing them again; a scene's pixels are the drawn
-ones rounded to 1/255.
+FashionScenes are drawn once and kept in memory; VOC is read from disk by loader workers. Evaluation batches
+can be restricted to a shard of the images, and training loaders follow ``torchrun``'s processes.
+
+FashionScenes are drawn once per run and kept as uint8 images (what real photos are): a scene's pixels are
+the drawn ones rounded to 1/255. VOC images are read and transformed by DataLoader workers; training uses the
+paper's preprocessing with a random crop and flip, evaluation the centre crop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from hiercam.datasets import FashionScenes
 from hiercam.pipeline.config import PipelineConfig
+from hiercam.pipeline.distributed import Distributed
 
-__all__ = ["SplitData", "load_split", "class_names", "train_loader", "eval_batches"]
+__all__ = ["EvalBatch", "Split", "SplitData", "VOCSplit", "load_split", "class_names", "train_loader"]
 
-_SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
+#: ``(indices (B,), images (B, 3, H, W) in [0, 1], targets (B, K), masks (B, H, W) long, boxes)``.
+EvalBatch = tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]
+
+
+class Split(Protocol):
+    """What the stages need of a split."""
+
+    def __len__(self) -> int:
+        """Number of images."""
+        ...
+
+    @property
+    def targets(self) -> Tensor:
+        """``(N, K)`` multi-hot targets (of the full images)."""
+        ...
+
+    def training_set(self, augment: bool) -> Dataset[Any]:
+        """Samples ``{"image": (3, H, W), "targets": (K,)}`` for :func:`~hiercam.fit`."""
+        ...
+
+    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[EvalBatch]:
+        """Evaluation batches of the images ``indices`` (all by default), in order."""
+        ...
 
 
 @dataclass(frozen=True)
 class SplitData:
-    """One split held in memory.
+    """A split held in memory (FashionScenes).
 
     Attributes:
         images: ``(N, 3, H, W)`` uint8.
@@ -42,8 +68,27 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.images)
 
+    def training_set(self, augment: bool) -> Dataset[Any]:
+        """The scenes as training samples (FashionScenes need no augmentation: every scene is new)."""
+        return _InMemory(self)
 
-class _Training(Dataset[dict[str, Tensor]]):
+    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[EvalBatch]:
+        """Evaluation batches of ``indices`` (all by default), in order."""
+        order = (
+            torch.arange(len(self)) if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
+        )
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            yield (
+                rows,
+                self.images[rows].float() / 255,
+                self.targets[rows],
+                self.masks[rows].long(),
+                [self.boxes[int(i)] for i in rows],
+            )
+
+
+class _InMemory(Dataset[dict[str, Tensor]]):
     def __init__(self, data: SplitData) -> None:
         self.data = data
 
@@ -54,13 +99,84 @@ class _Training(Dataset[dict[str, Tensor]]):
         return {"image": self.data.images[index].float() / 255, "targets": self.data.targets[index]}
 
 
+class _ImagesAndTargets(Dataset[dict[str, Tensor]]):
+    """The ``image`` and ``targets`` of another dataset's samples (what training needs)."""
+
+    def __init__(self, dataset: Dataset[Any]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        sample = self.dataset[index]
+        return {"image": sample["image"], "targets": sample["targets"]}
+
+
+class VOCSplit:
+    """A PASCAL VOC split read from disk (:class:`~hiercam.datasets.VOCMultiLabel`)."""
+
+    def __init__(self, config: PipelineConfig, split: str) -> None:
+        from hiercam.datasets.voc import VOCMultiLabel, VOCTransform
+
+        root = config.data.root
+        if root is None:  # pragma: no cover - the config validation requires it
+            raise ValueError("`data.root` is required for VOC")
+        size = config.data.image_size
+        self.config = config
+        self.image_set = "train_aug" if split == "train" else "val"
+        self.evaluation = VOCMultiLabel(root, self.image_set, transform=VOCTransform(size, size))
+        self._train = VOCMultiLabel(
+            root, self.image_set, transform=VOCTransform(size, size, train=True), with_masks=False
+        )
+
+    def __len__(self) -> int:
+        return len(self.evaluation)
+
+    @property
+    def targets(self) -> Tensor:
+        """``(N, 20)`` targets of the full images, from the annotations."""
+        return self.evaluation.targets
+
+    def training_set(self, augment: bool) -> Dataset[Any]:
+        """Random crop and flip for training (``augment``), else the centre crop; images and targets only."""
+        return _ImagesAndTargets(self._train if augment else self.evaluation)
+
+    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[EvalBatch]:
+        """Evaluation batches (centre crop, masks and boxes) read by loader workers, in order."""
+        from hiercam.datasets.voc import collate_voc
+
+        chosen = list(range(len(self))) if indices is None else list(indices)
+        workers = self.config.data.num_workers
+        loader = DataLoader(
+            Subset(self.evaluation, chosen),
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=collate_voc,
+            pin_memory=torch.cuda.is_available(),
+        )
+        for start, batch in zip(range(0, len(chosen), batch_size), loader, strict=True):
+            rows = torch.tensor(chosen[start : start + batch_size])
+            yield rows, batch["image"], batch["targets"], batch["mask"], batch["boxes"]
+
+
 def class_names(config: PipelineConfig) -> tuple[str, ...]:
     """The ``K`` class names of the configured dataset."""
+    if config.data.dataset == "voc":
+        from hiercam.datasets.voc import VOC_CLASSES
+
+        return VOC_CLASSES
     return FashionScenes.classes
 
 
-def load_split(config: PipelineConfig, split: str) -> SplitData:
-    """Draw (FashionScenes) or read (VOC) one split into memory."""
+def load_split(config: PipelineConfig, split: str) -> Split:
+    """Draw (FashionScenes) or index (VOC) one split: ``"train"``, ``"val"`` or ``"test"``.
+
+    VOC has no public test labels: its ``"test"`` is the official validation set (1,449 images), as in the
+    paper, and hyper-parameters must then not be chosen on it.
+    """
+    if config.data.dataset == "voc":
+        return VOCSplit(config, split)
     sizes = {
         "train": config.data.train_scenes,
         "val": config.data.val_scenes,
@@ -83,19 +199,32 @@ def load_split(config: PipelineConfig, split: str) -> SplitData:
     return SplitData(torch.cat(images), torch.cat(targets), torch.cat(masks), boxes)
 
 
-def train_loader(data: SplitData, batch_size: int, seed: int, *, shuffle: bool = True) -> DataLoader[Any]:
-    """Batches ``{"image": (B, 3, H, W) in [0, 1], "targets": (B, K)}``, shuffled by a seeded generator."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(_Training(data), batch_size=batch_size, shuffle=shuffle, generator=generator)
+def train_loader(
+    dataset: Dataset[Any],
+    batch_size: int,
+    seed: int,
+    distributed: Distributed,
+    *,
+    shuffle: bool = True,
+    num_workers: int = 0,
+) -> DataLoader[Any]:
+    """A loader of ``{"image", "targets"}`` batches for :func:`~hiercam.fit`.
 
-
-def eval_batches(data: SplitData, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor, list[Tensor]]]:
-    """``(images float (B, 3, H, W), targets (B, K), masks long (B, H, W), boxes)`` in order."""
-    for start in range(0, len(data), batch_size):
-        stop = start + batch_size
-        yield (
-            data.images[start:stop].float() / 255,
-            data.targets[start:stop],
-            data.masks[start:stop].long(),
-            data.boxes[start:stop],
+    ``batch_size`` is the global batch. Training (``shuffle``) always draws its order from a
+    ``DistributedSampler`` (shuffled with ``seed``, a new order every epoch), with one replica in a single
+    process: step ``b`` then trains on the same images whatever the number of processes, each of the ``world``
+    processes taking ``batch_size / world`` of them. Validation gives each process its shard, without padding.
+    """
+    options: dict[str, Any] = {
+        "num_workers": num_workers,
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": num_workers > 0,
+    }
+    local = batch_size // distributed.world
+    if shuffle:
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            dataset, num_replicas=distributed.world, rank=distributed.rank, shuffle=True, seed=seed
         )
+        return DataLoader(dataset, batch_size=local, sampler=sampler, **options)
+    shard = Subset(dataset, distributed.shard(len(dataset)))  # type: ignore[arg-type]
+    return DataLoader(shard, batch_size=local, **options)

@@ -27,7 +27,7 @@ from hiercam.grouping import ClassHierarchy
 from hiercam.maps import normalize_maps
 from hiercam.metrics import LocalizationError, MeanIoU
 from hiercam.pipeline.config import PipelineConfig
-from hiercam.pipeline.data import SplitData, eval_batches
+from hiercam.pipeline.data import Split
 
 __all__ = ["ABLATION", "variant_names", "variant_maps", "score_split", "choose_thresholds"]
 
@@ -51,7 +51,7 @@ def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
 
 def variant_maps(
     cams: dict[str, Tensor],
-    rows: slice,
+    rows: Tensor,
     hierarchy: ClassHierarchy,
     labels: Tensor,
     size: tuple[int, int],
@@ -84,30 +84,31 @@ def variant_maps(
 
 def score_split(
     config: PipelineConfig,
-    data: SplitData,
+    data: Split,
     cams: dict[str, Tensor],
     hierarchy: ClassHierarchy,
     names: list[str],
+    indices: list[int] | None = None,
 ) -> dict[str, dict[str, list[float]]]:
-    """Score every variant at every threshold: ``{variant: {"miou": [...], "loc_error": [...]}}``."""
+    """Score every variant at every threshold: ``{variant: {"miou": [...], "loc_error": [...]}}``.
+
+    ``indices`` is this process's shard of the images (all by default); under ``torchrun`` the metrics sum
+    their states over the processes, so every process gets the figures of the whole split.
+    """
     method = config.method
     thresholds = list(method.thresholds)
     num_classes = hierarchy.num_classes
     iou = {name: MeanIoU(num_classes + 1, thresholds=thresholds, ignore_index=255) for name in names}
-    loc = {name: [LocalizationError(t, method.iou) for t in thresholds] for name in names}
-    start = 0
-    for images, targets, masks, boxes in eval_batches(data, 64):
-        rows = slice(start, start + len(images))
-        start += len(images)
+    loc = {name: LocalizationError(iou=method.iou, thresholds=thresholds) for name in names}
+    for rows, images, targets, masks, boxes in data.batches(64, indices):
         size = (int(images.shape[-2]), int(images.shape[-1]))
         for name, maps in variant_maps(cams, rows, hierarchy, targets, size, names, method.rest):
             iou[name].update(maps, masks, targets)
-            for metric in loc[name]:
-                metric.update(maps, targets, boxes)
+            loc[name].update(maps, targets, boxes)
     return {
         name: {
             "miou": [100 * float(v) for v in iou[name].compute().miou],
-            "loc_error": [float(metric.compute()) for metric in loc[name]],
+            "loc_error": [float(value) for value in loc[name].compute()],
         }
         for name in names
     }

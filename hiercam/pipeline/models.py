@@ -11,22 +11,41 @@ from torch import nn
 from hiercam.models import Branch, TwoBranchNet, cut_backbone, small_convnet
 from hiercam.pipeline.config import ModelConfig
 
-__all__ = ["backbone_factory", "single_branch", "two_branch"]
+__all__ = ["ImageNetNormalize", "backbone_factory", "single_branch", "two_branch"]
 
 
 def backbone_factory(config: ModelConfig) -> Callable[[], nn.Module]:
     """A function returning a new feature extractor ``(B, 3, H, W) -> (B, C, h, w)`` on every call.
 
     ``small_convnet`` is initialised at random; a torchvision name (``"resnet50"``) builds that classifier
-    with its ImageNet weights when ``pretrained`` (from the torch hub cache; the run fails rather than
-    download when they are missing and downloads are off) and cuts it before its pooling; ``"timm:<name>"``
-    does the same through timm.
+    (with its ImageNet weights when ``pretrained``: torchvision fetches them into the torch hub cache on first
+    use) and cuts it before its pooling; ``"timm:<name>"`` does the same through timm. Torchvision and timm
+    backbones get :class:`ImageNetNormalize` in front, so every model takes images in ``[0, 1]``.
     """
     if config.backbone == "small_convnet":
-        return functools.partial(small_convnet, width=config.width)
+        return functools.partial(small_convnet, width=config.width, norm=config.norm)
     if config.backbone.startswith("timm:"):
         return functools.partial(_timm_features, config.backbone[5:], config.pretrained)
     return functools.partial(_torchvision_features, config.backbone, config.pretrained)
+
+
+class ImageNetNormalize(nn.Module):
+    """``(x - mean) / std`` with ImageNet's statistics: the input convention of torchvision and timm weights.
+
+    The pipeline's images are in ``[0, 1]``; backbones trained on ImageNet get this layer in front.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise ``(B, 3, H, W)`` images in ``[0, 1]``."""
+        return (images - self.mean) / self.std
 
 
 def _torchvision_features(name: str, pretrained: bool) -> nn.Module:
@@ -36,13 +55,15 @@ def _torchvision_features(name: str, pretrained: bool) -> nn.Module:
         model = models.get_model(name, weights="DEFAULT" if pretrained else None)
     except ValueError as error:
         raise ValueError(f"`model.backbone` {name!r} is not a torchvision model: {error}") from None
-    return cut_backbone(model).features
+    return nn.Sequential(ImageNetNormalize(), cut_backbone(model).features)
 
 
 def _timm_features(name: str, pretrained: bool) -> nn.Module:
     import timm
 
-    return cut_backbone(timm.create_model(name, pretrained=pretrained)).features
+    return nn.Sequential(
+        ImageNetNormalize(), cut_backbone(timm.create_model(name, pretrained=pretrained)).features
+    )
 
 
 def _channels(features: nn.Module) -> int:

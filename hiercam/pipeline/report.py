@@ -272,9 +272,7 @@ def _cam_figure(ctx: RunContext, hierarchy: ClassHierarchy, cams: dict[str, Tens
 
     data = ctx.data(split)
     count = min(_FIGURE_SCENES, len(data))
-    rows = slice(0, count)
-    images = data.images[rows].float() / 255
-    targets, masks = data.targets[rows], data.masks[rows].long()
+    rows, images, targets, masks, _ = next(data.batches(count, range(count)))
     size = (int(images.shape[-2]), int(images.shape[-1]))
     levels = list(range(1, hierarchy.num_levels))
     wanted = ["two_branch", "full", "baseline", *[f"level_{level}" for level in levels]]

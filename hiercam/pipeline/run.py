@@ -14,7 +14,8 @@ import torch
 
 from hiercam._io import atomic_write_json
 from hiercam._version import __version__
-from hiercam.pipeline.config import PipelineConfig
+from hiercam.pipeline.config import ConfigError, PipelineConfig
+from hiercam.pipeline.distributed import Distributed
 from hiercam.pipeline.evaluation import choose_thresholds, score_split, variant_names
 from hiercam.pipeline.stages import (
     EVAL_SPLITS,
@@ -81,12 +82,23 @@ def run_pipeline(
         The content of ``metrics.json``.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    distributed = Distributed.current()
+    if not distributed.is_main:  # under torchrun only rank 0 logs and writes
+        log = _silent
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", config.to_dict())
+    if distributed.world > 1 and config.train.batch_size % distributed.world:
+        raise ConfigError(
+            f"`train.batch_size` ({config.train.batch_size}) is the global batch and must be divisible by "
+            f"the {distributed.world} processes"
+        )
     ctx = RunContext(
         config, out, force=force, progress=progress, log=log, cache=None if cache is None else Path(cache)
     )
+    if config.train.amp and ctx.device.type != "cuda":
+        raise ConfigError(f"`train.amp` (mixed precision) needs CUDA, but the run would use {ctx.device}")
     splits = EVAL_SPLITS if test else ("val",)
-    atomic_write_json(out / "config.json", config.to_dict())
     started = time.perf_counter()
     ctx.data("train")  # data problems (a missing folder...) show before any training
 
@@ -113,11 +125,14 @@ def run_pipeline(
     log(f"[4/4] evaluation: mIoU and localisation error, M0' = {config.method.rest!r}")
     stage = time.perf_counter()
     names = variant_names(config, hierarchy)
-    scores = {split: score_split(config, ctx.data(split), cams[split], hierarchy, names) for split in splits}
-    summary = choose_thresholds(config, scores)
-    classification = {
-        split: model_map(models, cams[split], ctx.data(split).targets, hierarchy) for split in splits
+    scores = {
+        split: score_split(
+            config, ctx.data(split), cams[split], hierarchy, names, ctx.dist.shard(len(ctx.data(split)))
+        )
+        for split in splits
     }
+    summary = choose_thresholds(config, scores)
+    classification = {split: model_map(models, cams[split], hierarchy) for split in splits}
     branch_r = {
         split: {
             name[: -len("/branch_r")]: _nanmean(values)
@@ -139,6 +154,8 @@ def run_pipeline(
         "hierarchy": hierarchy.to_dict(),
         "histories": {name: trained.history for name, trained in models.items()},
     }
+    if not distributed.is_main:
+        return metrics
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(
         out / "run.json",
@@ -148,6 +165,7 @@ def run_pipeline(
             "python": platform.python_version(),
             "platform": platform.platform(),
             "threads": torch.get_num_threads(),
+            "processes": distributed.world,
             "device": str(ctx.device),
             "seed": config.seed,
             "seconds": ctx.timings,
@@ -207,6 +225,10 @@ def run_bench(
 
     atomic_write_text(out / "bench.md", bench_markdown(result))
     return result
+
+
+def _silent(_line: str) -> None:
+    """The log of processes other than rank 0."""
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:

@@ -26,7 +26,8 @@ from hiercam.metrics import mean_average_precision
 from hiercam.pipeline import models as build
 from hiercam.pipeline.artifacts import digest, load_tensors, read_marker, save_tensors, write_marker
 from hiercam.pipeline.config import PipelineConfig
-from hiercam.pipeline.data import SplitData, class_names, eval_batches, load_split, train_loader
+from hiercam.pipeline.data import Split, class_names, load_split, train_loader
+from hiercam.pipeline.distributed import Distributed
 from hiercam.training import fit
 
 __all__ = ["RunContext", "TrainedModel", "train_base", "build_hierarchy", "train_levels", "extract_cams"]
@@ -48,8 +49,9 @@ class RunContext:
     progress: bool = True
     log: Callable[[str], None] = print
     cache: Path | None = None
+    dist: Distributed = field(default_factory=Distributed.current)
     timings: dict[str, float] = field(default_factory=dict)
-    _data: dict[str, SplitData] = field(default_factory=dict)
+    _data: dict[str, Split] = field(default_factory=dict)
 
     @property
     def models_dir(self) -> Path:
@@ -58,12 +60,18 @@ class RunContext:
 
     @property
     def device(self) -> torch.device:
-        """The device to train and extract on (``"auto"``: CUDA when available)."""
-        if self.config.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.config.device)
+        """The device to train and extract on: ``"auto"`` is CUDA when available.
 
-    def data(self, split: str) -> SplitData:
+        Under ``torchrun`` with CUDA, each process takes its own GPU, ``cuda:<LOCAL_RANK>``.
+        """
+        name = self.config.device
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cuda" and self.dist.world > 1:
+            name = f"cuda:{self.dist.local_rank}"
+        return torch.device(name)
+
+    def data(self, split: str) -> Split:
         """One split, drawn or read on first use."""
         if split not in self._data:
             start = time.perf_counter()
@@ -112,12 +120,14 @@ def _train(
     folder = ctx.models_dir
     stem = f"{name}-{key[:16]}"  # content-addressed: runs that share a model (same key) share the file
     weights, marker_path = folder / f"{stem}.pt", folder / f"{stem}.json"
+    ctx.dist.barrier()  # what rank 0 wrote before is visible to every process
     marker = None if ctx.force else read_marker(marker_path, key)
     if marker is not None and weights.is_file():
         model.load_state_dict(load_tensors(weights))
         ctx.log(f"  {name}: up to date, loaded")
         return TrainedModel(name, model.to(ctx.device).eval(), key, level, marker["history"])
-    folder.mkdir(parents=True, exist_ok=True)
+    if ctx.dist.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / f"{stem}.ckpt"
     transform = (
         None if level == 0 or hierarchy is None else functools.partial(hierarchy.remap_targets, level=level)
@@ -125,32 +135,52 @@ def _train(
     ctx.log(f"  {name}: training {config.train.epochs} epochs on {len(ctx.data('train'))} images")
     start = time.perf_counter()
     model.to(ctx.device)
-    if config.train.channels_last and ctx.device.type == "cuda":
+    cuda = ctx.device.type == "cuda"
+    if config.train.channels_last and cuda:
         model.to(memory_format=torch.channels_last)  # convolutions then run channels-last
-    train = config.train
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    trainee: nn.Module = model
+    if ctx.dist.world > 1:
+        if cuda:  # batch statistics over the global batch, as on one device (SyncBatchNorm needs CUDA)
+            trainee = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        trainee = nn.parallel.DistributedDataParallel(
+            trainee, device_ids=[ctx.device.index] if cuda else None
+        )
+    train, workers = config.train, config.data.num_workers
+    optimizer = torch.optim.Adam(trainee.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     scheduler = None
-    if config.train.scheduler == "plateau":
-        scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=config.train.patience)
+    if train.scheduler == "plateau":
+        scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=train.patience)
+    training_set = ctx.data("train").training_set(augment=True)
+    validation_set = ctx.data("val").training_set(augment=False)
     history = fit(
-        model,
-        train_loader(ctx.data("train"), config.train.batch_size, config.seed),
-        epochs=config.train.epochs,
+        trainee,
+        train_loader(training_set, train.batch_size, config.seed, ctx.dist, num_workers=workers),
+        epochs=train.epochs,
         loss=loss,
         optimizer=optimizer,
-        val_loader=train_loader(ctx.data("val"), 128, config.seed, shuffle=False),
+        val_loader=train_loader(
+            validation_set,
+            max(train.batch_size, 64),
+            config.seed,
+            ctx.dist,
+            shuffle=False,
+            num_workers=workers,
+        ),
         scheduler=scheduler,
         device=ctx.device,
-        amp=config.train.amp,
+        amp=train.amp,
+        amp_dtype=torch.bfloat16 if train.amp_dtype == "bfloat16" else torch.float16,
         checkpoint=checkpoint,
         progress=ctx.progress,
         targets_transform=transform,
         seed=config.seed,
     )
     ctx.timings[f"train_{name}"] = time.perf_counter() - start
-    save_tensors(weights, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    write_marker(marker_path, key, {"history": history.records})
-    checkpoint.unlink(missing_ok=True)
+    if ctx.dist.is_main:
+        save_tensors(weights, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+        write_marker(marker_path, key, {"history": history.records})
+        checkpoint.unlink(missing_ok=True)
+    ctx.dist.barrier()
     ctx.log(f"  {name}: val mAP {history['val_map'][-1]:.3f}")
     return TrainedModel(name, model.eval(), key, level, history.records)
 
@@ -184,7 +214,11 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
         }
     )
     path, marker_path = ctx.out / "hierarchy.json", ctx.out / "hierarchy.marker.json"
+    ctx.dist.barrier()
     if not ctx.force and read_marker(marker_path, key) is not None and path.is_file():
+        return ClassHierarchy.load(path), key
+    if not ctx.dist.is_main:  # rank 0 builds it; the others read it
+        ctx.dist.barrier()
         return ClassHierarchy.load(path), key
     hierarchy = group_classes(
         base.model,
@@ -205,15 +239,17 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
     atomic_write_text(ctx.out / "hierarchy.txt", str(hierarchy) + "\n")
     atomic_write_json(ctx.out / "hierarchy_presence.json", presence)
     write_marker(marker_path, key, {})
+    ctx.dist.barrier()
     return hierarchy, key
 
 
 def train_levels(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str) -> dict[str, TrainedModel]:
     """Stage 2: a two-branch model per level (0 = classes), and single-branch level models (ablation)."""
     config, method = ctx.config, ctx.config.method
-    loss = TwoBranchLoss(
-        method.lam, reduction=method.orthogonal_reduction, normalize=method.orthogonal_normalize
-    )
+    # DDP averages the processes' gradients: a sum over each process's share of the batch would weigh the
+    # orthogonal term by lam / world; lam * world gives exactly the gradient of one process on the whole batch
+    lam = method.lam * (ctx.dist.world if method.orthogonal_reduction == "sum" else 1)
+    loss = TwoBranchLoss(lam, reduction=method.orthogonal_reduction, normalize=method.orthogonal_normalize)
     loss_key = {
         "lam": method.lam,
         "reduction": method.orthogonal_reduction,
@@ -246,34 +282,37 @@ def train_levels(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str)
 def extract_cams(ctx: RunContext, models: dict[str, TrainedModel], split: str) -> dict[str, Tensor]:
     """Stage 3: Grad-CAMs of every model for every image of ``split`` at feature resolution, and logits.
 
-    Returns ``{name: maps (N, N_l, h, w) float16, name + "/logits": (N, N_l), name + "/branch_r": (N, N_l)}``
-    where ``branch_r`` is the Pearson correlation between the two branches' maps of each class (two-branch
-    models; NaN where a map is constant). Cached in ``cams/{split}.pt`` under the models' keys.
+    Returns ``{name: maps (N, N_l, h, w) float16, name + "/logits": (N, N_l), name + "/branch_r": (N, N_l),
+    "targets": (N, K)}`` where ``branch_r`` is the Pearson correlation between the two branches' maps of each
+    class (two-branch models; NaN where a map is constant) and ``targets`` those of the evaluated images.
+    Cached in ``cams/<split>-<key>.pt``. Under ``torchrun`` every process extracts its shard of the images
+    and the shards are gathered.
     """
     key = digest({"models": {n: m.key for n, m in models.items()}, "data": ctx.data_key(), "split": split})
     folder = ctx.models_dir.parent / "cams" if ctx.cache is not None else ctx.out / "cams"
     path, marker_path = folder / f"{split}-{key[:16]}.pt", folder / f"{split}-{key[:16]}.json"
+    ctx.dist.barrier()
     if not ctx.force and read_marker(marker_path, key) is not None and path.is_file():
         return load_tensors(path)
     data = ctx.data(split)
-    result: dict[str, Tensor] = {}
+    shard = ctx.dist.shard(len(data))
+    local: dict[str, list[Tensor]] = {"targets": [target for _, _, target, _, _ in data.batches(64, shard)]}
     for name, trained in models.items():
         extractor = GradCAM(trained.model)
-        maps, logits, correlations = [], [], []
-        for images, *_ in eval_batches(data, 64):
-            cams = extractor(images.to(ctx.device), size="feature", normalize=None)
-            maps.append(cams.to("cpu", torch.float16))
+        parts: dict[str, list[Tensor]] = {name: [], f"{name}/logits": [], f"{name}/branch_r": []}
+        for _, images, *_ in data.batches(64, shard):
+            cams = extractor(images.to(ctx.device, non_blocking=True), size="feature", normalize=None)
+            parts[name].append(cams.to("cpu", torch.float16))
             if extractor.logits is not None:
-                logits.append(extractor.logits.float().cpu())
+                parts[f"{name}/logits"].append(extractor.logits.float().cpu())
             if extractor.branch_maps is not None:
-                correlations.append(_branch_correlation(extractor.branch_maps).cpu())
+                parts[f"{name}/branch_r"].append(_branch_correlation(extractor.branch_maps).cpu())
         extractor.remove()
-        result[name] = torch.cat(maps)
-        result[f"{name}/logits"] = torch.cat(logits)
-        if correlations:
-            result[f"{name}/branch_r"] = torch.cat(correlations)
-    save_tensors(path, result)
-    write_marker(marker_path, key, {})
+        local.update({part: pieces for part, pieces in parts.items() if pieces})
+    result = {part: ctx.dist.gather_rows(torch.cat(pieces), len(data)) for part, pieces in local.items()}
+    if ctx.dist.is_main:
+        save_tensors(path, result)
+        write_marker(marker_path, key, {})
     return result
 
 
@@ -289,11 +328,11 @@ def _branch_correlation(branch_maps: Tensor) -> Tensor:
 
 
 def model_map(
-    models: dict[str, TrainedModel], cams: dict[str, Tensor], targets: Tensor, hierarchy: ClassHierarchy
+    models: dict[str, TrainedModel], cams: dict[str, Tensor], hierarchy: ClassHierarchy
 ) -> dict[str, float]:
     """Classification mAP of every model on a split, against its level's group targets."""
     scores = {}
     for name, trained in models.items():
-        level_targets = hierarchy.remap_targets(targets, trained.level)
+        level_targets = hierarchy.remap_targets(cams["targets"], trained.level)
         scores[name] = float(mean_average_precision(cams[f"{name}/logits"], level_targets))
     return scores
