@@ -68,7 +68,7 @@ def single_branch(config: ModelConfig, num_classes: int, seed: int) -> Branch:
 
 
 def two_branch(config: ModelConfig, num_classes: int, seed: int) -> TwoBranchNet:
-    """A :class:`~hiercam.TwoBranchNet`, seeded.
+    """A [`TwoBranchNet`][hiercam.TwoBranchNet], seeded.
 
     From-scratch backbones get two independent initialisations (a factory); pretrained ones are copied, so
     both branches start from the same ImageNet weights as in the paper.
