@@ -1,5 +1,6 @@
 # hiercam developer commands. Everything runs inside .venv, created on first use from a plain Python 3.10+.
-#   make test   lint + type check + test suite (doctests included) + wheel smoke test
+#   make test   lint, type check, tests (doctests, examples and the notebook included), docs, wheel smoke test
+#   make docs   the documentation site, built into site/ with warnings as errors
 #   make demo   the whole method on the bundled data; writes a report with figures
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PIP := $(BIN)/python -m pip install --disable-pip-version-check
 DEMO_OUT ?= demo-report
 
-.PHONY: test lint typecheck pytest wheel-smoke demo clean
+.PHONY: test lint typecheck pytest docs wheel-smoke demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +20,11 @@ $(VENV)/.torch-installed: | $(BIN)/python
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml $(VENV)/.torch-installed
-	$(PIP) -e '.[test]' $(TORCH_PINS)
+	$(PIP) -e '.[test,docs]' $(TORCH_PINS)
+	touch $@
+
+$(VENV)/.docs-installed: pyproject.toml $(VENV)/.torch-installed
+	$(PIP) -e '.[docs]' $(TORCH_PINS)
 	touch $@
 
 $(VENV)/.demo-installed: pyproject.toml $(VENV)/.torch-installed
@@ -31,6 +36,7 @@ test: $(VENV)/.test-installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+	$(MAKE) docs
 	$(MAKE) wheel-smoke
 
 lint: $(VENV)/.test-installed
@@ -43,6 +49,11 @@ typecheck: $(VENV)/.test-installed
 pytest: $(VENV)/.test-installed
 	$(BIN)/python -m pytest
 
+# The site: API reference from the docstrings, how-to pages that include the examples' code. --strict turns
+# every warning (a broken link, an unresolved cross-reference, a missing included file) into an error.
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # Build the wheel and import it from outside the source tree, so that missing package data or a
 # broken entry point fails here rather than for a user.
 wheel-smoke: $(VENV)/.test-installed
@@ -54,4 +65,4 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/python -m hiercam demo --out $(DEMO_OUT)
 
 clean:
-	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache $(DEMO_OUT)
+	rm -rf build dist site .mypy_cache .ruff_cache .pytest_cache $(DEMO_OUT)

@@ -14,8 +14,7 @@ import tempfile
 from pathlib import Path
 
 from hiercam.datasets.fake_voc import write_fake_voc
-from hiercam.pipeline import load_config, run_pipeline
-from hiercam.pipeline.distributed import init_distributed
+from hiercam.pipeline import init_distributed, load_config, run_pipeline
 from hiercam.pipeline.report import ablation_rows
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -1,4 +1,4 @@
-"""``python -m hiercam``: the command line (see :mod:`hiercam.cli`)."""
+"""``python -m hiercam``: the command line (see ``hiercam.cli``)."""
 
 from hiercam.cli import main
 

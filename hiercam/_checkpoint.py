@@ -1,4 +1,4 @@
-"""Training checkpoints for :func:`hiercam.training.fit`: what is saved, atomic writes, safe loading.
+"""Training checkpoints for [`hiercam.fit`][hiercam.fit]: what is saved, atomic writes, safe loading.
 
 A checkpoint is a ``torch.save`` file holding only tensors and plain containers, so it loads with
 ``torch.load(weights_only=True)``. Besides the model, optimizer, scheduler and AMP scaler states and the
@@ -70,7 +70,7 @@ def random_states(device: torch.device, generators: Iterable[torch.Generator]) -
 def restore_random_states(
     states: dict[str, Any], device: torch.device, generators: list[torch.Generator]
 ) -> None:
-    """Put back the random states saved by :func:`random_states`."""
+    """Put back the random states saved by ``random_states``."""
     saved = states["generators"]
     if len(saved) != len(generators):
         raise ValueError(
@@ -109,7 +109,7 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU, with ``weights_only=True``.
+    """Read a checkpoint written by ``save_checkpoint`` onto the CPU, with ``weights_only=True``.
 
     Raises:
         ValueError: the file is not a hiercam training checkpoint of a known version.

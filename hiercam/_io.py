@@ -25,7 +25,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     Returns:
         The destination path.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> target = pathlib.Path(tempfile.mkdtemp()) / "hello.txt"
         >>> _ = atomic_write(target, lambda f: f.write(b"hi"))
@@ -59,10 +59,10 @@ def _file_mode(target: Path) -> int:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 text atomically (see :func:`atomic_write`)."""
+    """Write UTF-8 text atomically (see ``atomic_write``)."""
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON atomically (see :func:`atomic_write`)."""
+    """Write ``data`` as indented JSON atomically (see ``atomic_write``)."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

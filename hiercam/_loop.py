@@ -1,4 +1,4 @@
-"""The training loop's contracts and one pass over a loader, shared by :func:`hiercam.fit` and ``evaluate``.
+"""The training loop's contracts and one pass over a loader, shared by ``fit`` and ``evaluate``.
 
 Batch contract: a mapping with ``"image"`` and ``"targets"`` keys, or an ``(images, targets, ...)``
 tuple/list. Model contract: a logits tensor ``(B, K)`` or an object with a ``mean_logits`` tensor ``(B, K)``.

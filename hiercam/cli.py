@@ -1,4 +1,4 @@
-"""The ``hiercam`` command line: parses arguments and calls :mod:`hiercam.pipeline`; no logic of its own."""
+"""The ``hiercam`` command line: parses arguments and calls ``hiercam.pipeline``; no logic of its own."""
 
 from __future__ import annotations
 

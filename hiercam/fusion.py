@@ -2,12 +2,13 @@
 
 For one class in one image, ``M = M0 + mean_i(M_i) - M0'``: the map of the level-0 model, plus the mean of the
 maps of the groups holding the class at every group level, minus ``M0'``, "the CAM of the rest classes".
-:func:`fuse` is Eq. 6 on maps the caller has already matched up; :func:`fuse_hierarchy` does the matching
-from a :class:`~hiercam.grouping.ClassHierarchy` and builds ``M0'``.
+[`fuse`][hiercam.fuse] is Eq. 6 on maps the caller has already matched up;
+[`fuse_hierarchy`][hiercam.fuse_hierarchy] does the matching from a [`ClassHierarchy`][hiercam.ClassHierarchy]
+and builds ``M0'``.
 
 The paper does not define ``M0'``. Our default reading (``rest="max"``) is the pixel-wise maximum of the base
 maps of the *other classes present in the image*; on validation data it was the best of the readings tried,
-and without any ``M0'`` term the localisation gain disappeared (see FINDINGS).
+and without any ``M0'`` term the localisation gain disappeared (measurements made when planning hiercam).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def fuse(
     """Fuse maps with the paper's Eq. 6: ``M = M0 + mean_i(M_i) - M0'``.
 
     The maps are used as given (rescale them first if their scales differ, e.g. with
-    :func:`~hiercam.normalize_maps`); :func:`fuse_hierarchy` does that for you.
+    [`normalize_maps`][hiercam.normalize_maps]); [`fuse_hierarchy`][hiercam.fuse_hierarchy] does that for you.
 
     Args:
         base: ``M0``, maps of any shape ``(..., H, W)``, floating point, any device.
@@ -52,8 +53,8 @@ def fuse(
             ``(L, ..., H, W)`` with the level dimension first.
         rest: ``M0'``, shaped like ``base``; ``None`` leaves the term out.
         clamp: set negative values of the sum to 0 (before ``normalize``).
-        normalize: rescale each fused map with :func:`~hiercam.normalize_maps` (``"max"``: peak 1, an all-zero
-            map stays all zero), ``"minmax"``, or ``None`` to keep the raw sum.
+        normalize: rescale each fused map with [`normalize_maps`][hiercam.normalize_maps] (``"max"``: peak 1,
+            an all-zero map stays all zero), ``"minmax"``, or ``None`` to keep the raw sum.
 
     Returns:
         The fused maps, shaped like ``base``, same dtype and device; differentiable.
@@ -63,7 +64,7 @@ def fuse(
             tensors.
         ValueError: shapes, dtypes or devices differ, ``levels`` is empty, or ``normalize`` is unknown.
 
-    Example:
+    Examples:
         >>> import torch
         >>> base = torch.tensor([[0.8, 0.2], [0.0, 0.4]])
         >>> levels = [torch.tensor([[1.0, 0.6], [0.2, 0.0]]), torch.tensor([[0.6, 0.2], [0.0, 0.0]])]
@@ -113,7 +114,7 @@ def fuse_hierarchy(
     in the image according to ``labels`` (ground truth at evaluation time, or predicted labels):
 
     * ``"max"`` (default): their pixel-wise maximum. It was the best reading on validation data, and without
-      an ``M0'`` term the localisation gain disappeared (FINDINGS).
+      an ``M0'`` term the localisation gain disappeared (measurements made when planning hiercam).
     * ``"mean"``: their pixel-wise mean.
     * ``"none"``: no ``M0'`` term; ``labels`` is not used and may be ``None``.
 
@@ -122,7 +123,7 @@ def fuse_hierarchy(
     **Absent classes.** Maps are computed for all ``K`` classes. For a class that is absent from ``labels``,
     every present class is an "other" class, so its ``M0'`` is the max (or mean) over all present classes.
     Absent classes are not zeroed: with predicted labels, a class the classifier missed keeps a usable map;
-    :func:`~hiercam.metrics.cams_to_labels` ignores absent classes anyway.
+    [`cams_to_labels`][hiercam.cams_to_labels] ignores absent classes anyway.
 
     Args:
         base_cams: CAMs ``(B, K, H, W)`` of the level-0 model, floating point, any device.
@@ -133,7 +134,7 @@ def fuse_hierarchy(
         labels: multi-hot ``(B, K)`` image labels (0/1, any dtype); required unless ``rest="none"``.
         rest: ``"max"``, ``"mean"`` or ``"none"``, see above.
         clamp: set negative fused values to 0.
-        normalize: rescaling of the fused maps (see :func:`fuse`).
+        normalize: rescaling of the fused maps (see [`fuse`][hiercam.fuse]).
         normalize_inputs: rescaling of every input map before fusing, so that maps of different models are on
             one scale (``"max"`` is a no-op on maps that are already max-normalised); ``None`` uses them as
             given.
@@ -146,7 +147,7 @@ def fuse_hierarchy(
         ValueError: shapes disagree with each other or with ``hierarchy``, the number of levels is wrong,
             ``labels`` is missing or not 0/1, or a mode is unknown.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from hiercam import ClassHierarchy
         >>> h = ClassHierarchy([[0, 0, 1]])  # classes 0 and 1 form group 0, class 2 is group 1

@@ -3,7 +3,7 @@
 Level 0 is the ``K`` original classes. Level 1 clusters the class vectors into ``N1`` groups with K-means
 (Eq. 2-3); level ``l > 1`` clusters the ``N(l-1)`` centres of the previous level into ``Nl`` groups. Each
 level becomes a multi-label classification problem whose targets are given by
-:meth:`ClassHierarchy.remap_targets`.
+[`ClassHierarchy.remap_targets`][hiercam.ClassHierarchy.remap_targets].
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class ClassHierarchy:
         ValueError: lengths differ, a group is empty, group counts do not strictly decrease, or the levels are
             not nested.
 
-    Example:
+    Examples:
         >>> h = ClassHierarchy([[0, 0, 1, 2], [0, 0, 1, 1]], class_names=["cat", "dog", "car", "bus"])
         >>> h.level_sizes
         (4, 3, 2)
@@ -176,7 +176,7 @@ class ClassHierarchy:
 
     # ----------------------------------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready description (see :meth:`from_dict`)."""
+        """A JSON-ready description (see [`from_dict`][hiercam.ClassHierarchy.from_dict])."""
         return {
             "format": _FORMAT,
             "version": _FORMAT_VERSION,
@@ -186,7 +186,7 @@ class ClassHierarchy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClassHierarchy:
-        """Rebuild a hierarchy from :meth:`to_dict` output, validating it."""
+        """Rebuild a hierarchy from [`to_dict`][hiercam.ClassHierarchy.to_dict] output, validating it."""
         if not isinstance(data, Mapping):
             raise TypeError(f"`data` must be a mapping, got {type_name(data)}")
         if data.get("format") != _FORMAT or data.get("version") != _FORMAT_VERSION:
@@ -202,7 +202,7 @@ class ClassHierarchy:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ClassHierarchy:
-        """Read a hierarchy written by :meth:`save` (plain JSON: nothing is executed)."""
+        """Read a hierarchy written by ``save`` (plain JSON: nothing is executed)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
@@ -262,7 +262,7 @@ class HierarchicalKMeans:
 
     The paper's plain variant can be very unbalanced: on an ImageNet MobileNetV2 (1000 classes) at levels
     ``(100, 20, 5)`` it put 981 classes into one of the 20 groups. ``normalize`` and ``weighted`` reduce
-    that; :meth:`ClassHierarchy.__str__` shows the group sizes.
+    that; ``ClassHierarchy.__str__`` shows the group sizes.
 
     Group indices are canonical: groups are numbered in the order of their smallest class index, so the
     result does not depend on K-means' arbitrary label order.
@@ -277,12 +277,13 @@ class HierarchicalKMeans:
         random_state: seed of K-means; the result is deterministic for a fixed seed.
 
     Attributes:
-        centers_: after :meth:`fit`, the group centres of each level, ``[(N_1, D), (N_2, D), ...]``.
+        centers_: after [`fit`][hiercam.HierarchicalKMeans.fit], the group centres of each level,
+            ``[(N_1, D), (N_2, D), ...]``.
 
     Raises:
         TypeError, ValueError: ``levels`` empty, not integers, < 1 or not strictly decreasing.
 
-    Example:
+    Examples:
         >>> import torch
         >>> vectors = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0], [9.0, 0.0]])
         >>> HierarchicalKMeans(levels=(3, 2)).fit(vectors).groups(1)
@@ -309,11 +310,11 @@ class HierarchicalKMeans:
         """Build the hierarchy from class vectors.
 
         Args:
-            embeddings: class vectors ``(K, D)`` (e.g. :func:`~hiercam.class_embeddings`).
+            embeddings: class vectors ``(K, D)`` (e.g. [`class_embeddings`][hiercam.class_embeddings]).
             class_names: optional ``K`` names.
 
         Returns:
-            The :class:`ClassHierarchy` with ``len(levels)`` group levels.
+            The [`ClassHierarchy`][hiercam.ClassHierarchy] with ``len(levels)`` group levels.
 
         Raises:
             ValueError: ``embeddings`` is not 2-D or not finite, a level asks for ``>= K`` groups or for more
@@ -386,15 +387,17 @@ def group_classes(
         levels: group counts after the base level, strictly decreasing.
         class_names: optional ``K`` names.
         layer: dotted name of the classifier layer when it cannot be found automatically.
-        normalize: L2-normalise the class vectors first (see :class:`HierarchicalKMeans`).
-        weighted: weight centres by their class counts (see :class:`HierarchicalKMeans`).
+        normalize: L2-normalise the class vectors first (see
+            [`HierarchicalKMeans`][hiercam.HierarchicalKMeans]).
+        weighted: weight centres by their class counts (see
+            [`HierarchicalKMeans`][hiercam.HierarchicalKMeans]).
         n_init: K-means restarts per level.
         random_state: K-means seed.
 
     Returns:
-        The :class:`ClassHierarchy`.
+        The [`ClassHierarchy`][hiercam.ClassHierarchy].
 
-    Example:
+    Examples:
         >>> from torchvision.models import resnet18
         >>> group_classes(resnet18(num_classes=10), levels=(4, 2)).level_sizes
         (10, 4, 2)

@@ -65,7 +65,7 @@ def orthogonal_loss(
         ValueError: the shapes differ or are not ``(B, C, H, W)`` / ``(B, D)``, the batch is empty, or
             ``reduction`` is unknown.
 
-    Example:
+    Examples:
         >>> import torch
         >>> f1 = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0]])
         >>> f2 = torch.tensor([[3.0, 1.0, 5.0], [2.0, 0.0, 4.0]])
@@ -99,19 +99,21 @@ def orthogonal_loss(
 
 
 class OrthogonalLoss(nn.Module):
-    """Module form of :func:`orthogonal_loss`, times a weight: ``weight * orthogonal_loss(f1, f2, ...)``.
+    """Module form of ``orthogonal_loss``, times a weight: ``weight * orthogonal_loss(f1, f2, ...)``.
+
+    See [`orthogonal_loss`][hiercam.orthogonal_loss] for the loss itself.
 
     Args:
         weight: non-negative factor (the paper's ``lambda`` when used on its own).
         reduction: ``"sum"`` (the paper), ``"batchmean"``, ``"mean"`` or ``"none"``
-            (see :func:`orthogonal_loss`).
+            (see [`orthogonal_loss`][hiercam.orthogonal_loss]).
         normalize: L2-normalise each sample's features first (not in the paper).
 
     Raises:
         TypeError: ``weight`` is not a real number or ``normalize`` not a bool.
         ValueError: ``weight`` is negative or not finite, or ``reduction`` is unknown.
 
-    Example:
+    Examples:
         >>> import torch
         >>> loss = OrthogonalLoss(weight=0.5, reduction="batchmean")
         >>> loss(torch.ones(2, 3, 4, 4), torch.ones(2, 3, 4, 4))  # 0.5 * 48
@@ -155,11 +157,12 @@ class TwoBranchLoss(nn.Module):
     """The two-branch loss of Eq. 5: ``L_all = L_c1 + L_c2 + lam * L_o`` from a ``TwoBranchOutput``.
 
     ``L_c1`` and ``L_c2`` are multi-label BCE-with-logits losses of each branch's logits (mean over the
-    ``B x K`` entries, as in ``nn.BCEWithLogitsLoss``); ``L_o`` is :func:`orthogonal_loss` of the two
-    branches' feature maps before pooling. The defaults are the paper's (``lam=1e-4``, raw sum), whose scale
-    depends on the batch size, the feature size and the backbone; ``reduction="batchmean"`` and
-    ``normalize=True`` make it scale-free, and ``lam`` should then be chosen on validation data. With
-    ``lam=0`` the branches train independently and ``orthogonal`` is only logged.
+    ``B x K`` entries, as in ``nn.BCEWithLogitsLoss``); ``L_o`` is
+    [`orthogonal_loss`][hiercam.orthogonal_loss] of the two branches' feature maps before pooling. The
+    defaults are the paper's (``lam=1e-4``, raw sum), whose scale depends on the batch size, the feature size
+    and the backbone; ``reduction="batchmean"`` and ``normalize=True`` make it scale-free, and ``lam`` should
+    then be chosen on validation data. With ``lam=0`` the branches train independently and ``orthogonal`` is
+    only logged.
 
     Under ``DistributedDataParallel`` (gradients averaged over ``W`` processes, equal shards) the BCE terms
     and the ``"batchmean"``/``"mean"`` orthogonal term match one process on the concatenated batch; ``"sum"``
@@ -174,7 +177,7 @@ class TwoBranchLoss(nn.Module):
         TypeError: ``lam`` is not a real number or ``normalize`` not a bool.
         ValueError: ``lam`` is negative or not finite, or ``reduction`` is unknown.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from hiercam.models import TwoBranchOutput
         >>> logits = torch.zeros(2, 4, 3)  # (2, B, K)

@@ -1,7 +1,7 @@
 """Normalisation of activation maps: the one place where maps are rescaled to ``[0, 1]``.
 
-The CAM engine, fusion and the metrics all call :func:`normalize_maps`, so that "max-normalised" means the
-same thing everywhere (the IRN convention behind mIoU at threshold 0.15).
+The CAM engine, fusion and the metrics all call [`normalize_maps`][hiercam.normalize_maps], so that
+"max-normalised" means the same thing everywhere (the IRN convention behind mIoU at threshold 0.15).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def normalize_maps(maps: Tensor, mode: NormalizeMode | None = "max") -> Tensor:
         TypeError: ``maps`` is not a floating-point tensor.
         ValueError: ``maps`` has fewer than 2 dimensions, or ``mode`` is unknown.
 
-    Example:
+    Examples:
         >>> import torch
         >>> normalize_maps(torch.tensor([[[0.0, 2.0], [1.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]]))
         tensor([[[0.0000, 0.5000],

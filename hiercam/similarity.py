@@ -21,7 +21,7 @@ __all__ = ["class_embeddings", "class_distances", "MultiHeadClassifier"]
 class MultiHeadClassifier(Protocol):
     """A model with several parallel classifier heads over the same classes (e.g. ``TwoBranchNet``).
 
-    :func:`class_embeddings` averages the weights of the heads it returns.
+    [`class_embeddings`][hiercam.class_embeddings] averages the weights of the heads it returns.
     """
 
     def classifier_heads(self) -> Sequence[nn.Linear]:
@@ -37,7 +37,8 @@ def class_embeddings(source: nn.Module | Tensor, layer: str | None = None) -> Te
     * a weight tensor of shape ``(K, D)``;
     * an ``nn.Linear`` (its ``weight``);
     * a model. With ``layer=None`` the classifier is found automatically: a model with several parallel
-      heads (:class:`MultiHeadClassifier`, e.g. ``TwoBranchNet``) gives the mean of its heads; a timm model
+      heads ([`MultiHeadClassifier`][hiercam.similarity.MultiHeadClassifier], e.g. ``TwoBranchNet``) gives
+      the mean of its heads; a timm model
       its ``get_classifier()``; any other model (torchvision ResNet, VGG, MobileNet, DenseNet,
       EfficientNet, ConvNeXt, a plain ``nn.Sequential``...) its last registered ``nn.Linear``. If another
       linear layer of the same shape sits in a different place (parallel heads), the choice is ambiguous
@@ -57,7 +58,7 @@ def class_embeddings(source: nn.Module | Tensor, layer: str | None = None) -> Te
         TypeError: ``source`` is neither a tensor nor a module, or ``layer`` does not name an ``nn.Linear``.
         ValueError: a weight tensor that is not 2-D, a missing ``layer``, no linear layer, or several.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchvision.models import resnet18
         >>> class_embeddings(resnet18(num_classes=20)).shape
@@ -87,7 +88,8 @@ def class_distances(embeddings: Tensor) -> Tensor:
     symmetric with an exact zero diagonal.
 
     Args:
-        embeddings: class vectors of shape ``(K, D)``, e.g. from :func:`class_embeddings`.
+        embeddings: class vectors of shape ``(K, D)``, e.g. from
+            [`class_embeddings`][hiercam.class_embeddings].
 
     Returns:
         Distances of shape ``(K, K)``, in the dtype and on the device of ``embeddings``.
@@ -96,7 +98,7 @@ def class_distances(embeddings: Tensor) -> Tensor:
         TypeError: ``embeddings`` is not a floating-point tensor.
         ValueError: ``embeddings`` is not 2-D or holds NaN/inf.
 
-    Example:
+    Examples:
         >>> import torch
         >>> class_distances(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
         tensor([[0., 5.],

@@ -1,7 +1,8 @@
-"""Train multi-label classifiers (plain or two-branch) with the paper's recipe: :func:`fit`, :class:`History`.
+"""Train multi-label classifiers (plain or two-branch) with the paper's recipe: ``fit``, ``History``.
 
 Batch contract: every batch a loader yields is either a mapping with ``"image"`` and ``"targets"`` keys (what
-:meth:`hiercam.datasets.FashionScenes.collate` makes; other keys are ignored) or a tuple/list whose first two
+[`hiercam.datasets.FashionScenes.collate`][hiercam.FashionScenes.collate] makes; other keys are ignored) or a
+tuple/list whose first two
 items are the images and the targets ``(B, K)``. Images go to the model as they are (tensors moved to the
 device); targets are passed through ``targets_transform``, moved to the device and converted to float32.
 
@@ -46,9 +47,9 @@ class History:
     Record keys: ``epoch`` (1-based), ``lr`` (learning rate of the first parameter group during the epoch),
     ``seconds`` (wall time), ``train_loss`` and ``val_loss`` (the total loss, averaged over samples),
     ``train_<name>``/``val_<name>`` for every field of a ``NamedTuple`` loss, and ``val_map`` (mAP over the
-    validation set). Validation keys are present only when :func:`fit` was given a ``val_loader``.
+    validation set). Validation keys are present only when [`fit`][hiercam.fit] was given a ``val_loader``.
 
-    Example:
+    Examples:
         >>> h = History([{"epoch": 1, "train_loss": 0.7}, {"epoch": 2, "train_loss": 0.5}])
         >>> h["train_loss"], len(h)
         ([0.7, 0.5], 2)
@@ -98,7 +99,7 @@ def evaluate(
     Args:
         model: a classifier following the model contract of this module.
         loader: batches following the batch contract of this module.
-        loss: as in :func:`fit` (default: BCE with logits).
+        loss: as in [`fit`][hiercam.fit] (default: BCE with logits).
         device: where to run; ``None`` is the device of the model's parameters. The model is moved there.
         amp: autocast (CUDA only); ``None`` enables it on CUDA.
         targets_transform: applied to every batch's targets first.
@@ -108,7 +109,7 @@ def evaluate(
         ``{"loss": ..., <NamedTuple fields>..., "map": ...}``, means over samples; mAP over the whole loader.
 
     Raises:
-        TypeError, ValueError: as :func:`fit`.
+        TypeError, ValueError: as [`fit`][hiercam.fit].
     """
     run_device, use_amp = _device_and_amp(model, device, amp)
     _check_amp_dtype(amp_dtype)
@@ -176,7 +177,7 @@ def fit(
     bar per epoch shows the running loss, then the validation mAP. The model is trained in place; its
     ``training`` flag is restored at the end.
 
-    Reproducibility: training runs under :func:`torch.random.fork_rng` seeded with ``seed``, so the caller's
+    Reproducibility: training runs under ``torch.random.fork_rng`` seeded with ``seed``, so the caller's
     torch random state is left untouched and two runs with the same seed, model initialisation and data give
     the same weights on the CPU (on CUDA, call ``torch.use_deterministic_algorithms(True)`` for bitwise
     equality). The loader's shuffle order comes from that seeded state, or from the loader's own
@@ -218,7 +219,7 @@ def fit(
             ``torch.bfloat16`` (no scaling needed).
 
     Returns:
-        The :class:`History` of all epochs, resumed ones included.
+        The [`History`][hiercam.History] of all epochs, resumed ones included.
 
     Raises:
         TypeError: an argument of the wrong type, a batch or model output or loss result not following the
@@ -226,7 +227,7 @@ def fit(
         ValueError: ``epochs < 1``, ``lr <= 0``, ``amp`` without CUDA, logits and targets of different
             shapes, a checkpoint from another format or with more epochs than ``epochs``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> data = [(torch.randn(8, 4), torch.randint(0, 2, (8, 3)).float()) for _ in range(4)]
         >>> history = fit(torch.nn.Linear(4, 3), data, epochs=2, val_loader=data[:1], progress=False)

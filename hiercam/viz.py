@@ -1,7 +1,7 @@
 """Pictures: a grid of dataset scenes with their boxes, and a CAM laid over an image.
 
 matplotlib is an optional dependency (``pip install hiercam[viz]``); it is imported inside the functions, so
-``import hiercam`` never needs it. Figures are built with :class:`matplotlib.figure.Figure` directly, not
+``import hiercam`` never needs it. Figures are built with ``matplotlib.figure.Figure`` directly, not
 pyplot: no GUI backend is touched, nothing global changes, and the caller saves or shows the figure.
 """
 
@@ -46,8 +46,8 @@ def overlay(
     """Blend a class activation map, coloured with a matplotlib colormap, over an image.
 
     The map is resized to the image with bilinear interpolation, rescaled to [0, 1] with
-    :func:`hiercam.normalize_maps` (an all-zero map stays zero: no NaN), coloured, and blended:
-    ``(1 - alpha) * image + alpha * colour(cam)``.
+    [`hiercam.normalize_maps`][hiercam.normalize_maps] (an all-zero map stays zero: no NaN), coloured, and
+    blended: ``(1 - alpha) * image + alpha * colour(cam)``.
 
     Args:
         image: ``(3, H, W)`` RGB or ``(H, W)`` grey image, floating point in [0, 1] (values are clipped).
@@ -64,7 +64,7 @@ def overlay(
         TypeError: non-tensor or non-floating inputs.
         ValueError: wrong shapes, non-finite map, ``alpha`` outside [0, 1], unknown colormap.
 
-    Example:
+    Examples:
         >>> import torch
         >>> overlay(torch.zeros(3, 32, 32), torch.rand(4, 4)).shape
         (32, 32, 3)
@@ -102,7 +102,7 @@ def show_scenes(
     """A grid of dataset samples with their instance boxes and class names.
 
     Each sample must be a mapping with an ``"image"`` ``(3, H, W)`` in [0, 1] and ``"boxes"`` ``(M, 5)`` rows
-    ``(class, x1, y1, x2, y2)`` with exclusive ``x2``/``y2`` (the :class:`~hiercam.datasets.FashionScenes`
+    ``(class, x1, y1, x2, y2)`` with exclusive ``x2``/``y2`` (the [`FashionScenes`][hiercam.FashionScenes]
     form); with ``masks=True`` also a ``"mask"`` ``(H, W)`` label map, drawn translucent over the image.
     A box is drawn along the outer edges of its first and last pixels.
 
@@ -116,13 +116,13 @@ def show_scenes(
         panel_size: size of one panel in inches.
 
     Returns:
-        A :class:`matplotlib.figure.Figure` (not attached to pyplot): save it with ``fig.savefig(path)``.
+        A ``matplotlib.figure.Figure`` (not attached to pyplot): save it with ``fig.savefig(path)``.
 
     Raises:
         TypeError, ValueError: bad ``n``/``columns``/``indices``, an index outside the dataset, or samples
             without the expected keys.
 
-    Example:
+    Examples:
         >>> from hiercam.datasets import FashionScenes
         >>> figure = show_scenes(FashionScenes("val", num_scenes=4, image_size=64), n=4, columns=2)
         >>> len(figure.axes)

@@ -1,6 +1,6 @@
 """Class activation maps: Grad-CAM and its family on one engine (one forward, all classes at once).
 
-See :mod:`hiercam.cam.engine` for how a call works (hooks, batched gradients, the verified closed form).
+See ``hiercam.cam.engine`` for how a call works (hooks, batched gradients, the verified closed form).
 """
 
 from hiercam.cam.engine import BaseCAM, average_branch_maps

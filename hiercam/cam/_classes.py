@@ -29,7 +29,7 @@ class ResolvedClasses:
     num_outputs: int
 
     def place(self, maps: Tensor) -> Tensor:
-        """Arrange maps ``(B, K', h, w)`` of :attr:`indices` into the output ``(B, num_outputs, h, w)``."""
+        """Arrange maps ``(B, K', h, w)`` of ``indices`` into the output ``(B, num_outputs, h, w)``."""
         if self.mask is None:
             return maps
         full = maps.new_zeros(maps.shape[0], self.num_outputs, *maps.shape[2:])

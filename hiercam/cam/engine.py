@@ -53,12 +53,13 @@ def average_branch_maps(maps: Sequence[Tensor] | Tensor, normalize: NormalizeMod
     Args:
         maps: a sequence of maps of the same shape ``(..., H, W)``, or a tensor with the branch dimension
             first, ``(2, ..., H, W)``.
-        normalize: ``"max"``, ``"minmax"`` or ``None`` (see :func:`hiercam.normalize_maps`).
+        normalize: ``"max"``, ``"minmax"`` or ``None`` (see
+            [`hiercam.normalize_maps`][hiercam.normalize_maps]).
 
     Returns:
         The averaged maps ``(..., H, W)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> m1 = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
         >>> m2 = torch.tensor([[0.0, 0.0], [0.0, 5.0]])
@@ -91,7 +92,7 @@ class BaseCAM:
     """Base class of the CAM extractors: hooks, the batched gradients, the closed form, resizing.
 
     Subclasses define how activations ``A (B, C, h, w)`` and gradients ``G (K', B, C, h, w)`` combine into
-    maps ``(B, K', h, w)`` before the ReLU (:meth:`_combine`).
+    maps ``(B, K', h, w)`` before the ReLU (``_combine``).
 
     Args:
         model: the classifier; it must return logits ``(B, K)``.
@@ -103,11 +104,12 @@ class BaseCAM:
         closed_form: use the closed form once it has been verified (see the module docstring); ``False``
             always uses the general path.
 
-    A :class:`~hiercam.TwoBranchNet` is explained branch by branch (paper section 3.4.2): each branch's map
-    comes from its own features and its own logits, and the call returns their mean
-    (:func:`average_branch_maps`); :attr:`branch_maps` keeps both, ``(2, B, K', H', W')``. ``target_layer`` is
-    then ``None`` (each branch's ``features``) or a dotted name inside each branch, and :attr:`logits` holds
-    the mean logits. The closed form is verified for each branch with its own classifier.
+    A [`TwoBranchNet`][hiercam.TwoBranchNet] is explained branch by branch (paper section 3.4.2): each
+    branch's map comes from its own features and its own logits, and the call returns their mean
+    ([`average_branch_maps`][hiercam.average_branch_maps]); ``branch_maps`` keeps both,
+    ``(2, B, K', H', W')``. ``target_layer`` is then ``None`` (each branch's ``features``) or a dotted name
+    inside each branch, and ``logits`` holds the mean logits. The closed form is verified for each branch with
+    its own classifier.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or ``target_layer`` has the wrong type.
@@ -178,7 +180,7 @@ class BaseCAM:
 
         Returns:
             Maps ``(B, K', H', W')`` in float32 on the images' device, ``K'`` the number of requested classes
-            (``K`` for ``None`` or a mask). The logits of the forward pass are kept in :attr:`logits`.
+            (``K`` for ``None`` or a mask). The logits of the forward pass are kept in ``logits``.
 
         Raises:
             TypeError, ValueError: bad images, classes, size or normalize (class indices are range-checked
@@ -471,7 +473,7 @@ def _branch_heads(net: TwoBranchNet, target_layer: nn.Module | str | None) -> li
 
 @dataclass(frozen=True)
 class _BranchLogits:
-    """Logits ``(B, K)`` of one branch, from a :class:`~hiercam.TwoBranchOutput`."""
+    """Logits ``(B, K)`` of one branch, from a [`TwoBranchOutput`][hiercam.TwoBranchOutput]."""
 
     index: int
 

@@ -1,4 +1,6 @@
-"""The CAM methods: how activations and gradients combine into maps. All share :class:`BaseCAM`'s engine.
+"""The CAM methods: how activations and gradients combine into maps, on one engine.
+
+All share the engine of [`BaseCAM`][hiercam.BaseCAM].
 
 Notation: ``A`` is the target activation ``(B, C, h, w)``, ``G`` the gradients of the requested class scores
 ``(K', B, C, h, w)``; every map is ReLU'd afterwards. The formulas follow the original papers as implemented
@@ -33,7 +35,7 @@ def _weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
 class GradCAM(BaseCAM):
     """Grad-CAM (Selvaraju et al., 2017), the map the paper uses: ``ReLU(sum_c mean_hw(G_c) * A_c)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchvision.models import resnet18
         >>> model = resnet18(num_classes=5).eval()
@@ -53,7 +55,7 @@ class GradCAM(BaseCAM):
 class HiResCAM(BaseCAM):
     """HiResCAM (Draelos & Carin, 2020): ``ReLU(sum_c G_c * A_c)``, element-wise, without spatial averaging.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchvision.models import resnet18
         >>> HiResCAM(resnet18(num_classes=3), "layer4")(torch.randn(1, 3, 64, 64), 2).shape
@@ -67,7 +69,7 @@ class HiResCAM(BaseCAM):
 class LayerCAM(BaseCAM):
     """LayerCAM (Jiang et al., 2021): ``ReLU(sum_c ReLU(G_c) * A_c)``, element-wise.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchvision.models import resnet18
         >>> LayerCAM(resnet18(num_classes=3), "layer3")(torch.randn(1, 3, 64, 64), [0, 2]).shape
@@ -81,7 +83,7 @@ class LayerCAM(BaseCAM):
 class XGradCAM(BaseCAM):
     """XGrad-CAM (Fu et al., 2020): channel weights ``sum_hw(G_c * A_c) / sum_hw(A_c)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchvision.models import resnet18
         >>> XGradCAM(resnet18(num_classes=3), "layer4")(torch.randn(1, 3, 64, 64), size="feature").shape
@@ -99,7 +101,7 @@ class GradCAMPlusPlus(BaseCAM):
     ``alpha = G^2 / (2 G^2 + sum_hw(A) G^3)`` (0 where ``G = 0``); channel weights are
     ``sum_hw(alpha * ReLU(G))``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchvision.models import resnet18
         >>> GradCAMPlusPlus(resnet18(num_classes=3), "layer4")(torch.randn(2, 3, 64, 64)).shape
@@ -123,7 +125,7 @@ class CAM(BaseCAM):
     explains when it does not hold. Where it holds, Grad-CAM gives the same maps up to the factor
     ``1 / (h * w)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchvision.models import resnet18
         >>> model = resnet18(num_classes=4).eval()

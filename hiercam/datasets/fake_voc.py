@@ -36,7 +36,7 @@ def write_fake_voc(
         "objects": {id: [(class, xmin, ymin, xmax, ymax, difficult), ...]} (VOC's 1-based inclusive
         coordinates), "masks": {id: uint8 array}}``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> info = write_fake_voc(tempfile.mkdtemp(), num_images=4)
         >>> sorted(info["splits"]), len(info["splits"]["train_aug"])

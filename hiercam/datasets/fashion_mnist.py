@@ -6,7 +6,7 @@ product photos of 10 classes. hiercam ships a class-balanced subset inside the p
 
 Every garment keeps its item id: its index in the original training file (``train`` and ``val`` garments) or
 test file (``test`` garments). The training file is split by id: ``val`` uses the items whose id is a multiple
-of :data:`VAL_MODULUS`, ``train`` all others, so the two never share a garment, whichever source is read.
+of ``VAL_MODULUS``, ``train`` all others, so the two never share a garment, whichever source is read.
 """
 
 from __future__ import annotations
@@ -158,13 +158,13 @@ def load_garments(split: Split, root: str | os.PathLike[str] | None = None) -> G
             ``.gz``); ``None`` reads the subset shipped with hiercam.
 
     Returns:
-        The :class:`GarmentPool`. Loaded files are cached, so building several splits reads them once.
+        The ``GarmentPool``. Loaded files are cached, so building several splits reads them once.
 
     Raises:
         ValueError: unknown ``split``, malformed files, or a class without garments in the split.
         FileNotFoundError: ``root`` lacks one of the IDX files.
 
-    Example:
+    Examples:
         >>> pool = load_garments("val")
         >>> pool.images.shape, sorted({int(i) % VAL_MODULUS for i in pool.ids})
         ((2000, 28, 28), [0])

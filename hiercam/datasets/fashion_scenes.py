@@ -45,7 +45,10 @@ class SceneSample(TypedDict):
 
 
 class SceneBatch(TypedDict):
-    """A batch made by :func:`collate_scenes`: tensors stacked, variable-length parts kept as lists."""
+    """A batch made by ``collate_scenes``: tensors stacked, variable-length parts kept as lists.
+
+    Made by [`collate_scenes`][hiercam.collate_scenes] and ``FashionScenes.collate``.
+    """
 
     image: Tensor  # (B, 3, H, W)
     targets: Tensor  # (B, 10)
@@ -79,7 +82,7 @@ class FashionScenes(Dataset[SceneSample]):
     edges: ``x1``/``y1`` are the first column/row of the garment's *visible* pixels in the label map and
     ``x2``/``y2`` the last column/row **plus one**, so a single pixel at ``(x, y)`` has the box
     ``(x, y, x + 1, y + 1)`` and ``(x2 - x1) * (y2 - y1)`` is the box area in pixels. This is the convention
-    of :func:`torchvision.ops.box_iou` applied to pixel-edge coordinates. Rows are sorted by class.
+    of ``torchvision.ops.box_iou`` applied to pixel-edge coordinates. Rows are sorted by class.
 
     Splits: ``train`` and ``val`` draw garments from disjoint parts of the Fashion-MNIST training file (items
     whose id is, respectively is not, a multiple of 5 go to ``val``, respectively ``train``), ``test``
@@ -99,7 +102,7 @@ class FashionScenes(Dataset[SceneSample]):
         ValueError: unknown ``split``, ``items`` out of range, ``image_size`` too small for a garment.
         FileNotFoundError: ``root`` is not a folder or lacks one of the IDX files.
 
-    Example:
+    Examples:
         >>> scenes = FashionScenes("val", num_scenes=8, image_size=64, seed=1)
         >>> sample = scenes[3]
         >>> sample["image"].shape, sample["targets"].shape, sample["mask"].shape
@@ -162,7 +165,10 @@ class FashionScenes(Dataset[SceneSample]):
 
     @staticmethod
     def collate(samples: Sequence[SceneSample]) -> SceneBatch:
-        """Batch samples (:func:`collate_scenes`): ``DataLoader(..., collate_fn=FashionScenes.collate)``."""
+        """Batch samples: ``DataLoader(..., collate_fn=FashionScenes.collate)``.
+
+        The same as [`collate_scenes`][hiercam.collate_scenes].
+        """
         return collate_scenes(samples)
 
     @staticmethod
@@ -173,7 +179,7 @@ class FashionScenes(Dataset[SceneSample]):
         Sneaker, Ankle boot), Bag. Level 2 (2 groups): clothing (tops and Trouser), accessories (footwear
         and Bag).
 
-        Example:
+        Examples:
             >>> FashionScenes.natural_hierarchy().group_names(1)[2]
             '{Sandal, Sneaker, Ankle boot}'
         """
@@ -185,16 +191,16 @@ class FashionScenes(Dataset[SceneSample]):
 def collate_scenes(samples: Sequence[Mapping[str, Any]]) -> SceneBatch:
     """Stack FashionScenes samples into a batch; boxes and item ids stay per-sample lists.
 
-    The batch is a mapping with ``"image"`` and ``"targets"`` keys, the form :func:`hiercam.training.fit`
+    The batch is a mapping with ``"image"`` and ``"targets"`` keys, the form [`hiercam.fit`][hiercam.fit]
     reads.
 
     Args:
-        samples: ``B`` samples as returned by :class:`FashionScenes` (same image size).
+        samples: ``B`` samples as returned by [`FashionScenes`][hiercam.FashionScenes] (same image size).
 
     Returns:
-        A :class:`SceneBatch`: ``image (B, 3, H, W)``, ``targets (B, 10)``, ``mask (B, H, W)``,
-        ``index (B,)``, and the lists ``boxes`` (``B`` tensors ``(M_b, 5)``) and ``item_ids`` (``B`` tensors
-        ``(M_b,)``).
+        A [`SceneBatch`][hiercam.datasets.SceneBatch]: ``image (B, 3, H, W)``, ``targets (B, 10)``,
+        ``mask (B, H, W)``, ``index (B,)``, and the lists ``boxes`` (``B`` tensors ``(M_b, 5)``) and
+        ``item_ids`` (``B`` tensors ``(M_b,)``).
 
     Raises:
         ValueError: ``samples`` is empty.

@@ -54,7 +54,7 @@ class VOCTransform:
         crop: side of the square crop (``<= size``).
         train: random crop and flip instead of the centre crop.
 
-    Example:
+    Examples:
         >>> import torch
         >>> image, mask = torch.rand(3, 300, 500), torch.zeros(300, 500, dtype=torch.long)
         >>> boxes = torch.tensor([[14.0, 0.0, 0.0, 250.0, 150.0]])
@@ -133,7 +133,7 @@ class VOCMultiLabel(Dataset[VOCSample]):
     else ``SegmentationClassAug/<id>.png`` (SBD), with 255 on ignored borders. Boxes are
     ``(class, x1, y1, x2, y2)``
     in pixels with exclusive far edges: VOC's 1-based inclusive ``(xmin, ymin, xmax, ymax)`` becomes
-    ``(xmin - 1, ymin - 1, xmax, ymax)``, the convention of :mod:`hiercam.metrics`.
+    ``(xmin - 1, ymin - 1, xmax, ymax)``, the convention of ``hiercam.metrics``.
 
     Args:
         root: the ``VOCdevkit`` folder (holding ``VOC2012``) or the ``VOC2012`` folder itself.
@@ -141,7 +141,7 @@ class VOCMultiLabel(Dataset[VOCSample]):
             (10,582, SBD); read from ``ImageSets/Segmentation/<split>.txt`` (or ``image_set_dir``).
         image_set_dir: another folder holding ``<split>.txt``.
         transform: applied to image, mask and boxes together; default the paper's evaluation preprocessing
-            :class:`VOCTransform` (short side 224, centre crop 224); ``None`` keeps full images.
+            ``VOCTransform`` (short side 224, centre crop 224); ``None`` keeps full images.
         with_masks: load label maps (every listed image must have one).
         with_boxes: parse boxes.
         ignore_difficult: leave ``difficult`` objects out of targets and boxes.
@@ -152,7 +152,7 @@ class VOCMultiLabel(Dataset[VOCSample]):
             (the message names it).
         ValueError: an annotation names an unknown class, or the image set is empty.
 
-    Example:
+    Examples:
         >>> dataset = VOCMultiLabel("/data/VOCdevkit", "val")  # doctest: +SKIP
         >>> sample = dataset[0]  # doctest: +SKIP
         >>> sample["image"].shape, sample["targets"].shape, sample["mask"].shape  # doctest: +SKIP

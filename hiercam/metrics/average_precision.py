@@ -4,9 +4,10 @@ Average precision is computed exactly as scikit-learn's ``average_precision_scor
 the precision-recall curve, tied scores forming a single threshold), but for all classes at once, in PyTorch,
 on any device. The figures are accumulated over a whole dataset, not averaged over batches.
 
-Policy for classes without positives: their AP is undefined (NaN in :func:`average_precision`) and they are
-**left out** of the mean, as in the usual VOC/COCO evaluation; scikit-learn's macro average would instead warn
-and count them as 0. When no class has a positive, the mean is NaN.
+Policy for classes without positives: their AP is undefined (NaN in
+[`average_precision`][hiercam.average_precision]) and they are **left out** of the mean, as in the usual
+VOC/COCO evaluation; scikit-learn's macro average would instead warn and count them as 0. When no class has a
+positive, the mean is NaN.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
         TypeError: a non-tensor argument or non-floating ``scores``.
         ValueError: shapes differ or are not 2-D, non-finite scores, non-binary targets.
 
-    Example:
+    Examples:
         >>> import torch
         >>> scores = torch.tensor([[0.9, 0.1], [0.8, 0.4], [0.3, 0.2]])
         >>> targets = torch.tensor([[1, 0], [0, 0], [1, 0]])
@@ -80,7 +81,9 @@ def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
 
 
 def mean_average_precision(scores: Tensor, targets: Tensor) -> Tensor:
-    """mAP: the mean of :func:`average_precision` over the classes that have at least one positive.
+    """mAP: the mean of ``average_precision`` over the classes that have at least one positive.
+
+    The per-class figures are those of [`average_precision`][hiercam.average_precision].
 
     Args:
         scores: ``(B, K)`` scores (logits or probabilities).
@@ -90,9 +93,9 @@ def mean_average_precision(scores: Tensor, targets: Tensor) -> Tensor:
         A scalar float32 tensor; NaN when no class has a positive.
 
     Raises:
-        TypeError, ValueError: as :func:`average_precision`.
+        TypeError, ValueError: as [`average_precision`][hiercam.average_precision].
 
-    Example:
+    Examples:
         >>> import torch
         >>> scores = torch.tensor([[0.9, 0.1], [0.8, 0.4], [0.3, 0.2]])
         >>> mean_average_precision(scores, torch.tensor([[1, 0], [0, 1], [1, 0]]))
@@ -105,11 +108,11 @@ class MeanAveragePrecision:
     """Accumulate scores and targets over batches, then compute mAP over everything seen.
 
     Keeps every score (AP needs the full ranking): ``B x K`` floats per batch, on the device they come from.
-    In a ``torch.distributed`` run, :meth:`per_class` and :meth:`compute` gather the scores and targets of all
+    In a ``torch.distributed`` run, ``per_class`` and ``compute`` gather the scores and targets of all
     processes first (every process must call them), so each process may see a disjoint shard of the data;
     ``sync_on_compute=False`` keeps them local.
 
-    Example:
+    Examples:
         >>> import torch
         >>> metric = MeanAveragePrecision()
         >>> metric.update(torch.tensor([[0.9, 0.1]]), torch.tensor([[1, 0]]))
@@ -144,7 +147,7 @@ class MeanAveragePrecision:
         return _average_precision_compute(scores, targets)
 
     def compute(self) -> Tensor:
-        """The mAP over all batches seen, as :func:`mean_average_precision`."""
+        """The mAP over all batches seen, as [`mean_average_precision`][hiercam.mean_average_precision]."""
         return _mean_compute(self.per_class())
 
     def reset(self) -> None:

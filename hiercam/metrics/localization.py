@@ -7,8 +7,8 @@ convention of ``torchvision.ops.box_iou`` (areas ``(x2 - x1) * (y2 - y1)``), whi
 Give ground-truth boxes in the same frame and convention: for VOC XML (1-based, inclusive ``xmin..xmax``) use
 ``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax``, scaled like the CAMs if the images were resized.
 
-:func:`localization_error` and :class:`LocalizationError` share the private kernels ``_localization_update``
-and ``_localization_compute`` (the torchmetrics pattern).
+[`localization_error`][hiercam.localization_error] and [`LocalizationError`][hiercam.LocalizationError] share
+the private kernels ``_localization_update`` and ``_localization_compute`` (the torchmetrics pattern).
 """
 
 from __future__ import annotations
@@ -44,9 +44,10 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 def cam_boxes(cam: Tensor, threshold: float = 0.15, mode: BoxMode = "largest") -> Tensor:
     """Boxes around the connected regions of a CAM above a threshold.
 
-    The map is max-normalised with :func:`~hiercam.normalize_maps` (a no-op for maps whose peak is already 1),
-    pixels strictly above ``threshold`` are kept (the rule of :func:`~hiercam.metrics.cams_to_labels`), and
-    ``scipy.ndimage.label`` splits them into 8-connected components.
+    The map is max-normalised with [`normalize_maps`][hiercam.normalize_maps] (a no-op for maps whose peak is
+    already 1), pixels strictly above ``threshold`` are kept (the rule of
+    [`cams_to_labels`][hiercam.cams_to_labels]), and ``scipy.ndimage.label`` splits them into 8-connected
+    components.
 
     Args:
         cam: one map ``(H, W)``, floating point, any device.
@@ -62,7 +63,7 @@ def cam_boxes(cam: Tensor, threshold: float = 0.15, mode: BoxMode = "largest") -
         TypeError: ``cam`` is not a floating-point tensor.
         ValueError: ``cam`` is not 2-D or not finite, ``threshold`` is not in (0, 1), or ``mode`` is unknown.
 
-    Example:
+    Examples:
         >>> import torch
         >>> cam = torch.zeros(6, 8)
         >>> cam[1:3, 1:4] = 1.0  # 6 pixels
@@ -227,9 +228,9 @@ def localization_error(
     """Localisation error (paper Eq. 8, "mLEV") in percent: lower is better.
 
     Every (image, class) pair with ``labels[b, k] = 1`` is one trial. Its CAM gives boxes with
-    :func:`cam_boxes` (``threshold``, ``mode``); the trial is a success when some predicted box has
-    ``IoU >= iou`` (``torchvision.ops.box_iou``) with some ground-truth box of class ``k`` in that image, and
-    an error otherwise, including when there is no predicted box or no ground-truth box of that class.
+    [`cam_boxes`][hiercam.cam_boxes] (``threshold``, ``mode``); the trial is a success when some predicted box
+    has ``IoU >= iou`` (``torchvision.ops.box_iou``) with some ground-truth box of class ``k`` in that image,
+    and an error otherwise, including when there is no predicted box or no ground-truth box of that class.
     Classes with ``labels[b, k] = 0`` are not evaluated, whatever boxes they have; an image with no present
     class contributes nothing. The result is ``100 * errors / trials`` over the whole batch.
 
@@ -241,7 +242,8 @@ def localization_error(
             Coordinates follow the convention of the module docstring (exclusive far edges).
         threshold: background threshold of the max-normalised maps, in (0, 1).
         iou: the IoU a box needs to count as a hit, in (0, 1); the paper uses 0.5.
-        mode: ``"largest"`` (one box per map) or ``"all"`` (every component), see :func:`cam_boxes`.
+        mode: ``"largest"`` (one box per map) or ``"all"`` (every component), see
+            [`cam_boxes`][hiercam.cam_boxes].
 
     Returns:
         A 0-dim float64 tensor on the CPU: the error in percent, NaN if no class is present in any image.
@@ -251,7 +253,7 @@ def localization_error(
         ValueError: shapes disagree, the batch is empty, ``labels`` is not 0/1, a box is malformed
             (``x2 < x1`` or ``y2 < y1``) or has a class outside ``[0, K)``, or an option is out of range.
 
-    Example:
+    Examples:
         >>> import torch
         >>> cams = torch.zeros(1, 2, 8, 8)
         >>> cams[0, 0, 2:6, 2:6] = 1.0  # class 0: right where its box is
@@ -268,25 +270,26 @@ class LocalizationError:
     """Streaming localisation error (paper Eq. 8): counts of errors and trials accumulated over a dataset.
 
     The figure is ``100 * errors / trials`` over all (image, present class) pairs seen, exactly as
-    :func:`localization_error` on the whole dataset at once. In a ``torch.distributed`` run, :meth:`compute`
-    sums the counts of all processes (all_reduce SUM) when a process group of more than one process is
-    initialised; every process must call it (use :meth:`to` to put the state on the backend's device).
+    [`localization_error`][hiercam.localization_error] on the whole dataset at once. In a
+    ``torch.distributed`` run, [`compute`][hiercam.LocalizationError.compute] sums the counts of all processes
+    (all_reduce SUM) when a process group of more than one process is initialised; every process must call it
+    (use [`to`][hiercam.LocalizationError.to] to put the state on the backend's device).
 
     With ``thresholds=[t1, t2, ...]`` every update scores every threshold (inputs are checked and the maps
-    normalised once per batch) and :meth:`compute` returns one error per threshold, so a threshold can be
+    normalised once per batch) and ``compute`` returns one error per threshold, so a threshold can be
     chosen on validation data in one pass, as with ``MeanIoU(thresholds=...)``.
 
     Args:
         threshold: background threshold of the max-normalised maps, in (0, 1).
         iou: IoU needed for a hit, in (0, 1).
-        mode: ``"largest"`` or ``"all"`` (see :func:`cam_boxes`).
+        mode: ``"largest"`` or ``"all"`` (see [`cam_boxes`][hiercam.cam_boxes]).
         thresholds: several thresholds in (0, 1) instead of ``threshold``, or ``None``.
-        sync_on_compute: sum the state across processes in :meth:`compute`.
+        sync_on_compute: sum the state across processes in [`compute`][hiercam.LocalizationError.compute].
 
     Attributes:
         counts: int64 ``[errors, trials]`` accumulated so far; ``(T, 2)`` with ``thresholds``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> metric = LocalizationError()
         >>> cams = torch.zeros(1, 1, 8, 8)
@@ -317,13 +320,13 @@ class LocalizationError:
         self.counts = torch.zeros((len(self.thresholds), 2) if self.thresholds else (2,), dtype=torch.long)
 
     def update(self, cams: Tensor, labels: Tensor, boxes: BoxesArg) -> None:
-        """Add a batch; arguments as in :func:`localization_error`."""
+        """Add a batch; arguments as in [`localization_error`][hiercam.localization_error]."""
         thresholds = self.thresholds if self.thresholds is not None else [self.threshold]
         batch = _localization_update(cams, labels, boxes, thresholds, self.iou, self.mode)
         self.counts += batch.reshape(self.counts.shape).to(self.counts.device)
 
     def compute(self) -> Tensor:
-        """Error in percent over everything seen since :meth:`reset`, NaN before any trial.
+        """Error in percent over everything seen since ``reset``, NaN before any trial.
 
         Returns:
             A 0-dim float64 tensor, or ``(T,)`` with ``thresholds``.

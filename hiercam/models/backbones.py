@@ -2,16 +2,16 @@
 
 Known classifiers are cut by their structure, keeping everything up to (not including) the global pooling:
 
-================================  ========================================================================
-torchvision ``ResNet``            ``conv1 .. layer4`` (also ResNeXt, Wide ResNet)
-torchvision ``VGG``               ``features`` (convolutional part; the hidden 4096-unit layers are dropped)
-``MobileNetV2``, ``MobileNetV3``  ``features`` (for V3 the hidden linear layer of the classifier is dropped)
-``EfficientNet``                  ``features``
-``DenseNet``                      ``features`` then the ReLU that ``DenseNet.forward`` applies functionally
-``ConvNeXt``                      ``features`` (see below)
-timm models                       ``forward_features`` (classifier removed with ``reset_classifier(0)``)
-anything else                     used as is, when it returns ``(B, C, H, W)``
-================================  ========================================================================
+| classifier | features |
+| --- | --- |
+| torchvision ``ResNet`` | ``conv1 .. layer4`` (also ResNeXt, Wide ResNet) |
+| torchvision ``VGG`` | ``features`` (convolutional part; the hidden 4096-unit layers are dropped) |
+| ``MobileNetV2``, ``MobileNetV3`` | ``features`` (V3: the hidden linear layer of the classifier is dropped) |
+| ``EfficientNet`` | ``features`` |
+| ``DenseNet`` | ``features`` then the ReLU that ``DenseNet.forward`` applies functionally |
+| ``ConvNeXt`` | ``features`` (see below) |
+| timm models | ``forward_features`` (classifier removed with ``reset_classifier(0)``) |
+| anything else | used as is, when it returns ``(B, C, H, W)`` |
 
 ConvNeXt's head is ``LayerNorm2d -> Flatten -> Linear`` applied *after* pooling, so the normalisation acts on
 the pooled vector, not on the maps. It belongs to the head that the cut replaces and is dropped with it: the
@@ -72,7 +72,7 @@ def cut_backbone(model: nn.Module) -> BackboneCut:
         ValueError: ``model`` cannot be run on the probe input, or is not a known classifier and does not
             return 4-D features.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchvision.models import resnet18
         >>> cut = cut_backbone(resnet18(num_classes=5))
@@ -87,7 +87,7 @@ def cut_backbone(model: nn.Module) -> BackboneCut:
 
 
 def cut_owned(model: nn.Module, name: str, *, copy_first: bool = False) -> BackboneCut:
-    """:func:`cut_backbone`, cutting ``model`` in place unless ``copy_first`` (``name`` is for messages).
+    """``cut_backbone``, cutting ``model`` in place unless ``copy_first`` (``name`` is for messages).
 
     With ``copy_first``, only the kept part of a torchvision classifier is copied, not its discarded head.
     """

@@ -38,7 +38,7 @@ class SmallConvNet(nn.Module):
     Attributes:
         out_channels: ``C = 4 * width``, the channels of the output feature map.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = small_convnet(width=8).eval()
         >>> net.out_channels, net(torch.zeros(2, 3, 96, 96)).shape
@@ -75,22 +75,22 @@ class SmallConvNet(nn.Module):
 
 
 def small_convnet(width: int = 16, in_channels: int = 3, norm: Norm = "batch") -> SmallConvNet:
-    """The default CPU backbone: a :class:`SmallConvNet` giving ``(B, 4 * width, H / 8, W / 8)`` feature maps.
+    """The default CPU backbone: a ``SmallConvNet`` giving ``(B, 4 * width, H / 8, W / 8)`` feature maps.
 
     Args:
         width: channels of the first convolution (the output has ``4 * width``).
         in_channels: channels of the input images.
         norm: ``"batch"`` (BatchNorm, default) or ``"group"`` (GroupNorm, batch-independent); see
-            :class:`SmallConvNet`.
+            [`SmallConvNet`][hiercam.SmallConvNet].
 
     Returns:
-        A freshly initialised :class:`SmallConvNet` (no classifier: add pooling and a linear layer, or wrap
-        it in a two-branch model).
+        A freshly initialised [`SmallConvNet`][hiercam.SmallConvNet] (no classifier: add pooling and a linear
+        layer, or wrap it in a two-branch model).
 
     Raises:
         TypeError, ValueError: ``width`` or ``in_channels`` is not a positive int, or ``norm`` is unknown.
 
-    Example:
+    Examples:
         >>> small_convnet().out_channels
         64
     """

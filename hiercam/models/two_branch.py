@@ -2,8 +2,8 @@
 
 Each branch is ``features -> global pool -> nn.Linear(C, K)``: an ordinary classifier (``Branch.forward``
 returns logits) that any CAM tool can take apart. ``TwoBranchNet`` runs both branches on the same images and
-returns their logits and their feature maps before pooling, which :class:`hiercam.TwoBranchLoss` pushes apart
-with the orthogonal loss.
+returns their logits and their feature maps before pooling, which
+[`hiercam.TwoBranchLoss`][hiercam.TwoBranchLoss] pushes apart with the orthogonal loss.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class GlobalPool(nn.Module):
     Raises:
         ValueError: ``mode`` is unknown.
 
-    Example:
+    Examples:
         >>> import torch
         >>> GlobalPool("avg")(torch.arange(8.0).reshape(1, 2, 2, 2))
         tensor([[1.5000, 5.5000]])
@@ -65,14 +65,14 @@ class Branch(nn.Module):
 
     Attributes:
         features: the feature extractor (hook it for CAMs).
-        pool: a :class:`GlobalPool`.
+        pool: a [`GlobalPool`][hiercam.GlobalPool].
         classifier: ``nn.Linear(C, K)``, freshly initialised, on the device and dtype of ``features``.
 
     Raises:
         TypeError: ``features`` is not an ``nn.Module`` or a count is not an int.
         ValueError: ``num_features`` or ``num_classes`` is below 1, or ``pool`` is unknown.
 
-    Example:
+    Examples:
         >>> import torch
         >>> branch = Branch(torch.nn.Conv2d(3, 8, 3), num_features=8, num_classes=5)
         >>> branch(torch.zeros(2, 3, 16, 16)).shape
@@ -118,7 +118,7 @@ class Branch(nn.Module):
 
 
 class TwoBranchOutput(NamedTuple):
-    """Output of :class:`TwoBranchNet`."""
+    """Output of [`TwoBranchNet`][hiercam.TwoBranchNet]."""
 
     logits: Tensor
     """``(2, B, K)``: the logits of branch 1 and branch 2, stacked."""
@@ -133,9 +133,10 @@ class TwoBranchNet(nn.Module):
 
     ``backbone`` is either
 
-    * an ``nn.Module``: it is cut into its feature extractor (see :func:`hiercam.models.cut_backbone`) and
-      deep-copied for each branch, so both branches start from the same weights (e.g. one ImageNet checkpoint)
-      and the module passed in is left untouched; or
+    * an ``nn.Module``: it is cut into its feature extractor (see
+      [`hiercam.models.cut_backbone`][hiercam.cut_backbone]) and deep-copied for each branch, so both branches
+      start from the same weights (e.g. one ImageNet checkpoint) and the module passed in is left untouched;
+      or
     * a factory ``Callable[[], nn.Module]``, called twice: independent initialisations. Its modules are cut
       in place (not copied) and must not share parameters.
 
@@ -148,7 +149,7 @@ class TwoBranchNet(nn.Module):
         pool: ``"avg"`` (global average pooling) or ``"max"``.
 
     Attributes:
-        branches: ``nn.ModuleList`` of two :class:`Branch`.
+        branches: ``nn.ModuleList`` of two [`Branch`][hiercam.Branch].
         num_classes: ``K``.
         num_features: ``C``, channels of each branch's feature maps.
 
@@ -158,7 +159,7 @@ class TwoBranchNet(nn.Module):
         ValueError: ``num_classes < 1``, ``pool`` is unknown, the backbone cannot be cut into ``(B, C, H, W)``
             features, or the factory returns modules that share parameters or differ in channels.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torchvision.models import resnet18
         >>> net = TwoBranchNet(resnet18(), num_classes=5)
@@ -193,7 +194,7 @@ class TwoBranchNet(nn.Module):
         return TwoBranchOutput(logits, features, logits.mean(dim=0))
 
     def classifier_heads(self) -> tuple[nn.Linear, nn.Linear]:
-        """The two branch classifiers (``MultiHeadClassifier`` protocol of :mod:`hiercam.similarity`)."""
+        """The two branch classifiers (``MultiHeadClassifier`` protocol of ``hiercam.similarity``)."""
         first, second = self._pair()
         return first.classifier, second.classifier
 

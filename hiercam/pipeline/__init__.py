@@ -13,6 +13,7 @@ from hiercam.pipeline.config import (
     TrainConfig,
     load_config,
 )
+from hiercam.pipeline.distributed import Distributed, init_distributed
 from hiercam.pipeline.run import demo_config, run_bench, run_pipeline
 
 __all__ = [
@@ -26,4 +27,6 @@ __all__ = [
     "demo_config",
     "run_pipeline",
     "run_bench",
+    "init_distributed",
+    "Distributed",
 ]

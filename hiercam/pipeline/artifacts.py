@@ -49,7 +49,7 @@ def save_tensors(path: str | os.PathLike[str], tensors: dict[str, Any]) -> None:
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a file written by :func:`save_tensors` with ``weights_only=True`` (nothing is executed)."""
+    """Load a file written by ``save_tensors`` with ``weights_only=True`` (nothing is executed)."""
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict):
         raise ValueError(f"{os.fspath(path)!r} does not hold a dict of tensors")

@@ -14,11 +14,11 @@ __all__ = ["classifier_weight"]
 def classifier_weight(path: str | os.PathLike[str], layer: str | None = None) -> Tensor:
     """The classifier weight ``(K, D)`` stored in a checkpoint, read with ``torch.load(weights_only=True)``.
 
-    Accepted files: a state dict (``model.state_dict()``), a :func:`~hiercam.fit` checkpoint (its ``"model"``
+    Accepted files: a state dict (``model.state_dict()``), a [`fit`][hiercam.fit] checkpoint (its ``"model"``
     entry), a dict with a ``"state_dict"`` entry, or a bare ``(K, D)`` tensor. Without ``layer``, a
     ``TwoBranchNet`` state dict gives the mean of its two branch classifiers (as
-    :func:`~hiercam.class_embeddings` does) and any other state dict its last 2-D ``*.weight`` entry (the
-    classifier of torchvision models); ``layer="fc"`` reads ``fc.weight``.
+    [`class_embeddings`][hiercam.class_embeddings] does) and any other state dict its last 2-D ``*.weight``
+    entry (the classifier of torchvision models); ``layer="fc"`` reads ``fc.weight``.
 
     Raises:
         FileNotFoundError: no such file.

@@ -1,23 +1,25 @@
 """The pipeline's typed configuration, loadable from TOML or JSON, validated before any training starts.
 
-A config file has one table per section; every key is optional (defaults below) and unknown keys are errors::
+A config file has one table per section; every key is optional (defaults below) and unknown keys are errors:
 
-    seed = 0
-    device = "cpu"
+```toml
+seed = 0
+device = "cpu"
 
-    [data]
-    dataset = "fashion_scenes"
-    train_scenes = 3000
+[data]
+dataset = "fashion_scenes"
+train_scenes = 3000
 
-    [model]
-    backbone = "small_convnet"
+[model]
+backbone = "small_convnet"
 
-    [train]
-    epochs = 6
+[train]
+epochs = 6
 
-    [method]
-    levels = [4, 2]
-    lam = 1e-4
+[method]
+levels = [4, 2]
+lam = 1e-4
+```
 """
 
 from __future__ import annotations
@@ -206,9 +208,9 @@ def _apply(data: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, **changes: Any) -> PipelineConfig:
-    """Read a :class:`PipelineConfig` from a ``.toml`` or ``.json`` file (plain data: nothing is executed).
+    """Read a ``PipelineConfig`` from a ``.toml`` or ``.json`` file (plain data: nothing is executed).
 
-    ``changes`` override entries before validation, as in :meth:`PipelineConfig.replace`
+    ``changes`` override entries before validation, as in ``PipelineConfig.replace``
     (``data__root="/data/VOCdevkit"``), so a file may leave out what the command line supplies.
 
     Raises:

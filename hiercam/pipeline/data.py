@@ -41,7 +41,7 @@ class Split(Protocol):
         ...
 
     def training_set(self, augment: bool) -> Dataset[Any]:
-        """Samples ``{"image": (3, H, W), "targets": (K,)}`` for :func:`~hiercam.fit`."""
+        """Samples ``{"image": (3, H, W), "targets": (K,)}`` for [`fit`][hiercam.fit]."""
         ...
 
     def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[EvalBatch]:
@@ -114,7 +114,7 @@ class _ImagesAndTargets(Dataset[dict[str, Tensor]]):
 
 
 class VOCSplit:
-    """A PASCAL VOC split read from disk (:class:`~hiercam.datasets.VOCMultiLabel`)."""
+    """A PASCAL VOC split read from disk ([`VOCMultiLabel`][hiercam.datasets.VOCMultiLabel])."""
 
     def __init__(self, config: PipelineConfig, split: str) -> None:
         from hiercam.datasets.voc import VOCMultiLabel, VOCTransform
@@ -208,7 +208,7 @@ def train_loader(
     shuffle: bool = True,
     num_workers: int = 0,
 ) -> DataLoader[Any]:
-    """A loader of ``{"image", "targets"}`` batches for :func:`~hiercam.fit`.
+    """A loader of ``{"image", "targets"}`` batches for [`fit`][hiercam.fit].
 
     ``batch_size`` is the global batch. Training (``shuffle``) always draws its order from a
     ``DistributedSampler`` (shuffled with ``seed``, a new order every epoch), with one replica in a single

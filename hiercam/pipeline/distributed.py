@@ -1,7 +1,7 @@
 """The pipeline under ``torchrun``: process ranks, sharding, gathering. One process is the plain case.
 
 ``torchrun --nproc_per_node=N -m hiercam run CONFIG`` starts N processes with ``RANK``, ``WORLD_SIZE`` and
-``LOCAL_RANK`` set; :func:`init_distributed` joins them into a process group (NCCL on CUDA, gloo on the CPU).
+``LOCAL_RANK`` set; ``init_distributed`` joins them into a process group (NCCL on CUDA, gloo on the CPU).
 Training uses ``DistributedDataParallel``; evaluation shards the images over the processes and sums the
 metrics' states; only rank 0 writes files and logs.
 """
@@ -50,7 +50,7 @@ class Distributed:
         return list(range(self.rank, count, self.world))
 
     def gather_rows(self, local: Tensor, count: int) -> Tensor:
-        """Every process's :meth:`shard` rows of a ``(count, ...)`` tensor, back in their original order."""
+        """Every process's ``shard`` rows of a ``(count, ...)`` tensor, back in their original order."""
         if self.world == 1:
             return local
         pieces: list[Any] = [None] * self.world

@@ -20,7 +20,7 @@ def backbone_factory(config: ModelConfig) -> Callable[[], nn.Module]:
     ``small_convnet`` is initialised at random; a torchvision name (``"resnet50"``) builds that classifier
     (with its ImageNet weights when ``pretrained``: torchvision fetches them into the torch hub cache on first
     use) and cuts it before its pooling; ``"timm:<name>"`` does the same through timm. Torchvision and timm
-    backbones get :class:`ImageNetNormalize` in front, so every model takes images in ``[0, 1]``.
+    backbones get ``ImageNetNormalize`` in front, so every model takes images in ``[0, 1]``.
     """
     if config.backbone == "small_convnet":
         return functools.partial(small_convnet, width=config.width, norm=config.norm)
@@ -89,7 +89,7 @@ def single_branch(config: ModelConfig, num_classes: int, seed: int) -> Branch:
 
 
 def two_branch(config: ModelConfig, num_classes: int, seed: int) -> TwoBranchNet:
-    """A :class:`~hiercam.TwoBranchNet`, seeded.
+    """A [`TwoBranchNet`][hiercam.TwoBranchNet], seeded.
 
     From-scratch backbones get two independent initialisations (a factory); pretrained ones are copied, so
     both branches start from the same ImageNet weights as in the paper.

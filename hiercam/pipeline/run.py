@@ -1,4 +1,4 @@
-"""Running the whole method: :func:`run_pipeline` for one config, :func:`run_bench` over seeds, presets."""
+"""Running the whole method: ``run_pipeline`` for one config, ``run_bench`` over seeds, presets."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Each stage reads what earlier stages wrote to the run directory and writes its own outputs there; a stage (or
 one model of a stage) whose inputs and config did not change since it last completed is skipped
-(:mod:`hiercam.pipeline.artifacts`). Training resumes from the last completed epoch after an interruption.
+(``hiercam.pipeline.artifacts``). Training resumes from the last completed epoch after an interruption.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def _train(
     loss: Callable[..., Any] | None = None,
     hierarchy: ClassHierarchy | None = None,
 ) -> TrainedModel:
-    """Train one model with :func:`~hiercam.fit`, or load it when a completed run with the same key exists."""
+    """Train one model with [`fit`][hiercam.fit], or load it when a completed run with the same key exists."""
     config = ctx.config
     key = digest(
         {
