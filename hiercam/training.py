@@ -319,7 +319,7 @@ def _epoch(
     progress: bool,
 ) -> dict[str, float]:
     """Train one epoch, validate, and return its record."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
     start = time.perf_counter()
     record: dict[str, float] = {"epoch": float(epoch), "lr": float(optimizer.param_groups[0]["lr"])}

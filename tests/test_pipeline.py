@@ -161,6 +161,7 @@ def test_config_files_load_and_validate(tmp_path: Path) -> None:
         "[train]\nepochs = 0\n": "`train.epochs` must be >= 1, got 0",
         '[train]\nepochs = "5"\n': "`train.epochs` must be an integer",
         '[data]\ndataset = "voc"\n': "`data.root` must name the VOCdevkit folder",
+        '[data]\nroot = ""\n': "`data.root` must name a folder or be left out, got an empty string",
         "[method]\nthresholds = [0.1, 1.5]\n": "`method.thresholds\\[1\\]` must be between 0 and 1",
         "[data\n": "cannot parse",
     }

@@ -330,6 +330,8 @@ def _validate(config: PipelineConfig) -> None:
             raise ConfigError(f"`{key}` must be between 0 and 1 (exclusive), got {fraction}")
     if not method.thresholds:
         raise ConfigError("`method.thresholds` must not be empty")
+    if data.root is not None and not data.root.strip():
+        raise ConfigError("`data.root` must name a folder or be left out, got an empty string")
     if data.dataset == "voc" and data.root is None:
         raise ConfigError("`data.root` must name the VOCdevkit folder when `data.dataset` is 'voc'")
     device = config.device
