@@ -13,6 +13,7 @@ and without any ``M0'`` term the localisation gain disappeared (measurements mad
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -41,8 +42,11 @@ def fuse(
     *,
     clamp: bool = True,
     normalize: NormalizeMode | None = "max",
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> Tensor:
     """Fuse maps with the paper's Eq. 6: ``M = M0 + mean_i(M_i) - M0'``.
+
+    ``weights = (a, b, c)`` generalises it to ``M = a M0 + b mean_i(M_i) - c M0'`` (the paper: all 1).
 
     The maps are used as given (rescale them first if their scales differ, e.g. with
     [`normalize_maps`][hiercam.normalize_maps]); [`fuse_hierarchy`][hiercam.fuse_hierarchy] does that for you.
@@ -55,6 +59,8 @@ def fuse(
         clamp: set negative values of the sum to 0 (before ``normalize``).
         normalize: rescale each fused map with [`normalize_maps`][hiercam.normalize_maps] (``"max"``: peak 1,
             an all-zero map stays all zero), ``"minmax"``, or ``None`` to keep the raw sum.
+        weights: ``(a, b, c)``, non-negative, in ``a M0 + b mean_i(M_i) - c M0'`` (the paper: all 1; not in
+            the paper otherwise).
 
     Returns:
         The fused maps, shaped like ``base``, same dtype and device; differentiable.
@@ -84,9 +90,10 @@ def fuse(
         check_tensor(rest, "rest", floating=True)
         _check_like(rest, base, "rest", "base")
     check_choice(normalize, "normalize", ("max", "minmax", None))
-    fused = base + stacked.mean(dim=0)
+    a, b, c = _check_weights(weights)
+    fused = a * base + b * stacked.mean(dim=0)
     if rest is not None:
-        fused = fused - rest
+        fused = fused - c * rest
     if clamp:
         fused = fused.clamp_min(0)
     return normalize_maps(fused, normalize)
@@ -102,6 +109,7 @@ def fuse_hierarchy(
     clamp: bool = True,
     normalize: NormalizeMode | None = "max",
     normalize_inputs: NormalizeMode | None = "max",
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> Tensor:
     """Fuse the CAMs of a level-0 model and of the group-level models into one map per class (Eq. 6).
 
@@ -138,6 +146,8 @@ def fuse_hierarchy(
         normalize_inputs: rescaling of every input map before fusing, so that maps of different models are on
             one scale (``"max"`` is a no-op on maps that are already max-normalised); ``None`` uses them as
             given.
+        weights: ``(a, b, c)`` in ``a M0 + b mean_i(M_i) - c M0'`` (the paper: ``(1, 1, 1)``), see
+            [`fuse`][hiercam.fuse].
 
     Returns:
         Fused maps ``(B, K, H, W)``, same dtype and device as ``base_cams``; differentiable.
@@ -191,7 +201,21 @@ def fuse_hierarchy(
         for level, cams in enumerate(level_cams, start=1)
     ]
     rest_maps = None if rest == "none" or present is None else _rest_maps(base, present, rest)
-    return fuse(base, gathered, rest_maps, clamp=clamp, normalize=normalize)
+    return fuse(base, gathered, rest_maps, clamp=clamp, normalize=normalize, weights=weights)
+
+
+def _check_weights(weights: tuple[float, float, float]) -> tuple[float, float, float]:
+    if not isinstance(weights, (tuple, list)) or len(weights) != 3:
+        raise TypeError(f"`weights` must be three numbers (a, b, c), got {weights!r}")
+    for value in weights:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(f"`weights` must be three finite numbers >= 0, got {tuple(weights)}")
+    return float(weights[0]), float(weights[1]), float(weights[2])
 
 
 def _rest_maps(base: Tensor, present: Tensor, mode: RestMode) -> Tensor:

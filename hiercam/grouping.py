@@ -25,6 +25,7 @@ from hiercam._validation import (
     check_finite,
     check_int,
     check_tensor,
+    check_threshold,
     format_shape,
     type_name,
 )
@@ -173,6 +174,70 @@ class ClassHierarchy:
         index = torch.tensor(self._assignment_list(level), device=targets.device)
         membership = torch.nn.functional.one_hot(index, self.num_groups(level)).to(torch.float32)
         return (targets.to(torch.float32) @ membership > 0).to(targets.dtype)
+
+    def group_presence(self, targets: Tensor, level: int) -> Tensor:
+        """Fraction of images in which each group of ``level`` is present: ``(N_level,)`` float32.
+
+        A group present in almost every training image gives a near-constant target, so its model learns
+        little about where it is (its map carries little signal).
+
+        Args:
+            targets: 0/1 class targets ``(B, K)``, e.g. a whole training set's.
+            level: the level whose groups are counted.
+
+        Returns:
+            ``(N_level,)`` fractions in ``[0, 1]`` on the device of ``targets``.
+
+        Examples:
+            >>> h = ClassHierarchy([[0, 0, 1]])
+            >>> h.group_presence(torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 1]]), level=1)
+            tensor([0.6667, 0.6667])
+        """
+        remapped = self.remap_targets(targets, level)
+        if remapped.shape[0] == 0:
+            raise ValueError("`targets` must hold at least one image")
+        return remapped.to(torch.float32).mean(dim=0)
+
+    def drop_saturated_levels(self, targets: Tensor, max_presence: float) -> ClassHierarchy:
+        """The hierarchy without the group levels that have a group present in more than ``max_presence``.
+
+        Such a level turns into a near-constant classification problem for at least one group (not in the
+        paper). The remaining levels stay nested; level 0 is always kept.
+
+        Args:
+            targets: 0/1 training targets ``(B, K)``.
+            max_presence: the largest allowed fraction of images in which a group is present, in (0, 1).
+
+        Returns:
+            A new hierarchy with the kept levels (``self`` is unchanged).
+
+        Raises:
+            ValueError: every group level is saturated (raise ``max_presence``), or bad ``targets``.
+
+        Examples:
+            >>> h = ClassHierarchy([[0, 0, 1, 2], [0, 0, 0, 1]], class_names=["cat", "dog", "car", "bus"])
+            >>> targets = torch.tensor([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 1]])
+            >>> h.group_presence(targets, 2)  # {cat, dog, car} is in every image
+            tensor([1.0000, 0.3333])
+            >>> h.drop_saturated_levels(targets, max_presence=0.9).level_sizes
+            (4, 3)
+            >>> h.drop_saturated_levels(targets, max_presence=0.5).level_sizes
+            Traceback (most recent call last):
+                ...
+            ValueError: every group level has a group present in more than 50% of the images ...
+        """
+        limit = check_threshold(max_presence, "max_presence")
+        kept = [
+            level
+            for level in range(1, self.num_levels)
+            if float(self.group_presence(targets, level).max()) <= limit
+        ]
+        if not kept:
+            raise ValueError(
+                f"every group level has a group present in more than {limit:.0%} of the images "
+                "(raise `max_presence`)"
+            )
+        return ClassHierarchy([self._assignments[level - 1] for level in kept], self._class_names)
 
     # ----------------------------------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:

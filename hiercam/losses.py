@@ -5,10 +5,16 @@ The paper trains two branches with separate parameters and pushes their deep fea
 branches' binary cross-entropy losses as ``L_all = L_c1 + L_c2 + lambda * L_o`` (Eq. 5, ``lambda = 1e-4``).
 
 The raw sum grows with the batch size and the feature map size, so ``lambda`` only means something for one
-backbone, input size and batch size: with MobileNetV2 features (1280 x 9 x 12 per image, batch 16) the
-paper's ``lambda * L_o`` was 168 times the BCE at the first step. ``reduction="batchmean"`` removes the
-batch size and ``normalize=True`` the feature scale (the loss becomes a cosine similarity per sample); the
-paper does neither.
+backbone, input size and batch size: fine-tuning an ImageNet MobileNetV2 (1280 x 7 x 7 features, batch 16),
+the paper's ``lambda * L_o`` is 137 times the two BCE terms at the first step (``benchmarks/
+orthogonal_scale.py``). ``reduction="batchmean"`` removes the batch size and ``normalize=True`` the feature
+scale (the loss becomes a cosine similarity per sample); the paper does neither.
+
+Orthogonal features need not give complementary maps: the branches can meet the loss by splitting their
+channels while looking at the same places. ``mode`` chooses where orthogonality acts (not in the paper):
+``"spatial"`` penalises the cosine between the branches' channel-pooled activation maps, so they must look at
+different places; ``"cam"`` the cosine between the branches' class activation maps of each ground-truth
+class, computed differentiably in closed form from the features and the classifier weights.
 
 Under ``DistributedDataParallel`` each process computes its loss on its own shard and the gradients are
 *averaged* over processes. Mean-reduced terms (the BCE, ``"batchmean"``, ``"mean"``) therefore train
@@ -30,40 +36,69 @@ from hiercam._validation import check_choice, check_same_shape, check_tensor, fo
 if TYPE_CHECKING:
     from hiercam.models.two_branch import TwoBranchOutput
 
-__all__ = ["Reduction", "orthogonal_loss", "OrthogonalLoss", "TwoBranchLoss", "TwoBranchLossOutput"]
+__all__ = [
+    "Reduction",
+    "OrthogonalMode",
+    "orthogonal_loss",
+    "OrthogonalLoss",
+    "TwoBranchLoss",
+    "TwoBranchLossOutput",
+]
 
 Reduction = Literal["sum", "batchmean", "mean", "none"]
+OrthogonalMode = Literal["feature", "spatial", "cam"]
 _REDUCTIONS: tuple[Reduction, ...] = ("sum", "batchmean", "mean", "none")
+_MODES: tuple[OrthogonalMode, ...] = ("feature", "spatial", "cam")
 
 
 def orthogonal_loss(
-    f1: Tensor, f2: Tensor, *, reduction: Reduction = "sum", normalize: bool = False
+    f1: Tensor,
+    f2: Tensor,
+    *,
+    reduction: Reduction = "sum",
+    normalize: bool = False,
+    mode: OrthogonalMode = "feature",
+    weights: tuple[Tensor, Tensor] | None = None,
+    targets: Tensor | None = None,
 ) -> Tensor:
-    """Feature orthogonal loss of Eq. 4: the sum of the element-wise product of two feature tensors.
+    """Orthogonal loss between two branches: the paper's Eq. 4, or where the maps themselves overlap.
 
-    Per sample ``b`` the overlap is ``o_b = sum(f1[b] * f2[b])``; with ``normalize=True`` each sample's
-    flattened features are first divided by their L2 norm, so ``o_b`` is the cosine similarity of the two
-    feature maps (in ``[0, 1]`` for non-negative features, 0 for an all-zero sample). The paper does not
-    normalise.
+    Per sample ``b`` an overlap ``o_b`` is computed, then reduced over the batch:
 
-    The products are accumulated in float32 (float64 for float64 inputs), also under ``torch.autocast``.
+    * ``mode="feature"`` (the paper): ``o_b = sum(f1[b] * f2[b])``, the element-wise product summed; with
+      ``normalize=True`` each sample's flattened features are first divided by their L2 norm, so ``o_b`` is
+      the cosine similarity of the two feature maps (the paper does not normalise).
+    * ``mode="spatial"``: the cosine between the two branches' channel-pooled maps ``f.mean(channels)``,
+      ``(H, W)`` each: the branches are pushed to look at different places. Needs ``(B, C, H, W)`` features.
+    * ``mode="cam"``: the mean, over the ground-truth classes ``k`` of the sample (``targets[b, k] = 1``), of
+      the cosine between the branches' class activation maps ``ReLU(sum_c W_i[k, c] f_i[c])``, i.e. each
+      branch's Grad-CAM in closed form (global average pooling and a linear classifier ``W_i``, the factor
+      ``1 / (H W)`` aside); 0 for a sample without a class. Needs ``weights`` and ``targets``.
+
+    Cosines are in ``[-1, 1]`` (``[0, 1]`` for non-negative maps) and 0 where a map is all zero. Products
+    are accumulated in float32 (float64 for float64 inputs), also under ``torch.autocast``.
 
     Args:
-        f1: features of the first branch, ``(B, C, H, W)`` or ``(B, D)``.
+        f1: features of the first branch, ``(B, C, H, W)`` (or ``(B, D)`` for ``"feature"``).
         f2: features of the second branch, same shape as ``f1``.
         reduction: ``"sum"``: ``sum_b o_b``, the paper's Eq. 4 (grows with the batch and feature size);
             ``"batchmean"``: ``sum_b o_b / B``, so that ``lambda`` does not depend on the batch size;
-            ``"mean"``: the sum divided by the number of elements ``f1.numel()``;
+            ``"mean"``: the sum divided by the number of elements ``f1.numel()`` for ``"feature"``, by ``B``
+            for the other modes (their ``o_b`` are already per-sample cosines);
             ``"none"``: ``o`` of shape ``(B,)``.
-        normalize: L2-normalise each sample's flattened features first (a scale-free variant).
+        normalize: L2-normalise each sample's flattened features first (``"feature"`` only: the other modes
+            are cosines already).
+        mode: ``"feature"`` (the paper), ``"spatial"`` or ``"cam"``.
+        weights: for ``"cam"``, the two branches' classifier weights, ``(K, C)`` each.
+        targets: for ``"cam"``, multi-hot ground truth ``(B, K)``.
 
     Returns:
         A scalar, or ``(B,)`` for ``reduction="none"``, in float32 (float64 for float64 inputs).
 
     Raises:
         TypeError: ``f1`` or ``f2`` is not a floating-point tensor, or ``normalize`` is not a bool.
-        ValueError: the shapes differ or are not ``(B, C, H, W)`` / ``(B, D)``, the batch is empty, or
-            ``reduction`` is unknown.
+        ValueError: the shapes differ or do not fit the mode, the batch is empty, ``reduction`` or ``mode`` is
+            unknown, ``normalize`` with a cosine mode, or ``weights``/``targets`` missing for ``"cam"``.
 
     Examples:
         >>> import torch
@@ -78,24 +113,70 @@ def orthogonal_loss(
     """
     _check_features(f1, f2)
     check_choice(reduction, "reduction", _REDUCTIONS)
+    check_choice(mode, "mode", _MODES)
     if not isinstance(normalize, bool):
         raise TypeError(f"`normalize` must be a bool, got {type_name(normalize)}")
+    if mode != "feature":
+        if normalize:
+            raise ValueError(f"`normalize` applies to mode='feature' only; mode={mode!r} is a cosine already")
+        if f1.ndim != 4:
+            raise ValueError(
+                f"`f1` must have shape (B, C, H, W) for mode={mode!r}, got {format_shape(f1.shape)}"
+            )
+    if mode == "cam":
+        _check_cam_inputs(f1, weights, targets)
     dtype = torch.promote_types(torch.promote_types(f1.dtype, f2.dtype), torch.float32)
     with torch.autocast(device_type=f1.device.type, enabled=False):
-        a = f1.flatten(1).to(dtype)
-        b = f2.flatten(1).to(dtype)
-        if normalize:
-            a = F.normalize(a, dim=1)
-            b = F.normalize(b, dim=1)
-        per_sample = (a * b).sum(dim=1)
+        if mode == "feature":
+            a, b = f1.flatten(1).to(dtype), f2.flatten(1).to(dtype)
+            if normalize:
+                a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+            per_sample = (a * b).sum(dim=1)
+        elif mode == "spatial":
+            a, b = f1.to(dtype).mean(dim=1).flatten(1), f2.to(dtype).mean(dim=1).flatten(1)
+            per_sample = (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(dim=1)
+        else:
+            per_sample = _cam_cosines(f1.to(dtype), f2.to(dtype), weights, targets)  # type: ignore[arg-type]
     if reduction == "none":
         return per_sample
     total = per_sample.sum()
-    if reduction == "batchmean":
+    if reduction == "batchmean" or (reduction == "mean" and mode != "feature"):
         return total / f1.shape[0]
     if reduction == "mean":
         return total / f1.numel()
     return total
+
+
+def _check_cam_inputs(f1: Tensor, weights: tuple[Tensor, Tensor] | None, targets: Tensor | None) -> None:
+    if weights is None or targets is None:
+        raise ValueError("mode='cam' needs `weights` (the two classifier weights) and `targets` (B, K)")
+    if not isinstance(weights, (tuple, list)) or len(weights) != 2:
+        raise TypeError(f"`weights` must be a pair of (K, C) tensors, got {type_name(weights)}")
+    batch, channels = f1.shape[:2]
+    check_tensor(targets, "targets", dims="B, K")
+    for index, weight in enumerate(weights):
+        check_tensor(weight, f"weights[{index}]", dims="K, C", floating=True)
+        if weight.shape != (targets.shape[1], channels):
+            raise ValueError(
+                f"`weights[{index}]` must have shape (K, C) = ({targets.shape[1]}, {channels}) to fit "
+                "`targets` "
+                f"and the features, got {format_shape(weight.shape)}"
+            )
+    if targets.shape[0] != batch:
+        raise ValueError(
+            f"`targets` must have {batch} rows like the features, got {format_shape(targets.shape)}"
+        )
+
+
+def _cam_cosines(f1: Tensor, f2: Tensor, weights: tuple[Tensor, Tensor], targets: Tensor) -> Tensor:
+    """Per sample, the mean over its classes of the cosine between the two branches' closed-form CAMs."""
+    maps = [
+        torch.einsum("kc,bchw->bkhw", weight.to(feature.dtype), feature).relu().flatten(2)
+        for weight, feature in zip(weights, (f1, f2), strict=True)
+    ]
+    cosines = (F.normalize(maps[0], dim=2) * F.normalize(maps[1], dim=2)).sum(dim=2)  # (B, K)
+    present = (targets > 0).to(cosines.dtype)
+    return (cosines * present).sum(dim=1) / present.sum(dim=1).clamp_min(1)
 
 
 class OrthogonalLoss(nn.Module):
@@ -107,11 +188,14 @@ class OrthogonalLoss(nn.Module):
         weight: non-negative factor (the paper's ``lambda`` when used on its own).
         reduction: ``"sum"`` (the paper), ``"batchmean"``, ``"mean"`` or ``"none"``
             (see [`orthogonal_loss`][hiercam.orthogonal_loss]).
-        normalize: L2-normalise each sample's features first (not in the paper).
+        normalize: L2-normalise each sample's features first (not in the paper; ``"feature"`` mode only).
+        mode: ``"feature"`` (the paper), ``"spatial"`` or ``"cam"``; ``"cam"`` takes the classifier weights
+            and targets in each call: ``loss(f1, f2, weights=(w1, w2), targets=y)``.
 
     Raises:
         TypeError: ``weight`` is not a real number or ``normalize`` not a bool.
-        ValueError: ``weight`` is negative or not finite, or ``reduction`` is unknown.
+        ValueError: ``weight`` is negative or not finite, ``reduction`` or ``mode`` is unknown, or
+            ``normalize`` with a cosine mode.
 
     Examples:
         >>> import torch
@@ -120,20 +204,47 @@ class OrthogonalLoss(nn.Module):
         tensor(24.)
     """
 
-    def __init__(self, weight: float = 1.0, reduction: Reduction = "sum", normalize: bool = False) -> None:
+    def __init__(
+        self,
+        weight: float = 1.0,
+        reduction: Reduction = "sum",
+        normalize: bool = False,
+        *,
+        mode: OrthogonalMode = "feature",
+    ) -> None:
         super().__init__()
         self.weight = _check_weight(weight, "weight")
         self.reduction: Reduction = check_choice(reduction, "reduction", _REDUCTIONS)
+        self.mode: OrthogonalMode = check_choice(mode, "mode", _MODES)
         if not isinstance(normalize, bool):
             raise TypeError(f"`normalize` must be a bool, got {type_name(normalize)}")
+        if normalize and mode != "feature":
+            raise ValueError(f"`normalize` applies to mode='feature' only; mode={mode!r} is a cosine already")
         self.normalize = normalize
 
-    def forward(self, f1: Tensor, f2: Tensor) -> Tensor:
-        """Weighted orthogonal loss of ``f1`` and ``f2`` (both ``(B, C, H, W)`` or ``(B, D)``)."""
-        return self.weight * orthogonal_loss(f1, f2, reduction=self.reduction, normalize=self.normalize)
+    def forward(
+        self,
+        f1: Tensor,
+        f2: Tensor,
+        *,
+        weights: tuple[Tensor, Tensor] | None = None,
+        targets: Tensor | None = None,
+    ) -> Tensor:
+        """Weighted orthogonal loss of ``f1`` and ``f2``, both ``(B, C, H, W)`` (or ``(B, D)``: features)."""
+        loss = orthogonal_loss(
+            f1,
+            f2,
+            reduction=self.reduction,
+            normalize=self.normalize,
+            mode=self.mode,
+            weights=weights,
+            targets=targets,
+        )
+        return self.weight * loss
 
     def extra_repr(self) -> str:  # noqa: D102
-        return f"weight={self.weight}, reduction={self.reduction!r}, normalize={self.normalize}"
+        options = f"reduction={self.reduction!r}, normalize={self.normalize}, mode={self.mode!r}"
+        return f"weight={self.weight}, {options}"
 
 
 class TwoBranchLossOutput(NamedTuple):
@@ -172,10 +283,15 @@ class TwoBranchLoss(nn.Module):
         lam: non-negative weight ``lambda`` of the orthogonal term (paper: ``1e-4``).
         reduction: reduction of the orthogonal term, ``"sum"`` (paper), ``"batchmean"`` or ``"mean"``.
         normalize: L2-normalise each sample's features in the orthogonal term (not in the paper).
+        mode: where orthogonality acts (see [`orthogonal_loss`][hiercam.orthogonal_loss]): ``"feature"`` (the
+            paper), ``"spatial"`` or ``"cam"``.
+        heads: for ``mode="cam"``, the two branch classifiers, e.g. ``net.classifier_heads()``: their weights
+            are read at every call (so the loss follows training) and the targets come from the call.
 
     Raises:
-        TypeError: ``lam`` is not a real number or ``normalize`` not a bool.
-        ValueError: ``lam`` is negative or not finite, or ``reduction`` is unknown.
+        TypeError: ``lam`` is not a real number, ``normalize`` not a bool, or ``heads`` not two linear layers.
+        ValueError: ``lam`` is negative or not finite, ``reduction`` or ``mode`` is unknown, or ``heads`` is
+            missing for ``mode="cam"``.
 
     Examples:
         >>> import torch
@@ -188,11 +304,32 @@ class TwoBranchLoss(nn.Module):
         [1.7063, 0.6931, 0.6931, 32.0]
     """
 
-    def __init__(self, lam: float = 1e-4, *, reduction: Reduction = "sum", normalize: bool = False) -> None:
+    def __init__(
+        self,
+        lam: float = 1e-4,
+        *,
+        reduction: Reduction = "sum",
+        normalize: bool = False,
+        mode: OrthogonalMode = "feature",
+        heads: tuple[nn.Linear, nn.Linear] | None = None,
+    ) -> None:
         super().__init__()
         self.lam = _check_weight(lam, "lam")
         check_choice(reduction, "reduction", ("sum", "batchmean", "mean"))
-        self.orthogonal = OrthogonalLoss(1.0, reduction, normalize)
+        self.orthogonal = OrthogonalLoss(1.0, reduction, normalize, mode=mode)
+        if mode == "cam":
+            if heads is None:
+                raise ValueError(
+                    "mode='cam' needs `heads`, the two branch classifiers (net.classifier_heads())"
+                )
+            if not (
+                isinstance(heads, (tuple, list))
+                and len(heads) == 2
+                and all(isinstance(h, nn.Linear) for h in heads)
+            ):
+                raise TypeError(f"`heads` must be two nn.Linear classifiers, got {type_name(heads)}")
+        # a plain tuple: the heads belong to the network, not to the loss (no parameters registered here)
+        self._heads: tuple[nn.Linear, ...] = tuple(heads) if heads is not None else ()
 
     def forward(self, output: TwoBranchOutput, targets: Tensor) -> TwoBranchLossOutput:
         """Loss of a two-branch output against multi-label targets.
@@ -224,17 +361,20 @@ class TwoBranchLoss(nn.Module):
             targets = targets.to(dtype)
             bce_1 = F.binary_cross_entropy_with_logits(logits[0], targets)
             bce_2 = F.binary_cross_entropy_with_logits(logits[1], targets)
+        extra = {}
+        if self.orthogonal.mode == "cam":
+            extra = {"weights": (self._heads[0].weight, self._heads[1].weight), "targets": targets}
         if self.lam == 0.0:
             with torch.no_grad():
-                orthogonal = self.orthogonal(f1, f2)
+                orthogonal = self.orthogonal(f1, f2, **extra)
             total = bce_1 + bce_2
         else:
-            orthogonal = self.orthogonal(f1, f2)
+            orthogonal = self.orthogonal(f1, f2, **extra)
             total = bce_1 + bce_2 + self.lam * orthogonal
         return TwoBranchLossOutput(total, bce_1, bce_2, orthogonal)
 
     def extra_repr(self) -> str:  # noqa: D102
-        return f"lam={self.lam}"
+        return f"lam={self.lam}, mode={self.orthogonal.mode!r}"
 
 
 def _check_features(f1: Tensor, f2: Tensor) -> None:

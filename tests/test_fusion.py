@@ -271,3 +271,24 @@ def test_fuse_hierarchy_bad_input() -> None:
         fuse_hierarchy(base, levels, [[0, 0, 1]], labels)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`rest` must be one of"):
         fuse_hierarchy(base, levels, HIERARCHY, labels, rest="min")  # type: ignore[arg-type]
+
+
+def test_fusion_weights_generalise_eq6() -> None:
+    g = torch.Generator().manual_seed(4)
+    base, rest = torch.rand(2, 3, 5, 5, generator=g), torch.rand(2, 3, 5, 5, generator=g)
+    levels = [torch.rand(2, 3, 5, 5, generator=g) for _ in range(3)]
+    for a, b, c in [(1.0, 1.0, 1.0), (1.0, 0.5, 0.0), (2.0, 0.0, 1.5), (0.0, 1.0, 0.0)]:
+        expected = (a * base + b * (levels[0] + levels[1] + levels[2]) / 3 - c * rest).clamp_min(0)
+        got = fuse(base, levels, rest, weights=(a, b, c), normalize=None)
+        torch.testing.assert_close(got, expected)
+    assert torch.equal(fuse(base, levels, rest), fuse(base, levels, rest, weights=(1, 1, 1)))
+    h = ClassHierarchy([[0, 0, 1]])
+    labels = torch.tensor([[1, 0, 1], [1, 1, 0]])
+    level = [torch.rand(2, 2, 5, 5, generator=g)]
+    one = fuse_hierarchy(base, level, h, labels, weights=(1.0, 2.0, 0.5), normalize=None)
+    two = fuse_hierarchy(base, level, h, labels, weights=(1.0, 1.0, 1.0), normalize=None)
+    assert not torch.allclose(one, two)
+    with pytest.raises(ValueError, match=r"`weights` must be three finite numbers >= 0, got \(1.0, -1.0"):
+        fuse(base, levels, rest, weights=(1.0, -1.0, 1.0))
+    with pytest.raises(TypeError, match="`weights` must be three numbers"):
+        fuse(base, levels, rest, weights=(1.0, 1.0))  # type: ignore[arg-type]

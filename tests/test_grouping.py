@@ -303,3 +303,20 @@ def test_saved_files_get_the_usual_permissions(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_group_presence_and_dropping_saturated_levels() -> None:
+    h = ClassHierarchy([[0, 1, 1, 2, 3], [0, 0, 0, 1, 2], [0, 0, 0, 0, 1]])
+    targets = torch.tensor([[1, 0, 0, 0, 0], [0, 1, 0, 0, 1], [0, 0, 1, 1, 0], [0, 0, 0, 1, 0]])
+    torch.testing.assert_close(h.group_presence(targets, 1), torch.tensor([0.25, 0.5, 0.5, 0.25]))
+    torch.testing.assert_close(h.group_presence(targets, 2), torch.tensor([0.75, 0.5, 0.25]))
+    torch.testing.assert_close(h.group_presence(targets, 3), torch.tensor([1.0, 0.25]))
+    assert h.drop_saturated_levels(targets, 0.9).level_sizes == (5, 4, 3)  # level 3 has a group in 100%
+    assert h.drop_saturated_levels(targets, 0.6).level_sizes == (5, 4)
+    kept = h.drop_saturated_levels(targets, 0.8)
+    assert kept.assignments(2).tolist() == h.assignments(2).tolist()
+    assert kept.class_names == h.class_names
+    with pytest.raises(ValueError, match="every group level has a group present in more than 40%"):
+        h.drop_saturated_levels(targets, 0.4)
+    with pytest.raises(ValueError, match="`max_presence` must be between 0 and 1"):
+        h.drop_saturated_levels(targets, 1.5)

@@ -217,3 +217,40 @@ def test_hierarchy_command_reads_checkpoints(tmp_path: Path, capsys: pytest.Capt
     assert "`layer` 'layer9'" in capsys.readouterr().err
     assert main(["hierarchy", str(tmp_path / "resnet.pt"), "--levels", "12"]) == 2
     assert "`levels` must ask for fewer groups than the 12 classes" in capsys.readouterr().err
+
+
+def test_beyond_the_paper_options_run_and_are_chosen_on_validation(tmp_path: Path) -> None:
+    from hiercam.pipeline.evaluation import FUSION_GRID
+
+    config = tiny_config(
+        method__orthogonal_mode="cam",
+        method__lam=0.1,
+        method__orthogonal_reduction="batchmean",
+        method__choose_fusion_weights=True,
+        method__levels=(4, 2),
+        method__max_group_presence=0.97,
+    )
+    metrics = run_pipeline(config, tmp_path, progress=False, log=lambda _: None)
+    chosen = metrics["fusion_weights"]["full_tuned"]
+    assert tuple(chosen) in FUSION_GRID
+    tried = metrics["fusion_weights"]["tried"]
+    assert len(tried) == len(FUSION_GRID)
+    assert tried[",".join(f"{w:g}" for w in chosen)] == max(tried.values())
+    # the tuned variant's validation mIoU at its best threshold is the chosen candidate's
+    assert max(metrics["scores"]["val"]["full_tuned"]["miou"]) == pytest.approx(max(tried.values()))
+    assert "full_tuned" in metrics["variants"]
+    presence = json.loads((tmp_path / "hierarchy_presence.json").read_text())
+    hierarchy = ClassHierarchy.load(tmp_path / "hierarchy.json")
+    assert all(max(shares) <= 0.97 for shares in presence.values())
+    # the oracle: the hierarchy of the saved base classifier, saturated levels dropped by hand
+    from hiercam.pipeline.data import load_split
+
+    base = torch.load(next((tmp_path / "models").glob("base-*.pt")), weights_only=True)
+    full = HierarchicalKMeans((4, 2), random_state=0).fit(
+        base["classifier.weight"].float(), class_names=hierarchy.class_names
+    )
+    targets = load_split(config, "train").targets
+    kept = [lv for lv in (1, 2) if float(full.remap_targets(targets, lv).float().mean(0).max()) <= 0.97]
+    assert hierarchy == ClassHierarchy([full.assignments(lv).tolist() for lv in kept], full.class_names)
+    two_branch = json.loads(next((tmp_path / "models").glob("two_branch_L0-*.json")).read_text())
+    assert two_branch["history"][0]["train_orthogonal"] > 0

@@ -134,6 +134,13 @@ class MethodConfig:
         lam: weight of the orthogonal loss (paper: 1e-4 with the raw sum).
         orthogonal_reduction: ``"sum"`` (paper), ``"batchmean"``, ``"mean"``.
         orthogonal_normalize: L2-normalise each sample's features inside the orthogonal loss.
+        orthogonal_mode: where orthogonality acts: ``"feature"`` (the paper), ``"spatial"`` or ``"cam"`` (see
+            [`orthogonal_loss`][hiercam.orthogonal_loss]).
+        max_group_presence: drop the group levels that have a group present in more than this fraction of
+            the training images (``None``: keep every level, as the paper does).
+        fusion_weights: ``(a, b, c)`` in ``a M0 + b mean_i(M_i) - c M0'`` (the paper: ``(1, 1, 1)``).
+        choose_fusion_weights: also report ``full_tuned``: the fusion weights chosen on validation data from
+            a small grid (the choice is recorded in ``metrics.json``).
         rest: reading of ``M0'`` in Eq. 6: ``"max"``, ``"mean"`` or ``"none"``.
         threshold: the CAM threshold of the paper's metrics (0.15).
         thresholds: grid from which the best threshold is chosen on validation data.
@@ -146,6 +153,10 @@ class MethodConfig:
     lam: float = 1e-4
     orthogonal_reduction: Literal["sum", "batchmean", "mean"] = "sum"
     orthogonal_normalize: bool = False
+    orthogonal_mode: Literal["feature", "spatial", "cam"] = "feature"
+    max_group_presence: float | None = None
+    fusion_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    choose_fusion_weights: bool = False
     rest: Literal["max", "mean", "none"] = "max"
     threshold: float = 0.15
     thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
@@ -323,7 +334,15 @@ def _validate(config: PipelineConfig) -> None:
         )
     if not (method.lam >= 0 and math.isfinite(method.lam)):
         raise ConfigError(f"`method.lam` must be a non-negative number, got {method.lam}")
+    if method.orthogonal_normalize and method.orthogonal_mode != "feature":
+        raise ConfigError("`method.orthogonal_normalize` applies to `method.orthogonal_mode` 'feature' only")
+    if any(not (math.isfinite(w) and w >= 0) for w in method.fusion_weights):
+        raise ConfigError(
+            f"`method.fusion_weights` must be finite numbers >= 0, got {list(method.fusion_weights)}"
+        )
     bounded = {"method.threshold": method.threshold, "method.iou": method.iou}
+    if method.max_group_presence is not None:
+        bounded["method.max_group_presence"] = method.max_group_presence
     bounded.update({f"method.thresholds[{i}]": t for i, t in enumerate(method.thresholds)})
     for key, fraction in bounded.items():
         if not 0 < fraction < 1:

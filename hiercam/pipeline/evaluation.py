@@ -22,7 +22,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from hiercam.fusion import fuse_hierarchy
+from hiercam.fusion import RestMode, fuse_hierarchy
 from hiercam.grouping import ClassHierarchy
 from hiercam.maps import normalize_maps
 from hiercam.metrics import LocalizationError, MeanIoU
@@ -36,6 +36,7 @@ ABLATION = {
     "two_branch": "+ orthogonal two-branch only",
     "grouping": "+ grouping only",
     "full": "both (the paper's method)",
+    "full_tuned": "both, fusion weights chosen on val",
 }
 
 
@@ -56,9 +57,15 @@ def variant_maps(
     labels: Tensor,
     size: tuple[int, int],
     names: list[str],
-    rest: str,
+    rest: RestMode,
+    weights: dict[str, tuple[float, float, float]] | None = None,
 ) -> Iterator[tuple[str, Tensor]]:
-    """``(name, maps (B, K, H, W))`` of each variant for the images ``rows`` of a split."""
+    """``(name, maps (B, K, H, W))`` of each variant for the images ``rows`` of a split.
+
+    ``weights`` gives the fusion weights ``(a, b, c)`` of the fused variants (default: the paper's ``(1, 1,
+    1)``); ``full_tuned`` is the ``full`` variant with its own weights.
+    """
+    weights = weights or {}
     levels = range(1, hierarchy.num_levels)
     cache: dict[str, Tensor] = {}
 
@@ -72,11 +79,19 @@ def variant_maps(
             yield name, get("base")
         elif name == "two_branch":
             yield name, get("two_branch_L0")
-        elif name in ("grouping", "full"):
+        elif name in ("grouping", "full", "full_tuned"):
             prefix = "single" if name == "grouping" else "two_branch"
             base = get("base") if name == "grouping" else get("two_branch_L0")
             level_maps = [get(f"{prefix}_L{level}") for level in levels]
-            yield name, fuse_hierarchy(base, level_maps, hierarchy, labels, rest=rest)  # type: ignore[arg-type]
+            fused = fuse_hierarchy(
+                base,
+                level_maps,
+                hierarchy,
+                labels,
+                rest=rest,
+                weights=weights.get(name, (1.0, 1.0, 1.0)),
+            )
+            yield name, fused
         else:
             level = int(name.split("_")[1])
             yield name, get(f"two_branch_L{level}")[:, hierarchy.assignments(level)]
@@ -89,11 +104,16 @@ def score_split(
     hierarchy: ClassHierarchy,
     names: list[str],
     indices: list[int] | None = None,
+    weights: dict[str, tuple[float, float, float]] | None = None,
+    *,
+    localization: bool = True,
 ) -> dict[str, dict[str, list[float]]]:
     """Score every variant at every threshold: ``{variant: {"miou": [...], "loc_error": [...]}}``.
 
     ``indices`` is this process's shard of the images (all by default); under ``torchrun`` the metrics sum
-    their states over the processes, so every process gets the figures of the whole split.
+    their states over the processes, so every process gets the figures of the whole split. ``weights`` are
+    the fused variants' fusion weights (see ``variant_maps``); ``localization=False`` skips the localisation
+    error (mIoU only, faster).
     """
     method = config.method
     thresholds = list(method.thresholds)
@@ -102,16 +122,47 @@ def score_split(
     loc = {name: LocalizationError(iou=method.iou, thresholds=thresholds) for name in names}
     for rows, images, targets, masks, boxes in data.batches(64, indices):
         size = (int(images.shape[-2]), int(images.shape[-1]))
-        for name, maps in variant_maps(cams, rows, hierarchy, targets, size, names, method.rest):
+        for name, maps in variant_maps(cams, rows, hierarchy, targets, size, names, method.rest, weights):
             iou[name].update(maps, masks, targets)
-            loc[name].update(maps, targets, boxes)
+            if localization:
+                loc[name].update(maps, targets, boxes)
     return {
         name: {
             "miou": [100 * float(v) for v in iou[name].compute().miou],
-            "loc_error": [float(value) for value in loc[name].compute()],
+            "loc_error": [float(value) for value in loc[name].compute()] if localization else [],
         }
         for name in names
     }
+
+
+#: Candidate fusion weights ``(a, b, c)``: the base map kept at 1, the level maps and ``M0'`` weighed 0-2.
+FUSION_GRID: tuple[tuple[float, float, float], ...] = tuple(
+    (1.0, b, c) for b in (0.0, 0.5, 1.0, 2.0) for c in (0.0, 0.5, 1.0, 2.0)
+)
+
+
+def choose_fusion_weights(
+    config: PipelineConfig,
+    data: Split,
+    cams: dict[str, Tensor],
+    hierarchy: ClassHierarchy,
+    indices: list[int] | None = None,
+) -> tuple[tuple[float, float, float], dict[str, float]]:
+    """The fusion weights of the ``full`` variant with the best validation mIoU (over the threshold grid too).
+
+    Only validation data is used. Returns the chosen ``(a, b, c)`` and every candidate's best validation mIoU.
+    """
+    tried: dict[str, float] = {}
+    best: tuple[float, tuple[float, float, float]] = (-1.0, FUSION_GRID[0])
+    for candidate in FUSION_GRID:
+        scores = score_split(
+            config, data, cams, hierarchy, ["full"], indices, {"full": candidate}, localization=False
+        )
+        value = max(scores["full"]["miou"])
+        tried[",".join(f"{w:g}" for w in candidate)] = value
+        if value > best[0]:
+            best = (value, candidate)
+    return best[1], tried
 
 
 def choose_thresholds(

@@ -16,7 +16,7 @@ from hiercam._io import atomic_write_json
 from hiercam._version import __version__
 from hiercam.pipeline.config import ConfigError, PipelineConfig
 from hiercam.pipeline.distributed import Distributed
-from hiercam.pipeline.evaluation import choose_thresholds, score_split, variant_names
+from hiercam.pipeline.evaluation import choose_fusion_weights, choose_thresholds, score_split, variant_names
 from hiercam.pipeline.stages import (
     EVAL_SPLITS,
     RunContext,
@@ -125,9 +125,24 @@ def run_pipeline(
     log(f"[4/4] evaluation: mIoU and localisation error, M0' = {config.method.rest!r}")
     stage = time.perf_counter()
     names = variant_names(config, hierarchy)
+    weights = {"grouping": config.method.fusion_weights, "full": config.method.fusion_weights}
+    chosen: dict[str, Any] = {}
+    if config.method.choose_fusion_weights:  # on validation data only
+        val = ctx.data("val")
+        tuned, tried = choose_fusion_weights(config, val, cams["val"], hierarchy, ctx.dist.shard(len(val)))
+        weights["full_tuned"] = tuned
+        names.insert(names.index("full") + 1, "full_tuned")
+        chosen = {"full_tuned": list(tuned), "tried": tried}
+        log(f"  fusion weights chosen on val: (a, b, c) = {tuned}")
     scores = {
         split: score_split(
-            config, ctx.data(split), cams[split], hierarchy, names, ctx.dist.shard(len(ctx.data(split)))
+            config,
+            ctx.data(split),
+            cams[split],
+            hierarchy,
+            names,
+            ctx.dist.shard(len(ctx.data(split))),
+            weights,
         )
         for split in splits
     }
@@ -151,6 +166,7 @@ def run_pipeline(
         "classification_map": classification,
         "branch_cam_correlation": branch_r,
         "rest": config.method.rest,
+        "fusion_weights": {"configured": list(config.method.fusion_weights), **chosen},
         "hierarchy": hierarchy.to_dict(),
         "histories": {name: trained.history for name, trained in models.items()},
     }

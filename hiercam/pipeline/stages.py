@@ -210,6 +210,7 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
             "levels": method.levels,
             "normalize": method.grouping_normalize,
             "weighted": method.grouping_weighted,
+            "max_group_presence": method.max_group_presence,
             "seed": config.seed,
         }
     )
@@ -228,8 +229,10 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
         weighted=method.grouping_weighted,
         random_state=config.seed,
     )
-    hierarchy.save(path)
     targets = ctx.data("train").targets
+    if method.max_group_presence is not None:
+        hierarchy = hierarchy.drop_saturated_levels(targets, method.max_group_presence)
+    hierarchy.save(path)
     presence = {
         str(level): hierarchy.remap_targets(targets, level).float().mean(0).tolist()
         for level in range(1, hierarchy.num_levels)
@@ -249,11 +252,11 @@ def train_levels(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str)
     # DDP averages the processes' gradients: a sum over each process's share of the batch would weigh the
     # orthogonal term by lam / world; lam * world gives exactly the gradient of one process on the whole batch
     lam = method.lam * (ctx.dist.world if method.orthogonal_reduction == "sum" else 1)
-    loss = TwoBranchLoss(lam, reduction=method.orthogonal_reduction, normalize=method.orthogonal_normalize)
     loss_key = {
         "lam": method.lam,
         "reduction": method.orthogonal_reduction,
         "normalize": method.orthogonal_normalize,
+        "mode": method.orthogonal_mode,
     }
     trained: dict[str, TrainedModel] = {}
     for level in range(hierarchy.num_levels):
@@ -261,6 +264,14 @@ def train_levels(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str)
         level_key = {"hierarchy": hierarchy_key if level else None}
         name = f"two_branch_L{level}"
         pair = build.two_branch(config.model, groups, _model_seed(config, 10 + level))
+        heads = pair.classifier_heads() if method.orthogonal_mode == "cam" else None
+        loss = TwoBranchLoss(
+            lam,
+            reduction=method.orthogonal_reduction,
+            normalize=method.orthogonal_normalize,
+            mode=method.orthogonal_mode,
+            heads=heads,
+        )
         trained[name] = _train(
             ctx,
             name,
