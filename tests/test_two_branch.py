@@ -19,15 +19,7 @@ from hiercam import (
 )
 from hiercam.similarity import MultiHeadClassifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread. Two OpenMP threads on a shared 2-core machine made these tests up to
-    100x slower (threads spinning at barriers while the other core is busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_backbone() -> nn.Module:

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from hiercam._validation import (
-    check_binary,
     check_choice,
     check_finite,
     check_tensor,
@@ -31,6 +30,7 @@ from hiercam._validation import (
 )
 from hiercam.maps import normalize_maps
 from hiercam.metrics._distributed import sync_sum
+from hiercam.metrics._inputs import check_cams_and_labels
 
 __all__ = ["BoxMode", "cam_boxes", "localization_error", "LocalizationError"]
 
@@ -167,17 +167,7 @@ def _localization_update(
     Inputs are checked and the maps of the present classes normalised once, whatever the number of
     thresholds; only the thresholding and the connected components are done per threshold.
     """
-    check_tensor(cams, "cams", dims="B, K, H, W", floating=True)
-    check_tensor(labels, "labels", dims="B, K")
-    if cams.shape[0] == 0:
-        raise ValueError(f"`cams` must hold at least one image, got shape {format_shape(cams.shape)}")
-    if labels.shape != cams.shape[:2]:
-        raise ValueError(
-            f"`labels` must have shape (B, K) = {format_shape(cams.shape[:2])} to match `cams`, "
-            f"got {format_shape(labels.shape)}"
-        )
-    check_binary(labels, "labels")
-    check_finite(cams, "cams")
+    check_cams_and_labels(cams, labels)
     truth = _check_boxes(boxes, cams.shape[0], cams.shape[1])
     from torchvision.ops import box_iou  # imported here: slow to import
 

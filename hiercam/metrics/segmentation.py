@@ -19,8 +19,6 @@ import torch
 from torch import Tensor
 
 from hiercam._validation import (
-    check_binary,
-    check_finite,
     check_int,
     check_same_shape,
     check_tensor,
@@ -30,6 +28,7 @@ from hiercam._validation import (
 )
 from hiercam.maps import normalize_maps
 from hiercam.metrics._distributed import sync_sum
+from hiercam.metrics._inputs import check_cams_and_labels
 
 __all__ = ["IoUResult", "cams_to_labels", "mean_iou", "MeanIoU"]
 
@@ -87,23 +86,8 @@ def cams_to_labels(cams: Tensor, labels: Tensor, threshold: float = 0.15) -> Ten
                  [2, 2]]])
     """
     threshold = check_threshold(threshold, "threshold")
-    value, index = _cam_peaks(*_check_cams(cams, labels))
+    value, index = _cam_peaks(*check_cams_and_labels(cams, labels))
     return _peaks_to_labels(value, index, threshold)
-
-
-def _check_cams(cams: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    check_tensor(cams, "cams", dims="B, K, H, W", floating=True)
-    check_tensor(labels, "labels", dims="B, K")
-    if cams.shape[0] == 0:
-        raise ValueError(f"`cams` must hold at least one image, got shape {format_shape(cams.shape)}")
-    if labels.shape != cams.shape[:2]:
-        raise ValueError(
-            f"`labels` must have shape (B, K) = {format_shape(cams.shape[:2])} to match `cams`, "
-            f"got {format_shape(labels.shape)}"
-        )
-    check_binary(labels, "labels")
-    check_finite(cams, "cams")
-    return cams, labels
 
 
 def _cam_peaks(cams: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -433,7 +417,7 @@ class MeanIoU:
                 "with thresholds, `pred` must be floating-point CAMs (B, K, H, W), got "
                 + (f"dtype {cams.dtype}" if isinstance(cams, Tensor) else type_name(cams))
             )
-        _check_cams(cams, labels)
+        check_cams_and_labels(cams, labels)
         if cams.shape[1] != self.num_classes - 1:
             raise ValueError(
                 f"`pred` (CAMs) must have K = num_classes - 1 = {self.num_classes - 1} maps, "
