@@ -12,6 +12,13 @@ from hiercam._version import __version__
 
 __all__ = ["main", "build_parser"]
 
+# the preset names, without importing torch for `--help` (tests check they equal hiercam.pipeline.PRESETS)
+PRESET_NAMES = ("paper", "spatial", "cam", "signal_groups", "fusion_weights", "recommended")
+PRESET_HELP = (
+    "method settings: paper (the default), spatial, cam, signal_groups, fusion_weights or recommended "
+    "(see docs/benchmarks.md)"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hiercam`` command."""
@@ -36,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of data, initialisation and shuffling (default: 0)"
     )
     demo.add_argument("--force", action="store_true", help="redo every stage, even those up to date")
+    demo.add_argument("--preset", default="paper", choices=PRESET_NAMES, help=PRESET_HELP)
 
     run = commands.add_parser(
         "run",
@@ -48,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", default=None, help="data folder; overrides `data.root` of the config")
     run.add_argument("--seed", type=int, default=None, help="overrides `seed` of the config")
     run.add_argument("--force", action="store_true", help="redo every stage, even those up to date")
+    run.add_argument(
+        "--preset",
+        default=None,
+        choices=PRESET_NAMES,
+        help="replace the config's method settings by a preset's (default: keep the config's)",
+    )
 
     hierarchy = commands.add_parser(
         "hierarchy",
@@ -72,13 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="the ablation table (paper Table 4) over several seeds, with mean and spread",
         description="Run the pipeline once per seed (the demo config, or --config) and write bench.md and "
-        "bench.json with the mean, standard deviation and range of every figure.",
+        "bench.json with the mean, standard deviation and range of every figure. With several presets, "
+        "each gets its own folder and bench.md, models are shared through OUT/cache, and compare.md sets "
+        "the presets side by side.",
     )
     bench.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: 3)")
     bench.add_argument("--config", default=None, help="a config file (default: the demo config)")
     bench.add_argument("--out", default="bench", help="output directory (default: bench)")
     bench.add_argument("--quick", action="store_true", help="the quick demo config: a smoke test")
     bench.add_argument("--force", action="store_true", help="redo every stage, even those up to date")
+    bench.add_argument(
+        "--preset",
+        nargs="+",
+        default=None,
+        choices=PRESET_NAMES,
+        metavar="NAME",
+        help="one or more presets to compare ("
+        + ", ".join(PRESET_NAMES)
+        + "); default: the config's own method settings",
+    )
     return parser
 
 
@@ -102,10 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from hiercam.pipeline import demo_config, run_pipeline
+    from hiercam.pipeline import apply_preset, demo_config, run_pipeline
     from hiercam.pipeline.report import ablation_rows
 
-    metrics = run_pipeline(demo_config(quick=args.quick, seed=args.seed), args.out, force=args.force)
+    config = apply_preset(demo_config(quick=args.quick, seed=args.seed), args.preset)
+    metrics = run_pipeline(config, args.out, force=args.force)
     print("\n" + "\n".join(ablation_rows(metrics)))
     return 0
 
@@ -121,6 +148,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         changes["seed"] = args.seed
     config = load_config(args.config, **changes)
+    if args.preset is not None:
+        from hiercam.pipeline import apply_preset
+
+        config = apply_preset(config, args.preset)
     distributed = init_distributed()  # under torchrun: join the other processes
     out = args.out if args.out is not None else Path("runs") / Path(args.config).stem
     metrics = run_pipeline(config, out, force=args.force)
@@ -157,11 +188,20 @@ def _hierarchy(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from hiercam.pipeline import demo_config, load_config, run_bench
+    from hiercam.pipeline import apply_preset, demo_config, load_config, run_bench, run_preset_bench
+    from hiercam.pipeline.report import bench_markdown, compare_markdown
 
+    if args.seeds < 1:
+        print(f"hiercam bench: error: --seeds must be at least 1, got {args.seeds}", file=sys.stderr)
+        return 2
     config = load_config(args.config) if args.config is not None else demo_config(quick=args.quick)
-    result = run_bench(config, list(range(args.seeds)), args.out, force=args.force)
-    from hiercam.pipeline.report import bench_markdown
-
+    seeds = list(range(args.seeds))
+    if args.preset is not None and len(args.preset) > 1:
+        compared = run_preset_bench(config, args.preset, seeds, args.out, force=args.force)
+        print("\n" + compare_markdown(compared))
+        return 0
+    if args.preset is not None:
+        config = apply_preset(config, args.preset[0])
+    result = run_bench(config, seeds, args.out, force=args.force)
     print("\n" + bench_markdown(result))
     return 0

@@ -14,7 +14,8 @@ from hiercam.pipeline.config import (
     load_config,
 )
 from hiercam.pipeline.distributed import Distributed, init_distributed
-from hiercam.pipeline.run import demo_config, run_bench, run_pipeline
+from hiercam.pipeline.presets import PRESETS, Preset, apply_preset
+from hiercam.pipeline.run import demo_config, run_bench, run_pipeline, run_preset_bench
 
 __all__ = [
     "PipelineConfig",
@@ -27,6 +28,10 @@ __all__ = [
     "demo_config",
     "run_pipeline",
     "run_bench",
+    "run_preset_bench",
+    "PRESETS",
+    "Preset",
+    "apply_preset",
     "init_distributed",
     "Distributed",
 ]

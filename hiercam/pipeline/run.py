@@ -202,17 +202,24 @@ def run_bench(
     force: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline once per seed (``out/seed_<n>``) and aggregate: mean, standard deviation, min, max.
 
-    Writes ``bench.json`` and ``bench.md`` (the ablation table) into ``out``.
+    Writes ``bench.json`` and ``bench.md`` (the ablation table) into ``out``. ``cache`` is passed to
+    [`run_pipeline`][hiercam.pipeline.run_pipeline] (models shared with other benches).
     """
     out = Path(out)
     runs = {}
     for seed in seeds:
         log(f"=== seed {seed}")
         runs[seed] = run_pipeline(
-            config.replace(seed=seed), out / f"seed_{seed}", force=force, progress=progress, log=log
+            config.replace(seed=seed),
+            out / f"seed_{seed}",
+            force=force,
+            progress=progress,
+            log=log,
+            cache=cache,
         )
     aggregate: dict[str, Any] = {}
     for name in runs[seeds[0]]["variants"]:
@@ -228,11 +235,18 @@ def run_bench(
         for split in EVAL_SPLITS
         for model in runs[seeds[0]]["classification_map"][split]
     }
+    correlations = {
+        f"{split}/{model}": _stats([runs[s]["branch_cam_correlation"][split][model] for s in seeds])
+        for split in EVAL_SPLITS
+        for model in runs[seeds[0]]["branch_cam_correlation"][split]
+    }
     result = {
         "seeds": list(seeds),
         "config": config.to_dict(),
         "variants": aggregate,
         "classification_map": maps,
+        "branch_cam_correlation": correlations,
+        "fusion_weights": [runs[s]["fusion_weights"] for s in seeds],
         "rest": config.method.rest,
     }
     atomic_write_json(out / "bench.json", result)
@@ -243,15 +257,71 @@ def run_bench(
     return result
 
 
+def run_preset_bench(
+    config: PipelineConfig,
+    presets: Sequence[str],
+    seeds: Sequence[int],
+    out: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """[`run_bench`][hiercam.pipeline.run_bench] for each preset (``out/<preset>``), then one comparison.
+
+    Models and CAMs are shared between the presets through ``out/cache`` (the baseline is trained once per
+    seed). Writes ``compare.json`` and ``compare.md``: per preset, its fused method's test figures next to
+    the baseline Grad-CAM's, with mean and spread over the seeds.
+
+    Args:
+        config: the base config; each preset's method settings replace its own (see
+            [`apply_preset`][hiercam.pipeline.apply_preset]).
+        presets: names from ``hiercam.pipeline.PRESETS``; checked before anything runs.
+        seeds: one run per seed and preset.
+        out: output folder.
+        force: redo every stage even when up to date.
+        progress: tqdm bars during training.
+        log: where progress lines go.
+
+    Returns:
+        ``{"seeds": [...], "presets": {name: run_bench result}}``.
+    """
+    from hiercam._io import atomic_write_text
+    from hiercam.pipeline.presets import apply_preset
+    from hiercam.pipeline.report import compare_markdown
+
+    if not presets:
+        raise ConfigError("`presets` is empty; name at least one preset")
+    configs = {name: apply_preset(config, name) for name in presets}  # unknown names fail here, first
+    out = Path(out)
+    benches = {}
+    for name, preset_config in configs.items():
+        log(f"##### preset {name}")
+        benches[name] = run_bench(
+            preset_config,
+            seeds,
+            out / name,
+            force=force,
+            progress=progress,
+            log=log,
+            cache=out / "cache",
+        )
+    result = {"seeds": list(seeds), "presets": benches}
+    atomic_write_json(out / "compare.json", result)
+    atomic_write_text(out / "compare.md", compare_markdown(result))
+    return result
+
+
 def _silent(_line: str) -> None:
     """The log of processes other than rank 0."""
 
 
-def _stats(values: Sequence[float]) -> dict[str, float]:
+def _stats(values: Sequence[float]) -> dict[str, Any]:
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
-        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "values": list(values)}
     return {
+        "values": list(values),
         "mean": statistics.fmean(finite),
         "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
         "min": min(finite),

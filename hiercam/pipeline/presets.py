@@ -1,0 +1,94 @@
+"""Named method settings: the paper's, each variant beyond the paper, and the one hiercam recommends.
+
+A preset is a set of ``PipelineConfig.method`` settings: the paper's, then the preset's own changes. It
+applies on top of any config (the demo's, a VOC recipe's) and keeps the rest of it (levels, thresholds,
+data, model, training), so ``hiercam demo --preset recommended`` and
+``hiercam bench --preset paper spatial`` compare like with like. Every choice below was made on
+validation data only (``benchmarks/ablation_sweep.py``); the measured test figures are in
+``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hiercam.pipeline.config import ConfigError, PipelineConfig
+
+__all__ = ["Preset", "PRESETS", "apply_preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of changes to a config's ``method`` section.
+
+    Attributes:
+        description: one line for ``--help`` and tables.
+        method: ``MethodConfig`` fields and their values.
+    """
+
+    description: str
+    method: dict[str, Any]
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        "the paper: orthogonal loss on feature maps (lam 1e-4, raw sum), plain K-means, every level, "
+        "Eq. 6 with unit weights",
+        {
+            "grouping_normalize": False,
+            "grouping_weighted": False,
+            "lam": 1e-4,
+            "orthogonal_reduction": "sum",
+            "orthogonal_normalize": False,
+            "orthogonal_mode": "feature",
+            "max_group_presence": None,
+            "fusion_weights": (1.0, 1.0, 1.0),
+            "choose_fusion_weights": False,
+        },
+    ),
+    "spatial": Preset(
+        "orthogonality between the branches' channel-pooled activation maps (per-sample cosine, lam 1)",
+        {"orthogonal_mode": "spatial", "orthogonal_reduction": "batchmean", "lam": 1.0},
+    ),
+    "cam": Preset(
+        "orthogonality between the branches' CAMs of each ground-truth class (per-sample cosine, lam 1)",
+        {"orthogonal_mode": "cam", "orthogonal_reduction": "batchmean", "lam": 1.0},
+    ),
+    "signal_groups": Preset(
+        "drop the group levels with a group present in more than 90 % of the training images",
+        {"max_group_presence": 0.9},
+    ),
+    "fusion_weights": Preset(
+        "also report the fusion with weights (a, b, c) chosen on validation data (row `full_tuned`)",
+        {"choose_fusion_weights": True},
+    ),
+    "recommended": Preset(
+        "hiercam's recommendation, chosen on validation data: see docs/benchmarks.md",
+        {"grouping_normalize": True, "choose_fusion_weights": True},
+    ),
+}
+
+
+def apply_preset(config: PipelineConfig, name: str) -> PipelineConfig:
+    """``config`` with the paper's method settings, then those of preset ``name``; the rest is kept.
+
+    Args:
+        config: any pipeline config; not modified.
+        name: a key of ``PRESETS``.
+
+    Returns:
+        A new config.
+
+    Raises:
+        ConfigError: ``name`` is not a preset.
+
+    Example:
+        >>> from hiercam.pipeline import apply_preset, demo_config
+        >>> apply_preset(demo_config(), "spatial").method.orthogonal_mode
+        'spatial'
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    settings = {**PRESETS["paper"].method, **PRESETS[name].method}
+    return config.replace(**{f"method__{key}": value for key, value in settings.items()})
