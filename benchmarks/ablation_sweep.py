@@ -9,7 +9,7 @@ Steps, each using the best choice of the previous ones (by the full method's val
 2. the paper's orthogonal loss weight (issue 7): ``lam`` in {1e-6, 1e-5, 1e-4}, raw sum over the batch;
 3. beyond the paper (issue 10): orthogonality on the maps (``mode`` "spatial" and "cam", per-sample cosines,
    ``lam`` in {0.1, 1}), dropping levels with a group in more than 90 % of the training images, and fusion
-   weights chosen on validation data;
+   weights chosen on validation data; the other readings of ``M0'`` (``rest`` "mean" and "none");
 4. every choice of step 3 that beat the paper-faithful row, together.
 
 Prints, per row and averaged over the seeds, the validation mIoU at 0.15 of the baseline, the two-branch
@@ -140,6 +140,8 @@ def main() -> None:
     fusion = row("3. fusion weights chosen on val", {**paper, "method__choose_fusion_weights": True})
     if fusion.get("full_tuned@0.15", float("-inf")) > fusion["full@0.15"]:
         combination["method__choose_fusion_weights"] = True
+    for rest in ("mean", "none"):  # the reading of M0' (evaluation only: models and CAMs come from the cache)
+        row(f"3. M0' = {rest} (default max)", {**paper, "method__rest": rest})
     # 4. every step that helped on validation, together (the candidate for the "recommended" preset)
     row("4. best combination", combination)
 
