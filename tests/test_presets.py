@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from hiercam.cli import PRESET_NAMES, main
-from hiercam.pipeline import PRESETS, ConfigError, MethodConfig, apply_preset, demo_config, run_preset_bench
+from hiercam.pipeline import (
+    PRESETS,
+    ConfigError,
+    MethodConfig,
+    Preset,
+    apply_preset,
+    demo_config,
+    run_preset_bench,
+)
 
 TINY = dict(  # as in test_pipeline.py: a few seconds per run
     data__image_size=48,
@@ -66,9 +74,15 @@ def test_cli_rejects_an_unknown_preset(capsys: pytest.CaptureFixture[str]) -> No
     assert "invalid choice: 'papr'" in capsys.readouterr().err
 
 
-def test_preset_bench_shares_the_baseline_and_compares(tmp_path: Path) -> None:
+def test_preset_bench_shares_the_baseline_and_compares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = demo_config(quick=True).replace(**TINY)
-    result = run_preset_bench(config, ["paper", "fusion_weights"], [0, 1], tmp_path, log=lambda _: None)
+    # a preset that the data rules out (every level saturated) is reported and the others still run
+    monkeypatch.setitem(PRESETS, "saturated", Preset("every level dropped", {"max_group_presence": 0.01}))
+    names = ["paper", "saturated", "fusion_weights"]
+    result = run_preset_bench(config, names, [0, 1], tmp_path, log=lambda _: None)
+    assert "more than 1% of the images" in result["presets"]["saturated"]["error"]
     paper = result["presets"]["paper"]["variants"]
     tuned = result["presets"]["fusion_weights"]["variants"]
     # the same seeds train the same baseline (through the shared cache): identical figures
@@ -87,3 +101,4 @@ def test_preset_bench_shares_the_baseline_and_compares(tmp_path: Path) -> None:
         )
     ]
     assert f"{sum(delta) / 2:.2f} ±" in table
+    assert "| saturated | not run: every group level" in table

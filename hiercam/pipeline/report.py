@@ -178,11 +178,15 @@ def compare_markdown(result: dict[str, Any]) -> str:
         "mAP (level 0) | CAM r between branches |",
         "| --- | --- | ---: | ---: | :---: | ---: | ---: | ---: | ---: |",
     ]
+    first = next((name for name, bench in result["presets"].items() if "error" not in bench), None)
     for preset, bench in result["presets"].items():
+        if "error" in bench:
+            lines.append(f"| {preset} | not run: {bench['error']} |" + " |" * 7)
+            continue
         variants = bench["variants"]
         baseline = variants["baseline"]["test/miou"]
         rows: list[tuple[str, str, str | None]] = []
-        rows += [("baseline", "base", None)] if preset == next(iter(result["presets"])) else []
+        rows += [("baseline", "base", None)] if preset == first else []
         rows += [(name, "two_branch_L0", "two_branch_L0") for name in FUSED if name in variants]
         for name, model, branches in rows:
             entry = variants[name]

@@ -284,7 +284,9 @@ def run_preset_bench(
         log: where progress lines go.
 
     Returns:
-        ``{"seeds": [...], "presets": {name: run_bench result}}``.
+        ``{"seeds": [...], "presets": {name: run_bench result}}``; a preset that the data rules out (a
+        ``ValueError``, such as every group level being saturated for ``signal_groups``) is recorded as
+        ``{"error": message}`` and the others still run.
     """
     from hiercam._io import atomic_write_text
     from hiercam.pipeline.presets import apply_preset
@@ -297,15 +299,19 @@ def run_preset_bench(
     benches = {}
     for name, preset_config in configs.items():
         log(f"##### preset {name}")
-        benches[name] = run_bench(
-            preset_config,
-            seeds,
-            out / name,
-            force=force,
-            progress=progress,
-            log=log,
-            cache=out / "cache",
-        )
+        try:
+            benches[name] = run_bench(
+                preset_config,
+                seeds,
+                out / name,
+                force=force,
+                progress=progress,
+                log=log,
+                cache=out / "cache",
+            )
+        except ValueError as error:  # the data rule the preset out (e.g. every level saturated): a result too
+            log(f"preset {name} not run: {error}")
+            benches[name] = {"error": str(error)}
     result = {"seeds": list(seeds), "presets": benches}
     atomic_write_json(out / "compare.json", result)
     atomic_write_text(out / "compare.md", compare_markdown(result))
