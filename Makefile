@@ -35,7 +35,7 @@ test: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 	$(MAKE) docs
 	$(MAKE) wheel-smoke
 
@@ -47,7 +47,7 @@ typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 
 pytest: $(VENV)/.test-installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 # The site: API reference from the docstrings, how-to pages that include the examples' code. --strict turns
 # every warning (a broken link, an unresolved cross-reference, a missing included file) into an error.
