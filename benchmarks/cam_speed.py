@@ -10,8 +10,10 @@ median's ratio to one forward pass (the floor: no CAM can be cheaper than comput
 * torchcam           one forward, then ``GradCAM(...)(k, scores, retain_graph=True)`` per class
 * pytorch-grad-cam   ``GradCAM(...)(x, targets)`` per class: a forward and a backward per class
 
-Peak memory is the growth of the process's peak RSS (``ru_maxrss``) over the RSS after building the model
-and the contenders, measured for each contender alone in a fresh subprocess.
+Peak memory: for each contender alone in a fresh subprocess, the growth of the peak resident set size
+(``VmHWM``, reset through ``/proc/self/clear_refs`` after building the model and the contenders) over the
+resident set size at that point. (``ru_maxrss`` would be wrong: Linux keeps it across ``exec``, so a child
+reports its parent's peak.) Linux only.
 
 Run: ``python benchmarks/cam_speed.py [--rounds 5] [--classes 20] [--batch 8]``
 """
@@ -93,15 +95,30 @@ def time_rounds(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str,
     return times
 
 
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def memory_child(name: str, batch: int, num_classes: int, classes: list[int]) -> None:
+    """In a fresh process: RSS after set-up, reset the peak counter, run the contender, print the growth."""
+    model, x = setup(batch, num_classes)
+    runs = contenders(model, x, classes)
+    before = _status_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    if _status_mib("VmHWM") > before + 1:
+        raise RuntimeError("could not reset the peak RSS counter (VmHWM)")
+    runs[name]()
+    print(json.dumps(_status_mib("VmHWM") - before))
+
+
 def peak_memory(name: str, batch: int, num_classes: int, classes: list[int]) -> float:
     here = Path(__file__).resolve().parent
     code = (
-        f"import json, resource, sys; sys.path.insert(0, {str(here)!r}); import cam_speed as b;"
-        f"m, x = b.setup({batch}, {num_classes}); runs = b.contenders(m, x, {classes!r});"
-        "base = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() / 2**20;"
-        f"runs[{name!r}]();"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024;"
-        "print(json.dumps(peak - base))"
+        f"import sys; sys.path.insert(0, {str(here)!r}); import cam_speed as b;"
+        f"b.memory_child({name!r}, {batch}, {num_classes}, {classes!r})"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(json.loads(result.stdout.strip().splitlines()[-1]))
