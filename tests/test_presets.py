@@ -82,7 +82,9 @@ def test_preset_bench_shares_the_baseline_and_compares(
     monkeypatch.setitem(PRESETS, "saturated", Preset("every level dropped", {"max_group_presence": 0.01}))
     names = ["paper", "saturated", "fusion_weights"]
     result = run_preset_bench(config, names, [0, 1], tmp_path, log=lambda _: None)
-    assert "more than 1% of the images" in result["presets"]["saturated"]["error"]
+    error = result["presets"]["saturated"]["error"]
+    assert error.startswith("`method.max_group_presence` = 0.01 drops every group level")
+    assert "more than 1% of the images (raise `method.max_group_presence`)" in error
     paper = result["presets"]["paper"]["variants"]
     tuned = result["presets"]["fusion_weights"]["variants"]
     # the same seeds train the same baseline (through the shared cache): identical figures
@@ -101,4 +103,4 @@ def test_preset_bench_shares_the_baseline_and_compares(
         )
     ]
     assert f"{sum(delta) / 2:.2f} ±" in table
-    assert "| saturated | not run: every group level" in table
+    assert "| saturated | not run: `method.max_group_presence` = 0.01 drops every group level" in table

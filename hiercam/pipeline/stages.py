@@ -25,7 +25,7 @@ from hiercam.losses import TwoBranchLoss
 from hiercam.metrics import mean_average_precision
 from hiercam.pipeline import models as build
 from hiercam.pipeline.artifacts import digest, load_tensors, read_marker, save_tensors, write_marker
-from hiercam.pipeline.config import PipelineConfig
+from hiercam.pipeline.config import ConfigError, PipelineConfig
 from hiercam.pipeline.data import Split, class_names, load_split, train_loader
 from hiercam.pipeline.distributed import Distributed
 from hiercam.training import fit
@@ -231,7 +231,13 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
     )
     targets = ctx.data("train").targets
     if method.max_group_presence is not None:
-        hierarchy = hierarchy.drop_saturated_levels(targets, method.max_group_presence)
+        try:
+            hierarchy = hierarchy.drop_saturated_levels(targets, method.max_group_presence)
+        except ValueError as error:  # name the config key, not the function's argument
+            raise ConfigError(
+                f"`method.max_group_presence` = {method.max_group_presence} drops every group level: "
+                f"{str(error).replace('`max_presence`', '`method.max_group_presence`')}"
+            ) from error
     hierarchy.save(path)
     presence = {
         str(level): hierarchy.remap_targets(targets, level).float().mean(0).tolist()
