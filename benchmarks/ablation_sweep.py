@@ -42,6 +42,10 @@ COLUMNS = {
 }
 
 
+def cells(result: dict[str, Any]) -> str:
+    return " ".join(f"{result.get(key, float('nan')):7.2f}" for key in COLUMNS.values())
+
+
 def evaluate(changes: dict[str, Any], out: Path, seeds: list[int]) -> dict[str, float]:
     rows = []
     for seed in seeds:
@@ -84,8 +88,7 @@ def main() -> None:
         kept = previous.get(label)
         if kept is not None and kept.get("changes") == changes and "error" not in kept:
             results[label] = kept
-            cells = " ".join(f"{kept.get(key, float('nan')):7.2f}" for key in COLUMNS.values())
-            print(f"{label:42s} {cells} (kept from {saved})", flush=True)
+            print(f"{label:42s} {cells(kept)} (kept from {saved})", flush=True)
             return kept
         try:
             result = evaluate(changes, out / f"row_{len(results)}", args.seeds)
@@ -94,8 +97,7 @@ def main() -> None:
             results[label] = {"changes": changes, "error": str(error)}  # type: ignore[dict-item]
             return {"full@0.15": float("nan")}
         results[label] = {"changes": changes, **result}  # type: ignore[dict-item]
-        cells = " ".join(f"{result.get(key, float('nan')):7.2f}" for key in COLUMNS.values())
-        print(f"{label:42s} {cells}", flush=True)
+        print(f"{label:42s} {cells(result)}", flush=True)
         temporary = saved.with_suffix(".tmp")
         temporary.write_text(json.dumps({"seeds": args.seeds, "results": results}, indent=2))
         temporary.replace(saved)  # atomic: an interrupted sweep never leaves a half file

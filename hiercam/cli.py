@@ -14,10 +14,7 @@ __all__ = ["main", "build_parser"]
 
 # the preset names, without importing torch for `--help` (tests check they equal hiercam.pipeline.PRESETS)
 PRESET_NAMES = ("paper", "spatial", "cam", "signal_groups", "fusion_weights", "recommended")
-PRESET_HELP = (
-    "method settings: paper (the default), spatial, cam, signal_groups, fusion_weights or recommended "
-    "(see docs/benchmarks.md)"
-)
+PRESET_HELP = f"method settings: {', '.join(PRESET_NAMES)} (default: paper; see docs/benchmarks.md)"
 
 
 def build_parser() -> argparse.ArgumentParser:

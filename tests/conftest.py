@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,6 +25,27 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_config() -> Callable[..., Any]:
+    """A factory of pipeline configs small enough for a run in a few seconds: ``tiny_config(**changes)``."""
+    from hiercam.pipeline import PipelineConfig, demo_config
+
+    tiny = dict(
+        data__image_size=48,
+        data__train_scenes=96,
+        data__val_scenes=32,
+        data__test_scenes=32,
+        model__width=4,
+        train__epochs=1,
+        train__batch_size=32,
+    )
+
+    def make(**changes: object) -> PipelineConfig:
+        return demo_config(quick=True).replace(**{**tiny, **changes})
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import statistics
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,20 +13,6 @@ from hiercam import ClassHierarchy, HierarchicalKMeans, TwoBranchNet, small_conv
 from hiercam.cli import main
 from hiercam.pipeline import ConfigError, PipelineConfig, demo_config, load_config, run_bench, run_pipeline
 from hiercam.pipeline import stages as stage_module
-
-TINY = dict(
-    data__image_size=48,
-    data__train_scenes=96,
-    data__val_scenes=32,
-    data__test_scenes=32,
-    model__width=4,
-    train__epochs=1,
-    train__batch_size=32,
-)
-
-
-def tiny_config(**changes: object) -> PipelineConfig:
-    return demo_config(quick=True).replace(**{**TINY, **changes})
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -80,7 +67,7 @@ def test_quick_demo_writes_every_artifact(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_stages(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_config: Callable[..., PipelineConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tiny_config()
     uninterrupted = run_pipeline(config, tmp_path / "whole", progress=False, log=lambda _: None)
@@ -117,7 +104,9 @@ def test_an_interrupted_run_resumes_without_redoing_finished_stages(
     assert again["variants"] == uninterrupted["variants"]
 
 
-def test_validation_only_runs_never_touch_test(tmp_path: Path) -> None:
+def test_validation_only_runs_never_touch_test(
+    tmp_path: Path, tiny_config: Callable[..., PipelineConfig]
+) -> None:
     metrics = run_pipeline(tiny_config(), tmp_path, progress=False, log=lambda _: None, test=False)
     assert set(metrics["scores"]) == {"val"}
     assert all("test" not in entry for entry in metrics["variants"].values())
@@ -125,7 +114,7 @@ def test_validation_only_runs_never_touch_test(tmp_path: Path) -> None:
     assert "| n/a |" in (tmp_path / "report.md").read_text()
 
 
-def test_bench_aggregates_the_seeds(tmp_path: Path) -> None:
+def test_bench_aggregates_the_seeds(tmp_path: Path, tiny_config: Callable[..., PipelineConfig]) -> None:
     result = run_bench(tiny_config(ablation=False), [0, 1], tmp_path, log=lambda _: None)
     per_seed = [json.loads((tmp_path / f"seed_{s}" / "metrics.json").read_text()) for s in (0, 1)]
     values = [run["variants"]["full"]["test"]["miou"] for run in per_seed]
@@ -219,7 +208,9 @@ def test_hierarchy_command_reads_checkpoints(tmp_path: Path, capsys: pytest.Capt
     assert "`levels` must ask for fewer groups than the 12 classes" in capsys.readouterr().err
 
 
-def test_beyond_the_paper_options_run_and_are_chosen_on_validation(tmp_path: Path) -> None:
+def test_beyond_the_paper_options_run_and_are_chosen_on_validation(
+    tmp_path: Path, tiny_config: Callable[..., PipelineConfig]
+) -> None:
     from hiercam.pipeline.evaluation import FUSION_GRID
 
     config = tiny_config(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,22 +12,13 @@ from hiercam.pipeline import (
     PRESETS,
     ConfigError,
     MethodConfig,
+    PipelineConfig,
     Preset,
     apply_preset,
     demo_config,
     run_preset_bench,
 )
-
-TINY = dict(  # as in test_pipeline.py: a few seconds per run
-    data__image_size=48,
-    data__train_scenes=96,
-    data__val_scenes=32,
-    data__test_scenes=32,
-    model__width=4,
-    train__epochs=1,
-    train__batch_size=32,
-    ablation=False,
-)
+from hiercam.pipeline.report import compare_markdown, seed_stats
 
 
 def test_cli_offers_exactly_the_presets() -> None:
@@ -75,9 +67,9 @@ def test_cli_rejects_an_unknown_preset(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_preset_bench_shares_the_baseline_and_compares(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_config: Callable[..., PipelineConfig]
 ) -> None:
-    config = demo_config(quick=True).replace(**TINY)
+    config = tiny_config(ablation=False)
     # a preset that the data rules out (every level saturated) is reported and the others still run
     monkeypatch.setitem(PRESETS, "saturated", Preset("every level dropped", {"max_group_presence": 0.01}))
     names = ["paper", "saturated", "fusion_weights"]
@@ -104,3 +96,46 @@ def test_preset_bench_shares_the_baseline_and_compares(
     ]
     assert f"{sum(delta) / 2:.2f} ±" in table
     assert "| saturated | not run: `method.max_group_presence` = 0.01 drops every group level" in table
+
+
+def _bench(baseline: list[float], full: list[float]) -> dict[str, object]:
+    """A run_bench-shaped result with the given per-seed test mIoU (the other figures: zeros)."""
+
+    stats = seed_stats
+    zeros = stats([0.0] * len(baseline))
+    variants = {
+        name: {
+            "test/miou": stats(values),
+            "test/miou_at_val_threshold": stats([v + 1 for v in values]),
+            "test/loc_error": zeros,
+        }
+        for name, values in (("baseline", baseline), ("full", full))
+    }
+    return {
+        "variants": variants,
+        "classification_map": {"test/base": zeros, "test/two_branch_L0": zeros},
+        "branch_cam_correlation": {"test/two_branch_L0": zeros},
+    }
+
+
+def test_compare_table_pairs_each_preset_with_its_own_baseline() -> None:
+    result = {
+        "seeds": [0, 1],
+        "presets": {
+            "a": _bench(baseline=[10.0, 20.0], full=[13.0, 21.0]),
+            "b": _bench(baseline=[10.0, 20.0], full=[9.0, 19.0]),  # same baseline: not shown again
+            "c": _bench(baseline=[11.0, 21.0], full=[16.0, 26.0]),  # retrained baseline: shown
+        },
+    }
+    rows = compare_markdown(result).splitlines()[4:]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "Grad-CAM baseline (single branch, no grouping)",
+        "both (the paper's method)",
+        "both (the paper's method)",
+        "Grad-CAM baseline (single branch, no grouping)",
+        "both (the paper's method)",
+    ]
+    # Δ per seed: a (3, 1) -> mean 2, std sqrt(2); ranges [13, 21] and [10, 20] overlap
+    assert "| 2.00 ± 1.41 [1.00, 3.00] | no |" in rows[1]
+    # c against its own baseline: (5, 5), ranges [16, 26] and [11, 21] overlap; at t* the same Δ
+    assert rows[4].count("| 5.00 ± 0.00 [5.00, 5.00] | no |") == 2

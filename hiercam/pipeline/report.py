@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -186,22 +189,22 @@ def compare_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {preset} | not run: {bench['error']} |" + " |" * 9)
             continue
         variants = bench["variants"]
-        rows: list[tuple[str, str, str | None]] = []
-        if first_baseline is None or variants["baseline"]["test/miou"] != first_baseline:
-            first_baseline = first_baseline or variants["baseline"]["test/miou"]
-            rows.append(("baseline", "base", None))
-        rows += [(name, "two_branch_L0", "two_branch_L0") for name in FUSED if name in variants]
-        for name, model, branches in rows:
+        baseline = variants["baseline"]
+        names = [name for name in FUSED if name in variants]
+        if first_baseline is None:
+            first_baseline = baseline["test/miou"]
+            names.insert(0, "baseline")
+        elif baseline["test/miou"] != first_baseline:  # the base models were trained again
+            names.insert(0, "baseline")
+        for name in names:
             entry = variants[name]
             cells = [_cell(entry["test/miou"])]
             for figure in ("test/miou", "test/miou_at_val_threshold"):
-                if name == "baseline":
-                    cells += ["", ""] if figure == "test/miou" else [_cell(entry[figure]), "", ""]
-                    continue
                 if figure != "test/miou":
                     cells.append(_cell(entry[figure]))
-                cells += _versus(entry[figure], variants["baseline"][figure])
-            correlation = bench["branch_cam_correlation"].get(f"test/{branches}") if branches else None
+                cells += ["", ""] if name == "baseline" else _versus(entry[figure], baseline[figure])
+            model = "base" if name == "baseline" else "two_branch_L0"
+            correlation = bench["branch_cam_correlation"].get(f"test/{model}")  # none for the base
             cells += [
                 _cell(entry["test/loc_error"]),
                 _cell(_percent(bench["classification_map"][f"test/{model}"])),
@@ -215,13 +218,24 @@ def _versus(stats: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
     """The paired difference per seed, and whether the seeds' ranges do not overlap."""
     delta = [a - b for a, b in zip(stats["values"], baseline["values"], strict=True)]
     apart = stats["min"] > baseline["max"] or stats["max"] < baseline["min"]
-    return [_cell(_spread(delta)), "yes" if apart else "no"]
+    return [_cell(seed_stats(delta)), "yes" if apart else "no"]
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return {"mean": mean, "std": std, "min": min(values), "max": max(values)}
+def seed_stats(values: Sequence[float]) -> dict[str, Any]:
+    """A figure over seeds: its ``values``, and the mean, sample std, min and max of the finite ones.
+
+    All four are NaN when no value is finite.
+    """
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return {"values": list(values), "mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
+    return {
+        "values": list(values),
+        "mean": statistics.fmean(finite),
+        "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
+        "min": min(finite),
+        "max": max(finite),
+    }
 
 
 def _percent(stats: dict[str, Any]) -> dict[str, float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,11 +11,13 @@ from typing import Any
 
 import torch
 
-from hiercam._io import atomic_write_json
+from hiercam._io import atomic_write_json, atomic_write_text
 from hiercam._version import __version__
 from hiercam.pipeline.config import ConfigError, PipelineConfig
 from hiercam.pipeline.distributed import Distributed
 from hiercam.pipeline.evaluation import choose_fusion_weights, choose_thresholds, score_split, variant_names
+from hiercam.pipeline.presets import apply_preset
+from hiercam.pipeline.report import bench_markdown, compare_markdown, seed_stats, write_report
 from hiercam.pipeline.stages import (
     EVAL_SPLITS,
     RunContext,
@@ -187,8 +188,6 @@ def run_pipeline(
             "seconds": ctx.timings,
         },
     )
-    from hiercam.pipeline.report import write_report
-
     write_report(ctx, hierarchy, models, cams, metrics)
     log(f"wrote {out / 'report.md'} in {ctx.timings['total']:.0f} s")
     return metrics
@@ -227,16 +226,16 @@ def run_bench(
         for split in EVAL_SPLITS:
             for figure in ("miou", "loc_error", "miou_at_val_threshold", "loc_error_at_val_threshold"):
                 values = [runs[s]["variants"][name][split][figure] for s in seeds]
-                entry[f"{split}/{figure}"] = _stats(values)
+                entry[f"{split}/{figure}"] = seed_stats(values)
         entry["threshold"] = [runs[s]["variants"][name]["threshold"] for s in seeds]
         aggregate[name] = entry
     maps = {
-        f"{split}/{model}": _stats([runs[s]["classification_map"][split][model] for s in seeds])
+        f"{split}/{model}": seed_stats([runs[s]["classification_map"][split][model] for s in seeds])
         for split in EVAL_SPLITS
         for model in runs[seeds[0]]["classification_map"][split]
     }
     correlations = {
-        f"{split}/{model}": _stats([runs[s]["branch_cam_correlation"][split][model] for s in seeds])
+        f"{split}/{model}": seed_stats([runs[s]["branch_cam_correlation"][split][model] for s in seeds])
         for split in EVAL_SPLITS
         for model in runs[seeds[0]]["branch_cam_correlation"][split]
     }
@@ -250,9 +249,6 @@ def run_bench(
         "rest": config.method.rest,
     }
     atomic_write_json(out / "bench.json", result)
-    from hiercam._io import atomic_write_text
-    from hiercam.pipeline.report import bench_markdown
-
     atomic_write_text(out / "bench.md", bench_markdown(result))
     return result
 
@@ -288,10 +284,6 @@ def run_preset_bench(
         ``ValueError``, such as every group level being saturated for ``signal_groups``) is recorded as
         ``{"error": message}`` and the others still run.
     """
-    from hiercam._io import atomic_write_text
-    from hiercam.pipeline.presets import apply_preset
-    from hiercam.pipeline.report import compare_markdown
-
     if not presets:
         raise ConfigError("`presets` is empty; name at least one preset")
     configs = {name: apply_preset(config, name) for name in presets}  # unknown names fail here, first
@@ -320,19 +312,6 @@ def run_preset_bench(
 
 def _silent(_line: str) -> None:
     """The log of processes other than rank 0."""
-
-
-def _stats(values: Sequence[float]) -> dict[str, Any]:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "values": list(values)}
-    return {
-        "values": list(values),
-        "mean": statistics.fmean(finite),
-        "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
-        "min": min(finite),
-        "max": max(finite),
-    }
 
 
 def _nanmean(values: torch.Tensor) -> float:

@@ -233,10 +233,11 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
     if method.max_group_presence is not None:
         try:
             hierarchy = hierarchy.drop_saturated_levels(targets, method.max_group_presence)
-        except ValueError as error:  # name the config key, not the function's argument
+        except ValueError as error:  # the only error left after config validation; name the config key
+            limit = method.max_group_presence
             raise ConfigError(
-                f"`method.max_group_presence` = {method.max_group_presence} drops every group level: "
-                f"{str(error).replace('`max_presence`', '`method.max_group_presence`')}"
+                f"`method.max_group_presence` = {limit} drops every group level: every group level has a "
+                f"group present in more than {limit:.0%} of the images (raise `method.max_group_presence`)"
             ) from error
     hierarchy.save(path)
     presence = {
