@@ -50,8 +50,8 @@ def train(lam: float, train_loader: DataLoader, epochs: int, seed: int = 0) -> T
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     bce = nn.BCEWithLogitsLoss()
     # Scale-free: per-image cosine of the two feature maps, averaged over the batch. With the paper's raw
-    # sum (reduction="sum", normalize=False) lam depends on batch size, feature size and backbone.
-    orthogonal = hiercam.OrthogonalLoss(weight=lam, reduction="batchmean", normalize=True)
+    # sum (reduction="sum", unit_norm=False) lam depends on batch size, feature size and backbone.
+    orthogonal = hiercam.OrthogonalLoss(weight=lam, reduction="batchmean", unit_norm=True)
     model.train()
     for _ in range(epochs):
         for batch in train_loader:
@@ -74,7 +74,7 @@ def measure(model: TwoHeadNet, loader: DataLoader) -> tuple[float, float, float]
     overlaps, scores, targets, correlations = [], [], [], []
     for batch in loader:
         logits1, logits2, f1, f2 = model(batch["image"])
-        overlaps.append(hiercam.orthogonal_loss(f1, f2, reduction="none", normalize=True))  # (B,)
+        overlaps.append(hiercam.orthogonal_loss(f1, f2, reduction="none", unit_norm=True))  # (B,)
         scores.append((logits1 + logits2) / 2)
         targets.append(batch["targets"])
         # Pearson r between the two branches' maps of every (image, present class) pair

@@ -1,14 +1,14 @@
 """Train multi-label classifiers (plain or two-branch) with the paper's recipe: ``fit``, ``History``.
 
-Batch contract: every batch a loader yields is either a mapping with ``"image"`` and ``"targets"`` keys (what
-[`hiercam.datasets.FashionScenes.collate`][hiercam.FashionScenes.collate] makes; other keys are ignored) or a
-tuple/list whose first two
-items are the images and the targets ``(B, K)``. Images go to the model as they are (tensors moved to the
-device); targets are passed through ``targets_transform``, moved to the device and converted to float32.
+Batch contract: every batch a loader yields is either a mapping with ``"image"`` and ``"labels"`` keys
+(other keys are ignored; a mapping without ``"labels"`` is read from its ``"targets"`` key) or a tuple/list
+whose first two items are the images and the labels ``(B, K)``. Images go to the model as they are (tensors
+moved to the device); labels are passed through ``labels_transform``, moved to the device and converted to
+float32.
 
 Model/loss contract: the model returns either a logits tensor ``(B, K)`` or an object with a ``mean_logits``
 tensor ``(B, K)`` (such as ``TwoBranchOutput``); mAP is computed from those logits. The loss is called as
-``loss(output, targets)`` and returns a scalar tensor or a ``NamedTuple`` of scalar tensors whose first field
+``loss(output, labels)`` and returns a scalar tensor or a ``NamedTuple`` of scalar tensors whose first field
 is the total to minimise (every field is logged by name).
 """
 
@@ -33,10 +33,10 @@ from hiercam._checkpoint import (
     save_checkpoint,
 )
 from hiercam._io import atomic_write_json
-from hiercam._loop import LossFn, Step, bce_loss, output_logits, run_pass, split_batch
+from hiercam._loop import LossFn, Step, bce_loss, run_pass
 from hiercam._validation import check_int, type_name
 
-__all__ = ["fit", "evaluate", "History", "split_batch", "output_logits"]
+__all__ = ["fit", "evaluate", "History"]
 
 Scheduler = LRScheduler | ReduceLROnPlateau
 
@@ -91,7 +91,7 @@ def evaluate(
     loss: LossFn | None = None,
     device: str | torch.device | None = None,
     amp: bool | None = None,
-    targets_transform: Callable[[Tensor], Tensor] | None = None,
+    labels_transform: Callable[[Tensor], Tensor] | None = None,
     amp_dtype: torch.dtype = torch.float16,
 ) -> dict[str, float]:
     """Loss terms and mAP of a model over a loader, in eval mode without gradients.
@@ -102,7 +102,7 @@ def evaluate(
         loss: as in [`fit`][hiercam.fit] (default: BCE with logits).
         device: where to run; ``None`` is the device of the model's parameters. The model is moved there.
         amp: autocast (CUDA only); ``None`` enables it on CUDA.
-        targets_transform: applied to every batch's targets first.
+        labels_transform: applied to every batch's labels first.
         amp_dtype: ``torch.float16`` or ``torch.bfloat16``.
 
     Returns:
@@ -116,7 +116,7 @@ def evaluate(
     if device is not None:
         model.to(run_device)
     step = Step(
-        model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform, amp_dtype
+        model, loss if loss is not None else bce_loss, run_device, use_amp, labels_transform, amp_dtype
     )
     was_training = model.training
     try:
@@ -166,7 +166,7 @@ def fit(
     amp: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     progress: bool = True,
-    targets_transform: Callable[[Tensor], Tensor] | None = None,
+    labels_transform: Callable[[Tensor], Tensor] | None = None,
     seed: int = 0,
     amp_dtype: torch.dtype = torch.float16,
 ) -> History:
@@ -200,7 +200,7 @@ def fit(
         model: a classifier returning logits ``(B, K)`` or an object with ``mean_logits (B, K)``.
         train_loader: re-iterable batches following the batch contract (module docstring), e.g. a DataLoader.
         epochs: total number of epochs, counting those already in ``checkpoint``.
-        loss: ``loss(output, targets)`` returning a scalar tensor or a NamedTuple of scalar tensors whose
+        loss: ``loss(output, labels)`` returning a scalar tensor or a NamedTuple of scalar tensors whose
             first field is the total. Default: BCE with logits, for models returning a logits tensor; a
             two-branch model needs its own loss (``hiercam.TwoBranchLoss``).
         optimizer: default ``torch.optim.Adam(model.parameters(), lr=lr)``.
@@ -212,8 +212,8 @@ def fit(
         amp: mixed-precision autocast, CUDA only; ``None`` enables it on CUDA.
         checkpoint: file to write after every epoch and to resume from when it exists.
         progress: show tqdm progress bars (on stderr).
-        targets_transform: applied to the targets of every batch, e.g.
-            ``functools.partial(hierarchy.remap_targets, level=1)`` to train a level model.
+        labels_transform: applied to the labels of every batch, e.g.
+            ``functools.partial(hierarchy.remap_labels, level=1)`` to train a level model.
         seed: seed of the torch random state during training.
         amp_dtype: the autocast type with ``amp``: ``torch.float16`` (with gradient scaling, the default) or
             ``torch.bfloat16`` (no scaling needed).
@@ -224,7 +224,7 @@ def fit(
     Raises:
         TypeError: an argument of the wrong type, a batch or model output or loss result not following the
             contracts.
-        ValueError: ``epochs < 1``, ``lr <= 0``, ``amp`` without CUDA, logits and targets of different
+        ValueError: ``epochs < 1``, ``lr <= 0``, ``amp`` without CUDA, logits and labels of different
             shapes, a checkpoint from another format or with more epochs than ``epochs``.
 
     Examples:
@@ -243,8 +243,8 @@ def fit(
         raise ValueError(f"`lr` must be > 0, got {lr}")
     if loss is not None and not callable(loss):
         raise TypeError(f"`loss` must be callable or None, got {type_name(loss)}")
-    if targets_transform is not None and not callable(targets_transform):
-        raise TypeError(f"`targets_transform` must be callable or None, got {type_name(targets_transform)}")
+    if labels_transform is not None and not callable(labels_transform):
+        raise TypeError(f"`labels_transform` must be callable or None, got {type_name(labels_transform)}")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"`optimizer` must be a torch.optim.Optimizer or None, got {type_name(optimizer)}")
     if isinstance(scheduler, str) and scheduler != "plateau":
@@ -263,7 +263,7 @@ def fit(
     _check_amp_dtype(amp_dtype)
     scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
     step = Step(
-        model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform, amp_dtype
+        model, loss if loss is not None else bce_loss, run_device, use_amp, labels_transform, amp_dtype
     )
     generators = loader_generators(train_loader)
     cuda = [run_device] if run_device.type == "cuda" else []

@@ -342,7 +342,7 @@ def test_real_two_branch_net_trains_and_resumes_with_two_branch_loss(tmp_path: P
         torch.manual_seed(0)
         return TwoBranchNet(functools.partial(small_convnet, width=4, norm="group"), num_classes=10)
 
-    loss = TwoBranchLoss(lam=1e-3, reduction="batchmean")
+    loss = TwoBranchLoss(weight=1e-3, reduction="batchmean")
     train, val = shuffled_loader(seed=5), scene_batches("val", 32, 16)
     whole = net()
     history = fit(whole, train, epochs=3, loss=loss, val_loader=val, lr=3e-3, progress=False)
@@ -379,7 +379,7 @@ def test_real_two_branch_net_trains_and_resumes_with_two_branch_loss(tmp_path: P
     assert without_time(again) == without_time(history)
 
 
-def test_targets_transform_trains_a_level_model() -> None:
+def test_labels_transform_trains_a_level_model() -> None:
     hierarchy = FashionScenes.natural_hierarchy()
     remap = functools.partial(hierarchy.remap_targets, level=1)
     val = scene_batches("val", 32, 16)
@@ -389,7 +389,7 @@ def test_targets_transform_trains_a_level_model() -> None:
         scene_batches("train", 32, 16),
         epochs=1,
         val_loader=val,
-        targets_transform=remap,
+        labels_transform=remap,
         progress=False,
     )
     model.eval()
@@ -397,7 +397,7 @@ def test_targets_transform_trains_a_level_model() -> None:
         scores = torch.cat([model(b["image"]) for b in val])
     targets = hierarchy.remap_targets(torch.cat([b["targets"] for b in val]), 1)
     assert history["val_map"][0] == pytest.approx(mean_average_precision(scores, targets).item(), abs=1e-6)
-    with pytest.raises(ValueError, match=r"logits \(16, 4\) and targets \(16, 10\) .* `targets_transform`"):
+    with pytest.raises(ValueError, match=r"logits \(16, 4\) and labels \(16, 10\) .* `labels_transform`"):
         fit(model, val, epochs=1, progress=False)
     assert isinstance(hierarchy, ClassHierarchy)
 
@@ -417,7 +417,7 @@ def test_fit_rejects_bad_arguments_and_batches(tmp_path: Path) -> None:
         fit(model, data, epochs=1, optimizer="adam")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="`model` must be a torch.nn.Module, got function"):
         fit(lambda x: x, data, epochs=1)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="a batch must be a mapping with 'image' and 'targets' keys"):
+    with pytest.raises(TypeError, match="a batch must be a mapping with 'image' and 'labels' keys"):
         fit(model, [torch.zeros(2, 3, SIZE, SIZE)], epochs=1, progress=False)
     with pytest.raises(TypeError, match="`loss` term 'loss' must be a scalar tensor, got \\(16, 10\\)"):
         fit(model, data, epochs=1, progress=False, loss=lambda o, t: (o - t) ** 2)
