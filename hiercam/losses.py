@@ -25,6 +25,7 @@ gradient of the orthogonal term (multiply its weight by the world size to compen
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
@@ -67,6 +68,7 @@ def orthogonal_loss(
     mode: OrthogonalMode = "feature",
     classifier_weights: tuple[Tensor, Tensor] | None = None,
     labels: Tensor | None = None,
+    rectify: bool | None = None,
 ) -> Tensor:
     """Orthogonal loss between two branches: the paper's Eq. 4, or where the maps themselves overlap.
 
@@ -85,11 +87,23 @@ def orthogonal_loss(
     Cosines are in ``[-1, 1]`` (``[0, 1]`` for non-negative maps) and 0 where a map is all zero. Products
     are accumulated in float32 (float64 for float64 inputs), also under ``torch.autocast``.
 
+    Negative features: the paper multiplies post-ReLU (non-negative) features, so its sum is bounded below by
+    0 and minimising it makes the branches orthogonal. Features that can be negative (ConvNeXt, ViT and other
+    backbones whose last block ends without a ReLU) have no such bound: minimising the sum drives it far
+    below 0, which makes the branches *anti-correlated*, not orthogonal (the total loss itself goes negative).
+    In ``"feature"`` and ``"spatial"`` modes ``rectify`` says what is multiplied: ``True`` uses ``ReLU(f1)``
+    and ``ReLU(f2)`` (the loss is then ``>= 0``, 0 exactly when the positive parts do not overlap); ``False``
+    the features as given (anti-correlation is what you want); ``None`` (the default) the features as given,
+    with a ``UserWarning`` when either holds a negative value. That check is one min-reduction over each
+    feature map and, on an accelerator, one device synchronisation per call; ``True`` or ``False`` skips it.
+    ``"cam"`` mode's maps are rectified already (``rectify=True`` is refused there, ``None``/``False`` change
+    nothing).
+
     Args:
         f1: features of the first branch, ``(B, C, H, W)`` (or ``(B, D)`` for ``"feature"``).
         f2: features of the second branch, same shape as ``f1``.
         reduction: ``"sum"``: ``sum_b o_b``, the paper's Eq. 4 (grows with the batch and feature size);
-            ``"batchmean"``: ``sum_b o_b / B``, so that ``lambda`` does not depend on the batch size;
+            ``"batchmean"``: ``sum_b o_b / B``, so that the weight does not depend on the batch size;
             ``"mean"``: the sum divided by the number of elements ``f1.numel()`` for ``"feature"``, by ``B``
             for the other modes (their ``o_b`` are already per-sample cosines);
             ``"none"``: ``o`` of shape ``(B,)``.
@@ -98,15 +112,22 @@ def orthogonal_loss(
         mode: ``"feature"`` (the paper), ``"spatial"`` or ``"cam"``.
         classifier_weights: for ``"cam"``, the two branches' classifier weights, ``(K, C)`` each.
         labels: for ``"cam"``, multi-hot image labels ``(B, K)`` of 0/1 values.
+        rectify: what is multiplied in ``"feature"`` and ``"spatial"`` modes: ``True``: ``ReLU(f1)`` and
+            ``ReLU(f2)``; ``False``: the features as given; ``None``: as given, warning on negative features.
 
     Returns:
         A scalar, or ``(B,)`` for ``reduction="none"``, in float32 (float64 for float64 inputs).
 
     Raises:
-        TypeError: ``f1`` or ``f2`` is not a floating-point tensor, or ``unit_norm`` is not a bool.
+        TypeError: ``f1`` or ``f2`` is not a floating-point tensor, ``unit_norm`` is not a bool or ``rectify``
+            not a bool or None.
         ValueError: the shapes differ or do not fit the mode, the batch is empty, ``reduction`` or ``mode`` is
             unknown, ``unit_norm`` with a cosine mode, or ``classifier_weights``/``labels`` missing for
-            ``"cam"`` or ``labels`` not 0/1.
+            ``"cam"``, ``labels`` not 0/1, or ``rectify=True`` with ``mode="cam"``.
+
+    Warns:
+        UserWarning: ``rectify=None`` in ``"feature"``/``"spatial"`` mode and ``f1`` or ``f2`` holds a
+            negative value.
 
     Examples:
         >>> import torch
@@ -118,6 +139,8 @@ def orthogonal_loss(
         tensor([5., 4.])
         >>> orthogonal_loss(f1, f2, reduction="batchmean")
         tensor(4.5000)
+        >>> orthogonal_loss(-f1, f2, rectify=True)  # ReLU(-f1) is all zero: no overlap
+        tensor(0.)
     """
     _check_features(f1, f2)
     check_choice(reduction, "reduction", _REDUCTIONS)
@@ -131,8 +154,13 @@ def orthogonal_loss(
             raise ValueError(
                 f"`f1` must have shape (B, C, H, W) for mode={mode!r}, got {format_shape(f1.shape)}"
             )
+    _check_rectify(rectify, mode)
     if mode == "cam":
         _check_cam_inputs(f1, classifier_weights, labels)
+    elif rectify is None:
+        _warn_if_negative(f1, f2)
+    elif rectify:
+        f1, f2 = f1.relu(), f2.relu()
     dtype = torch.promote_types(torch.promote_types(f1.dtype, f2.dtype), torch.float32)
     with torch.autocast(device_type=f1.device.type, enabled=False):
         if mode == "feature":
@@ -153,6 +181,32 @@ def orthogonal_loss(
     if reduction == "mean":
         return total / f1.numel()
     return total
+
+
+_NEGATIVE_WARNING = (
+    "orthogonal_loss: the features hold negative values (a backbone whose last block ends without a ReLU, "
+    "such as ConvNeXt or a ViT); the paper's sum(f1 * f2) assumes non-negative features and has no lower "
+    "bound on these: minimising it makes the two branches anti-correlated, not orthogonal. Pass "
+    "rectify=True to "
+    "multiply ReLU(f1) * ReLU(f2) (bounded below by 0), or rectify=False to keep the raw product and silence "
+    "this warning."
+)
+
+
+def _check_rectify(rectify: object, mode: OrthogonalMode) -> None:
+    if rectify is not None and not isinstance(rectify, bool):
+        raise TypeError(f"`rectify` must be a bool or None, got {type_name(rectify)}")
+    if rectify and mode == "cam":
+        raise ValueError("`rectify=True` applies to mode='feature' and 'spatial'; mode='cam' maps are ReLU'd")
+
+
+def _warn_if_negative(f1: Tensor, f2: Tensor) -> None:
+    """Warn when either feature map holds a negative value: one min-reduction each, one device sync."""
+    if f1.numel() == 0:
+        return
+    smallest = torch.minimum(f1.detach().min(), f2.detach().min())
+    if bool(smallest < 0):
+        warnings.warn(_NEGATIVE_WARNING, UserWarning, stacklevel=3)
 
 
 def _check_cam_inputs(
@@ -206,11 +260,15 @@ class OrthogonalLoss(nn.Module):
         unit_norm: L2-normalise each sample's features first (not in the paper; ``"feature"`` mode only).
         mode: ``"feature"`` (the paper), ``"spatial"`` or ``"cam"``; ``"cam"`` takes the classifier weights
             and labels in each call: ``loss(f1, f2, classifier_weights=(w1, w2), labels=y)``.
+        rectify: what is multiplied: ``True``: ``ReLU(f1)`` and ``ReLU(f2)``, for features that can be
+            negative; ``False``: the features as given; ``None``: as given, warning on negative features (see
+            [`orthogonal_loss`][hiercam.orthogonal_loss]).
 
     Raises:
-        TypeError: ``weight`` is not a real number or ``unit_norm`` not a bool.
-        ValueError: ``weight`` is negative or not finite, ``reduction`` or ``mode`` is unknown, or
-            ``unit_norm`` with a cosine mode.
+        TypeError: ``weight`` is not a real number, ``unit_norm`` not a bool, or ``rectify`` not a bool or
+            None.
+        ValueError: ``weight`` is negative or not finite, ``reduction`` or ``mode`` is unknown,
+            ``unit_norm`` with a cosine mode, or ``rectify=True`` with ``mode="cam"``.
 
     Examples:
         >>> import torch
@@ -226,6 +284,7 @@ class OrthogonalLoss(nn.Module):
         unit_norm: bool = False,
         *,
         mode: OrthogonalMode = "feature",
+        rectify: bool | None = None,
     ) -> None:
         super().__init__()
         self.weight = _check_weight(weight, "weight")
@@ -236,6 +295,8 @@ class OrthogonalLoss(nn.Module):
         if unit_norm and mode != "feature":
             raise ValueError(f"`unit_norm` applies to mode='feature' only; mode={mode!r} is a cosine already")
         self.unit_norm = unit_norm
+        _check_rectify(rectify, mode)
+        self.rectify = rectify
 
     def forward(
         self,
@@ -254,11 +315,15 @@ class OrthogonalLoss(nn.Module):
             mode=self.mode,
             classifier_weights=classifier_weights,
             labels=labels,
+            rectify=self.rectify,
         )
         return self.weight * loss
 
     def extra_repr(self) -> str:  # noqa: D102
-        options = f"reduction={self.reduction!r}, unit_norm={self.unit_norm}, mode={self.mode!r}"
+        options = (
+            f"reduction={self.reduction!r}, unit_norm={self.unit_norm}, mode={self.mode!r}, "
+            f"rectify={self.rectify}"
+        )
         return f"weight={self.weight}, {options}"
 
 
@@ -302,12 +367,16 @@ class TwoBranchLoss(nn.Module):
             paper), ``"spatial"`` or ``"cam"``.
         heads: for ``mode="cam"``, the two branch classifiers, e.g. ``net.classifier_heads()``: their weights
             are read at every call (so the loss follows training) and the labels come from the call.
+        rectify: what the orthogonal term multiplies in ``"feature"``/``"spatial"`` modes: ``True``:
+            ``ReLU(f1)`` and ``ReLU(f2)``, the choice for backbones whose features can be negative (ConvNeXt,
+            ViT); ``False``: the features as given; ``None`` (default): as given, with a ``UserWarning`` when
+            they hold negative values (see [`orthogonal_loss`][hiercam.orthogonal_loss]).
 
     Raises:
-        TypeError: ``weight`` is not a real number, ``unit_norm`` not a bool, or ``heads`` not two linear
-            layers.
-        ValueError: ``weight`` is negative or not finite, ``reduction`` or ``mode`` is unknown, or ``heads``
-            is missing for ``mode="cam"``.
+        TypeError: ``weight`` is not a real number, ``unit_norm`` not a bool, ``rectify`` not a bool or
+            None, or ``heads`` not two linear layers.
+        ValueError: ``weight`` is negative or not finite, ``reduction`` or ``mode`` is unknown, ``heads``
+            is missing for ``mode="cam"``, or ``rectify=True`` with ``mode="cam"``.
 
     Examples:
         >>> import torch
@@ -328,11 +397,12 @@ class TwoBranchLoss(nn.Module):
         unit_norm: bool = False,
         mode: OrthogonalMode = "feature",
         heads: tuple[nn.Linear, nn.Linear] | None = None,
+        rectify: bool | None = None,
     ) -> None:
         super().__init__()
         self.weight = _check_weight(weight, "weight")
         check_choice(reduction, "reduction", ("sum", "batchmean", "mean"))
-        self.orthogonal = OrthogonalLoss(1.0, reduction, unit_norm, mode=mode)
+        self.orthogonal = OrthogonalLoss(1.0, reduction, unit_norm, mode=mode, rectify=rectify)
         if mode == "cam":
             if heads is None:
                 raise ValueError(
@@ -393,7 +463,7 @@ class TwoBranchLoss(nn.Module):
         return TwoBranchLossOutput(total, bce_1, bce_2, orthogonal)
 
     def extra_repr(self) -> str:  # noqa: D102
-        return f"weight={self.weight}, mode={self.orthogonal.mode!r}"
+        return f"weight={self.weight}, mode={self.orthogonal.mode!r}, rectify={self.orthogonal.rectify}"
 
 
 def _check_features(f1: Tensor, f2: Tensor) -> None:

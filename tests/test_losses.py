@@ -14,12 +14,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 REDUCTIONS = ["sum", "batchmean", "mean", "none"]
 
 
-def naive_orthogonal(f1: torch.Tensor, f2: torch.Tensor, reduction: str, unit_norm: bool) -> torch.Tensor:
+def naive_orthogonal(
+    f1: torch.Tensor, f2: torch.Tensor, reduction: str, unit_norm: bool, rectify: bool = False
+) -> torch.Tensor:
     """Element-by-element loop in float64: the per-sample overlap, then the reduction."""
     a = f1.detach().double().reshape(f1.shape[0], -1).tolist()
     b = f2.detach().double().reshape(f2.shape[0], -1).tolist()
     per_sample = []
     for row_a, row_b in zip(a, b, strict=True):
+        if rectify:
+            row_a = [max(v, 0.0) for v in row_a]
+            row_b = [max(v, 0.0) for v in row_b]
         if unit_norm:
             norm_a = math.sqrt(sum(v * v for v in row_a)) or 1.0
             norm_b = math.sqrt(sum(v * v for v in row_b)) or 1.0
@@ -40,12 +45,13 @@ def naive_orthogonal(f1: torch.Tensor, f2: torch.Tensor, reduction: str, unit_no
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("unit_norm", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_orthogonal_loss_matches_naive_loop(shape, reduction, unit_norm, dtype) -> None:
+@pytest.mark.parametrize("rectify", [False, True])
+def test_orthogonal_loss_matches_naive_loop(shape, reduction, unit_norm, dtype, rectify) -> None:
     g = torch.Generator().manual_seed(len(shape) * 7 + len(reduction))
     f1 = torch.randn(shape, generator=g, dtype=dtype)
-    f2 = torch.randn(shape, generator=g, dtype=dtype).relu()
-    got = orthogonal_loss(f1, f2, reduction=reduction, unit_norm=unit_norm)
-    expected = naive_orthogonal(f1, f2, reduction, unit_norm)
+    f2 = torch.randn(shape, generator=g, dtype=dtype)
+    got = orthogonal_loss(f1, f2, reduction=reduction, unit_norm=unit_norm, rectify=rectify)
+    expected = naive_orthogonal(f1, f2, reduction, unit_norm, rectify)
     assert got.dtype == dtype
     assert got.shape == expected.shape
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
@@ -85,8 +91,8 @@ def test_orthogonal_loss_of_identical_unit_maps_is_one_per_sample() -> None:
 @pytest.mark.parametrize("weight", [1.0, 0.25])
 def test_function_equals_module(reduction, unit_norm, weight) -> None:
     f1, f2 = torch.randn(2, 3, 2, 4, 4).unbind(0)
-    module = OrthogonalLoss(weight=weight, reduction=reduction, unit_norm=unit_norm)
-    expected = weight * orthogonal_loss(f1, f2, reduction=reduction, unit_norm=unit_norm)
+    module = OrthogonalLoss(weight=weight, reduction=reduction, unit_norm=unit_norm, rectify=True)
+    expected = weight * orthogonal_loss(f1, f2, reduction=reduction, unit_norm=unit_norm, rectify=True)
     torch.testing.assert_close(module(f1, f2), expected, rtol=0, atol=0)
 
 
@@ -96,7 +102,7 @@ def test_gradcheck_float64(reduction, unit_norm) -> None:
     f1 = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     f2 = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda a, b: orthogonal_loss(a, b, reduction=reduction, unit_norm=unit_norm), (f1, f2)
+        lambda a, b: orthogonal_loss(a, b, reduction=reduction, unit_norm=unit_norm, rectify=False), (f1, f2)
     )
 
 
@@ -116,7 +122,7 @@ def test_half_inputs_accumulate_in_float32_under_autocast() -> None:
 def test_all_zero_features_give_zero_loss_and_finite_gradients() -> None:
     f1 = torch.zeros(2, 3, 4, 4, requires_grad=True)
     f2 = torch.randn(2, 3, 4, 4, requires_grad=True)
-    loss = orthogonal_loss(f1, f2, reduction="batchmean", unit_norm=True)
+    loss = orthogonal_loss(f1, f2, reduction="batchmean", unit_norm=True, rectify=False)
     loss.backward()
     assert float(loss.detach()) == 0.0
     assert f1.grad is not None
@@ -129,7 +135,7 @@ def test_inputs_are_not_modified() -> None:
     f1 = torch.randn(2, 3, 4, 4, requires_grad=True)
     f2 = torch.randn(2, 3, 4, 4)
     before = (f1.detach().clone(), f2.clone())
-    orthogonal_loss(f1, f2, unit_norm=True).backward()
+    orthogonal_loss(f1, f2, unit_norm=True, rectify=True).backward()
     assert torch.equal(f1.detach(), before[0])
     assert torch.equal(f2, before[1])
     assert not f2.requires_grad

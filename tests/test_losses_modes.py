@@ -48,7 +48,7 @@ def random_inputs(seed: int) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("seed", range(3))
 def test_spatial_and_cam_match_naive_loops(seed: int) -> None:
     f1, f2, w1, w2, targets = random_inputs(seed)
-    spatial = orthogonal_loss(f1, f2, mode="spatial", reduction="none")
+    spatial = orthogonal_loss(f1, f2, mode="spatial", reduction="none", rectify=False)
     np.testing.assert_allclose(spatial.numpy(), naive_spatial(f1.numpy(), f2.numpy()), rtol=1e-10, atol=1e-12)
     cam = orthogonal_loss(f1, f2, mode="cam", classifier_weights=(w1, w2), labels=targets, reduction="none")
     expected = naive_cam(f1.numpy(), f2.numpy(), w1.numpy(), w2.numpy(), targets.numpy())
@@ -80,7 +80,7 @@ def test_hand_computed_values() -> None:
 @pytest.mark.parametrize("mode", ["spatial", "cam"])
 def test_reductions_and_module_equal_function(mode: str) -> None:
     f1, f2, w1, w2, targets = random_inputs(7)
-    extra = {"classifier_weights": (w1, w2), "labels": targets} if mode == "cam" else {}
+    extra = {"classifier_weights": (w1, w2), "labels": targets} if mode == "cam" else {"rectify": False}
     per_sample = orthogonal_loss(f1, f2, mode=mode, reduction="none", **extra)
     torch.testing.assert_close(orthogonal_loss(f1, f2, mode=mode, **extra), per_sample.sum())
     torch.testing.assert_close(
@@ -89,7 +89,8 @@ def test_reductions_and_module_equal_function(mode: str) -> None:
     torch.testing.assert_close(
         orthogonal_loss(f1, f2, mode=mode, reduction="mean", **extra), per_sample.mean()
     )
-    module = OrthogonalLoss(0.5, "batchmean", mode=mode)
+    module = OrthogonalLoss(0.5, "batchmean", mode=mode, rectify=False)
+    extra.pop("rectify", None)
     torch.testing.assert_close(module(f1, f2, **extra), 0.5 * per_sample.mean())
 
 
@@ -98,7 +99,9 @@ def test_gradcheck(mode: str) -> None:
     f1, f2, w1, w2, targets = random_inputs(11)
     f1, f2, w1, w2 = (t.clone().requires_grad_() for t in (f1, f2, w1, w2))
     if mode == "spatial":
-        assert torch.autograd.gradcheck(lambda a, b: orthogonal_loss(a, b, mode="spatial"), (f1, f2))
+        assert torch.autograd.gradcheck(
+            lambda a, b: orthogonal_loss(a, b, mode="spatial", rectify=False), (f1, f2)
+        )
     else:
         assert torch.autograd.gradcheck(
             lambda a, b, u, v: orthogonal_loss(a, b, mode="cam", classifier_weights=(u, v), labels=targets),
