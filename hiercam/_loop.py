@@ -65,7 +65,7 @@ def bce_loss(output: Any, labels: Tensor) -> Tensor:
             f"the default loss (BCE with logits) needs a model that returns a logits tensor, got "
             f"{type_name(output)}; pass `loss=` (e.g. hiercam.TwoBranchLoss for a TwoBranchNet)"
         )
-    return F.binary_cross_entropy_with_logits(output, labels)
+    return F.binary_cross_entropy_with_logits(output.float(), labels)  # float32 also under autocast
 
 
 def _loss_terms(result: Any) -> dict[str, Tensor]:

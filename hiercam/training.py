@@ -101,7 +101,7 @@ def evaluate(
         loader: batches following the batch contract of this module.
         loss: as in [`fit`][hiercam.fit] (default: BCE with logits).
         device: where to run; ``None`` is the device of the model's parameters. The model is moved there.
-        amp: autocast (CUDA only); ``None`` enables it on CUDA.
+        amp: autocast (float16 or bfloat16 on CUDA, bfloat16 elsewhere); ``None`` enables it on CUDA.
         labels_transform: applied to every batch's labels first.
         amp_dtype: ``torch.float16`` or ``torch.bfloat16``.
 
@@ -111,8 +111,7 @@ def evaluate(
     Raises:
         TypeError, ValueError: as [`fit`][hiercam.fit].
     """
-    run_device, use_amp = _device_and_amp(model, device, amp)
-    _check_amp_dtype(amp_dtype)
+    run_device, use_amp = _device_and_amp(model, device, amp, amp_dtype)
     if device is not None:
         model.to(run_device)
     step = Step(
@@ -129,7 +128,7 @@ def evaluate(
 
 
 def _device_and_amp(
-    model: nn.Module, device: str | torch.device | None, amp: bool | None
+    model: nn.Module, device: str | torch.device | None, amp: bool | None, amp_dtype: torch.dtype
 ) -> tuple[torch.device, bool]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type_name(model)}")
@@ -138,18 +137,18 @@ def _device_and_amp(
         run_device = first.device if first is not None else torch.device("cpu")
     else:
         run_device = torch.device(device)
+    if amp_dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"`amp_dtype` must be torch.float16 or torch.bfloat16, got {amp_dtype}")
     if amp is None:
         amp = run_device.type == "cuda"
     elif not isinstance(amp, bool):
         raise TypeError(f"`amp` must be a bool or None, got {type_name(amp)}")
-    elif amp and run_device.type != "cuda":
-        raise ValueError(f"`amp` (mixed-precision autocast) needs a CUDA device, got device {run_device}")
+    elif amp and run_device.type != "cuda" and amp_dtype != torch.bfloat16:
+        raise ValueError(
+            f"`amp` on device {run_device} needs `amp_dtype=torch.bfloat16` (float16 autocast with gradient "
+            f"scaling is CUDA only), got `amp_dtype={amp_dtype}`"
+        )
     return run_device, amp
-
-
-def _check_amp_dtype(amp_dtype: torch.dtype) -> None:
-    if amp_dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"`amp_dtype` must be torch.float16 or torch.bfloat16, got {amp_dtype}")
 
 
 def fit(
@@ -209,14 +208,15 @@ def fit(
         scheduler: ``"plateau"`` (the paper's), ``None`` (constant rate), or a scheduler built on
             ``optimizer``, stepped once per epoch (``ReduceLROnPlateau`` with the monitored loss).
         device: where to train; ``None`` is the device of the model's parameters. The model is moved there.
-        amp: mixed-precision autocast, CUDA only; ``None`` enables it on CUDA.
+        amp: mixed-precision autocast: on CUDA with ``amp_dtype``, on the CPU (or another device) with
+            ``amp_dtype=torch.bfloat16`` only; ``None`` enables it on CUDA.
         checkpoint: file to write after every epoch and to resume from when it exists.
         progress: show tqdm progress bars (on stderr).
         labels_transform: applied to the labels of every batch, e.g.
             ``functools.partial(hierarchy.remap_labels, level=1)`` to train a level model.
         seed: seed of the torch random state during training.
-        amp_dtype: the autocast type with ``amp``: ``torch.float16`` (with gradient scaling, the default) or
-            ``torch.bfloat16`` (no scaling needed).
+        amp_dtype: the autocast type with ``amp``: ``torch.float16`` (CUDA, with gradient scaling, the
+            default) or ``torch.bfloat16`` (CUDA or CPU, no scaling needed).
 
     Returns:
         The [`History`][hiercam.History] of all epochs, resumed ones included.
@@ -224,7 +224,7 @@ def fit(
     Raises:
         TypeError: an argument of the wrong type, a batch or model output or loss result not following the
             contracts.
-        ValueError: ``epochs < 1``, ``lr <= 0``, ``amp`` without CUDA, logits and labels of different
+        ValueError: ``epochs < 1``, ``lr <= 0``, ``amp`` with float16 off CUDA, logits and labels of different
             shapes, a checkpoint from another format or with more epochs than ``epochs``.
 
     Examples:
@@ -236,7 +236,7 @@ def fit(
     """
     check_int(epochs, "epochs", minimum=1)
     check_int(seed, "seed", minimum=0)
-    run_device, use_amp = _device_and_amp(model, device, amp)
+    run_device, use_amp = _device_and_amp(model, device, amp, amp_dtype)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise TypeError(f"`lr` must be a float, got {type_name(lr)}")
     if not lr > 0:
@@ -260,8 +260,7 @@ def fit(
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     if scheduler == "plateau":
         scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=5)
-    _check_amp_dtype(amp_dtype)
-    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None  # CUDA only
     step = Step(
         model, loss if loss is not None else bce_loss, run_device, use_amp, labels_transform, amp_dtype
     )

@@ -407,7 +407,7 @@ def test_fit_rejects_bad_arguments_and_batches(tmp_path: Path) -> None:
     model, data = classifier(), scene_batches("val", 16, 16)
     with pytest.raises(ValueError, match="`epochs` must be >= 1, got 0"):
         fit(model, data, epochs=0)
-    with pytest.raises(ValueError, match="`amp` .* needs a CUDA device, got device cpu"):
+    with pytest.raises(ValueError, match=r"`amp` on device cpu needs `amp_dtype=torch.bfloat16`"):
         fit(model, data, epochs=1, amp=True)
     with pytest.raises(
         ValueError, match="`scheduler` must be 'plateau', None or a scheduler object, got 'cosine'"
@@ -429,3 +429,27 @@ def test_fit_rejects_bad_arguments_and_batches(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, bogus)
     with pytest.raises(ValueError, match="is not a hiercam.fit version 1 checkpoint"):
         fit(model, data, epochs=1, checkpoint=bogus, progress=False)
+
+
+# ------------------------------------------------------------------------------------------ bf16 on the CPU
+def test_fit_trains_under_bfloat16_autocast_on_the_cpu() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    seen: list[torch.dtype] = []
+    model[-1].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(6, 3, 2, 2, generator=g), (torch.rand(6, 3, generator=g) < 0.5).float())]
+    before = [p.detach().clone() for p in model.parameters()]
+    history = fit(model, data, epochs=1, amp=True, amp_dtype=torch.bfloat16, lr=1e-2, progress=False)
+    assert seen == [torch.bfloat16]  # the forward ran under bf16 autocast
+    loss = history["train_loss"][0]
+    assert math.isfinite(loss)
+    with torch.no_grad():  # oracle: the float32 BCE of the bf16 logits at the starting weights
+        x, y = data[0]
+        logits = F.linear(F.linear(x.flatten(1), before[0], before[1]).relu(), before[2], before[3])
+        expected = F.binary_cross_entropy_with_logits(logits, y).item()
+    assert loss == pytest.approx(expected, abs=0.02)  # bf16 keeps 8 bits of mantissa
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(ValueError, match=r"`amp_dtype` must be torch.float16 or torch.bfloat16"):
+        fit(model, data, epochs=1, amp=True, amp_dtype=torch.float32, progress=False)
