@@ -109,11 +109,14 @@ class Step:
         self.amp_dtype = amp_dtype
         self.labels_transform = labels_transform
 
-    def __call__(self, batch: Any) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        """Forward one batch: loss terms, logits and labels (on the device)."""
+    def __call__(self, batch: Any, where: str = "") -> tuple[dict[str, Tensor], Tensor, Tensor, Any]:
+        """Forward one batch: loss terms, logits, labels (on the device) and the images given to the model."""
         images, labels = split_batch(batch)
         if self.labels_transform is not None:
             labels = self.labels_transform(labels)
+            if not isinstance(labels, Tensor):
+                raise TypeError(f"`labels_transform` must return a torch.Tensor, got {type_name(labels)}")
+        _check_labels(labels, where)
         labels = labels.to(self.device, torch.float32, non_blocking=True)
         if isinstance(images, Tensor):
             images = images.to(self.device, non_blocking=True)
@@ -122,7 +125,47 @@ class Step:
             logits = output_logits(output)
             _check_logits(logits, labels)
             terms = _loss_terms(self.loss(output, labels))
-        return terms, logits, labels
+        return terms, logits, labels, images
+
+
+def _check_labels(labels: Tensor, where: str) -> None:
+    """0/1 multi-hot labels: a comparison over ``B x K`` (a device sync only for labels on an accelerator)."""
+    if labels.dtype != torch.bool and not bool(((labels == 0) | (labels == 1)).all()):
+        bad = labels[(labels != 0) & (labels != 1)].flatten()[:3].tolist()
+        raise ValueError(
+            f"`labels` must hold only 0/1 values (multi-hot image labels), got {bad} in {where} "
+            "(after `labels_transform`, if any)"
+        )
+
+
+def _check_finite(terms: dict[str, Tensor], logits: Tensor, images: Any, where: str) -> None:
+    """Raise when the loss or the logits are not finite: one reduction over ``B x K`` and one sync a step.
+
+    The diagnosis (which term, the logits or the images) runs only when the check fails.
+    """
+    flags = torch.stack([torch.isfinite(terms["loss"].detach()), torch.isfinite(logits.detach()).all()])
+    loss_ok, logits_ok = (bool(flag) for flag in flags.tolist())
+    if loss_ok and logits_ok:
+        return
+    bad_terms = [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()))]
+    if logits_ok:
+        cause = "the logits are finite: the loss produced it (check the loss and the labels)"
+    elif isinstance(images, Tensor) and images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        cause = "the batch's images hold NaN or infinite values"
+    else:
+        cause = (
+            "the model's logits hold NaN or infinite values from finite images (diverged weights: lower "
+            "`lr`, or train without autocast)"
+        )
+    what = (
+        f"loss terms {bad_terms}"
+        if logits_ok
+        else "logits" + (f" and loss terms {bad_terms}" if bad_terms else "")
+    )
+    raise ValueError(
+        f"non-finite {what} in {where}: {cause}; stopped before the optimizer step, so this batch did not "
+        "change the weights"
+    )
 
 
 def run_pass(
@@ -131,13 +174,20 @@ def run_pass(
     bar: Any,
     optimizer: torch.optim.Optimizer | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    where: str = "evaluate",
 ) -> tuple[dict[str, float], Tensor]:
-    """One pass over ``loader``: sample-weighted mean of every loss term, and mAP (validation only)."""
+    """One pass over ``loader``: sample-weighted mean of every loss term, and mAP (validation only).
+
+    Every batch's labels must be 0/1 and its loss and logits finite (``ValueError`` naming ``where`` and the
+    batch otherwise), so that no step trains on NaN and validation never scores non-finite logits.
+    """
     sums: dict[str, Tensor] = {}
     seen = 0
     metric = MeanAveragePrecision() if optimizer is None else None
     for number, batch in enumerate(loader):
-        terms, logits, labels = step(batch)
+        place = f"{where}, batch {number + 1}"
+        terms, logits, labels, images = step(batch, place)
+        _check_finite(terms, logits, images, place)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:

@@ -14,6 +14,7 @@ is the total to minimise (every field is logged by name).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -26,13 +27,14 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from hiercam._checkpoint import (
+    check_fits,
     load_checkpoint,
     loader_generators,
     random_states,
     restore_random_states,
     save_checkpoint,
 )
-from hiercam._io import atomic_write_json
+from hiercam._io import atomic_write_text
 from hiercam._loop import LossFn, Step, bce_loss, run_pass
 from hiercam._validation import check_int, type_name
 
@@ -76,8 +78,40 @@ class History:
         self.records.append(dict(record))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the records as a JSON list, atomically."""
-        return atomic_write_json(path, self.records)
+        """Write the records as a standard JSON list, atomically; NaN and infinities are written as ``null``.
+
+        A NaN is what an epoch without a value gets (e.g. ``val_map`` when no validation image has a
+        positive label); JSON has no NaN, so it is ``null`` in the file and NaN again after
+        [`load`][hiercam.History.load].
+        """
+        records = [
+            {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}
+            for r in self.records
+        ]
+        return atomic_write_text(path, json.dumps(records, indent=2, allow_nan=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> History:
+        """Read records written by [`save`][hiercam.History.save] (``null`` becomes NaN).
+
+        Raises:
+            ValueError: the file is not a JSON list of ``{name: number or null}`` records; the message names
+                the file.
+        """
+        name = os.fspath(path)
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"`path` {name!r} is not a JSON file: {error}") from error
+        if not isinstance(data, list) or not all(
+            isinstance(r, dict)
+            and all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in r.values()
+            )
+            for r in data
+        ):
+            raise ValueError(f"`path` {name!r} must hold a JSON list of {{name: number or null}} records")
+        return cls([{k: math.nan if v is None else float(v) for k, v in r.items()} for r in data])
 
     def __repr__(self) -> str:
         last = ", ".join(f"{k}={v:.4g}" for k, v in self.records[-1].items()) if self.records else ""
@@ -121,7 +155,7 @@ def evaluate(
     try:
         model.eval()
         with torch.no_grad():
-            means, mean_ap = run_pass(step, loader, bar=None)
+            means, mean_ap = run_pass(step, loader, bar=None, where="evaluate")
     finally:
         model.train(was_training)
     return {**means, "map": float(mean_ap)}
@@ -193,7 +227,13 @@ def fit(
     If the file exists when ``fit`` starts, training resumes after its last completed epoch and ends with
     the same weights as an uninterrupted run (NumPy's and Python's global states are then set to the saved
     ones). The optimizer's hyper-parameters come from the checkpoint. It loads with
-    ``torch.load(weights_only=True)``.
+    ``torch.load(weights_only=True)`` and is validated (every key and type, and that it fits the model and
+    optimizer) before anything is loaded into them.
+
+    Checks every step: the labels hold only 0/1 (checked before they move to the device: free for labels the
+    loader yields on the CPU), and the loss and the logits are finite (one reduction over the ``B x K`` logits
+    and one device synchronisation per step). A failure raises before the optimizer step, naming the epoch,
+    the batch and where the values appeared, so no step trains on NaN and validation never scores NaN logits.
 
     Args:
         model: a classifier returning logits ``(B, K)`` or an object with ``mean_logits (B, K)``.
@@ -225,7 +265,10 @@ def fit(
         TypeError: an argument of the wrong type, a batch or model output or loss result not following the
             contracts.
         ValueError: ``epochs < 1``, ``lr <= 0``, ``amp`` with float16 off CUDA, logits and labels of different
-            shapes, a checkpoint from another format or with more epochs than ``epochs``.
+            shapes, labels other than 0/1, a non-finite loss or logits (training or validation; the message
+            names the epoch, the batch and whether the images, the model or the loss produced it), or a
+            checkpoint that is truncated, corrupted, from another format, missing a key, not fitting the
+            model or optimizer, or with more epochs than ``epochs`` (the message names the file and key).
 
     Examples:
         >>> import torch
@@ -329,13 +372,13 @@ def _epoch(
     show = progress and _is_main()
     with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not show, dynamic_ncols=True) as bar:
         step.model.train()
-        train, _ = run_pass(step, train_loader, bar, optimizer, scaler)
+        train, _ = run_pass(step, train_loader, bar, optimizer, scaler, f"epoch {epoch}/{epochs} (training)")
         record.update({f"train_{name}": value for name, value in train.items()})
         bar.set_postfix(loss=f"{train['loss']:.4f}")
         if val_loader is not None:
             step.model.eval()
             with torch.no_grad():
-                val, mean_ap = run_pass(step, val_loader, None)
+                val, mean_ap = run_pass(step, val_loader, None, where=f"epoch {epoch}/{epochs} (validation)")
             record.update({f"val_{name}": value for name, value in val.items()})
             record["val_map"] = float(mean_ap)
             bar.set_postfix(
@@ -366,13 +409,17 @@ def _resume(
     device: torch.device,
     generators: list[torch.Generator],
 ) -> History:
-    """Load a checkpoint into the training objects; returns the history of its completed epochs."""
+    """Load a checkpoint into the training objects; returns the history of its completed epochs.
+
+    The file is validated (keys, types, and that it fits the model and optimizer) before anything is loaded.
+    """
     data = load_checkpoint(path)
     if data["epoch"] > epochs:
         raise ValueError(
             f"`checkpoint` {os.fspath(path)!r} holds {data['epoch']} completed epochs, "
             f"more than `epochs`={epochs}"
         )
+    check_fits(data, path, model, optimizer)
     model.load_state_dict(data["model"])
     optimizer.load_state_dict(data["optimizer"])
     if scheduler is not None and data["scheduler"] is not None:
