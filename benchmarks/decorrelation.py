@@ -95,7 +95,7 @@ def cam_correlation(net: TwoBranchNet, x: Tensor, y: Tensor) -> tuple[float, int
 def evaluate(net: TwoBranchNet, x: Tensor, y: Tensor) -> dict[str, float]:
     with torch.no_grad():
         out = net(x)
-    overlap = orthogonal_loss(*out.features, reduction="none", normalize=True).mean()
+    overlap = orthogonal_loss(*out.features, reduction="none", unit_norm=True).mean()
     accuracy = ((out.mean_logits > 0).float() == y).float().mean()
     mean_ap = average_precision_score(y.numpy(), out.mean_logits.numpy(), average="macro")
     cam_r, pairs, skipped = cam_correlation(net, x, y)
@@ -121,11 +121,11 @@ def main() -> None:
     train_data = make_data(2048, seed=1000)
     x_test, y_test = make_data(512, seed=2000)
     settings = {
-        "lam=0": TwoBranchLoss(0.0),
-        "sum, lam=1e-4 (paper)": TwoBranchLoss(1e-4),
-        "batchmean, lam=1e-2": TwoBranchLoss(1e-2, reduction="batchmean"),
-        "normalize, batchmean, lam=0.1": TwoBranchLoss(0.1, reduction="batchmean", normalize=True),
-        "normalize, batchmean, lam=1": TwoBranchLoss(1.0, reduction="batchmean", normalize=True),
+        "weight=0": TwoBranchLoss(0.0),
+        "sum, weight=1e-4 (paper)": TwoBranchLoss(1e-4),
+        "batchmean, weight=1e-2": TwoBranchLoss(1e-2, reduction="batchmean"),
+        "unit_norm, batchmean, weight=0.1": TwoBranchLoss(0.1, reduction="batchmean", unit_norm=True),
+        "unit_norm, batchmean, weight=1": TwoBranchLoss(1.0, reduction="batchmean", unit_norm=True),
     }
     print(
         f"{len(train_data[0])} training / {len(x_test)} held-out images, {args.steps} steps, batch 32, "

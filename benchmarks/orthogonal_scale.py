@@ -42,7 +42,7 @@ def main() -> None:
     images = images + 0.05 * torch.randn_like(images)
     targets = (torch.rand(16, 20) < 0.15).float()
     for reduction in ("sum", "batchmean"):
-        parts = hiercam.TwoBranchLoss(lam=1e-4, reduction=reduction)(net(images), targets)
+        parts = hiercam.TwoBranchLoss(weight=1e-4, reduction=reduction)(net(images), targets)
         classification = parts.classification_1 + parts.classification_2
         orthogonal = 1e-4 * parts.orthogonal
         norms = []

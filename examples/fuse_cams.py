@@ -45,7 +45,7 @@ base_model = trained_classifier(10)
 hierarchy = hiercam.group_classes(base_model, levels=(4, 2), class_names=FashionScenes.classes)
 level_models = [
     trained_classifier(
-        hierarchy.num_groups(level), targets_transform=functools.partial(hierarchy.remap_targets, level=level)
+        hierarchy.num_groups(level), labels_transform=functools.partial(hierarchy.remap_targets, level=level)
     )
     for level in range(1, hierarchy.num_levels)
 ]

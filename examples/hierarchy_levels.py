@@ -2,7 +2,7 @@
 
 The class vectors are the rows of the classifier's last linear layer (paper section 3.2); hierarchical K-means
 groups them level by level (section 3.3). Each level is a multi-label problem of its own: its targets are the
-class targets mapped to groups, so a level model trains with hiercam.fit and a targets_transform.
+class targets mapped to groups, so a level model trains with hiercam.fit and a labels_transform.
 
 Any classifier works: torchvision and timm models, a TwoBranchNet (the mean of its two heads), your own module
 (the last nn.Linear), an nn.Linear or a (K, D) weight tensor; `hiercam hierarchy CHECKPOINT --levels ...` does
@@ -83,7 +83,7 @@ def main() -> None:
             epochs=epochs,
             lr=3e-3,
             val_loader=val_loader,
-            targets_transform=to_groups,
+            labels_transform=to_groups,
             progress=False,
         )
         print(

@@ -44,14 +44,14 @@ class TwoHeadNet(nn.Module):
         return self.fc1(f1.mean(dim=(2, 3))), self.fc2(f2.mean(dim=(2, 3))), f1, f2
 
 
-def train(lam: float, train_loader: DataLoader, epochs: int, seed: int = 0) -> TwoHeadNet:
+def train(weight: float, train_loader: DataLoader, epochs: int, seed: int = 0) -> TwoHeadNet:
     torch.manual_seed(seed)
     model = TwoHeadNet(num_classes=10)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     bce = nn.BCEWithLogitsLoss()
     # Scale-free: per-image cosine of the two feature maps, averaged over the batch. With the paper's raw
-    # sum (reduction="sum", normalize=False) lam depends on batch size, feature size and backbone.
-    orthogonal = hiercam.OrthogonalLoss(weight=lam, reduction="batchmean", normalize=True)
+    # sum (reduction="sum", unit_norm=False) the weight depends on batch size, feature size and backbone.
+    orthogonal = hiercam.OrthogonalLoss(weight=weight, reduction="batchmean", unit_norm=True)
     model.train()
     for _ in range(epochs):
         for batch in train_loader:
@@ -74,7 +74,7 @@ def measure(model: TwoHeadNet, loader: DataLoader) -> tuple[float, float, float]
     overlaps, scores, targets, correlations = [], [], [], []
     for batch in loader:
         logits1, logits2, f1, f2 = model(batch["image"])
-        overlaps.append(hiercam.orthogonal_loss(f1, f2, reduction="none", normalize=True))  # (B,)
+        overlaps.append(hiercam.orthogonal_loss(f1, f2, reduction="none", unit_norm=True))  # (B,)
         scores.append((logits1 + logits2) / 2)
         targets.append(batch["targets"])
         # Pearson r between the two branches' maps of every (image, present class) pair
@@ -91,7 +91,7 @@ def measure(model: TwoHeadNet, loader: DataLoader) -> tuple[float, float, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny data and one epoch (a smoke test)")
-    parser.add_argument("--lam", type=float, default=1.0, help="weight of the orthogonal loss")
+    parser.add_argument("--weight", type=float, default=1.0, help="weight of the orthogonal loss")
     args = parser.parse_args()
     scenes, epochs, size = (256, 1, 48) if args.quick else (3000, 4, 64)
 
@@ -102,9 +102,9 @@ def main() -> None:
     val_loader = DataLoader(val_set, batch_size=128, collate_fn=collate)
 
     print("orthogonal loss weight | feature cosine | val mAP | CAM correlation")
-    for lam in (0.0, args.lam):
-        overlap, mean_ap, correlation = measure(train(lam, train_loader, epochs), val_loader)
-        print(f"{lam:>22g} | {overlap:14.3f} | {mean_ap:7.3f} | {correlation:15.3f}")
+    for weight in (0.0, args.weight):
+        overlap, mean_ap, correlation = measure(train(weight, train_loader, epochs), val_loader)
+        print(f"{weight:>22g} | {overlap:14.3f} | {mean_ap:7.3f} | {correlation:15.3f}")
 
 
 if __name__ == "__main__":

@@ -44,9 +44,9 @@ def main() -> None:
 
     net = hiercam.TwoBranchNet(make_backbone(args.backbone), num_classes=10).to(device)
     print(f"{args.backbone}: two branches of {net.num_features} channels")
-    # The paper's loss is lam=1e-4 with a raw sum, whose scale depends on batch, feature size and backbone;
-    # the scale-free form below (mean cosine of the two feature maps) is easier to choose lam for.
-    criterion = hiercam.TwoBranchLoss(lam=0.1, reduction="batchmean", normalize=True)
+    # The paper's loss is weight=1e-4 with a raw sum, whose scale depends on batch, feature size and backbone;
+    # the scale-free form below (mean cosine of the two feature maps) is easier to choose the weight for.
+    criterion = hiercam.TwoBranchLoss(weight=0.1, reduction="batchmean", unit_norm=True)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
 

@@ -25,6 +25,7 @@ __all__ = [
     "VERSION",
     "save_checkpoint",
     "load_checkpoint",
+    "check_fits",
     "loader_generators",
     "random_states",
     "restore_random_states",
@@ -109,15 +110,163 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint`` onto the CPU, with ``weights_only=True``.
+    """Read and validate a checkpoint written by ``save_checkpoint``, onto the CPU.
+
+    ``torch.load(weights_only=True)`` builds only tensors and plain containers, never arbitrary objects; every
+    key is then checked for presence and type before the caller uses any of it.
 
     Raises:
-        ValueError: the file is not a hiercam training checkpoint of a known version.
+        ValueError: the file cannot be decoded (truncated, corrupted, not a ``torch.save`` file, or holding
+            objects other than tensors and containers), is not a hiercam training checkpoint of a known
+            version, or a key is missing or of the wrong type; the message names the file and the key.
     """
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+    name = os.fspath(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (PermissionError, FileNotFoundError, IsADirectoryError):
+        raise
+    except Exception as error:  # any failure to decode the file is reported the same way
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        raise ValueError(
+            f"`checkpoint` {name!r} could not be read as a {FORMAT} checkpoint (truncated, corrupted or not "
+            f"written by hiercam.fit; torch.load(weights_only=True) raised {reason.rstrip(': ')}); delete it "
+            "to train from the start"
+        ) from error
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != FORMAT
+        or not _is_int(data.get("version"), VERSION)
+    ):
         found = (data.get("format"), data.get("version")) if isinstance(data, dict) else type(data).__name__
         raise ValueError(
-            f"`checkpoint` {os.fspath(path)!r} is not a {FORMAT} version {VERSION} checkpoint (found {found})"
+            f"`checkpoint` {name!r} is not a {FORMAT} version {VERSION} checkpoint (found {found!r})"
         )
+    _check_payload(data, name)
     return data
+
+
+def _is_int(value: Any, expected: int | None = None) -> bool:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    return ok and (expected is None or value == expected)
+
+
+def _fail(name: str, key: str, wanted: str, value: Any) -> ValueError:
+    return ValueError(
+        f"`checkpoint` {name!r}: key {key!r} must be {wanted}, got {type(value).__name__}"
+        + (f" {value!r}" if isinstance(value, (int, float, str)) else "")
+    )
+
+
+def _check_payload(data: dict[str, Any], name: str) -> None:
+    """Every key ``fit`` reads, present and of the right type."""
+    for key in ("epoch", "model", "optimizer", "scheduler", "scaler", "history", "rng"):
+        if key not in data:
+            raise ValueError(
+                f"`checkpoint` {name!r} lacks the key {key!r}; delete it to train from the start"
+            )
+    epoch = data["epoch"]
+    if not _is_int(epoch) or epoch < 1:
+        raise _fail(name, "epoch", "an int >= 1", epoch)
+    model = data["model"]
+    if not isinstance(model, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        raise _fail(name, "model", "a state dict of tensors", model)
+    optimizer = data["optimizer"]
+    if not (
+        isinstance(optimizer, dict)
+        and isinstance(optimizer.get("state"), dict)
+        and isinstance(optimizer.get("param_groups"), list)
+        and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in optimizer["param_groups"])
+    ):
+        raise _fail(name, "optimizer", "an optimizer state dict ('state', 'param_groups')", optimizer)
+    for key in ("scheduler", "scaler"):
+        if data[key] is not None and not isinstance(data[key], dict):
+            raise _fail(name, key, "a state dict or None", data[key])
+    history = data["history"]
+    if not isinstance(history, list) or len(history) != epoch:
+        raise _fail(name, "history", f"a list of {epoch} epoch records (one per completed epoch)", history)
+    for record in history:
+        if not isinstance(record, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) for k, v in record.items()
+        ):
+            raise _fail(name, "history", "a list of {name: number} records", record)
+    _check_rng(data["rng"], name)
+
+
+def _check_rng(rng: Any, name: str) -> None:
+    if not isinstance(rng, dict):
+        raise _fail(name, "rng", "a dict of random states", rng)
+    torch_state = rng.get("torch")
+    if not isinstance(torch_state, torch.Tensor) or torch_state.dtype != torch.uint8:
+        raise _fail(name, "rng.torch", "a uint8 tensor", torch_state)
+    numpy_state = rng.get("numpy")
+    if not (
+        isinstance(numpy_state, (list, tuple))
+        and len(numpy_state) == 5
+        and isinstance(numpy_state[0], str)
+        and isinstance(numpy_state[1], torch.Tensor)
+        and numpy_state[1].shape == (624,)
+        and all(_is_int(v) for v in numpy_state[2:4])
+        and isinstance(numpy_state[4], float)
+    ):
+        raise _fail(
+            name, "rng.numpy", "NumPy's legacy state [name, keys (624,), pos, has_gauss, gauss]", numpy_state
+        )
+    python_state = rng.get("python")
+    if not (
+        isinstance(python_state, (list, tuple))
+        and len(python_state) == 3
+        and isinstance(python_state[1], (list, tuple))
+        and len(python_state[1]) == 625
+        and all(_is_int(v) for v in python_state[1])
+    ):
+        raise _fail(name, "rng.python", "Python's random state (version, 625 ints, gauss)", python_state)
+    generators = rng.get("generators")
+    if not isinstance(generators, list) or not all(
+        isinstance(g, torch.Tensor) and g.dtype == torch.uint8 for g in generators
+    ):
+        raise _fail(name, "rng.generators", "a list of uint8 generator states", generators)
+    if "cuda" in rng and not isinstance(rng["cuda"], torch.Tensor):
+        raise _fail(name, "rng.cuda", "a uint8 tensor", rng["cuda"])
+
+
+def check_fits(
+    data: dict[str, Any],
+    path: str | os.PathLike[str],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Check that a validated checkpoint fits the model and optimizer, before anything is loaded into them.
+
+    Raises:
+        ValueError: parameter names or shapes differ, or the optimizer has other parameter groups; the
+            message names the file and the key.
+    """
+    name = os.fspath(path)
+    own, saved = model.state_dict(), data["model"]
+    missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+    shapes = [
+        f"{k}: {tuple(saved[k].shape)} in the file, {tuple(v.shape)} in `model`"
+        for k, v in own.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        details = "; ".join(
+            part
+            for part in (
+                f"missing {missing[:5]}" if missing else "",
+                f"unexpected {unexpected[:5]}" if unexpected else "",
+                ", ".join(shapes[:5]),
+            )
+            if part
+        )
+        raise ValueError(f"`checkpoint` {name!r}: key 'model' does not fit `model` ({details})")
+    groups = data["optimizer"]["param_groups"]
+    own_sizes = [len(g["params"]) for g in optimizer.param_groups]
+    saved_sizes = [len(g["params"]) for g in groups]
+    if own_sizes != saved_sizes:
+        raise ValueError(
+            f"`checkpoint` {name!r}: key 'optimizer' has parameter groups of sizes {saved_sizes}, "
+            f"the optimizer {own_sizes}: resume with the optimizer built the same way"
+        )

@@ -1,8 +1,9 @@
 """The training loop's contracts and one pass over a loader, shared by ``fit`` and ``evaluate``.
 
-Batch contract: a mapping with ``"image"`` and ``"targets"`` keys, or an ``(images, targets, ...)``
-tuple/list. Model contract: a logits tensor ``(B, K)`` or an object with a ``mean_logits`` tensor ``(B, K)``.
-Loss contract: a scalar tensor or a NamedTuple of scalar tensors whose first field is the total.
+Batch contract: a mapping with ``"image"`` and ``"labels"`` keys (``"targets"`` is still read when there is
+no ``"labels"``), or an ``(images, labels, ...)`` tuple/list. Model contract: a logits tensor ``(B, K)`` or an
+object with a ``mean_logits`` tensor ``(B, K)``. Loss contract: a scalar tensor or a NamedTuple of scalar
+tensors whose first field is the total.
 """
 
 from __future__ import annotations
@@ -25,23 +26,23 @@ LossFn = Callable[[Any, Tensor], Any]
 
 
 def split_batch(batch: Any) -> tuple[Any, Tensor]:
-    """Images and targets of a batch: a mapping with ``"image"``/``"targets"`` or ``(images, targets, ...)``.
+    """Images and labels of a batch: a mapping with ``"image"``/``"labels"`` or ``(images, labels, ...)``.
 
     Raises:
-        TypeError: the batch has neither form, or the targets are not a tensor.
+        TypeError: the batch has neither form, or the labels are not a tensor.
     """
-    if isinstance(batch, Mapping) and "image" in batch and "targets" in batch:
-        images, targets = batch["image"], batch["targets"]
+    if isinstance(batch, Mapping) and "image" in batch and ("labels" in batch or "targets" in batch):
+        images, labels = batch["image"], batch["labels"] if "labels" in batch else batch["targets"]
     elif isinstance(batch, Sequence) and not isinstance(batch, str) and len(batch) >= 2:
-        images, targets = batch[0], batch[1]
+        images, labels = batch[0], batch[1]
     else:
         raise TypeError(
-            "a batch must be a mapping with 'image' and 'targets' keys or an (images, targets, ...) "
+            "a batch must be a mapping with 'image' and 'labels' keys or an (images, labels, ...) "
             f"tuple, got {type_name(batch)}"
         )
-    if not isinstance(targets, Tensor):
-        raise TypeError(f"batch targets must be a torch.Tensor, got {type_name(targets)}")
-    return images, targets
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"batch labels must be a torch.Tensor, got {type_name(labels)}")
+    return images, labels
 
 
 def output_logits(output: Any) -> Tensor:
@@ -57,14 +58,14 @@ def output_logits(output: Any) -> Tensor:
     )
 
 
-def bce_loss(output: Any, targets: Tensor) -> Tensor:
+def bce_loss(output: Any, labels: Tensor) -> Tensor:
     """The default loss: BCE with logits on a logits tensor."""
     if not isinstance(output, Tensor):
         raise TypeError(
             f"the default loss (BCE with logits) needs a model that returns a logits tensor, got "
             f"{type_name(output)}; pass `loss=` (e.g. hiercam.TwoBranchLoss for a TwoBranchNet)"
         )
-    return F.binary_cross_entropy_with_logits(output, targets)
+    return F.binary_cross_entropy_with_logits(output.float(), labels)  # float32 also under autocast
 
 
 def _loss_terms(result: Any) -> dict[str, Tensor]:
@@ -84,16 +85,16 @@ def _loss_terms(result: Any) -> dict[str, Tensor]:
     return terms
 
 
-def _check_logits(logits: Tensor, targets: Tensor) -> None:
-    if logits.ndim != 2 or logits.shape != targets.shape:
+def _check_logits(logits: Tensor, labels: Tensor) -> None:
+    if logits.ndim != 2 or logits.shape != labels.shape:
         raise ValueError(
-            f"model logits {format_shape(logits.shape)} and targets {format_shape(targets.shape)} must both "
-            "be (B, K) with the same K (a level model needs `targets_transform`)"
+            f"model logits {format_shape(logits.shape)} and labels {format_shape(labels.shape)} must both "
+            "be (B, K) with the same K (a level model needs `labels_transform`)"
         )
 
 
 class Step:
-    """What one epoch needs: model, loss, device, AMP and target handling."""
+    """What one epoch needs: model, loss, device, AMP and label handling."""
 
     def __init__(
         self,
@@ -101,27 +102,70 @@ class Step:
         loss: LossFn,
         device: torch.device,
         amp: bool,
-        targets_transform: Callable[[Tensor], Tensor] | None,
+        labels_transform: Callable[[Tensor], Tensor] | None,
         amp_dtype: torch.dtype = torch.float16,
     ) -> None:
         self.model, self.loss, self.device, self.amp = model, loss, device, amp
         self.amp_dtype = amp_dtype
-        self.targets_transform = targets_transform
+        self.labels_transform = labels_transform
 
-    def __call__(self, batch: Any) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        """Forward one batch: loss terms, logits and targets (on the device)."""
-        images, targets = split_batch(batch)
-        if self.targets_transform is not None:
-            targets = self.targets_transform(targets)
-        targets = targets.to(self.device, torch.float32, non_blocking=True)
+    def __call__(self, batch: Any, where: str = "") -> tuple[dict[str, Tensor], Tensor, Tensor, Any]:
+        """Forward one batch: loss terms, logits, labels (on the device) and the images given to the model."""
+        images, labels = split_batch(batch)
+        if self.labels_transform is not None:
+            labels = self.labels_transform(labels)
+            if not isinstance(labels, Tensor):
+                raise TypeError(f"`labels_transform` must return a torch.Tensor, got {type_name(labels)}")
+        _check_labels(labels, where)
+        labels = labels.to(self.device, torch.float32, non_blocking=True)
         if isinstance(images, Tensor):
             images = images.to(self.device, non_blocking=True)
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             output = self.model(images)
             logits = output_logits(output)
-            _check_logits(logits, targets)
-            terms = _loss_terms(self.loss(output, targets))
-        return terms, logits, targets
+            _check_logits(logits, labels)
+            terms = _loss_terms(self.loss(output, labels))
+        return terms, logits, labels, images
+
+
+def _check_labels(labels: Tensor, where: str) -> None:
+    """0/1 multi-hot labels: a comparison over ``B x K`` (a device sync only for labels on an accelerator)."""
+    if labels.dtype != torch.bool and not bool(((labels == 0) | (labels == 1)).all()):
+        bad = labels[(labels != 0) & (labels != 1)].flatten()[:3].tolist()
+        raise ValueError(
+            f"`labels` must hold only 0/1 values (multi-hot image labels), got {bad} in {where} "
+            "(after `labels_transform`, if any)"
+        )
+
+
+def _check_finite(terms: dict[str, Tensor], logits: Tensor, images: Any, where: str) -> None:
+    """Raise when the loss or the logits are not finite: one reduction over ``B x K`` and one sync a step.
+
+    The diagnosis (which term, the logits or the images) runs only when the check fails.
+    """
+    flags = torch.stack([torch.isfinite(terms["loss"].detach()), torch.isfinite(logits.detach()).all()])
+    loss_ok, logits_ok = (bool(flag) for flag in flags.tolist())
+    if loss_ok and logits_ok:
+        return
+    bad_terms = [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()))]
+    if logits_ok:
+        cause = "the logits are finite: the loss produced it (check the loss and the labels)"
+    elif isinstance(images, Tensor) and images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        cause = "the batch's images hold NaN or infinite values"
+    else:
+        cause = (
+            "the model's logits hold NaN or infinite values from finite images (diverged weights: lower "
+            "`lr`, or train without autocast)"
+        )
+    what = (
+        f"loss terms {bad_terms}"
+        if logits_ok
+        else "logits" + (f" and loss terms {bad_terms}" if bad_terms else "")
+    )
+    raise ValueError(
+        f"non-finite {what} in {where}: {cause}; stopped before the optimizer step, so this batch did not "
+        "change the weights"
+    )
 
 
 def run_pass(
@@ -130,13 +174,20 @@ def run_pass(
     bar: Any,
     optimizer: torch.optim.Optimizer | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    where: str = "evaluate",
 ) -> tuple[dict[str, float], Tensor]:
-    """One pass over ``loader``: sample-weighted mean of every loss term, and mAP (validation only)."""
+    """One pass over ``loader``: sample-weighted mean of every loss term, and mAP (validation only).
+
+    Every batch's labels must be 0/1 and its loss and logits finite (``ValueError`` naming ``where`` and the
+    batch otherwise), so that no step trains on NaN and validation never scores non-finite logits.
+    """
     sums: dict[str, Tensor] = {}
     seen = 0
     metric = MeanAveragePrecision() if optimizer is None else None
     for number, batch in enumerate(loader):
-        terms, logits, targets = step(batch)
+        place = f"{where}, batch {number + 1}"
+        terms, logits, labels, images = step(batch, place)
+        _check_finite(terms, logits, images, place)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -147,8 +198,8 @@ def run_pass(
                 terms["loss"].backward()
                 optimizer.step()
         elif metric is not None:
-            metric.update(logits.float(), targets)
-        size = targets.shape[0]
+            metric.update(logits.float(), labels)
+        size = labels.shape[0]
         seen += size
         for name, value in terms.items():
             sums[name] = sums.get(name, 0) + value.detach().float() * size

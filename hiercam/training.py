@@ -1,19 +1,20 @@
 """Train multi-label classifiers (plain or two-branch) with the paper's recipe: ``fit``, ``History``.
 
-Batch contract: every batch a loader yields is either a mapping with ``"image"`` and ``"targets"`` keys (what
-[`hiercam.datasets.FashionScenes.collate`][hiercam.FashionScenes.collate] makes; other keys are ignored) or a
-tuple/list whose first two
-items are the images and the targets ``(B, K)``. Images go to the model as they are (tensors moved to the
-device); targets are passed through ``targets_transform``, moved to the device and converted to float32.
+Batch contract: every batch a loader yields is either a mapping with ``"image"`` and ``"labels"`` keys
+(other keys are ignored; a mapping without ``"labels"`` is read from its ``"targets"`` key) or a tuple/list
+whose first two items are the images and the labels ``(B, K)``. Images go to the model as they are (tensors
+moved to the device); labels are passed through ``labels_transform``, moved to the device and converted to
+float32.
 
 Model/loss contract: the model returns either a logits tensor ``(B, K)`` or an object with a ``mean_logits``
 tensor ``(B, K)`` (such as ``TwoBranchOutput``); mAP is computed from those logits. The loss is called as
-``loss(output, targets)`` and returns a scalar tensor or a ``NamedTuple`` of scalar tensors whose first field
+``loss(output, labels)`` and returns a scalar tensor or a ``NamedTuple`` of scalar tensors whose first field
 is the total to minimise (every field is logged by name).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -26,17 +27,18 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from hiercam._checkpoint import (
+    check_fits,
     load_checkpoint,
     loader_generators,
     random_states,
     restore_random_states,
     save_checkpoint,
 )
-from hiercam._io import atomic_write_json
-from hiercam._loop import LossFn, Step, bce_loss, output_logits, run_pass, split_batch
+from hiercam._io import atomic_write_text
+from hiercam._loop import LossFn, Step, bce_loss, run_pass
 from hiercam._validation import check_int, type_name
 
-__all__ = ["fit", "evaluate", "History", "split_batch", "output_logits"]
+__all__ = ["fit", "evaluate", "History"]
 
 Scheduler = LRScheduler | ReduceLROnPlateau
 
@@ -76,8 +78,40 @@ class History:
         self.records.append(dict(record))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the records as a JSON list, atomically."""
-        return atomic_write_json(path, self.records)
+        """Write the records as a standard JSON list, atomically; NaN and infinities are written as ``null``.
+
+        A NaN is what an epoch without a value gets (e.g. ``val_map`` when no validation image has a
+        positive label); JSON has no NaN, so it is ``null`` in the file and NaN again after
+        [`load`][hiercam.History.load].
+        """
+        records = [
+            {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}
+            for r in self.records
+        ]
+        return atomic_write_text(path, json.dumps(records, indent=2, allow_nan=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> History:
+        """Read records written by [`save`][hiercam.History.save] (``null`` becomes NaN).
+
+        Raises:
+            ValueError: the file is not a JSON list of ``{name: number or null}`` records; the message names
+                the file.
+        """
+        name = os.fspath(path)
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"`path` {name!r} is not a JSON file: {error}") from error
+        if not isinstance(data, list) or not all(
+            isinstance(r, dict)
+            and all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in r.values()
+            )
+            for r in data
+        ):
+            raise ValueError(f"`path` {name!r} must hold a JSON list of {{name: number or null}} records")
+        return cls([{k: math.nan if v is None else float(v) for k, v in r.items()} for r in data])
 
     def __repr__(self) -> str:
         last = ", ".join(f"{k}={v:.4g}" for k, v in self.records[-1].items()) if self.records else ""
@@ -91,7 +125,7 @@ def evaluate(
     loss: LossFn | None = None,
     device: str | torch.device | None = None,
     amp: bool | None = None,
-    targets_transform: Callable[[Tensor], Tensor] | None = None,
+    labels_transform: Callable[[Tensor], Tensor] | None = None,
     amp_dtype: torch.dtype = torch.float16,
 ) -> dict[str, float]:
     """Loss terms and mAP of a model over a loader, in eval mode without gradients.
@@ -101,8 +135,8 @@ def evaluate(
         loader: batches following the batch contract of this module.
         loss: as in [`fit`][hiercam.fit] (default: BCE with logits).
         device: where to run; ``None`` is the device of the model's parameters. The model is moved there.
-        amp: autocast (CUDA only); ``None`` enables it on CUDA.
-        targets_transform: applied to every batch's targets first.
+        amp: autocast (float16 or bfloat16 on CUDA, bfloat16 elsewhere); ``None`` enables it on CUDA.
+        labels_transform: applied to every batch's labels first.
         amp_dtype: ``torch.float16`` or ``torch.bfloat16``.
 
     Returns:
@@ -111,25 +145,24 @@ def evaluate(
     Raises:
         TypeError, ValueError: as [`fit`][hiercam.fit].
     """
-    run_device, use_amp = _device_and_amp(model, device, amp)
-    _check_amp_dtype(amp_dtype)
+    run_device, use_amp = _device_and_amp(model, device, amp, amp_dtype)
     if device is not None:
         model.to(run_device)
     step = Step(
-        model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform, amp_dtype
+        model, loss if loss is not None else bce_loss, run_device, use_amp, labels_transform, amp_dtype
     )
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            means, mean_ap = run_pass(step, loader, bar=None)
+            means, mean_ap = run_pass(step, loader, bar=None, where="evaluate")
     finally:
         model.train(was_training)
     return {**means, "map": float(mean_ap)}
 
 
 def _device_and_amp(
-    model: nn.Module, device: str | torch.device | None, amp: bool | None
+    model: nn.Module, device: str | torch.device | None, amp: bool | None, amp_dtype: torch.dtype
 ) -> tuple[torch.device, bool]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type_name(model)}")
@@ -138,18 +171,18 @@ def _device_and_amp(
         run_device = first.device if first is not None else torch.device("cpu")
     else:
         run_device = torch.device(device)
+    if amp_dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"`amp_dtype` must be torch.float16 or torch.bfloat16, got {amp_dtype}")
     if amp is None:
         amp = run_device.type == "cuda"
     elif not isinstance(amp, bool):
         raise TypeError(f"`amp` must be a bool or None, got {type_name(amp)}")
-    elif amp and run_device.type != "cuda":
-        raise ValueError(f"`amp` (mixed-precision autocast) needs a CUDA device, got device {run_device}")
+    elif amp and run_device.type != "cuda" and amp_dtype != torch.bfloat16:
+        raise ValueError(
+            f"`amp` on device {run_device} needs `amp_dtype=torch.bfloat16` (float16 autocast with gradient "
+            f"scaling is CUDA only), got `amp_dtype={amp_dtype}`"
+        )
     return run_device, amp
-
-
-def _check_amp_dtype(amp_dtype: torch.dtype) -> None:
-    if amp_dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"`amp_dtype` must be torch.float16 or torch.bfloat16, got {amp_dtype}")
 
 
 def fit(
@@ -166,7 +199,7 @@ def fit(
     amp: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     progress: bool = True,
-    targets_transform: Callable[[Tensor], Tensor] | None = None,
+    labels_transform: Callable[[Tensor], Tensor] | None = None,
     seed: int = 0,
     amp_dtype: torch.dtype = torch.float16,
 ) -> History:
@@ -194,13 +227,19 @@ def fit(
     If the file exists when ``fit`` starts, training resumes after its last completed epoch and ends with
     the same weights as an uninterrupted run (NumPy's and Python's global states are then set to the saved
     ones). The optimizer's hyper-parameters come from the checkpoint. It loads with
-    ``torch.load(weights_only=True)``.
+    ``torch.load(weights_only=True)`` and is validated (every key and type, and that it fits the model and
+    optimizer) before anything is loaded into them.
+
+    Checks every step: the labels hold only 0/1 (checked before they move to the device: free for labels the
+    loader yields on the CPU), and the loss and the logits are finite (one reduction over the ``B x K`` logits
+    and one device synchronisation per step). A failure raises before the optimizer step, naming the epoch,
+    the batch and where the values appeared, so no step trains on NaN and validation never scores NaN logits.
 
     Args:
         model: a classifier returning logits ``(B, K)`` or an object with ``mean_logits (B, K)``.
         train_loader: re-iterable batches following the batch contract (module docstring), e.g. a DataLoader.
         epochs: total number of epochs, counting those already in ``checkpoint``.
-        loss: ``loss(output, targets)`` returning a scalar tensor or a NamedTuple of scalar tensors whose
+        loss: ``loss(output, labels)`` returning a scalar tensor or a NamedTuple of scalar tensors whose
             first field is the total. Default: BCE with logits, for models returning a logits tensor; a
             two-branch model needs its own loss (``hiercam.TwoBranchLoss``).
         optimizer: default ``torch.optim.Adam(model.parameters(), lr=lr)``.
@@ -209,14 +248,15 @@ def fit(
         scheduler: ``"plateau"`` (the paper's), ``None`` (constant rate), or a scheduler built on
             ``optimizer``, stepped once per epoch (``ReduceLROnPlateau`` with the monitored loss).
         device: where to train; ``None`` is the device of the model's parameters. The model is moved there.
-        amp: mixed-precision autocast, CUDA only; ``None`` enables it on CUDA.
+        amp: mixed-precision autocast: on CUDA with ``amp_dtype``, on the CPU (or another device) with
+            ``amp_dtype=torch.bfloat16`` only; ``None`` enables it on CUDA.
         checkpoint: file to write after every epoch and to resume from when it exists.
         progress: show tqdm progress bars (on stderr).
-        targets_transform: applied to the targets of every batch, e.g.
-            ``functools.partial(hierarchy.remap_targets, level=1)`` to train a level model.
+        labels_transform: applied to the labels of every batch, e.g.
+            ``functools.partial(hierarchy.remap_labels, level=1)`` to train a level model.
         seed: seed of the torch random state during training.
-        amp_dtype: the autocast type with ``amp``: ``torch.float16`` (with gradient scaling, the default) or
-            ``torch.bfloat16`` (no scaling needed).
+        amp_dtype: the autocast type with ``amp``: ``torch.float16`` (CUDA, with gradient scaling, the
+            default) or ``torch.bfloat16`` (CUDA or CPU, no scaling needed).
 
     Returns:
         The [`History`][hiercam.History] of all epochs, resumed ones included.
@@ -224,8 +264,11 @@ def fit(
     Raises:
         TypeError: an argument of the wrong type, a batch or model output or loss result not following the
             contracts.
-        ValueError: ``epochs < 1``, ``lr <= 0``, ``amp`` without CUDA, logits and targets of different
-            shapes, a checkpoint from another format or with more epochs than ``epochs``.
+        ValueError: ``epochs < 1``, ``lr <= 0``, ``amp`` with float16 off CUDA, logits and labels of different
+            shapes, labels other than 0/1, a non-finite loss or logits (training or validation; the message
+            names the epoch, the batch and whether the images, the model or the loss produced it), or a
+            checkpoint that is truncated, corrupted, from another format, missing a key, not fitting the
+            model or optimizer, or with more epochs than ``epochs`` (the message names the file and key).
 
     Examples:
         >>> import torch
@@ -236,15 +279,15 @@ def fit(
     """
     check_int(epochs, "epochs", minimum=1)
     check_int(seed, "seed", minimum=0)
-    run_device, use_amp = _device_and_amp(model, device, amp)
+    run_device, use_amp = _device_and_amp(model, device, amp, amp_dtype)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise TypeError(f"`lr` must be a float, got {type_name(lr)}")
     if not lr > 0:
         raise ValueError(f"`lr` must be > 0, got {lr}")
     if loss is not None and not callable(loss):
         raise TypeError(f"`loss` must be callable or None, got {type_name(loss)}")
-    if targets_transform is not None and not callable(targets_transform):
-        raise TypeError(f"`targets_transform` must be callable or None, got {type_name(targets_transform)}")
+    if labels_transform is not None and not callable(labels_transform):
+        raise TypeError(f"`labels_transform` must be callable or None, got {type_name(labels_transform)}")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"`optimizer` must be a torch.optim.Optimizer or None, got {type_name(optimizer)}")
     if isinstance(scheduler, str) and scheduler != "plateau":
@@ -260,10 +303,9 @@ def fit(
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     if scheduler == "plateau":
         scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=5)
-    _check_amp_dtype(amp_dtype)
-    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None  # CUDA only
     step = Step(
-        model, loss if loss is not None else bce_loss, run_device, use_amp, targets_transform, amp_dtype
+        model, loss if loss is not None else bce_loss, run_device, use_amp, labels_transform, amp_dtype
     )
     generators = loader_generators(train_loader)
     cuda = [run_device] if run_device.type == "cuda" else []
@@ -330,13 +372,13 @@ def _epoch(
     show = progress and _is_main()
     with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not show, dynamic_ncols=True) as bar:
         step.model.train()
-        train, _ = run_pass(step, train_loader, bar, optimizer, scaler)
+        train, _ = run_pass(step, train_loader, bar, optimizer, scaler, f"epoch {epoch}/{epochs} (training)")
         record.update({f"train_{name}": value for name, value in train.items()})
         bar.set_postfix(loss=f"{train['loss']:.4f}")
         if val_loader is not None:
             step.model.eval()
             with torch.no_grad():
-                val, mean_ap = run_pass(step, val_loader, None)
+                val, mean_ap = run_pass(step, val_loader, None, where=f"epoch {epoch}/{epochs} (validation)")
             record.update({f"val_{name}": value for name, value in val.items()})
             record["val_map"] = float(mean_ap)
             bar.set_postfix(
@@ -367,13 +409,17 @@ def _resume(
     device: torch.device,
     generators: list[torch.Generator],
 ) -> History:
-    """Load a checkpoint into the training objects; returns the history of its completed epochs."""
+    """Load a checkpoint into the training objects; returns the history of its completed epochs.
+
+    The file is validated (keys, types, and that it fits the model and optimizer) before anything is loaded.
+    """
     data = load_checkpoint(path)
     if data["epoch"] > epochs:
         raise ValueError(
             f"`checkpoint` {os.fspath(path)!r} holds {data['epoch']} completed epochs, "
             f"more than `epochs`={epochs}"
         )
+    check_fits(data, path, model, optimizer)
     model.load_state_dict(data["model"])
     optimizer.load_state_dict(data["optimizer"])
     if scheduler is not None and data["scheduler"] is not None:

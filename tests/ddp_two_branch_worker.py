@@ -64,7 +64,7 @@ def _worker(rank: int, out_dir: str) -> None:
         for name, (reduction, lam) in CONFIGS.items():
             net = build_net()
             ddp = DistributedDataParallel(net, find_unused_parameters=False)
-            train(ddp, TwoBranchLoss(lam, reduction=reduction), (rank, WORLD_SIZE))
+            train(ddp, TwoBranchLoss(weight=lam, reduction=reduction), (rank, WORLD_SIZE))
             torch.save(net.state_dict(), Path(out_dir) / f"{name}_rank{rank}.pt")
     finally:
         dist.destroy_process_group()

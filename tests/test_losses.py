@@ -14,13 +14,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 REDUCTIONS = ["sum", "batchmean", "mean", "none"]
 
 
-def naive_orthogonal(f1: torch.Tensor, f2: torch.Tensor, reduction: str, normalize: bool) -> torch.Tensor:
+def naive_orthogonal(
+    f1: torch.Tensor, f2: torch.Tensor, reduction: str, unit_norm: bool, rectify: bool = False
+) -> torch.Tensor:
     """Element-by-element loop in float64: the per-sample overlap, then the reduction."""
     a = f1.detach().double().reshape(f1.shape[0], -1).tolist()
     b = f2.detach().double().reshape(f2.shape[0], -1).tolist()
     per_sample = []
     for row_a, row_b in zip(a, b, strict=True):
-        if normalize:
+        if rectify:
+            row_a = [max(v, 0.0) for v in row_a]
+            row_b = [max(v, 0.0) for v in row_b]
+        if unit_norm:
             norm_a = math.sqrt(sum(v * v for v in row_a)) or 1.0
             norm_b = math.sqrt(sum(v * v for v in row_b)) or 1.0
             row_a = [v / norm_a for v in row_a]
@@ -38,14 +43,15 @@ def naive_orthogonal(f1: torch.Tensor, f2: torch.Tensor, reduction: str, normali
 
 @pytest.mark.parametrize("shape", [(3, 5), (2, 4, 3, 5), (1, 1, 1, 1)])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("unit_norm", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_orthogonal_loss_matches_naive_loop(shape, reduction, normalize, dtype) -> None:
+@pytest.mark.parametrize("rectify", [False, True])
+def test_orthogonal_loss_matches_naive_loop(shape, reduction, unit_norm, dtype, rectify) -> None:
     g = torch.Generator().manual_seed(len(shape) * 7 + len(reduction))
     f1 = torch.randn(shape, generator=g, dtype=dtype)
-    f2 = torch.randn(shape, generator=g, dtype=dtype).relu()
-    got = orthogonal_loss(f1, f2, reduction=reduction, normalize=normalize)
-    expected = naive_orthogonal(f1, f2, reduction, normalize)
+    f2 = torch.randn(shape, generator=g, dtype=dtype)
+    got = orthogonal_loss(f1, f2, reduction=reduction, unit_norm=unit_norm, rectify=rectify)
+    expected = naive_orthogonal(f1, f2, reduction, unit_norm, rectify)
     assert got.dtype == dtype
     assert got.shape == expected.shape
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
@@ -53,7 +59,7 @@ def test_orthogonal_loss_matches_naive_loop(shape, reduction, normalize, dtype) 
 
 
 @pytest.mark.parametrize(
-    ("reduction", "normalize", "expected"),
+    ("reduction", "unit_norm", "expected"),
     [
         # f1 . f2 per sample: [1*3 + 2*1 + 0*5, 0*2 + 1*0 + 1*4] = [5, 4]
         ("sum", False, 9.0),
@@ -65,38 +71,38 @@ def test_orthogonal_loss_matches_naive_loop(shape, reduction, normalize, dtype) 
         ("sum", True, 5 / math.sqrt(175) + 4 / math.sqrt(40)),
     ],
 )
-def test_orthogonal_loss_hand_computed(reduction, normalize, expected) -> None:
+def test_orthogonal_loss_hand_computed(reduction, unit_norm, expected) -> None:
     f1 = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0]])
     f2 = torch.tensor([[3.0, 1.0, 5.0], [2.0, 0.0, 4.0]])
-    got = orthogonal_loss(f1, f2, reduction=reduction, normalize=normalize)
+    got = orthogonal_loss(f1, f2, reduction=reduction, unit_norm=unit_norm)
     torch.testing.assert_close(got, torch.tensor(expected))
 
 
 def test_orthogonal_loss_of_identical_unit_maps_is_one_per_sample() -> None:
     f = torch.rand(4, 3, 5, 5) + 0.1
-    torch.testing.assert_close(orthogonal_loss(f, f, reduction="none", normalize=True), torch.ones(4))
+    torch.testing.assert_close(orthogonal_loss(f, f, reduction="none", unit_norm=True), torch.ones(4))
     disjoint = torch.zeros(2, 4)
     disjoint[:, :2] = 1.0
-    assert float(orthogonal_loss(disjoint, 1 - disjoint, normalize=True)) == 0.0
+    assert float(orthogonal_loss(disjoint, 1 - disjoint, unit_norm=True)) == 0.0
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("unit_norm", [False, True])
 @pytest.mark.parametrize("weight", [1.0, 0.25])
-def test_function_equals_module(reduction, normalize, weight) -> None:
+def test_function_equals_module(reduction, unit_norm, weight) -> None:
     f1, f2 = torch.randn(2, 3, 2, 4, 4).unbind(0)
-    module = OrthogonalLoss(weight=weight, reduction=reduction, normalize=normalize)
-    expected = weight * orthogonal_loss(f1, f2, reduction=reduction, normalize=normalize)
+    module = OrthogonalLoss(weight=weight, reduction=reduction, unit_norm=unit_norm, rectify=True)
+    expected = weight * orthogonal_loss(f1, f2, reduction=reduction, unit_norm=unit_norm, rectify=True)
     torch.testing.assert_close(module(f1, f2), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("normalize", [False, True])
-def test_gradcheck_float64(reduction, normalize) -> None:
+@pytest.mark.parametrize("unit_norm", [False, True])
+def test_gradcheck_float64(reduction, unit_norm) -> None:
     f1 = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     f2 = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda a, b: orthogonal_loss(a, b, reduction=reduction, normalize=normalize), (f1, f2)
+        lambda a, b: orthogonal_loss(a, b, reduction=reduction, unit_norm=unit_norm, rectify=False), (f1, f2)
     )
 
 
@@ -116,7 +122,7 @@ def test_half_inputs_accumulate_in_float32_under_autocast() -> None:
 def test_all_zero_features_give_zero_loss_and_finite_gradients() -> None:
     f1 = torch.zeros(2, 3, 4, 4, requires_grad=True)
     f2 = torch.randn(2, 3, 4, 4, requires_grad=True)
-    loss = orthogonal_loss(f1, f2, reduction="batchmean", normalize=True)
+    loss = orthogonal_loss(f1, f2, reduction="batchmean", unit_norm=True, rectify=False)
     loss.backward()
     assert float(loss.detach()) == 0.0
     assert f1.grad is not None
@@ -129,7 +135,7 @@ def test_inputs_are_not_modified() -> None:
     f1 = torch.randn(2, 3, 4, 4, requires_grad=True)
     f2 = torch.randn(2, 3, 4, 4)
     before = (f1.detach().clone(), f2.clone())
-    orthogonal_loss(f1, f2, normalize=True).backward()
+    orthogonal_loss(f1, f2, unit_norm=True, rectify=True).backward()
     assert torch.equal(f1.detach(), before[0])
     assert torch.equal(f2, before[1])
     assert not f2.requires_grad
@@ -172,17 +178,17 @@ def test_bad_options() -> None:
         ValueError, match=r"`reduction` must be one of 'sum', 'batchmean', 'mean', 'none', got 'max'"
     ):
         orthogonal_loss(f, f, reduction="max")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"`normalize` must be a bool, got int"):
-        orthogonal_loss(f, f, normalize=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"`unit_norm` must be a bool, got int"):
+        orthogonal_loss(f, f, unit_norm=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`weight` must be a finite number >= 0, got -1"):
         OrthogonalLoss(weight=-1.0)
     with pytest.raises(TypeError, match=r"`weight` must be a float, got str"):
         OrthogonalLoss(weight="1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`reduction` must be one of"):
         OrthogonalLoss(reduction="avg")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`lam` must be a finite number >= 0, got nan"):
+    with pytest.raises(ValueError, match=r"`weight` must be a finite number >= 0, got nan"):
         TwoBranchLoss(float("nan"))
-    with pytest.raises(TypeError, match=r"`lam` must be a float, got bool"):
+    with pytest.raises(TypeError, match=r"`weight` must be a float, got bool"):
         TwoBranchLoss(True)  # type: ignore[arg-type]
     with pytest.raises(
         ValueError, match=r"`reduction` must be one of 'sum', 'batchmean', 'mean', got 'none'"
@@ -199,18 +205,18 @@ def make_output(b: int = 4, k: int = 3, c: int = 5, dtype: torch.dtype = torch.f
 
 
 @pytest.mark.parametrize("reduction", ["sum", "batchmean", "mean"])
-@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("unit_norm", [False, True])
 @pytest.mark.parametrize("lam", [1e-4, 0.5])
-def test_two_branch_loss_is_bce_plus_weighted_orthogonal(reduction, normalize, lam) -> None:
+def test_two_branch_loss_is_bce_plus_weighted_orthogonal(reduction, unit_norm, lam) -> None:
     output = make_output()
     targets = (torch.rand(4, 3) < 0.5).float()
-    parts = TwoBranchLoss(lam, reduction=reduction, normalize=normalize)(output, targets)
+    parts = TwoBranchLoss(weight=lam, reduction=reduction, unit_norm=unit_norm)(output, targets)
     assert isinstance(parts, TwoBranchLossOutput)
     assert parts._fields[0] == "total"
     bce = nn.BCEWithLogitsLoss()
     expected_1 = bce(output.logits[0], targets)
     expected_2 = bce(output.logits[1], targets)
-    expected_o = naive_orthogonal(*output.features, reduction, normalize).float()
+    expected_o = naive_orthogonal(*output.features, reduction, unit_norm).float()
     torch.testing.assert_close(parts.classification_1, expected_1)
     torch.testing.assert_close(parts.classification_2, expected_2)
     torch.testing.assert_close(parts.orthogonal, expected_o)
@@ -223,14 +229,14 @@ def test_two_branch_loss_gradients_follow_eq_5() -> None:
     targets = torch.ones(4, 3)
     TwoBranchLoss(0.1).forward(output, targets).total.backward()
     f1, f2 = output.features
-    # d(lam * sum(f1 * f2)) / d f1 = lam * f2, where f1 is a leaf of the graph.
+    # d(weight * sum(f1 * f2)) / d f1 = weight * f2, where f1 is a leaf of the graph.
     torch.testing.assert_close(f1.grad, 0.1 * f2.detach())
     torch.testing.assert_close(f2.grad, 0.1 * f1.detach())
     assert output.logits.grad is not None
     torch.testing.assert_close(output.logits.grad, (torch.sigmoid(output.logits.detach()) - 1) / 12)
 
 
-def test_lam_zero_trains_branches_independently_and_logs_the_overlap() -> None:
+def test_weight_zero_trains_branches_independently_and_logs_the_overlap() -> None:
     output = make_output()
     parts = TwoBranchLoss(0.0)(output, torch.zeros(4, 3))
     torch.testing.assert_close(parts.total, parts.classification_1 + parts.classification_2, rtol=0, atol=0)
@@ -239,7 +245,7 @@ def test_lam_zero_trains_branches_independently_and_logs_the_overlap() -> None:
 
 
 @pytest.mark.parametrize("target_dtype", [torch.bool, torch.long, torch.float16, torch.float32])
-def test_targets_of_any_multi_hot_dtype(target_dtype) -> None:
+def test_labels_of_any_multi_hot_dtype(target_dtype) -> None:
     output = make_output()
     targets = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]]).to(target_dtype)
     reference = TwoBranchLoss()(output, targets.float())
@@ -265,9 +271,9 @@ def test_two_branch_loss_under_bfloat16_autocast_is_float32() -> None:
 def test_two_branch_loss_bad_input() -> None:
     loss = TwoBranchLoss()
     output = make_output()
-    with pytest.raises(ValueError, match=r"`targets` must have shape \(B, K\) = \(4, 3\) to match"):
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(B, K\) = \(4, 3\) to match"):
         loss(output, torch.ones(4, 2))
-    with pytest.raises(ValueError, match=r"`targets` must have shape \(B, K\), got \(4,\)"):
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(B, K\), got \(4,\)"):
         loss(output, torch.ones(4))
     with pytest.raises(TypeError, match=r"`output` must be a TwoBranchOutput .*, got tuple"):
         loss((output.logits,), torch.ones(4, 3))  # type: ignore[arg-type]

@@ -48,9 +48,9 @@ def random_inputs(seed: int) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("seed", range(3))
 def test_spatial_and_cam_match_naive_loops(seed: int) -> None:
     f1, f2, w1, w2, targets = random_inputs(seed)
-    spatial = orthogonal_loss(f1, f2, mode="spatial", reduction="none")
+    spatial = orthogonal_loss(f1, f2, mode="spatial", reduction="none", rectify=False)
     np.testing.assert_allclose(spatial.numpy(), naive_spatial(f1.numpy(), f2.numpy()), rtol=1e-10, atol=1e-12)
-    cam = orthogonal_loss(f1, f2, mode="cam", weights=(w1, w2), targets=targets, reduction="none")
+    cam = orthogonal_loss(f1, f2, mode="cam", classifier_weights=(w1, w2), labels=targets, reduction="none")
     expected = naive_cam(f1.numpy(), f2.numpy(), w1.numpy(), w2.numpy(), targets.numpy())
     np.testing.assert_allclose(cam.numpy(), expected, rtol=1e-10, atol=1e-12)
     assert cam[0] == 0.0
@@ -71,14 +71,16 @@ def test_hand_computed_values() -> None:
     g1 = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
     g2 = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
     w = torch.ones(1, 1)
-    value = orthogonal_loss(g1, g2, mode="cam", weights=(w, w), targets=torch.ones(1, 1), reduction="none")
+    value = orthogonal_loss(
+        g1, g2, mode="cam", classifier_weights=(w, w), labels=torch.ones(1, 1), reduction="none"
+    )
     torch.testing.assert_close(value, torch.tensor([0.5]))  # cos = 1 / (sqrt 2 * sqrt 2)
 
 
 @pytest.mark.parametrize("mode", ["spatial", "cam"])
 def test_reductions_and_module_equal_function(mode: str) -> None:
     f1, f2, w1, w2, targets = random_inputs(7)
-    extra = {"weights": (w1, w2), "targets": targets} if mode == "cam" else {}
+    extra = {"classifier_weights": (w1, w2), "labels": targets} if mode == "cam" else {"rectify": False}
     per_sample = orthogonal_loss(f1, f2, mode=mode, reduction="none", **extra)
     torch.testing.assert_close(orthogonal_loss(f1, f2, mode=mode, **extra), per_sample.sum())
     torch.testing.assert_close(
@@ -87,7 +89,8 @@ def test_reductions_and_module_equal_function(mode: str) -> None:
     torch.testing.assert_close(
         orthogonal_loss(f1, f2, mode=mode, reduction="mean", **extra), per_sample.mean()
     )
-    module = OrthogonalLoss(0.5, "batchmean", mode=mode)
+    module = OrthogonalLoss(0.5, "batchmean", mode=mode, rectify=False)
+    extra.pop("rectify", None)
     torch.testing.assert_close(module(f1, f2, **extra), 0.5 * per_sample.mean())
 
 
@@ -96,10 +99,12 @@ def test_gradcheck(mode: str) -> None:
     f1, f2, w1, w2, targets = random_inputs(11)
     f1, f2, w1, w2 = (t.clone().requires_grad_() for t in (f1, f2, w1, w2))
     if mode == "spatial":
-        assert torch.autograd.gradcheck(lambda a, b: orthogonal_loss(a, b, mode="spatial"), (f1, f2))
+        assert torch.autograd.gradcheck(
+            lambda a, b: orthogonal_loss(a, b, mode="spatial", rectify=False), (f1, f2)
+        )
     else:
         assert torch.autograd.gradcheck(
-            lambda a, b, u, v: orthogonal_loss(a, b, mode="cam", weights=(u, v), targets=targets),
+            lambda a, b, u, v: orthogonal_loss(a, b, mode="cam", classifier_weights=(u, v), labels=targets),
             (f1, f2, w1, w2),
         )
 
@@ -121,8 +126,8 @@ def test_cam_mode_is_the_cosine_of_the_cam_engines_branch_maps() -> None:
     got = orthogonal_loss(
         *output.features,
         mode="cam",
-        weights=(heads[0].weight, heads[1].weight),
-        targets=targets,
+        classifier_weights=(heads[0].weight, heads[1].weight),
+        labels=targets,
         reduction="none",
     )
     torch.testing.assert_close(got.detach(), expected, rtol=1e-5, atol=1e-6)
@@ -131,7 +136,7 @@ def test_cam_mode_is_the_cosine_of_the_cam_engines_branch_maps() -> None:
 def test_two_branch_loss_cam_mode_reads_the_heads_and_trains_them() -> None:
     torch.manual_seed(0)
     net = hiercam.TwoBranchNet(lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), num_classes=3)
-    loss = TwoBranchLoss(lam=0.5, reduction="batchmean", mode="cam", heads=net.classifier_heads())
+    loss = TwoBranchLoss(weight=0.5, reduction="batchmean", mode="cam", heads=net.classifier_heads())
     assert not list(loss.parameters())  # the heads belong to the network
     images, targets = torch.randn(2, 3, 8, 8), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     output = net(images)
@@ -140,8 +145,8 @@ def test_two_branch_loss_cam_mode_reads_the_heads_and_trains_them() -> None:
     orthogonal = orthogonal_loss(
         *output.features,
         mode="cam",
-        weights=(heads[0].weight, heads[1].weight),
-        targets=targets,
+        classifier_weights=(heads[0].weight, heads[1].weight),
+        labels=targets,
         reduction="batchmean",
     )
     torch.testing.assert_close(parts.orthogonal, orthogonal)
@@ -156,21 +161,21 @@ def test_two_branch_loss_cam_mode_reads_the_heads_and_trains_them() -> None:
 
 def test_bad_input() -> None:
     f = torch.rand(2, 3, 4, 4)
-    with pytest.raises(ValueError, match="`normalize` applies to mode='feature' only"):
-        orthogonal_loss(f, f, mode="spatial", normalize=True)
+    with pytest.raises(ValueError, match="`unit_norm` applies to mode='feature' only"):
+        orthogonal_loss(f, f, mode="spatial", unit_norm=True)
     with pytest.raises(
         ValueError, match=r"`f1` must have shape \(B, C, H, W\) for mode='spatial', got \(2, 3\)"
     ):
         orthogonal_loss(torch.rand(2, 3), torch.rand(2, 3), mode="spatial")
-    with pytest.raises(ValueError, match="mode='cam' needs `weights`"):
+    with pytest.raises(ValueError, match="mode='cam' needs `classifier_weights`"):
         orthogonal_loss(f, f, mode="cam")
-    with pytest.raises(ValueError, match=r"`weights\[1\]` must have shape \(K, C\) = \(5, 3\)"):
+    with pytest.raises(ValueError, match=r"`classifier_weights\[1\]` must have shape \(K, C\) = \(5, 3\)"):
         orthogonal_loss(
-            f, f, mode="cam", weights=(torch.rand(5, 3), torch.rand(5, 4)), targets=torch.ones(2, 5)
+            f, f, mode="cam", classifier_weights=(torch.rand(5, 3), torch.rand(5, 4)), labels=torch.ones(2, 5)
         )
-    with pytest.raises(ValueError, match="`targets` must have 2 rows"):
+    with pytest.raises(ValueError, match="`labels` must have 2 rows"):
         orthogonal_loss(
-            f, f, mode="cam", weights=(torch.rand(5, 3), torch.rand(5, 3)), targets=torch.ones(3, 5)
+            f, f, mode="cam", classifier_weights=(torch.rand(5, 3), torch.rand(5, 3)), labels=torch.ones(3, 5)
         )
     with pytest.raises(ValueError, match="`mode` must be one of 'feature', 'spatial', 'cam', got 'channel'"):
         orthogonal_loss(f, f, mode="channel")  # type: ignore[arg-type]

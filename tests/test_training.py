@@ -342,7 +342,7 @@ def test_real_two_branch_net_trains_and_resumes_with_two_branch_loss(tmp_path: P
         torch.manual_seed(0)
         return TwoBranchNet(functools.partial(small_convnet, width=4, norm="group"), num_classes=10)
 
-    loss = TwoBranchLoss(lam=1e-3, reduction="batchmean")
+    loss = TwoBranchLoss(weight=1e-3, reduction="batchmean")
     train, val = shuffled_loader(seed=5), scene_batches("val", 32, 16)
     whole = net()
     history = fit(whole, train, epochs=3, loss=loss, val_loader=val, lr=3e-3, progress=False)
@@ -379,7 +379,7 @@ def test_real_two_branch_net_trains_and_resumes_with_two_branch_loss(tmp_path: P
     assert without_time(again) == without_time(history)
 
 
-def test_targets_transform_trains_a_level_model() -> None:
+def test_labels_transform_trains_a_level_model() -> None:
     hierarchy = FashionScenes.natural_hierarchy()
     remap = functools.partial(hierarchy.remap_targets, level=1)
     val = scene_batches("val", 32, 16)
@@ -389,7 +389,7 @@ def test_targets_transform_trains_a_level_model() -> None:
         scene_batches("train", 32, 16),
         epochs=1,
         val_loader=val,
-        targets_transform=remap,
+        labels_transform=remap,
         progress=False,
     )
     model.eval()
@@ -397,7 +397,7 @@ def test_targets_transform_trains_a_level_model() -> None:
         scores = torch.cat([model(b["image"]) for b in val])
     targets = hierarchy.remap_targets(torch.cat([b["targets"] for b in val]), 1)
     assert history["val_map"][0] == pytest.approx(mean_average_precision(scores, targets).item(), abs=1e-6)
-    with pytest.raises(ValueError, match=r"logits \(16, 4\) and targets \(16, 10\) .* `targets_transform`"):
+    with pytest.raises(ValueError, match=r"logits \(16, 4\) and labels \(16, 10\) .* `labels_transform`"):
         fit(model, val, epochs=1, progress=False)
     assert isinstance(hierarchy, ClassHierarchy)
 
@@ -407,7 +407,7 @@ def test_fit_rejects_bad_arguments_and_batches(tmp_path: Path) -> None:
     model, data = classifier(), scene_batches("val", 16, 16)
     with pytest.raises(ValueError, match="`epochs` must be >= 1, got 0"):
         fit(model, data, epochs=0)
-    with pytest.raises(ValueError, match="`amp` .* needs a CUDA device, got device cpu"):
+    with pytest.raises(ValueError, match=r"`amp` on device cpu needs `amp_dtype=torch.bfloat16`"):
         fit(model, data, epochs=1, amp=True)
     with pytest.raises(
         ValueError, match="`scheduler` must be 'plateau', None or a scheduler object, got 'cosine'"
@@ -417,7 +417,7 @@ def test_fit_rejects_bad_arguments_and_batches(tmp_path: Path) -> None:
         fit(model, data, epochs=1, optimizer="adam")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="`model` must be a torch.nn.Module, got function"):
         fit(lambda x: x, data, epochs=1)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="a batch must be a mapping with 'image' and 'targets' keys"):
+    with pytest.raises(TypeError, match="a batch must be a mapping with 'image' and 'labels' keys"):
         fit(model, [torch.zeros(2, 3, SIZE, SIZE)], epochs=1, progress=False)
     with pytest.raises(TypeError, match="`loss` term 'loss' must be a scalar tensor, got \\(16, 10\\)"):
         fit(model, data, epochs=1, progress=False, loss=lambda o, t: (o - t) ** 2)
@@ -429,3 +429,27 @@ def test_fit_rejects_bad_arguments_and_batches(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, bogus)
     with pytest.raises(ValueError, match="is not a hiercam.fit version 1 checkpoint"):
         fit(model, data, epochs=1, checkpoint=bogus, progress=False)
+
+
+# ------------------------------------------------------------------------------------------ bf16 on the CPU
+def test_fit_trains_under_bfloat16_autocast_on_the_cpu() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    seen: list[torch.dtype] = []
+    model[-1].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(6, 3, 2, 2, generator=g), (torch.rand(6, 3, generator=g) < 0.5).float())]
+    before = [p.detach().clone() for p in model.parameters()]
+    history = fit(model, data, epochs=1, amp=True, amp_dtype=torch.bfloat16, lr=1e-2, progress=False)
+    assert seen == [torch.bfloat16]  # the forward ran under bf16 autocast
+    loss = history["train_loss"][0]
+    assert math.isfinite(loss)
+    with torch.no_grad():  # oracle: the float32 BCE of the bf16 logits at the starting weights
+        x, y = data[0]
+        logits = F.linear(F.linear(x.flatten(1), before[0], before[1]).relu(), before[2], before[3])
+        expected = F.binary_cross_entropy_with_logits(logits, y).item()
+    assert loss == pytest.approx(expected, abs=0.02)  # bf16 keeps 8 bits of mantissa
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(ValueError, match=r"`amp_dtype` must be torch.float16 or torch.bfloat16"):
+        fit(model, data, epochs=1, amp=True, amp_dtype=torch.float32, progress=False)

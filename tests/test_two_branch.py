@@ -240,7 +240,7 @@ def synthetic_multilabel(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
 def train_two_branch(lam: float, steps: int = 100) -> tuple[TwoBranchNet, tuple[torch.Tensor, torch.Tensor]]:
     torch.manual_seed(0)
     net = TwoBranchNet(tiny_backbone, num_classes=3)
-    loss_fn = TwoBranchLoss(lam, reduction="batchmean", normalize=True)
+    loss_fn = TwoBranchLoss(weight=lam, reduction="batchmean", unit_norm=True)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     x, y = synthetic_multilabel(256, seed=1)
     g = torch.Generator().manual_seed(2)
@@ -258,7 +258,7 @@ def test_orthogonal_loss_decorrelates_branch_features_on_held_out_data() -> None
         net, (x, y) = train_two_branch(lam)
         with torch.no_grad():
             out = net(x)
-        overlap = orthogonal_loss(*out.features, reduction="none", normalize=True).mean()
+        overlap = orthogonal_loss(*out.features, reduction="none", unit_norm=True).mean()
         accuracy = ((out.mean_logits > 0).float() == y).float().mean()
         results[lam] = (float(overlap), float(accuracy))
     (overlap_0, accuracy_0), (overlap_1, accuracy_1) = results[0.0], results[0.1]

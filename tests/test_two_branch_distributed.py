@@ -52,7 +52,7 @@ def ddp_weights(tmp_path_factory) -> dict[str, list[dict[str, torch.Tensor]]]:
 def _reference(reduction: str, lam: float) -> dict[str, torch.Tensor]:
     worker = _load_worker()
     net = worker.build_net()
-    worker.train(net, TwoBranchLoss(lam, reduction=reduction), None)
+    worker.train(net, TwoBranchLoss(weight=lam, reduction=reduction), None)
     return net.state_dict()
 
 

@@ -172,7 +172,7 @@ def _train(
         amp_dtype=torch.bfloat16 if train.amp_dtype == "bfloat16" else torch.float16,
         checkpoint=checkpoint,
         progress=ctx.progress,
-        targets_transform=transform,
+        labels_transform=transform,
         seed=config.seed,
     )
     ctx.timings[f"train_{name}"] = time.perf_counter() - start
@@ -273,9 +273,9 @@ def train_levels(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str)
         pair = build.two_branch(config.model, groups, _model_seed(config, 10 + level))
         heads = pair.classifier_heads() if method.orthogonal_mode == "cam" else None
         loss = TwoBranchLoss(
-            lam,
+            weight=lam,
             reduction=method.orthogonal_reduction,
-            normalize=method.orthogonal_normalize,
+            unit_norm=method.orthogonal_normalize,
             mode=method.orthogonal_mode,
             heads=heads,
         )
