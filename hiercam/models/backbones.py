@@ -83,9 +83,10 @@ def cut_backbone(model: nn.Module, *, layer: str | None = None) -> BackboneCut:
     size: their input size).
 
     Args:
-        model: any torchvision classification model except the vision transformers (see the table above), a
-            timm model (``forward_features`` and ``num_features``), or any module that returns
-            ``(B, C, H, W)`` features.
+        model: a torchvision classifier other than ``VisionTransformer`` (ResNet, ResNeXt, Wide ResNet, VGG,
+            AlexNet, SqueezeNet, DenseNet, MobileNetV2/V3, MNASNet, EfficientNet V1/V2, ShuffleNetV2, RegNet,
+            GoogLeNet, Inception v3, ConvNeXt, MaxViT, Swin V1/V2), a timm model (``forward_features`` and
+            ``num_features``), or any module that returns ``(B, C, H, W)`` features.
         layer: cut at this node of the model's graph instead (a module's qualified name such as ``"layer3"``
             or ``"features.6"``; ``torchvision.models.feature_extraction.get_graph_node_names(model)`` lists
             them), with torchvision's ``create_feature_extractor``. Its output must be ``(B, C, H, W)``.
