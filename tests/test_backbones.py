@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -397,6 +398,23 @@ def test_googlenet_cut_keeps_the_input_transform_and_drops_the_auxiliary_heads()
     model.eval().transform_input = False
     untransformed = own_maps(model, x)[0]
     assert float((untransformed - expected).abs().max()) > 1e-2 * float(expected.abs().max())
+
+
+def test_graph_cut_deep_copy_keeps_training_flags() -> None:
+    model = build("googlenet").eval()
+    x = torch.randn(2, 3, 32, 32)
+    features = cut_backbone(model).features
+    features.body.inception3a.train()  # mixed flags
+    clone = copy.deepcopy(features)
+    assert [m.training for _, m in sorted(clone.named_modules(), key=lambda item: item[0])] == [
+        m.training for _, m in sorted(features.named_modules(), key=lambda item: item[0])
+    ]
+    assert clone.body.graph is clone.body.eval_graph
+    features.body.inception3a.eval()
+    clone.body.inception3a.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), features(x))
+    assert_same_maps(clone(x), own_maps(model, x)[0])
 
 
 def test_swin_cut_permutes_channels_last_maps() -> None:

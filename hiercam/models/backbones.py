@@ -135,7 +135,7 @@ def cut_owned(
         features, kind = _graph_trunk(copy.deepcopy(model) if copy_first else model, layer, name), "layer"
     else:
         _refuse_tokens(model, name)
-        trunk = _torchvision_trunk(model, copy_first=copy_first)
+        trunk = _torchvision_trunk(model, name, copy_first=copy_first)
         if trunk is None:
             features, kind = _other_trunk(copy.deepcopy(model) if copy_first else model)
         else:
@@ -234,7 +234,7 @@ _GRAPH: tuple[tuple[type[nn.Module], str], ...] = (
 )
 
 
-def _torchvision_trunk(model: nn.Module, *, copy_first: bool) -> tuple[nn.Module, str] | None:
+def _torchvision_trunk(model: nn.Module, name: str, *, copy_first: bool) -> tuple[nn.Module, str] | None:
     """The part of a torchvision classifier up to its global pooling, or None for other models."""
     for family, build in _STRUCTURAL:
         if isinstance(model, family):
@@ -245,7 +245,7 @@ def _torchvision_trunk(model: nn.Module, *, copy_first: bool) -> tuple[nn.Module
             owned = copy.deepcopy(model) if copy_first else model
             # The children are traced as leaves, so the cut holds the model's own blocks (hooks on them fire).
             leaves = tuple({type(child) for child in owned.children()})
-            return _graph_trunk(owned, node, "model", leaves=leaves), f"torchvision {family.__name__}"
+            return _graph_trunk(owned, node, name, leaves=leaves), f"torchvision {family.__name__}"
     return None
 
 
@@ -287,6 +287,17 @@ class _GraphOutput(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return cast(dict[str, Tensor], self.body(x))[_OUTPUT]
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _GraphOutput:
+        # torch.fx's GraphModule deep copy sets every module it holds to training mode: copy the flags back.
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        vars(clone).update(copy.deepcopy(vars(self), memo))
+        flags = {name: module.training for name, module in self.named_modules()}
+        for name, module in clone.named_modules():
+            module.training = flags.get(name, module.training)
+        _sync_graphs(clone)
+        return clone
 
 
 def _other_trunk(model: nn.Module) -> tuple[nn.Module, str]:
