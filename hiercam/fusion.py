@@ -28,7 +28,7 @@ from hiercam._validation import (
     format_shape,
     type_name,
 )
-from hiercam.grouping import ClassHierarchy
+from hiercam.hierarchy import ClassHierarchy
 from hiercam.maps import NormalizeMode, normalize_maps
 
 __all__ = ["fuse", "fuse_hierarchy", "RestMode"]

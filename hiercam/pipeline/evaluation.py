@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hiercam.fusion import RestMode, fuse_hierarchy
-from hiercam.grouping import ClassHierarchy
+from hiercam.hierarchy import ClassHierarchy
 from hiercam.maps import normalize_maps
 from hiercam.metrics import LocalizationError, MeanIoU
 from hiercam.pipeline.config import PipelineConfig

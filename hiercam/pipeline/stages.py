@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from hiercam.cam import GradCAM
-from hiercam.grouping import ClassHierarchy, group_classes
+from hiercam.grouping import group_classes
+from hiercam.hierarchy import ClassHierarchy
 from hiercam.losses import TwoBranchLoss
 from hiercam.metrics import mean_average_precision
 from hiercam.pipeline import models as build
