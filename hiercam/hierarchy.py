@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -282,30 +283,74 @@ class ClassHierarchy:
         return hash((self._assignments, self._class_names))
 
     def __repr__(self) -> str:
+        """One line: ``ClassHierarchy(5 classes, levels 5 -> 3 -> 2)``, the group count of every level."""
         sizes = " -> ".join(str(s) for s in self._sizes)
         return f"ClassHierarchy({self.num_classes} classes, levels {sizes})"
 
     def __str__(self) -> str:
+        """The tree, top level first: one line per group with its size; level-1 groups name their classes.
+
+        At most 8 names are shown per group, then a count of the others.
+        """
+        members = self._members_by_level()
         lines = [repr(self)]
+
+        def walk(level: int, group: int, depth: int) -> None:
+            line = "  " * depth + self._group_label(level, group, members)
+            if level == 1:
+                names = [self._class_names[c] for c in members[1][group][:_NAMES_SHOWN]]
+                more = len(members[1][group]) - len(names)
+                line += ": " + ", ".join(names) + (f", ... ({more} more)" if more else "")
+            lines.append(line)
+            for child in self._children(level, group, members):
+                walk(level - 1, child, depth + 1)
+
         top = self.num_levels - 1
-        for group in range(self.num_groups(top)):
-            self._describe(top, group, depth=0, lines=lines)
+        for group in range(self._sizes[top]):
+            walk(top, group, 0)
         return "\n".join(lines)
 
-    def _describe(self, level: int, group: int, depth: int, lines: list[str]) -> None:
-        members = self.groups(level)[group]
-        size = f"{len(members)} class" + ("" if len(members) == 1 else "es")
-        line = f"{'  ' * depth}level {level} group {group} ({size})"
-        if level == 1:
-            names = [self._class_names[c] for c in members[:_NAMES_SHOWN]]
-            more = len(members) - len(names)
-            line += ": " + ", ".join(names) + (f", ... ({more} more)" if more else "")
-        lines.append(line)
-        if level > 1:
-            finer = self._assignment_list(level - 1)
-            children = sorted({finer[c] for c in members})
-            for child in children:
-                self._describe(level - 1, child, depth + 1, lines)
+    def _repr_html_(self) -> str:
+        """The tree as nested HTML lists, shown by Jupyter when a hierarchy is a cell's last line.
+
+        Each group is a collapsible ``<details>`` element holding its sub-groups; level-1 groups list all
+        their class names (HTML-escaped).
+        """
+        members = self._members_by_level()
+
+        def items(level: int, groups: list[int]) -> str:
+            parts = []
+            for group in groups:
+                label = escape(self._group_label(level, group, members))
+                if level == 1:
+                    names = escape(", ".join(self._class_names[c] for c in members[1][group]))
+                    parts.append(f"<li>{label}: {names}</li>")
+                else:
+                    inner = items(level - 1, self._children(level, group, members))
+                    parts.append(f'<li><details open="open"><summary>{label}</summary>{inner}</details></li>')
+            return "<ul>" + "".join(parts) + "</ul>"
+
+        top = self.num_levels - 1
+        sizes = " &#8594; ".join(str(s) for s in self._sizes)
+        return (
+            f'<div class="hiercam-class-hierarchy"><strong>ClassHierarchy</strong>: {self.num_classes} '
+            f"classes, levels {sizes}{items(top, list(range(self._sizes[top])))}</div>"
+        )
+
+    def _members_by_level(self) -> list[list[list[int]]]:
+        """``groups(level)`` for every level, computed once for the tree views."""
+        return [self.groups(level) for level in range(self.num_levels)]
+
+    def _group_label(self, level: int, group: int, members: list[list[list[int]]]) -> str:
+        count = len(members[level][group])
+        return f"level {level} group {group} ({count} class{'' if count == 1 else 'es'})"
+
+    def _children(self, level: int, group: int, members: list[list[list[int]]]) -> list[int]:
+        """The groups of ``level - 1`` inside ``group`` of ``level`` (none at level 1: classes are leaves)."""
+        if level <= 1:
+            return []
+        finer = self._assignment_list(level - 1)
+        return sorted({finer[c] for c in members[level][group]})
 
     # ----------------------------------------------------------------------------------------- helpers
     def _check_level(self, level: int) -> int:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -201,12 +202,52 @@ def test_hierarchy_lives_in_its_own_module_and_users_do_not_import_grouping() ->
         for node in ast.walk(ast.parse((package / "hierarchy.py").read_text()))
         if isinstance(node, ast.ImportFrom)
     }
-    assert hierarchy_imports <= {
-        "__future__",
-        "collections.abc",
-        "pathlib",
-        "typing",
-        "torch",
-        "hiercam._io",
-        "hiercam._validation",
-    }
+    internal = {module for module in hierarchy_imports if module and module.startswith("hiercam")}
+    assert internal <= {"hiercam._io", "hiercam._validation"}  # the data type needs no clustering or torch.nn
+
+
+def test_repr_is_one_line_with_the_level_sizes() -> None:
+    h = ClassHierarchy([[0, 1, 0, 2, 1], [0, 1, 0, 0, 1]], class_names=list("abcde"))
+    assert repr(h) == "ClassHierarchy(5 classes, levels 5 -> 3 -> 2)"
+    assert repr(ClassHierarchy([[0, 0, 1]])) == "ClassHierarchy(3 classes, levels 3 -> 2)"
+
+
+def _html_tree(node: ET.Element | None) -> list[tuple[str | None, list]]:
+    """(text, children) for every <li> of an <ul>, read back from the rendered HTML."""
+    assert node is not None
+    tree: list[tuple[str | None, list]] = []
+    for item in node.findall("li"):
+        details = item.find("details")
+        if details is None:
+            tree.append((item.text, []))
+        else:
+            summary = details.find("summary")
+            assert summary is not None
+            tree.append((summary.text, _html_tree(details.find("ul"))))
+    return tree
+
+
+def test_repr_html_is_the_nested_tree_with_escaped_class_names() -> None:
+    names = ["a", "<b>", "c & d", "d", "e"]
+    h = ClassHierarchy([[0, 1, 0, 2, 1], [0, 1, 0, 0, 1]], class_names=names)
+    html = h._repr_html_()
+    assert "<b>" not in html  # a class name never becomes markup
+    root = ET.fromstring(html)  # well-formed: parses as XML
+    assert root.tag == "div"
+    assert "5 classes, levels 5 \u2192 3 \u2192 2" in "".join(root.itertext())
+    assert _html_tree(root.find("ul")) == [
+        (
+            "level 2 group 0 (3 classes)",
+            [("level 1 group 0 (2 classes): a, c & d", []), ("level 1 group 2 (1 class): d", [])],
+        ),
+        ("level 2 group 1 (2 classes)", [("level 1 group 1 (2 classes): <b>, e", [])]),
+    ]
+
+
+def test_repr_html_lists_every_class_of_a_single_level() -> None:
+    h = ClassHierarchy([[0] * 19 + [1]])
+    tree = _html_tree(ET.fromstring(h._repr_html_()).find("ul"))
+    assert tree == [
+        ("level 1 group 0 (19 classes): " + ", ".join(f"class {i}" for i in range(19)), []),
+        ("level 1 group 1 (1 class): class 19", []),
+    ]
