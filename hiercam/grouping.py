@@ -29,7 +29,7 @@ class HierarchicalKMeans:
     level's cluster centres, as the paper does.
 
     The paper's plain variant can be very unbalanced: on an ImageNet MobileNetV2 (1000 classes) at levels
-    ``(100, 20, 5)`` it put 981 classes into one of the 20 groups. ``normalize`` and ``weighted`` reduce
+    ``(100, 20, 5)`` it put 981 classes into one of the 20 groups. ``unit_norm`` and ``weighted`` reduce
     that; ``ClassHierarchy.__str__`` shows the group sizes.
 
     Group indices are canonical: groups are numbered in the order of their smallest class index, so the
@@ -38,7 +38,7 @@ class HierarchicalKMeans:
     Args:
         levels: group counts after the base level, strictly decreasing, e.g. ``(12, 8, 5)`` for 20 -> 12 ->
             8 -> 5.
-        normalize: L2-normalise the class vectors first (compare directions only).
+        unit_norm: L2-normalise the class vectors first (compare directions only).
         weighted: weight each centre by the number of classes it holds when clustering centres, so that a
             centre is the mean of all its classes' vectors rather than the mean of its sub-centres.
         n_init: K-means restarts per level.
@@ -62,13 +62,13 @@ class HierarchicalKMeans:
         self,
         levels: Sequence[int],
         *,
-        normalize: bool = False,
+        unit_norm: bool = False,
         weighted: bool = False,
         n_init: int = 10,
         random_state: int = 0,
     ) -> None:
         self.levels = _check_levels(levels)
-        self.normalize = bool(normalize)
+        self.unit_norm = bool(unit_norm)
         self.weighted = bool(weighted)
         self.n_init = check_int(n_init, "n_init", minimum=1)
         self.random_state = check_int(random_state, "random_state", minimum=0)
@@ -99,7 +99,7 @@ class HierarchicalKMeans:
             )
         names = _class_names(class_names, num_classes)
         points = embeddings.detach().to(device="cpu", dtype=torch.float64).numpy()
-        if self.normalize:
+        if self.unit_norm:
             points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
         weights = np.ones(num_classes)
         class_to_group = np.arange(num_classes)
@@ -130,7 +130,7 @@ class HierarchicalKMeans:
 
     def __repr__(self) -> str:
         return (
-            f"HierarchicalKMeans(levels={self.levels}, normalize={self.normalize}, weighted={self.weighted}, "
+            f"HierarchicalKMeans(levels={self.levels}, unit_norm={self.unit_norm}, weighted={self.weighted}, "
             f"n_init={self.n_init}, random_state={self.random_state})"
         )
 
@@ -141,7 +141,7 @@ def group_classes(
     class_names: Sequence[str] | None = None,
     *,
     layer: str | None = None,
-    normalize: bool = False,
+    unit_norm: bool = False,
     weighted: bool = False,
     n_init: int = 10,
     random_state: int = 0,
@@ -155,7 +155,7 @@ def group_classes(
         levels: group counts after the base level, strictly decreasing.
         class_names: optional ``K`` names.
         layer: dotted name of the classifier layer when it cannot be found automatically.
-        normalize: L2-normalise the class vectors first (see
+        unit_norm: L2-normalise the class vectors first (see
             [`HierarchicalKMeans`][hiercam.HierarchicalKMeans]).
         weighted: weight centres by their class counts (see
             [`HierarchicalKMeans`][hiercam.HierarchicalKMeans]).
@@ -171,7 +171,7 @@ def group_classes(
         (10, 4, 2)
     """
     clusterer = HierarchicalKMeans(
-        levels, normalize=normalize, weighted=weighted, n_init=n_init, random_state=random_state
+        levels, unit_norm=unit_norm, weighted=weighted, n_init=n_init, random_state=random_state
     )
     return clusterer.fit(class_embeddings(model_or_weights, layer), class_names)
 

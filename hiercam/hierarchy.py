@@ -2,7 +2,7 @@
 
 Level 0 is the ``K`` original classes; level ``l`` holds ``N_l`` groups, each a union of groups of level
 ``l - 1``. Each group level becomes a multi-label classification problem whose labels are given by
-[`ClassHierarchy.remap_targets`][hiercam.ClassHierarchy.remap_targets]. The clustering that builds a hierarchy
+[`ClassHierarchy.remap_labels`][hiercam.ClassHierarchy.remap_labels]. The clustering that builds a hierarchy
 lives in [`hiercam.grouping`][hiercam.HierarchicalKMeans]; fusion, datasets and reports need only this module.
 """
 
@@ -58,7 +58,7 @@ class ClassHierarchy:
         (4, 3, 2)
         >>> h.group_names(1)
         ['{cat, dog}', '{car}', '{bus}']
-        >>> h.remap_targets(torch.tensor([[1, 0, 0, 1]]), level=2)
+        >>> h.remap_labels(torch.tensor([[1, 0, 0, 1]]), level=2)
         tensor([[1, 1]])
     """
 
@@ -147,80 +147,80 @@ class ClassHierarchy:
             "{" + ", ".join(self._class_names[c] for c in members) + "}" for members in self.groups(level)
         ]
 
-    def remap_targets(self, targets: Tensor, level: int) -> Tensor:
-        """Turn multi-hot class targets into multi-hot group targets: a group is present when any member is.
+    def remap_labels(self, labels: Tensor, level: int) -> Tensor:
+        """Turn multi-hot class labels into multi-hot group labels: a group is present when any member is.
 
         Args:
-            targets: 0/1 targets of shape ``(B, K)``, any dtype (bool included).
+            labels: 0/1 labels of shape ``(B, K)``, any dtype (bool included).
             level: the level whose groups are the new classes.
 
         Returns:
-            Group targets ``(B, N_level)``, same device and dtype as ``targets`` (a copy at level 0).
+            Group labels ``(B, N_level)``, same device and dtype as ``labels`` (a copy at level 0).
 
         Raises:
-            TypeError: ``targets`` is not a tensor.
-            ValueError: ``targets`` is not ``(B, K)`` or holds values other than 0 and 1.
+            TypeError: ``labels`` is not a tensor.
+            ValueError: ``labels`` is not ``(B, K)`` or holds values other than 0 and 1.
         """
         self._check_level(level)
-        check_tensor(targets, "targets", dims="B, K")
-        if targets.shape[1] != self.num_classes:
+        check_tensor(labels, "labels", dims="B, K")
+        if labels.shape[1] != self.num_classes:
             raise ValueError(
-                f"`targets` must have shape (B, {self.num_classes}), got {format_shape(targets.shape)}"
+                f"`labels` must have shape (B, {self.num_classes}), got {format_shape(labels.shape)}"
             )
-        check_binary(targets, "targets")
+        check_binary(labels, "labels")
         if level == 0:
-            return targets.clone()
-        index = torch.tensor(self._assignment_list(level), device=targets.device)
+            return labels.clone()
+        index = torch.tensor(self._assignment_list(level), device=labels.device)
         membership = torch.nn.functional.one_hot(index, self.num_groups(level)).to(torch.float32)
-        return (targets.to(torch.float32) @ membership > 0).to(targets.dtype)
+        return (labels.to(torch.float32) @ membership > 0).to(labels.dtype)
 
-    def group_presence(self, targets: Tensor, level: int) -> Tensor:
+    def group_presence(self, labels: Tensor, level: int) -> Tensor:
         """Fraction of images in which each group of ``level`` is present: ``(N_level,)`` float32.
 
         A group present in almost every training image gives a near-constant target, so its model learns
         little about where it is (its map carries little signal).
 
         Args:
-            targets: 0/1 class targets ``(B, K)``, e.g. a whole training set's.
+            labels: 0/1 class labels ``(B, K)``, e.g. a whole training set's.
             level: the level whose groups are counted.
 
         Returns:
-            ``(N_level,)`` fractions in ``[0, 1]`` on the device of ``targets``.
+            ``(N_level,)`` fractions in ``[0, 1]`` on the device of ``labels``.
 
         Examples:
             >>> h = ClassHierarchy([[0, 0, 1]])
             >>> h.group_presence(torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 1]]), level=1)
             tensor([0.6667, 0.6667])
         """
-        remapped = self.remap_targets(targets, level)
+        remapped = self.remap_labels(labels, level)
         if remapped.shape[0] == 0:
-            raise ValueError("`targets` must hold at least one image")
+            raise ValueError("`labels` must hold at least one image")
         return remapped.to(torch.float32).mean(dim=0)
 
-    def drop_saturated_levels(self, targets: Tensor, max_presence: float) -> ClassHierarchy:
+    def drop_saturated_levels(self, labels: Tensor, max_presence: float) -> ClassHierarchy:
         """The hierarchy without the group levels that have a group present in more than ``max_presence``.
 
         Such a level turns into a near-constant classification problem for at least one group (not in the
         paper). The remaining levels stay nested; level 0 is always kept.
 
         Args:
-            targets: 0/1 training targets ``(B, K)``.
+            labels: 0/1 training labels ``(B, K)``.
             max_presence: the largest allowed fraction of images in which a group is present, in (0, 1).
 
         Returns:
             A new hierarchy with the kept levels (``self`` is unchanged).
 
         Raises:
-            ValueError: every group level is saturated (raise ``max_presence``), or bad ``targets``.
+            ValueError: every group level is saturated (raise ``max_presence``), or bad ``labels``.
 
         Examples:
             >>> h = ClassHierarchy([[0, 0, 1, 2], [0, 0, 0, 1]], class_names=["cat", "dog", "car", "bus"])
-            >>> targets = torch.tensor([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 1]])
-            >>> h.group_presence(targets, 2)  # {cat, dog, car} is in every image
+            >>> labels = torch.tensor([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 1]])
+            >>> h.group_presence(labels, 2)  # {cat, dog, car} is in every image
             tensor([1.0000, 0.3333])
-            >>> h.drop_saturated_levels(targets, max_presence=0.9).level_sizes
+            >>> h.drop_saturated_levels(labels, max_presence=0.9).level_sizes
             (4, 3)
-            >>> h.drop_saturated_levels(targets, max_presence=0.5).level_sizes
+            >>> h.drop_saturated_levels(labels, max_presence=0.5).level_sizes
             Traceback (most recent call last):
                 ...
             ValueError: every group level has a group present in more than 50% of the images ...
@@ -229,7 +229,7 @@ class ClassHierarchy:
         kept = [
             level
             for level in range(1, self.num_levels)
-            if float(self.group_presence(targets, level).max()) <= limit
+            if float(self.group_presence(labels, level).max()) <= limit
         ]
         if not kept:
             raise ValueError(

@@ -18,7 +18,7 @@ __all__ = ["normalize_maps", "NormalizeMode"]
 NormalizeMode = Literal["max", "minmax"]
 
 
-def normalize_maps(maps: Tensor, mode: NormalizeMode | None = "max") -> Tensor:
+def normalize_maps(maps: Tensor, normalize: NormalizeMode | None = "max") -> Tensor:
     """Rescale every map over its last two dimensions.
 
     * ``"max"``: divide each map by its maximum (the IRN convention), so the peak is 1. A map whose maximum is
@@ -28,14 +28,14 @@ def normalize_maps(maps: Tensor, mode: NormalizeMode | None = "max") -> Tensor:
 
     Args:
         maps: maps of shape ``(..., H, W)``, floating point, any device.
-        mode: ``"max"``, ``"minmax"`` or ``None``.
+        normalize: ``"max"``, ``"minmax"`` or ``None``.
 
     Returns:
         A new tensor of the same shape, dtype and device (differentiable), or ``maps`` itself for ``None``.
 
     Raises:
         TypeError: ``maps`` is not a floating-point tensor.
-        ValueError: ``maps`` has fewer than 2 dimensions, or ``mode`` is unknown.
+        ValueError: ``maps`` has fewer than 2 dimensions, or ``normalize`` is unknown.
 
     Examples:
         >>> import torch
@@ -52,11 +52,11 @@ def normalize_maps(maps: Tensor, mode: NormalizeMode | None = "max") -> Tensor:
     check_tensor(maps, "maps", floating=True)
     if maps.ndim < 2:
         raise ValueError(f"`maps` must have shape (..., H, W), got {tuple(maps.shape)}")
-    check_choice(mode, "mode", ("max", "minmax", None))
-    if mode is None:
+    check_choice(normalize, "normalize", ("max", "minmax", None))
+    if normalize is None:
         return maps
     tiny = torch.finfo(maps.dtype).tiny
-    if mode == "max":
+    if normalize == "max":
         peak = maps.amax(dim=(-2, -1), keepdim=True)
         return torch.where(peak > 0, maps / peak.clamp_min(tiny), torch.zeros_like(maps))
     low = maps.amin(dim=(-2, -1), keepdim=True)

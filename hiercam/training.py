@@ -213,7 +213,7 @@ def fit(
         checkpoint: file to write after every epoch and to resume from when it exists.
         progress: show tqdm progress bars (on stderr).
         targets_transform: applied to the targets of every batch, e.g.
-            ``functools.partial(hierarchy.remap_targets, level=1)`` to train a level model.
+            ``functools.partial(hierarchy.remap_labels, level=1)`` to train a level model.
         seed: seed of the torch random state during training.
         amp_dtype: the autocast type with ``amp``: ``torch.float16`` (with gradient scaling, the default) or
             ``torch.bfloat16`` (no scaling needed).

@@ -39,11 +39,11 @@ def planted(seed: int) -> tuple[torch.Tensor, list[list[list[int]]]]:
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize(("normalize", "weighted"), [(False, False), (False, True)])
-def test_planted_hierarchy_is_recovered_at_every_level(seed: int, normalize: bool, weighted: bool) -> None:
+@pytest.mark.parametrize(("unit_norm", "weighted"), [(False, False), (False, True)])
+def test_planted_hierarchy_is_recovered_at_every_level(seed: int, unit_norm: bool, weighted: bool) -> None:
     vectors, truth = planted(seed)
     levels = (len(truth[0]), len(truth[1]))
-    hierarchy = HierarchicalKMeans(levels, normalize=normalize, weighted=weighted, random_state=seed).fit(
+    hierarchy = HierarchicalKMeans(levels, unit_norm=unit_norm, weighted=weighted, random_state=seed).fit(
         vectors
     )
     assert hierarchy.level_sizes == (len(vectors), *levels)
@@ -71,7 +71,7 @@ def is_nested(hierarchy: ClassHierarchy) -> bool:
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("options", [{}, {"normalize": True}, {"weighted": True}])
+@pytest.mark.parametrize("options", [{}, {"unit_norm": True}, {"weighted": True}])
 def test_random_vectors_give_nested_deterministic_hierarchies(seed: int, options: dict) -> None:
     vectors = torch.randn(20, 16, generator=torch.Generator().manual_seed(seed))
     first = HierarchicalKMeans((12, 8, 5), random_state=seed, **options).fit(vectors)
@@ -102,11 +102,11 @@ def test_unweighted_centres_are_means_of_sub_centres() -> None:
     torch.testing.assert_close(clusterer.centers_[1], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_normalize_uses_directions_only() -> None:
+def test_unit_norm_uses_directions_only() -> None:
     directions = torch.randn(12, 6, generator=torch.Generator().manual_seed(1))
     scales = torch.rand(12, 1, generator=torch.Generator().manual_seed(2)) * 10 + 0.1
-    a = HierarchicalKMeans((4, 2), normalize=True).fit(directions)
-    b = HierarchicalKMeans((4, 2), normalize=True).fit(directions * scales)
+    a = HierarchicalKMeans((4, 2), unit_norm=True).fit(directions)
+    b = HierarchicalKMeans((4, 2), unit_norm=True).fit(directions * scales)
     assert a == b
 
 
@@ -148,3 +148,13 @@ def test_bad_fit_input() -> None:
         HierarchicalKMeans((3,)).fit(duplicates)
     with pytest.raises(ValueError, match="`class_names` must have 6 entries, got 2"):
         HierarchicalKMeans((2,)).fit(torch.randn(6, 3), class_names=["a", "b"])
+
+
+def test_unit_norm_is_stored_and_shown() -> None:
+    clusterer = HierarchicalKMeans((2,), unit_norm=True)
+    assert clusterer.unit_norm is True
+    assert "unit_norm=True" in repr(clusterer)
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [20.0, 0.0], [0.0, 21.0]])
+    assert group_classes(vectors, (2,), unit_norm=True).groups(1) == [[0, 2], [1, 3]]  # directions only
+    # Euclidean: SSE of {0, 1, 2} + {3} is 254.7, of {0, 1, 3} + {2} 281.3, of {0, 1} + {2, 3} 421.5
+    assert group_classes(vectors, (2,), unit_norm=False).groups(1) == [[0, 1, 2], [3]]

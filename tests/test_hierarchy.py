@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hiercam import HierarchicalKMeans
-from hiercam.hierarchy import ClassHierarchy
+# Imported from the package: pytest's doctest collection of hiercam/hierarchy.py may execute that file a
+# second time under the same module name, which gives a second, distinct ClassHierarchy class.
+from hiercam import ClassHierarchy, HierarchicalKMeans
 
 
 def test_level_zero_is_identity_and_accessors_agree() -> None:
@@ -98,7 +99,7 @@ def hierarchies(draw: st.DrawFn) -> ClassHierarchy:
 
 @settings(max_examples=60, deadline=None)
 @given(hierarchy=hierarchies(), data=st.data())
-def test_remap_targets_matches_naive_loop(hierarchy: ClassHierarchy, data: st.DataObject) -> None:
+def test_remap_labels_matches_naive_loop(hierarchy: ClassHierarchy, data: st.DataObject) -> None:
     batch = data.draw(st.integers(0, 5))
     bits = data.draw(
         st.lists(
@@ -107,7 +108,7 @@ def test_remap_targets_matches_naive_loop(hierarchy: ClassHierarchy, data: st.Da
     )
     targets = np.array(bits, dtype=np.int64).reshape(batch, hierarchy.num_classes)
     level = data.draw(st.integers(0, hierarchy.num_levels - 1))
-    got = hierarchy.remap_targets(torch.from_numpy(targets), level)
+    got = hierarchy.remap_labels(torch.from_numpy(targets), level)
     expected = naive_remap(targets, hierarchy.assignments(level).tolist(), hierarchy.num_groups(level))
     np.testing.assert_array_equal(got.numpy(), expected)
 
@@ -117,27 +118,27 @@ def test_remap_keeps_dtype_and_does_not_modify_input(dtype: torch.dtype) -> None
     h = ClassHierarchy([[0, 1, 0, 2, 1]])
     targets = torch.tensor([[1, 0, 0, 0, 1], [0, 0, 0, 0, 0]]).to(dtype)
     before = targets.clone()
-    got = h.remap_targets(targets, 1)
+    got = h.remap_labels(targets, 1)
     assert got.dtype == dtype
     assert torch.equal(got.long(), torch.tensor([[1, 1, 0], [0, 0, 0]]))
     assert torch.equal(targets, before)
-    copy = h.remap_targets(targets, 0)
+    copy = h.remap_labels(targets, 0)
     assert torch.equal(copy, targets)
     assert copy.data_ptr() != targets.data_ptr()
 
 
 def test_bad_targets() -> None:
     h = ClassHierarchy([[0, 1, 0, 1]])
-    with pytest.raises(ValueError, match=r"`targets` must have shape \(B, 4\), got \(2, 3\)"):
-        h.remap_targets(torch.zeros(2, 3), 1)
-    with pytest.raises(ValueError, match=r"`targets` must have shape \(B, K\), got \(4,\)"):
-        h.remap_targets(torch.zeros(4), 1)
-    with pytest.raises(ValueError, match="`targets` must hold only 0/1 values"):
-        h.remap_targets(torch.tensor([[0.0, 0.5, 1.0, 0.0]]), 1)
-    with pytest.raises(TypeError, match="`targets` must be a torch.Tensor, got list"):
-        h.remap_targets([[0, 1, 0, 1]], 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(B, 4\), got \(2, 3\)"):
+        h.remap_labels(torch.zeros(2, 3), 1)
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(B, K\), got \(4,\)"):
+        h.remap_labels(torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="`labels` must hold only 0/1 values"):
+        h.remap_labels(torch.tensor([[0.0, 0.5, 1.0, 0.0]]), 1)
+    with pytest.raises(TypeError, match="`labels` must be a torch.Tensor, got list"):
+        h.remap_labels([[0, 1, 0, 1]], 1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`level` must be <= 1, got 2"):
-        h.remap_targets(torch.zeros(1, 4), 2)
+        h.remap_labels(torch.zeros(1, 4), 2)
 
 
 def test_bad_hierarchies() -> None:
@@ -187,7 +188,6 @@ def test_hierarchy_lives_in_its_own_module_and_users_do_not_import_grouping() ->
     import hiercam
     import hiercam.grouping
 
-    assert hiercam.ClassHierarchy is ClassHierarchy
     assert ClassHierarchy.__module__ == "hiercam.hierarchy"
     assert "ClassHierarchy" not in hiercam.grouping.__all__
     package = Path(hiercam.__file__).parent
@@ -251,3 +251,12 @@ def test_repr_html_lists_every_class_of_a_single_level() -> None:
         ("level 1 group 0 (19 classes): " + ", ".join(f"class {i}" for i in range(19)), []),
         ("level 1 group 1 (1 class): class 19", []),
     ]
+
+
+def test_label_methods_take_labels_by_keyword() -> None:
+    h = ClassHierarchy([[0, 0, 1]])
+    labels = torch.tensor([[1, 0, 0], [0, 1, 1]])
+    assert h.remap_labels(labels=labels, level=1).tolist() == [[1, 0], [1, 1]]
+    torch.testing.assert_close(h.group_presence(labels=labels, level=1), torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="every group level has a group present in more than 50%"):
+        h.drop_saturated_levels(labels=labels, max_presence=0.5)
