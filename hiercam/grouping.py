@@ -49,7 +49,9 @@ class HierarchicalKMeans:
             ``[(N_1, D), (N_2, D), ...]``.
 
     Raises:
-        TypeError, ValueError: ``levels`` empty, not integers, < 1 or not strictly decreasing.
+        TypeError: ``levels`` is not a sequence of integers (``int``, NumPy integers, or a 1-D integer array),
+            or ``unit_norm``/``weighted`` is not a bool.
+        ValueError: ``levels`` is empty, holds a value < 1 or is not strictly decreasing.
 
     Examples:
         >>> import torch
@@ -68,8 +70,8 @@ class HierarchicalKMeans:
         random_state: int = 0,
     ) -> None:
         self.levels = _check_levels(levels)
-        self.unit_norm = bool(unit_norm)
-        self.weighted = bool(weighted)
+        self.unit_norm = _check_bool(unit_norm, "unit_norm")
+        self.weighted = _check_bool(weighted, "weighted")
         self.n_init = check_int(n_init, "n_init", minimum=1)
         self.random_state = check_int(random_state, "random_state", minimum=0)
         self.centers_: list[Tensor] = []
@@ -177,14 +179,24 @@ def group_classes(
 
 
 def _check_levels(levels: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
+    given: object = levels
+    if isinstance(given, (np.ndarray, Tensor)) and given.ndim == 1:
+        given = given.tolist()  # NumPy or torch integers, e.g. np.array([12, 8, 5])
+    if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
         raise TypeError(f"`levels` must be a sequence of ints, got {type_name(levels)}")
+    levels = given
     if not levels:
         raise ValueError("`levels` must name at least one group level, got an empty sequence")
     checked = tuple(check_int(n, "levels", minimum=1) for n in levels)
     if any(a <= b for a, b in pairwise(checked)):
         raise ValueError(f"`levels` must be strictly decreasing, got {checked}")
     return checked
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a bool, got {type_name(value)}")
+    return bool(value)
 
 
 def _first_appearance(labels: np.ndarray, count: int) -> np.ndarray:

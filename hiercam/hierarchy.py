@@ -48,9 +48,11 @@ class ClassHierarchy:
         class_names: ``K`` names; defaults to ``"class 0"``, ``"class 1"``, ...
 
     Raises:
-        TypeError: an assignment is not an integer.
-        ValueError: lengths differ, a group is empty, group counts do not strictly decrease, or the levels are
-            not nested.
+        TypeError: an assignment is not an integer (``int`` or a NumPy integer; bools are refused).
+        ValueError: lengths differ, a group id is outside ``0..N_l-1`` or a group is empty, group counts do
+            not strictly decrease, the levels are not nested, or ``class_names`` has the wrong length. All is
+            checked in time and memory proportional to ``K`` times the number of levels, before anything else
+            is built.
 
     Examples:
         >>> h = ClassHierarchy([[0, 0, 1, 2], [0, 0, 1, 1]], class_names=["cat", "dog", "car", "bus"])
@@ -67,33 +69,25 @@ class ClassHierarchy:
     def __init__(
         self, assignments: Sequence[Sequence[int]], class_names: Sequence[str] | None = None
     ) -> None:
-        if not isinstance(assignments, Sequence) or not assignments:
-            raise ValueError("`assignments` must be a non-empty sequence with one assignment per group level")
-        levels = [tuple(_as_index_list(a, f"assignments[{i}]")) for i, a in enumerate(assignments)]
+        given: object = assignments
+        if isinstance(given, (Tensor, np.ndarray)):
+            given = given.tolist()
+        if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+            raise TypeError(
+                f"`assignments` must be a sequence of per-level assignments, got {type_name(given)}"
+            )
+        if not given:
+            raise ValueError("`assignments` must hold at least one group level, got an empty sequence")
+        levels = [tuple(_as_index_list(a, f"assignments[{i}]")) for i, a in enumerate(given)]
         num_classes = len(levels[0])
+        if num_classes == 0:
+            raise ValueError("`assignments[0]` must hold the group of every class, got an empty sequence")
         names = _class_names(class_names, num_classes)
         sizes = [num_classes]
+        finer = tuple(range(num_classes))
         for i, level in enumerate(levels, start=1):
-            if len(level) != num_classes:
-                raise ValueError(f"`assignments[{i - 1}]` must have {num_classes} entries, got {len(level)}")
-            count = max(level) + 1
-            missing = sorted(set(range(count)) - set(level))
-            if missing:
-                raise ValueError(f"`assignments[{i - 1}]` leaves group(s) {missing} of level {i} empty")
-            if count >= sizes[-1]:
-                raise ValueError(
-                    f"group counts must strictly decrease from level to level, got {count} groups "
-                    f"at level {i} after {sizes[-1]} at level {i - 1}"
-                )
-            finer = levels[i - 2] if i > 1 else tuple(range(num_classes))
-            parent: dict[int, int] = {}
-            for child, group in zip(finer, level, strict=True):
-                if parent.setdefault(child, group) != group:
-                    raise ValueError(
-                        f"`assignments[{i - 1}]` is not nested: group {child} of level {i - 1} is split "
-                        f"between groups {parent[child]} and {group} of level {i}"
-                    )
-            sizes.append(count)
+            sizes.append(_check_assignment(level, i, finer, sizes[-1]))
+            finer = level
         self._assignments: tuple[tuple[int, ...], ...] = tuple(levels)
         self._class_names: tuple[str, ...] = names
         self._sizes: tuple[int, ...] = tuple(sizes)
@@ -250,15 +244,48 @@ class ClassHierarchy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClassHierarchy:
-        """Rebuild a hierarchy from [`to_dict`][hiercam.ClassHierarchy.to_dict] output, validating it."""
+        """Rebuild a hierarchy from [`to_dict`][hiercam.ClassHierarchy.to_dict] output, validating it.
+
+        Raises:
+            TypeError: ``data`` is not a mapping.
+            ValueError: a key is missing or has the wrong type or value; the message names the key.
+        """
         if not isinstance(data, Mapping):
             raise TypeError(f"`data` must be a mapping, got {type_name(data)}")
-        if data.get("format") != _FORMAT or data.get("version") != _FORMAT_VERSION:
+        return cls._from_mapping(data, "`data`")
+
+    @classmethod
+    def _from_mapping(cls, data: Mapping[str, Any], where: str) -> ClassHierarchy:
+        """``from_dict`` with messages that start with ``where`` (the argument, or a file's path)."""
+        keys = ("format", "version", "class_names", "assignments")
+        missing = [key for key in keys if key not in data]
+        if missing:
             raise ValueError(
-                f"`data` is not a {_FORMAT} version {_FORMAT_VERSION} description "
-                f"(format={data.get('format')!r}, version={data.get('version')!r})"
+                f"{where} has no key {missing[0]!r}: a {_FORMAT} description needs the keys "
+                + ", ".join(repr(key) for key in keys)
             )
-        return cls(data["assignments"], data["class_names"])
+        if data["format"] != _FORMAT:
+            raise ValueError(f"{where}: key 'format' must be {_FORMAT!r}, got {_short(data['format'])}")
+        version = data["version"]
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(
+                f"{where}: key 'version' must be an int, got {type_name(version)} {_short(version)}"
+            )
+        if version != _FORMAT_VERSION:
+            raise ValueError(
+                f"{where}: key 'version' is {version}; this hiercam reads version {_FORMAT_VERSION} only"
+            )
+        names, assignments = data["class_names"], data["assignments"]
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"{where}: key 'class_names' must be a list of strings, got {_short(names)}")
+        if not isinstance(assignments, list) or not all(isinstance(level, list) for level in assignments):
+            raise ValueError(
+                f"{where}: key 'assignments' must be a list of lists of group ids, got {_short(assignments)}"
+            )
+        try:
+            return cls(assignments, names)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: key 'assignments' or 'class_names' is invalid: {error}") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the hierarchy as JSON, atomically (a temporary file renamed into place)."""
@@ -266,12 +293,27 @@ class ClassHierarchy:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ClassHierarchy:
-        """Read a hierarchy written by ``save`` (plain JSON: nothing is executed)."""
+        """Read a hierarchy written by ``save`` (plain JSON: nothing is executed).
+
+        Everything is validated before the hierarchy is built (see
+        [`ClassHierarchy`][hiercam.ClassHierarchy]): a tampered file costs time and memory proportional to its
+        size, never more.
+
+        Raises:
+            FileNotFoundError, PermissionError: the file cannot be read (the message holds the path).
+            ValueError: the file is not UTF-8 JSON, or a key is missing or wrong; the message names the file
+                and the key.
+        """
+        where = repr(os.fspath(path))
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{os.fspath(path)!r} is not valid JSON: {error}") from None
-        return cls.from_dict(data)
+            data = json.loads(Path(path).read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{where} is not UTF-8 text: {error}") from None
+        except (ValueError, RecursionError) as error:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{where} is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must hold a JSON object, got a JSON {type_name(data)}")
+        return cls._from_mapping(data, where)
 
     # ----------------------------------------------------------------------------------------- display
     def __eq__(self, other: object) -> bool:
@@ -380,3 +422,44 @@ def _as_index_list(values: Any, name: str) -> list[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"`{name}` must be a sequence of ints, got {type_name(values)}")
     return [check_int(v, name, minimum=0) for v in values]
+
+
+def _check_assignment(level: tuple[int, ...], index: int, finer: tuple[int, ...], finer_count: int) -> int:
+    """Validate the assignment of group level ``index`` against level ``index - 1``; return ``N_index``.
+
+    Group ids must be ``0..N-1`` with every group used. Checked in time and memory proportional to ``K``, so
+    that a tampered id such as ``10**9`` is refused instead of building a range that large.
+    """
+    name = f"assignments[{index - 1}]"
+    if len(level) != len(finer):
+        raise ValueError(f"`{name}` must have {len(finer)} entries, got {len(level)}")
+    used = set(level)
+    count = len(used)
+    if max(level) >= count:
+        missing = sorted(set(range(count)) - used)
+        shown = ", ".join(str(g) for g in missing[:_NAMES_SHOWN]) + (
+            ", ..." if len(missing) > _NAMES_SHOWN else ""
+        )
+        raise ValueError(
+            f"`{name}` leaves group(s) [{shown}] of level {index} empty: the {count} groups of a level "
+            f"must be numbered 0..{count - 1}, got the group id {max(level)}"
+        )
+    if count >= finer_count:
+        raise ValueError(
+            f"group counts must strictly decrease from level to level, got {count} groups "
+            f"at level {index} after {finer_count} at level {index - 1}"
+        )
+    parent: dict[int, int] = {}
+    for child, group in zip(finer, level, strict=True):
+        if parent.setdefault(child, group) != group:
+            raise ValueError(
+                f"`{name}` is not nested: group {child} of level {index - 1} is split "
+                f"between groups {parent[child]} and {group} of level {index}"
+            )
+    return count
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters for messages about untrusted data."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

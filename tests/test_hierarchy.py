@@ -64,8 +64,9 @@ def test_load_rejects_other_files(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="is not valid JSON"):
         ClassHierarchy.load(bad)
-    bad.write_text(json.dumps({"format": "something else"}))
-    with pytest.raises(ValueError, match="is not a hiercam.ClassHierarchy version 1"):
+    other = {"format": "something else", "version": 1, "class_names": [], "assignments": []}
+    bad.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="bad.json': key 'format' must be 'hiercam.ClassHierarchy'"):
         ClassHierarchy.load(bad)
 
 
