@@ -121,11 +121,11 @@ def main() -> None:
             "  val AP per class: "
             + ", ".join(f"{n} {ap:.2f}" for n, ap in zip(FashionScenes.classes, per_class, strict=True))
         )
-        for normalize in (False, True):
+        for unit_norm in (False, True):
             hierarchy = group_classes(
-                model, levels=(4, 2), class_names=FashionScenes.classes, normalize=normalize
+                model, levels=(4, 2), class_names=FashionScenes.classes, unit_norm=unit_norm
             )
-            print(f"  group_classes(levels=(4, 2), normalize={normalize}):")
+            print(f"  group_classes(levels=(4, 2), unit_norm={unit_norm}):")
             print("    " + str(hierarchy).replace("\n", "\n    "))
             for level in (1, 2):
                 found = hierarchy.assignments(level).tolist()

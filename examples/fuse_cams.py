@@ -45,7 +45,7 @@ base_model = trained_classifier(10)
 hierarchy = hiercam.group_classes(base_model, levels=(4, 2), class_names=FashionScenes.classes)
 level_models = [
     trained_classifier(
-        hierarchy.num_groups(level), labels_transform=functools.partial(hierarchy.remap_targets, level=level)
+        hierarchy.num_groups(level), labels_transform=functools.partial(hierarchy.remap_labels, level=level)
     )
     for level in range(1, hierarchy.num_levels)
 ]
@@ -56,38 +56,38 @@ val = FashionScenes("val", num_scenes=64, image_size=64)
 batch = FashionScenes.collate([val[i] for i in range(len(val))])
 images, labels = batch["image"], batch["targets"]  # (B, 3, 64, 64), (B, K)
 with hiercam.GradCAM(base_model) as cam:
-    base_cams = cam(images)  # (B, K, 64, 64): M0 of every class
-level_cams = []
+    base_maps = cam(images)  # (B, K, 64, 64): M0 of every class
+level_maps = []
 for model in level_models:
     with hiercam.GradCAM(model) as cam:
-        level_cams.append(cam(images))  # (B, N_l, 64, 64): the map of every group of level l
-print("base", tuple(base_cams.shape), "levels", [tuple(c.shape) for c in level_cams])
+        level_maps.append(cam(images))  # (B, N_l, 64, 64): the map of every group of level l
+print("base", tuple(base_maps.shape), "levels", [tuple(c.shape) for c in level_maps])
 
 # %% Eq. 6 for every class: M = M0 + mean_l(M_l[group of the class]) - M0'
 # M0' ("the CAM of the rest classes", undefined in the paper) is read here as the pixel-wise max of the base
-# maps of the other classes present in the image (rest="max"); labels say which classes are present: the
-# ground truth when evaluating, the classifier's predictions at inference.
-fused = hiercam.fuse_hierarchy(base_cams, level_cams, hierarchy, labels, rest="max")  # (B, K, 64, 64)
+# maps of the other classes present in the image (rest_reduction="max"); labels say which classes are present:
+# the ground truth when evaluating, the classifier's predictions at inference.
+fused = hiercam.fuse_hierarchy(base_maps, level_maps, hierarchy, labels, rest_reduction="max")  # (B, K, H, W)
 
 # %% The same, by hand, for one class of one image, with hiercam.fuse
 b = int((labels.sum(1) >= 2).nonzero()[0])  # an image with at least two classes
 k = int(labels[b].nonzero()[0])  # its first class
 groups = [hierarchy.group_of(k, level) for level in range(1, hierarchy.num_levels)]
-level_maps = [
-    cams[b, group] for cams, group in zip(level_cams, groups, strict=True)
+group_maps = [
+    cams[b, group] for cams, group in zip(level_maps, groups, strict=True)
 ]  # M_l of the group holding k
 others = labels[b].bool().clone()
 others[k] = False
-rest = base_cams[b, others].amax(dim=0)  # M0': max of the other present classes' base maps
-by_hand = hiercam.fuse(base_cams[b, k], level_maps, rest=rest)  # clamped at 0, max-normalised
+rest = base_maps[b, others].amax(dim=0)  # M0': max of the other present classes' base maps
+by_hand = hiercam.fuse(base_maps[b, k], group_maps, rest=rest)  # clamped at 0, max-normalised
 print(
     f"image {b}, class {FashionScenes.classes[k]}, groups {groups}: "
     f"fuse_hierarchy == fuse by hand: {torch.allclose(by_hand, fused[b, k], atol=1e-6)}"
 )
 
 # %% Picture: the image, M0, each level's group map, M0', and the fused map of that class
-panels = [("image", None), ("M0 (base)", base_cams[b, k])]
-panels += [(f"level {i + 1} group {g}", m) for i, (g, m) in enumerate(zip(groups, level_maps, strict=True))]
+panels = [("image", None), ("M0 (base)", base_maps[b, k])]
+panels += [(f"level {i + 1} group {g}", m) for i, (g, m) in enumerate(zip(groups, group_maps, strict=True))]
 panels += [("M0' (rest, max)", rest), ("fused", fused[b, k])]
 figure = Figure(figsize=(1.8 * len(panels), 2.1), layout="constrained")
 for i, (title, heat) in enumerate(panels):
@@ -101,7 +101,7 @@ figure  # noqa: B018  (shows the figure in a notebook)
 
 # %% A first look at quality: mIoU at the paper's threshold 0.15, base maps vs fused maps
 # (how-to 6 chooses the threshold on validation data and reports on test)
-for name, cams in (("base", base_cams), ("fused", fused)):
+for name, cams in (("base", base_maps), ("fused", fused)):
     pred = hiercam.cams_to_labels(cams, labels, threshold=0.15)  # (B, 64, 64): 0 background, k + 1 class k
     result = hiercam.mean_iou(pred, batch["mask"], num_classes=11)
     print(f"{name:>5}: mIoU@0.15 on {len(val)} validation scenes {100 * result.miou.item():.1f}")

@@ -65,7 +65,7 @@ def main() -> None:
     targets = torch.stack([train[i]["targets"] for i in range(len(train))])  # (N, K)
     for level in range(1, hierarchy.num_levels):
         ari = adjusted_rand_score(natural.assignments(level), hierarchy.assignments(level))
-        presence = hierarchy.remap_targets(targets, level).mean(dim=0)  # (N_level,)
+        presence = hierarchy.remap_labels(targets, level).mean(dim=0)  # (N_level,)
         print(
             f"level {level}: adjusted Rand index vs the garment hierarchy {ari:.2f}; "
             f"groups present in {', '.join(f'{p:.0%}' for p in presence.tolist())} of the training scenes"
@@ -76,7 +76,7 @@ def main() -> None:
     # 3. One model per group level, trained on the group targets.
     for level in range(1, hierarchy.num_levels):
         model = classifier(hierarchy.num_groups(level))
-        to_groups = functools.partial(hierarchy.remap_targets, level=level)  # (B, K) -> (B, N_level)
+        to_groups = functools.partial(hierarchy.remap_labels, level=level)  # (B, K) -> (B, N_level)
         history = hiercam.fit(
             model,
             train_loader,

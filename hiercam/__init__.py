@@ -17,7 +17,8 @@ from hiercam.cam import (
 )
 from hiercam.datasets import FashionScenes, collate_scenes
 from hiercam.fusion import fuse, fuse_hierarchy
-from hiercam.grouping import ClassHierarchy, HierarchicalKMeans, group_classes
+from hiercam.grouping import HierarchicalKMeans, group_classes
+from hiercam.hierarchy import ClassHierarchy
 from hiercam.losses import OrthogonalLoss, TwoBranchLoss, TwoBranchLossOutput, orthogonal_loss
 from hiercam.maps import normalize_maps
 from hiercam.metrics import (

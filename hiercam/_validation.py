@@ -7,8 +7,10 @@ Every public function validates its inputs here before any work starts, so that 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from numbers import Integral
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -114,14 +116,18 @@ def check_choice(value: T, name: str, choices: Collection[T]) -> T:
 
 
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """Check that ``value`` is an integer (not a bool) within ``[minimum, maximum]``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Check that ``value`` is an integer within ``[minimum, maximum]`` and return it as a Python ``int``.
+
+    Any ``numbers.Integral`` is accepted (``int``, NumPy's ``np.int64`` and friends); bools are refused.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
         raise TypeError(f"`{name}` must be an int, got {type_name(value)}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"`{name}` must be <= {maximum}, got {value}")
-    return value
+    number = int(value)
+    if minimum is not None and number < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum}, got {number}")
+    return number
 
 
 def check_threshold(value: Any, name: str) -> float:

@@ -171,7 +171,7 @@ def _hierarchy(args: argparse.Namespace) -> int:
             weight,
             args.levels,
             names,
-            normalize=args.normalize,
+            unit_norm=args.normalize,
             weighted=args.weighted,
             random_state=args.seed,
         )

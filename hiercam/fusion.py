@@ -6,10 +6,10 @@ maps of the groups holding the class at every group level, minus ``M0'``, "the C
 [`fuse_hierarchy`][hiercam.fuse_hierarchy] does the matching from a [`ClassHierarchy`][hiercam.ClassHierarchy]
 and builds ``M0'``.
 
-The paper does not define ``M0'``. Our default reading (``rest="max"``) is the pixel-wise maximum of the base
-maps of the *other classes present in the image*. In an independent re-implementation of the paper on real
-data it was the best of the readings tried on validation data, and without any ``M0'`` term the localisation
-gain disappeared; on FashionScenes the readings are compared in ``docs/benchmarks.md``.
+The paper does not define ``M0'``. Our default reading (``rest_reduction="max"``) is the pixel-wise maximum of
+the base maps of the *other classes present in the image*. In an independent re-implementation of the paper on
+real data it was the best of the readings tried on validation data, and without any ``M0'`` term the
+localisation gain disappeared; on FashionScenes the readings are compared in ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,18 @@ from torch import Tensor
 from hiercam._validation import (
     check_binary,
     check_choice,
+    check_finite,
     check_tensor,
     format_shape,
     type_name,
 )
-from hiercam.grouping import ClassHierarchy
-from hiercam.maps import NormalizeMode, normalize_maps
+from hiercam.hierarchy import ClassHierarchy
+from hiercam.maps import NormalizeMode, _normalize_maps
 
-__all__ = ["fuse", "fuse_hierarchy", "RestMode"]
+__all__ = ["fuse", "fuse_hierarchy", "RestReduction"]
 
-RestMode = Literal["max", "mean", "none"]
+#: How [`fuse_hierarchy`][hiercam.fuse_hierarchy] builds ``M0'`` from the other present classes' base maps.
+RestReduction = Literal["max", "mean"]
 
 
 def fuse(
@@ -51,6 +53,8 @@ def fuse(
 
     The maps are used as given (rescale them first if their scales differ, e.g. with
     [`normalize_maps`][hiercam.normalize_maps]); [`fuse_hierarchy`][hiercam.fuse_hierarchy] does that for you.
+    NaN or infinite values in any input raise a ``ValueError`` naming it (one ``aminmax`` pass per input), and
+    so does a sum that overflows the dtype: a non-finite map is never returned from finite input.
 
     Args:
         base: ``M0``, maps of any shape ``(..., H, W)``, floating point, any device.
@@ -69,7 +73,8 @@ def fuse(
     Raises:
         TypeError: an input is not a floating-point tensor, or ``levels`` is not a tensor or a sequence of
             tensors.
-        ValueError: shapes, dtypes or devices differ, ``levels`` is empty, or ``normalize`` is unknown.
+        ValueError: shapes, dtypes or devices differ, ``levels`` is empty, an input holds NaN or infinite
+            values, the sum overflows the dtype, or ``normalize`` is unknown.
 
     Examples:
         >>> import torch
@@ -91,22 +96,49 @@ def fuse(
         check_tensor(rest, "rest", floating=True)
         _check_like(rest, base, "rest", "base")
     check_choice(normalize, "normalize", ("max", "minmax", None))
-    a, b, c = _check_weights(weights)
+    weights = _check_weights(weights)
+    check_finite(base, "base")
+    if isinstance(levels, Tensor):
+        check_finite(levels, "levels")
+    else:
+        for index, level in enumerate(levels):
+            check_finite(level, f"levels[{index}]")
+    if rest is not None:
+        check_finite(rest, "rest")
+    return _fuse(base, stacked, rest, clamp=clamp, normalize=normalize, weights=weights)
+
+
+def _fuse(
+    base: Tensor,
+    stacked: Tensor,
+    rest: Tensor | None,
+    *,
+    clamp: bool,
+    normalize: NormalizeMode | None,
+    weights: tuple[float, float, float],
+) -> Tensor:
+    """Eq. 6 on checked, finite inputs; refuses a sum that overflows the dtype."""
+    a, b, c = weights
     fused = a * base + b * stacked.mean(dim=0)
     if rest is not None:
         fused = fused - c * rest
+    if fused.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(fused.detach()))).all()):
+        raise ValueError(
+            f"the fused sum a M0 + b mean(M_i) - c M0' overflows {fused.dtype} with these maps and "
+            "`weights`; rescale the maps first (normalize_maps) or fuse in float64"
+        )
     if clamp:
         fused = fused.clamp_min(0)
-    return normalize_maps(fused, normalize)
+    return _normalize_maps(fused, normalize)
 
 
 def fuse_hierarchy(
-    base_cams: Tensor,
-    level_cams: Sequence[Tensor],
+    base_maps: Tensor,
+    level_maps: Sequence[Tensor],
     hierarchy: ClassHierarchy,
     labels: Tensor | None = None,
     *,
-    rest: RestMode = "max",
+    rest_reduction: RestReduction | None = "max",
     clamp: bool = True,
     normalize: NormalizeMode | None = "max",
     normalize_inputs: NormalizeMode | None = "max",
@@ -115,33 +147,37 @@ def fuse_hierarchy(
     """Fuse the CAMs of a level-0 model and of the group-level models into one map per class (Eq. 6).
 
     For class ``k`` at group level ``l``, the map of the group holding ``k``
-    (``hierarchy.assignments(l)[k]``) is taken from ``level_cams[l - 1]``; the maps of the ``L`` group levels
+    (``hierarchy.assignments(l)[k]``) is taken from ``level_maps[l - 1]``; the maps of the ``L`` group levels
     are averaged and added to the base map of ``k``, and ``M0'`` is subtracted.
 
     **Our reading of** ``M0'``. The paper calls ``M0'`` "the CAM of the rest classes" without defining it.
-    ``rest`` chooses the reading, always from the (input-normalised) base maps of the *other* classes present
-    in the image according to ``labels`` (ground truth at evaluation time, or predicted labels):
+    ``rest_reduction`` chooses the reading, always from the (input-normalised) base maps of the *other*
+    classes present in the image according to ``labels`` (ground truth when evaluating, or predictions):
 
     * ``"max"`` (default): their pixel-wise maximum (the best reading on validation data in an independent
       re-implementation on real data; the readings on FashionScenes are in ``docs/benchmarks.md``).
     * ``"mean"``: their pixel-wise mean.
-    * ``"none"``: no ``M0'`` term; ``labels`` is not used and may be ``None``.
+    * ``None``: no ``M0'`` term; ``labels`` is not used and may be ``None``.
 
-    When no other class is present, ``M0'`` is zero. Report the ``rest`` you used with every figure.
+    When no other class is present, ``M0'`` is zero. Report the ``rest_reduction`` you used with every figure.
 
     **Absent classes.** Maps are computed for all ``K`` classes. For a class that is absent from ``labels``,
     every present class is an "other" class, so its ``M0'`` is the max (or mean) over all present classes.
     Absent classes are not zeroed: with predicted labels, a class the classifier missed keeps a usable map;
     [`cams_to_labels`][hiercam.cams_to_labels] ignores absent classes anyway.
 
+    **Non-finite input.** NaN or infinite values in ``base_maps`` or ``level_maps`` raise a ``ValueError``
+    naming the tensor, before any work (as in [`fuse`][hiercam.fuse]): one ``aminmax`` pass over each input
+    and one over the fused sum, a few percent of the cost of the fusion.
+
     Args:
-        base_cams: CAMs ``(B, K, H, W)`` of the level-0 model, floating point, any device.
-        level_cams: one tensor ``(B, N_l, H, W)`` per group level ``l = 1..L`` (``L = hierarchy.num_levels -
+        base_maps: CAMs ``(B, K, H, W)`` of the level-0 model, floating point, any device.
+        level_maps: one tensor ``(B, N_l, H, W)`` per group level ``l = 1..L`` (``L = hierarchy.num_levels -
             1``), in level order, with ``N_l = hierarchy.num_groups(l)``; same dtype and device as
-            ``base_cams``.
+            ``base_maps``.
         hierarchy: the class hierarchy the level models were trained on.
-        labels: multi-hot ``(B, K)`` image labels (0/1, any dtype); required unless ``rest="none"``.
-        rest: ``"max"``, ``"mean"`` or ``"none"``, see above.
+        labels: multi-hot ``(B, K)`` image labels (0/1, any dtype); required unless ``rest_reduction=None``.
+        rest_reduction: ``"max"``, ``"mean"`` or ``None``, see above.
         clamp: set negative fused values to 0.
         normalize: rescaling of the fused maps (see [`fuse`][hiercam.fuse]).
         normalize_inputs: rescaling of every input map before fusing, so that maps of different models are on
@@ -151,12 +187,12 @@ def fuse_hierarchy(
             [`fuse`][hiercam.fuse].
 
     Returns:
-        Fused maps ``(B, K, H, W)``, same dtype and device as ``base_cams``; differentiable.
+        Fused maps ``(B, K, H, W)``, same dtype and device as ``base_maps``; differentiable.
 
     Raises:
         TypeError: wrong argument types.
         ValueError: shapes disagree with each other or with ``hierarchy``, the number of levels is wrong,
-            ``labels`` is missing or not 0/1, or a mode is unknown.
+            ``labels`` is missing or not 0/1, a map holds NaN or infinite values, or a mode is unknown.
 
     Examples:
         >>> import torch
@@ -169,24 +205,27 @@ def fuse_hierarchy(
         >>> float(fused.amax())
         1.0
     """
-    check_tensor(base_cams, "base_cams", dims="B, K, H, W", floating=True)
+    check_tensor(base_maps, "base_maps", dims="B, K, H, W", floating=True)
     if not isinstance(hierarchy, ClassHierarchy):
         raise TypeError(f"`hierarchy` must be a ClassHierarchy, got {type_name(hierarchy)}")
-    batch, num_classes = base_cams.shape[:2]
+    batch, num_classes = base_maps.shape[:2]
     if num_classes != hierarchy.num_classes:
         raise ValueError(
-            f"`base_cams` must have shape (B, {hierarchy.num_classes}, H, W) for this hierarchy, "
-            f"got {format_shape(base_cams.shape)}"
+            f"`base_maps` must have shape (B, {hierarchy.num_classes}, H, W) for this hierarchy, "
+            f"got {format_shape(base_maps.shape)}"
         )
-    _check_level_cams(level_cams, hierarchy, base_cams)
-    check_choice(rest, "rest", ("max", "mean", "none"))
+    _check_level_maps(level_maps, hierarchy, base_maps)
+    check_choice(rest_reduction, "rest_reduction", ("max", "mean", None))
     check_choice(normalize_inputs, "normalize_inputs", ("max", "minmax", None))
+    check_choice(normalize, "normalize", ("max", "minmax", None))
+    weights = _check_weights(weights)
     present: Tensor | None = None
-    if labels is not None or rest != "none":
+    if labels is not None or rest_reduction is not None:
         if labels is None:
             raise ValueError(
-                f"`labels` (B, K) is required with rest={rest!r}: M0' is built from the other classes "
-                "present in each image; pass ground-truth or predicted labels, or rest='none'"
+                f"`labels` (B, K) is required with rest_reduction={rest_reduction!r}: M0' is built from the "
+                "other classes present in each image; pass ground-truth or predicted labels, or "
+                "rest_reduction=None"
             )
         check_tensor(labels, "labels", dims="B, K")
         if labels.shape != (batch, num_classes):
@@ -194,15 +233,22 @@ def fuse_hierarchy(
                 f"`labels` must have shape ({batch}, {num_classes}), got {format_shape(labels.shape)}"
             )
         check_binary(labels, "labels")
-        present = labels.to(device=base_cams.device, dtype=torch.bool)
+        present = labels.to(device=base_maps.device, dtype=torch.bool)
+    check_finite(base_maps, "base_maps")
+    for index, maps in enumerate(level_maps):
+        check_finite(maps, f"level_maps[{index}]")
 
-    base = normalize_maps(base_cams, normalize_inputs)
-    gathered = [
-        normalize_maps(cams, normalize_inputs)[:, hierarchy.assignments(level).to(cams.device)]
-        for level, cams in enumerate(level_cams, start=1)
-    ]
-    rest_maps = None if rest == "none" or present is None else _rest_maps(base, present, rest)
-    return fuse(base, gathered, rest_maps, clamp=clamp, normalize=normalize, weights=weights)
+    base = _normalize_maps(base_maps, normalize_inputs)
+    gathered = torch.stack(
+        [
+            _normalize_maps(maps, normalize_inputs)[:, hierarchy.assignments(level).to(maps.device)]
+            for level, maps in enumerate(level_maps, start=1)
+        ]
+    )
+    rest_maps = None
+    if rest_reduction is not None and present is not None:
+        rest_maps = _rest_maps(base, present, rest_reduction)
+    return _fuse(base, gathered, rest_maps, clamp=clamp, normalize=normalize, weights=weights)
 
 
 def _check_weights(weights: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -219,13 +265,13 @@ def _check_weights(weights: tuple[float, float, float]) -> tuple[float, float, f
     return float(weights[0]), float(weights[1]), float(weights[2])
 
 
-def _rest_maps(base: Tensor, present: Tensor, mode: RestMode) -> Tensor:
+def _rest_maps(base: Tensor, present: Tensor, reduction: RestReduction) -> Tensor:
     """``M0'`` for every (image, class): max or mean of the base maps of the other present classes.
 
     ``base`` is ``(B, K, H, W)``, ``present`` a bool ``(B, K)``. Zero where no other class is present.
     """
     mask = present[:, :, None, None]
-    if mode == "mean":
+    if reduction == "mean":
         total = (base * mask).sum(dim=1, keepdim=True)
         others = total - base * mask  # drop the class itself when it is present
         count = present.sum(dim=1, keepdim=True) - present.long()  # (B, K): other present classes
@@ -282,22 +328,22 @@ def _check_like(value: Tensor, reference: Tensor, name: str, reference_name: str
         )
 
 
-def _check_level_cams(level_cams: Sequence[Tensor], hierarchy: ClassHierarchy, base_cams: Tensor) -> None:
-    given: object = level_cams
+def _check_level_maps(level_maps: Sequence[Tensor], hierarchy: ClassHierarchy, base_maps: Tensor) -> None:
+    given: object = level_maps
     if not isinstance(given, (list, tuple)):
         raise TypeError(
-            f"`level_cams` must be a list with one (B, N_l, H, W) tensor per group level, "
-            f"got {type_name(level_cams)}"
+            f"`level_maps` must be a list with one (B, N_l, H, W) tensor per group level, "
+            f"got {type_name(level_maps)}"
         )
     expected = hierarchy.num_levels - 1
-    if len(level_cams) != expected:
+    if len(level_maps) != expected:
         raise ValueError(
-            f"`level_cams` must hold one tensor per group level of the hierarchy ({expected}, levels "
-            f"1..{expected}), got {len(level_cams)}"
+            f"`level_maps` must hold one tensor per group level of the hierarchy ({expected}, levels "
+            f"1..{expected}), got {len(level_maps)}"
         )
-    batch, _, height, width = base_cams.shape
-    for level, cams in enumerate(level_cams, start=1):
-        name = f"level_cams[{level - 1}]"
+    batch, _, height, width = base_maps.shape
+    for level, cams in enumerate(level_maps, start=1):
+        name = f"level_maps[{level - 1}]"
         check_tensor(cams, name, dims="B, N, H, W", floating=True)
         groups = hierarchy.num_groups(level)
         if cams.shape != (batch, groups, height, width):
@@ -305,8 +351,8 @@ def _check_level_cams(level_cams: Sequence[Tensor], hierarchy: ClassHierarchy, b
                 f"`{name}` (level {level}) must have shape ({batch}, {groups}, {height}, {width}), "
                 f"got {format_shape(cams.shape)}"
             )
-        if cams.dtype != base_cams.dtype or cams.device != base_cams.device:
+        if cams.dtype != base_maps.dtype or cams.device != base_maps.device:
             raise ValueError(
-                f"`{name}` must have the dtype and device of `base_cams` ({base_cams.dtype}, "
-                f"{base_cams.device}), got ({cams.dtype}, {cams.device})"
+                f"`{name}` must have the dtype and device of `base_maps` ({base_maps.dtype}, "
+                f"{base_maps.device}), got ({cams.dtype}, {cams.device})"
             )

@@ -85,28 +85,49 @@ def class_distances(embeddings: Tensor) -> Tensor:
     """Pairwise Euclidean distances between class vectors (Eq. 1): ``d(x_i, x_j) = ||x_i - x_j||_2``.
 
     Computed from the differences (not through ``|x|^2 + |y|^2 - 2 x.y``), so the result is exactly
-    symmetric with an exact zero diagonal.
+    symmetric with an exact zero diagonal. The vectors are divided by their largest magnitude and the
+    distances computed in float64 (float32 on Apple's MPS, which has no float64), then scaled back and cast to
+    the input dtype: finite input gives finite, accurate distances at any scale (float32 vectors of 1e30 or
+    1e-30, float16 and bfloat16 vectors included), unless a distance itself exceeds the input dtype's range.
 
     Args:
         embeddings: class vectors of shape ``(K, D)``, e.g. from
-            [`class_embeddings`][hiercam.class_embeddings].
+            [`class_embeddings`][hiercam.class_embeddings]; any floating dtype.
 
     Returns:
-        Distances of shape ``(K, K)``, in the dtype and on the device of ``embeddings``.
+        Distances of shape ``(K, K)``, in the dtype and on the device of ``embeddings``; differentiable.
 
     Raises:
         TypeError: ``embeddings`` is not a floating-point tensor.
-        ValueError: ``embeddings`` is not 2-D or holds NaN/inf.
+        ValueError: ``embeddings`` is not 2-D or holds NaN/inf, or a distance exceeds the largest value of
+            its dtype (pass float64 vectors then).
 
     Examples:
         >>> import torch
         >>> class_distances(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
         tensor([[0., 5.],
                 [5., 0.]])
+        >>> class_distances(torch.tensor([[0.0, 0.0], [3e30, 4e30]]))
+        tensor([[0.0000e+00, 5.0000e+30],
+                [5.0000e+30, 0.0000e+00]])
     """
     check_tensor(embeddings, "embeddings", dims="K, D", floating=True)
     check_finite(embeddings, "embeddings")
-    return torch.cdist(embeddings, embeddings, compute_mode="donot_use_mm_for_euclid_dist")
+    work = torch.float32 if embeddings.device.type == "mps" else torch.float64
+    points = embeddings.to(work)
+    scale = points.detach().abs().amax() if points.numel() else points.new_zeros(())
+    if bool(scale > 0):
+        points = points / scale
+    else:
+        scale = points.new_ones(())
+    distances = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist") * scale
+    result = distances.to(embeddings.dtype)
+    if result.numel() and not bool(torch.isfinite(result.detach()).all()):
+        raise ValueError(
+            f"the distances between `embeddings` exceed the largest {embeddings.dtype} value "
+            f"({torch.finfo(embeddings.dtype).max:.4g}); pass the vectors in float64"
+        )
+    return result
 
 
 def _named_linear(model: nn.Module, layer: str) -> nn.Linear:

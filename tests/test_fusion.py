@@ -36,10 +36,10 @@ def eq6_by_hand(
 
 def fuse_hierarchy_by_hand(
     base: np.ndarray,
-    level_cams: list[np.ndarray],
+    level_maps: list[np.ndarray],
     hierarchy: ClassHierarchy,
     labels: np.ndarray,
-    rest: str,
+    rest: str | None,
     normalize_inputs: str | None,
 ) -> np.ndarray:
     batch, num_classes = base.shape[:2]
@@ -49,7 +49,7 @@ def fuse_hierarchy_by_hand(
             m0 = np_normalize(base[b, k], normalize_inputs)
             maps = [
                 np_normalize(cams[b, hierarchy.group_of(k, level)], normalize_inputs)
-                for level, cams in enumerate(level_cams, start=1)
+                for level, cams in enumerate(level_maps, start=1)
             ]
             others = [
                 np_normalize(base[b, j], normalize_inputs)
@@ -170,9 +170,9 @@ def test_fuse_bad_input() -> None:
 # ---------------------------------------------------------------------------- fuse_hierarchy
 
 
-@pytest.mark.parametrize("rest", ["max", "mean", "none"])
+@pytest.mark.parametrize("rest", ["max", "mean", None])
 @pytest.mark.parametrize("normalize_inputs", ["max", None])
-def test_fuse_hierarchy_matches_loop_by_hand(rest: str, normalize_inputs: str | None) -> None:
+def test_fuse_hierarchy_matches_loop_by_hand(rest: str | None, normalize_inputs: str | None) -> None:
     base, levels, labels = random_inputs()
     base[0, 2] = 0.0  # an all-zero map of a present class
     got = fuse_hierarchy(
@@ -180,7 +180,7 @@ def test_fuse_hierarchy_matches_loop_by_hand(rest: str, normalize_inputs: str | 
         levels,
         HIERARCHY,
         labels,
-        rest=rest,  # type: ignore[arg-type]
+        rest_reduction=rest,  # type: ignore[arg-type]
         normalize_inputs=normalize_inputs,  # type: ignore[arg-type]
     )
     expected = fuse_hierarchy_by_hand(
@@ -203,15 +203,15 @@ def test_rest_max_excludes_the_class_itself_and_handles_ties() -> None:
     # Class 2 is absent: its map is still computed, minus the max over all present classes.
     torch.testing.assert_close(fused[0, 2], torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64))
     # Without M0' the tied classes keep their maps.
-    plain = fuse_hierarchy(base, levels, HIERARCHY, rest="none", normalize=None)
+    plain = fuse_hierarchy(base, levels, HIERARCHY, rest_reduction=None, normalize=None)
     torch.testing.assert_close(plain[0, 0], base[0, 0])
 
 
 def test_single_present_class_has_zero_rest() -> None:
     base, levels, _ = random_inputs(batch=1)
     labels = torch.tensor([[0, 0, 0, 1, 0, 0]])
-    with_rest = fuse_hierarchy(base, levels, HIERARCHY, labels, rest="max")
-    without = fuse_hierarchy(base, levels, HIERARCHY, rest="none")
+    with_rest = fuse_hierarchy(base, levels, HIERARCHY, labels, rest_reduction="max")
+    without = fuse_hierarchy(base, levels, HIERARCHY, rest_reduction=None)
     torch.testing.assert_close(with_rest[0, 3], without[0, 3])
 
 
@@ -223,7 +223,7 @@ def test_fuse_hierarchy_gradcheck_and_inputs_untouched() -> None:
     before = [t.detach().clone() for t in (base, *levels)]
     for rest in ("max", "mean"):
         assert torch.autograd.gradcheck(
-            lambda b, l1, l2, rest=rest: fuse_hierarchy(b, [l1, l2], HIERARCHY, labels, rest=rest),
+            lambda b, l1, l2, rest=rest: fuse_hierarchy(b, [l1, l2], HIERARCHY, labels, rest_reduction=rest),
             (base, *levels),
         )
     for tensor, copy in zip((base, *levels), before, strict=True):
@@ -245,32 +245,34 @@ def test_fuse_hierarchy_keeps_dtype_under_no_grad() -> None:
 
 def test_fuse_hierarchy_bad_input() -> None:
     base, levels, labels = random_inputs()
-    with pytest.raises(ValueError, match=r"`labels` \(B, K\) is required with rest='max'"):
+    with pytest.raises(ValueError, match=r"`labels` \(B, K\) is required with rest_reduction='max'"):
         fuse_hierarchy(base, levels, HIERARCHY)
-    with pytest.raises(ValueError, match=r"`labels` \(B, K\) is required with rest='mean'"):
-        fuse_hierarchy(base, levels, HIERARCHY, rest="mean")
+    with pytest.raises(ValueError, match=r"`labels` \(B, K\) is required with rest_reduction='mean'"):
+        fuse_hierarchy(base, levels, HIERARCHY, rest_reduction="mean")
     with pytest.raises(
         ValueError, match=r"one tensor per group level of the hierarchy \(2, levels 1..2\), got 1"
     ):
         fuse_hierarchy(base, levels[:1], HIERARCHY, labels)
-    with pytest.raises(ValueError, match=r"`level_cams\[1\]` \(level 2\) must have shape \(3, 2, 5, 5\)"):
+    with pytest.raises(ValueError, match=r"`level_maps\[1\]` \(level 2\) must have shape \(3, 2, 5, 5\)"):
         fuse_hierarchy(base, [levels[0], levels[0]], HIERARCHY, labels)
-    with pytest.raises(ValueError, match=r"`base_cams` must have shape \(B, 6, H, W\) for this hierarchy"):
+    with pytest.raises(ValueError, match=r"`base_maps` must have shape \(B, 6, H, W\) for this hierarchy"):
         fuse_hierarchy(base[:, :5], levels, HIERARCHY, labels)
-    with pytest.raises(ValueError, match=r"`base_cams` must have shape \(B, K, H, W\), got \(6, 5, 5\)"):
+    with pytest.raises(ValueError, match=r"`base_maps` must have shape \(B, K, H, W\), got \(6, 5, 5\)"):
         fuse_hierarchy(base[0], levels, HIERARCHY, labels)
     with pytest.raises(ValueError, match=r"`labels` must have shape \(3, 6\), got \(2, 6\)"):
         fuse_hierarchy(base, levels, HIERARCHY, labels[:2])
     with pytest.raises(ValueError, match="`labels` must hold only 0/1 values"):
         fuse_hierarchy(base, levels, HIERARCHY, labels * 2)
-    with pytest.raises(ValueError, match=r"`level_cams\[0\]` must have the dtype and device of `base_cams`"):
+    with pytest.raises(ValueError, match=r"`level_maps\[0\]` must have the dtype and device of `base_maps`"):
         fuse_hierarchy(base, [levels[0].float(), levels[1]], HIERARCHY, labels)
-    with pytest.raises(TypeError, match="`level_cams` must be a list"):
+    with pytest.raises(TypeError, match="`level_maps` must be a list"):
         fuse_hierarchy(base, levels[0], HIERARCHY, labels)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="`hierarchy` must be a ClassHierarchy, got list"):
         fuse_hierarchy(base, levels, [[0, 0, 1]], labels)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="`rest` must be one of"):
-        fuse_hierarchy(base, levels, HIERARCHY, labels, rest="min")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`rest_reduction` must be one of 'max', 'mean', None, got 'min'"):
+        fuse_hierarchy(base, levels, HIERARCHY, labels, rest_reduction="min")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`rest_reduction` must be one of 'max', 'mean', None, got 'none'"):
+        fuse_hierarchy(base, levels, HIERARCHY, labels, rest_reduction="none")  # type: ignore[arg-type]
 
 
 def test_fusion_weights_generalise_eq6() -> None:
@@ -292,3 +294,19 @@ def test_fusion_weights_generalise_eq6() -> None:
         fuse(base, levels, rest, weights=(1.0, -1.0, 1.0))
     with pytest.raises(TypeError, match="`weights` must be three numbers"):
         fuse(base, levels, rest, weights=(1.0, 1.0))  # type: ignore[arg-type]
+
+
+def test_fuse_hierarchy_keyword_names() -> None:
+    base, levels, labels = random_inputs()
+    by_keyword = fuse_hierarchy(
+        base_maps=base, level_maps=levels, hierarchy=HIERARCHY, labels=labels, rest_reduction="mean"
+    )
+    expected = fuse_hierarchy_by_hand(
+        base.numpy(), [lv.numpy() for lv in levels], HIERARCHY, labels.numpy(), "mean", "max"
+    )
+    np.testing.assert_allclose(by_keyword.numpy(), expected, rtol=1e-12, atol=1e-12)
+    none = fuse_hierarchy(base_maps=base, level_maps=levels, hierarchy=HIERARCHY, rest_reduction=None)
+    expected_none = fuse_hierarchy_by_hand(
+        base.numpy(), [lv.numpy() for lv in levels], HIERARCHY, labels.numpy(), None, "max"
+    )
+    np.testing.assert_allclose(none.numpy(), expected_none, rtol=1e-12, atol=1e-12)

@@ -1,13 +1,8 @@
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from hiercam import ClassHierarchy, HierarchicalKMeans, class_embeddings, group_classes
 
@@ -44,11 +39,11 @@ def planted(seed: int) -> tuple[torch.Tensor, list[list[list[int]]]]:
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize(("normalize", "weighted"), [(False, False), (False, True)])
-def test_planted_hierarchy_is_recovered_at_every_level(seed: int, normalize: bool, weighted: bool) -> None:
+@pytest.mark.parametrize(("unit_norm", "weighted"), [(False, False), (False, True)])
+def test_planted_hierarchy_is_recovered_at_every_level(seed: int, unit_norm: bool, weighted: bool) -> None:
     vectors, truth = planted(seed)
     levels = (len(truth[0]), len(truth[1]))
-    hierarchy = HierarchicalKMeans(levels, normalize=normalize, weighted=weighted, random_state=seed).fit(
+    hierarchy = HierarchicalKMeans(levels, unit_norm=unit_norm, weighted=weighted, random_state=seed).fit(
         vectors
     )
     assert hierarchy.level_sizes == (len(vectors), *levels)
@@ -76,7 +71,7 @@ def is_nested(hierarchy: ClassHierarchy) -> bool:
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("options", [{}, {"normalize": True}, {"weighted": True}])
+@pytest.mark.parametrize("options", [{}, {"unit_norm": True}, {"weighted": True}])
 def test_random_vectors_give_nested_deterministic_hierarchies(seed: int, options: dict) -> None:
     vectors = torch.randn(20, 16, generator=torch.Generator().manual_seed(seed))
     first = HierarchicalKMeans((12, 8, 5), random_state=seed, **options).fit(vectors)
@@ -107,124 +102,12 @@ def test_unweighted_centres_are_means_of_sub_centres() -> None:
     torch.testing.assert_close(clusterer.centers_[1], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_normalize_uses_directions_only() -> None:
+def test_unit_norm_uses_directions_only() -> None:
     directions = torch.randn(12, 6, generator=torch.Generator().manual_seed(1))
     scales = torch.rand(12, 1, generator=torch.Generator().manual_seed(2)) * 10 + 0.1
-    a = HierarchicalKMeans((4, 2), normalize=True).fit(directions)
-    b = HierarchicalKMeans((4, 2), normalize=True).fit(directions * scales)
+    a = HierarchicalKMeans((4, 2), unit_norm=True).fit(directions)
+    b = HierarchicalKMeans((4, 2), unit_norm=True).fit(directions * scales)
     assert a == b
-
-
-def test_level_zero_is_identity_and_accessors_agree() -> None:
-    h = ClassHierarchy([[0, 1, 0, 2, 1], [0, 1, 0, 0, 1]], class_names=list("abcde"))
-    assert torch.equal(h.assignments(0), torch.arange(5))
-    assert h.assignments(1).dtype == torch.long
-    assert h.groups(1) == [[0, 2], [1, 4], [3]]
-    assert h.groups(2) == [[0, 2, 3], [1, 4]]
-    assert [h.group_of(c, 2) for c in range(5)] == [0, 1, 0, 0, 1]
-    assert h.group_names(0) == list("abcde")
-    assert h.group_names(2) == ["{a, c, d}", "{b, e}"]
-    assert (h.num_classes, h.num_levels, h.num_groups(1)) == (5, 3, 3)
-
-
-def test_str_is_a_tree_with_group_sizes() -> None:
-    h = ClassHierarchy([[0, 1, 0, 2, 1], [0, 1, 0, 0, 1]], class_names=list("abcde"))
-    assert str(h) == "\n".join(
-        [
-            "ClassHierarchy(5 classes, levels 5 -> 3 -> 2)",
-            "level 2 group 0 (3 classes)",
-            "  level 1 group 0 (2 classes): a, c",
-            "  level 1 group 2 (1 class): d",
-            "level 2 group 1 (2 classes)",
-            "  level 1 group 1 (2 classes): b, e",
-        ]
-    )
-
-
-def test_str_truncates_long_member_lists() -> None:
-    h = ClassHierarchy([[0] * 19 + [1]])
-    shown = ", ".join(f"class {i}" for i in range(8))
-    assert f"level 1 group 0 (19 classes): {shown}, ... (11 more)" in str(h)
-
-
-def test_json_round_trip(tmp_path: Path) -> None:
-    vectors = torch.randn(20, 16, generator=torch.Generator().manual_seed(0))
-    names = [f"c{i}" for i in range(20)]
-    h = HierarchicalKMeans((12, 8, 5)).fit(vectors, class_names=names)
-    path = h.save(tmp_path / "sub" / "hierarchy.json")
-    assert [p.name for p in path.parent.iterdir()] == ["hierarchy.json"]  # no temporary file left behind
-    loaded = ClassHierarchy.load(path)
-    assert loaded == h
-    assert loaded.class_names == tuple(names)
-    assert ClassHierarchy.from_dict(json.loads(json.dumps(h.to_dict()))) == h
-
-
-def test_load_rejects_other_files(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
-    with pytest.raises(ValueError, match="is not valid JSON"):
-        ClassHierarchy.load(bad)
-    bad.write_text(json.dumps({"format": "something else"}))
-    with pytest.raises(ValueError, match="is not a hiercam.ClassHierarchy version 1"):
-        ClassHierarchy.load(bad)
-
-
-def naive_remap(targets: np.ndarray, assignment: list[int], num_groups: int) -> np.ndarray:
-    out = np.zeros((targets.shape[0], num_groups), dtype=targets.dtype)
-    for b in range(targets.shape[0]):
-        for k, group in enumerate(assignment):
-            if targets[b, k]:
-                out[b, group] = 1
-    return out
-
-
-@st.composite
-def hierarchies(draw: st.DrawFn) -> ClassHierarchy:
-    num_classes = draw(st.integers(2, 12))
-    assignments: list[list[int]] = []
-    current = list(range(num_classes))
-    count = num_classes
-    while count > 1 and (not assignments or draw(st.booleans())):
-        new_count = draw(st.integers(1, count - 1))
-        # a random surjection from the current groups onto new_count groups
-        parent = list(range(new_count)) + [
-            draw(st.integers(0, new_count - 1)) for _ in range(count - new_count)
-        ]
-        parent = draw(st.permutations(parent))
-        current = [parent[g] for g in current]
-        assignments.append(current)
-        count = new_count
-    return ClassHierarchy(assignments)
-
-
-@settings(max_examples=60, deadline=None)
-@given(hierarchy=hierarchies(), data=st.data())
-def test_remap_targets_matches_naive_loop(hierarchy: ClassHierarchy, data: st.DataObject) -> None:
-    batch = data.draw(st.integers(0, 5))
-    bits = data.draw(
-        st.lists(
-            st.integers(0, 1), min_size=batch * hierarchy.num_classes, max_size=batch * hierarchy.num_classes
-        )
-    )
-    targets = np.array(bits, dtype=np.int64).reshape(batch, hierarchy.num_classes)
-    level = data.draw(st.integers(0, hierarchy.num_levels - 1))
-    got = hierarchy.remap_targets(torch.from_numpy(targets), level)
-    expected = naive_remap(targets, hierarchy.assignments(level).tolist(), hierarchy.num_groups(level))
-    np.testing.assert_array_equal(got.numpy(), expected)
-
-
-@pytest.mark.parametrize("dtype", [torch.bool, torch.float16, torch.float32, torch.int64, torch.uint8])
-def test_remap_keeps_dtype_and_does_not_modify_input(dtype: torch.dtype) -> None:
-    h = ClassHierarchy([[0, 1, 0, 2, 1]])
-    targets = torch.tensor([[1, 0, 0, 0, 1], [0, 0, 0, 0, 0]]).to(dtype)
-    before = targets.clone()
-    got = h.remap_targets(targets, 1)
-    assert got.dtype == dtype
-    assert torch.equal(got.long(), torch.tensor([[1, 1, 0], [0, 0, 0]]))
-    assert torch.equal(targets, before)
-    copy = h.remap_targets(targets, 0)
-    assert torch.equal(copy, targets)
-    assert copy.data_ptr() != targets.data_ptr()
 
 
 def test_group_classes_one_liner_equals_the_pieces() -> None:
@@ -267,56 +150,11 @@ def test_bad_fit_input() -> None:
         HierarchicalKMeans((2,)).fit(torch.randn(6, 3), class_names=["a", "b"])
 
 
-def test_bad_targets() -> None:
-    h = ClassHierarchy([[0, 1, 0, 1]])
-    with pytest.raises(ValueError, match=r"`targets` must have shape \(B, 4\), got \(2, 3\)"):
-        h.remap_targets(torch.zeros(2, 3), 1)
-    with pytest.raises(ValueError, match=r"`targets` must have shape \(B, K\), got \(4,\)"):
-        h.remap_targets(torch.zeros(4), 1)
-    with pytest.raises(ValueError, match="`targets` must hold only 0/1 values"):
-        h.remap_targets(torch.tensor([[0.0, 0.5, 1.0, 0.0]]), 1)
-    with pytest.raises(TypeError, match="`targets` must be a torch.Tensor, got list"):
-        h.remap_targets([[0, 1, 0, 1]], 1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="`level` must be <= 1, got 2"):
-        h.remap_targets(torch.zeros(1, 4), 2)
-
-
-def test_bad_hierarchies() -> None:
-    with pytest.raises(ValueError, match="is not nested: group 1 of level 1 is split"):
-        ClassHierarchy([[0, 1, 1, 2], [0, 0, 1, 1]])
-    with pytest.raises(ValueError, match=r"leaves group\(s\) \[1\] of level 1 empty"):
-        ClassHierarchy([[0, 2, 2, 0]])
-    with pytest.raises(ValueError, match="must strictly decrease"):
-        ClassHierarchy([[0, 1, 2, 3]])
-    with pytest.raises(ValueError, match=r"`assignments\[1\]` must have 4 entries, got 3"):
-        ClassHierarchy([[0, 0, 1, 1], [0, 0, 0]])
-    with pytest.raises(TypeError, match=r"`assignments\[0\]` must be an int, got float"):
-        ClassHierarchy([[0.0, 1.0, 1.0]])
-    with pytest.raises(ValueError, match="`class_index` must be <= 3, got 4"):
-        ClassHierarchy([[0, 0, 1, 1]]).group_of(4, 1)
-
-
-def test_saved_files_get_the_usual_permissions(tmp_path: Path) -> None:
-    import os
-
-    path = ClassHierarchy([[0, 0, 1]]).save(tmp_path / "h.json")
-    umask = os.umask(0)
-    os.umask(umask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
-
-
-def test_group_presence_and_dropping_saturated_levels() -> None:
-    h = ClassHierarchy([[0, 1, 1, 2, 3], [0, 0, 0, 1, 2], [0, 0, 0, 0, 1]])
-    targets = torch.tensor([[1, 0, 0, 0, 0], [0, 1, 0, 0, 1], [0, 0, 1, 1, 0], [0, 0, 0, 1, 0]])
-    torch.testing.assert_close(h.group_presence(targets, 1), torch.tensor([0.25, 0.5, 0.5, 0.25]))
-    torch.testing.assert_close(h.group_presence(targets, 2), torch.tensor([0.75, 0.5, 0.25]))
-    torch.testing.assert_close(h.group_presence(targets, 3), torch.tensor([1.0, 0.25]))
-    assert h.drop_saturated_levels(targets, 0.9).level_sizes == (5, 4, 3)  # level 3 has a group in 100%
-    assert h.drop_saturated_levels(targets, 0.6).level_sizes == (5, 4)
-    kept = h.drop_saturated_levels(targets, 0.8)
-    assert kept.assignments(2).tolist() == h.assignments(2).tolist()
-    assert kept.class_names == h.class_names
-    with pytest.raises(ValueError, match="every group level has a group present in more than 40%"):
-        h.drop_saturated_levels(targets, 0.4)
-    with pytest.raises(ValueError, match="`max_presence` must be between 0 and 1"):
-        h.drop_saturated_levels(targets, 1.5)
+def test_unit_norm_is_stored_and_shown() -> None:
+    clusterer = HierarchicalKMeans((2,), unit_norm=True)
+    assert clusterer.unit_norm is True
+    assert "unit_norm=True" in repr(clusterer)
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [20.0, 0.0], [0.0, 21.0]])
+    assert group_classes(vectors, (2,), unit_norm=True).groups(1) == [[0, 2], [1, 3]]  # directions only
+    # Euclidean: SSE of {0, 1, 2} + {3} is 254.7, of {0, 1, 3} + {2} 281.3, of {0, 1} + {2, 3} 421.5
+    assert group_classes(vectors, (2,), unit_norm=False).groups(1) == [[0, 1, 2], [3]]

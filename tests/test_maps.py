@@ -25,7 +25,7 @@ def test_matches_naive_loop(mode: str, shape: tuple[int, ...]) -> None:
     maps = torch.randn(shape, dtype=torch.float64)
     if len(shape) > 2:
         maps[..., 0, :, :] = 0.0  # include all-zero maps
-    got = normalize_maps(maps, mode)
+    got = normalize_maps(maps, normalize=mode)  # type: ignore[arg-type]
     np.testing.assert_allclose(got.numpy(), naive(maps.numpy(), mode), rtol=1e-12, atol=1e-12)
 
 
@@ -64,5 +64,13 @@ def test_bad_input() -> None:
         normalize_maps(torch.zeros(3, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"`maps` must have shape \(..., H, W\), got \(3,\)"):
         normalize_maps(torch.zeros(3))
-    with pytest.raises(ValueError, match="`mode` must be one of 'max', 'minmax', None, got 'mean'"):
+    with pytest.raises(ValueError, match="`normalize` must be one of 'max', 'minmax', None, got 'mean'"):
         normalize_maps(torch.zeros(3, 3), "mean")  # type: ignore[arg-type]
+
+
+def test_keyword_normalize() -> None:
+    maps = torch.tensor([[1.0, 3.0], [2.0, 5.0]])
+    torch.testing.assert_close(
+        normalize_maps(maps=maps, normalize="minmax"), torch.tensor([[0.0, 0.5], [0.25, 1.0]])
+    )
+    torch.testing.assert_close(normalize_maps(maps, normalize="max"), maps / 5)

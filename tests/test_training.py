@@ -381,7 +381,7 @@ def test_real_two_branch_net_trains_and_resumes_with_two_branch_loss(tmp_path: P
 
 def test_labels_transform_trains_a_level_model() -> None:
     hierarchy = FashionScenes.natural_hierarchy()
-    remap = functools.partial(hierarchy.remap_targets, level=1)
+    remap = functools.partial(hierarchy.remap_labels, level=1)
     val = scene_batches("val", 32, 16)
     model = classifier(classes=hierarchy.num_groups(1))
     history = fit(
@@ -395,7 +395,7 @@ def test_labels_transform_trains_a_level_model() -> None:
     model.eval()
     with torch.no_grad():
         scores = torch.cat([model(b["image"]) for b in val])
-    targets = hierarchy.remap_targets(torch.cat([b["targets"] for b in val]), 1)
+    targets = hierarchy.remap_labels(torch.cat([b["targets"] for b in val]), 1)
     assert history["val_map"][0] == pytest.approx(mean_average_precision(scores, targets).item(), abs=1e-6)
     with pytest.raises(ValueError, match=r"logits \(16, 4\) and labels \(16, 10\) .* `labels_transform`"):
         fit(model, val, epochs=1, progress=False)

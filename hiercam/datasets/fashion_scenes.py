@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from hiercam._validation import check_choice, check_int, type_name
 from hiercam.datasets.fashion_mnist import FASHION_MNIST_CLASSES, GarmentPool, Split, load_garments
-from hiercam.grouping import ClassHierarchy
+from hiercam.hierarchy import ClassHierarchy
 
 __all__ = ["FashionScenes", "SceneSample", "SceneBatch", "collate_scenes"]
 

@@ -17,13 +17,13 @@ the best validation mIoU is then applied to test, so test data never chooses any
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from hiercam.fusion import RestMode, fuse_hierarchy
-from hiercam.grouping import ClassHierarchy
+from hiercam.fusion import fuse_hierarchy
+from hiercam.hierarchy import ClassHierarchy
 from hiercam.maps import normalize_maps
 from hiercam.metrics import LocalizationError, MeanIoU
 from hiercam.pipeline.config import PipelineConfig
@@ -57,7 +57,7 @@ def variant_maps(
     labels: Tensor,
     size: tuple[int, int],
     names: list[str],
-    rest: RestMode,
+    rest: Literal["max", "mean", "none"],
     weights: dict[str, tuple[float, float, float]] | None = None,
 ) -> Iterator[tuple[str, Tensor]]:
     """``(name, maps (B, K, H, W))`` of each variant for the images ``rows`` of a split.
@@ -88,7 +88,7 @@ def variant_maps(
                 level_maps,
                 hierarchy,
                 labels,
-                rest=rest,
+                rest_reduction=None if rest == "none" else rest,
                 weights=weights.get(name, (1.0, 1.0, 1.0)),
             )
             yield name, fused

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from hiercam._io import atomic_write, atomic_write_text
-from hiercam.grouping import ClassHierarchy
+from hiercam.hierarchy import ClassHierarchy
 from hiercam.pipeline.evaluation import ABLATION
 from hiercam.pipeline.stages import RunContext, TrainedModel
 

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from hiercam.cam import GradCAM
-from hiercam.grouping import ClassHierarchy, group_classes
+from hiercam.grouping import group_classes
+from hiercam.hierarchy import ClassHierarchy
 from hiercam.losses import TwoBranchLoss
 from hiercam.metrics import mean_average_precision
 from hiercam.pipeline import models as build
@@ -130,7 +131,7 @@ def _train(
         folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / f"{stem}.ckpt"
     transform = (
-        None if level == 0 or hierarchy is None else functools.partial(hierarchy.remap_targets, level=level)
+        None if level == 0 or hierarchy is None else functools.partial(hierarchy.remap_labels, level=level)
     )
     ctx.log(f"  {name}: training {config.train.epochs} epochs on {len(ctx.data('train'))} images")
     start = time.perf_counter()
@@ -225,7 +226,7 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
         base.model,
         method.levels,
         class_names(config),
-        normalize=method.grouping_normalize,
+        unit_norm=method.grouping_normalize,
         weighted=method.grouping_weighted,
         random_state=config.seed,
     )
@@ -241,7 +242,7 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
             ) from error
     hierarchy.save(path)
     presence = {
-        str(level): hierarchy.remap_targets(targets, level).float().mean(0).tolist()
+        str(level): hierarchy.remap_labels(targets, level).float().mean(0).tolist()
         for level in range(1, hierarchy.num_levels)
     }
     from hiercam._io import atomic_write_json, atomic_write_text
@@ -351,6 +352,6 @@ def model_map(
     """Classification mAP of every model on a split, against its level's group targets."""
     scores = {}
     for name, trained in models.items():
-        level_targets = hierarchy.remap_targets(cams["targets"], trained.level)
+        level_targets = hierarchy.remap_labels(cams["targets"], trained.level)
         scores[name] = float(mean_average_precision(cams[f"{name}/logits"], level_targets))
     return scores

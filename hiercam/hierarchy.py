@@ -1,0 +1,465 @@
+"""The class hierarchy: levels of nested class groups (paper section 3.3), as one immutable data type.
+
+Level 0 is the ``K`` original classes; level ``l`` holds ``N_l`` groups, each a union of groups of level
+``l - 1``. Each group level becomes a multi-label classification problem whose labels are given by
+[`ClassHierarchy.remap_labels`][hiercam.ClassHierarchy.remap_labels]. The clustering that builds a hierarchy
+lives in [`hiercam.grouping`][hiercam.HierarchicalKMeans]; fusion, datasets and reports need only this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hiercam._io import atomic_write_json
+from hiercam._validation import (
+    check_binary,
+    check_int,
+    check_tensor,
+    check_threshold,
+    format_shape,
+    type_name,
+)
+
+__all__ = ["ClassHierarchy"]
+
+
+_FORMAT = "hiercam.ClassHierarchy"
+_FORMAT_VERSION = 1
+_NAMES_SHOWN = 8
+
+
+class ClassHierarchy:
+    """An immutable hierarchy of class groups: level 0 holds the classes, level ``l`` holds ``N_l`` groups.
+
+    Every group at level ``l`` is a union of groups at level ``l - 1`` (the hierarchy is nested).
+
+    Args:
+        assignments: one sequence per group level ``1..L``, each of length ``K``: the group index
+            (``0..N_l-1``, every group non-empty) of each class at that level.
+        class_names: ``K`` names; defaults to ``"class 0"``, ``"class 1"``, ...
+
+    Raises:
+        TypeError: an assignment is not an integer (``int`` or a NumPy integer; bools are refused).
+        ValueError: lengths differ, a group id is outside ``0..N_l-1`` or a group is empty, group counts do
+            not strictly decrease, the levels are not nested, or ``class_names`` has the wrong length. All is
+            checked in time and memory proportional to ``K`` times the number of levels, before anything else
+            is built.
+
+    Examples:
+        >>> h = ClassHierarchy([[0, 0, 1, 2], [0, 0, 1, 1]], class_names=["cat", "dog", "car", "bus"])
+        >>> h.level_sizes
+        (4, 3, 2)
+        >>> h.group_names(1)
+        ['{cat, dog}', '{car}', '{bus}']
+        >>> h.remap_labels(torch.tensor([[1, 0, 0, 1]]), level=2)
+        tensor([[1, 1]])
+    """
+
+    __slots__ = ("_assignments", "_class_names", "_sizes")
+
+    def __init__(
+        self, assignments: Sequence[Sequence[int]], class_names: Sequence[str] | None = None
+    ) -> None:
+        given: object = assignments
+        if isinstance(given, (Tensor, np.ndarray)):
+            given = given.tolist()
+        if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+            raise TypeError(
+                f"`assignments` must be a sequence of per-level assignments, got {type_name(given)}"
+            )
+        if not given:
+            raise ValueError("`assignments` must hold at least one group level, got an empty sequence")
+        levels = [tuple(_as_index_list(a, f"assignments[{i}]")) for i, a in enumerate(given)]
+        num_classes = len(levels[0])
+        if num_classes == 0:
+            raise ValueError("`assignments[0]` must hold the group of every class, got an empty sequence")
+        names = _class_names(class_names, num_classes)
+        sizes = [num_classes]
+        finer = tuple(range(num_classes))
+        for i, level in enumerate(levels, start=1):
+            sizes.append(_check_assignment(level, i, finer, sizes[-1]))
+            finer = level
+        self._assignments: tuple[tuple[int, ...], ...] = tuple(levels)
+        self._class_names: tuple[str, ...] = names
+        self._sizes: tuple[int, ...] = tuple(sizes)
+
+    # ----------------------------------------------------------------------------------------- structure
+    @property
+    def num_classes(self) -> int:
+        """``K``, the number of original classes."""
+        return self._sizes[0]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The ``K`` class names."""
+        return self._class_names
+
+    @property
+    def num_levels(self) -> int:
+        """Number of levels, level 0 (the classes) included: valid levels are ``0..num_levels-1``."""
+        return len(self._sizes)
+
+    @property
+    def level_sizes(self) -> tuple[int, ...]:
+        """Group counts per level, ``(K, N_1, ..., N_L)``."""
+        return self._sizes
+
+    def num_groups(self, level: int) -> int:
+        """``N_level``, the number of groups at ``level`` (``K`` at level 0)."""
+        return self._sizes[self._check_level(level)]
+
+    def assignments(self, level: int) -> Tensor:
+        """Group index of every class at ``level`` as a ``LongTensor (K,)``; level 0 is the identity."""
+        return torch.tensor(self._assignment_list(level), dtype=torch.long)
+
+    def groups(self, level: int) -> list[list[int]]:
+        """The classes of each group at ``level``: ``N_level`` sorted lists of class indices."""
+        members: list[list[int]] = [[] for _ in range(self.num_groups(level))]
+        for cls, group in enumerate(self._assignment_list(level)):
+            members[group].append(cls)
+        return members
+
+    def group_of(self, class_index: int, level: int) -> int:
+        """Index of the group holding class ``class_index`` at ``level``."""
+        check_int(class_index, "class_index", minimum=0, maximum=self.num_classes - 1)
+        return self._assignment_list(level)[class_index]
+
+    def group_names(self, level: int) -> list[str]:
+        """Readable group names: class names at level 0, ``"{cat, dog}"`` at group levels."""
+        if self._check_level(level) == 0:
+            return list(self._class_names)
+        return [
+            "{" + ", ".join(self._class_names[c] for c in members) + "}" for members in self.groups(level)
+        ]
+
+    def remap_labels(self, labels: Tensor, level: int) -> Tensor:
+        """Turn multi-hot class labels into multi-hot group labels: a group is present when any member is.
+
+        Args:
+            labels: 0/1 labels of shape ``(B, K)``, any dtype (bool included).
+            level: the level whose groups are the new classes.
+
+        Returns:
+            Group labels ``(B, N_level)``, same device and dtype as ``labels`` (a copy at level 0).
+
+        Raises:
+            TypeError: ``labels`` is not a tensor.
+            ValueError: ``labels`` is not ``(B, K)`` or holds values other than 0 and 1.
+        """
+        self._check_level(level)
+        check_tensor(labels, "labels", dims="B, K")
+        if labels.shape[1] != self.num_classes:
+            raise ValueError(
+                f"`labels` must have shape (B, {self.num_classes}), got {format_shape(labels.shape)}"
+            )
+        check_binary(labels, "labels")
+        if level == 0:
+            return labels.clone()
+        index = torch.tensor(self._assignment_list(level), device=labels.device)
+        membership = torch.nn.functional.one_hot(index, self.num_groups(level)).to(torch.float32)
+        return (labels.to(torch.float32) @ membership > 0).to(labels.dtype)
+
+    def group_presence(self, labels: Tensor, level: int) -> Tensor:
+        """Fraction of images in which each group of ``level`` is present: ``(N_level,)`` float32.
+
+        A group present in almost every training image gives a near-constant target, so its model learns
+        little about where it is (its map carries little signal).
+
+        Args:
+            labels: 0/1 class labels ``(B, K)``, e.g. a whole training set's.
+            level: the level whose groups are counted.
+
+        Returns:
+            ``(N_level,)`` fractions in ``[0, 1]`` on the device of ``labels``.
+
+        Examples:
+            >>> h = ClassHierarchy([[0, 0, 1]])
+            >>> h.group_presence(torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 1]]), level=1)
+            tensor([0.6667, 0.6667])
+        """
+        remapped = self.remap_labels(labels, level)
+        if remapped.shape[0] == 0:
+            raise ValueError("`labels` must hold at least one image")
+        return remapped.to(torch.float32).mean(dim=0)
+
+    def drop_saturated_levels(self, labels: Tensor, max_presence: float) -> ClassHierarchy:
+        """The hierarchy without the group levels that have a group present in more than ``max_presence``.
+
+        Such a level turns into a near-constant classification problem for at least one group (not in the
+        paper). The remaining levels stay nested; level 0 is always kept.
+
+        Args:
+            labels: 0/1 training labels ``(B, K)``.
+            max_presence: the largest allowed fraction of images in which a group is present, in (0, 1).
+
+        Returns:
+            A new hierarchy with the kept levels (``self`` is unchanged).
+
+        Raises:
+            ValueError: every group level is saturated (raise ``max_presence``), or bad ``labels``.
+
+        Examples:
+            >>> h = ClassHierarchy([[0, 0, 1, 2], [0, 0, 0, 1]], class_names=["cat", "dog", "car", "bus"])
+            >>> labels = torch.tensor([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 1]])
+            >>> h.group_presence(labels, 2)  # {cat, dog, car} is in every image
+            tensor([1.0000, 0.3333])
+            >>> h.drop_saturated_levels(labels, max_presence=0.9).level_sizes
+            (4, 3)
+            >>> h.drop_saturated_levels(labels, max_presence=0.5).level_sizes
+            Traceback (most recent call last):
+                ...
+            ValueError: every group level has a group present in more than 50% of the images ...
+        """
+        limit = check_threshold(max_presence, "max_presence")
+        kept = [
+            level
+            for level in range(1, self.num_levels)
+            if float(self.group_presence(labels, level).max()) <= limit
+        ]
+        if not kept:
+            raise ValueError(
+                f"every group level has a group present in more than {limit:.0%} of the images "
+                "(raise `max_presence`)"
+            )
+        return ClassHierarchy([self._assignments[level - 1] for level in kept], self._class_names)
+
+    # ----------------------------------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (see [`from_dict`][hiercam.ClassHierarchy.from_dict])."""
+        return {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "class_names": list(self._class_names),
+            "assignments": [list(level) for level in self._assignments],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClassHierarchy:
+        """Rebuild a hierarchy from [`to_dict`][hiercam.ClassHierarchy.to_dict] output, validating it.
+
+        Raises:
+            TypeError: ``data`` is not a mapping.
+            ValueError: a key is missing or has the wrong type or value; the message names the key.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"`data` must be a mapping, got {type_name(data)}")
+        return cls._from_mapping(data, "`data`")
+
+    @classmethod
+    def _from_mapping(cls, data: Mapping[str, Any], where: str) -> ClassHierarchy:
+        """``from_dict`` with messages that start with ``where`` (the argument, or a file's path)."""
+        keys = ("format", "version", "class_names", "assignments")
+        missing = [key for key in keys if key not in data]
+        if missing:
+            raise ValueError(
+                f"{where} has no key {missing[0]!r}: a {_FORMAT} description needs the keys "
+                + ", ".join(repr(key) for key in keys)
+            )
+        if data["format"] != _FORMAT:
+            raise ValueError(f"{where}: key 'format' must be {_FORMAT!r}, got {_short(data['format'])}")
+        version = data["version"]
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(
+                f"{where}: key 'version' must be an int, got {type_name(version)} {_short(version)}"
+            )
+        if version != _FORMAT_VERSION:
+            raise ValueError(
+                f"{where}: key 'version' is {version}; this hiercam reads version {_FORMAT_VERSION} only"
+            )
+        names, assignments = data["class_names"], data["assignments"]
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"{where}: key 'class_names' must be a list of strings, got {_short(names)}")
+        if not isinstance(assignments, list) or not all(isinstance(level, list) for level in assignments):
+            raise ValueError(
+                f"{where}: key 'assignments' must be a list of lists of group ids, got {_short(assignments)}"
+            )
+        try:
+            return cls(assignments, names)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: key 'assignments' or 'class_names' is invalid: {error}") from None
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the hierarchy as JSON, atomically (a temporary file renamed into place)."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ClassHierarchy:
+        """Read a hierarchy written by ``save`` (plain JSON: nothing is executed).
+
+        Everything is validated before the hierarchy is built (see
+        [`ClassHierarchy`][hiercam.ClassHierarchy]): a tampered file costs time and memory proportional to its
+        size, never more.
+
+        Raises:
+            FileNotFoundError, PermissionError: the file cannot be read (the message holds the path).
+            ValueError: the file is not UTF-8 JSON, or a key is missing or wrong; the message names the file
+                and the key.
+        """
+        where = repr(os.fspath(path))
+        try:
+            data = json.loads(Path(path).read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{where} is not UTF-8 text: {error}") from None
+        except (ValueError, RecursionError) as error:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{where} is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must hold a JSON object, got a JSON {type_name(data)}")
+        return cls._from_mapping(data, where)
+
+    # ----------------------------------------------------------------------------------------- display
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClassHierarchy):
+            return NotImplemented
+        return self._assignments == other._assignments and self._class_names == other._class_names
+
+    def __hash__(self) -> int:
+        return hash((self._assignments, self._class_names))
+
+    def __repr__(self) -> str:
+        """One line: ``ClassHierarchy(5 classes, levels 5 -> 3 -> 2)``, the group count of every level."""
+        sizes = " -> ".join(str(s) for s in self._sizes)
+        return f"ClassHierarchy({self.num_classes} classes, levels {sizes})"
+
+    def __str__(self) -> str:
+        """The tree, top level first: one line per group with its size; level-1 groups name their classes.
+
+        At most 8 names are shown per group, then a count of the others.
+        """
+        members = self._members_by_level()
+        lines = [repr(self)]
+
+        def walk(level: int, group: int, depth: int) -> None:
+            line = "  " * depth + self._group_label(level, group, members)
+            if level == 1:
+                names = [self._class_names[c] for c in members[1][group][:_NAMES_SHOWN]]
+                more = len(members[1][group]) - len(names)
+                line += ": " + ", ".join(names) + (f", ... ({more} more)" if more else "")
+            lines.append(line)
+            for child in self._children(level, group, members):
+                walk(level - 1, child, depth + 1)
+
+        top = self.num_levels - 1
+        for group in range(self._sizes[top]):
+            walk(top, group, 0)
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The tree as nested HTML lists, shown by Jupyter when a hierarchy is a cell's last line.
+
+        Each group is a collapsible ``<details>`` element holding its sub-groups; level-1 groups list all
+        their class names (HTML-escaped).
+        """
+        members = self._members_by_level()
+
+        def items(level: int, groups: list[int]) -> str:
+            parts = []
+            for group in groups:
+                label = escape(self._group_label(level, group, members))
+                if level == 1:
+                    names = escape(", ".join(self._class_names[c] for c in members[1][group]))
+                    parts.append(f"<li>{label}: {names}</li>")
+                else:
+                    inner = items(level - 1, self._children(level, group, members))
+                    parts.append(f'<li><details open="open"><summary>{label}</summary>{inner}</details></li>')
+            return "<ul>" + "".join(parts) + "</ul>"
+
+        top = self.num_levels - 1
+        sizes = " &#8594; ".join(str(s) for s in self._sizes)
+        return (
+            f'<div class="hiercam-class-hierarchy"><strong>ClassHierarchy</strong>: {self.num_classes} '
+            f"classes, levels {sizes}{items(top, list(range(self._sizes[top])))}</div>"
+        )
+
+    def _members_by_level(self) -> list[list[list[int]]]:
+        """``groups(level)`` for every level, computed once for the tree views."""
+        return [self.groups(level) for level in range(self.num_levels)]
+
+    def _group_label(self, level: int, group: int, members: list[list[list[int]]]) -> str:
+        count = len(members[level][group])
+        return f"level {level} group {group} ({count} class{'' if count == 1 else 'es'})"
+
+    def _children(self, level: int, group: int, members: list[list[list[int]]]) -> list[int]:
+        """The groups of ``level - 1`` inside ``group`` of ``level`` (none at level 1: classes are leaves)."""
+        if level <= 1:
+            return []
+        finer = self._assignment_list(level - 1)
+        return sorted({finer[c] for c in members[level][group]})
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def _check_level(self, level: int) -> int:
+        return check_int(level, "level", minimum=0, maximum=self.num_levels - 1)
+
+    def _assignment_list(self, level: int) -> tuple[int, ...]:
+        if self._check_level(level) == 0:
+            return tuple(range(self.num_classes))
+        return self._assignments[level - 1]
+
+
+def _class_names(names: Sequence[str] | None, count: int) -> tuple[str, ...]:
+    if names is None:
+        return tuple(f"class {i}" for i in range(count))
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError("`class_names` must be a sequence of strings")
+    if len(names) != count:
+        raise ValueError(f"`class_names` must have {count} entries, got {len(names)}")
+    return tuple(names)
+
+
+def _as_index_list(values: Any, name: str) -> list[int]:
+    if isinstance(values, Tensor):
+        values = values.tolist()
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"`{name}` must be a sequence of ints, got {type_name(values)}")
+    return [check_int(v, name, minimum=0) for v in values]
+
+
+def _check_assignment(level: tuple[int, ...], index: int, finer: tuple[int, ...], finer_count: int) -> int:
+    """Validate the assignment of group level ``index`` against level ``index - 1``; return ``N_index``.
+
+    Group ids must be ``0..N-1`` with every group used. Checked in time and memory proportional to ``K``, so
+    that a tampered id such as ``10**9`` is refused instead of building a range that large.
+    """
+    name = f"assignments[{index - 1}]"
+    if len(level) != len(finer):
+        raise ValueError(f"`{name}` must have {len(finer)} entries, got {len(level)}")
+    used = set(level)
+    count = len(used)
+    if max(level) >= count:
+        missing = sorted(set(range(count)) - used)
+        shown = ", ".join(str(g) for g in missing[:_NAMES_SHOWN]) + (
+            ", ..." if len(missing) > _NAMES_SHOWN else ""
+        )
+        raise ValueError(
+            f"`{name}` leaves group(s) [{shown}] of level {index} empty: the {count} groups of a level "
+            f"must be numbered 0..{count - 1}, got the group id {max(level)}"
+        )
+    if count >= finer_count:
+        raise ValueError(
+            f"group counts must strictly decrease from level to level, got {count} groups "
+            f"at level {index} after {finer_count} at level {index - 1}"
+        )
+    parent: dict[int, int] = {}
+    for child, group in zip(finer, level, strict=True):
+        if parent.setdefault(child, group) != group:
+            raise ValueError(
+                f"`{name}` is not nested: group {child} of level {index - 1} is split "
+                f"between groups {parent[child]} and {group} of level {index}"
+            )
+    return count
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters for messages about untrusted data."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
