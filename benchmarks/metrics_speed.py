@@ -1,9 +1,9 @@
 """Speed of the CAM quality metrics on a VOC-val-sized set (1,449 images of 224 x 224, 21 labels).
 
 ``mean_iou_from_masks`` (one batch's confusion matrix and IoU) is timed against torchmetrics'
-``MulticlassJaccardIndex.update`` (same ignore_index=255, macro average: the same figure), interleaved batch by
-batch in one run so that both see the same machine load, with torchmetrics' input validation on (its default)
-and off. Then ``MeanIoU(thresholds=...)`` (maps in, 10
+``MulticlassJaccardIndex.update`` (same ignore_index=255, macro average: the same figure), interleaved batch
+by batch in one run so that both see the same machine load, with torchmetrics' input validation on (its
+default) and off. Then ``MeanIoU(thresholds=...)`` (maps in, 10
 thresholds at once) and ``LocalizationError`` are timed on maps of the same set. Label maps are stored as
 uint8 and converted to int64 before the clock starts.
 
