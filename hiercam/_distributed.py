@@ -17,6 +17,7 @@ from torch import Tensor
 
 __all__ = [
     "barrier",
+    "collective_device",
     "gather_objects",
     "gather_rows",
     "init_distributed",
@@ -59,17 +60,26 @@ def barrier() -> None:
         dist.barrier()
 
 
+def collective_device() -> torch.device:
+    """The device the process group's backend reduces on: this process's GPU for NCCL, else the CPU."""
+    if world_size() > 1 and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def sync_sum(state: Tensor) -> Tensor:
     """Sum ``state`` over all processes (all_reduce SUM); ``state`` itself outside distributed runs.
 
-    Returns a new tensor (the caller's state is left as it is). The state must be on the device of the
-    backend (the CPU for gloo, the process's GPU for NCCL) and have the same shape on every process.
+    Returns a new tensor on the device of ``state`` (the caller's state is left as it is). The state must have
+    the same shape and dtype on every process, but not the same device: it is reduced on the backend's device
+    (``collective_device``), so a process whose state stayed on the CPU (no data) can sum with peers whose
+    state followed their data to a GPU.
     """
     if world_size() < 2:
         return state
-    total = state.clone()
+    total = state.detach().to(collective_device(), copy=True)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total
+    return total.to(state.device)
 
 
 def gather_objects(value: object) -> list[object]:
