@@ -40,6 +40,28 @@ class Metric(nn.Module):
         sync_on_compute: sum / concatenate the states of all processes in ``compute`` when a
             ``torch.distributed`` process group of two or more processes is initialised. Every process must
             then call ``compute`` (it is a collective), including a process that saw no data.
+
+    Examples:
+        A metric of your own: the fraction of images with at least one present class.
+
+        >>> import torch
+        >>> class AnyPresent(Metric):
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.add_state("counts", torch.zeros(2, dtype=torch.long), "sum")
+        ...     def update(self, labels: torch.Tensor) -> None:
+        ...         hits = int(labels.bool().any(dim=1).sum())
+        ...         self.counts = self.counts + torch.tensor([hits, len(labels)])
+        ...     def _compute(self) -> torch.Tensor:
+        ...         return self.counts[0] / self.counts[1]
+        >>> metric = AnyPresent()
+        >>> metric(torch.tensor([[1, 0], [0, 0]]))  # this batch alone, and accumulated
+        tensor(0.5000)
+        >>> metric.update(torch.tensor([[0, 1], [1, 1]]))
+        >>> metric.compute()
+        tensor(0.7500)
+        >>> metric.state_dict()["counts"]
+        tensor([3, 4])
     """
 
     def __init__(self, *, sync_on_compute: bool = True) -> None:
@@ -55,7 +77,11 @@ class Metric(nn.Module):
         Args:
             name: attribute name of the state.
             default: the initial tensor of a ``"sum"`` state; ``None`` for a ``"cat"`` state.
-            reduce: ``"sum"`` or ``"cat"`` (see the module docstring).
+            reduce: ``"sum"`` (a fixed-shape tensor summed across processes) or ``"cat"`` (a list of
+                ``(N, ...)`` tensors concatenated across processes).
+
+        Raises:
+            ValueError: an unknown ``reduce``, or a ``"sum"`` state without a default.
         """
         if reduce == "sum":
             if default is None:
