@@ -416,8 +416,8 @@ class MeanIoU(Metric):
     A metric like the others: ``update`` / ``compute`` / ``reset``, calling it returns the
     batch's figure and accumulates it, ``state_dict`` / ``load_state_dict`` and ``.to(device)`` as any
     ``nn.Module``. In a ``torch.distributed`` run, ``compute`` sums the confusion matrices of all processes
-    (every process must call it, one with no data too); put the state on the backend's device first
-    (``metric.to("cuda")`` for NCCL).
+    (every process must call it, one with no data too); the sum is taken on the backend's device (the GPU
+    for NCCL), wherever the state lives.
 
     Args:
         num_classes: ``C = K + 1``, labels counted with the background (at least 2).
