@@ -176,6 +176,23 @@ def test_state_dict_round_trip_through_a_file() -> None:
         MeanIoU(4).load_state_dict(saved["miou"])  # 3 thresholds do not fit 1
 
 
+def test_non_persistent_states_stay_out_of_a_model_checkpoint() -> None:
+    data = batches(1)[0]
+    model = nn.ModuleDict({"head": nn.Linear(2, 2), "miou": MeanIoU(4), "map": MeanAveragePrecision()})
+    model["miou"].persistent(False)
+    model["map"].persistent(False)
+    model["miou"](data["maps"], data["labels"], masks=data["masks"])
+    model["map"](data["scores"], data["labels"])
+    assert set(model.state_dict()) == {"head.weight", "head.bias"}
+    fresh = nn.ModuleDict({"head": nn.Linear(2, 2), "miou": MeanIoU(4), "map": MeanAveragePrecision()})
+    fresh["miou"].persistent(False)
+    fresh["map"].persistent(False)
+    fresh.load_state_dict(model.state_dict())  # strict: loads without the metrics' states
+    assert fresh["miou"].confmat.sum() == 0
+    assert model["miou"].persistent(True) is model["miou"]
+    assert set(model.state_dict()) == {"head.weight", "head.bias", "miou.confmat"}
+
+
 def test_metrics_are_modules_and_move_with_to() -> None:
     data = batches(1)[0]
     model = nn.ModuleDict(collection())  # e.g. inside a LightningModule: moved with the model

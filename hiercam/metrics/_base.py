@@ -69,6 +69,7 @@ class Metric(nn.Module):
         self.sync_on_compute = bool(sync_on_compute)
         self._reductions: dict[str, Reduction] = {}
         self._defaults: dict[str, Tensor] = {}
+        self._persistent = True
 
     # ----------------------------------------------------------------------------------------- states
     def add_state(self, name: str, default: Tensor | None, reduce: Reduction) -> None:
@@ -87,12 +88,27 @@ class Metric(nn.Module):
             if default is None:
                 raise ValueError(f"a 'sum' state needs a default tensor, got None for {name!r}")
             self._defaults[name] = default.detach().clone()
-            self.register_buffer(name, default.detach().clone())
+            self.register_buffer(name, default.detach().clone(), persistent=self._persistent)
         elif reduce == "cat":
             setattr(self, name, [])
         else:
             raise ValueError(f"`reduce` must be 'sum' or 'cat', got {reduce!r}")
         self._reductions[name] = reduce
+
+    def persistent(self, mode: bool = True) -> Metric:
+        """Whether the states go into ``state_dict()`` (they do by default); returns ``self``.
+
+        Inside a model whose checkpoints must load without the metric's state (torchmetrics' default), call
+        ``metric.persistent(False)``.
+        """
+        self._persistent = bool(mode)
+        for name, reduce in self._reductions.items():
+            if reduce == "sum":
+                if self._persistent:
+                    self._non_persistent_buffers_set.discard(name)
+                else:
+                    self._non_persistent_buffers_set.add(name)
+        return self
 
     def _states(self) -> _States:
         return {
@@ -188,7 +204,7 @@ class Metric(nn.Module):
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         for name, reduce in self._reductions.items():
-            if reduce == "cat":
+            if reduce == "cat" and self._persistent:
                 pieces: list[Tensor] = getattr(self, name)
                 value = torch.cat(pieces) if pieces else torch.empty(0)
                 destination[prefix + name] = value if keep_vars else value.detach()
@@ -204,7 +220,7 @@ class Metric(nn.Module):
         error_msgs: list[str],
     ) -> None:
         for name, reduce in self._reductions.items():
-            if reduce != "cat":
+            if reduce != "cat" or not self._persistent:
                 continue
             key = prefix + name
             if key not in state_dict:
