@@ -25,17 +25,16 @@ THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7]
 
 
 def score(model: nn.Module, loader: DataLoader) -> tuple[list[float], list[float]]:
-    """The mIoU and the localisation error (both in percent) at every threshold, over the whole loader."""
+    """The mIoU and the localisation error (fractions in [0, 1]) at every threshold, over the whole loader."""
     miou = hiercam.MeanIoU(num_classes=11, thresholds=THRESHOLDS)  # 10 classes + background (label 0)
-    loc = [hiercam.LocalizationError(threshold=t, iou=0.5) for t in THRESHOLDS]
+    loc = hiercam.LocalizationError(thresholds=THRESHOLDS, iou=0.5)  # one metric, every threshold
     with hiercam.GradCAM(model) as cam:
         for batch in loader:
             labels = batch["targets"]  # (B, K) ground-truth image labels: which classes to score (IRN)
-            cams = cam(batch["image"], labels)  # (B, K, H, W) at the masks' resolution
-            miou.update(cams, batch["mask"], labels)  # masks (B, H, W): 0 background, k + 1 class k
-            for metric in loc:
-                metric.update(cams, labels, batch["boxes"])  # boxes: B tensors of (class, x1, y1, x2, y2)
-    return (100 * miou.compute().miou).tolist(), [metric.compute().item() for metric in loc]
+            maps = cam(batch["image"], labels)  # (B, K, H, W) at the masks' resolution
+            miou.update(maps, labels, masks=batch["mask"])  # masks (B, H, W): 0 background, k + 1 class k
+            loc.update(maps, labels, boxes=batch["boxes"])  # boxes: B tensors of (class, x1, y1, x2, y2)
+    return miou.compute().miou.tolist(), loc.compute().tolist()
 
 
 def main() -> None:
@@ -60,27 +59,27 @@ def main() -> None:
     val_miou, val_loc = score(model, val)
     print("threshold | val mIoU | val loc. error")
     for t, m, e in zip(THRESHOLDS, val_miou, val_loc, strict=True):
-        print(f"{t:9.2f} | {m:8.1f} | {e:14.1f}")
+        print(f"{t:9.2f} | {100 * m:8.1f} | {100 * e:14.1f}")  # percent at display only
     best = max(range(len(THRESHOLDS)), key=lambda i: val_miou[i])  # chosen on validation only
     paper = THRESHOLDS.index(0.15)
 
     test_miou, test_loc = score(model, test)
     print(
-        f"test at the paper's threshold 0.15: mIoU {test_miou[paper]:.1f}, loc. error {test_loc[paper]:.1f}"
+        f"test at the paper's threshold 0.15: mIoU {test_miou[paper]:.1%}, loc. error {test_loc[paper]:.1%}"
     )
     t_best = THRESHOLDS[best]
     print(
-        f"test at t* = {t_best} (best val mIoU): mIoU {test_miou[best]:.1f}, loc. error {test_loc[best]:.1f}"
+        f"test at t* = {t_best} (best val mIoU): mIoU {test_miou[best]:.1%}, loc. error {test_loc[best]:.1%}"
     )
 
     # The functional forms give the same figures for one batch (the classes count the same way).
     batch = collate([test.dataset[i] for i in range(8)])
     with hiercam.GradCAM(model) as cam:
-        cams = cam(batch["image"], batch["targets"])
-    pred = hiercam.cams_to_labels(cams, batch["targets"], threshold=0.15)  # (8, 64, 64) label map
-    result = hiercam.mean_iou(pred, batch["mask"], num_classes=11)  # IoUResult(miou, per_class)
-    error = hiercam.localization_error(cams, batch["targets"], batch["boxes"], threshold=0.15)
-    print(f"8 test scenes at 0.15: mIoU {100 * result.miou.item():.1f}, loc. error {error.item():.1f}")
+        maps = cam(batch["image"], batch["targets"])
+    labels = batch["targets"]
+    result = hiercam.mean_iou(maps, labels, masks=batch["mask"], thresholds=0.15)  # IoUResult(miou, ...)
+    error = hiercam.localization_error(maps, labels, boxes=batch["boxes"], thresholds=0.15)
+    print(f"8 test scenes at 0.15: mIoU {result.miou.item():.1%}, loc. error {error.item():.1%}")
 
 
 if __name__ == "__main__":

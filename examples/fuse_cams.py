@@ -102,6 +102,6 @@ figure  # noqa: B018  (shows the figure in a notebook)
 # %% A first look at quality: mIoU at the paper's threshold 0.15, base maps vs fused maps
 # (how-to 6 chooses the threshold on validation data and reports on test)
 for name, cams in (("base", base_maps), ("fused", fused)):
-    pred = hiercam.cams_to_labels(cams, labels, threshold=0.15)  # (B, 64, 64): 0 background, k + 1 class k
-    result = hiercam.mean_iou(pred, batch["mask"], num_classes=11)
+    # masks (B, 64, 64): 0 background, k + 1 class k; the maps become predicted masks at the threshold
+    result = hiercam.mean_iou(cams, labels, masks=batch["mask"], thresholds=0.15)
     print(f"{name:>5}: mIoU@0.15 on {len(val)} validation scenes {100 * result.miou.item():.1f}")

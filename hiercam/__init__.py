@@ -28,10 +28,11 @@ from hiercam.metrics import (
     MeanIoU,
     average_precision,
     cam_boxes,
-    cams_to_labels,
     localization_error,
+    maps_to_masks,
     mean_average_precision,
     mean_iou,
+    mean_iou_from_masks,
 )
 from hiercam.models import (
     Branch,
@@ -81,8 +82,9 @@ __all__ = [
     "fuse",
     "fuse_hierarchy",
     # CAM quality metrics (section 4.1.3)
-    "cams_to_labels",
+    "maps_to_masks",
     "mean_iou",
+    "mean_iou_from_masks",
     "MeanIoU",
     "IoUResult",
     "cam_boxes",

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hiercam._distributed import sync_sum
 from hiercam._validation import format_shape, type_name
-from hiercam.metrics._distributed import sync_sum
 from hiercam.metrics.average_precision import MeanAveragePrecision
 
 __all__ = ["LossFn", "Step", "bce_loss", "output_logits", "run_pass", "split_batch"]

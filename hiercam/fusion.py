@@ -164,7 +164,7 @@ def fuse_hierarchy(
     **Absent classes.** Maps are computed for all ``K`` classes. For a class that is absent from ``labels``,
     every present class is an "other" class, so its ``M0'`` is the max (or mean) over all present classes.
     Absent classes are not zeroed: with predicted labels, a class the classifier missed keeps a usable map;
-    [`cams_to_labels`][hiercam.cams_to_labels] ignores absent classes anyway.
+    [`maps_to_masks`][hiercam.maps_to_masks] ignores absent classes anyway.
 
     **Non-finite input.** NaN or infinite values in ``base_maps`` or ``level_maps`` raise a ``ValueError``
     naming the tensor, before any work (as in [`fuse`][hiercam.fuse]): one ``aminmax`` pass over each input

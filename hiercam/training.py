@@ -34,6 +34,7 @@ from hiercam._checkpoint import (
     restore_random_states,
     save_checkpoint,
 )
+from hiercam._distributed import barrier, is_main
 from hiercam._io import atomic_write_text
 from hiercam._loop import LossFn, Step, bce_loss, run_pass
 from hiercam._validation import check_int, type_name
@@ -330,7 +331,7 @@ def fit(
                 elif scheduler is not None:
                     scheduler.step()
                 history.append(record)
-                if checkpoint is not None and _is_main():
+                if checkpoint is not None and is_main():
                     save_checkpoint(
                         checkpoint,
                         {
@@ -344,7 +345,7 @@ def fit(
                         },
                     )
                 if checkpoint is not None:
-                    _barrier()  # every process resumes from the same file
+                    barrier()  # every process resumes from the same file
     finally:
         model.train(was_training)
     return history
@@ -369,7 +370,7 @@ def _epoch(
     set_epoch = getattr(getattr(train_loader, "sampler", None), "set_epoch", None)
     if callable(set_epoch):  # DistributedSampler: a new shuffle every epoch
         set_epoch(epoch)
-    show = progress and _is_main()
+    show = progress and is_main()
     with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not show, dynamic_ncols=True) as bar:
         step.model.train()
         train, _ = run_pass(step, train_loader, bar, optimizer, scaler, f"epoch {epoch}/{epochs} (training)")
@@ -386,17 +387,6 @@ def _epoch(
             )
     record["seconds"] = time.perf_counter() - start
     return record
-
-
-def _is_main() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def _resume(

@@ -50,7 +50,7 @@ def test_cam_boxes_match_a_flood_fill(seed: int, height: int, width: int) -> Non
     rng = np.random.default_rng(seed)
     cam = torch.from_numpy(rng.random((height, width)) ** 3)
     found = naive_components((cam / cam.max() > 0.3).numpy())
-    everything = cam_boxes(cam, 0.3, mode="all")
+    everything = cam_boxes(cam, 0.3, components="all")
     assert everything.tolist() == [box for _, box in found]
     largest = cam_boxes(cam, 0.3)
     sizes = [size for size, _ in found]
@@ -84,14 +84,14 @@ def test_box_convention_agrees_with_torchvision_and_ground_truth() -> None:
 
 
 def test_cam_boxes_bad_input() -> None:
-    with pytest.raises(ValueError, match=r"`cam` must have shape \(H, W\), got \(1, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"`map` must have shape \(H, W\), got \(1, 4, 4\)"):
         cam_boxes(torch.rand(1, 4, 4))
-    with pytest.raises(TypeError, match="`cam` must be a floating-point tensor"):
+    with pytest.raises(TypeError, match="`map` must be a floating-point tensor"):
         cam_boxes(torch.ones(4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"`threshold` must be between 0 and 1 \(exclusive\), got -0.1"):
         cam_boxes(torch.rand(4, 4), -0.1)
-    with pytest.raises(ValueError, match="`mode` must be one of 'largest', 'all', got 'biggest'"):
-        cam_boxes(torch.rand(4, 4), mode="biggest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`components` must be one of 'largest', 'all', got 'biggest'"):
+        cam_boxes(torch.rand(4, 4), components="biggest")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------ localization_error
@@ -125,29 +125,30 @@ def test_localization_error_hand_built_cases() -> None:
     # image 3: no class present -> contributes nothing
     cams[3] = torch.rand(3, 16, 16)
     boxes.append(torch.zeros(0, 5))
-    error = localization_error(cams, labels, boxes)
+    error = localization_error(cams, labels, boxes=boxes)
     assert error.dtype == torch.float64
-    assert float(error) == pytest.approx(100 / 3)
+    assert error.shape == ()
+    assert float(error) == pytest.approx(1 / 3)
     # sanity of the hand-built shift: torchvision agrees the IoU is 9 / 63
     iou = box_iou(torch.tensor([[5.0, 5.0, 11.0, 11.0]]), torch.tensor([[2.0, 2.0, 8.0, 8.0]]))
     assert float(iou) == pytest.approx(9 / 63)
     # only the absent class's CAM changes: same result
     cams[0, 2] = torch.rand(16, 16)
-    assert float(localization_error(cams, labels, boxes)) == pytest.approx(100 / 3)
+    assert float(localization_error(cams, labels, boxes=boxes)) == pytest.approx(1 / 3)
 
 
-def test_iou_boundary_and_mode_all() -> None:
+def test_iou_boundary_and_all_components() -> None:
     # predicted 4 x 2 inside a 4 x 4 ground truth: IoU exactly 0.5 -> a hit (>= 0.5)
     cams = blob(8, 8, 0, 0, 4, 2)[None, None]
     truth = [torch.tensor([[0, 0, 0, 4, 4]])]
     labels = torch.ones(1, 1)
-    assert float(localization_error(cams, labels, truth)) == 0.0
-    assert float(localization_error(cams, labels, truth, iou=0.6)) == 100.0
+    assert float(localization_error(cams, labels, boxes=truth)) == 0.0
+    assert float(localization_error(cams, labels, boxes=truth, iou=0.6)) == 1.0
     # a larger decoy region wins "largest" (-> error); "all" also keeps the right box (-> correct)
     decoy = blob(8, 8, 0, 0, 3, 3) + blob(8, 8, 4, 4, 8, 8)
     truth = [torch.tensor([[0, 0, 0, 3, 3]])]
-    assert float(localization_error(decoy[None, None], labels, truth)) == 100.0
-    assert float(localization_error(decoy[None, None], labels, truth, mode="all")) == 0.0
+    assert float(localization_error(decoy[None, None], labels, boxes=truth)) == 1.0
+    assert float(localization_error(decoy[None, None], labels, boxes=truth, components="all")) == 0.0
 
 
 def test_present_class_without_box_or_without_activation_is_an_error() -> None:
@@ -155,9 +156,9 @@ def test_present_class_without_box_or_without_activation_is_an_error() -> None:
     cams[0, 0] = blob(8, 8, 0, 0, 4, 4)
     labels = torch.tensor([[1, 1]])  # class 1 has no box and an all-zero CAM
     truth = [torch.tensor([[0, 0, 0, 4, 4]])]
-    assert float(localization_error(cams, labels, truth)) == 50.0
-    assert float(localization_error(cams, torch.tensor([[1, 0]]), truth)) == 0.0
-    assert math.isnan(float(localization_error(cams, torch.zeros(1, 2), truth)))
+    assert float(localization_error(cams, labels, boxes=truth)) == 0.5
+    assert float(localization_error(cams, torch.tensor([[1, 0]]), boxes=truth)) == 0.0
+    assert math.isnan(float(localization_error(cams, torch.zeros(1, 2), boxes=truth)))
 
 
 def test_box_formats_agree_and_streaming_equals_functional() -> None:
@@ -172,13 +173,13 @@ def test_box_formats_agree_and_streaming_equals_functional() -> None:
         classes = torch.randint(0, 3, (count, 1), generator=generator)
         rows.append(torch.cat([classes, corner, corner + size], dim=1).float())
     pairs = [(r[:, 1:], r[:, 0].long()) for r in rows]
-    expected = localization_error(cams, labels, rows, mode="all")
-    assert float(localization_error(cams, labels, pairs, mode="all")) == float(expected)
-    metric = LocalizationError(mode="all")
-    metric.update(cams[:4], labels[:4], pairs[:4])
-    metric.update(cams[4:], labels[4:], rows[4:])
+    expected = localization_error(cams, labels, boxes=rows, components="all")
+    assert float(localization_error(cams, labels, boxes=pairs, components="all")) == float(expected)
+    metric = LocalizationError(components="all")
+    metric.update(cams[:4], labels[:4], boxes=pairs[:4])
+    metric.update(cams[4:], labels[4:], boxes=rows[4:])
     assert float(metric.compute()) == float(expected)
-    assert int(metric.counts[1]) == int(labels.sum())
+    assert int(metric.counts[0, 1]) == int(labels.sum())
     metric.reset()
     assert math.isnan(float(metric.compute()))
 
@@ -188,51 +189,10 @@ def test_inputs_untouched_and_dtypes() -> None:
     labels = torch.tensor([[True, False], [True, True]])
     truth = [torch.tensor([[0.0, 0.0, 0.0, 8.0, 8.0]]), torch.tensor([[0.0, 0.0, 0.0, 8.0, 8.0]])]
     before = (cams.clone(), truth[0].clone())
-    error = localization_error(cams, labels, truth)
-    assert 0.0 <= float(error) <= 100.0
+    error = localization_error(cams, labels, boxes=truth)
+    assert 0.0 <= float(error) <= 1.0
     assert torch.equal(cams, before[0])
     assert torch.equal(truth[0], before[1])
-
-
-def test_localization_bad_input() -> None:
-    cams = torch.rand(2, 3, 8, 8)
-    labels = torch.ones(2, 3)
-    truth = [torch.tensor([[0, 1, 1, 4, 4]]), torch.zeros(0, 5)]
-    with pytest.raises(ValueError, match=r"`boxes\[0\]` holds a box with x2 < x1 or y2 < y1"):
-        localization_error(cams, labels, [torch.tensor([[0, 5, 1, 4, 4]]), truth[1]])
-    with pytest.raises(ValueError, match=r"`boxes\[1\]` holds a box with x2 < x1 or y2 < y1"):
-        localization_error(
-            cams, labels, [truth[0], (torch.tensor([[1.0, 5.0, 4.0, 4.0]]), torch.tensor([0]))]
-        )
-    with pytest.raises(ValueError, match=r"`boxes` must have one entry per image \(2\), got 1"):
-        localization_error(cams, labels, truth[:1])
-    with pytest.raises(ValueError, match=r"`boxes\[0\]` must have shape \(M, 5\)"):
-        localization_error(cams, labels, [torch.zeros(1, 4), truth[1]])
-    with pytest.raises(ValueError, match=r"`boxes\[0\]` class ids must be in \[0, 2\], got \[3\]"):
-        localization_error(cams, labels, [torch.tensor([[3, 1, 1, 4, 4]]), truth[1]])
-    with pytest.raises(ValueError, match=r"`boxes\[0\]` class ids must be integers"):
-        localization_error(cams, labels, [torch.tensor([[0.5, 1, 1, 4, 4]]), truth[1]])
-    with pytest.raises(
-        TypeError, match=r"`boxes\[1\]` must be a \(M, 5\) tensor or a \(boxes, classes\) pair"
-    ):
-        localization_error(cams, labels, [truth[0], [[0, 1, 1, 4, 4]]])  # type: ignore[list-item]
-    with pytest.raises(TypeError, match="`boxes` must be a list with one entry per image, got Tensor"):
-        localization_error(cams, labels, torch.zeros(2, 1, 5))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="`labels` must hold only 0/1 values"):
-        localization_error(cams, labels * 3, truth)
-    with pytest.raises(ValueError, match=r"`labels` must have shape \(B, K\) = \(2, 3\)"):
-        localization_error(cams, labels[:, :2], truth)
-    with pytest.raises(ValueError, match="`cams` must hold at least one image"):
-        localization_error(cams[:0], labels[:0], [])
-    with pytest.raises(ValueError, match=r"`iou` must be between 0 and 1 \(exclusive\), got 1.5"):
-        localization_error(cams, labels, truth, iou=1.5)
-    with pytest.raises(ValueError, match=r"`threshold` must be between 0 and 1 \(exclusive\), got 0.0"):
-        LocalizationError(threshold=0.0)
-    metric = LocalizationError()
-    with pytest.raises(ValueError, match=r"`boxes\[0\]` holds a box"):
-        metric.update(cams, labels, [torch.tensor([[0, 1, 5, 4, 4]]), truth[1]])
-    assert int(metric.counts.sum()) == 0
-    assert repr(metric) == "LocalizationError(threshold=0.15, iou=0.5, mode='largest')"
 
 
 def test_threshold_sweep_equals_one_metric_per_threshold() -> None:
@@ -241,17 +201,21 @@ def test_threshold_sweep_equals_one_metric_per_threshold() -> None:
     generator = torch.Generator().manual_seed(0)
     thresholds = [0.1, 0.3, 0.5, 0.7]
     sweep = LocalizationError(thresholds=thresholds)
-    singles = [LocalizationError(t) for t in thresholds]
+    singles = [LocalizationError(thresholds=t) for t in thresholds]
     for _ in range(3):
         cams = torch.rand(4, 3, 16, 16, generator=generator) ** 4
         labels = (torch.rand(4, 3, generator=generator) > 0.4).long()
         boxes = [torch.tensor([[k, 2.0, 3.0, 10.0, 12.0] for k in range(3)]) for _ in range(4)]
-        sweep.update(cams, labels, boxes)
+        sweep.update(cams, labels, boxes=boxes)
         for metric in singles:
-            metric.update(cams, labels, boxes)
+            metric.update(cams, labels, boxes=boxes)
     assert sweep.counts.shape == (4, 2)
     expected = torch.stack([metric.compute() for metric in singles])
     torch.testing.assert_close(sweep.compute(), expected)
     assert len(set(expected.tolist())) > 1  # the thresholds really differ
-    with pytest.raises(ValueError, match="`thresholds` must be between 0 and 1"):
-        LocalizationError(thresholds=[0.2, 1.2])
+    functional = localization_error(cams, labels, boxes=boxes, thresholds=thresholds)
+    assert functional.shape == (4,)
+    for row, threshold in enumerate(thresholds):
+        assert float(functional[row]) == float(
+            localization_error(cams, labels, boxes=boxes, thresholds=threshold)
+        )

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from hiercam.metrics import IoUResult, MeanIoU, cams_to_labels, mean_iou
+from hiercam.metrics import IoUResult, MeanIoU, maps_to_masks, mean_iou, mean_iou_from_masks
 
 # ----------------------------------------------------------------------------------- oracles
 
@@ -85,11 +85,11 @@ def random_maps(
     return torch.from_numpy(pred), torch.from_numpy(target)
 
 
-# ---------------------------------------------------------------------------- cams_to_labels
+# ---------------------------------------------------------------------------- maps_to_masks
 
 
 @pytest.mark.parametrize("threshold", [0.15, 0.25, 0.5, 0.75])
-def test_cams_to_labels_matches_irn_and_a_pixel_loop(threshold: float) -> None:
+def test_maps_to_masks_matches_irn_and_a_pixel_loop(threshold: float) -> None:
     generator = torch.Generator().manual_seed(1)
     # Values on a 1/4 grid: exact ties between classes and with thresholds 0.25 / 0.5 / 0.75 do occur.
     cams = torch.randint(0, 5, (4, 5, 6, 7), generator=generator).double() / 4
@@ -97,54 +97,54 @@ def test_cams_to_labels_matches_irn_and_a_pixel_loop(threshold: float) -> None:
     labels = torch.randint(0, 2, (4, 5), generator=generator)
     labels[0, 1] = 1
     labels[3] = 0  # an image without any class
-    got = cams_to_labels(cams, labels, threshold)
+    got = maps_to_masks(cams, labels, threshold)
     assert got.dtype == torch.long
     np.testing.assert_array_equal(got.numpy(), irn_labels(cams.numpy(), labels.numpy(), threshold))
     np.testing.assert_array_equal(got.numpy(), naive_pixel_labels(cams.numpy(), labels.numpy(), threshold))
     assert torch.count_nonzero(got[3]) == 0
 
 
-def test_cams_to_labels_tie_rule() -> None:
+def test_maps_to_masks_tie_rule() -> None:
     cams = torch.tensor([[[[1.0, 0.15, 0.6]], [[1.0, 0.1, 0.6]]]])  # (1, 2, 1, 3)
-    got = cams_to_labels(cams, torch.tensor([[1, 1]]), threshold=0.15)
+    got = maps_to_masks(cams, torch.tensor([[1, 1]]), threshold=0.15)
     # class tie -> the lower class; exactly at the threshold -> background
     assert got.tolist() == [[[1, 0, 1]]]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_cams_to_labels_dtypes_and_inputs_untouched(dtype: torch.dtype) -> None:
+def test_maps_to_masks_dtypes_and_inputs_untouched(dtype: torch.dtype) -> None:
     cams = (torch.rand(2, 3, 8, 8) * 5).to(dtype).requires_grad_()
     labels = torch.tensor([[True, False, True], [False, True, False]])
     before = cams.detach().clone()
-    got = cams_to_labels(cams, labels)
+    got = maps_to_masks(cams, labels)
     expected = irn_labels(cams.detach().double().numpy(), labels.numpy(), 0.15)
     assert (got.numpy() != expected).mean() < 0.02  # rounding of low-precision dtypes near the threshold
     assert torch.equal(cams.detach(), before)
     assert cams.grad is None
 
 
-def test_cams_to_labels_bad_input() -> None:
+def test_maps_to_masks_bad_input() -> None:
     cams = torch.rand(2, 3, 4, 4)
     labels = torch.ones(2, 3)
     with pytest.raises(ValueError, match=r"`threshold` must be between 0 and 1 \(exclusive\), got 1.5"):
-        cams_to_labels(cams, labels, 1.5)
+        maps_to_masks(cams, labels, 1.5)
     with pytest.raises(ValueError, match=r"`threshold` must be between 0 and 1 \(exclusive\), got 0"):
-        cams_to_labels(cams, labels, 0)
-    with pytest.raises(ValueError, match=r"`labels` must have shape \(B, K\) = \(2, 3\) to match `cams`"):
-        cams_to_labels(cams, torch.ones(2, 4))
+        maps_to_masks(cams, labels, 0)
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(B, K\) = \(2, 3\) to match `maps`"):
+        maps_to_masks(cams, torch.ones(2, 4))
     with pytest.raises(ValueError, match="`labels` must hold only 0/1 values"):
-        cams_to_labels(cams, labels * 0.5)
-    with pytest.raises(ValueError, match=r"`cams` must have shape \(B, K, H, W\), got \(3, 4, 4\)"):
-        cams_to_labels(cams[0], labels)
-    with pytest.raises(ValueError, match="`cams` must hold at least one image"):
-        cams_to_labels(cams[:0], labels[:0])
-    with pytest.raises(TypeError, match="`cams` must be a floating-point tensor"):
-        cams_to_labels(cams.long(), labels)
-    with pytest.raises(ValueError, match="`cams` must be finite"):
-        cams_to_labels(cams.masked_fill(cams > 0.5, torch.nan), labels)
+        maps_to_masks(cams, labels * 0.5)
+    with pytest.raises(ValueError, match=r"`maps` must have shape \(B, K, H, W\), got \(3, 4, 4\)"):
+        maps_to_masks(cams[0], labels)
+    with pytest.raises(ValueError, match="`maps` must hold at least one image"):
+        maps_to_masks(cams[:0], labels[:0])
+    with pytest.raises(TypeError, match="`maps` must be a floating-point tensor"):
+        maps_to_masks(cams.long(), labels)
+    with pytest.raises(ValueError, match="`maps` must be finite"):
+        maps_to_masks(cams.masked_fill(cams > 0.5, torch.nan), labels)
 
 
-# ---------------------------------------------------------------------------------- mean_iou
+# ------------------------------------------------------------------------------- mean_iou_from_masks
 
 
 @settings(max_examples=40, deadline=None)
@@ -155,12 +155,12 @@ def test_cams_to_labels_bad_input() -> None:
     size=st.integers(1, 9),
     ignore=st.sampled_from([255, None, 0, -1]),
 )
-def test_mean_iou_matches_numpy_loop_and_torchmetrics(
+def test_mean_iou_from_masks_matches_numpy_loop_and_torchmetrics(
     seed: int, num_classes: int, batch: int, size: int, ignore: int | None
 ) -> None:
     rng = np.random.default_rng(seed)
     pred, target = random_maps(rng, (batch, size, size + 1), num_classes, ignore)
-    result = mean_iou(pred, target, num_classes, ignore_index=ignore)
+    result = mean_iou_from_masks(pred, target, num_classes, ignore_index=ignore)
     expected = naive_iou(pred.numpy(), target.numpy(), num_classes, ignore)
     np.testing.assert_allclose(result.per_class.numpy(), expected, rtol=1e-12, equal_nan=True)
     if np.isnan(expected).all():
@@ -176,7 +176,7 @@ def test_mean_iou_matches_numpy_loop_and_torchmetrics(
 def test_absent_classes_are_nan_and_excluded() -> None:
     pred = torch.tensor([[[1, 1], [0, 0]]])
     target = torch.tensor([[[1, 0], [0, 0]]])
-    result = mean_iou(pred, target, num_classes=4)
+    result = mean_iou_from_masks(pred, target, num_classes=4)
     assert isinstance(result, IoUResult)
     assert result.per_class.dtype == torch.float64
     np.testing.assert_allclose(result.per_class.numpy(), [2 / 3, 1 / 2, np.nan, np.nan], equal_nan=True)
@@ -190,137 +190,171 @@ def test_dataset_level_not_mean_of_images() -> None:
     # image 1: class 1 perfect on 1 pixel; image 2: class 1 predicted on 3 pixels, true on 1
     pred = torch.tensor([[[1, 0, 0, 0]], [[1, 1, 1, 0]]])
     target = torch.tensor([[[1, 0, 0, 0]], [[1, 0, 0, 0]]])
-    result = mean_iou(pred, target, num_classes=2)
+    result = mean_iou_from_masks(pred, target, num_classes=2)
     assert float(result.per_class[1]) == pytest.approx(2 / 4)  # not (1 + 1/3) / 2
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64])
 def test_integer_dtypes_agree(dtype: torch.dtype) -> None:
     pred, target = random_maps(np.random.default_rng(0), (2, 5, 5), 21, 255)
-    expected = mean_iou(pred, target, 21)
-    got = mean_iou(pred.to(dtype), target.to(dtype), 21)
+    expected = mean_iou_from_masks(pred, target, 21)
+    got = mean_iou_from_masks(pred.to(dtype), target.to(dtype), 21)
     torch.testing.assert_close(got.per_class, expected.per_class, equal_nan=True)
 
 
-def test_mean_iou_bad_input() -> None:
+def test_mean_iou_from_masks_bad_input() -> None:
     pred = torch.zeros(2, 3, 3, dtype=torch.long)
     with pytest.raises(
-        ValueError, match=r"`pred` and `target` must have the same shape, got \(2, 3, 3\) and"
+        ValueError, match=r"`pred_masks` and `masks` must have the same shape, got \(2, 3, 3\) and"
     ):
-        mean_iou(pred, pred[:, :2], 3)
-    with pytest.raises(TypeError, match="`pred` must be an integer label map, got dtype torch.float32"):
-        mean_iou(pred.float(), pred, 3)
-    with pytest.raises(TypeError, match="`target` must be an integer label map, got dtype torch.bool"):
-        mean_iou(pred, pred.bool(), 3)
-    with pytest.raises(ValueError, match="`pred` must hold at least one image"):
-        mean_iou(pred[:0], pred[:0], 3)
-    with pytest.raises(ValueError, match=r"`pred` must hold class labels in \[0, 2\], got 3"):
-        mean_iou(pred + 3, pred, 3)
-    with pytest.raises(ValueError, match=r"`pred` must hold class labels in \[0, 2\], got -1"):
-        mean_iou(pred - 1, pred, 3)
+        mean_iou_from_masks(pred, pred[:, :2], 3)
+    with pytest.raises(TypeError, match="`pred_masks` must be an integer label map, got dtype torch.float32"):
+        mean_iou_from_masks(pred.float(), pred, 3)
+    with pytest.raises(TypeError, match="`masks` must be an integer label map, got dtype torch.bool"):
+        mean_iou_from_masks(pred, pred.bool(), 3)
+    with pytest.raises(ValueError, match="`pred_masks` must hold at least one image"):
+        mean_iou_from_masks(pred[:0], pred[:0], 3)
+    with pytest.raises(ValueError, match=r"`pred_masks` must hold class labels in \[0, 2\], got 3"):
+        mean_iou_from_masks(pred + 3, pred, 3)
+    with pytest.raises(ValueError, match=r"`pred_masks` must hold class labels in \[0, 2\], got -1"):
+        mean_iou_from_masks(pred - 1, pred, 3)
     with pytest.raises(
-        ValueError, match=r"`target` must hold class labels in \[0, 2\] or ignore_index=255, got 7"
+        ValueError, match=r"`masks` must hold class labels in \[0, 2\] or ignore_index=255, got 7"
     ):
-        mean_iou(pred, pred.index_fill(1, torch.tensor([0]), 7), 3)
+        mean_iou_from_masks(pred, pred.index_fill(1, torch.tensor([0]), 7), 3)
     with pytest.raises(ValueError, match=r"or ignore_index=255, got 300"):
-        mean_iou(pred, pred + 300, 3)
+        mean_iou_from_masks(pred, pred + 300, 3)
     with pytest.raises(ValueError, match=r"or ignore_index=255, got -2"):
-        mean_iou(pred, pred - 2, 3)
-    with pytest.raises(ValueError, match=r"`target` must hold class labels in \[0, 2\], got 255"):
-        mean_iou(pred, pred + 255, 3, ignore_index=None)
+        mean_iou_from_masks(pred, pred - 2, 3)
+    with pytest.raises(ValueError, match=r"`masks` must hold class labels in \[0, 2\], got 255"):
+        mean_iou_from_masks(pred, pred + 255, 3, ignore_index=None)
     with pytest.raises(ValueError, match=r"or ignore_index=-1, got 4"):
-        mean_iou(pred, pred.index_fill(2, torch.tensor([1]), 4), 3, ignore_index=-1)
+        mean_iou_from_masks(pred, pred.index_fill(2, torch.tensor([1]), 4), 3, ignore_index=-1)
     with pytest.raises(TypeError, match="`num_classes` must be an int"):
-        mean_iou(pred, pred, 3.0)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`pred` must have shape \(B, H, W\), got \(3, 3\)"):
-        mean_iou(pred[0], pred[0], 3)
+        mean_iou_from_masks(pred, pred, 3.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`pred_masks` must have shape \(B, H, W\), got \(3, 3\)"):
+        mean_iou_from_masks(pred[0], pred[0], 3)
+
+
+# ---------------------------------------------------------------------------------- mean_iou (maps)
+
+
+def random_cams(
+    generator: torch.Generator, batch: int, num_classes: int, size: int, ignore: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Maps on a 1/4 grid (ties and values exactly at thresholds occur), labels, masks with void pixels."""
+    maps = torch.randint(0, 5, (batch, num_classes - 1, size, size), generator=generator).float() / 4
+    labels = torch.randint(0, 2, (batch, num_classes - 1), generator=generator)
+    masks = torch.randint(0, num_classes, (batch, size, size), generator=generator)
+    if ignore is not None:
+        masks[:, 0] = ignore
+    return maps, labels, masks
+
+
+@pytest.mark.parametrize("ignore", [255, 0, None])
+def test_mean_iou_of_maps_is_masks_then_iou_and_torchmetrics(ignore: int | None) -> None:
+    maps, labels, masks = random_cams(torch.Generator().manual_seed(4), 4, 6, 9, ignore)
+    for threshold in (0.15, 0.25, 0.5):
+        got = mean_iou(maps, labels, masks=masks, thresholds=threshold, ignore_index=ignore)
+        pred_masks = maps_to_masks(maps, labels, threshold)
+        expected = mean_iou_from_masks(pred_masks, masks, 6, ignore_index=ignore)
+        assert got.miou.shape == ()
+        torch.testing.assert_close(got.per_class, expected.per_class, equal_nan=True)
+        torch.testing.assert_close(got.miou, expected.miou)
+        assert float(got.miou) == pytest.approx(torchmetrics_miou(pred_masks, masks, 6, ignore), abs=1e-6)
+        assert 0.0 <= float(got.miou) <= 1.0
+    sweep = mean_iou(maps, labels, masks=masks, num_classes=6, thresholds=[0.5, 0.15], ignore_index=ignore)
+    assert sweep.miou.shape == (2,)
+    assert sweep.per_class.shape == (2, 6)
+    assert float(sweep.miou[0]) == pytest.approx(
+        float(mean_iou(maps, labels, masks=masks, thresholds=0.5, ignore_index=ignore).miou)
+    )
+
+
+def test_mean_iou_hand_computed() -> None:
+    maps = torch.tensor([[[[0.9, 0.3]], [[0.0, 0.0]]]])  # class 0 peaks left; class 1 absent
+    labels, masks = torch.tensor([[1, 0]]), torch.tensor([[[1, 0]]])
+    # t = 0.5: prediction [1, 0] == truth: IoU 1 for background and class 0
+    assert float(mean_iou(maps, labels, masks=masks, thresholds=0.5).miou) == 1.0
+    # t = 0.1: prediction [1, 1]: class 0 IoU 1/2, background IoU 0 -> mean 1/4
+    result = mean_iou(maps, labels, masks=masks, thresholds=0.1)
+    np.testing.assert_allclose(result.per_class.numpy(), [0.0, 0.5, np.nan], equal_nan=True)
+    assert float(result.miou) == pytest.approx(0.25)
 
 
 # ----------------------------------------------------------------------------------- MeanIoU
 
 
 def test_streaming_equals_functional_and_reset() -> None:
-    pred, target = random_maps(np.random.default_rng(3), (7, 6, 6), 5, 255)
+    generator = torch.Generator().manual_seed(3)
+    batches = [random_cams(generator, 3, 5, 6, 255) for _ in range(3)]
     metric = MeanIoU(num_classes=5)
-    for start in range(0, 7, 3):
-        metric.update(pred[start : start + 3], target[start : start + 3])
-    expected = mean_iou(pred, target, 5)
+    for maps, labels, masks in batches:
+        metric.update(maps, labels, masks=masks)
+    maps, labels, masks = (torch.cat(parts) for parts in zip(*batches, strict=True))
+    expected = mean_iou(maps, labels, masks=masks)
     got = metric.compute()
+    assert got.miou.shape == ()
     torch.testing.assert_close(got.per_class, expected.per_class, equal_nan=True)
     torch.testing.assert_close(got.miou, expected.miou)
-    assert metric.confmat.sum() == (target != 255).sum()
+    assert metric.confmat.sum() == (masks != 255).sum()
     metric.reset()
     assert torch.isnan(metric.compute().miou)
-    metric.update(pred[:1], target[:1])
+    assert torch.isnan(metric.compute().per_class).all()
+    metric.update(maps[:1], labels[:1], masks=masks[:1])
     torch.testing.assert_close(
-        metric.compute().per_class, mean_iou(pred[:1], target[:1], 5).per_class, equal_nan=True
+        metric.compute().per_class,
+        mean_iou(maps[:1], labels[:1], masks=masks[:1]).per_class,
+        equal_nan=True,
     )
 
 
 @pytest.mark.parametrize("ignore", [255, 0, None])
 def test_thresholds_mode_equals_one_threshold_at_a_time(ignore: int | None) -> None:
     generator = torch.Generator().manual_seed(2)
-    thresholds = [
-        0.5,
-        0.1,
-        0.25,
-        0.25,
-        0.75,
-        0.15,
-    ]  # unsorted, a duplicate, values on the 1/4 grid of the maps
+    # unsorted, a duplicate, values on the 1/4 grid of the maps
+    thresholds = [0.5, 0.1, 0.25, 0.25, 0.75, 0.15]
     sweep = MeanIoU(num_classes=6, ignore_index=ignore, thresholds=thresholds)
-    singles = [MeanIoU(num_classes=6, ignore_index=ignore) for _ in thresholds]
+    singles = [MeanIoU(num_classes=6, ignore_index=ignore, thresholds=t) for t in thresholds]
+    confmats = [torch.zeros(6, 6, dtype=torch.long) for _ in thresholds]
     for step in range(4):
-        cams = torch.randint(0, 5, (3, 5, 9, 9), generator=generator).float() / 4  # ties and exact thresholds
-        labels = torch.randint(0, 2, (3, 5), generator=generator)
+        maps, labels, masks = random_cams(generator, 3, 6, 9, ignore)
         if step == 3:
             labels[:] = 0  # a batch without any present class
-        target = torch.randint(0, 6, (3, 9, 9), generator=generator)
-        if ignore is not None:
-            target[:, 0] = ignore
-        sweep.update(cams, target, labels)
-        for threshold, single in zip(thresholds, singles, strict=True):
-            single.update(cams_to_labels(cams, labels, threshold), target)
+        sweep.update(maps, labels, masks=masks)
+        for row, (threshold, single) in enumerate(zip(thresholds, singles, strict=True)):
+            single.update(maps, labels, masks=masks)
+            pred = maps_to_masks(maps, labels, threshold)  # naive confusion matrix as the oracle
+            keep = masks != ignore if ignore is not None else torch.ones_like(masks, dtype=torch.bool)
+            for t, p in zip(masks[keep].tolist(), pred[keep].tolist(), strict=True):
+                confmats[row][t, p] += 1
     got = sweep.compute()
     assert got.miou.shape == (6,)
     assert got.per_class.shape == (6, 6)
     assert sweep.confmat.shape == (6, 6, 6)
     for row, single in enumerate(singles):
-        assert torch.equal(sweep.confmat[row], single.confmat)
+        if ignore is not None and 0 <= ignore < 6:
+            confmats[row][ignore] = 0
+        assert torch.equal(sweep.confmat[row], confmats[row])
+        assert torch.equal(sweep.confmat[row], single.confmat[0])
         expected = single.compute()
+        assert expected.miou.shape == ()
         torch.testing.assert_close(got.per_class[row], expected.per_class, equal_nan=True)
         torch.testing.assert_close(got.miou[row], expected.miou)
     assert len(set(got.miou.tolist())) > 3  # the thresholds make a difference
 
 
-def test_meaniou_bad_input() -> None:
-    with pytest.raises(ValueError, match=r"`thresholds\[1\]` must be between 0 and 1 \(exclusive\), got 1.0"):
-        MeanIoU(21, thresholds=[0.15, 1.0])
-    with pytest.raises(ValueError, match="`thresholds` must be a non-empty sequence"):
-        MeanIoU(21, thresholds=[])
-    with pytest.raises(ValueError, match="`num_classes` must be >= 1"):
-        MeanIoU(0)
-    sweep = MeanIoU(3, thresholds=[0.15])
-    cams = torch.rand(1, 2, 4, 4)
-    target = torch.zeros(1, 4, 4, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"`labels` \(B, K\) is required by MeanIoU\(thresholds=...\)"):
-        sweep.update(cams, target)
-    with pytest.raises(ValueError, match=r"must have K = num_classes - 1 = 2 maps, got shape \(1, 3, 4, 4\)"):
-        sweep.update(torch.rand(1, 3, 4, 4), target, torch.ones(1, 3))
-    with pytest.raises(TypeError, match="with thresholds, `pred` must be floating-point CAMs"):
-        sweep.update(target, target, torch.ones(1, 2))
-    with pytest.raises(
-        ValueError, match=r"`target` must have shape \(1, 4, 4\) on cpu to match `pred` \(CAMs\)"
-    ):
-        sweep.update(cams, target[:, :3], torch.ones(1, 2))
+def test_meaniou_refused_batch_counts_nothing() -> None:
+    metric = MeanIoU(3, thresholds=[0.15])
+    maps, masks = torch.rand(1, 2, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"`maps` must have K = num_classes - 1 = 2 maps"):
+        metric.update(torch.rand(1, 3, 4, 4), torch.ones(1, 3), masks=masks)
     with pytest.raises(ValueError, match="`labels` must hold only 0/1 values"):
-        sweep.update(cams, target, torch.full((1, 2), 2))
-    with pytest.raises(ValueError, match="`labels` is only used with MeanIoU"):
-        MeanIoU(3).update(target, target, torch.ones(1, 2))
-    assert sweep.confmat.sum() == 0  # nothing was counted by the failed updates
+        metric(maps, torch.full((1, 2), 2), masks=masks)
+    assert metric.confmat.sum() == 0
 
 
 def test_repr_and_to() -> None:
     metric = MeanIoU(21, thresholds=[0.1, 0.2])
-    assert repr(metric) == "MeanIoU(num_classes=21, ignore_index=255, thresholds=[0.1, 0.2])"
+    assert repr(metric) == "MeanIoU(num_classes=21, thresholds=(0.1, 0.2), ignore_index=255)"
     assert metric.to("cpu") is metric

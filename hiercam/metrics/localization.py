@@ -1,5 +1,7 @@
 """Localisation quality of CAMs: boxes around thresholded maps, and the localisation error (paper Eq. 8).
 
+The error is a fraction in [0, 1] (lower is better), like every hiercam metric; reports print percent.
+
 **Box convention.** Boxes are ``(x1, y1, x2, y2)`` in continuous pixel coordinates with *exclusive* far
 edges: pixel ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``, so a component spanning columns
 ``3..7`` has ``x1 = 3`` and ``x2 = 8``, and ``(x2 - x1) * (y2 - y1)`` is its box area in pixels. This is the
@@ -29,58 +31,59 @@ from hiercam._validation import (
     type_name,
 )
 from hiercam.maps import normalize_maps
-from hiercam.metrics._distributed import sync_sum
-from hiercam.metrics._inputs import check_cams_and_labels
+from hiercam.metrics._base import Metric
+from hiercam.metrics._inputs import check_maps_and_labels, check_thresholds
 
-__all__ = ["BoxMode", "cam_boxes", "localization_error", "LocalizationError"]
+__all__ = ["BoxComponents", "cam_boxes", "localization_error", "LocalizationError"]
 
-BoxMode = Literal["largest", "all"]
+BoxComponents = Literal["largest", "all"]
 BoxesArg = Sequence[Tensor | tuple[Tensor, Tensor]]
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 # --------------------------------------------------------------------------------------------- boxes
-def cam_boxes(cam: Tensor, threshold: float = 0.15, mode: BoxMode = "largest") -> Tensor:
-    """Boxes around the connected regions of a CAM above a threshold.
+def cam_boxes(map: Tensor, threshold: float = 0.15, components: BoxComponents = "largest") -> Tensor:
+    """Boxes around the connected regions of one class activation map above a threshold.
 
     The map is max-normalised with [`normalize_maps`][hiercam.normalize_maps] (a no-op for maps whose peak is
     already 1), pixels strictly above ``threshold`` are kept (the rule of
-    [`cams_to_labels`][hiercam.cams_to_labels]), and ``scipy.ndimage.label`` splits them into 8-connected
+    [`maps_to_masks`][hiercam.maps_to_masks]), and ``scipy.ndimage.label`` splits them into 8-connected
     components.
 
     Args:
-        cam: one map ``(H, W)``, floating point, any device.
+        map: one map ``(H, W)``, floating point, finite, any device.
         threshold: strictly between 0 and 1 (the paper uses 0.15).
-        mode: ``"largest"``: the box of the component with the most pixels (the first in row-major order on
-            ties); ``"all"``: one box per component, in row-major order of their first pixel.
+        components: which connected components get a box: ``"largest"``, the one with the most pixels (the
+            first in row-major order on ties); ``"all"``, every one, in row-major order of their first pixel.
 
     Returns:
         Float32 boxes ``(M, 4)`` as ``(x1, y1, x2, y2)`` with exclusive far edges (module docstring), on the
-        device of ``cam``; ``M = 0`` when no pixel is above the threshold, ``M <= 1`` for ``"largest"``.
+        device of ``map``; ``M = 0`` when no pixel is above the threshold, ``M <= 1`` for ``"largest"``.
 
     Raises:
-        TypeError: ``cam`` is not a floating-point tensor.
-        ValueError: ``cam`` is not 2-D or not finite, ``threshold`` is not in (0, 1), or ``mode`` is unknown.
+        TypeError: ``map`` is not a floating-point tensor.
+        ValueError: ``map`` is not 2-D or not finite, ``threshold`` is not in (0, 1), or ``components`` is
+            unknown.
 
     Examples:
         >>> import torch
-        >>> cam = torch.zeros(6, 8)
-        >>> cam[1:3, 1:4] = 1.0  # 6 pixels
-        >>> cam[4, 6] = 0.5  # 1 pixel
-        >>> cam[5, 7] = 0.5  # touches the previous one diagonally
-        >>> cam_boxes(cam)
+        >>> map = torch.zeros(6, 8)
+        >>> map[1:3, 1:4] = 1.0  # 6 pixels
+        >>> map[4, 6] = 0.5  # 1 pixel
+        >>> map[5, 7] = 0.5  # touches the previous one diagonally
+        >>> cam_boxes(map)
         tensor([[1., 1., 4., 3.]])
-        >>> cam_boxes(cam, mode="all")
+        >>> cam_boxes(map, components="all")
         tensor([[1., 1., 4., 3.],
                 [6., 4., 8., 6.]])
     """
-    check_tensor(cam, "cam", dims="H, W", floating=True)
-    check_finite(cam, "cam")
+    check_tensor(map, "map", dims="H, W", floating=True)
+    check_finite(map, "map")
     threshold = check_threshold(threshold, "threshold")
-    check_choice(mode, "mode", ("largest", "all"))
-    mask = _cam_masks(cam, threshold).cpu().numpy()
-    return torch.from_numpy(_mask_boxes(mask, mode)).to(device=cam.device)
+    check_choice(components, "components", ("largest", "all"))
+    mask = _cam_masks(map, threshold).cpu().numpy()
+    return torch.from_numpy(_mask_boxes(mask, components)).to(device=map.device)
 
 
 def _cam_masks(maps: Tensor, threshold: float) -> Tensor:
@@ -88,18 +91,18 @@ def _cam_masks(maps: Tensor, threshold: float) -> Tensor:
     return normalize_maps(maps.detach(), "max") > threshold
 
 
-def _mask_boxes(mask: np.ndarray, mode: BoxMode) -> np.ndarray:
+def _mask_boxes(mask: np.ndarray, components: BoxComponents) -> np.ndarray:
     """Float32 boxes ``(M, 4)`` of the 8-connected components of a boolean ``(H, W)`` mask."""
     from scipy import ndimage  # imported here: SciPy is slow to import
 
-    components, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    regions, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     if count == 0:
         return np.zeros((0, 4), dtype=np.float32)
-    if mode == "largest":
-        sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+    if components == "largest":
+        sizes = np.bincount(regions.ravel(), minlength=count + 1)[1:]
         keep = int(np.argmax(sizes)) + 1
-        components = (components == keep).astype(np.int32)
-    slices = ndimage.find_objects(components)
+        regions = (regions == keep).astype(np.int32)
+    slices = ndimage.find_objects(regions)
     return np.array(
         [[cols.start, rows.start, cols.stop, rows.stop] for rows, cols in slices if rows is not None],
         dtype=np.float32,
@@ -155,34 +158,34 @@ def _check_boxes(boxes: BoxesArg, batch: int, num_classes: int) -> list[tuple[Te
 
 
 def _localization_update(
-    cams: Tensor,
+    maps: Tensor,
     labels: Tensor,
     boxes: BoxesArg,
     thresholds: list[float],
     iou: float,
-    mode: BoxMode,
+    components: BoxComponents,
 ) -> Tensor:
     """``[[errors, pairs], ...]`` (int64 ``(T, 2)``, CPU) per threshold over the (image, present class) pairs.
 
     Inputs are checked and the maps of the present classes normalised once, whatever the number of
     thresholds; only the thresholding and the connected components are done per threshold.
     """
-    check_cams_and_labels(cams, labels)
-    truth = _check_boxes(boxes, cams.shape[0], cams.shape[1])
+    check_maps_and_labels(maps, labels)
+    truth = _check_boxes(boxes, maps.shape[0], maps.shape[1])
     from torchvision.ops import box_iou  # imported here: slow to import
 
-    images, classes = torch.nonzero(labels.to(device=cams.device, dtype=torch.bool), as_tuple=True)
-    maps = normalize_maps(cams[images, classes].detach(), "max").cpu()
+    images, classes = torch.nonzero(labels.to(device=maps.device, dtype=torch.bool), as_tuple=True)
+    present = normalize_maps(maps[images, classes].detach(), "max").cpu()
     targets = [
         truth[image][0][truth[image][1] == cls]
         for image, cls in zip(images.tolist(), classes.tolist(), strict=True)
     ]
     counts = torch.zeros(len(thresholds), 2, dtype=torch.long)
-    counts[:, 1] = len(maps)
+    counts[:, 1] = len(present)
     for row, threshold in enumerate(thresholds):
-        masks = (maps > threshold).numpy()
-        for mask, target in zip(masks, targets, strict=True):
-            predicted = torch.from_numpy(_mask_boxes(mask, mode)).to(torch.float64)
+        kept = (present > threshold).numpy()
+        for mask, target in zip(kept, targets, strict=True):
+            predicted = torch.from_numpy(_mask_boxes(mask, components)).to(torch.float64)
             hit = (
                 target.numel() > 0
                 and predicted.numel() > 0
@@ -193,145 +196,146 @@ def _localization_update(
 
 
 def _localization_compute(counts: Tensor) -> Tensor:
-    """Error percentage from ``[..., [errors, pairs]]``; NaN where there were no pairs."""
+    """Error fraction from ``[..., [errors, pairs]]``; NaN where there were no pairs."""
     errors, pairs = counts[..., 0].to(torch.float64), counts[..., 1].to(torch.float64)
-    return torch.where(pairs > 0, 100.0 * errors / pairs.clamp_min(1), torch.full_like(pairs, torch.nan))
+    return torch.where(pairs > 0, errors / pairs.clamp_min(1), torch.full_like(pairs, torch.nan))
 
 
-def _check_options(threshold: float, iou: float, mode: BoxMode) -> tuple[float, float, BoxMode]:
-    return (
-        check_threshold(threshold, "threshold"),
-        check_threshold(iou, "iou"),
-        check_choice(mode, "mode", ("largest", "all")),
-    )
+def _check_options(iou: float, components: BoxComponents) -> tuple[float, BoxComponents]:
+    return check_threshold(iou, "iou"), check_choice(components, "components", ("largest", "all"))
 
 
 # --------------------------------------------------------------------------------------------- public API
 def localization_error(
-    cams: Tensor,
+    maps: Tensor,
     labels: Tensor,
+    *,
     boxes: BoxesArg,
-    threshold: float = 0.15,
+    thresholds: float | Sequence[float] = 0.15,
     iou: float = 0.5,
-    mode: BoxMode = "largest",
+    components: BoxComponents = "largest",
 ) -> Tensor:
-    """Localisation error (paper Eq. 8, "mLEV") in percent: lower is better.
+    """Localisation error (paper Eq. 8, "mLEV") as a fraction in [0, 1]: lower is better.
 
-    Every (image, class) pair with ``labels[b, k] = 1`` is one trial. Its CAM gives boxes with
-    [`cam_boxes`][hiercam.cam_boxes] (``threshold``, ``mode``); the trial is a success when some predicted box
-    has ``IoU >= iou`` (``torchvision.ops.box_iou``) with some ground-truth box of class ``k`` in that image,
-    and an error otherwise, including when there is no predicted box or no ground-truth box of that class.
-    Classes with ``labels[b, k] = 0`` are not evaluated, whatever boxes they have; an image with no present
-    class contributes nothing. The result is ``100 * errors / trials`` over the whole batch.
+    Every (image, class) pair with ``labels[b, k] = 1`` is one trial. Its map gives boxes with
+    [`cam_boxes`][hiercam.cam_boxes] (at each threshold, ``components``); the trial is a success when
+    some predicted box has ``IoU >= iou`` (``torchvision.ops.box_iou``) with some ground-truth box of class
+    ``k`` in that image, and an error otherwise, including when there is no predicted box or no ground-truth
+    box of that class. Classes with ``labels[b, k] = 0`` are not evaluated, whatever boxes they have; an
+    image with no present class contributes nothing. The result is ``errors / trials`` over the whole batch.
 
     Args:
-        cams: CAMs ``(B, K, H, W)`` in the frame of the boxes, floating point, any device.
+        maps: class activation maps ``(B, K, H, W)`` in the frame of the boxes, floating point, finite.
         labels: multi-hot image labels ``(B, K)`` (0/1, any dtype), normally the ground truth.
         boxes: ground-truth boxes, a list with one entry per image, each either a tensor ``(M, 5)`` of rows
             ``(class, x1, y1, x2, y2)`` or a pair ``(boxes (M, 4), classes (M,))``; ``M`` may be 0.
             Coordinates follow the convention of the module docstring (exclusive far edges).
-        threshold: background threshold of the max-normalised maps, in (0, 1).
+        thresholds: background threshold(s) of the max-normalised maps in (0, 1): a float gives a scalar
+            error, a sequence of ``T`` floats one error per threshold (maps normalised once).
         iou: the IoU a box needs to count as a hit, in (0, 1); the paper uses 0.5.
-        mode: ``"largest"`` (one box per map) or ``"all"`` (every component), see
+        components: ``"largest"`` (one box per map) or ``"all"`` (every component), see
             [`cam_boxes`][hiercam.cam_boxes].
 
     Returns:
-        A 0-dim float64 tensor on the CPU: the error in percent, NaN if no class is present in any image.
+        A float64 tensor on the CPU, 0-dim for a float threshold or ``(T,)``: the error fraction, NaN if no
+        class is present in any image.
 
     Raises:
         TypeError: wrong argument types.
-        ValueError: shapes disagree, the batch is empty, ``labels`` is not 0/1, a box is malformed
-            (``x2 < x1`` or ``y2 < y1``) or has a class outside ``[0, K)``, or an option is out of range.
+        ValueError: shapes disagree, the batch is empty, ``labels`` is not 0/1, ``maps`` is not finite, a
+            box is malformed (``x2 < x1`` or ``y2 < y1``) or has a class outside ``[0, K)``, or an option is
+            out of range.
 
     Examples:
         >>> import torch
-        >>> cams = torch.zeros(1, 2, 8, 8)
-        >>> cams[0, 0, 2:6, 2:6] = 1.0  # class 0: right where its box is
-        >>> cams[0, 1, 0:2, 0:2] = 1.0  # class 1: far from its box
-        >>> truth = [torch.tensor([[0, 2, 2, 6, 6], [1, 4, 4, 8, 8]])]
-        >>> localization_error(cams, torch.tensor([[1, 1]]), truth)
-        tensor(50., dtype=torch.float64)
+        >>> maps = torch.zeros(1, 2, 8, 8)
+        >>> maps[0, 0, 2:6, 2:6] = 1.0  # class 0: right where its box is
+        >>> maps[0, 1, 0:2, 0:2] = 1.0  # class 1: far from its box
+        >>> boxes = [torch.tensor([[0, 2, 2, 6, 6], [1, 4, 4, 8, 8]])]
+        >>> localization_error(maps, torch.tensor([[1, 1]]), boxes=boxes)
+        tensor(0.5000, dtype=torch.float64)
     """
-    threshold, iou, mode = _check_options(threshold, iou, mode)
-    return _localization_compute(_localization_update(cams, labels, boxes, [threshold], iou, mode)[0])
+    values, scalar = check_thresholds(thresholds)
+    iou, components = _check_options(iou, components)
+    errors = _localization_compute(_localization_update(maps, labels, boxes, values, iou, components))
+    return errors[0] if scalar else errors
 
 
-class LocalizationError:
+class LocalizationError(Metric):
     """Streaming localisation error (paper Eq. 8): counts of errors and trials accumulated over a dataset.
 
-    The figure is ``100 * errors / trials`` over all (image, present class) pairs seen, exactly as
-    [`localization_error`][hiercam.localization_error] on the whole dataset at once. In a
-    ``torch.distributed`` run, [`compute`][hiercam.LocalizationError.compute] sums the counts of all processes
-    (all_reduce SUM) when a process group of more than one process is initialised; every process must call it
-    (use [`to`][hiercam.LocalizationError.to] to put the state on the backend's device).
+    The figure is ``errors / trials`` over all (image, present class) pairs seen, exactly
+    [`localization_error`][hiercam.localization_error] on the whole dataset at once; both share their
+    kernels. With a sequence of ``thresholds`` every update scores every threshold (inputs checked and maps
+    normalised once per batch), so a threshold can be chosen on validation data in one pass, as with
+    [`MeanIoU`][hiercam.MeanIoU].
 
-    With ``thresholds=[t1, t2, ...]`` every update scores every threshold (inputs are checked and the maps
-    normalised once per batch) and ``compute`` returns one error per threshold, so a threshold can be
-    chosen on validation data in one pass, as with ``MeanIoU(thresholds=...)``.
+    A metric like the others: ``update`` / ``compute`` / ``reset``, calling it returns the batch's figure and
+    accumulates it, ``state_dict`` / ``load_state_dict`` and ``.to(device)`` as any ``nn.Module``. In a
+    ``torch.distributed`` run, ``compute`` sums the counts of all processes (every process must call it, one
+    with no data too).
 
     Args:
-        threshold: background threshold of the max-normalised maps, in (0, 1).
+        thresholds: background threshold(s) in (0, 1): a float gives a scalar error, a sequence of ``T``
+            floats one error per threshold.
         iou: IoU needed for a hit, in (0, 1).
-        mode: ``"largest"`` or ``"all"`` (see [`cam_boxes`][hiercam.cam_boxes]).
-        thresholds: several thresholds in (0, 1) instead of ``threshold``, or ``None``.
+        components: ``"largest"`` or ``"all"`` (see [`cam_boxes`][hiercam.cam_boxes]).
         sync_on_compute: sum the state across processes in [`compute`][hiercam.LocalizationError.compute].
 
     Attributes:
-        counts: int64 ``[errors, trials]`` accumulated so far; ``(T, 2)`` with ``thresholds``.
+        counts: int64 ``(T, 2)``, ``[errors, trials]`` per threshold accumulated so far.
 
     Examples:
         >>> import torch
         >>> metric = LocalizationError()
-        >>> cams = torch.zeros(1, 1, 8, 8)
-        >>> cams[0, 0, 2:6, 2:6] = 1.0
-        >>> metric.update(cams, torch.tensor([[1]]), [torch.tensor([[0, 2, 2, 6, 6]])])
-        >>> metric.update(cams, torch.tensor([[1]]), [torch.tensor([[0, 0, 0, 2, 2]])])
+        >>> maps = torch.zeros(1, 1, 8, 8)
+        >>> maps[0, 0, 2:6, 2:6] = 1.0
+        >>> metric.update(maps, torch.tensor([[1]]), boxes=[torch.tensor([[0, 2, 2, 6, 6]])])
+        >>> metric.update(maps, torch.tensor([[1]]), boxes=[torch.tensor([[0, 0, 0, 2, 2]])])
         >>> metric.compute()
-        tensor(50., dtype=torch.float64)
+        tensor(0.5000, dtype=torch.float64)
     """
+
+    counts: Tensor
 
     def __init__(
         self,
-        threshold: float = 0.15,
-        iou: float = 0.5,
-        mode: BoxMode = "largest",
         *,
-        thresholds: Sequence[float] | None = None,
+        thresholds: float | Sequence[float] = 0.15,
+        iou: float = 0.5,
+        components: BoxComponents = "largest",
         sync_on_compute: bool = True,
     ) -> None:
-        self.threshold, self.iou, self.mode = _check_options(threshold, iou, mode)
-        if thresholds is not None:
-            if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence) or not thresholds:
-                raise ValueError(f"`thresholds` must be a non-empty sequence of floats, got {thresholds!r}")
-            self.thresholds: list[float] | None = [check_threshold(t, "thresholds") for t in thresholds]
-        else:
-            self.thresholds = None
-        self.sync_on_compute = bool(sync_on_compute)
-        self.counts = torch.zeros((len(self.thresholds), 2) if self.thresholds else (2,), dtype=torch.long)
+        super().__init__(sync_on_compute=sync_on_compute)
+        values, self._scalar = check_thresholds(thresholds)
+        self.iou, self.components = _check_options(iou, components)
+        self.thresholds: float | tuple[float, ...] = values[0] if self._scalar else tuple(values)
+        self._values = values
+        self.add_state("counts", torch.zeros((len(values), 2), dtype=torch.long), "sum")
 
-    def update(self, cams: Tensor, labels: Tensor, boxes: BoxesArg) -> None:
+    def update(self, maps: Tensor, labels: Tensor, *, boxes: BoxesArg) -> None:
         """Add a batch; arguments as in [`localization_error`][hiercam.localization_error]."""
-        thresholds = self.thresholds if self.thresholds is not None else [self.threshold]
-        batch = _localization_update(cams, labels, boxes, thresholds, self.iou, self.mode)
-        self.counts += batch.reshape(self.counts.shape).to(self.counts.device)
+        batch = _localization_update(maps, labels, boxes, self._values, self.iou, self.components)
+        self.counts = self.counts + batch.to(self.counts.device)
+
+    def forward(self, maps: Tensor, labels: Tensor, *, boxes: BoxesArg) -> Tensor:
+        """The error of this batch alone, which is also added to the state."""
+        result: Tensor = super().forward(maps, labels, boxes=boxes)
+        return result
+
+    def _compute(self) -> Tensor:
+        errors = _localization_compute(self.counts)
+        return errors[0] if self._scalar else errors
 
     def compute(self) -> Tensor:
-        """Error in percent over everything seen since ``reset``, NaN before any trial.
+        """Error fraction over everything seen since ``reset``, NaN before any trial.
 
         Returns:
-            A 0-dim float64 tensor, or ``(T,)`` with ``thresholds``.
+            A float64 tensor, 0-dim for a float threshold or ``(T,)``.
         """
-        counts = sync_sum(self.counts) if self.sync_on_compute else self.counts
-        return _localization_compute(counts)
+        result: Tensor = super().compute()
+        return result
 
-    def reset(self) -> None:
-        """Forget everything seen so far."""
-        self.counts = torch.zeros_like(self.counts)
-
-    def to(self, device: torch.device | str) -> LocalizationError:
-        """Move the state to ``device``; returns ``self``."""
-        self.counts = self.counts.to(device)
-        return self
-
-    def __repr__(self) -> str:
-        return f"LocalizationError(threshold={self.threshold}, iou={self.iou}, mode={self.mode!r})"
+    def extra_repr(self) -> str:
+        """The options, shown by ``repr``."""
+        return f"thresholds={self.thresholds}, iou={self.iou}, components={self.components!r}"

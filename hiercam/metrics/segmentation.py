@@ -1,13 +1,14 @@
-"""Segmentation quality of CAMs: label maps at a background threshold, and mean IoU (paper Eq. 7).
+"""Segmentation quality of CAMs: masks at a background threshold, and mean IoU (paper Eq. 7).
 
-The convention is IRN's (jiwoon-ahn/irn, ``step/eval_cam.py``): every CAM of a class present in the image is
+The convention is IRN's (jiwoon-ahn/irn, ``step/eval_cam.py``): every map of a class present in the image is
 max-normalised, a constant background plane is put at the threshold (0.15 in the paper), and each pixel takes
 the arg-max; label 0 is the background and class ``k`` is label ``k + 1``. The IoU of every class is computed
 from a confusion matrix accumulated over the whole dataset (not a mean over images), and mIoU is their mean
-over the classes that occur in the prediction or the ground truth.
+over the classes that occur in the prediction or the ground truth. Figures are fractions in [0, 1].
 
-[`mean_iou`][hiercam.mean_iou] and [`MeanIoU`][hiercam.MeanIoU] share the private kernels ``_confmat_update``
-/ ``_iou_compute`` (the torchmetrics pattern), so the functional and the streaming form agree by construction.
+[`mean_iou`][hiercam.mean_iou] and [`MeanIoU`][hiercam.MeanIoU] share the private kernels ``_maps_update``
+/ ``_iou_compute`` (the torchmetrics pattern), so the functional and the streaming form agree by construction;
+[`mean_iou_from_masks`][hiercam.mean_iou_from_masks] scores predicted label maps with the same kernels.
 """
 
 from __future__ import annotations
@@ -18,40 +19,35 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from hiercam._validation import (
-    check_int,
-    check_same_shape,
-    check_tensor,
-    check_threshold,
-    format_shape,
-    type_name,
-)
+from hiercam._validation import check_int, check_same_shape, check_tensor, check_threshold, format_shape
 from hiercam.maps import normalize_maps
-from hiercam.metrics._distributed import sync_sum
-from hiercam.metrics._inputs import check_cams_and_labels
+from hiercam.metrics._base import Metric
+from hiercam.metrics._inputs import check_maps_and_labels, check_thresholds
 
-__all__ = ["IoUResult", "cams_to_labels", "mean_iou", "MeanIoU"]
+__all__ = ["IoUResult", "maps_to_masks", "mean_iou", "mean_iou_from_masks", "MeanIoU"]
 
 
 class IoUResult(NamedTuple):
-    """Result of ``mean_iou`` and ``MeanIoU.compute`` (float64 tensors on the state's device).
+    """Mean and per-class IoU, float64 tensors on the state's device.
 
-    Returned by [`mean_iou`][hiercam.mean_iou] and [`MeanIoU.compute`][hiercam.MeanIoU.compute].
+    Returned by [`mean_iou`][hiercam.mean_iou], [`mean_iou_from_masks`][hiercam.mean_iou_from_masks] and
+    [`MeanIoU.compute`][hiercam.MeanIoU.compute].
 
     Attributes:
-        miou: the mean IoU over the classes that occur, a 0-dim tensor; ``(T,)``, one per threshold, for
-            ``MeanIoU(thresholds=...)``. NaN when no class occurs at all.
-        per_class: IoU of every label ``(C,)`` (``(T, C)`` with thresholds); NaN for a class absent from both
-            prediction and ground truth, and for ``ignore_index`` when it is a class label.
+        miou: the mean IoU over the classes that occur, a fraction in [0, 1]: a 0-dim tensor for one
+            threshold, ``(T,)`` for a sequence of ``T`` thresholds. NaN when no class occurs at all (or with
+            no data).
+        per_class: IoU of every label ``(C,)`` (``(T, C)`` for a sequence of thresholds); NaN for a class
+            absent from both prediction and ground truth, and for ``ignore_index`` when it is a class label.
     """
 
     miou: Tensor
     per_class: Tensor
 
 
-# --------------------------------------------------------------------------------------------- CAMs -> labels
-def cams_to_labels(cams: Tensor, labels: Tensor, threshold: float = 0.15) -> Tensor:
-    """Turn CAMs into a label map with IRN's background threshold.
+# --------------------------------------------------------------------------------------------- maps -> masks
+def maps_to_masks(maps: Tensor, labels: Tensor, threshold: float = 0.15) -> Tensor:
+    """Turn class activation maps into predicted masks (label maps) with IRN's background threshold.
 
     The maps of the classes present in ``labels`` are max-normalised with
     [`normalize_maps`][hiercam.normalize_maps] (an all-zero map stays zero), a constant background plane is
@@ -59,55 +55,55 @@ def cams_to_labels(cams: Tensor, labels: Tensor, threshold: float = 0.15) -> Ten
     background (a class must be strictly above ``threshold``, as in IRN, which puts the background plane
     first), then to the lower class index. An image with no present class is all background.
 
-    The CAMs must already have the resolution of the ground truth (upsample them first, e.g. with
+    The maps must already have the resolution of the ground truth (upsample them first, e.g. with
     ``torch.nn.functional.interpolate``).
 
     Args:
-        cams: CAMs ``(B, K, H, W)``, floating point, any device.
+        maps: class activation maps ``(B, K, H, W)``, floating point, finite, any device.
         labels: multi-hot image labels ``(B, K)`` (0/1, any dtype): ground truth at evaluation time.
         threshold: the background score, strictly between 0 and 1 (the paper and IRN use 0.15).
 
     Returns:
-        ``LongTensor (B, H, W)`` on the device of ``cams``: 0 for background, ``k + 1`` for class ``k``.
+        ``LongTensor (B, H, W)`` on the device of ``maps``: 0 for background, ``k + 1`` for class ``k``.
 
     Raises:
-        TypeError: ``cams`` is not a floating-point tensor, or ``threshold`` is not a number.
-        ValueError: shapes disagree, the batch is empty, ``labels`` is not 0/1, ``cams`` is not finite, or
+        TypeError: ``maps`` is not a floating-point tensor, or ``threshold`` is not a number.
+        ValueError: shapes disagree, the batch is empty, ``labels`` is not 0/1, ``maps`` is not finite, or
             ``threshold`` is not in (0, 1).
 
     Examples:
         >>> import torch
-        >>> cams = torch.tensor([[[[0.9, 0.1], [0.0, 0.0]], [[0.0, 0.5], [1.0, 0.2]]]])
-        >>> cams_to_labels(cams, torch.tensor([[1, 1]]), threshold=0.15)
+        >>> maps = torch.tensor([[[[0.9, 0.1], [0.0, 0.0]], [[0.0, 0.5], [1.0, 0.2]]]])
+        >>> maps_to_masks(maps, torch.tensor([[1, 1]]), threshold=0.15)
         tensor([[[1, 2],
                  [2, 2]]])
-        >>> cams_to_labels(cams, torch.tensor([[0, 1]]))
+        >>> maps_to_masks(maps, torch.tensor([[0, 1]]))
         tensor([[[0, 2],
                  [2, 2]]])
     """
     threshold = check_threshold(threshold, "threshold")
-    value, index = _cam_peaks(*check_cams_and_labels(cams, labels))
+    value, index = _cam_peaks(*check_maps_and_labels(maps, labels))
     return _peaks_to_labels(value, index, threshold)
 
 
-def _cam_peaks(cams: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def _cam_peaks(maps: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Best normalised score ``(B, H, W)`` over the present classes and its class (the lowest on ties).
 
     The score is ``-inf`` where no class is present. Only the maps of present classes are normalised: each
     image's present classes are gathered in ascending order into ``(B, P, H, W)``, ``P`` the largest number
     of present classes in the batch (a few, against ``K`` = 20 or 1000), padded with ``-inf``.
     """
-    batch, _, height, width = cams.shape
-    present = labels.to(device=cams.device, dtype=torch.bool)
+    batch, _, height, width = maps.shape
+    present = labels.to(device=maps.device, dtype=torch.bool)
     width_p = int(present.sum(dim=1).max())
     if width_p == 0:
-        empty = torch.full((batch, height, width), -torch.inf, dtype=cams.dtype, device=cams.device)
-        return empty, torch.zeros((batch, height, width), dtype=torch.long, device=cams.device)
+        empty = torch.full((batch, height, width), -torch.inf, dtype=maps.dtype, device=maps.device)
+        return empty, torch.zeros((batch, height, width), dtype=torch.long, device=maps.device)
     # present classes first, each group in ascending class order (stable sort)
     order = torch.sort((~present).to(torch.uint8), dim=1, stable=True).indices[:, :width_p]
     real = present.gather(1, order)[:, :, None, None]
-    maps = cams.detach().gather(1, order[:, :, None, None].expand(-1, -1, height, width))
-    scores = normalize_maps(maps, "max").masked_fill(~real, -torch.inf)
+    chosen = maps.detach().gather(1, order[:, :, None, None].expand(-1, -1, height, width))
+    scores = normalize_maps(chosen, "max").masked_fill(~real, -torch.inf)
     value, slot = scores.max(dim=1)
     return value, order.gather(1, slot.reshape(batch, -1)).reshape(batch, height, width)
 
@@ -118,22 +114,24 @@ def _peaks_to_labels(value: Tensor, index: Tensor, threshold: float) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------- kernels
-def _check_label_maps(pred: Tensor, target: Tensor) -> None:
-    for name, value in (("pred", pred), ("target", target)):
-        check_tensor(value, name, dims="B, H, W")
-        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"`{name}` must be an integer label map, got dtype {value.dtype}")
-    check_same_shape(pred, target, "pred", "target")
-    if pred.shape[0] == 0:
-        raise ValueError(f"`pred` must hold at least one image, got shape {format_shape(pred.shape)}")
-    if pred.device != target.device:
-        raise ValueError(f"`pred` and `target` must be on one device, got {pred.device} and {target.device}")
+def _check_label_maps(pred_masks: Tensor, masks: Tensor) -> None:
+    for name, value in (("pred_masks", pred_masks), ("masks", masks)):
+        _check_mask_dtype(value, name)
+    check_same_shape(pred_masks, masks, "pred_masks", "masks")
+    if pred_masks.shape[0] == 0:
+        raise ValueError(
+            f"`pred_masks` must hold at least one image, got shape {format_shape(pred_masks.shape)}"
+        )
+    if pred_masks.device != masks.device:
+        raise ValueError(
+            f"`pred_masks` and `masks` must be on one device, got {pred_masks.device} and {masks.device}"
+        )
 
 
-def _check_ignore_index(ignore_index: int | None) -> int | None:
-    if ignore_index is None:
-        return None
-    return check_int(ignore_index, "ignore_index")
+def _check_mask_dtype(value: Tensor, name: str) -> None:
+    check_tensor(value, name, dims="B, H, W")
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"`{name}` must be an integer label map, got dtype {value.dtype}")
 
 
 class _Rows(NamedTuple):
@@ -167,7 +165,7 @@ def _target_rows(target: Tensor, num_classes: int, ignore_index: int | None) -> 
 
 def _bad_target_message(value: int, num_classes: int, ignore_index: int | None) -> str:
     extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-    return f"`target` must hold class labels in [0, {num_classes - 1}]{extra}, got {value}"
+    return f"`masks` must hold class labels in [0, {num_classes - 1}]{extra}, got {value}"
 
 
 def _confmat_update(rows: _Rows, pred: Tensor, num_classes: int, ignore_index: int | None) -> Tensor:
@@ -249,37 +247,141 @@ def _check_pred_range(pred: Tensor, num_classes: int) -> None:
     low, high = (int(v) for v in torch.stack(torch.aminmax(pred)).tolist())
     if low < 0 or high >= num_classes:
         raise ValueError(
-            f"`pred` must hold class labels in [0, {num_classes - 1}], got {low if low < 0 else high}"
+            f"`pred_masks` must hold class labels in [0, {num_classes - 1}], got {low if low < 0 else high}"
         )
 
 
-def _label_maps_update(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None) -> Tensor:
-    _check_label_maps(pred, target)
-    _check_pred_range(pred, num_classes)
-    rows = _target_rows(target, num_classes, ignore_index)
-    return _confmat_update(rows, pred, num_classes, ignore_index)
+def _check_ignore_index(ignore_index: int | None) -> int | None:
+    if ignore_index is None:
+        return None
+    return check_int(ignore_index, "ignore_index")
+
+
+def _check_num_classes(num_classes: int | None, maps: Tensor | None = None) -> int:
+    """``C``, labels counted with the background: at least 2, and ``K + 1`` for maps ``(B, K, H, W)``."""
+    if num_classes is None:
+        if maps is None:
+            raise TypeError("`num_classes` must be an int, got None")
+        return int(maps.shape[1]) + 1
+    num_classes = check_int(num_classes, "num_classes", minimum=2)
+    if maps is not None and maps.shape[1] != num_classes - 1:
+        raise ValueError(
+            f"`maps` must have K = num_classes - 1 = {num_classes - 1} maps (label 0 is the background), "
+            f"got shape {format_shape(maps.shape)}"
+        )
+    return num_classes
+
+
+def _maps_update(
+    maps: Tensor,
+    labels: Tensor,
+    masks: Tensor,
+    thresholds: Sequence[float],
+    num_classes: int,
+    ignore_index: int | None,
+) -> Tensor:
+    """Confusion matrices ``(T, C, C)`` of ``maps_to_masks`` at every threshold against ``masks``.
+
+    Inputs are checked, and normalisation, arg-max and counting done once, whatever the number of thresholds.
+    """
+    check_maps_and_labels(maps, labels)
+    _check_num_classes(num_classes, maps)
+    _check_mask_dtype(masks, "masks")
+    expected = (maps.shape[0], *maps.shape[2:])
+    if masks.shape != expected or masks.device != maps.device:
+        raise ValueError(
+            f"`masks` must have shape (B, H, W) = {format_shape(expected)} on {maps.device} to match `maps`, "
+            f"got {format_shape(masks.shape)} on {masks.device}"
+        )
+    value, index = _cam_peaks(maps, labels)
+    rows = _target_rows(masks, num_classes, ignore_index)
+    return _sweep_update(rows, value, index, thresholds, num_classes, ignore_index)
+
+
+def _select(result: IoUResult, scalar: bool) -> IoUResult:
+    """The only row of a one-threshold result when a single float threshold was given."""
+    return IoUResult(result.miou[0], result.per_class[0]) if scalar else result
 
 
 # --------------------------------------------------------------------------------------------- public API
-def mean_iou(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255) -> IoUResult:
-    """Mean IoU of label maps (paper Eq. 7), from one confusion matrix over all the pixels given.
+def mean_iou(
+    maps: Tensor,
+    labels: Tensor,
+    *,
+    masks: Tensor,
+    num_classes: int | None = None,
+    thresholds: float | Sequence[float] = 0.15,
+    ignore_index: int | None = 255,
+) -> IoUResult:
+    """Mean IoU of class activation maps against ground-truth masks (paper Eq. 7), over all the pixels given.
 
-    The IoU of class ``c`` is ``TP / (TP + FP + FN)`` summed over *all* images (the dataset-level confusion
-    matrix, as in IRN and the VOC benchmark), not a mean of per-image IoUs. Classes that occur neither in
-    ``pred`` nor in ``target`` are excluded from the mean (NaN in ``per_class``). Pixels whose target is
-    ``ignore_index`` are left out; if ``ignore_index`` is a class label, that class is excluded as well.
-    Same figure as ``torchmetrics.classification.MulticlassJaccardIndex(num_classes, ignore_index=...,
-    average="macro")``.
+    The maps become predicted masks with the rule of [`maps_to_masks`][hiercam.maps_to_masks] at every
+    threshold. The IoU of label ``c`` is ``TP / (TP + FP + FN)`` summed over *all* images (the dataset-level
+    confusion matrix, as in IRN and the VOC benchmark), not a mean of per-image IoUs. Labels that occur
+    neither in the prediction nor in ``masks`` are left out of the mean (NaN in ``per_class``). Pixels whose
+    mask value is ``ignore_index`` are left out. Same figure as ``torchmetrics``'
+    ``MulticlassJaccardIndex(num_classes, ignore_index=..., average="macro")`` on ``maps_to_masks``' output.
 
     Args:
-        pred: predicted labels ``(B, H, W)``, any integer dtype, values in ``[0, num_classes)`` (e.g. from
-            [`cams_to_labels`][hiercam.cams_to_labels], where 0 is the background).
-        target: ground-truth labels ``(B, H, W)``, values in ``[0, num_classes)`` or ``ignore_index``.
-        num_classes: ``C``, the number of labels, background included (21 for VOC).
-        ignore_index: target value to leave out (255 marks VOC's object boundaries), or ``None``.
+        maps: class activation maps ``(B, K, H, W)`` at the resolution of ``masks``, floating point, finite.
+        labels: multi-hot image labels ``(B, K)`` (0/1): only the maps of present classes can win a pixel.
+        masks: ground-truth masks ``(B, H, W)``, integer, 0 for background, ``k + 1`` for class ``k``, or
+            ``ignore_index``.
+        num_classes: ``C = K + 1``, labels counted with the background (21 for VOC); inferred from ``maps``
+            when ``None``.
+        thresholds: background threshold(s) in (0, 1): a float gives a scalar mIoU, a sequence of ``T``
+            floats one mIoU per threshold (all computed in one pass).
+        ignore_index: mask value to leave out (255 marks VOC's object boundaries), or ``None``.
 
     Returns:
-        [`IoUResult`][hiercam.IoUResult] ``(miou, per_class)``: a 0-dim float64 tensor and a ``(C,)`` one.
+        [`IoUResult`][hiercam.IoUResult] ``(miou, per_class)``, fractions in [0, 1] (float64): shapes ``()``
+        and ``(C,)`` for a float threshold, ``(T,)`` and ``(T, C)`` for a sequence.
+
+    Raises:
+        TypeError: a non-tensor or wrongly typed input (float masks, integer maps), or a non-number option.
+        ValueError: shapes or devices disagree, the batch is empty, ``labels`` is not 0/1, ``maps`` is not
+            finite, a mask value is out of range, or a threshold is not in (0, 1).
+
+    Examples:
+        >>> import torch
+        >>> maps = torch.tensor([[[[0.9, 0.3]], [[0.0, 0.0]]]])  # (B, K, H, W) = (1, 2, 1, 2)
+        >>> labels = torch.tensor([[1, 0]])
+        >>> masks = torch.tensor([[[1, 0]]])  # class 0 (label 1) on the left, background on the right
+        >>> float(mean_iou(maps, labels, masks=masks, thresholds=0.5).miou)
+        1.0
+        >>> mean_iou(maps, labels, masks=masks, thresholds=[0.1, 0.5]).miou
+        tensor([0.2500, 1.0000], dtype=torch.float64)
+    """
+    values, scalar = check_thresholds(thresholds)
+    ignore_index = _check_ignore_index(ignore_index)
+    if num_classes is not None:
+        num_classes = _check_num_classes(num_classes)
+    check_maps_and_labels(maps, labels)
+    classes = _check_num_classes(num_classes, maps)
+    confmat = _maps_update(maps, labels, masks, values, classes, ignore_index)
+    return _select(_iou_compute(confmat, ignore_index), scalar)
+
+
+def mean_iou_from_masks(
+    pred_masks: Tensor, masks: Tensor, num_classes: int, ignore_index: int | None = 255
+) -> IoUResult:
+    """Mean IoU of predicted masks (label maps) against ground-truth masks, from one confusion matrix.
+
+    For predictions that are already label maps (from [`maps_to_masks`][hiercam.maps_to_masks] or any
+    segmenter). The definition is that of [`mean_iou`][hiercam.mean_iou]: a dataset-level confusion matrix,
+    labels absent from both sides left out, ``ignore_index`` pixels left out (and that label too, if it is a
+    class). To stream label maps batch by batch, ``torchmetrics``'
+    ``MulticlassJaccardIndex(num_classes, ignore_index=..., average="macro")`` gives the same figure.
+
+    Args:
+        pred_masks: predicted labels ``(B, H, W)``, any integer dtype, values in ``[0, num_classes)``.
+        masks: ground-truth labels ``(B, H, W)``, values in ``[0, num_classes)`` or ``ignore_index``.
+        num_classes: ``C``, the number of labels, background included (21 for VOC).
+        ignore_index: mask value to leave out, or ``None``.
+
+    Returns:
+        [`IoUResult`][hiercam.IoUResult] ``(miou, per_class)``: a 0-dim float64 tensor and a ``(C,)`` one,
+        fractions in [0, 1].
 
     Raises:
         TypeError: inputs are not integer tensors, or ``num_classes`` / ``ignore_index`` are not ints.
@@ -287,9 +389,9 @@ def mean_iou(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int |
 
     Examples:
         >>> import torch
-        >>> pred = torch.tensor([[[0, 1], [1, 1]]])
-        >>> target = torch.tensor([[[0, 1], [0, 255]]])
-        >>> result = mean_iou(pred, target, num_classes=3)
+        >>> pred_masks = torch.tensor([[[0, 1], [1, 1]]])
+        >>> masks = torch.tensor([[[0, 1], [0, 255]]])
+        >>> result = mean_iou_from_masks(pred_masks, masks, num_classes=3)
         >>> result.per_class
         tensor([0.5000, 0.5000,    nan], dtype=torch.float64)
         >>> float(result.miou)
@@ -297,164 +399,96 @@ def mean_iou(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int |
     """
     num_classes = check_int(num_classes, "num_classes", minimum=1)
     ignore_index = _check_ignore_index(ignore_index)
-    confmat = _label_maps_update(pred, target, num_classes, ignore_index)
-    return _iou_compute(confmat, ignore_index)
+    _check_label_maps(pred_masks, masks)
+    _check_pred_range(pred_masks, num_classes)
+    rows = _target_rows(masks, num_classes, ignore_index)
+    return _iou_compute(_confmat_update(rows, pred_masks, num_classes, ignore_index), ignore_index)
 
 
-class MeanIoU:
-    """Streaming mean IoU: a confusion matrix accumulated over the dataset, batch by batch.
+class MeanIoU(Metric):
+    """Streaming mean IoU of class activation maps: confusion matrices accumulated over a dataset.
 
-    The figure is dataset-level (one confusion matrix for all images, as in IRN and the VOC benchmark), not a
-    mean of per-image IoUs; see [`mean_iou`][hiercam.mean_iou] for the exact definition, which this class
-    shares.
+    The figure is dataset-level (one confusion matrix for all images), exactly
+    [`mean_iou`][hiercam.mean_iou] on the whole dataset at once; both share their kernels. With a sequence
+    of ``thresholds`` every update scores every threshold (normalisation, arg-max and counting once per
+    batch), so a threshold can be picked on validation data in one pass.
 
-    Two modes:
-
-    * ``thresholds=None``: [`update`][hiercam.MeanIoU.update] takes label maps, ``update(pred, target)``.
-    * ``thresholds=[t1, t2, ...]``: [`update`][hiercam.MeanIoU.update] takes CAMs and image labels,
-      ``update(cams, target, labels)``, turns them into label maps with the rule of
-      [`cams_to_labels`][hiercam.cams_to_labels] at every threshold (normalisation, arg-max and counting are
-      done once per batch, whatever the number of thresholds) and keeps one confusion matrix per threshold;
-      [`compute`][hiercam.MeanIoU.compute] then returns an mIoU per threshold, so a threshold can be picked on
-      validation data in one pass. ``num_classes`` counts the background: CAMs have ``K = num_classes - 1``
-      classes.
-
-    In a ``torch.distributed`` run, [`compute`][hiercam.MeanIoU.compute] sums the confusion matrices of all
-    processes (all_reduce SUM) when a process group of more than one process is initialised; every process
-    must call it. Put the state on the device of the process group's backend first (``metric.to("cuda")`` for
-    NCCL).
+    A metric like the others: ``update`` / ``compute`` / ``reset``, calling it returns the
+    batch's figure and accumulates it, ``state_dict`` / ``load_state_dict`` and ``.to(device)`` as any
+    ``nn.Module``. In a ``torch.distributed`` run, ``compute`` sums the confusion matrices of all processes
+    (every process must call it, one with no data too); the sum is taken on the backend's device (the GPU
+    for NCCL), wherever the state lives.
 
     Args:
-        num_classes: ``C``, the number of labels, background included.
-        ignore_index: target value to leave out, or ``None`` (see [`mean_iou`][hiercam.mean_iou]).
-        thresholds: background thresholds in (0, 1) for the CAM mode, or ``None``.
+        num_classes: ``C = K + 1``, labels counted with the background (at least 2).
+        thresholds: background threshold(s) in (0, 1): a float gives a scalar mIoU, a sequence of ``T``
+            floats one mIoU per threshold.
+        ignore_index: mask value to leave out, or ``None`` (see [`mean_iou`][hiercam.mean_iou]).
         sync_on_compute: sum the state across processes in [`compute`][hiercam.MeanIoU.compute].
 
     Attributes:
-        confmat: the accumulated int64 confusion matrix ``(C, C)`` (rows: target, columns: prediction), or
-            ``(T, C, C)`` with thresholds.
+        confmat: the accumulated int64 confusion matrices ``(T, C, C)`` (rows: truth, columns: prediction),
+            one per threshold (``T = 1`` for a float threshold).
 
     Raises:
         TypeError, ValueError: bad ``num_classes``, ``ignore_index`` or ``thresholds``.
 
     Examples:
         >>> import torch
-        >>> metric = MeanIoU(num_classes=3)
-        >>> metric.update(torch.tensor([[[0, 1], [1, 1]]]), torch.tensor([[[0, 1], [0, 255]]]))
-        >>> metric.update(torch.tensor([[[2, 2]]]), torch.tensor([[[2, 0]]]))
-        >>> metric.compute().per_class
-        tensor([0.3333, 0.5000, 0.5000], dtype=torch.float64)
-        >>> sweep = MeanIoU(num_classes=3, thresholds=[0.1, 0.5])
-        >>> cams = torch.tensor([[[[0.9, 0.3]], [[0.0, 0.0]]]])  # (B, K, H, W) = (1, 2, 1, 2)
-        >>> sweep.update(cams, target=torch.tensor([[[1, 0]]]), labels=torch.tensor([[1, 0]]))
-        >>> sweep.compute().miou
+        >>> metric = MeanIoU(num_classes=3, thresholds=[0.1, 0.5])
+        >>> maps = torch.tensor([[[[0.9, 0.3]], [[0.0, 0.0]]]])  # (B, K, H, W) = (1, 2, 1, 2)
+        >>> metric.update(maps, torch.tensor([[1, 0]]), masks=torch.tensor([[[1, 0]]]))
+        >>> metric.compute().miou
         tensor([0.2500, 1.0000], dtype=torch.float64)
     """
+
+    confmat: Tensor
 
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int | None = 255,
         *,
-        thresholds: Sequence[float] | None = None,
+        thresholds: float | Sequence[float] = 0.15,
+        ignore_index: int | None = 255,
         sync_on_compute: bool = True,
     ) -> None:
-        self.num_classes = check_int(num_classes, "num_classes", minimum=1)
+        super().__init__(sync_on_compute=sync_on_compute)
+        self.num_classes = _check_num_classes(num_classes)
         self.ignore_index = _check_ignore_index(ignore_index)
-        self.thresholds: tuple[float, ...] | None = None
-        if thresholds is not None:
-            given: object = thresholds
-            if not isinstance(given, (list, tuple)) or not given:
-                raise ValueError(
-                    f"`thresholds` must be a non-empty sequence of floats in (0, 1), got {thresholds!r}"
-                )
-            if self.num_classes < 2:
-                raise ValueError(
-                    f"`num_classes` counts the background and must be >= 2 with thresholds, got {num_classes}"
-                )
-            self.thresholds = tuple(check_threshold(t, f"thresholds[{i}]") for i, t in enumerate(thresholds))
-        self.sync_on_compute = bool(sync_on_compute)
-        leading = () if self.thresholds is None else (len(self.thresholds),)
-        self.confmat = torch.zeros((*leading, self.num_classes, self.num_classes), dtype=torch.long)
+        values, self._scalar = check_thresholds(thresholds)
+        self.thresholds: float | tuple[float, ...] = values[0] if self._scalar else tuple(values)
+        self._values = values
+        shape = (len(values), self.num_classes, self.num_classes)
+        self.add_state("confmat", torch.zeros(shape, dtype=torch.long), "sum")
 
-    def update(self, pred: Tensor, target: Tensor, labels: Tensor | None = None) -> None:
-        """Add a batch to the confusion matrix.
-
-        Args:
-            pred: label maps ``(B, H, W)`` (integer); with ``thresholds``, CAMs ``(B, K, H, W)`` with
-                ``K = num_classes - 1`` (floating point).
-            target: ground-truth labels ``(B, H, W)``, values in ``[0, C)`` or ``ignore_index``.
-            labels: with ``thresholds`` only: multi-hot image labels ``(B, K)`` (0/1) choosing which CAMs can
-                win a pixel (see [`cams_to_labels`][hiercam.cams_to_labels]).
+    def update(self, maps: Tensor, labels: Tensor, *, masks: Tensor) -> None:
+        """Add a batch: arguments as in [`mean_iou`][hiercam.mean_iou], ``K = num_classes - 1`` maps.
 
         Raises:
-            TypeError, ValueError: see [`mean_iou`][hiercam.mean_iou] and
-                [`cams_to_labels`][hiercam.cams_to_labels]; ``labels`` missing in the CAM mode or given in the
-                label-map mode.
+            TypeError, ValueError: see [`mean_iou`][hiercam.mean_iou]; nothing is added then.
         """
-        if self.thresholds is None:
-            if labels is not None:
-                raise ValueError(
-                    "`labels` is only used with MeanIoU(thresholds=...); "
-                    "without thresholds `pred` is a label map"
-                )
-            batch = _label_maps_update(pred, target, self.num_classes, self.ignore_index)
-        else:
-            batch = self._cams_update(pred, target, labels, self.thresholds)
-        if self.confmat.device != batch.device:
-            self.confmat = self.confmat.to(batch.device)
-        self.confmat += batch
+        batch = _maps_update(maps, labels, masks, self._values, self.num_classes, self.ignore_index)
+        self.confmat = self.confmat.to(batch.device) + batch
 
-    def _cams_update(
-        self, cams: Tensor, target: Tensor, labels: Tensor | None, thresholds: tuple[float, ...]
-    ) -> Tensor:
-        if labels is None:
-            raise ValueError(
-                "`labels` (B, K) is required by MeanIoU(thresholds=...): update(cams, target, labels)"
-            )
-        if not isinstance(cams, Tensor) or not cams.is_floating_point():
-            raise TypeError(
-                "with thresholds, `pred` must be floating-point CAMs (B, K, H, W), got "
-                + (f"dtype {cams.dtype}" if isinstance(cams, Tensor) else type_name(cams))
-            )
-        check_cams_and_labels(cams, labels)
-        if cams.shape[1] != self.num_classes - 1:
-            raise ValueError(
-                f"`pred` (CAMs) must have K = num_classes - 1 = {self.num_classes - 1} maps, "
-                f"got shape {format_shape(cams.shape)}"
-            )
-        check_tensor(target, "target", dims="B, H, W")
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"`target` must be an integer label map, got dtype {target.dtype}")
-        expected = (cams.shape[0], *cams.shape[2:])
-        if target.shape != expected or target.device != cams.device:
-            raise ValueError(
-                f"`target` must have shape {format_shape(expected)} on {cams.device} to match `pred` (CAMs), "
-                f"got {format_shape(target.shape)} on {target.device}"
-            )
-        value, index = _cam_peaks(cams, labels)
-        rows = _target_rows(target, self.num_classes, self.ignore_index)
-        return _sweep_update(rows, value, index, thresholds, self.num_classes, self.ignore_index)
+    def forward(self, maps: Tensor, labels: Tensor, *, masks: Tensor) -> IoUResult:
+        """The mIoU of this batch alone, which is also added to the state."""
+        result: IoUResult = super().forward(maps, labels, masks=masks)
+        return result
+
+    def _compute(self) -> IoUResult:
+        return _select(_iou_compute(self.confmat, self.ignore_index), self._scalar)
 
     def compute(self) -> IoUResult:
         """Mean and per-class IoU of everything seen since the last [`reset`][hiercam.MeanIoU.reset].
 
         Returns:
             [`IoUResult`][hiercam.IoUResult] ``(miou, per_class)``: shapes ``()`` and ``(C,)``, or ``(T,)``
-            and ``(T, C)`` with thresholds (row ``i`` for ``thresholds[i]``). All NaN before any update.
+            and ``(T, C)`` for a sequence of thresholds (row ``i`` for ``thresholds[i]``). NaN with no data.
         """
-        confmat = sync_sum(self.confmat) if self.sync_on_compute else self.confmat
-        return _iou_compute(confmat, self.ignore_index)
+        result: IoUResult = super().compute()
+        return result
 
-    def reset(self) -> None:
-        """Forget everything seen so far."""
-        self.confmat = torch.zeros_like(self.confmat)
-
-    def to(self, device: torch.device | str) -> MeanIoU:
-        """Move the state to ``device`` (e.g. the device of an NCCL process group); returns ``self``."""
-        self.confmat = self.confmat.to(device)
-        return self
-
-    def __repr__(self) -> str:
-        extra = "" if self.thresholds is None else f", thresholds={list(self.thresholds)}"
-        return f"MeanIoU(num_classes={self.num_classes}, ignore_index={self.ignore_index}{extra})"
+    def extra_repr(self) -> str:
+        """The options, shown by ``repr``."""
+        options = (self.num_classes, self.thresholds, self.ignore_index)
+        return "num_classes={}, thresholds={}, ignore_index={}".format(*options)

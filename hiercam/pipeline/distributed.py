@@ -1,20 +1,19 @@
-"""The pipeline under ``torchrun``: process ranks, sharding, gathering. One process is the plain case.
+"""The pipeline under ``torchrun``: this process's place in the run, sharding and gathering.
 
 ``torchrun --nproc_per_node=N -m hiercam run CONFIG`` starts N processes with ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK`` set; ``init_distributed`` joins them into a process group (NCCL on CUDA, gloo on the CPU).
 Training uses ``DistributedDataParallel``; evaluation shards the images over the processes and sums the
-metrics' states; only rank 0 writes files and logs.
+metrics' states; only rank 0 writes files and logs. The collectives live in ``hiercam._distributed``, shared
+with the metrics and ``fit``; this module only records a run's ranks for the stages.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any
 
-import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from hiercam import _distributed
 
 __all__ = ["Distributed", "init_distributed"]
 
@@ -30,9 +29,8 @@ class Distributed:
     @classmethod
     def current(cls) -> Distributed:
         """The initialised process group's view, or a single process."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-            return cls(dist.get_rank(), dist.get_world_size(), local)
+        if _distributed.world_size() > 1:
+            return cls(_distributed.rank(), _distributed.world_size(), _distributed.local_rank())
         return cls()
 
     @property
@@ -43,7 +41,7 @@ class Distributed:
     def barrier(self) -> None:
         """Wait for every process (a no-op for one process)."""
         if self.world > 1:
-            dist.barrier()
+            _distributed.barrier()
 
     def shard(self, count: int) -> list[int]:
         """This process's share of ``count`` items: ``rank, rank + world, ...`` (no padding, no repeats)."""
@@ -51,22 +49,10 @@ class Distributed:
 
     def gather_rows(self, local: Tensor, count: int) -> Tensor:
         """Every process's ``shard`` rows of a ``(count, ...)`` tensor, back in their original order."""
-        if self.world == 1:
-            return local
-        pieces: list[Any] = [None] * self.world
-        dist.all_gather_object(pieces, local.cpu())
-        out = torch.empty((count, *local.shape[1:]), dtype=local.dtype)
-        for rank, piece in enumerate(pieces):
-            out[rank :: self.world] = piece
-        return out
+        return local if self.world == 1 else _distributed.gather_rows(local, count)
 
 
 def init_distributed() -> Distributed:
     """Join the process group ``torchrun`` describes in the environment (no-op without ``WORLD_SIZE`` > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
+    _distributed.init_distributed()
     return Distributed.current()

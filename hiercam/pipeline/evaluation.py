@@ -108,7 +108,7 @@ def score_split(
     *,
     localization: bool = True,
 ) -> dict[str, dict[str, list[float]]]:
-    """Score every variant at every threshold: ``{variant: {"miou": [...], "loc_error": [...]}}``.
+    """Score every variant at every threshold: ``{variant: {"miou": [...], "loc_error": [...]}}``, in percent.
 
     ``indices`` is this process's shard of the images (all by default); under ``torchrun`` the metrics sum
     their states over the processes, so every process gets the figures of the whole split. ``weights`` are
@@ -123,13 +123,13 @@ def score_split(
     for rows, images, targets, masks, boxes in data.batches(64, indices):
         size = (int(images.shape[-2]), int(images.shape[-1]))
         for name, maps in variant_maps(cams, rows, hierarchy, targets, size, names, method.rest, weights):
-            iou[name].update(maps, masks, targets)
+            iou[name].update(maps, targets, masks=masks)
             if localization:
-                loc[name].update(maps, targets, boxes)
+                loc[name].update(maps, targets, boxes=boxes)
     return {
         name: {
             "miou": [100 * float(v) for v in iou[name].compute().miou],
-            "loc_error": [float(value) for value in loc[name].compute()] if localization else [],
+            "loc_error": [100 * float(v) for v in loc[name].compute()] if localization else [],
         }
         for name in names
     }
