@@ -53,13 +53,14 @@ CLOSED_FORM_MODELS: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "resnet18": (lambda: models.resnet18(num_classes=7), "layer4"),
     "mobilenet_v2": (lambda: models.mobilenet_v2(num_classes=7), "features"),
     "efficientnet_b0": (lambda: models.efficientnet_b0(num_classes=7), "features"),
-    "densenet121": (lambda: models.densenet121(num_classes=7), "features"),
     "tiny": (lambda: tiny_net(7), "4"),
 }
 GENERAL_MODELS: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "mobilenet_v3_small": (lambda: models.mobilenet_v3_small(num_classes=7), "features"),
     "convnext_tiny": (lambda: models.convnext_tiny(num_classes=7), "features"),
     "tiny_earlier_layer": (lambda: tiny_net(7), "2"),
+    # F.relu(features, inplace=True) between `features` and the pool
+    "densenet121": (lambda: models.densenet121(num_classes=7), "features"),
 }
 
 
