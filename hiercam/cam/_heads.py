@@ -144,7 +144,14 @@ def translate_forward_error(error: RuntimeError, images: Tensor, model: nn.Modul
     every other error (out of memory above all) is left to propagate as it is.
     """
     message = str(error)
-    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
+    reference = next(
+        (
+            p
+            for p in model.parameters()
+            if not isinstance(p, nn.parameter.UninitializedParameter) and p.is_floating_point()
+        ),
+        None,
+    )
     expected = "" if reference is None else f" (its parameters are {reference.dtype} on {reference.device})"
     if _DTYPE_MISMATCH.search(message):
         return TypeError(

@@ -266,7 +266,13 @@ class BaseCAM:
         with ExitStack() as stack:
             if torch.is_inference_mode_enabled():
                 stack.enter_context(torch.inference_mode(False))
-            if any(p.is_inference() for p in self.model.parameters()):
+            if any(
+                p.is_inference()
+                for p in self.model.parameters()
+                if not isinstance(
+                    p, nn.parameter.UninitializedParameter
+                )  # lazy modules before their first call
+            ):
                 raise ValueError(
                     "`model` has inference-mode parameters (created or loaded under torch.inference_mode()); "
                     "CAMs need autograd: build the model outside inference mode"
@@ -470,6 +476,8 @@ class BaseCAM:
 
     def _finish(self, maps: Tensor, size: tuple[int, int] | None) -> Tensor:
         maps = F.relu(maps)
+        if size is not None and maps.shape[1] == 0:  # no class requested (an all-zero mask)
+            return maps.new_zeros(*maps.shape[:2], *size)
         if size is not None and tuple(maps.shape[-2:]) != size:
             maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
         return maps
