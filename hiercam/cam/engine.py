@@ -45,9 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hiercam._validation import check_choice, check_finite, check_tensor, format_shape, type_name
-from hiercam.cam._autograd import batched_gradients, is_affine_path
+from hiercam._validation import check_choice, check_tensor, format_shape, type_name
+from hiercam.cam._autograd import batched_gradients
+from hiercam.cam._checks import check_images, check_size, finite, non_finite_origin
 from hiercam.cam._classes import ClassesArg, ClassRequest, parse_classes
+from hiercam.cam._closed_form import closed_form_gradients, forward_identity_holds, verify
 from hiercam.cam._heads import Head, build_heads, translate_forward_error
 from hiercam.maps import NormalizeMode, normalize_maps
 
@@ -180,9 +182,9 @@ class BaseCAM:
         """
         if self._removed:
             raise RuntimeError(f"{type(self).__name__} was removed; create a new one")
-        _check_images(images)
+        check_images(images)
         request = parse_classes(classes, images.shape[0])
-        out_size = _check_size(size, images)
+        out_size = check_size(size, images)
         check_choice(normalize, "normalize", ("max", "minmax", None))
         input_size = (int(images.shape[-2]), int(images.shape[-1]))
 
@@ -194,7 +196,7 @@ class BaseCAM:
             try:
                 head_logits = [self._head_logits(head, output) for head in self._heads]
                 if closed and not all(
-                    self._forward_identity_holds(h, lg)
+                    forward_identity_holds(self.model, h, lg)
                     for h, lg in zip(self._heads, head_logits, strict=True)
                 ):
                     for head in self._heads:
@@ -381,7 +383,7 @@ class BaseCAM:
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             got = format_shape(logits.shape) if isinstance(logits, Tensor) else type_name(logits)
             raise ValueError(f"the logits of `model` for {head.name!r} must have shape (B, K), got {got}")
-        if logits.is_floating_point() and not _finite(logits):
+        if logits.is_floating_point() and not finite(logits):
             raise ValueError(
                 f"`model` returned NaN or infinite logits (head {head.name!r}) for finite `images`: the "
                 "model itself overflows or holds non-finite weights"
@@ -398,11 +400,11 @@ class BaseCAM:
             return activation.new_zeros(activation.shape[0], 0, *activation.shape[-2:], dtype=torch.float32)
         features = activation.detach().float()
         if closed:
-            gradients = self._closed_form_gradients(head, activation, logits, indices)
+            gradients = closed_form_gradients(self.model, head, activation, logits, indices)
         else:
             gradients = batched_gradients(logits[:, indices], activation, head.name)
             if not self._uses_gradients or (self.closed_form and head.state != "general"):
-                self._verify(head, logits, gradients, indices, input_size)
+                verify(self.model, head, logits, gradients, indices, input_size)
             if not self._uses_gradients:
                 if head.state != "verified":
                     raise ValueError(
@@ -410,69 +412,11 @@ class BaseCAM:
                         f"single linear classifier of shape (K, C); this does not hold for `target_layer` "
                         f"{head.name!r}" + ("; pass `classifier` if it is not found automatically")
                     )
-                gradients = self._closed_form_gradients(head, activation, logits, indices)
+                gradients = closed_form_gradients(self.model, head, activation, logits, indices)
         maps = self._combine(features, gradients)
-        if not _finite(maps):
-            raise ValueError(_non_finite_origin(head, features, gradients))
+        if not finite(maps):
+            raise ValueError(non_finite_origin(head, features, gradients))
         return maps
-
-    def _verify(
-        self, head: Head, logits: Tensor, gradients: Tensor, indices: list[int], input_size: tuple[int, int]
-    ) -> None:
-        """Set the head's closed-form state from the general path's gradients (module docstring, step 4)."""
-        activation = head.activation
-        holds = (
-            activation is not None
-            and self._forward_identity_holds(head, logits)
-            and self._gradients_match(head, activation, logits, gradients, indices)
-            and is_affine_path(logits, activation)
-        )
-        if not holds:
-            head.state = "general"
-            return
-        same_size = head.state == "verified" and head.verified_size == input_size
-        head.verified_classes = (head.verified_classes if same_size else frozenset()) | set(indices)
-        head.verified_size = input_size
-        head.state = "verified"
-
-    def _classifier_for(self, head: Head, logits: Tensor, activation: Tensor) -> nn.Linear | None:
-        shape = (logits.shape[1], activation.shape[1])
-        if head.classifier is not None:
-            return head.classifier if tuple(head.classifier.weight.shape) == shape else None
-        matches = [
-            m for m in self.model.modules() if isinstance(m, nn.Linear) and tuple(m.weight.shape) == shape
-        ]
-        return matches[0] if len(matches) == 1 else None
-
-    def _closed_form_gradients(
-        self, head: Head, activation: Tensor, logits: Tensor, indices: list[int]
-    ) -> Tensor:
-        classifier = self._classifier_for(head, logits, activation)
-        if classifier is None:  # pragma: no cover - verified heads have a classifier
-            raise RuntimeError("no classifier for the closed form")
-        batch, _, height, width = activation.shape
-        weight = classifier.weight.detach().float()[indices] / (height * width)
-        return weight[:, None, :, None, None].expand(len(indices), batch, -1, height, width)
-
-    def _forward_identity_holds(self, head: Head, logits: Tensor) -> bool:
-        """Whether ``logits == W @ mean_hw(A) + b`` for this head's classifier, within the dtype tolerance."""
-        activation = head.activation
-        if activation is None:
-            return False
-        classifier = self._classifier_for(head, logits, activation)
-        if classifier is None:
-            return False
-        pooled = activation.detach().float().mean(dim=(-2, -1))
-        predicted = F.linear(pooled, classifier.weight.detach().float(), _float_or_none(classifier.bias))
-        error = (predicted - logits.detach().float()).abs().amax()
-        return bool(error <= _tolerance(activation) * logits.detach().float().abs().amax().clamp_min(1.0))
-
-    def _gradients_match(
-        self, head: Head, activation: Tensor, logits: Tensor, gradients: Tensor, indices: list[int]
-    ) -> bool:
-        expected = self._closed_form_gradients(head, activation, logits, indices)
-        error = (gradients - expected).abs().amax()
-        return bool(error <= _tolerance(activation) * expected.abs().amax() + 1e-12)
 
     def _finish(self, maps: Tensor, size: tuple[int, int] | None) -> Tensor:
         maps = F.relu(maps)
@@ -481,53 +425,3 @@ class BaseCAM:
         if size is not None and tuple(maps.shape[-2:]) != size:
             maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
         return maps
-
-
-def _check_images(images: Any) -> None:
-    check_tensor(images, "images", dims="B, C, H, W", floating=True)
-    if images.numel() == 0:
-        raise ValueError(
-            f"`images` must hold at least one image of positive size, got shape {format_shape(images.shape)}"
-        )
-    check_finite(images, "images")
-
-
-def _finite(values: Tensor) -> bool:
-    """Whether every entry is finite, from one ``aminmax`` (no full-size boolean mask)."""
-    if values.numel() == 0:
-        return True
-    return bool(torch.isfinite(torch.stack(torch.aminmax(values.detach()))).all())
-
-
-def _non_finite_origin(head: Head, features: Tensor, gradients: Tensor) -> str:
-    """Which tensor made a head's maps non-finite (computed only on failure)."""
-    if not _finite(features):
-        return f"the output of `target_layer` {head.name!r} holds NaN or infinite values for finite `images`"
-    if not _finite(gradients):
-        return (
-            f"the gradients of the logits with respect to `target_layer` {head.name!r} hold NaN or infinite "
-            "values for finite `images`"
-        )
-    return f"the maps of `target_layer` {head.name!r} overflow float32"
-
-
-def _check_size(size: Any, images: Tensor) -> tuple[int, int] | None:
-    if size == "input":
-        return int(images.shape[-2]), int(images.shape[-1])
-    if size == "feature":
-        return None
-    if (
-        isinstance(size, tuple)
-        and len(size) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
-        return int(size[0]), int(size[1])
-    raise ValueError(f"`size` must be 'input', 'feature' or a (H, W) tuple of positive ints, got {size!r}")
-
-
-def _tolerance(activation: Tensor) -> float:
-    return 1e-4 if activation.dtype in (torch.float32, torch.float64) else 2e-2
-
-
-def _float_or_none(bias: Tensor | None) -> Tensor | None:
-    return None if bias is None else bias.detach().float()
