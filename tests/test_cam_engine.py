@@ -318,6 +318,10 @@ def test_float64_and_channels_last() -> None:
     double = hiercam.GradCAM(tiny_net(3).double().eval(), "4", closed_form=False)(images.double())
     assert double.dtype == torch.float32
     torch.testing.assert_close(double, expected, rtol=1e-4, atol=1e-5)
+    resnet = models.resnet18(num_classes=3).eval().to(memory_format=torch.channels_last)
+    cam = hiercam.GradCAM(resnet, "layer4")
+    cam(images.to(memory_format=torch.channels_last))
+    assert "closed_form=verified" in repr(cam)  # channels-last views (as_strided) are affine
     last = model.to(memory_format=torch.channels_last)
     got = hiercam.GradCAM(last, "4", closed_form=False)(images.to(memory_format=torch.channels_last))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -55,6 +55,12 @@ _AFFINE = frozenset(
         "SplitBackward0",
         "SplitWithSizesBackward0",
         "UnbindBackward0",
+        "AsStridedBackward0",  # views of channels-last tensors
+        "AsStridedBackward1",
+        "RepeatBackward0",
+        "FlipBackward0",
+        "IndexSelectBackward0",
+        "ConstantPadNdBackward0",
         "AdaptiveAvgPool2DBackward0",
         "AvgPool2DBackward0",
         "ToCopyBackward0",
