@@ -228,3 +228,24 @@ def test_batching_failures_are_told_apart_from_other_errors() -> None:
     )
     assert not _autograd.is_batching_failure(RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"))
     assert not _autograd.is_batching_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+
+
+def test_hook_hygiene_and_caller_state_on_a_multi_head_model(three: ThreeHeads) -> None:
+    three.train()
+    three.stem[0].weight.requires_grad_(False)
+    three.fcs[1].weight.grad = torch.full_like(three.fcs[1].weight, 3.0)
+    flags = [m.training for m in three.modules()]
+    requires = [p.requires_grad for p in three.parameters()]
+    grads = [None if p.grad is None else p.grad.clone() for p in three.parameters()]
+    cam = hiercam.GradCAM(three)
+    for _ in range(3):
+        cam(torch.randn(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="`images` must be finite"):
+        cam(torch.full((1, 3, 16, 16), float("nan")))
+    assert [m.training for m in three.modules()] == flags
+    assert [p.requires_grad for p in three.parameters()] == requires
+    for p, g in zip(three.parameters(), grads, strict=True):
+        assert (p.grad is None) == (g is None)
+        if g is not None:
+            assert torch.equal(p.grad, g)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in three.modules()) == 0
