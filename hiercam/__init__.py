@@ -8,10 +8,12 @@ from hiercam._version import __version__
 from hiercam.cam import (
     CAM,
     BaseCAM,
+    CAMHead,
     GradCAM,
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
+    MultiHeadModel,
     XGradCAM,
     average_branch_maps,
 )
@@ -78,6 +80,8 @@ __all__ = [
     "CAM",
     "BaseCAM",
     "average_branch_maps",
+    "MultiHeadModel",
+    "CAMHead",
     # CAM fusion across levels (section 3.5)
     "fuse",
     "fuse_hierarchy",

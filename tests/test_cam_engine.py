@@ -53,13 +53,14 @@ CLOSED_FORM_MODELS: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "resnet18": (lambda: models.resnet18(num_classes=7), "layer4"),
     "mobilenet_v2": (lambda: models.mobilenet_v2(num_classes=7), "features"),
     "efficientnet_b0": (lambda: models.efficientnet_b0(num_classes=7), "features"),
-    "densenet121": (lambda: models.densenet121(num_classes=7), "features"),
     "tiny": (lambda: tiny_net(7), "4"),
 }
 GENERAL_MODELS: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "mobilenet_v3_small": (lambda: models.mobilenet_v3_small(num_classes=7), "features"),
     "convnext_tiny": (lambda: models.convnext_tiny(num_classes=7), "features"),
     "tiny_earlier_layer": (lambda: tiny_net(7), "2"),
+    # F.relu(features, inplace=True) between `features` and the pool
+    "densenet121": (lambda: models.densenet121(num_classes=7), "features"),
 }
 
 
@@ -317,6 +318,10 @@ def test_float64_and_channels_last() -> None:
     double = hiercam.GradCAM(tiny_net(3).double().eval(), "4", closed_form=False)(images.double())
     assert double.dtype == torch.float32
     torch.testing.assert_close(double, expected, rtol=1e-4, atol=1e-5)
+    resnet = models.resnet18(num_classes=3).eval().to(memory_format=torch.channels_last)
+    cam = hiercam.GradCAM(resnet, "layer4")
+    cam(images.to(memory_format=torch.channels_last))
+    assert "closed_form=verified" in repr(cam)  # channels-last views (as_strided) are affine
     last = model.to(memory_format=torch.channels_last)
     got = hiercam.GradCAM(last, "4", closed_form=False)(images.to(memory_format=torch.channels_last))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

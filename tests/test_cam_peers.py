@@ -14,9 +14,11 @@ How the comparisons are made, and why:
   the torchcam comparison patches hiercam's to 1e-8 (it decides where Hardswish channel sums are near zero).
 * torchcam's Grad-CAM++ is not compared: its ``alpha[idx][mask].div_(...)`` divides a copy made by boolean
   indexing, so its alpha stays ``G**2``. pytorch-grad-cam implements the formula.
-* DenseNet applies ``F.relu(features, inplace=True)`` after ``features``; pytorch-grad-cam's tensor hook then
-  sees the gradient before that ReLU but the activations after it. DenseNet is therefore compared with
-  pytorch-grad-cam on ``features.denseblock4`` (no in-place op follows) and with torchcam on ``features``.
+* DenseNet applies ``F.relu(features, inplace=True)`` after ``features``. Both peers then store the activation
+  after that ReLU (the in-place op overwrites the tensor their hook kept; pytorch-grad-cam pairs it with the
+  gradient before the ReLU, torchcam with the gradient after it), while hiercam explains the value
+  ``features`` produced (tests/test_cam_inplace.py checks it against the model without in-place ops).
+  DenseNet is therefore compared with both peers on ``features.denseblock4``, which no in-place op follows.
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], str, str]] = {
     "resnet18": (lambda: models.resnet18(num_classes=6), "layer4", "layer4"),
     "vgg11_bn": (lambda: models.vgg11_bn(num_classes=6), "features", "features"),
     "mobilenet_v3_small": (lambda: models.mobilenet_v3_small(num_classes=6), "features", "features"),
-    "densenet121": (lambda: models.densenet121(num_classes=6), "features.denseblock4", "features"),
+    "densenet121": (
+        lambda: models.densenet121(num_classes=6),
+        "features.denseblock4",
+        "features.denseblock4",
+    ),
     "convnext_tiny": (lambda: models.convnext_tiny(num_classes=6), "features", "features"),
 }
 OURS = {
@@ -119,17 +125,32 @@ def test_matches_torchcam_raw_maps(model_case, method: str, monkeypatch: pytest.
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "densenet121"])
+CAM_MODELS: dict[str, tuple[Callable[[], nn.Module], str, str]] = {
+    # name: (factory, target layer, classifier)
+    "resnet18": (lambda: models.resnet18(num_classes=6), "layer4", "fc"),
+    "mobilenet_v2": (lambda: models.mobilenet_v2(num_classes=6), "features", "classifier.1"),
+}
+
+
+@pytest.mark.parametrize("name", list(CAM_MODELS))
 def test_cam_matches_torchcam(name: str) -> None:
     torch.manual_seed(0)
-    model = MODELS[name][0]().eval()
+    factory, layer, fc = CAM_MODELS[name]
+    model = factory().eval()
     images = torch.randn(2, 3, 96, 96)
-    fc = "fc" if name == "resnet18" else "classifier"
-    ours = hiercam.CAM(model, MODELS[name][2])(images, CLASSES, size="feature", normalize=None)
-    peer = torchcam_methods.CAM(model, MODELS[name][2], fc_layer=fc)
+    ours = hiercam.CAM(model, layer)(images, CLASSES, size="feature", normalize=None)
+    peer = torchcam_methods.CAM(model, layer, fc_layer=fc)
     try:
         theirs = torch.stack([peer(k, model(images), normalized=False)[0] for k in CLASSES], dim=1)
     finally:
         peer.remove_hooks()
     # torchcam's CAM is not ReLU'd; hiercam's maps are, like every other method's
     torch.testing.assert_close(ours, theirs.relu(), rtol=1e-5, atol=1e-6)
+
+
+def test_cam_refuses_densenet_features_where_torchcam_reads_an_overwritten_tensor() -> None:
+    # DenseNet's F.relu(features, inplace=True) sits between `features` and the pool: CAM's W @ A is not the
+    # model's score there. torchcam computes it from the tensor the in-place ReLU overwrote; hiercam refuses.
+    model = models.densenet121(num_classes=6).eval()
+    with pytest.raises(ValueError, match="CAM needs the target layer to feed a global average pool"):
+        hiercam.CAM(model, "features")(torch.randn(1, 3, 64, 64))

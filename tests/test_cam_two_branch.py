@@ -90,9 +90,9 @@ def test_max_pooled_branches_use_the_general_path() -> None:
 
 
 def test_two_branch_errors(net: hiercam.TwoBranchNet) -> None:
-    with pytest.raises(ValueError, match="`classifier` is not used with a TwoBranchNet"):
+    with pytest.raises(ValueError, match=r"`classifier` is not used with a multi-head model \(TwoBranchNet"):
         hiercam.GradCAM(net, classifier="branches.0.classifier")
-    with pytest.raises(TypeError, match="`target_layer` of a TwoBranchNet must be None"):
+    with pytest.raises(TypeError, match=r"`target_layer` of a multi-head model \(TwoBranchNet\)"):
         hiercam.GradCAM(net, net.branches[0].features)
     with pytest.raises(ValueError, match="`target_layer` 'features.9' is not a submodule of Branch"):
         hiercam.GradCAM(net, "features.9")

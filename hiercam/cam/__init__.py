@@ -5,6 +5,7 @@ See ``hiercam.cam.engine`` for how a call works (hooks, batched gradients, the v
 
 from hiercam.cam.engine import BaseCAM, average_branch_maps
 from hiercam.cam.methods import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from hiercam.heads import CAMHead, MultiHeadModel
 
 __all__ = [
     "BaseCAM",
@@ -15,4 +16,6 @@ __all__ = [
     "HiResCAM",
     "CAM",
     "average_branch_maps",
+    "MultiHeadModel",
+    "CAMHead",
 ]

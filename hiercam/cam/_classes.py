@@ -48,6 +48,12 @@ class ClassRequest:
     indices: tuple[int, ...] | None
     mask: Tensor | None = None
 
+    def planned(self, num_classes: int) -> frozenset[int]:
+        """The classes a call will compute, assuming the model still has ``num_classes`` classes."""
+        if self.mask is not None:
+            return frozenset(self.mask.any(dim=0).nonzero().flatten().tolist())
+        return frozenset(range(num_classes) if self.indices is None else self.indices)
+
     def resolve(self, num_classes: int) -> ResolvedClasses:
         """Final class list and mask, once the number of classes ``K`` is known from the logits."""
         if self.mask is not None:

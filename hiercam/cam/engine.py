@@ -2,27 +2,42 @@
 
 How a call works:
 
-1. The model runs once, in eval mode (every module's ``training`` flag is restored afterwards), with a forward
-   hook on the target layer that exists only during the call.
-2. The gradients of all requested class scores with respect to the target activation come from one batched
+1. The inputs are checked once, at the boundary: ``images`` must be a non-empty, finite ``(B, C, H, W)``
+   floating-point batch (one ``aminmax`` pass over the images, negligible next to the forward). torch's own
+   errors for a dtype, channel count, size or device that ``model`` cannot take are re-raised naming
+   ``images`` and ``model``.
+2. The model runs once, in eval mode (every module's ``training`` flag is restored afterwards), with a forward
+   hook on the target layer that exists only during the call. **In-place operations after the target layer**
+   (an in-place ReLU after a BatchNorm chosen as target, DenseNet's ``F.relu(features, inplace=True)``) would
+   overwrite the stored activation and re-route its gradient. The hook records the output's version counter;
+   when a later in-place op has changed it, the forward is run again with the hook handing the rest of the
+   model a copy, and the extractor keeps copying on later calls. The cost is nothing where no in-place op
+   follows the layer, and otherwise one extra forward on the first call and one copy of the activation
+   (``B x C x h x w`` values) per call.
+3. The gradients of all requested class scores with respect to the target activation come from one batched
    ``torch.autograd.grad(..., is_grads_batched=True)`` call (chunked to bound memory), never one forward or
-   one backward per class. ``autograd.grad`` leaves every ``.grad`` field untouched.
-3. **Closed form.** When the target layer feeds a global average pool and a single ``nn.Linear`` (ResNet,
+   one backward per class. Only when that vmapped backward has no batching rule for some op does the engine
+   run one backward per class; any other error (out of memory above all) propagates. ``autograd.grad``
+   leaves every ``.grad`` field untouched.
+4. **Closed form.** When the target layer feeds a global average pool and a single ``nn.Linear`` (ResNet,
    MobileNetV2, EfficientNet, TwoBranchNet branches...), the gradient of class ``k`` is the constant
-   ``W[k] / (h * w)`` at every position, so no backward is needed. This is detected *numerically*: on the
-   first call the engine runs the general path and checks that the gradients equal ``W[k] / (h * w)`` and
-   that ``logits == W @ mean(A) + b``; only then do later calls use the closed form (a forward under
-   ``no_grad`` plus an ``einsum``), and each of them re-checks ``logits == W @ mean(A) + b`` and falls back
-   to the general path if it fails. Pass ``closed_form=False`` to always use the general path.
-4. Maps are computed in float32 (also under autocast), ReLU'd, resized and normalised on the input's device.
+   ``W[k] / (h * w)`` at every position, so no backward is needed. It is used only after a call on the
+   general path has verified, for the requested classes and that input size, that (a) every autograd node
+   between the target layer and the logits is affine (views, means, average pools, the linear layer: a ReLU,
+   GELU, max pool or any unknown op fails), so the gradients do not depend on the input; (b) the gradients
+   equal ``W[k] / (h * w)``; and (c) ``logits == W @ mean(A) + b``. Later calls with those classes and that
+   size use a forward under ``no_grad`` plus an ``einsum``; each re-checks (c) and falls back to the
+   general path if it fails. Other classes or another input size are verified first. ``repr`` shows the
+   state; pass ``closed_form=False`` to always use the general path.
+5. Maps are computed in float32 (also under autocast), checked to be finite (non-finite logits, target
+   activations or gradients are a ``ValueError`` that says which), ReLU'd, resized and normalised on the
+   input's device.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Literal
 
@@ -31,16 +46,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hiercam._validation import check_choice, check_tensor, format_shape, type_name
-from hiercam.cam._classes import ClassesArg, parse_classes
+from hiercam.cam._autograd import batched_gradients
+from hiercam.cam._checks import check_images, check_size, finite, non_finite_origin
+from hiercam.cam._classes import ClassesArg, ClassRequest, parse_classes
+from hiercam.cam._closed_form import closed_form_gradients, forward_identity_holds, verify
+from hiercam.cam._heads import Head, build_heads, translate_forward_error
 from hiercam.maps import NormalizeMode, normalize_maps
-from hiercam.models.two_branch import Branch, TwoBranchNet
 
 __all__ = ["BaseCAM", "SizeArg", "average_branch_maps"]
 
 SizeArg = Literal["input", "feature"] | tuple[int, int]
-ClosedFormState = Literal["unknown", "verified", "general"]
-
-_GRADIENT_BYTES = 256 * 2**20  # memory budget for one batched gradient chunk
 
 
 def average_branch_maps(maps: Sequence[Tensor] | Tensor, normalize: NormalizeMode | None = "max") -> Tensor:
@@ -76,18 +91,6 @@ def average_branch_maps(maps: Sequence[Tensor] | Tensor, normalize: NormalizeMod
     return normalize_maps(normalize_maps(stacked, normalize).mean(dim=0), normalize)
 
 
-@dataclass
-class _Head:
-    """One target layer and the logits it explains (a plain model has one head, a two-branch model two)."""
-
-    name: str | None
-    layer: nn.Module | None
-    logits_of: Callable[[Any], Tensor]
-    classifier: nn.Linear | None = None
-    state: ClosedFormState = "unknown"
-    activation: Tensor | None = field(default=None, repr=False)
-
-
 class BaseCAM:
     """Base class of the CAM extractors: hooks, the batched gradients, the closed form, resizing.
 
@@ -95,7 +98,7 @@ class BaseCAM:
     maps ``(B, K', h, w)`` before the ReLU (``_combine``).
 
     Args:
-        model: the classifier; it must return logits ``(B, K)``.
+        model: the classifier; it must return logits ``(B, K)``, unless it is a multi-head model (below).
         target_layer: the layer whose output is explained: a module of ``model``, its dotted name
             (``"layer4"``, ``"features.18"``), or ``None`` to pick, on the first call, the last layer (in
             execution order) whose output is 4-D with a spatial size above 1x1. ``repr`` shows the choice.
@@ -104,16 +107,19 @@ class BaseCAM:
         closed_form: use the closed form once it has been verified (see the module docstring); ``False``
             always uses the general path.
 
-    A [`TwoBranchNet`][hiercam.TwoBranchNet] is explained branch by branch (paper section 3.4.2): each
-    branch's map comes from its own features and its own logits, and the call returns their mean
-    ([`average_branch_maps`][hiercam.average_branch_maps]); ``branch_maps`` keeps both,
-    ``(2, B, K', H', W')``. ``target_layer`` is then ``None`` (each branch's ``features``) or a dotted name
-    inside each branch, and ``logits`` holds the mean logits. The closed form is verified for each branch with
-    its own classifier.
+    A multi-head model ([`MultiHeadModel`][hiercam.MultiHeadModel]: a ``cam_heads()`` method, e.g.
+    [`TwoBranchNet`][hiercam.TwoBranchNet]) is explained head by head (paper section 3.4.2): each head's map
+    comes from its own feature layer and its own logits, and the call returns their mean
+    ([`average_branch_maps`][hiercam.average_branch_maps]); ``branch_maps`` keeps every head's maps,
+    ``(heads, B, K', H', W')``. ``target_layer`` is then ``None`` (each head's feature layer) or a dotted name
+    inside each head's ``scope``, and ``logits`` holds the mean of the heads' logits. The closed form is
+    verified for each head with its own classifier.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module`` or ``target_layer`` has the wrong type.
-        ValueError: ``target_layer`` or ``classifier`` does not name a submodule.
+        TypeError: ``model`` is not an ``nn.Module``, ``target_layer`` has the wrong type, or
+            ``model.cam_heads()`` returns something other than [`CAMHead`][hiercam.CAMHead] objects.
+        ValueError: ``target_layer`` or ``classifier`` does not name a submodule, or ``classifier`` is
+            given for a multi-head model.
     """
 
     _uses_gradients: ClassVar[bool] = True
@@ -133,24 +139,8 @@ class BaseCAM:
         self.logits: Tensor | None = None
         self.branch_maps: Tensor | None = None
         self._removed = False
-        self._output_logits: Callable[[Any], Tensor] = _plain_logits
-        self._heads: list[_Head]
-        if isinstance(model, TwoBranchNet):
-            if classifier is not None:
-                raise ValueError("`classifier` is not used with a TwoBranchNet: each branch has its own")
-            self._heads = _branch_heads(model, target_layer)
-            self._output_logits = _mean_logits
-            return
-        name, layer = (
-            (None, None) if target_layer is None else _resolve_layer(model, target_layer, "target_layer")
-        )
-        fc = None
-        if classifier is not None:
-            _, module = _resolve_layer(model, classifier, "classifier")
-            if not isinstance(module, nn.Linear):
-                raise TypeError(f"`classifier` must be an nn.Linear, got {type_name(module)}")
-            fc = module
-        self._heads = [_Head(name, layer, _plain_logits, fc)]
+        self._num_classes: int | None = None
+        self._heads: list[Head] = build_heads(model, target_layer, classifier)
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -169,10 +159,10 @@ class BaseCAM:
         """Class activation maps for a batch, all requested classes in one pass.
 
         Args:
-            images: input batch ``(B, C, H, W)``, floating point, on the model's device.
+            images: input batch ``(B, C, H, W)``, floating point, finite, on the model's device, ``B >= 1``.
             classes: ``None`` for all ``K`` classes; an int; a list (or 1-D tensor) of class indices, the
                 same for every image; or a ``(B, K)`` multi-hot / boolean mask of per-image classes (maps of
-                classes absent from an image are zeros).
+                classes absent from an image are zeros; an all-zero mask gives all-zero maps).
             size: ``"input"`` (bilinear upsampling to ``(H, W)``), ``"feature"`` (the target layer's
                 resolution) or an explicit ``(H, W)``.
             normalize: ``"max"`` (each map divided by its maximum: the IRN convention used for mIoU at 0.15),
@@ -183,40 +173,45 @@ class BaseCAM:
             (``K`` for ``None`` or a mask). The logits of the forward pass are kept in ``logits``.
 
         Raises:
-            TypeError, ValueError: bad images, classes, size or normalize (class indices are range-checked
-                against the logits, before any gradient is computed); a target layer that is not reached by
-                the forward pass or does not output ``(B, C, H, W)``.
+            TypeError, ValueError: bad images (empty, NaN or Inf, a dtype, channel count, size or device the
+                model cannot take), classes, size or normalize (class indices are range-checked against the
+                logits, before any gradient is computed); a target layer that is not reached by the forward
+                pass or does not output ``(B, C, H, W)``; non-finite logits, target activations or
+                gradients (the message says which).
             RuntimeError: the extractor was removed.
         """
         if self._removed:
             raise RuntimeError(f"{type(self).__name__} was removed; create a new one")
-        check_tensor(images, "images", dims="B, C, H, W", floating=True)
+        check_images(images)
         request = parse_classes(classes, images.shape[0])
-        out_size = _check_size(size, images)
+        out_size = check_size(size, images)
         check_choice(normalize, "normalize", ("max", "minmax", None))
+        input_size = (int(images.shape[-2]), int(images.shape[-1]))
 
         with self._call_context(images) as inputs:
             if any(head.layer is None for head in self._heads):
                 self._choose_layer(inputs)
-            use_closed_form = self.closed_form and all(head.state == "verified" for head in self._heads)
-            if not self._uses_gradients or use_closed_form:
-                output = self._forward(inputs, with_graph=False)
-                if self._uses_gradients and not all(
-                    self._forward_identity_holds(h, output) for h in self._heads
+            closed = self._closed_form_ready(request, input_size)
+            output = self._run(inputs, with_graph=not closed)
+            try:
+                head_logits = [self._head_logits(head, output) for head in self._heads]
+                if closed and not all(
+                    forward_identity_holds(self.model, h, lg)
+                    for h, lg in zip(self._heads, head_logits, strict=True)
                 ):
                     for head in self._heads:
                         head.state = "unknown"
-                    output = self._forward(inputs, with_graph=True)
-            else:
-                output = self._forward(inputs, with_graph=True)
-            try:
-                logits = self._output_logits(output)
+                    closed = False
+                    output = self._run(inputs, with_graph=True)
+                    head_logits = [self._head_logits(head, output) for head in self._heads]
+                logits = head_logits[0] if len(head_logits) == 1 else torch.stack(head_logits).mean(dim=0)
                 resolved = request.resolve(logits.shape[1])
+                self._num_classes = int(logits.shape[1])
                 # float32 maps; gradients reachable even inside the caller's no_grad()
                 with torch.autocast(images.device.type, enabled=False), torch.enable_grad():
                     maps = [
-                        self._finish(self._head_maps(h, output, resolved.indices), out_size)
-                        for h in self._heads
+                        self._finish(self._head_maps(h, lg, resolved.indices, closed, input_size), out_size)
+                        for h, lg in zip(self._heads, head_logits, strict=True)
                     ]
             finally:
                 for head in self._heads:
@@ -255,7 +250,9 @@ class BaseCAM:
             repr(h.name) if h.name is not None else "<chosen on first call>" for h in self._heads
         )
         states = ", ".join(h.state for h in self._heads)
-        closed = f"closed_form={states}" if self.closed_form and self._uses_gradients else "closed_form=off"
+        closed = (
+            f"closed_form={states}" if self.closed_form or not self._uses_gradients else "closed_form=off"
+        )
         return f"{type(self).__name__}(target_layer={layers}, {closed})"
 
     # ------------------------------------------------------------------------------------------ method hook
@@ -271,10 +268,16 @@ class BaseCAM:
         with ExitStack() as stack:
             if torch.is_inference_mode_enabled():
                 stack.enter_context(torch.inference_mode(False))
-            if self._uses_gradients and any(p.is_inference() for p in self.model.parameters()):
+            if any(
+                p.is_inference()
+                for p in self.model.parameters()
+                if not isinstance(
+                    p, nn.parameter.UninitializedParameter
+                )  # lazy modules before their first call
+            ):
                 raise ValueError(
                     "`model` has inference-mode parameters (created or loaded under torch.inference_mode()); "
-                    "gradient-based CAMs need autograd: build the model outside inference mode"
+                    "CAMs need autograd: build the model outside inference mode"
                 )
             inputs = images.clone() if images.is_inference() else images
             try:
@@ -283,6 +286,26 @@ class BaseCAM:
             finally:
                 for module, training in modes:
                     module.training = training
+
+    def _closed_form_ready(self, request: ClassRequest, input_size: tuple[int, int]) -> bool:
+        """Whether the closed form was verified for every head, for these classes and this input size."""
+        if (self._uses_gradients and not self.closed_form) or self._num_classes is None:
+            return False
+        wanted = request.planned(self._num_classes)
+        return all(
+            h.state == "verified" and h.verified_size == input_size and wanted <= h.verified_classes
+            for h in self._heads
+        )
+
+    def _run(self, inputs: Tensor, *, with_graph: bool) -> Any:
+        """The forward pass; run again with copied activations if a later in-place op changed one."""
+        output = self._forward(inputs, with_graph=with_graph)
+        changed = [h for h in self._heads if h.activation is not None and h.activation._version != h.version]
+        if not changed:
+            return output
+        for head in changed:
+            head.copy_activation = True
+        return self._forward(inputs, with_graph=with_graph)
 
     def _forward(self, inputs: Tensor, *, with_graph: bool) -> Any:
         handles = []
@@ -294,7 +317,7 @@ class BaseCAM:
             for head in self._heads:
                 head.activation = None
             with torch.enable_grad() if with_graph else torch.no_grad():
-                output = self.model(inputs)
+                output = self._call_model(inputs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -305,18 +328,29 @@ class BaseCAM:
                 )
         return output
 
-    def _capture(self, head: _Head, with_graph: bool) -> Callable[[nn.Module, Any, Any], Any]:
+    def _call_model(self, inputs: Tensor) -> Any:
+        try:
+            return self.model(inputs)
+        except RuntimeError as error:
+            clear = translate_forward_error(error, inputs, self.model)
+            if clear is None:
+                raise
+            raise clear from error
+
+    def _capture(self, head: Head, with_graph: bool) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             if not isinstance(output, Tensor) or output.ndim != 4:
                 got = format_shape(output.shape) if isinstance(output, Tensor) else type_name(output)
                 raise ValueError(f"`target_layer` {head.name!r} must output a (B, C, H, W) tensor, got {got}")
             if with_graph and not output.requires_grad:
-                # Frozen layers upstream: start the graph here so that gradients reach the activation.
-                output = output.detach().requires_grad_().clone()
-                head.activation = output
-                return output
+                # Frozen layers upstream: start the graph here so that gradients reach the activation; the
+                # model goes on with a copy, which later in-place ops may modify.
+                head.activation = output.detach().requires_grad_()
+                head.version = head.activation._version
+                return head.activation.clone()
             head.activation = output
-            return None
+            head.version = output._version
+            return output.clone() if head.copy_activation else None
 
         return hook
 
@@ -334,7 +368,7 @@ class BaseCAM:
         handles = [m.register_forward_hook(record(n, m)) for n, m in self.model.named_modules() if n]
         try:
             with torch.no_grad():
-                self.model(inputs[:1])
+                self._call_model(inputs[:1])
         finally:
             for handle in handles:
                 handle.remove()
@@ -344,191 +378,50 @@ class BaseCAM:
         for head in self._heads:
             head.name, head.layer = name, layer
 
-    def _head_maps(self, head: _Head, output: Any, indices: list[int]) -> Tensor:
+    def _head_logits(self, head: Head, output: Any) -> Tensor:
+        logits = head.logits_of(output)
+        if not isinstance(logits, Tensor) or logits.ndim != 2:
+            got = format_shape(logits.shape) if isinstance(logits, Tensor) else type_name(logits)
+            raise ValueError(f"the logits of `model` for {head.name!r} must have shape (B, K), got {got}")
+        if logits.is_floating_point() and not finite(logits):
+            raise ValueError(
+                f"`model` returned NaN or infinite logits (head {head.name!r}) for finite `images`: the "
+                "model itself overflows or holds non-finite weights"
+            )
+        return logits
+
+    def _head_maps(
+        self, head: Head, logits: Tensor, indices: list[int], closed: bool, input_size: tuple[int, int]
+    ) -> Tensor:
         activation = head.activation
         if activation is None:  # pragma: no cover - _forward guarantees it
             raise RuntimeError("no activation captured")
-        logits = head.logits_of(output)
         if not indices:
             return activation.new_zeros(activation.shape[0], 0, *activation.shape[-2:], dtype=torch.float32)
         features = activation.detach().float()
-        if not self._uses_gradients:
-            return self._combine(features, self._closed_form_gradients(head, activation, logits, indices))
-        if head.state == "verified" and self.closed_form and not activation.requires_grad:
-            return self._combine(features, self._closed_form_gradients(head, activation, logits, indices))
-        gradients = _batched_gradients(logits[:, indices], activation, head.name)
-        if head.state == "unknown" and self.closed_form:
-            head.state = (
-                "verified" if self._closed_form_holds(head, output, gradients, indices) else "general"
-            )
-        return self._combine(features, gradients)
-
-    def _classifier_for(self, head: _Head, logits: Tensor, activation: Tensor) -> nn.Linear | None:
-        shape = (logits.shape[1], activation.shape[1])
-        if head.classifier is not None:
-            return head.classifier if tuple(head.classifier.weight.shape) == shape else None
-        matches = [
-            m for m in self.model.modules() if isinstance(m, nn.Linear) and tuple(m.weight.shape) == shape
-        ]
-        return matches[0] if len(matches) == 1 else None
-
-    def _closed_form_gradients(
-        self, head: _Head, activation: Tensor, logits: Tensor, indices: list[int]
-    ) -> Tensor:
-        classifier = self._classifier_for(head, logits, activation)
-        if classifier is None or not self._forward_identity_holds(head, None, activation, logits):
-            raise ValueError(
-                f"{type(self).__name__} needs the target layer to feed a global average pool and a single "
-                f"linear classifier of shape (K, C); this does not hold for `target_layer` {head.name!r}"
-                + ("" if classifier is not None else "; pass `classifier` if it is not found automatically")
-            )
-        batch, _, height, width = activation.shape
-        weight = classifier.weight.detach().float()[indices] / (height * width)
-        return weight[:, None, :, None, None].expand(len(indices), batch, -1, height, width)
-
-    def _forward_identity_holds(
-        self, head: _Head, output: Any, activation: Tensor | None = None, logits: Tensor | None = None
-    ) -> bool:
-        """Whether ``logits == W @ mean_hw(A) + b`` for this head's classifier, within the dtype tolerance."""
-        activation = head.activation if activation is None else activation
-        logits = head.logits_of(output) if logits is None else logits
-        if activation is None:
-            return False
-        classifier = self._classifier_for(head, logits, activation)
-        if classifier is None:
-            return False
-        pooled = activation.detach().float().mean(dim=(-2, -1))
-        predicted = F.linear(pooled, classifier.weight.detach().float(), _float_or_none(classifier.bias))
-        error = (predicted - logits.detach().float()).abs().amax()
-        return bool(error <= _tolerance(activation) * logits.detach().float().abs().amax().clamp_min(1.0))
-
-    def _closed_form_holds(self, head: _Head, output: Any, gradients: Tensor, indices: list[int]) -> bool:
-        activation = head.activation
-        if activation is None or not self._forward_identity_holds(head, output):
-            return False
-        expected = self._closed_form_gradients(head, activation, head.logits_of(output), indices)
-        error = (gradients - expected).abs().amax()
-        return bool(error <= _tolerance(activation) * expected.abs().amax() + 1e-12)
+        if closed:
+            gradients = closed_form_gradients(self.model, head, activation, logits, indices)
+        else:
+            gradients = batched_gradients(logits[:, indices], activation, head.name)
+            if not self._uses_gradients or (self.closed_form and head.state != "general"):
+                verify(self.model, head, logits, gradients, indices, input_size)
+            if not self._uses_gradients:
+                if head.state != "verified":
+                    raise ValueError(
+                        f"{type(self).__name__} needs the target layer to feed a global average pool and a "
+                        f"single linear classifier of shape (K, C); this does not hold for `target_layer` "
+                        f"{head.name!r}" + ("; pass `classifier` if it is not found automatically")
+                    )
+                gradients = closed_form_gradients(self.model, head, activation, logits, indices)
+        maps = self._combine(features, gradients)
+        if not finite(maps):
+            raise ValueError(non_finite_origin(head, features, gradients))
+        return maps
 
     def _finish(self, maps: Tensor, size: tuple[int, int] | None) -> Tensor:
         maps = F.relu(maps)
+        if size is not None and maps.shape[1] == 0:  # no class requested (an all-zero mask)
+            return maps.new_zeros(*maps.shape[:2], *size)
         if size is not None and tuple(maps.shape[-2:]) != size:
             maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
         return maps
-
-
-def _batched_gradients(scores: Tensor, activation: Tensor, layer: str | None) -> Tensor:
-    """Gradients ``(K', B, C, h, w)`` of each column of ``scores (B, K')`` summed over the batch, w.r.t. A.
-
-    Samples do not interact in eval mode, so the gradient of ``scores[:, k].sum()`` holds every image's own
-    gradient. All columns go through one vmapped backward (``is_grads_batched``), chunked to bound memory.
-    """
-    if not scores.requires_grad:
-        raise ValueError(f"the logits of `model` do not depend on `target_layer` {layer!r} through autograd")
-    batch, count = scores.shape
-    chunk = max(1, _GRADIENT_BYTES // max(1, activation.numel() * 4))
-    pieces = []
-    for start in range(0, count, chunk):
-        part = scores[:, start : start + chunk]
-        n = part.shape[1]
-        seeds = (
-            torch.eye(n, dtype=part.dtype, device=part.device)[:, None, :].expand(n, batch, n).contiguous()
-        )
-        grads: Tensor | None
-        try:
-            grads = torch.autograd.grad(
-                part, activation, seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
-            )[0]
-        except RuntimeError:  # an op without a batching rule: the same gradients, one backward per class
-            columns = [
-                torch.autograd.grad(part[:, j].sum(), activation, retain_graph=True, allow_unused=True)[0]
-                for j in range(n)
-            ]
-            grads = None if any(c is None for c in columns) else torch.stack(columns)
-        if grads is None:
-            raise ValueError(f"`target_layer` {layer!r} does not influence the logits of `model`")
-        pieces.append(grads.float())
-    return torch.cat(pieces)
-
-
-def _branch_heads(net: TwoBranchNet, target_layer: nn.Module | str | None) -> list[_Head]:
-    """One head per branch: its feature extractor (or ``target_layer`` inside it) and its own logits."""
-    if target_layer is not None and not isinstance(target_layer, str):
-        raise TypeError(
-            "`target_layer` of a TwoBranchNet must be None (the branch features) or a dotted name inside "
-            f"each branch such as 'features.layer3', got {type_name(target_layer)}"
-        )
-    heads = []
-    for index, branch in enumerate(net.branches):
-        if not isinstance(branch, Branch):  # pragma: no cover - TwoBranchNet builds Branch modules
-            raise TypeError(f"`model.branches[{index}]` must be a Branch, got {type_name(branch)}")
-        name, layer = (
-            ("features", branch.features)
-            if target_layer is None
-            else (_resolve_layer(branch, target_layer, "target_layer"))
-        )
-        heads.append(_Head(f"branches.{index}.{name}", layer, _BranchLogits(index), branch.classifier))
-    return heads
-
-
-@dataclass(frozen=True)
-class _BranchLogits:
-    """Logits ``(B, K)`` of one branch, from a [`TwoBranchOutput`][hiercam.TwoBranchOutput]."""
-
-    index: int
-
-    def __call__(self, output: Any) -> Tensor:
-        logits: Tensor = output.logits[self.index]
-        return logits
-
-
-def _mean_logits(output: Any) -> Tensor:
-    logits: Tensor = output.mean_logits
-    return logits
-
-
-def _plain_logits(output: Any) -> Tensor:
-    if not isinstance(output, Tensor) or output.ndim != 2:
-        got = format_shape(output.shape) if isinstance(output, Tensor) else type_name(output)
-        raise ValueError(f"`model` must return logits of shape (B, K), got {got}")
-    return output
-
-
-def _resolve_layer(model: nn.Module, layer: nn.Module | str, argument: str) -> tuple[str, nn.Module]:
-    if isinstance(layer, str):
-        names = dict(model.named_modules())
-        if layer not in names:
-            close = difflib.get_close_matches(layer, names, n=3)
-            hint = (
-                f"; did you mean {', '.join(map(repr, close))}?" if close else "; see model.named_modules()"
-            )
-            raise ValueError(f"`{argument}` {layer!r} is not a submodule of {type_name(model)}{hint}")
-        return layer, names[layer]
-    if isinstance(layer, nn.Module):
-        for name, module in model.named_modules():
-            if module is layer and name:
-                return name, module
-        raise ValueError(f"`{argument}` ({type_name(layer)}) is not a submodule of `model`")
-    raise TypeError(f"`{argument}` must be an nn.Module, a dotted name or None, got {type_name(layer)}")
-
-
-def _check_size(size: Any, images: Tensor) -> tuple[int, int] | None:
-    if size == "input":
-        return int(images.shape[-2]), int(images.shape[-1])
-    if size == "feature":
-        return None
-    if (
-        isinstance(size, tuple)
-        and len(size) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
-        return int(size[0]), int(size[1])
-    raise ValueError(f"`size` must be 'input', 'feature' or a (H, W) tuple of positive ints, got {size!r}")
-
-
-def _tolerance(activation: Tensor) -> float:
-    return 1e-4 if activation.dtype in (torch.float32, torch.float64) else 2e-2
-
-
-def _float_or_none(bias: Tensor | None) -> Tensor | None:
-    return None if bias is None else bias.detach().float()

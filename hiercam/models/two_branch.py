@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
 
 from hiercam._validation import check_choice, check_int, check_tensor, format_shape, type_name
+from hiercam.heads import CAMHead
 from hiercam.models.backbones import BackboneCut, cut_owned
 
 __all__ = ["PoolMode", "GlobalPool", "Branch", "TwoBranchOutput", "TwoBranchNet"]
@@ -198,9 +200,39 @@ class TwoBranchNet(nn.Module):
         first, second = self._pair()
         return first.classifier, second.classifier
 
+    def cam_heads(self) -> tuple[CAMHead, CAMHead]:
+        """The two branches as CAM heads ([`MultiHeadModel`][hiercam.MultiHeadModel] protocol).
+
+        Head ``i`` is branch ``i``'s ``features`` (named ``"branches.i.features"``), its logits
+        ``output.logits[i]`` and its ``classifier``; a ``target_layer`` name is looked up inside the branch.
+
+        Examples:
+            >>> import torch
+            >>> net = TwoBranchNet(lambda: torch.nn.Conv2d(3, 4, 3), num_classes=2)
+            >>> [head.name for head in net.cam_heads()]
+            ['branches.0.features', 'branches.1.features']
+        """
+        first, second = self._pair()
+        return (
+            CAMHead(first.features, "branches.0.features", _BranchLogits(0), first.classifier, "branches.0"),
+            CAMHead(
+                second.features, "branches.1.features", _BranchLogits(1), second.classifier, "branches.1"
+            ),
+        )
+
     def _pair(self) -> tuple[Branch, Branch]:
         first, second = self.branches
         return cast(Branch, first), cast(Branch, second)
+
+
+@dataclass(frozen=True)
+class _BranchLogits:
+    """Logits ``(B, K)`` of one branch, from a [`TwoBranchOutput`][hiercam.TwoBranchOutput]."""
+
+    index: int
+
+    def __call__(self, output: TwoBranchOutput) -> Tensor:
+        return output.logits[self.index]
 
 
 def _two_cuts(backbone: nn.Module | Callable[[], nn.Module]) -> tuple[BackboneCut, BackboneCut, bool]:

@@ -1,0 +1,166 @@
+"""How the CAM engine finds the heads of a model: one plain head, or the heads of a multi-head model."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from hiercam._validation import format_shape, type_name
+from hiercam.heads import CAMHead, MultiHeadModel
+
+__all__ = [
+    "ClosedFormState",
+    "Head",
+    "build_heads",
+    "plain_logits",
+    "resolve_layer",
+    "translate_forward_error",
+]
+
+ClosedFormState = Literal["unknown", "verified", "general"]
+
+
+@dataclass
+class Head:
+    """One target layer and the logits it explains (a plain model has one head, a multi-head model several).
+
+    ``verified_classes`` and ``verified_size`` record for which classes and which input size ``(H, W)`` the
+    closed form was verified; ``copy_activation`` is set once a later in-place op was seen to modify the
+    layer's output.
+    """
+
+    name: str | None
+    layer: nn.Module | None
+    logits_of: Callable[[Any], Tensor]
+    classifier: nn.Linear | None = None
+    state: ClosedFormState = "unknown"
+    verified_classes: frozenset[int] = frozenset()
+    verified_size: tuple[int, int] | None = None
+    copy_activation: bool = False
+    activation: Tensor | None = field(default=None, repr=False)
+    version: int = 0
+
+
+def plain_logits(output: Any) -> Tensor:
+    """The output of a plain classifier, checked to be logits ``(B, K)``."""
+    if not isinstance(output, Tensor) or output.ndim != 2:
+        got = format_shape(output.shape) if isinstance(output, Tensor) else type_name(output)
+        raise ValueError(f"`model` must return logits of shape (B, K), got {got}")
+    return output
+
+
+def build_heads(
+    model: nn.Module, target_layer: nn.Module | str | None, classifier: nn.Linear | str | None
+) -> list[Head]:
+    """The heads of ``model``: its ``cam_heads()`` for a multi-head model, else one plain head."""
+    if isinstance(model, MultiHeadModel):
+        return _multi_heads(model, target_layer, classifier)
+    name, layer = (None, None) if target_layer is None else resolve_layer(model, target_layer, "target_layer")
+    fc = None
+    if classifier is not None:
+        _, module = resolve_layer(model, classifier, "classifier")
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"`classifier` must be an nn.Linear, got {type_name(module)}")
+        fc = module
+    return [Head(name, layer, plain_logits, fc)]
+
+
+def _multi_heads(
+    model: nn.Module, target_layer: nn.Module | str | None, classifier: nn.Linear | str | None
+) -> list[Head]:
+    if classifier is not None:
+        raise ValueError(
+            f"`classifier` is not used with a multi-head model ({type_name(model)} has cam_heads()): "
+            "each head has its own"
+        )
+    if target_layer is not None and not isinstance(target_layer, str):
+        raise TypeError(
+            f"`target_layer` of a multi-head model ({type_name(model)}) must be None (each head's feature "
+            "layer) or a dotted name inside each head such as 'features.layer3', got "
+            f"{type_name(target_layer)}"
+        )
+    described = list(model.cam_heads())  # type: ignore[operator]
+    if not described:
+        raise ValueError(f"`model.cam_heads()` of {type_name(model)} returned no head")
+    names = dict(model.named_modules())
+    heads = []
+    for index, head in enumerate(described):
+        where = f"`model.cam_heads()[{index}]`"
+        if not isinstance(head, CAMHead):
+            raise TypeError(f"{where} must be a hiercam.CAMHead, got {type_name(head)}")
+        if names.get(head.name) is not head.layer or not head.name:
+            raise ValueError(f"{where}.name {head.name!r} must be the dotted name of its `layer` in `model`")
+        if not callable(head.logits):
+            raise TypeError(f"{where}.logits must be callable, got {type_name(head.logits)}")
+        if head.classifier is not None and not isinstance(head.classifier, nn.Linear):
+            raise TypeError(
+                f"{where}.classifier must be an nn.Linear or None, got {type_name(head.classifier)}"
+            )
+        if head.scope not in names:
+            raise ValueError(f"{where}.scope {head.scope!r} is not a submodule of {type_name(model)}")
+        name, layer = head.name, head.layer
+        if target_layer is not None:
+            inner, layer = resolve_layer(names[head.scope], target_layer, "target_layer")
+            name = f"{head.scope}.{inner}" if head.scope else inner
+        heads.append(Head(name, layer, head.logits, head.classifier))
+    return heads
+
+
+def resolve_layer(model: nn.Module, layer: nn.Module | str, argument: str) -> tuple[str, nn.Module]:
+    """``(dotted name, module)`` of a submodule given by name or as a module; errors suggest close names."""
+    if isinstance(layer, str):
+        names = dict(model.named_modules())
+        if layer not in names:
+            close = difflib.get_close_matches(layer, names, n=3)
+            hint = (
+                f"; did you mean {', '.join(map(repr, close))}?" if close else "; see model.named_modules()"
+            )
+            raise ValueError(f"`{argument}` {layer!r} is not a submodule of {type_name(model)}{hint}")
+        return layer, names[layer]
+    if isinstance(layer, nn.Module):
+        for name, module in model.named_modules():
+            if module is layer and name:
+                return name, module
+        raise ValueError(f"`{argument}` ({type_name(layer)}) is not a submodule of `model`")
+    raise TypeError(f"`{argument}` must be an nn.Module, a dotted name or None, got {type_name(layer)}")
+
+
+_DTYPE_MISMATCH = re.compile(r"should be the same|expected scalar type|must have the same dtype")
+_SHAPE_MISMATCH = re.compile(
+    r"channels|kernel size can't be greater|output size is too small|shapes cannot be multiplied"
+    r"|expected all tensors to be on the same device"
+)
+
+
+def translate_forward_error(error: RuntimeError, images: Tensor, model: nn.Module) -> Exception | None:
+    """A clear error naming `images` and `model` for torch's errors on mismatched inputs, else ``None``.
+
+    Only the messages torch gives for a wrong dtype, channel count, spatial size or device are translated;
+    every other error (out of memory above all) is left to propagate as it is.
+    """
+    message = str(error)
+    reference = next(
+        (
+            p
+            for p in model.parameters()
+            if not isinstance(p, nn.parameter.UninitializedParameter) and p.is_floating_point()
+        ),
+        None,
+    )
+    expected = "" if reference is None else f" (its parameters are {reference.dtype} on {reference.device})"
+    if _DTYPE_MISMATCH.search(message):
+        return TypeError(
+            f"`images` of dtype {images.dtype} do not match `model`{expected}: convert the images "
+            f"(images.to(dtype)) or the model; torch said: {message}"
+        )
+    if _SHAPE_MISMATCH.search(message.lower()):
+        return ValueError(
+            f"`model` cannot take `images` of shape {format_shape(images.shape)} on {images.device}"
+            f"{expected}: torch said: {message}"
+        )
+    return None

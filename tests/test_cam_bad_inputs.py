@@ -1,0 +1,264 @@
+"""Bad inputs to the CAM extractors end in a clear error naming the argument, never a silently wrong map
+(issue 15, items 3 and 7). Each row of ``BAD`` is one bad input; the count is in the CHANGELOG."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import hiercam
+
+
+def tiny(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, num_classes),
+    ).eval()
+
+
+def with_nan(value: float) -> torch.Tensor:
+    images = torch.randn(2, 3, 8, 8)
+    images[1, 2, 3, 4] = value
+    return images
+
+
+class Sqrt(nn.Module):
+    """Finite forward, infinite derivative where its input is exactly zero (after a ReLU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sqrt()
+
+
+class Overflow(nn.Module):
+    """Overflows float32 to inf, then clamps: finite logits from an infinite activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1e39
+
+
+class Clamp(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(x, posinf=1.0, neginf=-1.0)
+
+
+def nan_weights() -> nn.Module:
+    model = tiny()
+    with torch.no_grad():
+        model[4].weight[0, 0] = float("nan")
+    return model
+
+
+def sqrt_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        Sqrt(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+
+
+def overflow_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        Overflow(),
+        Clamp(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+
+
+def lazy_model() -> nn.Module:
+    """A valid model with a lazy layer (uninitialised until its first call)."""
+    return nn.Sequential(nn.Conv2d(3, 4, 5), nn.Flatten(), nn.LazyLinear(2))
+
+
+Call = Callable[[], Any]
+BAD: dict[str, tuple[Call, type[Exception], str]] = {
+    # images: checked once at the boundary
+    "images NaN": (
+        lambda: hiercam.GradCAM(tiny(), "0")(with_nan(float("nan"))),
+        ValueError,
+        "`images` must be finite",
+    ),
+    "images +Inf": (
+        lambda: hiercam.GradCAM(tiny(), "0")(with_nan(float("inf"))),
+        ValueError,
+        "`images` must be finite",
+    ),
+    "images -Inf": (
+        lambda: hiercam.GradCAM(tiny(), "0")(with_nan(-float("inf"))),
+        ValueError,
+        "`images` must be finite",
+    ),
+    "images NaN, CAM": (
+        lambda: hiercam.CAM(tiny(), "0")(with_nan(float("nan"))),
+        ValueError,
+        "`images` must be finite",
+    ),
+    "images NaN, two-branch": (
+        lambda: hiercam.GradCAM(hiercam.TwoBranchNet(lambda: nn.Conv2d(3, 4, 3), num_classes=2))(
+            with_nan(float("nan"))
+        ),
+        ValueError,
+        "`images` must be finite",
+    ),
+    "empty batch": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(0, 3, 8, 8)),
+        ValueError,
+        r"`images` must hold at least one image of positive size, got shape \(0, 3, 8, 8\)",
+    ),
+    "zero height": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(1, 3, 0, 8)),
+        ValueError,
+        "`images` must hold at least one image",
+    ),
+    "1 channel for a 3-channel model": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(1, 1, 8, 8)),
+        ValueError,
+        r"`model` cannot take `images` of shape \(1, 1, 8, 8\).*to have 3 channels",
+    ),
+    "1 channel, automatic layer": (
+        lambda: hiercam.GradCAM(tiny())(torch.randn(1, 1, 8, 8)),
+        ValueError,
+        r"`model` cannot take `images` of shape \(1, 1, 8, 8\)",
+    ),
+    "float64 images, float32 model": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(1, 3, 8, 8, dtype=torch.float64)),
+        TypeError,
+        r"`images` of dtype torch.float64 do not match `model` \(its parameters are torch.float32",
+    ),
+    "float16 images, float32 model": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(1, 3, 8, 8, dtype=torch.float16)),
+        TypeError,
+        "`images` of dtype torch.float16 do not match `model`",
+    ),
+    "images smaller than the kernel": (
+        lambda: hiercam.GradCAM(lazy_model(), "0")(torch.randn(1, 3, 3, 3)),
+        ValueError,
+        r"`model` cannot take `images` of shape \(1, 3, 3, 3\)",
+    ),
+    "integer images": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.zeros(1, 3, 8, 8, dtype=torch.int64)),
+        TypeError,
+        "`images` must be a floating-point tensor",
+    ),
+    "images not a tensor": (
+        lambda: hiercam.GradCAM(tiny(), "0")([[0.0]]),
+        TypeError,
+        "`images` must be a torch.Tensor, got list",
+    ),
+    # non-finite values produced inside the model, named where they appear
+    "NaN weights: logits": (
+        lambda: hiercam.GradCAM(nan_weights(), "0")(torch.randn(1, 3, 8, 8)),
+        ValueError,
+        "`model` returned NaN or infinite logits",
+    ),
+    "infinite derivative: gradients": (
+        lambda: hiercam.GradCAM(sqrt_model(), "1")(torch.randn(2, 3, 8, 8)),
+        ValueError,
+        r"the gradients of the logits with respect to `target_layer` '1' hold NaN or infinite values",
+    ),
+    "overflowing layer: activations": (
+        lambda: hiercam.GradCAM(overflow_model(), "1")(torch.randn(2, 3, 8, 8)),
+        ValueError,
+        r"the output of `target_layer` '1' holds NaN or infinite values",
+    ),
+    # classes
+    "classes: float vector": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(1, 3, 8, 8), torch.tensor([0.0, 1.0])),
+        ValueError,
+        "`classes` tensor must be a",
+    ),
+    "classes: mask of 2s": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(1, 3, 8, 8), torch.full((1, 3), 2)),
+        ValueError,
+        "`classes` must hold only 0/1 values",
+    ),
+    "classes: empty list": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(1, 3, 8, 8), []),
+        ValueError,
+        "`classes` must not be an empty list",
+    ),
+    "classes: bool": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(1, 3, 8, 8), True),
+        TypeError,
+        "`classes` must be None, an int",
+    ),
+    "classes: out of range, two-branch": (
+        lambda: hiercam.GradCAM(hiercam.TwoBranchNet(lambda: nn.Conv2d(3, 4, 3), num_classes=2))(
+            torch.randn(1, 3, 8, 8), 2
+        ),
+        ValueError,
+        r"`classes` must be class indices in \[0, 2\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_a_clear_error(case: str) -> None:
+    call, error, match = BAD[case]
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_the_original_error_is_chained() -> None:
+    with pytest.raises(ValueError, match="torch said: Given groups=1") as info:
+        hiercam.GradCAM(tiny(), "0")(torch.randn(1, 1, 8, 8))
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize("two_branch", [False, True])
+@pytest.mark.parametrize("size", ["input", "feature"])
+def test_an_all_zero_class_mask_gives_zero_maps(size: str, two_branch: bool) -> None:
+    torch.manual_seed(0)
+    model = hiercam.TwoBranchNet(lambda: nn.Conv2d(3, 4, 3), num_classes=3).eval() if two_branch else tiny()
+    images = torch.randn(2, 3, 10, 10)
+    cam = hiercam.GradCAM(model)
+    for _ in range(2):  # the general path, then the closed form
+        maps = cam(images, torch.zeros(2, 3), size=size)  # type: ignore[arg-type]
+        assert maps.shape[:2] == (2, 3)
+        assert maps.shape[-2:] == ((10, 10) if size == "input" else (8, 8) if two_branch else (10, 10))
+        assert torch.equal(maps, torch.zeros_like(maps))
+    assert cam.logits is not None
+    assert cam.logits.shape == (2, 3)
+    hiercam_mask = torch.tensor([[0, 1, 0], [0, 0, 0]])
+    partial = cam(images, hiercam_mask)
+    torch.testing.assert_close(partial, cam(images) * hiercam_mask[:, :, None, None])
+
+
+def test_no_hook_is_left_after_any_bad_input() -> None:
+    model = tiny()
+    for images in (with_nan(float("nan")), torch.randn(1, 1, 8, 8), torch.randn(0, 3, 8, 8)):
+        with pytest.raises((ValueError, TypeError)):
+            hiercam.GradCAM(model, "0")(images)
+        with pytest.raises((ValueError, TypeError)):
+            hiercam.GradCAM(model)(images)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
+    assert not any(m.training for m in model.modules())
+
+
+def test_a_lazy_model_is_valid_input() -> None:
+    torch.manual_seed(0)
+    model = lazy_model()
+    images = torch.randn(2, 3, 8, 8)
+    maps = hiercam.GradCAM(model, "0")(images, normalize=None, size="feature")
+    features = model[0](images)
+    logits = model[2](model[1](features))
+    expected = []
+    for k in range(2):
+        (grad,) = torch.autograd.grad(logits[:, k].sum(), features, retain_graph=True)
+        expected.append(torch.relu((grad.mean(dim=(2, 3), keepdim=True) * features).sum(1)))
+    torch.testing.assert_close(maps, torch.stack(expected, 1).detach())
