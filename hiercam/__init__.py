@@ -9,11 +9,15 @@ from hiercam.cam import (
     CAM,
     BaseCAM,
     CAMHead,
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
     GradCAM,
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
     MultiHeadModel,
+    SemanticSegmentationTarget,
+    TokenReshape,
     XGradCAM,
     average_branch_maps,
 )
@@ -82,6 +86,11 @@ __all__ = [
     "average_branch_maps",
     "MultiHeadModel",
     "CAMHead",
+    # CAMs of any model: token outputs, any output, targets
+    "TokenReshape",
+    "ClassifierOutputTarget",
+    "ClassifierOutputSoftmaxTarget",
+    "SemanticSegmentationTarget",
     # CAM fusion across levels (section 3.5)
     "fuse",
     "fuse_hierarchy",

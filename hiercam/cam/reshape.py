@@ -1,0 +1,205 @@
+"""Reading a target layer's output as a feature map ``(B, C, h, w)``: token outputs and channels-last maps.
+
+Vision transformers output tokens ``(B, N, C)``: a few prefix tokens (the class token, a distillation token,
+register tokens) followed by the ``h x w`` patch tokens in row-major order. Swin-style models and
+ConvNeXt-style norms output channels-last maps ``(B, h, w, C)``. The CAM extractors read both through their
+``reshape`` option:
+
+* ``"auto"`` (the default) reads a ``(B, C, h, w)`` output as it is, a channels-last ``(B, h, w, C)`` output
+  by permuting it, and tokens ``(B, N, C)`` by dropping the prefix tokens and folding the rest into the patch
+  grid. The grid comes from the token count and the input size (``h = H / p``, ``w = W / p`` for a patch
+  size ``p`` that divides both, with at most ``MAX_PREFIX`` prefix tokens); when two grids fit, or none, it
+  refuses with an error naming ``reshape``.
+* a callable, like pytorch-grad-cam's ``reshape_transform``: it receives the layer's output (and, with the
+  same leading batch dimension, the gradients) and returns ``(B, C, h, w)``;
+  [`TokenReshape`][hiercam.TokenReshape] is one for a known grid.
+* ``None``: the output must already be ``(B, C, h, w)``.
+
+A spatial grid ``(h, w)`` is read as one of an ``H x W`` input only if ``1 <= h <= H``, ``1 <= w <= W`` and
+the two strides ``H / h`` and ``W / w`` agree within a factor 1.5: attention tensors
+``(B, heads, tokens, head_dim)`` and the ``C`` of a channels-last map fail this test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
+
+from hiercam._validation import format_shape, type_name
+
+__all__ = ["MAX_PREFIX", "ReshapeArg", "TokenReshape", "channels_last_to_map", "is_grid", "read_as_map"]
+
+ReshapeArg = Literal["auto"] | Callable[[Tensor], Tensor] | None
+
+MAX_PREFIX = 10
+"""The most prefix tokens (class, distillation, register tokens) the automatic reshape considers."""
+
+_STRIDE_RATIO = 1.5
+
+
+def is_grid(height: int, width: int, input_size: tuple[int, int]) -> bool:
+    """Whether ``(height, width)`` can be the spatial size of a feature map of an input of ``input_size``.
+
+    Examples:
+        >>> is_grid(7, 7, (224, 224)), is_grid(197, 64, (224, 224)), is_grid(7, 768, (224, 224))
+        (True, False, False)
+    """
+    full_h, full_w = input_size
+    if not (1 <= height <= full_h and 1 <= width <= full_w):
+        return False
+    stride_h, stride_w = full_h / height, full_w / width
+    return max(stride_h, stride_w) <= _STRIDE_RATIO * min(stride_h, stride_w)
+
+
+@dataclass(frozen=True)
+class TokenReshape:
+    """Tokens ``(B, N, C)`` to a map ``(B, C, h, w)``: drop ``prefix`` tokens, fold the rest into ``grid``.
+
+    Pass it as ``reshape=`` to a CAM extractor when the automatic reshape cannot tell the grid (or to fix
+    it). Like pytorch-grad-cam's ``reshape_transform`` it is applied to the layer's output and its gradients.
+
+    Args:
+        grid: the patch grid ``(h, w)``; the patch tokens are in row-major order.
+        prefix: the number of tokens before the patch tokens (1 for a class token, 5 with four registers).
+
+    Raises:
+        ValueError: ``grid`` or ``prefix`` is not positive (non-negative), or, when called, the tokens are not
+            ``(B, prefix + h * w, C)``.
+
+    Examples:
+        >>> import torch
+        >>> tokens = torch.randn(2, 1 + 3 * 4, 8)  # class token + a 3 x 4 grid of 8-channel tokens
+        >>> TokenReshape((3, 4), prefix=1)(tokens).shape
+        torch.Size([2, 8, 3, 4])
+    """
+
+    grid: tuple[int, int]
+    prefix: int = 0
+
+    def __post_init__(self) -> None:
+        grid = self.grid
+        if (
+            not isinstance(grid, tuple)
+            or len(grid) != 2
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)
+        ):
+            raise ValueError(f"`grid` must be a (h, w) tuple of positive ints, got {grid!r}")
+        if isinstance(self.prefix, bool) or not isinstance(self.prefix, int) or self.prefix < 0:
+            raise ValueError(f"`prefix` must be a non-negative int, got {self.prefix!r}")
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        """The patch tokens of ``tokens (B, N, C)`` as a map ``(B, C, h, w)`` (a view)."""
+        height, width = self.grid
+        count = self.prefix + height * width
+        if not isinstance(tokens, Tensor) or tokens.ndim != 3 or tokens.shape[1] != count:
+            got = format_shape(tokens.shape) if isinstance(tokens, Tensor) else type_name(tokens)
+            raise ValueError(
+                f"`reshape` TokenReshape(grid={self.grid}, prefix={self.prefix}) needs tokens "
+                f"(B, {self.prefix + height * width}, C), got {got}"
+            )
+        patches: Tensor = tokens[:, self.prefix :].unflatten(1, (height, width))
+        return patches.permute(0, 3, 1, 2)
+
+
+def channels_last_to_map(values: Tensor) -> Tensor:
+    """A channels-last map ``(B, h, w, C)`` as ``(B, C, h, w)`` (a view).
+
+    Examples:
+        >>> import torch
+        >>> channels_last_to_map(torch.randn(2, 7, 7, 768)).shape
+        torch.Size([2, 768, 7, 7])
+    """
+    return values.permute(0, 3, 1, 2)
+
+
+def token_grids(num_tokens: int, input_size: tuple[int, int]) -> list[TokenReshape]:
+    """Every ``(prefix, grid)`` that explains ``num_tokens`` tokens of an input of ``input_size``.
+
+    Grids whose patch size divides both sides exactly come first; only if there is none, patch sizes that
+    divide with a remainder (a patch embedding that crops) are tried. A 1 x 1 grid is never a solution.
+    """
+    full_h, full_w = input_size
+    for exact in (True, False):
+        found: dict[tuple[int, tuple[int, int]], TokenReshape] = {}
+        for patch in range(1, min(full_h, full_w) + 1):
+            if exact and (full_h % patch or full_w % patch):
+                continue
+            grid = (full_h // patch, full_w // patch)
+            prefix = num_tokens - grid[0] * grid[1]
+            if 0 <= prefix <= MAX_PREFIX and grid[0] * grid[1] > 1:
+                found[(prefix, grid)] = TokenReshape(grid, prefix)
+        if found:
+            return list(found.values())
+    return []
+
+
+Layout = Literal["map", "channels_last", "tokens"]
+
+
+def layout_of(
+    shape: tuple[int, ...], input_size: tuple[int, int]
+) -> tuple[Layout, TokenReshape | None] | None:
+    """How the automatic reshape reads an output of ``shape``; ``None`` if it cannot or it is ambiguous."""
+    if len(shape) == 4:
+        if is_grid(shape[2], shape[3], input_size):
+            return "map", None
+        if is_grid(shape[1], shape[2], input_size):
+            return "channels_last", None
+        return None
+    if len(shape) == 3:
+        grids = token_grids(shape[1], input_size)
+        return ("tokens", grids[0]) if len(grids) == 1 else None
+    return None
+
+
+def read_as_map(
+    output: Tensor, reshape: ReshapeArg, input_size: tuple[int, int], layer: str | None
+) -> Callable[[Tensor], Tensor] | None:
+    """The function that turns the target layer's ``output`` into ``(B, C, h, w)`` (``None``: as it is).
+
+    Raises:
+        ValueError: the output cannot be read as a map, naming ``reshape`` and ``target_layer``.
+    """
+    shape = tuple(output.shape)
+    if len(shape) not in (3, 4) and not callable(reshape):
+        raise ValueError(
+            f"`target_layer` {layer!r} must output a (B, C, H, W) tensor (or tokens (B, N, C) or a "
+            f"channels-last map with `reshape`), got {format_shape(shape)}"
+        )
+    if reshape is None:
+        if len(shape) != 4:
+            raise ValueError(
+                f"`target_layer` {layer!r} must output a (B, C, H, W) tensor, got {format_shape(shape)}; "
+                "pass `reshape='auto'` or a callable to read token (B, N, C) or channels-last outputs"
+            )
+        return None
+    if callable(reshape):
+        return reshape
+    layout = layout_of(shape, input_size)
+    if layout is None:
+        where = f"`target_layer` {layer!r} outputs {format_shape(shape)}"
+        size = f"{input_size[0]}x{input_size[1]}"
+        if len(shape) == 3:
+            grids = token_grids(shape[1], input_size)
+            found = ", ".join(f"TokenReshape({g.grid}, prefix={g.prefix})" for g in grids)
+            why = (
+                f"{shape[1]} tokens fit several patch grids of a {size} input ({found})"
+                if grids
+                else f"{shape[1]} tokens are no patch grid of a {size} input plus at most {MAX_PREFIX} "
+                "prefix tokens"
+            )
+        else:
+            why = f"this is neither (B, C, h, w) nor channels-last (B, h, w, C) for a {size} input"
+        raise ValueError(
+            f"{where}: {why}; pass `reshape=` a callable returning (B, C, h, w) (e.g. "
+            "hiercam.TokenReshape(grid, prefix)) or choose another `target_layer`"
+        )
+    kind, tokens = layout
+    if kind == "map":
+        return None
+    if kind == "channels_last":
+        return channels_last_to_map
+    return tokens
