@@ -2,8 +2,8 @@
 
 Oracles: pytorch-grad-cam with its targets (``ClassifierOutputTarget`` per image,
 ``ClassifierOutputSoftmaxTarget``, ``SemanticSegmentationTarget`` on torchvision segmentation models wrapped
-to return ``["out"]`` as its tutorial does), and hiercam's own all-class maps (one class per image must equal the
-matching slice of the all-class call).
+to return ``["out"]`` as its tutorial does), and hiercam's own all-class maps (one class per image must equal
+the matching slice of the all-class call).
 """
 
 from __future__ import annotations
