@@ -8,8 +8,8 @@ ConvNeXt-style norms output channels-last maps ``(B, h, w, C)``. The CAM extract
 * ``"auto"`` (the default) reads a ``(B, C, h, w)`` output as it is, a channels-last ``(B, h, w, C)`` output
   by permuting it, and tokens ``(B, N, C)`` by dropping the prefix tokens and folding the rest into the patch
   grid. The grid comes from the token count and the input size (``h = H / p``, ``w = W / p`` for a patch
-  size ``p`` that divides both, with at most ``MAX_PREFIX`` prefix tokens); when two grids fit, or none, it
-  refuses with an error naming ``reshape``.
+  size ``p`` that divides both sides, with at most ``MAX_PREFIX`` prefix tokens); when two grids fit, or
+  none, it refuses with an error naming ``reshape``.
 * a callable, like pytorch-grad-cam's ``reshape_transform``: it receives the layer's output (and, with the
   same leading batch dimension, the gradients) and returns ``(B, C, h, w)``;
   [`TokenReshape`][hiercam.TokenReshape] is one for a known grid.
@@ -118,22 +118,24 @@ def channels_last_to_map(values: Tensor) -> Tensor:
 def token_grids(num_tokens: int, input_size: tuple[int, int]) -> list[TokenReshape]:
     """Every ``(prefix, grid)`` that explains ``num_tokens`` tokens of an input of ``input_size``.
 
-    Grids whose patch size divides both sides exactly come first; only if there is none, patch sizes that
-    divide with a remainder (a patch embedding that crops) are tried. A 1 x 1 grid is never a solution.
+    A grid is ``(H / p, W / p)`` for a patch size ``p`` that divides both sides; a 1 x 1 grid is never one.
+
+    Examples:
+        >>> token_grids(197, (224, 224))
+        [TokenReshape(grid=(14, 14), prefix=1)]
+        >>> token_grids(16, (48, 48))  # 4 x 4 patches of 12 pixels, or 3 x 3 of 16 and 7 prefix tokens
+        [TokenReshape(grid=(4, 4), prefix=0), TokenReshape(grid=(3, 3), prefix=7)]
     """
     full_h, full_w = input_size
-    for exact in (True, False):
-        found: dict[tuple[int, tuple[int, int]], TokenReshape] = {}
-        for patch in range(1, min(full_h, full_w) + 1):
-            if exact and (full_h % patch or full_w % patch):
-                continue
-            grid = (full_h // patch, full_w // patch)
-            prefix = num_tokens - grid[0] * grid[1]
-            if 0 <= prefix <= MAX_PREFIX and grid[0] * grid[1] > 1:
-                found[(prefix, grid)] = TokenReshape(grid, prefix)
-        if found:
-            return list(found.values())
-    return []
+    found = []
+    for patch in range(1, min(full_h, full_w) + 1):
+        if full_h % patch or full_w % patch:
+            continue
+        grid = (full_h // patch, full_w // patch)
+        prefix = num_tokens - grid[0] * grid[1]
+        if 0 <= prefix <= MAX_PREFIX and grid[0] * grid[1] > 1:
+            found.append(TokenReshape(grid, prefix))
+    return found
 
 
 Layout = Literal["map", "channels_last", "tokens"]
