@@ -30,8 +30,14 @@ How a call works:
    general path if it fails. Other classes or another input size are verified first. ``repr`` shows the
    state; pass ``closed_form=False`` to always use the general path.
 5. Maps are computed in float32 (also under autocast), checked to be finite (non-finite logits, target
-   activations or gradients are a ``ValueError`` that says which), ReLU'd, resized and normalised on the
-   input's device.
+   activations or gradients are a ``ValueError`` that says which), ReLU'd, resized (one batched
+   ``interpolate``, [`resize_maps`][hiercam.cam.engine.resize_maps]) and normalised on the input's device.
+
+Token outputs ``(B, N, C)`` and channels-last maps are read as ``(B, C, h, w)`` through the ``reshape``
+option (``hiercam.cam.reshape``), applied to the activation and to the gradients of the general path; the
+automatic layer choice is in ``hiercam.cam._layers``. The scores come from the model's output through
+``output`` and, for any output, ``targets`` (``hiercam.cam.targets``); a ``(B,)`` class tensor selects one
+logit per image (``hiercam.cam._classes``), which the closed form serves too.
 """
 
 from __future__ import annotations
@@ -121,10 +127,11 @@ class BaseCAM:
     maps ``(B, K', h, w)`` before the ReLU (``_combine``).
 
     Args:
-        model: the classifier; it must return logits ``(B, K)``, unless it is a multi-head model (below).
+        model: the classifier; it must return logits ``(B, K)`` (or an output that ``output`` selects them
+            from, or any output explained through ``targets``), unless it is a multi-head model (below).
         target_layer: the layer whose output is explained: a module of ``model``, its dotted name
-            (``"layer4"``, ``"features.18"``), or ``None`` to pick, on the first call, the last layer (in
-            execution order) whose output is 4-D with a spatial size above 1x1. ``repr`` shows the choice.
+            (``"layer4"``, ``"features.18"``), or ``None`` to pick it on the first call (below);
+            ``target_layer`` and ``repr`` show the choice.
         classifier: the ``nn.Linear`` (or its name) for the closed form; by default the only linear layer of
             shape ``(K, C)``, if there is exactly one.
         closed_form: use the closed form once it has been verified (see the module docstring); ``False``
