@@ -156,6 +156,9 @@ def test_sizes_and_normalisation() -> None:
     raw = cam(images, size="feature", normalize=None)
     assert raw.shape == (2, 3, 15, 17)
     assert (raw >= 0).all()
+    # the engine normalises its own maps in place: the same values as normalize_maps
+    assert torch.equal(cam(images, size="feature"), hiercam.normalize_maps(raw, "max"))
+    assert torch.equal(cam(images, size="feature", normalize="minmax"), hiercam.normalize_maps(raw, "minmax"))
     upsampled = torch.nn.functional.interpolate(raw, size=(30, 34), mode="bilinear", align_corners=False)
     torch.testing.assert_close(cam(images, normalize=None), upsampled)
     torch.testing.assert_close(cam(images), hiercam.normalize_maps(upsampled, "max"))

@@ -275,19 +275,20 @@ class BaseCAM:
                     resolved = ResolvedClasses([0], None, 1)
                 # float32 maps; gradients reachable even inside the caller's no_grad()
                 with torch.autocast(images.device.type, enabled=False), torch.enable_grad():
-                    maps = [
-                        resize_maps(
-                            F.relu(self._head_maps(h, lg, resolved, targets, closed, input_size)), out_size
-                        )
-                        for h, lg in zip(self._heads, head_logits, strict=True)
-                    ]
+                    maps = _resize_heads(
+                        [
+                            F.relu(self._head_maps(h, lg, resolved, targets, closed, input_size))
+                            for h, lg in zip(self._heads, head_logits, strict=True)
+                        ],
+                        out_size,
+                    )
             finally:
                 for head in self._heads:
                     head.activation = None
         self.logits = logits.detach()
         maps = [resolved.place(m) for m in maps]
         if len(maps) == 1:
-            return normalize_maps(maps[0], normalize)
+            return _normalize_own(maps[0], normalize)
         self.branch_maps = normalize_maps(torch.stack(maps), normalize)
         return average_branch_maps(maps, normalize)
 
@@ -520,6 +521,30 @@ class BaseCAM:
                 f"{head.name!r} into (B, C, h, w) with the same B, got {got}"
             )
         return mapped
+
+
+def _resize_heads(maps: list[Tensor], size: tuple[int, int] | None) -> list[Tensor]:
+    """Every head's maps resized in one ``interpolate`` when they share a shape (else one per head)."""
+    if len(maps) == 1 or any(m.shape != maps[0].shape for m in maps):
+        return [resize_maps(m, size) for m in maps]
+    return list(resize_maps(torch.cat(maps), size).split(maps[0].shape[0]))
+
+
+def _normalize_own(maps: Tensor, normalize: NormalizeMode | None) -> Tensor:
+    """[`normalize_maps`][hiercam.normalize_maps] of the engine's own finite, non-negative maps, in place.
+
+    Equal to ``normalize_maps`` on such maps (an all-zero or constant map gives zeros, since ``0 / tiny = 0``)
+    with one reduction and one division instead of a finiteness check, a reduction, a division, a zeros
+    tensor and a ``where``.
+    """
+    if normalize is None or maps.numel() == 0:
+        return maps
+    tiny = torch.finfo(maps.dtype).tiny
+    if normalize == "max":
+        return maps.div_(maps.amax(dim=(-2, -1), keepdim=True).clamp_min(tiny))
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return maps.sub_(low).div_(span.clamp_min(tiny))
 
 
 def _reading(to_map: Callable[[Tensor], Tensor] | None) -> str:
