@@ -7,6 +7,9 @@ median's ratio to one forward pass (the floor: no CAM can be cheaper than comput
 * forward            ``model(x)`` under ``no_grad``
 * hiercam            ``GradCAM(model, "layer4")(x)``: all maps from the verified closed form (no backward)
 * hiercam general    the same with ``closed_form=False``: one forward, one batched backward for all classes
+* hiercam feature    ``GradCAM(model, "layer4")(x, size="feature")``: no resizing to the input
+* resize only        ``hiercam.cam.resize_maps``: the one batched bilinear resize of the raw maps to 224x224
+  (the share of "hiercam" spent resizing)
 * torchcam           one forward, then ``GradCAM(...)(k, scores, retain_graph=True)`` per class
 * pytorch-grad-cam   ``GradCAM(...)(x, targets)`` per class: a forward and a backward per class
 
@@ -56,6 +59,8 @@ def contenders(
     closed(images[:1])  # the first call runs the general path and verifies the closed form
     general = hiercam.GradCAM(model, "layer4", closed_form=False)
     batch = len(images)
+    raw = closed(images, classes, size="feature", normalize=None)
+    input_size = (int(images.shape[-2]), int(images.shape[-1]))
 
     def forward() -> object:
         with torch.no_grad():
@@ -77,6 +82,8 @@ def contenders(
         "forward": forward,
         "hiercam": lambda: closed(images, classes),
         "hiercam general": lambda: general(images, classes),
+        "hiercam feature": lambda: closed(images, classes, size="feature"),
+        "resize only": lambda: hiercam.cam.resize_maps(raw, input_size),
         "torchcam": torchcam_run,
         "pytorch-grad-cam": pgc_run,
     }
