@@ -189,6 +189,7 @@ def test_attention_tensors_are_never_chosen() -> None:
         r"\(B, C, h, w\) nor channels-last.*pass `reshape=`.*or choose another `target_layer`",
     ):
         hiercam.GradCAM(model, "blocks.11.attn.q_norm")(images(64))
+    assert count_hooks(model) == 0
 
 
 def test_cnns_keep_their_layer() -> None:
@@ -209,6 +210,8 @@ def test_zero_initialised_head_is_a_clear_error() -> None:
     ).eval()
     with pytest.raises(ValueError, match="gradients of the scores are zero.*pass `target_layer`"):
         hiercam.GradCAM(model)(images(32, 1))
+    assert count_hooks(model) == 0
+    assert all(p.grad is None for p in model.parameters())
 
 
 def small_vit() -> nn.Module:
