@@ -250,3 +250,22 @@ def test_hook_hygiene_with_tokens() -> None:
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
     torch.testing.assert_close(cam(x, torch.tensor([0, 2])), first)
+
+
+def test_reshape_none_takes_an_unusual_map_as_it_is() -> None:
+    """A 7x7 adaptive pool of a 16x128 image is no plausible grid: refused by "auto", taken by None."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(), nn.Linear(4 * 49, 3)
+    ).eval()
+    x = torch.randn(2, 3, 16, 128)
+    with pytest.raises(ValueError, match="pass `reshape=None` to take it as"):
+        hiercam.GradCAM(model, "1")(x)
+    ours = hiercam.GradCAM(model, "1", reshape=None)(x, normalize=None, size="feature")
+    pooled = model[1](model[0](x))
+    logits = model[3](model[2](pooled))
+    expected = []
+    for k in range(3):
+        (grad,) = torch.autograd.grad(logits[:, k].sum(), pooled, retain_graph=True)
+        expected.append((grad.mean(dim=(2, 3), keepdim=True) * pooled).sum(1).relu())
+    torch.testing.assert_close(ours, torch.stack(expected, 1).detach())

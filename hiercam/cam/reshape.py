@@ -194,7 +194,10 @@ def read_as_map(
                 "prefix tokens"
             )
         else:
-            why = f"this is neither (B, C, h, w) nor channels-last (B, h, w, C) for a {size} input"
+            why = (
+                f"this is neither (B, C, h, w) nor channels-last (B, h, w, C) for a {size} input (pass "
+                "`reshape=None` to take it as (B, C, h, w) anyway)"
+            )
         raise ValueError(
             f"{where}: {why}; pass `reshape=` a callable returning (B, C, h, w) (e.g. "
             "hiercam.TokenReshape(grid, prefix)) or choose another `target_layer`"
