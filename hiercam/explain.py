@@ -255,7 +255,8 @@ def build_model(model: str, *, num_classes: int | None = None) -> nn.Module:
             import timm
         except ImportError as error:
             raise ImportError(f"`model` {model!r} needs timm: pip install 'hiercam[timm]'") from error
-        _check_name(model, name, timm.list_models(), "timm model")
+        if not timm.is_model(name):  # also takes pretrained tags: "resnet50.a1_in1k"
+            _check_name(model, name, timm.list_models(), "timm model")
         built: nn.Module = timm.create_model(name, pretrained=False, **extra)
         return built
     hint = ""

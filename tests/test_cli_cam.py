@@ -181,7 +181,8 @@ def test_timm_model_by_name(files: dict[str, Path], tmp_path: Path) -> None:
     model = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
     weights = tmp_path / "timm.pt"
     torch.save(model.state_dict(), weights)
-    records = explain_images([files["photo"]], "timm:resnet10t", tmp_path / "out", weights=weights,
+    # a pretrained tag names the architecture; nothing is downloaded (pretrained=False)
+    records = explain_images([files["photo"]], "timm:resnet10t.c3_in1k", tmp_path / "out", weights=weights,
                              num_classes=3, size=64, classes=[0, 2], overlays=False)  # fmt: skip
     with GradCAM(model) as cam:
         expected = cam(preprocess(files["photo"], (64, 64)), [0, 2])[0]
@@ -339,6 +340,16 @@ def test_bad_options_exit_2_naming_the_argument(
 ) -> None:
     err = fail(capsys, tmp_path / "out", files["photo"], *resnet_args(files), *args)
     assert message in err
+
+
+def test_help_lists_the_cam_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "class activation maps of image files" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["cam", "--help"])
+    assert "--weights FILE" in capsys.readouterr().out
 
 
 def test_classes_and_top_together_are_refused(
