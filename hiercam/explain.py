@@ -76,11 +76,12 @@ def explain_images(
 ) -> list[ExplainedImage]:
     """Compute and save the class activation maps of image files.
 
-    Each image is read with PIL, converted to RGB, resized to ``size`` (bilinear), scaled by ``input_norm``
-    and explained on its own (batch of one): the classes are ``classes`` or the ``top`` highest logits of
-    that image. Written to ``out``: ``<stem>.pt`` (see [`ExplainedImage`][hiercam.explain.ExplainedImage]),
-    ``<stem>_<class>.png`` (the map over the original image, at the image's own size) and ``summary.json``.
-    Images sharing a stem get ``-2``, ``-3``... suffixes.
+    Each image is read with PIL, turned upright (EXIF orientation), converted to RGB, resized to ``size``
+    (bilinear, no crop), scaled by ``input_norm`` and explained on its own (batch of one): the classes are
+    ``classes`` or the ``top`` highest logits of that image. Written to ``out``: ``<stem>.pt`` (see
+    [`ExplainedImage`][hiercam.explain.ExplainedImage]), ``<stem>_<class>.png`` (the map over the original
+    image, at the image's own size) and ``summary.json``. Images sharing a stem get ``-2``, ``-3``...
+    suffixes.
 
     Args:
         images: image files (any format PIL reads).
@@ -359,10 +360,10 @@ def _default_device() -> torch.device:
 
 def _load(path: Path, size: tuple[int, int], input_norm: str) -> tuple[Tensor, Tensor]:
     """The original image ``(3, H0, W0)`` in [0, 1] and the model input ``(1, 3, *size)``."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        rgb = image.convert("RGB")
+        rgb = ImageOps.exif_transpose(image).convert("RGB")  # upright, as a viewer shows it
     original = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
     resized = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1)

@@ -175,6 +175,26 @@ def test_images_sharing_a_name_get_distinct_files(files: dict[str, Path], tmp_pa
     assert torch.load(records[1].maps, weights_only=True)["image"] == os.fspath(second)
 
 
+def test_exif_orientation_is_applied(files: dict[str, Path], tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    rotated = tmp_path / "rotated.jpg"
+    Image.fromarray(pixels).save(rotated, exif=exif, quality=95)
+    records = explain_images([rotated], "torchvision:resnet18", tmp_path / "out", weights=files["weights"],
+                             num_classes=10, size=(32, 48), classes=[1])  # fmt: skip
+    with Image.open(records[0].overlays[0]) as picture:
+        assert picture.size == (40, 60)  # (width, height) of the upright image
+    with Image.open(rotated) as image:
+        upright = image.transpose(Image.Transpose.ROTATE_270).convert("RGB")
+    x = np.asarray(upright.resize((48, 32), Image.BILINEAR), np.float32) / 255
+    x = torch.from_numpy((x - MEAN) / STD).permute(2, 0, 1)[None]
+    with GradCAM(reference_model(files["weights"]), "layer4") as cam:
+        expected = cam(x, [1])[0]
+    torch.testing.assert_close(torch.load(records[0].maps, weights_only=True)["maps"], expected)
+
+
 def test_timm_model_by_name(files: dict[str, Path], tmp_path: Path) -> None:
     timm = pytest.importorskip("timm")
     torch.manual_seed(2)
