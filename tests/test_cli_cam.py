@@ -18,10 +18,16 @@ from hiercam.cam import METHODS, BaseCAM, GradCAM
 from hiercam.cli import main
 from hiercam.explain import explain_images, find_method
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "cpu_by_default")
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@pytest.fixture
+def cpu_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command's default device is CUDA when present; the CPU oracles need the CPU (no TF32)."""
+    monkeypatch.setattr("hiercam.explain._default_device", lambda: torch.device("cpu"))
 
 
 @pytest.fixture
@@ -207,6 +213,21 @@ def test_timm_model_by_name(files: dict[str, Path], tmp_path: Path) -> None:
     with GradCAM(model) as cam:
         expected = cam(preprocess(files["photo"], (64, 64)), [0, 2])[0]
     torch.testing.assert_close(torch.load(records[0].maps, weights_only=True)["maps"], expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_device_gives_the_cpu_maps(files: dict[str, Path], tmp_path: Path) -> None:
+    common = dict(weights=files["weights"], num_classes=10, size=64, top=2, overlays=False)
+    on_cpu = explain_images(
+        [files["photo"]], "torchvision:resnet18", tmp_path / "cpu", device="cpu", **common
+    )
+    on_gpu = explain_images(
+        [files["photo"]], "torchvision:resnet18", tmp_path / "gpu", device="cuda", **common
+    )
+    assert on_gpu[0].classes == on_cpu[0].classes
+    maps = [torch.load(r[0].maps, weights_only=True)["maps"] for r in (on_cpu, on_gpu)]
+    assert maps[1].device.type == "cpu"
+    torch.testing.assert_close(maps[1], maps[0], rtol=0, atol=2e-2)  # TF32 convolutions on the GPU
 
 
 # ------------------------------------------------------------------------------------------ bad inputs
