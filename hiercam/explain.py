@@ -125,6 +125,7 @@ def explain_images(
         torch.Size([2, 64, 64])
     """
     options = _check_options(classes, top, size, input_norm, normalize, overlays)
+    target = _check_device(device)
     cam_type = find_method(method)
     files = _check_images(images)
     net = build_model(model, num_classes=num_classes)
@@ -138,7 +139,6 @@ def explain_images(
         )
     if layer is not None:
         _check_layer(net, layer)
-    target = torch.device(device) if device is not None else _default_device()
     net = net.to(target).eval()
     out_dir = Path(out)
     records: list[ExplainedImage] = []
@@ -356,6 +356,20 @@ def _check_layer(model: nn.Module, layer: str) -> None:
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return _default_device()
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"`device` must be a torch device such as 'cpu' or 'cuda', got {device!r}"
+        ) from error
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` is {device!r} but CUDA is not available")
+    return target
 
 
 def _load(path: Path, size: tuple[int, int], input_norm: str) -> tuple[Tensor, Tensor]:

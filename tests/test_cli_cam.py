@@ -374,6 +374,7 @@ def test_missing_weights_file(
         (["--layer", "layer5"], "`layer` 'layer5' is not a submodule of the model; close matches: layer4"),
         (["--size", "32", "32", "32"], "`size` must be one int or (H, W), got 3 values"),
         (["--size", "4"], "`size` must be >= 8, got 4"),
+        (["--device", "tpu9"], "`device` must be a torch device such as 'cpu' or 'cuda', got 'tpu9'"),
     ],
 )
 def test_bad_options_exit_2_naming_the_argument(
