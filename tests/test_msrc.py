@@ -181,6 +181,10 @@ def test_boxes_of_a_hand_made_mask(tmp_path: Path) -> None:
     expected = torch.tensor([[1, 0, 6, 3, 10], [3, 1, 1, 6, 5], [3, 9, 7, 12, 9]], dtype=torch.float32)
     assert torch.equal(sample["boxes"], expected)
     assert sample["targets"].nonzero()[:, 0].tolist() == [1, 3, 5]  # the sky speck is still present
+    at_six = MSRC21(root, "train", image_size=None, min_box_area=6)[0]["boxes"]  # 6 pixels are enough
+    assert at_six[:, 1:].tolist() == [[0, 6, 3, 10], [1, 1, 6, 5], [9, 7, 12, 9]]
+    at_seven = MSRC21(root, "train", image_size=None, min_box_area=7)[0]["boxes"]
+    assert at_seven[:, 1:].tolist() == [[0, 6, 3, 10], [1, 1, 6, 5]]
     everything = MSRC21(root, "train", image_size=None, min_box_area=0)[0]["boxes"]
     assert everything[:, 0].tolist() == [1, 3, 3, 3, 5]
     assert everything[1:4, 1:].tolist() == [[11, 0, 12, 1], [1, 1, 6, 5], [9, 7, 12, 9]]  # row-major
@@ -382,3 +386,15 @@ def test_bad_transform_output(fake_root: Path, transform: object, error: type[Ex
     dataset = MSRC21(fake_root, "train", image_size=32, transform=transform)  # type: ignore[arg-type]
     with pytest.raises(error, match=match):
         dataset[0]
+
+
+def test_a_data_loader_batches_the_fake_tree(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    dataset = MSRC21(write_fake_msrc21(tmp_path, num_images=8)["root"], "train", image_size=(40, 56))
+    batch = next(iter(DataLoader(dataset, batch_size=3, collate_fn=collate_voc)))
+    assert batch["image"].shape == (3, 3, 40, 56)
+    assert batch["targets"].shape == (3, 21)
+    assert batch["mask"].dtype == torch.int64
+    assert [len(b) for b in batch["boxes"]] == [len(dataset[i]["boxes"]) for i in range(3)]
+    assert torch.equal(batch["targets"], dataset.targets[:3])
