@@ -20,7 +20,7 @@ from hiercam.cam import (
 from hiercam.datasets import FashionScenes, collate_scenes
 from hiercam.fusion import fuse, fuse_hierarchy
 from hiercam.grouping import HierarchicalKMeans, group_classes
-from hiercam.hierarchy import ClassHierarchy
+from hiercam.hierarchy import ClassHierarchy, frequent_classes
 from hiercam.losses import OrthogonalLoss, TwoBranchLoss, TwoBranchLossOutput, orthogonal_loss
 from hiercam.maps import normalize_maps
 from hiercam.metrics import (
@@ -59,6 +59,7 @@ __all__ = [
     "HierarchicalKMeans",
     "ClassHierarchy",
     "group_classes",
+    "frequent_classes",
     # map normalisation shared by CAMs, fusion and metrics
     "normalize_maps",
     # orthogonal loss and the two-branch network (section 3.4.1)
