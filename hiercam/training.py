@@ -1,7 +1,7 @@
 """Train multi-label classifiers (plain or two-branch) with the paper's recipe: ``fit``, ``History``.
 
 Batch contract: every batch a loader yields is either a mapping with ``"image"`` and ``"targets"`` keys (what
-[`hiercam.datasets.FashionScenes.collate`][hiercam.FashionScenes.collate] makes; other keys are ignored) or a
+[`collate_scenes`][hiercam.collate_scenes] makes; other keys are ignored) or a
 tuple/list whose first two
 items are the images and the targets ``(B, K)``. Images go to the model as they are (tensors moved to the
 device); targets are passed through ``targets_transform``, moved to the device and converted to float32.

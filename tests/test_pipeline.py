@@ -132,9 +132,17 @@ def write(path: Path, text: str) -> Path:
 
 def test_config_files_load_and_validate(tmp_path: Path) -> None:
     config = load_config(
-        write(tmp_path / "ok.toml", 'seed = 3\n[method]\nlevels = [5, 2]\nlam = 1e-6\nrest = "mean"\n')
+        write(
+            tmp_path / "ok.toml",
+            'seed = 3\n[method]\nlevels = [5, 2]\northogonal_weight = 1e-6\nrest_reduction = "mean"\n',
+        )
     )
-    assert (config.seed, config.method.levels, config.method.lam, config.method.rest) == (
+    assert (
+        config.seed,
+        config.method.levels,
+        config.method.orthogonal_weight,
+        config.method.rest_reduction,
+    ) == (
         3,
         (5, 2),
         1e-6,
@@ -145,8 +153,12 @@ def test_config_files_load_and_validate(tmp_path: Path) -> None:
         "sede = 1\n": "unknown config key\\(s\\): sede",
         "[method]\nlevel = [4]\n": "unknown config key\\(s\\) in \\[method\\]: level",
         "[method]\nlevels = [4, 6]\n": "`method.levels` must be strictly decreasing",
-        "[method]\nlam = -1e-4\n": "`method.lam` must be a non-negative number, got -0.0001",
-        '[method]\nrest = "min"\n': "`method.rest` must be one of 'max', 'mean', 'none', got 'min'",
+        "[method]\northogonal_weight = -1e-4\n": (
+            "`method.orthogonal_weight` must be a non-negative number, got -0.0001"
+        ),
+        '[method]\nrest_reduction = "min"\n': (
+            "`method.rest_reduction` must be one of 'max', 'mean', 'none', got 'min'"
+        ),
         "[train]\nepochs = 0\n": "`train.epochs` must be >= 1, got 0",
         '[train]\nepochs = "5"\n': "`train.epochs` must be an integer",
         '[data]\ndataset = "voc"\n': "`data.root` must name the VOCdevkit folder",
@@ -215,7 +227,7 @@ def test_beyond_the_paper_options_run_and_are_chosen_on_validation(
 
     config = tiny_config(
         method__orthogonal_mode="cam",
-        method__lam=0.1,
+        method__orthogonal_weight=0.1,
         method__orthogonal_reduction="batchmean",
         method__choose_fusion_weights=True,
         method__levels=(4, 2),

@@ -48,7 +48,7 @@ def test_shipped_voc_configs_hold_the_papers_settings(name: str) -> None:
     assert config.data.dataset == "voc"
     assert config.data.image_size == 224
     assert config.method.levels == (12, 8, 5)
-    assert (config.method.lam, config.method.orthogonal_reduction) == (1e-4, "sum")
+    assert (config.method.orthogonal_weight, config.method.orthogonal_reduction) == (1e-4, "sum")
     assert (config.train.lr, config.train.batch_size, config.train.epochs, config.train.patience) == (
         1e-4,
         20,

@@ -33,15 +33,15 @@ def test_every_preset_names_real_method_fields() -> None:
 
 def test_paper_preset_restores_the_paper_settings_and_keeps_the_rest() -> None:
     changed = demo_config().replace(
-        method__lam=0.5, method__orthogonal_mode="cam", method__levels=(3,), train__epochs=1
+        method__orthogonal_weight=0.5, method__orthogonal_mode="cam", method__levels=(3,), train__epochs=1
     )
     paper = apply_preset(changed, "paper")
-    assert paper.method.lam == 1e-4
+    assert paper.method.orthogonal_weight == 1e-4
     assert paper.method.orthogonal_mode == "feature"
     assert paper.method.orthogonal_reduction == "sum"
     assert paper.method.levels == (3,)
     assert paper.train.epochs == 1
-    assert changed.method.lam == 0.5  # the caller's config is not modified
+    assert changed.method.orthogonal_weight == 0.5  # the caller's config is not modified
     assert apply_preset(demo_config(), "paper") == demo_config()  # the defaults are the paper's
 
 
@@ -49,7 +49,7 @@ def test_variant_presets_change_only_their_own_settings() -> None:
     paper = apply_preset(demo_config(), "paper").method
     spatial = apply_preset(demo_config(), "spatial").method
     differing = {f.name for f in fields(MethodConfig) if getattr(paper, f.name) != getattr(spatial, f.name)}
-    assert differing == {"orthogonal_mode", "orthogonal_reduction", "lam"}
+    assert differing == {"orthogonal_mode", "orthogonal_reduction", "orthogonal_weight"}
 
 
 def test_unknown_preset_is_a_clear_error() -> None:

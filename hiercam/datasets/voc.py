@@ -246,9 +246,6 @@ class VOCMultiLabel(Dataset[VOCSample]):
             "index": index,
         }
 
-    #: Collate function for a DataLoader (boxes stay a list).
-    collate = staticmethod(collate_voc)
-
     def _mask_path(self, image_id: str) -> Path:
         official = self.root / "SegmentationClass" / f"{image_id}.png"
         return official if official.is_file() else self.root / "SegmentationClassAug" / f"{image_id}.png"

@@ -122,7 +122,9 @@ def score_split(
     loc = {name: LocalizationError(iou=method.iou, thresholds=thresholds) for name in names}
     for rows, images, targets, masks, boxes in data.batches(64, indices):
         size = (int(images.shape[-2]), int(images.shape[-1]))
-        for name, maps in variant_maps(cams, rows, hierarchy, targets, size, names, method.rest, weights):
+        for name, maps in variant_maps(
+            cams, rows, hierarchy, targets, size, names, method.rest_reduction, weights
+        ):
             iou[name].update(maps, masks, targets)
             if localization:
                 loc[name].update(maps, targets, boxes)

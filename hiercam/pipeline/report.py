@@ -60,18 +60,18 @@ def write_report(
     figure_split = "test" if "test" in cams else "val"
     figures = _figures(ctx, hierarchy, models, cams[figure_split], figure_split)
     presence = json.loads((ctx.out / "hierarchy_presence.json").read_text())
-    normalised = ", normalised" if config.method.orthogonal_normalize else ""
+    normalised = ", normalised" if config.method.orthogonal_unit_norm else ""
     lines = [
         "# hiercam run report",
         "",
         f"Dataset `{config.data.dataset}` ({config.data.train_scenes} train / {config.data.val_scenes} val / "
         f"{config.data.test_scenes} test images of {config.data.image_size} px), backbone "
         f"`{config.model.backbone}`, {config.train.epochs} epochs per model, seed {config.seed}. "
-        f"Levels {hierarchy.level_sizes}, orthogonal loss lam = {config.method.lam:g} "
+        f"Levels {hierarchy.level_sizes}, orthogonal loss weight {config.method.orthogonal_weight:g} "
         f"({config.method.orthogonal_reduction}{normalised}), "
-        f"M0' = `{config.method.rest}` (pixel-wise {config.method.rest} of the base maps of the other "
-        "classes "
-        "present in the image; the paper does not define it). Full config: `config.json`.",
+        f"M0' = `{config.method.rest_reduction}` (pixel-wise {config.method.rest_reduction} of the base maps "
+        "of the other classes present in the image; the paper does not define it). "
+        "Full config: `config.json`.",
         "",
         "## Ablation (the paper's Table 4)",
         "",
@@ -359,7 +359,7 @@ def _cam_figure(ctx: RunContext, hierarchy: ClassHierarchy, cams: dict[str, Tens
     size = (int(images.shape[-2]), int(images.shape[-1]))
     levels = list(range(1, hierarchy.num_levels))
     wanted = ["two_branch", "full", "baseline", *[f"level_{level}" for level in levels]]
-    maps = dict(variant_maps(cams, rows, hierarchy, targets, size, wanted, ctx.config.method.rest))
+    maps = dict(variant_maps(cams, rows, hierarchy, targets, size, wanted, ctx.config.method.rest_reduction))
     level0 = maps["two_branch"]
     columns = [
         "input",

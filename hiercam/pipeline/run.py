@@ -111,8 +111,8 @@ def run_pipeline(
     ctx.timings["stage1_base_and_hierarchy"] = time.perf_counter() - stage
 
     log(
-        f"[2/4] level models: two-branch (lam={config.method.lam:g}, {config.method.orthogonal_reduction})"
-        + (" and single-branch" if config.ablation else "")
+        f"[2/4] level models: two-branch (orthogonal weight {config.method.orthogonal_weight:g}, "
+        f"{config.method.orthogonal_reduction})" + (" and single-branch" if config.ablation else "")
     )
     stage = time.perf_counter()
     models = {"base": base, **train_levels(ctx, hierarchy, hierarchy_key)}
@@ -123,7 +123,7 @@ def run_pipeline(
     cams = {split: extract_cams(ctx, models, split) for split in splits}
     ctx.timings["stage3_cams"] = time.perf_counter() - stage
 
-    log(f"[4/4] evaluation: mIoU and localisation error, M0' = {config.method.rest!r}")
+    log(f"[4/4] evaluation: mIoU and localisation error, M0' = {config.method.rest_reduction!r}")
     stage = time.perf_counter()
     names = variant_names(config, hierarchy)
     weights = {"grouping": config.method.fusion_weights, "full": config.method.fusion_weights}
@@ -166,7 +166,7 @@ def run_pipeline(
         "scores": scores,
         "classification_map": classification,
         "branch_cam_correlation": branch_r,
-        "rest": config.method.rest,
+        "rest": config.method.rest_reduction,
         "fusion_weights": {"configured": list(config.method.fusion_weights), **chosen},
         "hierarchy": hierarchy.to_dict(),
         "histories": {name: trained.history for name, trained in models.items()},
@@ -246,7 +246,7 @@ def run_bench(
         "classification_map": maps,
         "branch_cam_correlation": correlations,
         "fusion_weights": [runs[s]["fusion_weights"] for s in seeds],
-        "rest": config.method.rest,
+        "rest": config.method.rest_reduction,
     }
     atomic_write_json(out / "bench.json", result)
     atomic_write_text(out / "bench.md", bench_markdown(result))

@@ -208,7 +208,7 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
         {
             "base": base.key,
             "levels": method.levels,
-            "normalize": method.grouping_normalize,
+            "normalize": method.grouping_unit_norm,
             "weighted": method.grouping_weighted,
             "max_group_presence": method.max_group_presence,
             "seed": config.seed,
@@ -225,7 +225,7 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
         base.model,
         method.levels,
         class_names(config),
-        normalize=method.grouping_normalize,
+        normalize=method.grouping_unit_norm,
         weighted=method.grouping_weighted,
         random_state=config.seed,
     )
@@ -257,12 +257,13 @@ def train_levels(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str)
     """Stage 2: a two-branch model per level (0 = classes), and single-branch level models (ablation)."""
     config, method = ctx.config, ctx.config.method
     # DDP averages the processes' gradients: a sum over each process's share of the batch would weigh the
-    # orthogonal term by lam / world; lam * world gives exactly the gradient of one process on the whole batch
-    lam = method.lam * (ctx.dist.world if method.orthogonal_reduction == "sum" else 1)
+    # orthogonal term by weight / world; weight * world gives exactly the gradient of one process on the
+    # whole batch
+    weight = method.orthogonal_weight * (ctx.dist.world if method.orthogonal_reduction == "sum" else 1)
     loss_key = {
-        "lam": method.lam,
+        "orthogonal_weight": method.orthogonal_weight,
         "reduction": method.orthogonal_reduction,
-        "normalize": method.orthogonal_normalize,
+        "normalize": method.orthogonal_unit_norm,
         "mode": method.orthogonal_mode,
     }
     trained: dict[str, TrainedModel] = {}
@@ -273,9 +274,9 @@ def train_levels(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str)
         pair = build.two_branch(config.model, groups, _model_seed(config, 10 + level))
         heads = pair.classifier_heads() if method.orthogonal_mode == "cam" else None
         loss = TwoBranchLoss(
-            lam,
+            weight,
             reduction=method.orthogonal_reduction,
-            normalize=method.orthogonal_normalize,
+            normalize=method.orthogonal_unit_norm,
             mode=method.orthogonal_mode,
             heads=heads,
         )
