@@ -28,7 +28,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from hiercam.pipeline import demo_config, run_pipeline
+from hiercam.pipeline import ModelKey, demo_config, run_pipeline
 
 COLUMNS = {
     "base": "baseline@0.15",
@@ -59,11 +59,12 @@ def evaluate(changes: dict[str, Any], out: Path, seeds: list[int]) -> dict[str, 
             log=lambda _: None,
         )
         row = {}
-        for name, entry in run["variants"].items():
-            row[f"{name}@0.15"] = entry["val"]["miou"]
-            row[f"{name}@t*"] = entry["val"]["miou_at_val_threshold"]
-        row["mAP two_branch_L0"] = 100 * run["classification_map"]["val"]["two_branch_L0"]
-        row["branch r L0"] = run["branch_cam_correlation"]["val"]["two_branch_L0"]
+        for variant, scores in run.variants.items():  # fractions; the table shows percent
+            row[f"{variant.name}@0.15"] = 100 * scores.splits["val"].miou
+            row[f"{variant.name}@t*"] = 100 * scores.splits["val"].miou_at_chosen
+        level0 = ModelKey("two_branch", 0)
+        row["mAP two_branch_L0"] = 100 * run.classification_map["val"][level0]
+        row["branch r L0"] = run.branch_correlation["val"][level0]
         rows.append(row)
     return {key: statistics.fmean(row[key] for row in rows) for key in rows[0]}
 

@@ -15,6 +15,18 @@ from hiercam.pipeline.config import (
 )
 from hiercam.pipeline.distributed import Distributed, init_distributed
 from hiercam.pipeline.presets import PRESETS, Preset, apply_preset
+from hiercam.pipeline.results import (
+    ExtractedMaps,
+    FigureScenes,
+    FusionWeights,
+    ModelKey,
+    ModelMaps,
+    RunResult,
+    SplitScores,
+    ThresholdCurve,
+    Variant,
+    VariantScores,
+)
 from hiercam.pipeline.run import demo_config, run_bench, run_pipeline, run_preset_bench
 
 __all__ = [
@@ -29,6 +41,16 @@ __all__ = [
     "run_pipeline",
     "run_bench",
     "run_preset_bench",
+    "RunResult",
+    "ModelKey",
+    "Variant",
+    "ModelMaps",
+    "ExtractedMaps",
+    "ThresholdCurve",
+    "SplitScores",
+    "VariantScores",
+    "FusionWeights",
+    "FigureScenes",
     "PRESETS",
     "Preset",
     "apply_preset",

@@ -15,22 +15,20 @@ from hiercam._io import atomic_write_json, atomic_write_text
 from hiercam._version import __version__
 from hiercam.pipeline.config import ConfigError, PipelineConfig
 from hiercam.pipeline.distributed import Distributed
-from hiercam.pipeline.evaluation import choose_fusion_weights, choose_thresholds, score_split, variant_names
+from hiercam.pipeline.evaluation import evaluate
 from hiercam.pipeline.presets import apply_preset
 from hiercam.pipeline.report import bench_markdown, compare_markdown, seed_stats, write_report
+from hiercam.pipeline.results import RunResult, strict_json
 from hiercam.pipeline.stages import (
     EVAL_SPLITS,
     RunContext,
     build_hierarchy,
-    extract_cams,
-    model_map,
+    extract_maps,
     train_base,
     train_levels,
 )
 
-__all__ = ["run_pipeline", "run_bench", "demo_config", "RunResult"]
-
-RunResult = dict[str, Any]
+__all__ = ["run_pipeline", "run_bench", "run_preset_bench", "demo_config"]
 
 
 def demo_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
@@ -80,7 +78,7 @@ def run_pipeline(
             runs of a sweep; default ``out``.
 
     Returns:
-        The content of ``metrics.json``.
+        The run's [`RunResult`][hiercam.pipeline.RunResult]; ``metrics.json`` is its ``to_json()``.
     """
     out = Path(out)
     distributed = Distributed.current()
@@ -115,65 +113,21 @@ def run_pipeline(
         f"{config.method.orthogonal_reduction})" + (" and single-branch" if config.ablation else "")
     )
     stage = time.perf_counter()
-    models = {"base": base, **train_levels(ctx, hierarchy, hierarchy_key)}
+    models = {base.identity: base, **train_levels(ctx, hierarchy, hierarchy_key)}
     ctx.timings["stage2_levels"] = time.perf_counter() - stage
 
     log(f"[3/4] class activation maps of every model ({', '.join(splits)})")
     stage = time.perf_counter()
-    cams = {split: extract_cams(ctx, models, split) for split in splits}
+    extracted = {split: extract_maps(ctx, models, split) for split in splits}
     ctx.timings["stage3_cams"] = time.perf_counter() - stage
 
     log(f"[4/4] evaluation: mIoU and localisation error, M0' = {config.method.rest_reduction!r}")
-    stage = time.perf_counter()
-    names = variant_names(config, hierarchy)
-    weights = {"grouping": config.method.fusion_weights, "full": config.method.fusion_weights}
-    chosen: dict[str, Any] = {}
-    if config.method.choose_fusion_weights:  # on validation data only
-        val = ctx.data("val")
-        tuned, tried = choose_fusion_weights(config, val, cams["val"], hierarchy, ctx.dist.shard(len(val)))
-        weights["full_tuned"] = tuned
-        names.insert(names.index("full") + 1, "full_tuned")
-        chosen = {"full_tuned": list(tuned), "tried": tried}
-        log(f"  fusion weights chosen on val: (a, b, c) = {tuned}")
-    scores = {
-        split: score_split(
-            config,
-            ctx.data(split),
-            cams[split],
-            hierarchy,
-            names,
-            ctx.dist.shard(len(ctx.data(split))),
-            weights,
-        )
-        for split in splits
-    }
-    summary = choose_thresholds(config, scores)
-    classification = {split: model_map(models, cams[split], hierarchy) for split in splits}
-    branch_r = {
-        split: {
-            name[: -len("/branch_r")]: _nanmean(values)
-            for name, values in cams[split].items()
-            if name.endswith("/branch_r")
-        }
-        for split in splits
-    }
-    ctx.timings["stage4_evaluation"] = time.perf_counter() - stage
+    result = evaluate(ctx, models, hierarchy, extracted)
     ctx.timings["total"] = time.perf_counter() - started
-
-    metrics: RunResult = {
-        "variants": summary,
-        "thresholds": list(config.method.thresholds),
-        "scores": scores,
-        "classification_map": classification,
-        "branch_cam_correlation": branch_r,
-        "rest": config.method.rest_reduction,
-        "fusion_weights": {"configured": list(config.method.fusion_weights), **chosen},
-        "hierarchy": hierarchy.to_dict(),
-        "histories": {name: trained.history for name, trained in models.items()},
-    }
+    result.seconds = dict(ctx.timings)
     if not distributed.is_main:
-        return metrics
-    atomic_write_json(out / "metrics.json", metrics)
+        return result
+    result.save(out / "metrics.json")
     atomic_write_json(
         out / "run.json",
         {
@@ -185,12 +139,21 @@ def run_pipeline(
             "processes": distributed.world,
             "device": str(ctx.device),
             "seed": config.seed,
-            "seconds": ctx.timings,
+            "seconds": result.seconds,
         },
     )
-    write_report(ctx, hierarchy, models, cams, metrics)
+    write_report(config, result, out)
     log(f"wrote {out / 'report.md'} in {ctx.timings['total']:.0f} s")
-    return metrics
+    return result
+
+
+#: bench.json's figure names (those of metrics.json) -> the SplitScores fields.
+_BENCH_FIGURES = {
+    "miou": "miou",
+    "loc_error": "loc_error",
+    "miou_at_val_threshold": "miou_at_chosen",
+    "loc_error_at_val_threshold": "loc_error_at_chosen",
+}
 
 
 def run_bench(
@@ -220,35 +183,39 @@ def run_bench(
             log=log,
             cache=cache,
         )
-    aggregate: dict[str, Any] = {}
-    for name in runs[seeds[0]]["variants"]:
-        entry: dict[str, Any] = {}
-        for split in EVAL_SPLITS:
-            for figure in ("miou", "loc_error", "miou_at_val_threshold", "loc_error_at_val_threshold"):
-                values = [runs[s]["variants"][name][split][figure] for s in seeds]
-                entry[f"{split}/{figure}"] = seed_stats(values)
-        entry["threshold"] = [runs[s]["variants"][name]["threshold"] for s in seeds]
-        aggregate[name] = entry
-    maps = {
-        f"{split}/{model}": seed_stats([runs[s]["classification_map"][split][model] for s in seeds])
-        for split in EVAL_SPLITS
-        for model in runs[seeds[0]]["classification_map"][split]
-    }
-    correlations = {
-        f"{split}/{model}": seed_stats([runs[s]["branch_cam_correlation"][split][model] for s in seeds])
-        for split in EVAL_SPLITS
-        for model in runs[seeds[0]]["branch_cam_correlation"][split]
-    }
+    first = runs[seeds[0]]
+    variants: dict[str, Any] = {}
+    for variant, scores in first.variants.items():
+        entry: dict[str, Any] = {
+            split: {
+                name: seed_stats([getattr(runs[s].variants[variant].splits[split], field) for s in seeds])
+                for name, field in _BENCH_FIGURES.items()
+            }
+            for split in scores.splits
+        }
+        entry["threshold"] = [runs[s].variants[variant].threshold for s in seeds]
+        variants[variant.name] = entry
+
+    def over_seeds(table: str) -> dict[str, dict[str, Any]]:
+        return {
+            split: {
+                key.name: seed_stats([getattr(runs[s], table)[split].get(key, math.nan) for s in seeds])
+                for key in row
+            }
+            for split, row in getattr(first, table).items()
+        }
+
     result = {
         "seeds": list(seeds),
         "config": config.to_dict(),
-        "variants": aggregate,
-        "classification_map": maps,
-        "branch_cam_correlation": correlations,
-        "fusion_weights": [runs[s]["fusion_weights"] for s in seeds],
-        "rest": config.method.rest_reduction,
+        "units": "fraction",
+        "variants": variants,
+        "classification_map": over_seeds("classification_map"),
+        "branch_cam_correlation": over_seeds("branch_correlation"),
+        "fusion_weights": [runs[s].to_json()["fusion_weights"] for s in seeds],
+        "rest_reduction": config.method.rest_reduction,
     }
-    atomic_write_json(out / "bench.json", result)
+    atomic_write_json(out / "bench.json", strict_json(result))
     atomic_write_text(out / "bench.md", bench_markdown(result))
     return result
 
@@ -305,15 +272,10 @@ def run_preset_bench(
             log(f"preset {name} not run: {error}")
             benches[name] = {"error": str(error)}
     result = {"seeds": list(seeds), "presets": benches}
-    atomic_write_json(out / "compare.json", result)
+    atomic_write_json(out / "compare.json", strict_json(result))
     atomic_write_text(out / "compare.md", compare_markdown(result))
     return result
 
 
 def _silent(_line: str) -> None:
     """The log of processes other than rank 0."""
-
-
-def _nanmean(values: torch.Tensor) -> float:
-    finite = values[torch.isfinite(values)]
-    return float(finite.mean()) if finite.numel() else math.nan

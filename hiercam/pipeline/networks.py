@@ -1,4 +1,4 @@
-"""Building the pipeline's models from the config: single-branch classifiers and two-branch networks."""
+"""The pipeline's network factory: single-branch classifiers and two-branch networks built from the config."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from hiercam.models import Branch, TwoBranchNet, cut_backbone, small_convnet
 from hiercam.pipeline.config import ModelConfig
 
-__all__ = ["ImageNetNormalize", "backbone_factory", "single_branch", "two_branch"]
+__all__ = ["ImageNetNormalize", "backbone_factory", "build_classifier", "build_two_branch"]
 
 
 def backbone_factory(config: ModelConfig) -> Callable[[], nn.Module]:
@@ -80,7 +80,7 @@ def _channels(features: nn.Module) -> int:
     return int(probe.shape[1])
 
 
-def single_branch(config: ModelConfig, num_classes: int, seed: int) -> Branch:
+def build_classifier(config: ModelConfig, num_classes: int, seed: int) -> Branch:
     """A single-branch classifier ``features -> global average pool -> linear``, seeded."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -88,7 +88,7 @@ def single_branch(config: ModelConfig, num_classes: int, seed: int) -> Branch:
         return Branch(features, _channels(features), num_classes)
 
 
-def two_branch(config: ModelConfig, num_classes: int, seed: int) -> TwoBranchNet:
+def build_two_branch(config: ModelConfig, num_classes: int, seed: int) -> TwoBranchNet:
     """A [`TwoBranchNet`][hiercam.TwoBranchNet], seeded.
 
     From-scratch backbones get two independent initialisations (a factory); pretrained ones are copied, so
