@@ -306,6 +306,36 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"`{key}` has an unsupported type {hint!r}")  # pragma: no cover
 
 
+#: The largest `seed`: every seed derived from it (per model, per epoch) stays in torch's and NumPy's range.
+MAX_SEED = 2**32 - 1
+
+
+def _num_classes(dataset: str) -> int:
+    from hiercam.datasets import VOC_CLASSES, FashionScenes
+
+    return len(VOC_CLASSES if dataset == "voc" else FashionScenes.classes)
+
+
+def _validate_data(data: DataConfig) -> None:
+    """The data section, with FashionScenes' own limits when it is the dataset."""
+    low, high = data.items
+    if not 1 <= low <= high:
+        raise ConfigError(f"`data.items` must be (min, max) with 1 <= min <= max, got {list(data.items)}")
+    if data.dataset != "fashion_scenes":
+        return
+    from hiercam.datasets.fashion_scenes import _MAX_ITEMS, _MIN_IMAGE
+
+    if high > _MAX_ITEMS:
+        raise ConfigError(
+            f"`data.items` allows at most {_MAX_ITEMS} garments per scene, got {list(data.items)}"
+        )
+    if data.image_size < _MIN_IMAGE:
+        raise ConfigError(
+            f"`data.image_size` must be >= {_MIN_IMAGE} for FashionScenes (a garment is at least 12 pixels "
+            f"wide), got {data.image_size}"
+        )
+
+
 def _validate(config: PipelineConfig) -> None:
     data, train, method = config.data, config.train, config.method
     positive = {
@@ -320,19 +350,26 @@ def _validate(config: PipelineConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"`{key}` must be >= 1, got {value}")
-    if data.num_workers < 0 or train.patience < 0 or config.seed < 0:
-        raise ConfigError("`data.num_workers`, `train.patience` and `seed` must be >= 0")
-    if not 1 <= data.items[0] <= data.items[1]:
-        raise ConfigError(f"`data.items` must be (min, max) with 1 <= min <= max, got {list(data.items)}")
+    if data.num_workers < 0 or train.patience < 0:
+        raise ConfigError("`data.num_workers` and `train.patience` must be >= 0")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(f"`seed` must be between 0 and {MAX_SEED} (2**32 - 1), got {config.seed}")
+    _validate_data(data)
     if not (train.lr > 0 and math.isfinite(train.lr)):
         raise ConfigError(f"`train.lr` must be a positive number, got {train.lr}")
-    if train.weight_decay < 0:
-        raise ConfigError(f"`train.weight_decay` must be >= 0, got {train.weight_decay}")
+    if not (train.weight_decay >= 0 and math.isfinite(train.weight_decay)):
+        raise ConfigError(f"`train.weight_decay` must be a finite number >= 0, got {train.weight_decay}")
     if not method.levels:
         raise ConfigError("`method.levels` must name at least one group level")
     if any(n < 1 for n in method.levels) or any(a <= b for a, b in pairwise(method.levels)):
         raise ConfigError(
             f"`method.levels` must be strictly decreasing positive counts, got {list(method.levels)}"
+        )
+    num_classes = _num_classes(data.dataset)
+    if method.levels[0] >= num_classes:
+        raise ConfigError(
+            f"`method.levels` must ask for fewer groups than the {num_classes} classes of {data.dataset!r}, "
+            f"got {list(method.levels)}"
         )
     if not (method.orthogonal_weight >= 0 and math.isfinite(method.orthogonal_weight)):
         raise ConfigError(

@@ -16,6 +16,7 @@ from hiercam._version import __version__
 from hiercam.pipeline.config import ConfigError, PipelineConfig
 from hiercam.pipeline.distributed import Distributed
 from hiercam.pipeline.evaluation import evaluate
+from hiercam.pipeline.networks import check_backbone
 from hiercam.pipeline.presets import apply_preset
 from hiercam.pipeline.report import bench_markdown, compare_markdown, seed_stats, write_report
 from hiercam.pipeline.results import RunResult, strict_json
@@ -65,6 +66,10 @@ def run_pipeline(
 
     Writes ``config.json`` (the full config), ``run.json`` (versions, seeds, timings), ``metrics.json``,
     ``report.md`` and ``figures/*.png`` (when matplotlib is installed), besides the stages' own artifacts.
+    Everything that can be checked before work starts is checked first (the config against the dataset and
+    the processes, the backbone's name, the data); only then is ``config.json`` written, and the outputs of
+    an earlier run in ``out`` removed, so that ``config.json`` always describes the run that wrote the
+    ``metrics.json`` beside it.
 
     Args:
         config: the run's settings.
@@ -79,27 +84,27 @@ def run_pipeline(
 
     Returns:
         The run's [`RunResult`][hiercam.pipeline.RunResult]; ``metrics.json`` is its ``to_json()``.
+
+    Raises:
+        ConfigError: a setting that cannot run here (naming the key), before any work.
+        FileNotFoundError: missing data.
+        ValueError: damaged data or files of an earlier run (naming the file).
     """
     out = Path(out)
     distributed = Distributed.current()
     if not distributed.is_main:  # under torchrun only rank 0 logs and writes
         log = _silent
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", config.to_dict())
-    if distributed.world > 1 and config.train.batch_size % distributed.world:
-        raise ConfigError(
-            f"`train.batch_size` ({config.train.batch_size}) is the global batch and must be divisible by "
-            f"the {distributed.world} processes"
-        )
     ctx = RunContext(
         config, out, force=force, progress=progress, log=log, cache=None if cache is None else Path(cache)
     )
-    if config.train.amp and ctx.device.type != "cuda":
-        raise ConfigError(f"`train.amp` (mixed precision) needs CUDA, but the run would use {ctx.device}")
+    _preflight(ctx)  # everything that can be checked before work starts
+    if distributed.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in _RUN_OUTPUTS:  # from an earlier run: config.json must describe the metrics beside it
+            (out / stale).unlink(missing_ok=True)
+        atomic_write_json(out / "config.json", config.to_dict())
     splits = EVAL_SPLITS if test else ("val",)
     started = time.perf_counter()
-    ctx.data("train")  # data problems (a missing folder...) show before any training
 
     log(f"[1/4] base classifier and class hierarchy ({config.data.dataset}, {config.model.backbone})")
     stage = time.perf_counter()
@@ -275,6 +280,24 @@ def run_preset_bench(
     atomic_write_json(out / "compare.json", strict_json(result))
     atomic_write_text(out / "compare.md", compare_markdown(result))
     return result
+
+
+#: A run's own outputs, removed when a new run starts in the same folder.
+_RUN_OUTPUTS = ("metrics.json", "run.json", "report.md", "config.json")
+
+
+def _preflight(ctx: RunContext) -> None:
+    """The checks that need more than the config itself: processes, device, backbone, data."""
+    config, distributed = ctx.config, ctx.dist
+    if distributed.world > 1 and config.train.batch_size % distributed.world:
+        raise ConfigError(
+            f"`train.batch_size` ({config.train.batch_size}) is the global batch and must be divisible by "
+            f"the {distributed.world} processes"
+        )
+    if config.train.amp and ctx.device.type != "cuda":
+        raise ConfigError(f"`train.amp` (mixed precision) needs CUDA, but the run would use {ctx.device}")
+    check_backbone(config.model)
+    ctx.data("train")  # data problems (a missing folder, a damaged annotation) show before any training
 
 
 def _silent(_line: str) -> None:

@@ -137,7 +137,12 @@ def _train(
     ctx.dist.barrier()  # what rank 0 wrote before is visible to every process
     marker = None if ctx.force else read_marker(marker_path, key)
     if marker is not None and weights.is_file():
-        model.load_state_dict(load_tensors(weights))
+        try:
+            model.load_state_dict(load_tensors(weights))
+        except RuntimeError as error:  # a state dict of another model
+            raise ValueError(
+                f"{weights}: does not fit the {name} model ({error}); delete it to retrain"
+            ) from None
         ctx.log(f"  {name}: up to date, loaded")
         history = marker.get("history")
         if not isinstance(history, list):
@@ -148,6 +153,8 @@ def _train(
     if ctx.dist.is_main:
         folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / f"{stem}.ckpt"
+    if checkpoint.is_file():  # fit resumes from it: check it first, to name the file if it is damaged
+        _check_resume_file(checkpoint)
     transform = (
         None if level == 0 or hierarchy is None else functools.partial(hierarchy.remap_targets, level=level)
     )
@@ -202,6 +209,19 @@ def _train(
     ctx.dist.barrier()
     ctx.log(f"  {name}: val mAP {history['val_map'][-1]:.3f}")
     return TrainedModel(identity, model.eval(), key, history.records)
+
+
+def _check_resume_file(path: Path) -> None:
+    """A training checkpoint left by an interrupted run must be one ``fit`` can resume from."""
+    from hiercam._checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except Exception as error:  # torch raises many types for a damaged file: name the file
+        raise ValueError(
+            f"{path}: the training checkpoint of an interrupted run cannot be read "
+            f"({type(error).__name__}: {error}); delete it to train this model from scratch"
+        ) from None
 
 
 def _model_seed(config: PipelineConfig, index: int) -> int:
