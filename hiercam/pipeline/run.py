@@ -130,8 +130,15 @@ def run_pipeline(
     result = evaluate(ctx, models, hierarchy, extracted)
     ctx.timings["total"] = time.perf_counter() - started
     result.seconds = dict(ctx.timings)
-    if not distributed.is_main:
-        return result
+    if distributed.is_main:
+        _write_outputs(ctx, result)
+    distributed.barrier()  # the processes end together: none leaves while rank 0 still writes
+    return result
+
+
+def _write_outputs(ctx: RunContext, result: RunResult) -> None:
+    """``metrics.json``, ``run.json`` and the report (rank 0)."""
+    config, out = ctx.config, ctx.out
     result.save(out / "metrics.json")
     atomic_write_json(
         out / "run.json",
@@ -141,15 +148,14 @@ def run_pipeline(
             "python": platform.python_version(),
             "platform": platform.platform(),
             "threads": torch.get_num_threads(),
-            "processes": distributed.world,
+            "processes": ctx.dist.world,
             "device": str(ctx.device),
             "seed": config.seed,
             "seconds": result.seconds,
         },
     )
     write_report(config, result, out)
-    log(f"wrote {out / 'report.md'} in {ctx.timings['total']:.0f} s")
-    return result
+    ctx.log(f"wrote {out / 'report.md'} in {result.seconds['total']:.0f} s")
 
 
 #: bench.json's figure names (those of metrics.json) -> the SplitScores fields.
