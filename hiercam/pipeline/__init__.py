@@ -14,17 +14,16 @@ from hiercam.pipeline.config import (
     load_config,
 )
 from hiercam.pipeline.distributed import Distributed, init_distributed
+from hiercam.pipeline.keys import ModelKey, Variant
 from hiercam.pipeline.presets import PRESETS, Preset, apply_preset
 from hiercam.pipeline.results import (
     ExtractedMaps,
     FigureScenes,
     FusionWeights,
-    ModelKey,
     ModelMaps,
     RunResult,
     SplitScores,
     ThresholdCurve,
-    Variant,
     VariantScores,
 )
 from hiercam.pipeline.run import demo_config, run_bench, run_pipeline, run_preset_bench

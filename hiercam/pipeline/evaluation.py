@@ -25,16 +25,14 @@ from hiercam.maps import normalize_maps
 from hiercam.metrics import LocalizationError, MeanIoU, mean_average_precision
 from hiercam.pipeline.config import PipelineConfig
 from hiercam.pipeline.data import Split
+from hiercam.pipeline.keys import ModelKey, ModelKind, Variant
 from hiercam.pipeline.results import (
     ExtractedMaps,
     FigureScenes,
     FusionWeights,
-    ModelKey,
-    ModelKind,
     RunResult,
     SplitScores,
     ThresholdCurve,
-    Variant,
     VariantScores,
 )
 from hiercam.pipeline.stages import RunContext, TrainedModel

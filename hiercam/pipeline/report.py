@@ -16,7 +16,8 @@ import torch
 
 from hiercam._io import atomic_write, atomic_write_text
 from hiercam.pipeline.config import PipelineConfig
-from hiercam.pipeline.results import FigureScenes, ModelKey, RunResult, SplitScores, Variant
+from hiercam.pipeline.keys import ModelKey, Variant
+from hiercam.pipeline.results import FigureScenes, RunResult, SplitScores
 
 __all__ = ["write_report", "bench_markdown", "compare_markdown", "ablation_rows", "seed_stats"]
 

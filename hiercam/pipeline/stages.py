@@ -26,8 +26,9 @@ from hiercam.pipeline.artifacts import digest, load_tensors, read_marker, save_t
 from hiercam.pipeline.config import ConfigError, PipelineConfig
 from hiercam.pipeline.data import Split, class_names, load_split, train_loader
 from hiercam.pipeline.distributed import Distributed
+from hiercam.pipeline.keys import ModelKey
 from hiercam.pipeline.networks import build_classifier, build_two_branch
-from hiercam.pipeline.results import ExtractedMaps, ModelKey, ModelMaps
+from hiercam.pipeline.results import ExtractedMaps, ModelMaps
 from hiercam.training import fit
 
 __all__ = [
