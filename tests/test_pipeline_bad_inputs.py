@@ -343,3 +343,33 @@ def test_a_write_killed_mid_way_leaves_a_temporary_file_that_the_next_write_remo
     # kept: this live process's, a recent one of another host, and those of another target
     assert remaining == sorted([mine.name, foreign_new.name, other_target.name])
     assert remove_stale_temporaries(target) == []
+
+
+class _Hostile:
+    """Pickled, it would run code on load (``print``); ``weights_only=True`` must refuse it."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("content", ["garbage", "truncated", "hostile", "empty"])
+def test_the_hierarchy_command_names_an_unreadable_checkpoint(
+    content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"fc.weight": torch.rand(6, 4)}, path)
+    payloads = {
+        "garbage": b"not a checkpoint",
+        "truncated": path.read_bytes()[:40],
+        "empty": b"",
+    }
+    if content == "hostile":
+        torch.save({"fc.weight": _Hostile()}, path)
+    else:
+        path.write_bytes(payloads[content])
+    assert main(["hierarchy", str(path), "--levels", "2"]) == 2
+    captured = capsys.readouterr()
+    assert (
+        f"hiercam hierarchy: error: {path}: cannot be read with torch.load(weights_only=True)" in captured.err
+    )
+    assert "code ran" not in captured.out + captured.err

@@ -18,7 +18,7 @@ import torch
 
 from hiercam._io import atomic_write, atomic_write_json
 
-__all__ = ["digest", "read_marker", "write_marker", "save_tensors", "load_tensors"]
+__all__ = ["digest", "read_marker", "write_marker", "save_tensors", "load_tensors", "safe_torch_load"]
 
 
 def digest(parts: Any) -> str:
@@ -65,6 +65,28 @@ def save_tensors(path: str | os.PathLike[str], tensors: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(tensors, handle))
 
 
+def safe_torch_load(path: str | os.PathLike[str], what: str, hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU; a file it cannot read is a ValueError naming it.
+
+    Torch raises many types for a damaged, truncated or hostile file (``UnpicklingError``, ``RuntimeError``,
+    ``EOFError``...); the message names the file and the type (torch's own text, which suggests
+    ``weights_only=False``, is kept as the cause, not repeated).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: any other failure to read it.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises many types for a damaged file: name the file
+        raise ValueError(
+            f"{os.fspath(path)}: {what}: damaged, truncated, not a torch file, or holding objects other than "
+            f"tensors and plain data, which are refused ({type(error).__name__}){hint}"
+        ) from error
+
+
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a file written by ``save_tensors`` with ``weights_only=True`` (nothing is executed).
 
@@ -72,15 +94,7 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
         ValueError: naming the file, when it cannot be read as saved tensors (damaged, truncated, another
             format, or a pickle with code) or does not hold a dict.
     """
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # torch raises many types for a damaged file: name the file
-        raise ValueError(
-            f"{os.fspath(path)}: cannot be read as saved tensors ({type(error).__name__}: {error}); "
-            "delete it to redo the step"
-        ) from error
+    data = safe_torch_load(path, "cannot be read as saved tensors", "; delete it to redo the step")
     if not isinstance(data, dict):
         raise ValueError(f"{os.fspath(path)}: does not hold a dict of tensors; delete it to redo the step")
     return data
