@@ -43,6 +43,9 @@ __all__ = [
 
 EVAL_SPLITS = ("val", "test")
 
+#: Layout of the map caches (``ExtractedMaps.to_tensors``); part of their key.
+_MAPS_LAYOUT = 2
+
 
 @dataclass
 class RunContext:
@@ -302,8 +305,8 @@ def train_levels(
     # orthogonal term by weight / world; weight * world gives exactly the gradient of one process on the
     # whole batch
     weight = method.orthogonal_weight * (ctx.dist.world if method.orthogonal_reduction == "sum" else 1)
-    loss_key = {
-        "orthogonal_weight": method.orthogonal_weight,
+    loss_key = {  # the names of the keys of models trained before the config's renames: they stay valid
+        "lam": method.orthogonal_weight,
         "reduction": method.orthogonal_reduction,
         "normalize": method.orthogonal_unit_norm,
         "mode": method.orthogonal_mode,
@@ -351,6 +354,7 @@ def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: s
             "models": {m.identity.name: m.content_key for m in models.values()},
             "data": ctx.data_key(),
             "split": split,
+            "layout": _MAPS_LAYOUT,  # caches of an older layout are not read, but redone
         }
     )
     folder = ctx.models_dir.parent / "cams" if ctx.cache is not None else ctx.out / "cams"
