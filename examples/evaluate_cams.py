@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import hiercam
-from hiercam import FashionScenes
+from hiercam import FashionScenes, collate_scenes
 
 THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7]
 
@@ -44,7 +44,7 @@ def main() -> None:
     scenes, epochs = (256, 1) if args.quick else (4000, 8)
     torch.manual_seed(0)
 
-    collate = FashionScenes.collate
+    collate = collate_scenes
     train = DataLoader(
         FashionScenes("train", num_scenes=scenes, image_size=64), 32, shuffle=True, collate_fn=collate
     )

@@ -97,7 +97,7 @@ def main() -> None:
 
     train_set = hiercam.FashionScenes("train", num_scenes=scenes, image_size=size)
     val_set = hiercam.FashionScenes("val", num_scenes=scenes // 4, image_size=size)
-    collate = hiercam.FashionScenes.collate
+    collate = hiercam.collate_scenes
     train_loader = DataLoader(train_set, batch_size=32, shuffle=True, collate_fn=collate)
     val_loader = DataLoader(val_set, batch_size=128, collate_fn=collate)
 

@@ -50,7 +50,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
 
-    collate = hiercam.FashionScenes.collate
+    collate = hiercam.collate_scenes
     train_set = hiercam.FashionScenes("train", num_scenes=scenes, image_size=size)
     val_set = hiercam.FashionScenes("val", num_scenes=max(scenes // 4, 16), image_size=size)
     train_loader = DataLoader(train_set, batch_size=16, shuffle=True, collate_fn=collate)

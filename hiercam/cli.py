@@ -107,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    0 on success; 2 for a usage error, an invalid config (``ConfigError``, naming the key), missing data, or
+    a damaged data or run file (a ``ValueError`` naming the file), all reported before any work where they
+    can be checked then.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     from hiercam.pipeline import ConfigError
@@ -122,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "cam":
             return _cam(args)
         return _bench(args)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, ValueError, FileNotFoundError) as error:  # the user's config, data or files
         print(f"hiercam {args.command}: error: {error}", file=sys.stderr)
         return 2
 

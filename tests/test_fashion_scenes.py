@@ -249,7 +249,7 @@ def test_smallest_image_size_still_fits_garments() -> None:
 # ------------------------------------------------------------------------------------------ batches
 def test_collate_stacks_tensors_and_keeps_boxes_per_sample() -> None:
     data = scenes(num=5)
-    batch = next(iter(DataLoader(data, batch_size=5, collate_fn=FashionScenes.collate)))
+    batch = next(iter(DataLoader(data, batch_size=5, collate_fn=collate_scenes)))
     assert batch["image"].shape == (5, 3, 64, 64)
     assert batch["targets"].shape == (5, 10)
     assert batch["mask"].shape == (5, 64, 64)

@@ -22,6 +22,7 @@ from hiercam import (
     TwoBranchLoss,
     TwoBranchNet,
     average_precision,
+    collate_scenes,
     evaluate,
     fit,
     mean_average_precision,
@@ -90,7 +91,7 @@ SIZE = 40
 @functools.cache
 def scene_batches(split: str, num: int, batch: int) -> list[dict]:
     data = FashionScenes(split, num_scenes=num, image_size=SIZE, seed=3)
-    return list(DataLoader(data, batch_size=batch, collate_fn=FashionScenes.collate))
+    return list(DataLoader(data, batch_size=batch, collate_fn=collate_scenes))
 
 
 class Cached(torch.utils.data.Dataset):

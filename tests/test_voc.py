@@ -126,7 +126,7 @@ def test_collate_keeps_boxes_as_a_list(fake: dict) -> None:
     assert batch["mask"].shape == (2, 224, 224)
     assert isinstance(batch["boxes"], list)
     assert torch.equal(batch["index"], torch.tensor([0, 1]))
-    assert VOCMultiLabel.collate([dataset[0]])["image"].shape == (1, 3, 224, 224)
+    assert collate_voc([dataset[0]])["image"].shape == (1, 3, 224, 224)
 
 
 def test_missing_files_are_named(tmp_path: Path, fake: dict) -> None:

@@ -47,7 +47,7 @@ class SceneSample(TypedDict):
 class SceneBatch(TypedDict):
     """A batch made by ``collate_scenes``: tensors stacked, variable-length parts kept as lists.
 
-    Made by [`collate_scenes`][hiercam.collate_scenes] and ``FashionScenes.collate``.
+    Made by [`collate_scenes`][hiercam.collate_scenes].
     """
 
     image: Tensor  # (B, 3, H, W)
@@ -109,7 +109,7 @@ class FashionScenes(Dataset[SceneSample]):
         (torch.Size([3, 64, 64]), torch.Size([10]), torch.Size([64, 64]))
         >>> bool((sample["boxes"][:, 0].long().unique() == sample["targets"].nonzero()[:, 0]).all())
         True
-        >>> batch = FashionScenes.collate([scenes[0], scenes[1]])
+        >>> batch = collate_scenes([scenes[0], scenes[1]])
         >>> batch["image"].shape, len(batch["boxes"])
         (torch.Size([2, 3, 64, 64]), 2)
     """
@@ -162,14 +162,6 @@ class FashionScenes(Dataset[SceneSample]):
             f"FashionScenes({self.split!r}, num_scenes={self.num_scenes}, image_size={self.image_size}, "
             f"items={self.items}, seed={self.seed}, {source})"
         )
-
-    @staticmethod
-    def collate(samples: Sequence[SceneSample]) -> SceneBatch:
-        """Batch samples: ``DataLoader(..., collate_fn=FashionScenes.collate)``.
-
-        The same as [`collate_scenes`][hiercam.collate_scenes].
-        """
-        return collate_scenes(samples)
 
     @staticmethod
     def natural_hierarchy() -> ClassHierarchy:

@@ -7,6 +7,7 @@ and, when present, the usual SBD augmentation (``SegmentationClassAug/`` and
 
 from __future__ import annotations
 
+import math
 import os
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Sequence
@@ -150,7 +151,9 @@ class VOCMultiLabel(Dataset[VOCSample]):
     Raises:
         FileNotFoundError: a folder, the image-set file, or an image/annotation/mask of a listed id is missing
             (the message names it).
-        ValueError: an annotation names an unknown class, or the image set is empty.
+        ValueError: the image set is empty, or an annotation (the message names its file) does not parse,
+            names an unknown class, or has a box with a missing, non-numeric or non-finite coordinate or a
+            far edge before its near edge.
 
     Examples:
         >>> dataset = VOCMultiLabel("/data/VOCdevkit", "val")  # doctest: +SKIP
@@ -246,9 +249,6 @@ class VOCMultiLabel(Dataset[VOCSample]):
             "index": index,
         }
 
-    #: Collate function for a DataLoader (boxes stay a list).
-    collate = staticmethod(collate_voc)
-
     def _mask_path(self, image_id: str) -> Path:
         official = self.root / "SegmentationClass" / f"{image_id}.png"
         return official if official.is_file() else self.root / "SegmentationClassAug" / f"{image_id}.png"
@@ -272,9 +272,18 @@ def _voc_folder(root: Path) -> Path:
 
 
 def _read_annotation(path: Path, ignore_difficult: bool) -> list[tuple[float, float, float, float, float]]:
-    """``(class, x1, y1, x2, y2)`` rows, exclusive far edges (VOC's 1-based inclusive boxes converted)."""
+    """``(class, x1, y1, x2, y2)`` rows, exclusive far edges (VOC's 1-based inclusive boxes converted).
+
+    Raises:
+        ValueError: naming the file, for XML that does not parse, an unknown class, or a box whose
+            coordinate is missing, not a finite number, or whose far edge lies before its near edge.
+    """
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise ValueError(f"{path}: not a valid annotation XML: {error}") from None
     objects = []
-    for node in ElementTree.parse(path).getroot().iter("object"):
+    for number, node in enumerate(root.iter("object")):
         name = (node.findtext("name") or "").strip()
         if name not in _CLASS_INDEX:
             raise ValueError(f"{path}: unknown class {name!r}")
@@ -284,10 +293,30 @@ def _read_annotation(path: Path, ignore_difficult: bool) -> list[tuple[float, fl
         if box is None:
             raise ValueError(f"{path}: object {name!r} has no bndbox")
         xmin, ymin, xmax, ymax = (
-            float(box.findtext(tag) or "nan") for tag in ("xmin", "ymin", "xmax", "ymax")
+            _coordinate(path, number, name, box, tag) for tag in ("xmin", "ymin", "xmax", "ymax")
         )
+        if xmax < xmin or ymax < ymin:
+            raise ValueError(
+                f"{path}: object {number} ({name!r}) has an empty box: "
+                f"xmin {xmin:g}, ymin {ymin:g}, xmax {xmax:g}, ymax {ymax:g}"
+            )
         objects.append((float(_CLASS_INDEX[name]), xmin - 1, ymin - 1, xmax, ymax))
     return objects
+
+
+def _coordinate(path: Path, number: int, name: str, box: ElementTree.Element, tag: str) -> float:
+    """One ``bndbox`` coordinate, a finite number; otherwise a ValueError naming the file and the tag."""
+    text = (box.findtext(tag) or "").strip()
+    where = f"{path}: object {number} ({name!r}) bndbox"
+    if not text:
+        raise ValueError(f"{where} has no <{tag}>")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{where} <{tag}> must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{where} <{tag}> must be finite, got {text!r}")
+    return value
 
 
 def _download(root: Path, split: str) -> None:

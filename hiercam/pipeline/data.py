@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from hiercam.datasets import FashionScenes
+from hiercam.datasets import FashionScenes, collate_scenes
 from hiercam.pipeline.config import PipelineConfig
 from hiercam.pipeline.distributed import Distributed
 
@@ -191,7 +191,7 @@ def load_split(config: PipelineConfig, split: str) -> Split:
         root=config.data.root,
     )
     images, targets, masks, boxes = [], [], [], []
-    for batch in DataLoader(scenes, batch_size=256, collate_fn=FashionScenes.collate):
+    for batch in DataLoader(scenes, batch_size=256, collate_fn=collate_scenes):
         images.append((batch["image"] * 255).round().to(torch.uint8))
         targets.append(batch["targets"])
         masks.append(batch["mask"].to(torch.uint8))
