@@ -50,7 +50,7 @@ def evaluate_per_class(model: nn.Module, loader: DataLoader) -> list[float]:
     metric = MeanAveragePrecision()
     with torch.no_grad():
         for batch in loader:
-            metric.update(model(batch["image"]), batch["targets"])
+            metric.update(model(batch["image"]), batch["labels"])
     return metric.per_class().tolist()
 
 

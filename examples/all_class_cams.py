@@ -40,7 +40,7 @@ def main() -> None:
     # 2. All-class CAMs of a batch: one forward pass, one batched gradient.
     test = hiercam.FashionScenes("test", num_scenes=6, image_size=80)
     batch = hiercam.collate_scenes([test[i] for i in range(len(test))])
-    images, targets = batch["image"], batch["targets"]  # (6, 3, 80, 80), (6, 10)
+    images, targets = batch["image"], batch["labels"]  # (6, 3, 80, 80), (6, 10)
     with hiercam.GradCAM(model) as cam:  # target layer: the last 4-D layer, chosen on the first call
         maps = cam(images)  # (6, 10, 80, 80): every class, each map max-normalised to peak 1
         predicted = cam.logits.sigmoid() > 0.5  # (6, 10): logits of the same forward pass

@@ -54,7 +54,7 @@ print(hierarchy)
 # %% CAMs of every model for a batch of validation scenes
 val = FashionScenes("val", num_scenes=64, image_size=64)
 batch = collate_scenes([val[i] for i in range(len(val))])
-images, labels = batch["image"], batch["targets"]  # (B, 3, 64, 64), (B, K)
+images, labels = batch["image"], batch["labels"]  # (B, 3, 64, 64), (B, K)
 with hiercam.GradCAM(base_model) as cam:
     base_maps = cam(images)  # (B, K, 64, 64): M0 of every class
 level_maps = []

@@ -62,7 +62,7 @@ def main() -> None:
     # How close to the garment hierarchy (1.0 = the same partition), and how often each group is present in
     # the training targets: a group present in almost every scene gives a level model little to learn.
     natural = FashionScenes.natural_hierarchy()
-    targets = torch.stack([train[i]["targets"] for i in range(len(train))])  # (N, K)
+    targets = torch.stack([train[i]["labels"] for i in range(len(train))])  # (N, K)
     for level in range(1, hierarchy.num_levels):
         ari = adjusted_rand_score(natural.assignments(level), hierarchy.assignments(level))
         presence = hierarchy.remap_labels(targets, level).mean(dim=0)  # (N_level,)

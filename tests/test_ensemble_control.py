@@ -20,7 +20,7 @@ def _trained_model(seed: int, batch: dict[str, torch.Tensor]) -> nn.Module:
     for _ in range(4):
         order = torch.randperm(len(batch["image"]), generator=generator)[:8]
         loss = nn.functional.binary_cross_entropy_with_logits(
-            model(batch["image"][order]), batch["targets"][order]
+            model(batch["image"][order]), batch["labels"][order]
         )
         optimizer.zero_grad()
         loss.backward()
@@ -48,7 +48,7 @@ def two_models_maps() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tenso
     scenes = FashionScenes("train", num_scenes=16, image_size=48, seed=3)
     batch = dict(collate_scenes([scenes[i] for i in range(16)]))
     first, second = _trained_model(1, batch), _trained_model(2, batch)
-    images, labels = batch["image"][:6], batch["targets"][:6]
+    images, labels = batch["image"][:6], batch["labels"][:6]
     maps_first = GradCAM(first)(images, labels, normalize=None)
     maps_second = GradCAM(second)(images, labels, normalize=None)
     torch.set_num_threads(threads)
@@ -84,7 +84,7 @@ def test_the_ensemble_is_scored_like_any_maps(
 ) -> None:
     first, second, batch = two_models_maps
     ensemble = average_branch_maps([first, second])
-    labels, masks = batch["targets"][:6], batch["mask"][:6]
+    labels, masks = batch["labels"][:6], batch["mask"][:6]
     present = ensemble[labels.bool()]
     assert torch.all(
         present.amax(dim=(-2, -1)).isclose(torch.tensor(1.0)) | (present.amax(dim=(-2, -1)) == 0)

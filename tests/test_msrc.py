@@ -117,9 +117,9 @@ def test_image_labels_equal_image_labels_json(msrc_root: Path) -> None:
     expected = torch.zeros(len(dataset), 21)
     for row, image_id in enumerate(dataset.ids):
         expected[row, truth[image_id]] = 1.0
-    assert torch.equal(dataset.targets, expected)
+    assert torch.equal(dataset.labels, expected)
     for index in (0, 300, 590):
-        assert torch.equal(dataset[index]["targets"], expected[index])
+        assert torch.equal(dataset[index]["labels"], expected[index])
 
 
 @pytest.mark.shared
@@ -138,7 +138,7 @@ def test_stuff_classes_as_background(msrc_root: Path) -> None:
         sample = dataset[index]
         np.testing.assert_array_equal(sample["mask"].numpy(), lut[_png(msrc_root, image_id)])
         expected = [objects.index(c) for c in truth[image_id] if c in objects]
-        assert sample["targets"].nonzero()[:, 0].tolist() == expected
+        assert sample["labels"].nonzero()[:, 0].tolist() == expected
         assert set(sample["boxes"][:, 0].long().tolist()) <= set(expected)
 
 
@@ -149,7 +149,7 @@ def test_boxes_cover_the_class_pixels(msrc_root: Path) -> None:
     for index in range(0, 59, 10):
         sample = dataset[index]
         mask, boxes = sample["mask"], sample["boxes"]
-        assert sample["targets"][boxes[:, 0].long()].eq(1).all()
+        assert sample["labels"][boxes[:, 0].long()].eq(1).all()
         for label in set(mask.unique().tolist()) - {255}:
             covered = torch.zeros_like(mask, dtype=torch.bool)
             for _cls, x1, y1, x2, y2 in boxes[boxes[:, 0] == label - 1].long().tolist():
@@ -162,7 +162,7 @@ def test_batches_collate_with_collate_voc(msrc_root: Path) -> None:
     dataset = MSRC21(msrc_root, "val", image_size=48)
     batch = collate_voc([dataset[0], dataset[1], dataset[2]])
     assert batch["image"].shape == (3, 3, 48, 48)
-    assert batch["targets"].shape == (3, 21)
+    assert batch["labels"].shape == (3, 21)
     assert batch["mask"].shape == (3, 48, 48)
     assert len(batch["boxes"]) == 3
 
@@ -180,7 +180,7 @@ def test_boxes_of_a_hand_made_mask(tmp_path: Path) -> None:
     sample = MSRC21(root, "train", image_size=None, min_box_area=2)[0]
     expected = torch.tensor([[1, 0, 6, 3, 10], [3, 1, 1, 6, 5], [3, 9, 7, 12, 9]], dtype=torch.float32)
     assert torch.equal(sample["boxes"], expected)
-    assert sample["targets"].nonzero()[:, 0].tolist() == [1, 3, 5]  # the sky speck is still present
+    assert sample["labels"].nonzero()[:, 0].tolist() == [1, 3, 5]  # the sky speck is still present
     at_six = MSRC21(root, "train", image_size=None, min_box_area=6)[0]["boxes"]  # 6 pixels are enough
     assert at_six[:, 1:].tolist() == [[0, 6, 3, 10], [1, 1, 6, 5], [9, 7, 12, 9]]
     at_seven = MSRC21(root, "train", image_size=None, min_box_area=7)[0]["boxes"]
@@ -206,13 +206,13 @@ def test_a_transform_can_remove_a_class(tmp_path: Path) -> None:
 
     flipped = MSRC21(root, "train", image_size=None, transform=flip, min_box_area=0)[0]
     assert flipped["boxes"].tolist() == [[3, 6, 1, 8, 3], [9, 0, 5, 3, 7]]
-    assert flipped["targets"].nonzero()[:, 0].tolist() == [3, 9]
+    assert flipped["labels"].nonzero()[:, 0].tolist() == [3, 9]
 
     def crop(image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return image[:, :4, :4], labels[:4, :4]
 
     cropped = MSRC21(root, "train", image_size=None, transform=crop, min_box_area=0)[0]
-    assert cropped["targets"].nonzero()[:, 0].tolist() == [3]  # the car was cropped out
+    assert cropped["labels"].nonzero()[:, 0].tolist() == [3]  # the car was cropped out
     assert cropped["boxes"].tolist() == [[3, 0, 1, 2, 3]]
 
 
@@ -224,7 +224,7 @@ def test_fake_tree_reads_back(tmp_path: Path) -> None:
         sample = dataset[index]
         png = info["masks"][image_id]
         np.testing.assert_array_equal(sample["mask"].numpy(), np.where(png == 255, 255, png + 1))
-        assert sample["targets"].nonzero()[:, 0].tolist() == info["labels"][image_id]
+        assert sample["labels"].nonzero()[:, 0].tolist() == info["labels"][image_id]
 
 
 def test_negative_index_and_repr(tmp_path: Path) -> None:
@@ -394,7 +394,7 @@ def test_a_data_loader_batches_the_fake_tree(tmp_path: Path) -> None:
     dataset = MSRC21(write_fake_msrc21(tmp_path, num_images=8)["root"], "train", image_size=(40, 56))
     batch = next(iter(DataLoader(dataset, batch_size=3, collate_fn=collate_voc)))
     assert batch["image"].shape == (3, 3, 40, 56)
-    assert batch["targets"].shape == (3, 21)
+    assert batch["labels"].shape == (3, 21)
     assert batch["mask"].dtype == torch.int64
     assert [len(b) for b in batch["boxes"]] == [len(dataset[i]["boxes"]) for i in range(3)]
-    assert torch.equal(batch["targets"], dataset.targets[:3])
+    assert torch.equal(batch["labels"], dataset.labels[:3])

@@ -282,7 +282,7 @@ def test_beyond_the_paper_options_run_and_are_chosen_on_validation(
     full = HierarchicalKMeans((4, 2), random_state=0).fit(
         base["classifier.weight"].float(), class_names=hierarchy.class_names
     )
-    targets = load_split(config, "train").targets
+    targets = load_split(config, "train").labels
     kept = [lv for lv in (1, 2) if float(full.remap_labels(targets, lv).float().mean(0).max()) <= 0.97]
     assert hierarchy == ClassHierarchy([full.assignments(lv).tolist() for lv in kept], full.class_names)
     two_branch = json.loads(next((tmp_path / "models").glob("two_branch_L0-*.json")).read_text())

@@ -54,7 +54,7 @@ class MSRC21Sample(TypedDict):
     """
 
     image: Tensor  # (3, H, W) float32 in [0, 1]
-    targets: Tensor  # (K,) float32 multi-hot
+    labels: Tensor  # (K,) float32 multi-hot
     mask: Tensor  # (H, W) int64: 0 background, k + 1 class k, 255 void (ignored)
     boxes: Tensor  # (M, 5) float32 rows (class, x1, y1, x2, y2), x2/y2 exclusive
     index: int
@@ -87,7 +87,7 @@ class MSRC21(Dataset[MSRC21Sample]):
     of their true class; average the IoUs of [`scored_labels`][hiercam.datasets.MSRC21.scored_labels] only
     (label 0's IoU is 0 by construction). With ``background_classes`` (e.g.
     [`MSRC21_STUFF_CLASSES`][hiercam.datasets.MSRC21_STUFF_CLASSES]) those classes become the background,
-    label ``0``: they leave ``targets`` and ``classes`` and the other classes are renumbered in their
+    label ``0``: they leave ``labels`` and ``classes`` and the other classes are renumbered in their
     order. ``docs/datasets.md`` says why the default scores all classes.
 
     **Boxes.** One box per 8-connected component of each class in the final label map (after resizing and
@@ -96,7 +96,7 @@ class MSRC21(Dataset[MSRC21Sample]):
     class, then by the first pixel of the component in row-major order. Void pixels belong to no component,
     so MSRC's void bands can split an object into several boxes.
 
-    **Labels.** ``targets`` come from ``image_labels.json`` (the classes of the full-size label map, which
+    **Labels.** ``labels`` come from ``image_labels.json`` (the classes of the full-size label map, which
     are checked to agree), even if a small region vanishes in the resizing. A ``transform`` may remove a
     class (a crop): a class that had pixels before the transform and has none after it is no longer a target.
 
@@ -106,7 +106,7 @@ class MSRC21(Dataset[MSRC21Sample]):
         image_size: output side ``S`` (square ``S x S``), an ``(H, W)`` pair, or ``None`` for the original
             size.
         transform: optional ``transform(image, mask) -> (image, mask)`` applied after resizing, e.g. a
-            random flip; boxes and targets are computed from its output. It receives a ``(3, H, W)`` float32
+            random flip; boxes and labels are computed from its output. It receives a ``(3, H, W)`` float32
             image and a ``(H, W)`` int64 mask and must return tensors of those ranks with equal sizes.
         min_box_area: smallest component, in pixels of the final label map, that gets a box (>= 0; 0 keeps
             every component). The default 100 drops specks: at 224 x 224 it is 0.2 % of the image, and 12 of
@@ -133,7 +133,7 @@ class MSRC21(Dataset[MSRC21Sample]):
         >>> root = write_fake_msrc21(tempfile.mkdtemp(), num_images=8)["root"]
         >>> dataset = MSRC21(root, "train", image_size=64)
         >>> sample = dataset[0]
-        >>> sample["image"].shape, sample["targets"].shape, sample["mask"].shape
+        >>> sample["image"].shape, sample["labels"].shape, sample["mask"].shape
         (torch.Size([3, 64, 64]), torch.Size([21]), torch.Size([64, 64]))
         >>> stuff = MSRC21(root, "train", image_size=64, background_classes=MSRC21_STUFF_CLASSES)
         >>> len(stuff.classes), stuff.classes[:3], stuff.scored_labels[:3]
@@ -201,7 +201,7 @@ class MSRC21(Dataset[MSRC21Sample]):
         return tuple(range(first, self.num_classes + 1))
 
     @property
-    def targets(self) -> Tensor:
+    def labels(self) -> Tensor:
         """``(N, K)`` float32 multi-hot labels of the images, from ``image_labels.json`` (no pixel read)."""
         out = torch.zeros(len(self.ids), self.num_classes)
         for row, image_id in enumerate(self.ids):
@@ -240,7 +240,7 @@ class MSRC21(Dataset[MSRC21Sample]):
                 targets[label - 1] = 0.0
         return {
             "image": image,
-            "targets": targets,
+            "labels": targets,
             "mask": mask,
             "boxes": self._boxes(mask),
             "index": index,

@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 for multi-label classification and CAM evaluation: image, targets, label map, boxes.
+"""PASCAL VOC 2012 for multi-label classification and CAM evaluation: image, labels, label map, boxes.
 
 Reads the standard layout (``VOCdevkit/VOC2012/{JPEGImages, Annotations, SegmentationClass, ImageSets}``)
 and, when present, the usual SBD augmentation (``SegmentationClassAug/`` and
@@ -35,7 +35,7 @@ class VOCSample(TypedDict):
     """One sample: shapes after the transform (``H x W``, e.g. 224 x 224), ``M`` objects."""
 
     image: Tensor  # (3, H, W) float32 in [0, 1]
-    targets: Tensor  # (20,) float32 multi-hot
+    labels: Tensor  # (20,) float32 multi-hot
     mask: Tensor  # (H, W) int64: 0 background, k + 1 class k, 255 ignore (empty (0, 0) without masks)
     boxes: Tensor  # (M, 5) float32 (class, x1, y1, x2, y2), x2/y2 exclusive (empty without boxes)
     index: int
@@ -115,10 +115,10 @@ Transform = Callable[[Tensor, Tensor | None, Tensor | None], tuple[Tensor, Tenso
 
 
 def collate_voc(samples: Sequence[VOCSample]) -> dict[str, Any]:
-    """Stack images, targets and masks; keep boxes as a list (their number varies)."""
+    """Stack images, labels and masks; keep boxes as a list (their number varies)."""
     return {
         "image": torch.stack([s["image"] for s in samples]),
-        "targets": torch.stack([s["targets"] for s in samples]),
+        "labels": torch.stack([s["labels"] for s in samples]),
         "mask": torch.stack([s["mask"] for s in samples]),
         "boxes": [s["boxes"] for s in samples],
         "index": torch.tensor([s["index"] for s in samples]),
@@ -126,7 +126,7 @@ def collate_voc(samples: Sequence[VOCSample]) -> dict[str, Any]:
 
 
 class VOCMultiLabel(Dataset[VOCSample]):
-    """PASCAL VOC 2012 images with 20-class multi-hot targets, label maps and boxes.
+    """PASCAL VOC 2012 images with 20-class multi-hot labels, label maps and boxes.
 
     Targets come from the XML annotations (a class is present when the image has an object of it; with
     ``ignore_difficult=True`` objects marked ``difficult`` are left out); after a cropping transform, a class
@@ -145,7 +145,7 @@ class VOCMultiLabel(Dataset[VOCSample]):
             ``VOCTransform`` (short side 224, centre crop 224); ``None`` keeps full images.
         with_masks: load label maps (every listed image must have one).
         with_boxes: parse boxes.
-        ignore_difficult: leave ``difficult`` objects out of targets and boxes.
+        ignore_difficult: leave ``difficult`` objects out of labels and boxes.
         download: fetch VOC 2012 into ``root`` through torchvision first (never by default).
 
     Raises:
@@ -158,7 +158,7 @@ class VOCMultiLabel(Dataset[VOCSample]):
     Examples:
         >>> dataset = VOCMultiLabel("/data/VOCdevkit", "val")  # doctest: +SKIP
         >>> sample = dataset[0]  # doctest: +SKIP
-        >>> sample["image"].shape, sample["targets"].shape, sample["mask"].shape  # doctest: +SKIP
+        >>> sample["image"].shape, sample["labels"].shape, sample["mask"].shape  # doctest: +SKIP
         (torch.Size([3, 224, 224]), torch.Size([20]), torch.Size([224, 224]))
     """
 
@@ -213,8 +213,8 @@ class VOCMultiLabel(Dataset[VOCSample]):
         ]
 
     @property
-    def targets(self) -> Tensor:
-        """``(N, 20)`` multi-hot targets of the full (untransformed) images, from the annotations."""
+    def labels(self) -> Tensor:
+        """``(N, 20)`` multi-hot labels of the full (untransformed) images, from the annotations."""
         out = torch.zeros(len(self.ids), len(VOC_CLASSES))
         for row, objects in enumerate(self._objects):
             for cls, *_ in objects:
@@ -243,7 +243,7 @@ class VOCMultiLabel(Dataset[VOCSample]):
             targets[boxes[:, 0].long()] = 1.0
         return {
             "image": pixels,
-            "targets": targets,
+            "labels": targets,
             "mask": mask if mask is not None else torch.zeros(0, 0, dtype=torch.long),
             "boxes": boxes if self.with_boxes and boxes is not None else torch.zeros(0, 5),
             "index": index,

@@ -312,7 +312,7 @@ def evaluate(
         rest_reduction=config.method.rest_reduction,
         fusion_weights=fusion,
         hierarchy=hierarchy,
-        group_presence=group_presence(hierarchy, ctx.data("train").targets),
+        group_presence=group_presence(hierarchy, ctx.data("train").labels),
         histories={key: trained.history for key, trained in models.items()},
         seconds=dict(ctx.timings),
         figure_scenes=scenes,

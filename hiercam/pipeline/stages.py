@@ -273,7 +273,7 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
         weighted=method.grouping_weighted,
         random_state=config.seed,
     )
-    targets = ctx.data("train").targets
+    targets = ctx.data("train").labels
     if method.max_group_presence is not None:
         try:
             hierarchy = hierarchy.drop_saturated_levels(targets, method.max_group_presence)
