@@ -18,7 +18,16 @@ from torch import Tensor, nn
 from hiercam._validation import check_choice, check_finite, check_int, check_tensor, format_shape, type_name
 from hiercam.metrics._inputs import check_maps_and_labels
 
-__all__ = ["Model", "ScoreMode", "Trials", "check_images", "check_common", "trials", "class_scores", "trial_scores"]
+__all__ = [
+    "Model",
+    "ScoreMode",
+    "Trials",
+    "check_images",
+    "check_common",
+    "trials",
+    "class_scores",
+    "trial_scores",
+]
 
 Model = Callable[[Tensor], object]
 ScoreMode = Literal["softmax", "sigmoid", "logit"]
@@ -39,14 +48,14 @@ def check_images(images: Tensor, maps: Tensor) -> Tensor:
     if images.shape[0] != maps.shape[0] or images.shape[2:] != maps.shape[2:]:
         raise ValueError(
             f"`images` (B, C, H, W) must match `maps` (B, K, H, W) in B, H and W, got "
-            f"{format_shape(images.shape)} and {format_shape(maps.shape)}; upsample the maps to the image size "
-            "first (torch.nn.functional.interpolate)"
+            f"{format_shape(images.shape)} and {format_shape(maps.shape)}; upsample the maps to the image "
+            "size first (torch.nn.functional.interpolate)"
         )
     check_finite(images, "images")
     return images
 
 
-def check_common(model: object, score: str, batch_size: int) -> tuple[ScoreMode, int]:
+def check_common(model: object, score: ScoreMode, batch_size: int) -> tuple[ScoreMode, int]:
     """The options every faithfulness metric takes."""
     if not callable(model):
         raise TypeError(f"`model` must be a callable classifier (e.g. an nn.Module), got {type_name(model)}")
@@ -114,7 +123,7 @@ def class_scores(
     score: ScoreMode,
     batch_size: int,
 ) -> Tensor:
-    """Scores ``(N,)`` float32 of ``classes[n]`` on the inputs ``make_inputs(rows)``, in chunks of ``batch_size``.
+    """Scores ``(N,)`` float32 of ``classes[n]`` on ``make_inputs(rows)``, in chunks of ``batch_size``.
 
     ``make_inputs`` builds the perturbed images of the rows ``rows`` (an int64 index tensor) only when
     their chunk is due, so at most ``batch_size`` perturbed images exist at a time.

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hiercam._validation import check_choice, check_int, format_shape, type_name
+from hiercam._validation import check_choice, check_int, format_shape
 from hiercam.maps import NormalizeMode, normalize_maps
 from hiercam.metrics._base import Metric
 from hiercam.metrics._perturb import Model, ScoreMode, check_common, class_scores, trial_scores, trials
@@ -100,7 +100,7 @@ def _baseline_images(images: Tensor, baseline: Baseline) -> Tensor:
 
 
 def _step_counts(pixels: int, steps: int) -> list[int]:
-    """Pixels changed at each point of the curve: ``0, s, 2s, ..., pixels`` with ``s = ceil(pixels / steps)``."""
+    """Pixels changed at each point: ``0, s, 2s, ..., pixels`` with ``s = ceil(pixels / steps)``."""
     size = -(-pixels // steps)
     return [*range(0, pixels, size), pixels]
 
@@ -111,7 +111,7 @@ def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
     return values.mean(dim=0) if values.shape[0] else torch.full(values.shape[1:], torch.nan).double()
 
 
-# --------------------------------------------------------------------------------------------- deletion / insertion
+# ------------------------------------------------------------------------------------- deletion / insertion
 def _deletion_insertion_update(
     model: Model,
     maps: Tensor,
@@ -133,7 +133,9 @@ def _deletion_insertion_update(
     counts = _step_counts(pixels, steps)
     points = len(counts)
     order = torch.argsort(found.maps.reshape(count, -1), dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(pixels, device=order.device).expand_as(order))
+    ranks = torch.empty_like(order).scatter_(
+        1, order, torch.arange(pixels, device=order.device).expand_as(order)
+    )
     # jobs, trial-major: deletion at points 1..n-1, then insertion at points 1..n-2 (the ends are shared)
     device = images.device
     deleted = torch.tensor(counts[1:], device=device)
@@ -144,7 +146,10 @@ def _deletion_insertion_update(
     job_trial = torch.arange(count, device=device).repeat_interleave(jobs)
     job_count = per_trial.repeat(count)
     job_insert = kinds.repeat(count)
-    flat_images, flat_substrate = images.detach().reshape(batch, channels, -1), substrate.reshape(batch, channels, -1)
+    flat_images, flat_substrate = (
+        images.detach().reshape(batch, channels, -1),
+        substrate.reshape(batch, channels, -1),
+    )
 
     def make_inputs(rows: Tensor) -> Tensor:
         trial = job_trial[rows]
@@ -169,8 +174,8 @@ def _check_deletion_options(steps: int, baseline: object) -> tuple[int, Baseline
     return check_int(steps, "steps", minimum=1), _check_baseline(baseline)
 
 
-def _check_reduction(reduction: str) -> Reduction:
-    return check_choice(reduction, "reduction", ("mean", "none"))  # type: ignore[return-value]
+def _check_reduction(reduction: Reduction) -> Reduction:
+    return check_choice(reduction, "reduction", ("mean", "none"))
 
 
 def deletion_insertion(
@@ -269,8 +274,9 @@ class _MeanMetric(Metric):
 
 
 class DeletionInsertion(_MeanMetric):
-    """Streaming deletion / insertion areas: means over every trial seen (see
-    [`deletion_insertion`][hiercam.deletion_insertion], which shares the kernel).
+    """Streaming deletion / insertion areas: means over every trial seen.
+
+    See [`deletion_insertion`][hiercam.deletion_insertion], which shares the kernel.
 
     Args:
         model: the classifier, as in [`deletion_insertion`][hiercam.deletion_insertion] (not registered as
@@ -282,10 +288,13 @@ class DeletionInsertion(_MeanMetric):
         >>> import torch
         >>> model = lambda x: x.sum((2, 3))  # class k's logit: the sum of channel k
         >>> metric = DeletionInsertion(model, steps=4, score="logit")
-        >>> metric.update(torch.rand(2, 2, 4, 4), torch.tensor([[1, 0], [1, 1]]), images=torch.ones(2, 2, 4, 4))
+        >>> labels = torch.tensor([[1, 0], [1, 1]])
+        >>> metric.update(torch.rand(2, 2, 4, 4), labels, images=torch.ones(2, 2, 4, 4))
         >>> metric.compute().deletion
         tensor(8., dtype=torch.float64)
     """
+
+    model: Model
 
     def __init__(
         self,
@@ -355,8 +364,8 @@ def _confidence_update(
     return torch.stack([drop, (after > before).double(), after - before], dim=1).cpu()
 
 
-def _check_normalize(normalize: object) -> NormalizeMode | None:
-    return check_choice(normalize, "normalize", ("minmax", "max", None))  # type: ignore[return-value]
+def _check_normalize(normalize: NormalizeMode | None) -> NormalizeMode | None:
+    return check_choice(normalize, "normalize", ("minmax", "max", None))
 
 
 def confidence_change(
@@ -388,8 +397,13 @@ def confidence_change(
     score one class per image (the top-1 or a target); here every present class is scored.
 
     Args:
-        maps, labels, images, model, score, batch_size, reduction: as in
-            [`deletion_insertion`][hiercam.deletion_insertion].
+        maps: class activation maps ``(B, K, H, W)`` at the image size, floating point, finite.
+        labels: multi-hot labels ``(B, K)`` choosing the trials.
+        images: the model's inputs ``(B, C, H, W)``, as in [`deletion_insertion`][hiercam.deletion_insertion].
+        model: the classifier, as in [`deletion_insertion`][hiercam.deletion_insertion].
+        score: ``"softmax"`` (default), ``"sigmoid"`` or ``"logit"``.
+        batch_size: masked images per forward pass.
+        reduction: ``"mean"`` over trials, or ``"none"`` per trial.
         normalize: how maps are brought to ``[0, 1]`` with [`normalize_maps`][hiercam.normalize_maps]:
             ``"minmax"`` (the peers' convention, default), ``"max"``, or ``None`` for maps already in
             ``[0, 1]``.
@@ -419,8 +433,9 @@ def confidence_change(
 
 
 class ConfidenceChange(_MeanMetric):
-    """Streaming Average Drop / Increase in Confidence / confidence change (see
-    [`confidence_change`][hiercam.confidence_change], which shares the kernel): means over every trial seen.
+    """Streaming Average Drop / Increase in Confidence / confidence change: means over every trial seen.
+
+    See [`confidence_change`][hiercam.confidence_change], which shares the kernel.
 
     Args:
         model: the classifier (a plain attribute, not a submodule).
@@ -435,6 +450,8 @@ class ConfidenceChange(_MeanMetric):
         >>> metric.compute().average_drop
         tensor(0.7500, dtype=torch.float64)
     """
+
+    model: Model
 
     def __init__(
         self,
@@ -453,9 +470,7 @@ class ConfidenceChange(_MeanMetric):
     def update(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> None:
         """Add a batch; arguments as in [`confidence_change`][hiercam.confidence_change]."""
         self._add(
-            _confidence_update(
-                self.model, maps, labels, images, self.normalize, self.score, self.batch_size
-            )
+            _confidence_update(self.model, maps, labels, images, self.normalize, self.score, self.batch_size)
         )
 
     def forward(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> ConfidenceResult:
