@@ -56,7 +56,7 @@ def small_net(num_classes: int = 5) -> nn.Module:
     ).eval()
 
 
-# --------------------------------------------------------------------------------------------- deletion / insertion
+# ------------------------------------------------------------------------------------- deletion / insertion
 def test_deletion_insertion_by_hand() -> None:
     # class 0: 8 pixels of value 1 in its region, all ranked first; steps=4 removes 4 pixels a step
     # deletion curve 8, 4, 0, 0, 0 -> area 1/4 * (4 + 4 + 0 + 0 + 0) = 2; insertion 0, 4, 8, 8, 8 -> 6
@@ -180,7 +180,9 @@ def test_streaming_equals_functional_and_restores_modes() -> None:
     torch.testing.assert_close(metric.compute().insertion, whole.insertion)
     part = deletion_insertion(maps[:2], labels[:2], images=images[:2], model=model, steps=4)
     torch.testing.assert_close(first.deletion, part.deletion)
-    assert model.training and not model[1].training and model[0].training
+    assert model.training
+    assert not model[1].training
+    assert model[0].training
     assert set(metric.state_dict()) == {"sums", "count"}
 
 
@@ -266,7 +268,8 @@ def test_imputation_fills_a_linear_ramp_exactly_and_noise_is_seeded() -> None:
     torch.testing.assert_close(noisy_linear_impute(ramp, removed, noise=0.0), ramp)
     first = noisy_linear_impute(ramp, removed, generator=torch.Generator().manual_seed(1))
     again = noisy_linear_impute(ramp, removed, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(first, again) and not torch.equal(first, ramp)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, ramp)
 
 
 @pytest.mark.parametrize("percentage", [10, 35, 70, 90])
@@ -381,7 +384,8 @@ def test_bad_options_in_constructors_and_no_trials() -> None:
     empty = deletion_insertion(
         torch.rand(1, 2, 4, 4), torch.zeros(1, 2), images=torch.ones(1, 2, 4, 4), model=model
     )
-    assert torch.isnan(empty.deletion) and torch.isnan(empty.insertion)
+    assert torch.isnan(empty.deletion)
+    assert torch.isnan(empty.insertion)
     assert confidence_change(
         torch.rand(1, 2, 4, 4),
         torch.zeros(1, 2),
