@@ -26,7 +26,7 @@ from hiercam.metrics.faithfulness import (
     deletion_insertion,
 )
 from hiercam.metrics.localization import BoxComponents, LocalizationError, cam_boxes, localization_error
-from hiercam.metrics.road import ROAD, ROADResult, noisy_linear_impute, road
+from hiercam.metrics.remove_and_debias import ROAD, ROADResult, noisy_linear_impute, road
 from hiercam.metrics.segmentation import IoUResult, MeanIoU, maps_to_masks, mean_iou, mean_iou_from_masks
 from hiercam.metrics.wsol import MaxBoxAccResult, MaxBoxAccV2, PxAP, max_box_acc, pxap
 

@@ -9,8 +9,8 @@ The imputation is the one of the ROAD paper's code (also in pytorch-grad-cam's `
 removed pixel equals the weighted mean of its 8 neighbours (weights 1/6 on the sides, 1/12 on the diagonals,
 only neighbours inside the image), a sparse linear system solved exactly with ``scipy.sparse.linalg.spsolve``,
 plus Gaussian noise of standard deviation ``noise`` (0.01 by default) on the imputed values. The systems of
-all trials of a chunk are solved as one block-diagonal system. The solve runs on the CPU; the rest runs on
-the images' device.
+each image is built with vectorised NumPy and solved on its own (SciPy's SuperLU was 1.3x to 7x slower on
+one block-diagonal system for a chunk). The solve runs on the CPU; the rest runs on the images' device.
 
 [`road`][hiercam.road] and [`ROAD`][hiercam.ROAD] share the private kernel ``_road_update``.
 """
@@ -95,20 +95,36 @@ def noisy_linear_impute(
 
 
 def _impute(images: Tensor, removed: Tensor, noise: float, generator: torch.Generator | None) -> Tensor:
+    """Images ``(N, C, H, W)`` with the ``removed`` ``(N, H, W)`` pixels imputed, one solve per image."""
+    channels = images.shape[1]
+    result = images.detach().clone()
+    masks = removed.detach().cpu().numpy()
+    values = images.detach().cpu().double().numpy()
+    for index in range(images.shape[0]):
+        unknown = np.flatnonzero(masks[index])
+        if unknown.size == 0:
+            continue
+        filled = torch.from_numpy(_solve(values[index], masks[index])).to(torch.float32)
+        if noise:
+            filled = filled + noise * torch.randn(filled.shape, generator=generator)
+        flat = result[index].reshape(channels, -1)
+        flat[:, torch.from_numpy(unknown).to(flat.device)] = filled.T.to(flat)
+    return result
+
+
+def _solve(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The imputed values ``(U, C)`` of the ``U`` pixels of ``mask`` ``(H, W)`` in an image ``(C, H, W)``."""
     from scipy.sparse import csc_matrix  # imported here: SciPy is slow to import
     from scipy.sparse.linalg import spsolve
 
-    count, channels, height, width = images.shape
-    mask = removed.detach().cpu().numpy().reshape(-1)
-    values = images.detach().cpu().double().numpy().transpose(0, 2, 3, 1).reshape(-1, channels)
-    unknown = np.flatnonzero(mask)
-    if unknown.size == 0:
-        return images.clone()
-    variable = np.full(mask.size, -1, dtype=np.int64)
+    channels, height, width = image.shape
+    flat_mask = mask.reshape(-1)
+    pixels = image.reshape(channels, -1).T
+    unknown = np.flatnonzero(flat_mask)
+    variable = np.full(flat_mask.size, -1, dtype=np.int64)
     variable[unknown] = np.arange(unknown.size)
-    image, rest = np.divmod(unknown, height * width)
-    row, col = np.divmod(rest, width)
-    rows, cols, weights = [], [], []
+    row, col = np.divmod(unknown, width)
+    rows, cols, weights = [np.arange(unknown.size)], [np.arange(unknown.size)], []
     diagonal = np.zeros(unknown.size)
     rhs = np.zeros((unknown.size, channels))
     for d_row, d_col, weight in _NEIGHBOURS:
@@ -116,26 +132,17 @@ def _impute(images: Tensor, removed: Tensor, noise: float, generator: torch.Gene
         inside = (n_row >= 0) & (n_row < height) & (n_col >= 0) & (n_col < width)
         diagonal[inside] -= weight
         equation = np.flatnonzero(inside)
-        neighbour = image[inside] * height * width + n_row[inside] * width + n_col[inside]
-        free = mask[neighbour]
+        neighbour = n_row[inside] * width + n_col[inside]
+        free = flat_mask[neighbour]
         rows.append(equation[free])
         cols.append(variable[neighbour[free]])
         weights.append(np.full(int(free.sum()), weight))
-        rhs[equation[~free]] -= weight * values[neighbour[~free]]
-    rows.append(np.arange(unknown.size))
-    cols.append(np.arange(unknown.size))
-    weights.append(diagonal)
+        rhs[equation[~free]] -= weight * pixels[neighbour[~free]]
     system = csc_matrix(
-        (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
+        (np.concatenate([diagonal, *weights]), (np.concatenate(rows), np.concatenate(cols))),
         shape=(unknown.size, unknown.size),
     )
-    solution = np.asarray(spsolve(system, rhs)).reshape(unknown.size, channels)
-    filled = torch.from_numpy(solution).to(torch.float32)
-    if noise:
-        filled = filled + noise * torch.randn(filled.shape, generator=generator)
-    flat = images.detach().permute(0, 2, 3, 1).reshape(-1, channels).clone()
-    flat[torch.from_numpy(unknown).to(flat.device)] = filled.to(flat)
-    return flat.reshape(count, height, width, channels).permute(0, 3, 1, 2).contiguous()
+    return np.asarray(spsolve(system, rhs)).reshape(unknown.size, channels)
 
 
 # --------------------------------------------------------------------------------------------- kernels
