@@ -198,10 +198,10 @@ def deletion_insertion(
     replaced by the baseline ``x_0``, the insertion curve that of ``x_0`` with its first ``n_i`` pixels
     restored from ``x``. Each area is the trapezoidal integral over the fraction changed ``n_i / N``:
 
-    $$
+    ```latex
     \mathrm{Del} = \int_0^1 f_k\big(x \odot (1 - M_t) + x_0 \odot M_t\big)\,dt, \qquad
     \mathrm{Ins} = \int_0^1 f_k\big(x_0 \odot (1 - M_t) + x \odot M_t\big)\,dt,
-    $$
+    ```
 
     ``M_t`` the mask of the top fraction ``t`` of pixels. A faithful map gives a low deletion and a high
     insertion area. This is torchcam's ``DeletionInsertionMetric`` (same counts, ranking and integral),
@@ -384,11 +384,11 @@ def confidence_change(
     For a trial (image ``x``, class ``k``, map ``m`` normalised to ``[0, 1]``), ``Y = f_k(x)`` and
     ``O = f_k(x \odot m)`` (the map multiplies every channel). Over the ``P`` trials:
 
-    $$
+    ```latex
     \mathrm{AverageDrop} = \frac{1}{P}\sum \frac{\max(0, Y - O)}{Y}, \quad
     \mathrm{Increase} = \frac{1}{P}\sum \mathbb{1}[O > Y], \quad
     \mathrm{Change} = \frac{1}{P}\sum (O - Y).
-    $$
+    ```
 
     Grad-CAM++ reports the first two in percent (here fractions; the drop exceeds 1 only for negative
     scores, so use ``"softmax"`` or ``"sigmoid"`` with it). torchcam's ``ClassificationMetric`` computes the

@@ -180,10 +180,10 @@ def max_box_acc(
 ) -> MaxBoxAccResult:
     r"""MaxBoxAccV2 (Choe et al., CVPR 2020) of a batch, as a fraction in [0, 1]: higher is better.
 
-    $$
+    ```latex
     \mathrm{MaxBoxAccV2} = \frac{1}{|D|}\sum_{\delta \in D} \max_{t}\, \frac{1}{P}\sum_{p=1}^{P}
     \mathbb{1}\big[\max_{b \in B_p(t),\, g \in G_p} \mathrm{IoU}(b, g) \ge \delta\big],
-    $$
+    ```
 
     ``D`` the IoU thresholds, ``t`` the grid ``0, interval, ...``, ``B_p(t)`` the boxes of trial ``p``'s
     regions at ``t`` and ``G_p`` the ground-truth boxes of its class (none: the trial fails). The module
@@ -346,10 +346,10 @@ def pxap(
     those with another value the background, and ``ignore_index`` pixels are left out. With the counts of
     the whole batch at the thresholds ``t_i`` of the grid (scores ``>= t_i``),
 
-    $$
+    ```latex
     \mathrm{PxAP} = \sum_i P(t_i)\,\big(R(t_i) - R(t_{i+1})\big), \quad
     P(t) = \frac{TP(t)}{TP(t) + FP(t)}, \; R(t) = \frac{TP(t)}{TP(t) + FN(t)},
-    $$
+    ```
 
     the sum over decreasing thresholds; see the module docstring for the bins and the normalisation.
 
