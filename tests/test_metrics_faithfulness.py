@@ -420,3 +420,50 @@ def test_on_the_gpu_equals_cpu() -> None:
         maps.cuda(), labels.cuda(), images=images.cuda(), model=model.cuda(), percentages=[50], noise=0.0
     )
     torch.testing.assert_close(road_gpu.morf, road_cpu.morf, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- a group
+def test_metric_group_feeds_every_metric_what_it_reads() -> None:
+    from hiercam.metrics import (
+        LocalizationError,
+        MaxBoxAccV2,
+        MeanIoU,
+        MetricGroup,
+        PxAP,
+        max_box_acc,
+        mean_iou,
+    )
+
+    model = small_net()
+    images, maps = torch.randn(2, 3, 8, 8), torch.rand(2, 5, 8, 8)
+    labels = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 0, 1]])
+    masks = torch.randint(0, 6, (2, 8, 8))
+    boxes = [
+        torch.tensor([[0, 1, 1, 6, 6], [2, 0, 2, 4, 8]]),
+        torch.tensor([[1, 2, 2, 8, 8], [4, 0, 0, 3, 3]]),
+    ]
+    group = MetricGroup(
+        {
+            "deletion": DeletionInsertion(model, steps=4),
+            "miou": MeanIoU(num_classes=6),
+            "loc": LocalizationError(),
+            "boxacc": MaxBoxAccV2(),
+            "pxap": PxAP(),
+        }
+    )
+    with pytest.raises(ValueError, match="needs `boxes=`"):
+        group.update(maps, labels, images=images, masks=masks)
+    assert int(group["pxap"].hist.sum()) == 0  # refused before any metric was updated
+    group.update(maps, labels, images=images, masks=masks, boxes=boxes)
+    figures = group.compute()
+    expected = deletion_insertion(maps, labels, images=images, model=model, steps=4)
+    assert figures["deletion.deletion"] == pytest.approx(float(expected.deletion))
+    assert figures["miou.miou"] == pytest.approx(
+        float(mean_iou(maps, labels, masks=masks, num_classes=6).miou)
+    )
+    assert figures["boxacc.per_iou"] == pytest.approx(max_box_acc(maps, labels, boxes=boxes).per_iou.tolist())
+    assert isinstance(figures["pxap"], float)
+    group.reset()
+    assert np.isnan(group.compute()["loc"])
+    with pytest.raises(TypeError, match="hiercam Metric"):
+        MetricGroup({"x": nn.Linear(2, 2)})  # type: ignore[dict-item]

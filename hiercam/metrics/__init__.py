@@ -25,14 +25,16 @@ from hiercam.metrics.faithfulness import (
     confidence_change,
     deletion_insertion,
 )
+from hiercam.metrics.group import MetricGroup
 from hiercam.metrics.localization import BoxComponents, LocalizationError, cam_boxes, localization_error
 from hiercam.metrics.remove_and_debias import ROAD, ROADResult, noisy_linear_impute, road
 from hiercam.metrics.segmentation import IoUResult, MeanIoU, maps_to_masks, mean_iou, mean_iou_from_masks
 from hiercam.metrics.wsol import MaxBoxAccResult, MaxBoxAccV2, PxAP, max_box_acc, pxap
 
 __all__ = [
-    # the base of the streaming metrics
+    # the base of the streaming metrics, and a group of them fed by one call per batch
     "Metric",
+    "MetricGroup",
     # segmentation (mIoU at a background threshold, Eq. 7)
     "maps_to_masks",
     "mean_iou",
