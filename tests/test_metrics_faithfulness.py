@@ -467,3 +467,23 @@ def test_metric_group_feeds_every_metric_what_it_reads() -> None:
     assert np.isnan(group.compute()["loc"])
     with pytest.raises(TypeError, match="hiercam Metric"):
         MetricGroup({"x": nn.Linear(2, 2)})  # type: ignore[dict-item]
+
+
+def test_models_in_train_mode_are_scored_in_eval_mode_and_two_branch_outputs_are_read() -> None:
+    from hiercam.models import TwoBranchOutput
+
+    model = small_net()
+    images, maps = torch.randn(2, 3, 8, 8), torch.rand(2, 5, 8, 8)
+    labels = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 0, 1]])
+    expected = confidence_change(maps, labels, images=images, model=model, reduction="none")
+    trained = confidence_change(maps, labels, images=images, model=model.train(), reduction="none")
+    torch.testing.assert_close(trained.change, expected.change)  # BatchNorm used its running statistics
+    assert model.training
+
+    def two_branch(x: Tensor) -> TwoBranchOutput:
+        logits = model(x)
+        return TwoBranchOutput(torch.stack([logits, logits]), (x, x), logits)
+
+    model.eval()
+    wrapped = confidence_change(maps, labels, images=images, model=two_branch, reduction="none")
+    torch.testing.assert_close(wrapped.change, expected.change)

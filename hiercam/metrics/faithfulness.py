@@ -166,7 +166,7 @@ def _deletion_insertion_update(
     deletion = torch.cat([original_scores[:, None], perturbed[:, : points - 1]], dim=1)
     insertion = torch.cat([deletion[:, -1:], perturbed[:, points - 1 :], original_scores[:, None]], dim=1)
     fractions = torch.tensor(counts, dtype=torch.float64) / pixels
-    curves = torch.stack([deletion, insertion], dim=1).double().cpu()
+    curves = torch.stack([deletion, insertion], dim=1).cpu().double()  # float64 on the CPU (not on MPS)
     return torch.trapezoid(curves, fractions, dim=2)
 
 
@@ -354,14 +354,14 @@ def _confidence_update(
     if found.images.shape[0] == 0:
         return torch.zeros((0, 3), dtype=torch.float64)
     weights = normalize_maps(found.maps, normalize).to(images.dtype)
-    before = trial_scores(model, images, found, maps.shape[1], score, batch_size).double()
+    before = trial_scores(model, images, found, maps.shape[1], score, batch_size).cpu().double()
 
     def make_inputs(rows: Tensor) -> Tensor:
         return images.detach()[found.images[rows]] * weights[rows, None]
 
-    after = class_scores(model, make_inputs, found.classes, maps.shape[1], score, batch_size).double()
+    after = class_scores(model, make_inputs, found.classes, maps.shape[1], score, batch_size).cpu().double()
     drop = (before - after).clamp_min(0) / before
-    return torch.stack([drop, (after > before).double(), after - before], dim=1).cpu()
+    return torch.stack([drop, (after > before).double(), after - before], dim=1)
 
 
 def _check_normalize(normalize: NormalizeMode | None) -> NormalizeMode | None:

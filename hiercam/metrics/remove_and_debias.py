@@ -184,20 +184,21 @@ def _road_update(
     # jobs, trial-major: (order, percentage) pairs
     settings: list[tuple[Order, float]] = [(order, p) for order in ("morf", "lerf") for p in percentages]
     job_trial = torch.arange(count, device=images.device).repeat_interleave(len(settings))
-
-    job_setting = torch.arange(len(settings), device=images.device).repeat(count)
+    job_setting = torch.arange(len(settings)).repeat(count)
+    local_maps = found.maps.cpu()  # the removed pixels are chosen on the CPU, where the solve runs
 
     def make_inputs(rows: Tensor) -> Tensor:
-        trial, setting = job_trial[rows], job_setting[rows]
-        masks = torch.empty((rows.numel(), *maps.shape[2:]), dtype=torch.bool, device=images.device)
+        trial = job_trial[rows]
+        local_trial, setting = trial.cpu(), job_setting[rows.cpu()]
+        masks = torch.empty((rows.numel(), *maps.shape[2:]), dtype=torch.bool)
         for index in torch.unique(setting).tolist():  # a loop over percentages, never over classes
             chosen = setting == index
             order, percentage = settings[index]
-            masks[chosen] = _removed(found.maps[trial[chosen]], percentage, order)
+            masks[chosen] = _removed(local_maps[local_trial[chosen]], percentage, order)
         return _impute(images.detach()[found.images[trial]], masks, noise, generator)
 
     scores = class_scores(model, make_inputs, found.classes[job_trial], maps.shape[1], score, batch_size)
-    return scores.double().cpu().reshape(count, 2, steps)
+    return scores.cpu().double().reshape(count, 2, steps)
 
 
 def _check_percentages(percentages: object) -> tuple[list[float], bool]:

@@ -305,6 +305,8 @@ def _pxap_update(
     """Histograms ``(2, T + 2)`` int64 of the scores of foreground (row 0) and background (row 1) pixels."""
     images, classes, scores = _scoremaps(maps, labels)
     _check_masks(masks, maps)
+    if scores.device.type == "mps":  # no float64 there
+        scores, images, classes = scores.cpu(), images.cpu(), classes.cpu()
     edges = torch.from_numpy(np.append(grid, [1.0, 2.0, 3.0])).to(scores.device)
     bins = len(edges) - 1
     truth = masks.to(scores.device)[images]
