@@ -26,7 +26,11 @@ from hiercam.metrics import (
     road,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    # pytorch-grad-cam's np.float32(list of tensors) under NumPy 2: the peer's warning, not ours
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
+]
 
 
 class RegionSum(nn.Module):
@@ -487,3 +491,17 @@ def test_models_in_train_mode_are_scored_in_eval_mode_and_two_branch_outputs_are
     model.eval()
     wrapped = confidence_change(maps, labels, images=images, model=two_branch, reduction="none")
     torch.testing.assert_close(wrapped.change, expected.change)
+
+
+@pytest.mark.parametrize(
+    ("removed", "noise", "error", "match"),
+    [
+        (torch.zeros(1, 4, 4), 0.0, TypeError, "boolean"),
+        (torch.zeros(1, 4, 5, dtype=torch.bool), 0.0, ValueError, "removed"),
+        (torch.zeros(4, 4, dtype=torch.bool), 0.0, ValueError, "removed"),
+        (torch.zeros(1, 4, 4, dtype=torch.bool), -1.0, ValueError, "noise"),
+    ],
+)
+def test_imputation_bad_input(removed: Tensor, noise: float, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        noisy_linear_impute(torch.rand(1, 3, 4, 4), removed, noise=noise)
