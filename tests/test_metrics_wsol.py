@@ -7,6 +7,8 @@ naive loop over thresholds for PxAP.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -311,3 +313,96 @@ def test_on_the_gpu_equals_cpu() -> None:
     )
     cuda = max_box_acc(maps.cuda(), labels.cuda(), boxes=[b.cuda() for b in boxes])
     torch.testing.assert_close(cuda.value, max_box_acc(maps, labels, boxes=boxes).value)
+
+
+# -------------------------------------------------------------------------------------- torch.distributed
+WORKER = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+from hiercam.metrics import ROAD, DeletionInsertion, MaxBoxAccV2, PxAP
+
+rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+data = torch.load(sys.argv[4], weights_only=True)
+model = lambda x: x.mean((2, 3))  # noqa: E731 (class k's logit: the mean of channel k)
+metrics = {
+    "boxacc": MaxBoxAccV2(interval=0.05),
+    "pxap": PxAP(interval=0.05),
+    "deletion": DeletionInsertion(model, steps=4, score="logit"),
+    "road": ROAD(model, percentages=[50], noise=0.0, score="logit"),
+}
+if rank == 0:  # rank 1 sees no data at all and must still take part in the sync
+    maps, labels = data["maps"], data["labels"]
+    metrics["boxacc"].update(maps, labels, boxes=[data["boxes"]] * len(maps))
+    metrics["pxap"].update(maps, labels, masks=data["masks"])
+    metrics["deletion"].update(maps, labels, images=data["images"])
+    metrics["road"].update(maps, labels, images=data["images"])
+result = {
+    "boxacc": metrics["boxacc"].compute().per_iou.tolist(),
+    "pxap": float(metrics["pxap"].compute()),
+    "deletion": float(metrics["deletion"].compute().deletion),
+    "road": float(metrics["road"].compute().morf),
+}
+with open(out, "w") as f:
+    json.dump(result, f)
+dist.barrier()
+dist.destroy_process_group()
+os._exit(0)
+"""
+
+
+@pytest.mark.slow
+def test_streaming_metrics_sync_across_processes_with_an_empty_rank(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from hiercam.metrics import deletion_insertion, road
+
+    maps = smooth_maps(6, 12, 7).reshape(3, 2, 12, 12)
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1]])
+    masks = torch.randint(0, 3, (3, 12, 12), generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[0, 1.0, 1.0, 8.0, 7.0], [1, 4.0, 2.0, 12.0, 12.0]])
+    images = torch.rand(3, 2, 12, 12, generator=torch.Generator().manual_seed(1))
+    torch.save(
+        {"maps": maps, "labels": labels, "masks": masks, "boxes": boxes, "images": images}, tmp_path / "d.pt"
+    )
+    (tmp_path / "worker.py").write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(tmp_path / "worker.py"),
+                str(rank),
+                str(tmp_path / "store"),
+                str(tmp_path / f"{rank}.json"),
+                str(tmp_path / "d.pt"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for rank in range(2)
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output.decode()
+    model = lambda x: x.mean((2, 3))  # noqa: E731
+    expected = {
+        "boxacc": max_box_acc(maps, labels, boxes=[boxes] * 3, interval=0.05).per_iou.tolist(),
+        "pxap": float(pxap(maps, labels, masks=masks, interval=0.05)),
+        "deletion": float(
+            deletion_insertion(maps, labels, images=images, model=model, steps=4, score="logit").deletion
+        ),
+        "road": float(
+            road(maps, labels, images=images, model=model, percentages=50, noise=0.0, score="logit").morf
+        ),
+    }
+    for rank in range(2):
+        got = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert got["boxacc"] == pytest.approx(expected["boxacc"])
+        for key in ("pxap", "deletion", "road"):
+            assert got[key] == pytest.approx(expected[key]), key
