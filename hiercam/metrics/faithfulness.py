@@ -124,17 +124,17 @@ def _deletion_insertion_update(
 ) -> Tensor:
     """Per-trial areas ``(P, 2)`` float64 (columns: deletion, insertion), on the CPU."""
     found = trials(maps, labels, images)
+    substrate = _baseline_images(images.detach(), baseline)  # checked even without trials
     count = int(found.images.shape[0])
     if count == 0:
         return torch.zeros((0, 2), dtype=torch.float64)
-    substrate = _baseline_images(images.detach(), baseline)
     batch, channels, height, width = images.shape
     pixels = height * width
     counts = _step_counts(pixels, steps)
     points = len(counts)
     order = torch.argsort(found.maps.reshape(count, -1), dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(
-        1, order, torch.arange(pixels, device=order.device).expand_as(order)
+    ranks = torch.empty_like(order, dtype=torch.int32).scatter_(  # int32: half the memory of (P, H * W)
+        1, order, torch.arange(pixels, device=order.device, dtype=torch.int32).expand_as(order)
     )
     # jobs, trial-major: deletion at points 1..n-1, then insertion at points 1..n-2 (the ends are shared)
     device = images.device
