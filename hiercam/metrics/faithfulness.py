@@ -281,7 +281,10 @@ class DeletionInsertion(_MeanMetric):
     Args:
         model: the classifier, as in [`deletion_insertion`][hiercam.deletion_insertion] (not registered as
             a submodule: the metric's ``state_dict`` holds only its sums).
-        steps, baseline, score, batch_size: as in [`deletion_insertion`][hiercam.deletion_insertion].
+        steps: number of intervals of the curves, as in [`deletion_insertion`][hiercam.deletion_insertion].
+        baseline: ``"zeros"``, ``"blur"`` or a tensor, see [`deletion_insertion`][hiercam.deletion_insertion].
+        score: ``"softmax"``, ``"sigmoid"`` or ``"logit"``.
+        batch_size: perturbed images per forward pass.
         sync_on_compute: sum the states across processes in ``compute``.
 
     Examples:
@@ -439,7 +442,9 @@ class ConfidenceChange(_MeanMetric):
 
     Args:
         model: the classifier (a plain attribute, not a submodule).
-        normalize, score, batch_size: as in [`confidence_change`][hiercam.confidence_change].
+        normalize: ``"minmax"``, ``"max"`` or ``None`` (see [`confidence_change`][hiercam.confidence_change]).
+        score: ``"softmax"``, ``"sigmoid"`` or ``"logit"``.
+        batch_size: masked images per forward pass.
         sync_on_compute: sum the states across processes in ``compute``.
 
     Examples:

@@ -306,7 +306,11 @@ class ROAD(Metric):
 
     Args:
         model: the classifier (a plain attribute, not a submodule).
-        percentages, noise, generator, score, batch_size: as in [`road`][hiercam.road].
+        percentages: share(s) of pixels removed, in percent, in (0, 100), as in [`road`][hiercam.road].
+        noise: standard deviation of the imputation noise (0 for none).
+        generator: CPU random generator of the noise.
+        score: ``"softmax"``, ``"sigmoid"`` or ``"logit"``.
+        batch_size: imputed images per forward pass.
         sync_on_compute: sum the states across processes in ``compute``.
 
     Attributes:

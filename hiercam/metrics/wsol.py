@@ -226,7 +226,9 @@ class MaxBoxAccV2(Metric):
     See [`max_box_acc`][hiercam.max_box_acc], which shares the kernels.
 
     Args:
-        iou_thresholds, interval, components: as in [`max_box_acc`][hiercam.max_box_acc].
+        iou_thresholds: the IoU thresholds, each in (0, 1).
+        interval: spacing of the map-threshold grid, in (0, 1).
+        components: ``"all"`` regions or the ``"largest"``, as in [`max_box_acc`][hiercam.max_box_acc].
         sync_on_compute: sum the counts across processes in ``compute``.
 
     Attributes:
@@ -389,7 +391,8 @@ class PxAP(Metric):
     A dataset-level figure, not a mean over images. See [`pxap`][hiercam.pxap], which shares the kernels.
 
     Args:
-        interval, ignore_index: as in [`pxap`][hiercam.pxap].
+        interval: spacing of the threshold grid, in (0, 1).
+        ignore_index: mask value left out, or ``None``.
         sync_on_compute: sum the histograms across processes in ``compute``.
 
     Attributes:
