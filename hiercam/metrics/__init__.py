@@ -17,19 +17,14 @@ from __future__ import annotations
 
 from hiercam.metrics._base import Metric
 from hiercam.metrics.average_precision import MeanAveragePrecision, average_precision, mean_average_precision
-from hiercam.metrics.faithfulness import (
-    ConfidenceChange,
-    ConfidenceResult,
-    DeletionInsertion,
-    DeletionInsertionResult,
-    confidence_change,
-    deletion_insertion,
-)
+from hiercam.metrics.confidence import ConfidenceChange, ConfidenceResult, confidence_change
+from hiercam.metrics.faithfulness import DeletionInsertion, DeletionInsertionResult, deletion_insertion
 from hiercam.metrics.group import MetricGroup
 from hiercam.metrics.localization import BoxComponents, LocalizationError, cam_boxes, localization_error
+from hiercam.metrics.pixel_precision import PxAP, pxap
 from hiercam.metrics.remove_and_debias import ROAD, ROADResult, noisy_linear_impute, road
 from hiercam.metrics.segmentation import IoUResult, MeanIoU, maps_to_masks, mean_iou, mean_iou_from_masks
-from hiercam.metrics.wsol import MaxBoxAccResult, MaxBoxAccV2, PxAP, max_box_acc, pxap
+from hiercam.metrics.wsol import MaxBoxAccResult, MaxBoxAccV2, max_box_acc
 
 __all__ = [
     # the base of the streaming metrics, and a group of them fed by one call per batch

@@ -16,9 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from hiercam._validation import check_choice, check_finite, check_int, check_tensor, format_shape, type_name
+from hiercam.metrics._base import Metric
 from hiercam.metrics._inputs import check_maps_and_labels
 
 __all__ = [
+    "MeanMetric",
+    "Reduction",
+    "check_reduction",
+    "reduce_trials",
     "Model",
     "ScoreMode",
     "Trials",
@@ -31,6 +36,7 @@ __all__ = [
 
 Model = Callable[[Tensor], object]
 ScoreMode = Literal["softmax", "sigmoid", "logit"]
+Reduction = Literal["mean", "none"]
 _SCORES: tuple[ScoreMode, ...] = ("softmax", "sigmoid", "logit")
 
 
@@ -152,3 +158,35 @@ def trial_scores(
                 result.device
             )
     return result[found.images, found.classes]
+
+
+def reduce_trials(values: Tensor, reduction: Reduction) -> Tensor:
+    """Per-trial values ``(P, ...)`` as they are, or their mean over trials (NaN without trials)."""
+    if reduction == "none":
+        return values
+    return values.mean(dim=0) if values.shape[0] else torch.full(values.shape[1:], torch.nan).double()
+
+
+def check_reduction(reduction: Reduction) -> Reduction:
+    return check_choice(reduction, "reduction", ("mean", "none"))
+
+
+class MeanMetric(Metric):
+    """Sums of per-trial values and the number of trials; ``compute`` gives the means (NaN without trials)."""
+
+    sums: Tensor
+    count: Tensor
+
+    def __init__(self, width: int, *, sync_on_compute: bool) -> None:
+        super().__init__(sync_on_compute=sync_on_compute)
+        self.add_state("sums", torch.zeros(width, dtype=torch.float64), "sum")
+        self.add_state("count", torch.zeros((), dtype=torch.long), "sum")
+
+    def _add(self, values: Tensor) -> None:
+        self.sums = self.sums + values.sum(dim=0).to(self.sums.device)
+        self.count = self.count + values.shape[0]
+
+    def _means(self) -> Tensor:
+        if int(self.count) == 0:
+            return torch.full_like(self.sums, torch.nan)
+        return self.sums / self.count

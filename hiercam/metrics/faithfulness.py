@@ -9,11 +9,13 @@ are means over trials, accumulated over the whole dataset by the streaming class
 * [`deletion_insertion`][hiercam.deletion_insertion] (Petsiuk et al., "RISE", BMVC 2018): pixels are
   replaced by a baseline (deletion) or restored from it (insertion) in decreasing order of the map, and the
   area under the class-score curve is reported (deletion: lower is better; insertion: higher is better).
-* [`confidence_change`][hiercam.confidence_change] (Chattopadhay et al., "Grad-CAM++", WACV 2018): the
-  image multiplied by its normalised map, scored against the original: Average Drop, Increase in Confidence,
-  and pytorch-grad-cam's ``CamMultImageConfidenceChange``.
+* [`confidence_change`][hiercam.confidence_change] (Chattopadhay et al., "Grad-CAM++", WACV 2018, in
+  ``hiercam.metrics.confidence``): the image multiplied by its normalised map, scored against the original:
+  Average Drop, Increase in Confidence, and pytorch-grad-cam's ``CamMultImageConfidenceChange``.
+* [`road`][hiercam.road] (Rong et al., ICML 2022, in ``hiercam.metrics.remove_and_debias``).
 
-Each function and its class share the private ``_..._update`` kernels (the torchmetrics pattern).
+Each function and its class share the private ``_..._update`` kernels (the torchmetrics pattern); the trials,
+the model's scores and the mean states are in ``hiercam.metrics._perturb``.
 """
 
 from __future__ import annotations
@@ -24,23 +26,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hiercam._validation import check_choice, check_int, format_shape
-from hiercam.maps import NormalizeMode, normalize_maps
-from hiercam.metrics._base import Metric
-from hiercam.metrics._perturb import Model, ScoreMode, check_common, class_scores, trial_scores, trials
+from hiercam._validation import check_int, format_shape
+from hiercam.metrics._perturb import (
+    MeanMetric,
+    Model,
+    Reduction,
+    ScoreMode,
+    check_common,
+    check_reduction,
+    class_scores,
+    reduce_trials,
+    trial_scores,
+    trials,
+)
 
 __all__ = [
     "Baseline",
     "DeletionInsertionResult",
     "deletion_insertion",
     "DeletionInsertion",
-    "ConfidenceResult",
-    "confidence_change",
-    "ConfidenceChange",
 ]
 
 Baseline = Literal["zeros", "blur"] | Tensor
-Reduction = Literal["mean", "none"]
 
 
 class DeletionInsertionResult(NamedTuple):
@@ -48,20 +55,6 @@ class DeletionInsertionResult(NamedTuple):
 
     deletion: Tensor
     insertion: Tensor
-
-
-class ConfidenceResult(NamedTuple):
-    """Confidence on the map-masked image against the original (float64, 0-dim means or ``(P,)``).
-
-    Attributes:
-        average_drop: ``max(0, Y - O) / Y`` (Grad-CAM++'s Average Drop, as a fraction: lower is better).
-        increase: ``1[O > Y]`` (Increase in Confidence: higher is better).
-        change: ``O - Y`` (pytorch-grad-cam's ``CamMultImageConfidenceChange``).
-    """
-
-    average_drop: Tensor
-    increase: Tensor
-    change: Tensor
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -103,12 +96,6 @@ def _step_counts(pixels: int, steps: int) -> list[int]:
     """Pixels changed at each point: ``0, s, 2s, ..., pixels`` with ``s = ceil(pixels / steps)``."""
     size = -(-pixels // steps)
     return [*range(0, pixels, size), pixels]
-
-
-def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
-    if reduction == "none":
-        return values
-    return values.mean(dim=0) if values.shape[0] else torch.full(values.shape[1:], torch.nan).double()
 
 
 # ------------------------------------------------------------------------------------- deletion / insertion
@@ -172,10 +159,6 @@ def _deletion_insertion_update(
 
 def _check_deletion_options(steps: int, baseline: object) -> tuple[int, Baseline]:
     return check_int(steps, "steps", minimum=1), _check_baseline(baseline)
-
-
-def _check_reduction(reduction: Reduction) -> Reduction:
-    return check_choice(reduction, "reduction", ("mean", "none"))
 
 
 def deletion_insertion(
@@ -246,34 +229,13 @@ def deletion_insertion(
     """
     mode, batch_size = check_common(model, score, batch_size)
     steps, baseline = _check_deletion_options(steps, baseline)
-    reduction = _check_reduction(reduction)
+    reduction = check_reduction(reduction)
     areas = _deletion_insertion_update(model, maps, labels, images, steps, baseline, mode, batch_size)
-    values = _reduce(areas, reduction)
+    values = reduce_trials(areas, reduction)
     return DeletionInsertionResult(values[..., 0], values[..., 1])
 
 
-class _MeanMetric(Metric):
-    """Sums of per-trial values and the number of trials; ``compute`` gives the means (NaN without trials)."""
-
-    sums: Tensor
-    count: Tensor
-
-    def __init__(self, width: int, *, sync_on_compute: bool) -> None:
-        super().__init__(sync_on_compute=sync_on_compute)
-        self.add_state("sums", torch.zeros(width, dtype=torch.float64), "sum")
-        self.add_state("count", torch.zeros((), dtype=torch.long), "sum")
-
-    def _add(self, values: Tensor) -> None:
-        self.sums = self.sums + values.sum(dim=0).to(self.sums.device)
-        self.count = self.count + values.shape[0]
-
-    def _means(self) -> Tensor:
-        if int(self.count) == 0:
-            return torch.full_like(self.sums, torch.nan)
-        return self.sums / self.count
-
-
-class DeletionInsertion(_MeanMetric):
+class DeletionInsertion(MeanMetric):
     """Streaming deletion / insertion areas: means over every trial seen.
 
     See [`deletion_insertion`][hiercam.deletion_insertion], which shares the kernel.
@@ -340,158 +302,3 @@ class DeletionInsertion(_MeanMetric):
         """The options, shown by ``repr``."""
         kind = "tensor" if isinstance(self.baseline, Tensor) else repr(self.baseline)
         return f"steps={self.steps}, baseline={kind}, score={self.score!r}, batch_size={self.batch_size}"
-
-
-# --------------------------------------------------------------------------------------------- confidence
-def _confidence_update(
-    model: Model,
-    maps: Tensor,
-    labels: Tensor,
-    images: Tensor,
-    normalize: NormalizeMode | None,
-    score: ScoreMode,
-    batch_size: int,
-) -> Tensor:
-    """Per-trial ``(P, 3)`` float64 on the CPU: drop, increase, change."""
-    found = trials(maps, labels, images)
-    if found.images.shape[0] == 0:
-        return torch.zeros((0, 3), dtype=torch.float64)
-    weights = normalize_maps(found.maps, normalize).to(images.dtype)
-    before = trial_scores(model, images, found, maps.shape[1], score, batch_size).cpu().double()
-
-    def make_inputs(rows: Tensor) -> Tensor:
-        return images.detach()[found.images[rows]] * weights[rows, None]
-
-    after = class_scores(model, make_inputs, found.classes, maps.shape[1], score, batch_size).cpu().double()
-    drop = (before - after).clamp_min(0) / before
-    return torch.stack([drop, (after > before).double(), after - before], dim=1)
-
-
-def _check_normalize(normalize: NormalizeMode | None) -> NormalizeMode | None:
-    return check_choice(normalize, "normalize", ("minmax", "max", None))
-
-
-def confidence_change(
-    maps: Tensor,
-    labels: Tensor,
-    *,
-    images: Tensor,
-    model: Model,
-    normalize: NormalizeMode | None = "minmax",
-    score: ScoreMode = "softmax",
-    batch_size: int = 64,
-    reduction: Reduction = "mean",
-) -> ConfidenceResult:
-    r"""Average Drop, Increase in Confidence (Grad-CAM++) and the confidence change on map-masked images.
-
-    For a trial (image ``x``, class ``k``, map ``m`` normalised to ``[0, 1]``), ``Y = f_k(x)`` and
-    ``O = f_k(x \odot m)`` (the map multiplies every channel). Over the ``P`` trials:
-
-    ```latex
-    \mathrm{AverageDrop} = \frac{1}{P}\sum \frac{\max(0, Y - O)}{Y}, \quad
-    \mathrm{Increase} = \frac{1}{P}\sum \mathbb{1}[O > Y], \quad
-    \mathrm{Change} = \frac{1}{P}\sum (O - Y).
-    ```
-
-    Grad-CAM++ reports the first two in percent (here fractions; the drop exceeds 1 only for negative
-    scores, so use ``"softmax"`` or ``"sigmoid"`` with it). torchcam's ``ClassificationMetric`` computes the
-    same with ``max(0, Y - O) / (Y + 1e-7)``; pytorch-grad-cam's ``CamMultImageConfidenceChange`` is
-    ``Change`` per trial (its ``DropInConfidence`` is ``max(0, Y - O)`` without the division). Both peers
-    score one class per image (the top-1 or a target); here every present class is scored.
-
-    Args:
-        maps: class activation maps ``(B, K, H, W)`` at the image size, floating point, finite.
-        labels: multi-hot labels ``(B, K)`` choosing the trials.
-        images: the model's inputs ``(B, C, H, W)``, as in [`deletion_insertion`][hiercam.deletion_insertion].
-        model: the classifier, as in [`deletion_insertion`][hiercam.deletion_insertion].
-        score: ``"softmax"`` (default), ``"sigmoid"`` or ``"logit"``.
-        batch_size: masked images per forward pass.
-        reduction: ``"mean"`` over trials, or ``"none"`` per trial.
-        normalize: how maps are brought to ``[0, 1]`` with [`normalize_maps`][hiercam.normalize_maps]:
-            ``"minmax"`` (the peers' convention, default), ``"max"``, or ``None`` for maps already in
-            ``[0, 1]``.
-
-    Returns:
-        ``ConfidenceResult(average_drop, increase, change)``, float64 on the CPU: 0-dim means (NaN without
-        any trial) or ``(P,)``.
-
-    Raises:
-        TypeError, ValueError: as [`deletion_insertion`][hiercam.deletion_insertion], and an unknown
-            ``normalize``.
-
-    Examples:
-        >>> import torch
-        >>> model = lambda x: x.sum((2, 3))  # class k's logit: the sum of channel k
-        >>> maps = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 0.0]]]])
-        >>> result = confidence_change(maps, torch.tensor([[1, 1]]), images=torch.ones(1, 2, 2, 2),
-        ...                            model=model, score="logit", reduction="none")
-        >>> result.average_drop, result.change
-        (tensor([0.7500, 0.2500], dtype=torch.float64), tensor([-3., -1.], dtype=torch.float64))
-    """
-    mode, batch_size = check_common(model, score, batch_size)
-    normalize = _check_normalize(normalize)
-    reduction = _check_reduction(reduction)
-    values = _reduce(_confidence_update(model, maps, labels, images, normalize, mode, batch_size), reduction)
-    return ConfidenceResult(values[..., 0], values[..., 1], values[..., 2])
-
-
-class ConfidenceChange(_MeanMetric):
-    """Streaming Average Drop / Increase in Confidence / confidence change: means over every trial seen.
-
-    See [`confidence_change`][hiercam.confidence_change], which shares the kernel.
-
-    Args:
-        model: the classifier (a plain attribute, not a submodule).
-        normalize: ``"minmax"``, ``"max"`` or ``None`` (see [`confidence_change`][hiercam.confidence_change]).
-        score: ``"softmax"``, ``"sigmoid"`` or ``"logit"``.
-        batch_size: masked images per forward pass.
-        sync_on_compute: sum the states across processes in ``compute``.
-
-    Examples:
-        >>> import torch
-        >>> metric = ConfidenceChange(lambda x: x.sum((2, 3)), score="logit")
-        >>> maps = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
-        >>> metric.update(maps, torch.tensor([[1]]), images=torch.ones(1, 1, 2, 2))
-        >>> metric.compute().average_drop
-        tensor(0.7500, dtype=torch.float64)
-    """
-
-    model: Model
-
-    def __init__(
-        self,
-        model: Model,
-        *,
-        normalize: NormalizeMode | None = "minmax",
-        score: ScoreMode = "softmax",
-        batch_size: int = 64,
-        sync_on_compute: bool = True,
-    ) -> None:
-        super().__init__(3, sync_on_compute=sync_on_compute)
-        self.score, self.batch_size = check_common(model, score, batch_size)
-        self.normalize = _check_normalize(normalize)
-        self.__dict__["model"] = model
-
-    def update(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> None:
-        """Add a batch; arguments as in [`confidence_change`][hiercam.confidence_change]."""
-        self._add(
-            _confidence_update(self.model, maps, labels, images, self.normalize, self.score, self.batch_size)
-        )
-
-    def forward(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> ConfidenceResult:
-        """The figures of this batch alone, which is also added to the state."""
-        result: ConfidenceResult = super().forward(maps, labels, images=images)
-        return result
-
-    def _compute(self) -> ConfidenceResult:
-        means = self._means()
-        return ConfidenceResult(means[0], means[1], means[2])
-
-    def compute(self) -> ConfidenceResult:
-        """Means over every trial since ``reset`` (NaN before any), float64 0-dim tensors."""
-        result: ConfidenceResult = super().compute()
-        return result
-
-    def extra_repr(self) -> str:
-        """The options, shown by ``repr``."""
-        return f"normalize={self.normalize!r}, score={self.score!r}, batch_size={self.batch_size}"
