@@ -28,7 +28,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from hiercam.pipeline import demo_config, run_pipeline
+from hiercam.pipeline import ModelKey, demo_config, run_pipeline
 
 COLUMNS = {
     "base": "baseline@0.15",
@@ -59,11 +59,12 @@ def evaluate(changes: dict[str, Any], out: Path, seeds: list[int]) -> dict[str, 
             log=lambda _: None,
         )
         row = {}
-        for name, entry in run["variants"].items():
-            row[f"{name}@0.15"] = entry["val"]["miou"]
-            row[f"{name}@t*"] = entry["val"]["miou_at_val_threshold"]
-        row["mAP two_branch_L0"] = 100 * run["classification_map"]["val"]["two_branch_L0"]
-        row["branch r L0"] = run["branch_cam_correlation"]["val"]["two_branch_L0"]
+        for variant, scores in run.variants.items():  # fractions; the table shows percent
+            row[f"{variant.name}@0.15"] = 100 * scores.splits["val"].miou
+            row[f"{variant.name}@t*"] = 100 * scores.splits["val"].miou_at_chosen
+        level0 = ModelKey("two_branch", 0)
+        row["mAP two_branch_L0"] = 100 * run.classification_map["val"][level0]
+        row["branch r L0"] = run.branch_correlation["val"][level0]
         rows.append(row)
     return {key: statistics.fmean(row[key] for row in rows) for key in rows[0]}
 
@@ -110,19 +111,20 @@ def main() -> None:
     )
     grouping = {
         "plain": {},
-        "normalize": {"method__grouping_normalize": True},
+        "normalize": {"method__grouping_unit_norm": True},
         "weighted": {"method__grouping_weighted": True},
     }
     scores = {
-        name: row(f"1. lam 0, grouping {name}", {"method__lam": 0.0, **g})["full@0.15"]
+        name: row(f"1. lam 0, grouping {name}", {"method__orthogonal_weight": 0.0, **g})["full@0.15"]
         for name, g in grouping.items()
     }
     best_grouping = grouping[max(scores, key=lambda name: scores[name])]
     lams = {0.0: scores[max(scores, key=lambda name: scores[name])]}
     for lam in (1e-6, 1e-5, 1e-4):
-        lams[lam] = row(f"2. feature sum, lam {lam:g}", {"method__lam": lam, **best_grouping})["full@0.15"]
+        changes = {"method__orthogonal_weight": lam, **best_grouping}
+        lams[lam] = row(f"2. feature sum, lam {lam:g}", changes)["full@0.15"]
     best_lam = max(lams, key=lambda lam: lams[lam])
-    paper = {"method__lam": best_lam, **best_grouping}
+    paper = {"method__orthogonal_weight": best_lam, **best_grouping}
     paper_score = lams[best_lam]
     best_maps: tuple[float, dict[str, Any]] = (paper_score, {})
     for mode in ("spatial", "cam"):
@@ -130,7 +132,7 @@ def main() -> None:
             changes = {
                 "method__orthogonal_mode": mode,
                 "method__orthogonal_reduction": "batchmean",
-                "method__lam": lam,
+                "method__orthogonal_weight": lam,
             }
             score = row(f"3. {mode} batchmean, lam {lam:g}", {**best_grouping, **changes})["full@0.15"]
             if score > best_maps[0]:
@@ -143,7 +145,7 @@ def main() -> None:
     if fusion.get("full_tuned@0.15", float("-inf")) > fusion["full@0.15"]:
         combination["method__choose_fusion_weights"] = True
     for rest in ("mean", "none"):  # the reading of M0' (evaluation only: models and CAMs come from the cache)
-        row(f"3. M0' = {rest} (default max)", {**paper, "method__rest": rest})
+        row(f"3. M0' = {rest} (default max)", {**paper, "method__rest_reduction": rest})
     # 4. every step that helped on validation, together (the candidate for the "recommended" preset)
     row("4. best combination", combination)
 

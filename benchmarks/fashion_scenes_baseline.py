@@ -24,7 +24,7 @@ from sklearn.metrics import adjusted_rand_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hiercam import FashionScenes, MeanAveragePrecision, fit, group_classes, small_convnet
+from hiercam import FashionScenes, MeanAveragePrecision, collate_scenes, fit, group_classes, small_convnet
 
 
 def classifier(width: int, seed: int) -> nn.Sequential:
@@ -38,7 +38,7 @@ def classifier(width: int, seed: int) -> nn.Sequential:
 def loaders(args: argparse.Namespace) -> tuple[DataLoader, DataLoader]:
     train = FashionScenes("train", num_scenes=args.train, image_size=args.size, seed=args.seed)
     val = FashionScenes("val", num_scenes=args.val, image_size=args.size, seed=args.seed)
-    collate = FashionScenes.collate
+    collate = collate_scenes
     return (
         DataLoader(train, batch_size=args.batch, shuffle=True, collate_fn=collate, num_workers=args.workers),
         DataLoader(val, batch_size=128, collate_fn=collate, num_workers=args.workers),
@@ -50,7 +50,7 @@ def evaluate_per_class(model: nn.Module, loader: DataLoader) -> list[float]:
     metric = MeanAveragePrecision()
     with torch.no_grad():
         for batch in loader:
-            metric.update(model(batch["image"]), batch["targets"])
+            metric.update(model(batch["image"]), batch["labels"])
     return metric.per_class().tolist()
 
 

@@ -34,13 +34,13 @@ def main() -> None:
         backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, 10)
     )
     train = hiercam.FashionScenes("train", num_scenes=scenes, image_size=80)
-    loader = DataLoader(train, batch_size=32, shuffle=True, collate_fn=hiercam.FashionScenes.collate)
+    loader = DataLoader(train, batch_size=32, shuffle=True, collate_fn=hiercam.collate_scenes)
     hiercam.fit(model, loader, epochs=epochs, lr=3e-3, progress=False)
 
     # 2. All-class CAMs of a batch: one forward pass, one batched gradient.
     test = hiercam.FashionScenes("test", num_scenes=6, image_size=80)
-    batch = hiercam.FashionScenes.collate([test[i] for i in range(len(test))])
-    images, targets = batch["image"], batch["targets"]  # (6, 3, 80, 80), (6, 10)
+    batch = hiercam.collate_scenes([test[i] for i in range(len(test))])
+    images, targets = batch["image"], batch["labels"]  # (6, 3, 80, 80), (6, 10)
     with hiercam.GradCAM(model) as cam:  # target layer: the last feature map, chosen on the first call
         maps = cam(images)  # (6, 10, 80, 80): every class, each map max-normalised to peak 1
         predicted = cam.logits.sigmoid() > 0.5  # (6, 10): logits of the same forward pass

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import hiercam
-from hiercam import FashionScenes
+from hiercam import FashionScenes, collate_scenes
 
 THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7]
 
@@ -30,7 +30,7 @@ def score(model: nn.Module, loader: DataLoader) -> tuple[list[float], list[float
     loc = hiercam.LocalizationError(thresholds=THRESHOLDS, iou=0.5)  # one metric, every threshold
     with hiercam.GradCAM(model) as cam:
         for batch in loader:
-            labels = batch["targets"]  # (B, K) ground-truth image labels: which classes to score (IRN)
+            labels = batch["labels"]  # (B, K) ground-truth image labels: which classes to score (IRN)
             maps = cam(batch["image"], labels)  # (B, K, H, W) at the masks' resolution
             miou.update(maps, labels, masks=batch["mask"])  # masks (B, H, W): 0 background, k + 1 class k
             loc.update(maps, labels, boxes=batch["boxes"])  # boxes: B tensors of (class, x1, y1, x2, y2)
@@ -44,7 +44,7 @@ def main() -> None:
     scenes, epochs = (256, 1) if args.quick else (4000, 8)
     torch.manual_seed(0)
 
-    collate = FashionScenes.collate
+    collate = collate_scenes
     train = DataLoader(
         FashionScenes("train", num_scenes=scenes, image_size=64), 32, shuffle=True, collate_fn=collate
     )
@@ -75,8 +75,8 @@ def main() -> None:
     # The functional forms give the same figures for one batch (the classes count the same way).
     batch = collate([test.dataset[i] for i in range(8)])
     with hiercam.GradCAM(model) as cam:
-        maps = cam(batch["image"], batch["targets"])
-    labels = batch["targets"]
+        maps = cam(batch["image"], batch["labels"])
+    labels = batch["labels"]
     result = hiercam.mean_iou(maps, labels, masks=batch["mask"], thresholds=0.15)  # IoUResult(miou, ...)
     error = hiercam.localization_error(maps, labels, boxes=batch["boxes"], thresholds=0.15)
     print(f"8 test scenes at 0.15: mIoU {result.miou.item():.1%}, loc. error {error.item():.1%}")

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import hiercam
-from hiercam import FashionScenes
+from hiercam import FashionScenes, collate_scenes
 from hiercam.viz import overlay
 
 parser = argparse.ArgumentParser(description="Fuse CAMs across the levels of a class hierarchy.")
@@ -29,7 +29,7 @@ scenes, epochs = (256, 1) if args.quick else (4000, 6)
 torch.manual_seed(0)
 
 train = FashionScenes("train", num_scenes=scenes, image_size=64)
-loader = DataLoader(train, batch_size=32, shuffle=True, collate_fn=FashionScenes.collate)
+loader = DataLoader(train, batch_size=32, shuffle=True, collate_fn=collate_scenes)
 
 
 def trained_classifier(num_outputs: int, **fit_options: object) -> nn.Module:
@@ -53,8 +53,8 @@ print(hierarchy)
 
 # %% CAMs of every model for a batch of validation scenes
 val = FashionScenes("val", num_scenes=64, image_size=64)
-batch = FashionScenes.collate([val[i] for i in range(len(val))])
-images, labels = batch["image"], batch["targets"]  # (B, 3, 64, 64), (B, K)
+batch = collate_scenes([val[i] for i in range(len(val))])
+images, labels = batch["image"], batch["labels"]  # (B, 3, 64, 64), (B, K)
 with hiercam.GradCAM(base_model) as cam:
     base_maps = cam(images)  # (B, K, 64, 64): M0 of every class
 level_maps = []

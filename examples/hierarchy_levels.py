@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import hiercam
-from hiercam import FashionScenes
+from hiercam import FashionScenes, collate_scenes
 
 
 def classifier(num_outputs: int) -> nn.Module:
@@ -42,8 +42,8 @@ def main() -> None:
 
     train = FashionScenes("train", num_scenes=scenes, image_size=64)
     val = FashionScenes("val", num_scenes=scenes // 4, image_size=64)
-    train_loader = DataLoader(train, batch_size=32, shuffle=True, collate_fn=FashionScenes.collate)
-    val_loader = DataLoader(val, batch_size=128, collate_fn=FashionScenes.collate)
+    train_loader = DataLoader(train, batch_size=32, shuffle=True, collate_fn=collate_scenes)
+    val_loader = DataLoader(val, batch_size=128, collate_fn=collate_scenes)
 
     # 1. The base classifier, on the K = 10 classes.
     base = classifier(10)
@@ -62,7 +62,7 @@ def main() -> None:
     # How close to the garment hierarchy (1.0 = the same partition), and how often each group is present in
     # the training targets: a group present in almost every scene gives a level model little to learn.
     natural = FashionScenes.natural_hierarchy()
-    targets = torch.stack([train[i]["targets"] for i in range(len(train))])  # (N, K)
+    targets = torch.stack([train[i]["labels"] for i in range(len(train))])  # (N, K)
     for level in range(1, hierarchy.num_levels):
         ari = adjusted_rand_score(natural.assignments(level), hierarchy.assignments(level))
         presence = hierarchy.remap_labels(targets, level).mean(dim=0)  # (N_level,)

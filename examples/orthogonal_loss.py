@@ -55,7 +55,7 @@ def train(weight: float, train_loader: DataLoader, epochs: int, seed: int = 0) -
     model.train()
     for _ in range(epochs):
         for batch in train_loader:
-            images, targets = batch["image"], batch["targets"]
+            images, targets = batch["image"], batch["labels"]
             logits1, logits2, f1, f2 = model(images)
             loss = bce(logits1, targets) + bce(logits2, targets) + orthogonal(f1, f2)
             optimizer.zero_grad()
@@ -76,9 +76,9 @@ def measure(model: TwoHeadNet, loader: DataLoader) -> tuple[float, float, float]
         logits1, logits2, f1, f2 = model(batch["image"])
         overlaps.append(hiercam.orthogonal_loss(f1, f2, reduction="none", unit_norm=True))  # (B,)
         scores.append((logits1 + logits2) / 2)
-        targets.append(batch["targets"])
+        targets.append(batch["labels"])
         # Pearson r between the two branches' maps of every (image, present class) pair
-        present = batch["targets"].bool()
+        present = batch["labels"].bool()
         cam1 = branch_cams(model.fc1, f1)[present].flatten(1)
         cam2 = branch_cams(model.fc2, f2)[present].flatten(1)
         cam1, cam2 = cam1 - cam1.mean(1, keepdim=True), cam2 - cam2.mean(1, keepdim=True)
@@ -97,7 +97,7 @@ def main() -> None:
 
     train_set = hiercam.FashionScenes("train", num_scenes=scenes, image_size=size)
     val_set = hiercam.FashionScenes("val", num_scenes=scenes // 4, image_size=size)
-    collate = hiercam.FashionScenes.collate
+    collate = hiercam.collate_scenes
     train_loader = DataLoader(train_set, batch_size=32, shuffle=True, collate_fn=collate)
     val_loader = DataLoader(val_set, batch_size=128, collate_fn=collate)
 

@@ -50,7 +50,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
 
-    collate = hiercam.FashionScenes.collate
+    collate = hiercam.collate_scenes
     train_set = hiercam.FashionScenes("train", num_scenes=scenes, image_size=size)
     val_set = hiercam.FashionScenes("val", num_scenes=max(scenes // 4, 16), image_size=size)
     train_loader = DataLoader(train_set, batch_size=16, shuffle=True, collate_fn=collate)
@@ -60,7 +60,7 @@ def main() -> None:
         net.train()
         start = time.perf_counter()
         for batch in train_loader:
-            images, targets = batch["image"].to(device), batch["targets"].to(device)
+            images, targets = batch["image"].to(device), batch["labels"].to(device)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 output = net(images)  # TwoBranchOutput(logits (2, B, K), features, mean_logits (B, K))
                 parts = criterion(output, targets)  # TwoBranchLossOutput(total, classification_1, ...)
@@ -72,7 +72,7 @@ def main() -> None:
         metric = hiercam.MeanAveragePrecision()
         with torch.no_grad():
             for batch in val_loader:
-                metric.update(net(batch["image"].to(device)).mean_logits, batch["targets"].to(device))
+                metric.update(net(batch["image"].to(device)).mean_logits, batch["labels"].to(device))
         logged = ", ".join(f"{name} {value.item():.4f}" for name, value in parts._asdict().items())
         print(
             f"epoch {epoch}: last batch {logged}; val mAP {metric.compute().item():.3f} "
@@ -86,7 +86,7 @@ def main() -> None:
         branch_maps = cam.branch_maps  # (2, 4, 10, H, W)
         print(f"{cam!r}: maps {tuple(maps.shape)}, per branch {tuple(branch_maps.shape)}")
     # The two branches' maps of the classes present, compared: 1.0 would mean identical maps.
-    present = batch["targets"].bool().to(device)
+    present = batch["labels"].bool().to(device)
     first, second = (m[present].flatten(1) for m in branch_maps)
     print(
         f"cosine of the two branches' maps of present classes: "

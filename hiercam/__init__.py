@@ -24,21 +24,36 @@ from hiercam.cam import (
 from hiercam.datasets import FashionScenes, collate_scenes
 from hiercam.fusion import fuse, fuse_hierarchy
 from hiercam.grouping import HierarchicalKMeans, group_classes
-from hiercam.hierarchy import ClassHierarchy
+from hiercam.hierarchy import ClassHierarchy, frequent_classes
 from hiercam.losses import OrthogonalLoss, TwoBranchLoss, TwoBranchLossOutput, orthogonal_loss
 from hiercam.maps import normalize_maps
 from hiercam.metrics import (
+    ROAD,
+    ConfidenceChange,
+    ConfidenceResult,
+    DeletionInsertion,
+    DeletionInsertionResult,
     IoUResult,
     LocalizationError,
+    MaxBoxAccResult,
+    MaxBoxAccV2,
     MeanAveragePrecision,
     MeanIoU,
+    PxAP,
+    ROADResult,
     average_precision,
     cam_boxes,
+    confidence_change,
+    deletion_insertion,
     localization_error,
     maps_to_masks,
+    max_box_acc,
     mean_average_precision,
     mean_iou,
     mean_iou_from_masks,
+    noisy_linear_impute,
+    pxap,
+    road,
 )
 from hiercam.models import (
     Branch,
@@ -63,6 +78,7 @@ __all__ = [
     "HierarchicalKMeans",
     "ClassHierarchy",
     "group_classes",
+    "frequent_classes",
     # map normalisation shared by CAMs, fusion and metrics
     "normalize_maps",
     # orthogonal loss and the two-branch network (section 3.4.1)
@@ -103,6 +119,23 @@ __all__ = [
     "cam_boxes",
     "localization_error",
     "LocalizationError",
+    # weakly-supervised localisation metrics (Choe et al., CVPR 2020)
+    "max_box_acc",
+    "MaxBoxAccV2",
+    "MaxBoxAccResult",
+    "pxap",
+    "PxAP",
+    # faithfulness metrics (RISE deletion / insertion, Grad-CAM++ Average Drop, ROAD)
+    "deletion_insertion",
+    "DeletionInsertion",
+    "DeletionInsertionResult",
+    "confidence_change",
+    "ConfidenceChange",
+    "ConfidenceResult",
+    "road",
+    "ROAD",
+    "ROADResult",
+    "noisy_linear_impute",
     # a small CPU backbone
     "small_convnet",
     "SmallConvNet",

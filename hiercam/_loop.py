@@ -1,9 +1,8 @@
 """The training loop's contracts and one pass over a loader, shared by ``fit`` and ``evaluate``.
 
-Batch contract: a mapping with ``"image"`` and ``"labels"`` keys (``"targets"`` is still read when there is
-no ``"labels"``), or an ``(images, labels, ...)`` tuple/list. Model contract: a logits tensor ``(B, K)`` or an
-object with a ``mean_logits`` tensor ``(B, K)``. Loss contract: a scalar tensor or a NamedTuple of scalar
-tensors whose first field is the total.
+Batch contract: a mapping with ``"image"`` and ``"labels"`` keys, or an ``(images, labels, ...)`` tuple/list.
+Model contract: a logits tensor ``(B, K)`` or an object with a ``mean_logits`` tensor ``(B, K)``. Loss
+contract: a scalar tensor or a NamedTuple of scalar tensors whose first field is the total.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ def split_batch(batch: Any) -> tuple[Any, Tensor]:
     Raises:
         TypeError: the batch has neither form, or the labels are not a tensor.
     """
-    if isinstance(batch, Mapping) and "image" in batch and ("labels" in batch or "targets" in batch):
-        images, labels = batch["image"], batch["labels"] if "labels" in batch else batch["targets"]
+    if isinstance(batch, Mapping) and "image" in batch and "labels" in batch:
+        images, labels = batch["image"], batch["labels"]
     elif isinstance(batch, Sequence) and not isinstance(batch, str) and len(batch) >= 2:
         images, labels = batch[0], batch[1]
     else:

@@ -35,9 +35,19 @@ class HierarchicalKMeans:
     Group indices are canonical: groups are numbered in the order of their smallest class index, so the
     result does not depend on K-means' arbitrary label order.
 
+    **Classes kept out of the grouping.** A class present in almost every training image (e.g. "building"
+    in 97 % of street scenes) makes every group that holds it near-constant, so every level would have a
+    saturated group (see
+    [`ClassHierarchy.drop_saturated_levels`][hiercam.ClassHierarchy.drop_saturated_levels]).
+    ``singletons`` (e.g. from [`frequent_classes`][hiercam.frequent_classes]) keeps such classes alone: each
+    is its own group at every level, and K-means groups the other classes exactly as it would without them,
+    into ``levels[l] - len(singletons)`` groups at level ``l`` (``levels`` counts all groups, so the
+    hierarchy's shape is ``(K, *levels)`` whichever classes are kept out).
+
     Args:
         levels: group counts after the base level, strictly decreasing, e.g. ``(12, 8, 5)`` for 20 -> 12 ->
-            8 -> 5.
+            8 -> 5; each must exceed ``len(singletons)``.
+        singletons: indices of classes kept out of the grouping (their own group at every level).
         unit_norm: L2-normalise the class vectors first (compare directions only).
         weighted: weight each centre by the number of classes it holds when clustering centres, so that a
             centre is the mean of all its classes' vectors rather than the mean of its sub-centres.
@@ -49,27 +59,38 @@ class HierarchicalKMeans:
             ``[(N_1, D), (N_2, D), ...]``.
 
     Raises:
-        TypeError: ``levels`` is not a sequence of integers (``int``, NumPy integers, or a 1-D integer array),
-            or ``unit_norm``/``weighted`` is not a bool.
-        ValueError: ``levels`` is empty, holds a value < 1 or is not strictly decreasing.
+        TypeError: ``levels`` or ``singletons`` is not a sequence of integers (``int``, NumPy integers, or a
+            1-D integer array), or ``unit_norm``/``weighted`` is not a bool.
+        ValueError: ``levels`` is empty, holds a value < 1 or is not strictly decreasing; ``singletons`` holds
+            a negative or repeated index, or as many classes as ``levels[-1]`` (no group left for the others).
 
     Examples:
         >>> import torch
         >>> vectors = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0], [9.0, 0.0]])
         >>> HierarchicalKMeans(levels=(3, 2)).fit(vectors).groups(1)
         [[0, 1], [2, 3], [4]]
+        >>> kept_out = HierarchicalKMeans(levels=(3, 2), singletons=[2]).fit(vectors)  # class 2 alone
+        >>> kept_out.groups(1), kept_out.groups(2)
+        ([[0, 1], [2], [3, 4]], [[0, 1, 3, 4], [2]])
     """
 
     def __init__(
         self,
         levels: Sequence[int],
         *,
+        singletons: Sequence[int] = (),
         unit_norm: bool = False,
         weighted: bool = False,
         n_init: int = 10,
         random_state: int = 0,
     ) -> None:
         self.levels = _check_levels(levels)
+        self.singletons = _check_singletons(singletons)
+        if len(self.singletons) >= self.levels[-1]:
+            raise ValueError(
+                f"`levels` counts the {len(self.singletons)} classes kept out of the grouping (`singletons`) "
+                f"as groups, so every level needs more groups than that, got levels {self.levels}"
+            )
         self.unit_norm = _check_bool(unit_norm, "unit_norm")
         self.weighted = _check_bool(weighted, "weighted")
         self.n_init = check_int(n_init, "n_init", minimum=1)
@@ -88,10 +109,9 @@ class HierarchicalKMeans:
 
         Raises:
             ValueError: ``embeddings`` is not 2-D or not finite, a level asks for ``>= K`` groups or for more
-                groups than there are distinct points, or K-means leaves a group empty.
+                groups than there are distinct points, a class of ``singletons`` is ``>= K``, or K-means
+                leaves a group empty.
         """
-        from sklearn.cluster import KMeans  # imported here: scikit-learn is slow to import
-
         check_tensor(embeddings, "embeddings", dims="K, D", floating=True)
         check_finite(embeddings, "embeddings")
         num_classes = embeddings.shape[0]
@@ -99,15 +119,41 @@ class HierarchicalKMeans:
             raise ValueError(
                 f"`levels` must ask for fewer groups than the {num_classes} classes, got {self.levels[0]}"
             )
+        if self.singletons and self.singletons[-1] >= num_classes:
+            raise ValueError(
+                f"`singletons` must be class indices 0..{num_classes - 1}, got {self.singletons[-1]}"
+            )
         names = _class_names(class_names, num_classes)
         points = embeddings.detach().to(device="cpu", dtype=torch.float64).numpy()
         if self.unit_norm:
             points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+        alone = list(self.singletons)
+        grouped = [c for c in range(num_classes) if c not in set(alone)]
+        counts = [count - len(alone) for count in self.levels]
+        assignments, centers = self._cluster(points[grouped], counts)
+        # the kept-out classes get the group ids after the others', then all ids are made canonical again
+        self.centers_ = []
+        levels: list[list[int]] = []
+        for level, (groups, center) in enumerate(zip(assignments, centers, strict=True)):
+            full = np.empty(num_classes, dtype=np.int64)
+            full[grouped] = groups
+            full[alone] = counts[level] + np.arange(len(alone))
+            order = _first_appearance(full, self.levels[level])
+            levels.append(order[full].tolist())
+            all_centers = np.concatenate([center, points[alone]])
+            self.centers_.append(torch.from_numpy(all_centers[np.argsort(order)]).to(torch.float32))
+        return ClassHierarchy(levels, names, singletons=alone)
+
+    def _cluster(self, points: np.ndarray, counts: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """K-means level by level on ``(K', D)`` points: canonical group ids ``(K',)``, centres, per level."""
+        from sklearn.cluster import KMeans  # imported here: scikit-learn is slow to import
+
+        num_classes = len(points)
         weights = np.ones(num_classes)
         class_to_group = np.arange(num_classes)
-        assignments: list[list[int]] = []
-        self.centers_ = []
-        for depth, count in enumerate(self.levels, start=1):
+        assignments: list[np.ndarray] = []
+        centers: list[np.ndarray] = []
+        for depth, count in enumerate(counts, start=1):
             distinct = len(np.unique(points, axis=0))
             if count > distinct:
                 raise ValueError(
@@ -124,16 +170,17 @@ class HierarchicalKMeans:
             class_labels = labels[class_to_group]
             order = _first_appearance(class_labels, count)  # old label -> canonical label
             class_to_group = order[class_labels]
-            assignments.append(class_to_group.tolist())
+            assignments.append(class_to_group)
             points = kmeans.cluster_centers_[np.argsort(order)]
             weights = np.bincount(class_to_group, minlength=count).astype(np.float64)
-            self.centers_.append(torch.from_numpy(points).to(torch.float32))
-        return ClassHierarchy(assignments, names)
+            centers.append(points)
+        return assignments, centers
 
     def __repr__(self) -> str:
+        alone = f"singletons={self.singletons}, " if self.singletons else ""
         return (
-            f"HierarchicalKMeans(levels={self.levels}, unit_norm={self.unit_norm}, weighted={self.weighted}, "
-            f"n_init={self.n_init}, random_state={self.random_state})"
+            f"HierarchicalKMeans(levels={self.levels}, {alone}unit_norm={self.unit_norm}, "
+            f"weighted={self.weighted}, n_init={self.n_init}, random_state={self.random_state})"
         )
 
 
@@ -143,6 +190,7 @@ def group_classes(
     class_names: Sequence[str] | None = None,
     *,
     layer: str | None = None,
+    singletons: Sequence[int] = (),
     unit_norm: bool = False,
     weighted: bool = False,
     n_init: int = 10,
@@ -157,6 +205,8 @@ def group_classes(
         levels: group counts after the base level, strictly decreasing.
         class_names: optional ``K`` names.
         layer: dotted name of the classifier layer when it cannot be found automatically.
+        singletons: classes kept out of the grouping, their own group at every level, e.g.
+            ``frequent_classes(train_labels, 0.9)`` (see [`HierarchicalKMeans`][hiercam.HierarchicalKMeans]).
         unit_norm: L2-normalise the class vectors first (see
             [`HierarchicalKMeans`][hiercam.HierarchicalKMeans]).
         weighted: weight centres by their class counts (see
@@ -173,7 +223,12 @@ def group_classes(
         (10, 4, 2)
     """
     clusterer = HierarchicalKMeans(
-        levels, unit_norm=unit_norm, weighted=weighted, n_init=n_init, random_state=random_state
+        levels,
+        singletons=singletons,
+        unit_norm=unit_norm,
+        weighted=weighted,
+        n_init=n_init,
+        random_state=random_state,
     )
     return clusterer.fit(class_embeddings(model_or_weights, layer), class_names)
 
@@ -191,6 +246,19 @@ def _check_levels(levels: Sequence[int]) -> tuple[int, ...]:
     if any(a <= b for a, b in pairwise(checked)):
         raise ValueError(f"`levels` must be strictly decreasing, got {checked}")
     return checked
+
+
+def _check_singletons(singletons: Sequence[int]) -> tuple[int, ...]:
+    """Sorted distinct non-negative class indices (``int``, NumPy integers, or a 1-D integer array)."""
+    given: object = singletons
+    if isinstance(given, (np.ndarray, Tensor)) and given.ndim == 1:
+        given = given.tolist()
+    if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+        raise TypeError(f"`singletons` must be a sequence of class indices, got {type_name(singletons)}")
+    checked = [check_int(c, "singletons", minimum=0) for c in given]
+    if len(set(checked)) != len(checked):
+        raise ValueError(f"`singletons` must not repeat a class, got {checked}")
+    return tuple(sorted(checked))
 
 
 def _check_bool(value: object, name: str) -> bool:

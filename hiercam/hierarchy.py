@@ -29,7 +29,7 @@ from hiercam._validation import (
     type_name,
 )
 
-__all__ = ["ClassHierarchy"]
+__all__ = ["ClassHierarchy", "frequent_classes"]
 
 
 _FORMAT = "hiercam.ClassHierarchy"
@@ -42,17 +42,25 @@ class ClassHierarchy:
 
     Every group at level ``l`` is a union of groups at level ``l - 1`` (the hierarchy is nested).
 
+    Classes *kept out of the grouping* (``singletons``, e.g. a class present in almost every image; see
+    [`frequent_classes`][hiercam.frequent_classes]) are alone in their group at every level. The tree views
+    mark them, and [`drop_saturated_levels`][hiercam.ClassHierarchy.drop_saturated_levels] does not let their
+    groups veto a level.
+
     Args:
         assignments: one sequence per group level ``1..L``, each of length ``K``: the group index
             (``0..N_l-1``, every group non-empty) of each class at that level.
         class_names: ``K`` names; defaults to ``"class 0"``, ``"class 1"``, ...
+        singletons: indices of the classes kept out of the grouping; each must be alone in its group at
+            every level.
 
     Raises:
-        TypeError: an assignment is not an integer (``int`` or a NumPy integer; bools are refused).
+        TypeError: an assignment or a singleton is not an integer (``int`` or a NumPy integer; bools are
+            refused).
         ValueError: lengths differ, a group id is outside ``0..N_l-1`` or a group is empty, group counts do
-            not strictly decrease, the levels are not nested, or ``class_names`` has the wrong length. All is
-            checked in time and memory proportional to ``K`` times the number of levels, before anything else
-            is built.
+            not strictly decrease, the levels are not nested, ``class_names`` has the wrong length, or a
+            singleton is out of range, repeated or shares a group. All is checked in time and memory
+            proportional to ``K`` times the number of levels, before anything else is built.
 
     Examples:
         >>> h = ClassHierarchy([[0, 0, 1, 2], [0, 0, 1, 1]], class_names=["cat", "dog", "car", "bus"])
@@ -64,10 +72,14 @@ class ClassHierarchy:
         tensor([[1, 1]])
     """
 
-    __slots__ = ("_assignments", "_class_names", "_sizes")
+    __slots__ = ("_assignments", "_class_names", "_singletons", "_sizes")
 
     def __init__(
-        self, assignments: Sequence[Sequence[int]], class_names: Sequence[str] | None = None
+        self,
+        assignments: Sequence[Sequence[int]],
+        class_names: Sequence[str] | None = None,
+        *,
+        singletons: Sequence[int] = (),
     ) -> None:
         given: object = assignments
         if isinstance(given, (Tensor, np.ndarray)):
@@ -88,9 +100,11 @@ class ClassHierarchy:
         for i, level in enumerate(levels, start=1):
             sizes.append(_check_assignment(level, i, finer, sizes[-1]))
             finer = level
+        alone = _check_singletons(singletons, levels, names)
         self._assignments: tuple[tuple[int, ...], ...] = tuple(levels)
         self._class_names: tuple[str, ...] = names
         self._sizes: tuple[int, ...] = tuple(sizes)
+        self._singletons: tuple[int, ...] = alone
 
     # ----------------------------------------------------------------------------------------- structure
     @property
@@ -102,6 +116,11 @@ class ClassHierarchy:
     def class_names(self) -> tuple[str, ...]:
         """The ``K`` class names."""
         return self._class_names
+
+    @property
+    def singletons(self) -> tuple[int, ...]:
+        """The classes kept out of the grouping (alone in their group at every level), sorted."""
+        return self._singletons
 
     @property
     def num_levels(self) -> int:
@@ -195,7 +214,14 @@ class ClassHierarchy:
         """The hierarchy without the group levels that have a group present in more than ``max_presence``.
 
         Such a level turns into a near-constant classification problem for at least one group (not in the
-        paper). The remaining levels stay nested; level 0 is always kept.
+        paper). The groups of the classes kept out of the grouping
+        ([`singletons`][hiercam.ClassHierarchy.singletons]) are not counted: they are frequent by choice, and
+        at level 0 already. The remaining levels stay
+        nested; level 0 and the singletons are always kept.
+
+        A class present in almost every image saturates every group that holds it: keep it out of the
+        grouping, ``group_classes(..., singletons=frequent_classes(labels, max_presence))``, and this never
+        fails because of it.
 
         Args:
             labels: 0/1 training labels ``(B, K)``.
@@ -205,7 +231,8 @@ class ClassHierarchy:
             A new hierarchy with the kept levels (``self`` is unchanged).
 
         Raises:
-            ValueError: every group level is saturated (raise ``max_presence``), or bad ``labels``.
+            ValueError: every group level is saturated (the message names the classes present in more than
+                ``max_presence`` of the images that are not kept out, if any), or bad ``labels``.
 
         Examples:
             >>> h = ClassHierarchy([[0, 0, 1, 2], [0, 0, 0, 1]], class_names=["cat", "dog", "car", "bus"])
@@ -220,17 +247,31 @@ class ClassHierarchy:
             ValueError: every group level has a group present in more than 50% of the images ...
         """
         limit = check_threshold(max_presence, "max_presence")
-        kept = [
-            level
-            for level in range(1, self.num_levels)
-            if float(self.group_presence(labels, level).max()) <= limit
-        ]
+        kept = []
+        for level in range(1, self.num_levels):
+            presence = self.group_presence(labels, level)
+            groups = self.groups(level)
+            counted = [g for g, members in enumerate(groups) if members[0] not in self._singletons]
+            if float(presence[counted].max()) <= limit:
+                kept.append(level)
         if not kept:
+            frequent = [c for c in frequent_classes(labels, limit) if c not in self._singletons]
+            if frequent:
+                named = ", ".join(repr(self._class_names[c]) for c in frequent)
+                one = len(frequent) == 1
+                hint = (
+                    f"; {named} {'is' if one else 'are'} in more than {limit:.0%} of them: keep "
+                    f"{'it' if one else 'them'} out of the grouping with "
+                    "group_classes(..., singletons=frequent_classes(labels, max_presence))"
+                )
+            else:
+                hint = " (raise `max_presence`)"
             raise ValueError(
-                f"every group level has a group present in more than {limit:.0%} of the images "
-                "(raise `max_presence`)"
+                f"every group level has a group present in more than {limit:.0%} of the images{hint}"
             )
-        return ClassHierarchy([self._assignments[level - 1] for level in kept], self._class_names)
+        return ClassHierarchy(
+            [self._assignments[level - 1] for level in kept], self._class_names, singletons=self._singletons
+        )
 
     # ----------------------------------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +281,7 @@ class ClassHierarchy:
             "version": _FORMAT_VERSION,
             "class_names": list(self._class_names),
             "assignments": [list(level) for level in self._assignments],
+            "singletons": list(self._singletons),
         }
 
     @classmethod
@@ -276,6 +318,13 @@ class ClassHierarchy:
                 f"{where}: key 'version' is {version}; this hiercam reads version {_FORMAT_VERSION} only"
             )
         names, assignments = data["class_names"], data["assignments"]
+        singletons = data.get("singletons", [])  # optional: files written before it existed have none
+        if not isinstance(singletons, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in singletons
+        ):
+            raise ValueError(
+                f"{where}: key 'singletons' must be a list of class indices, got {_short(singletons)}"
+            )
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             raise ValueError(f"{where}: key 'class_names' must be a list of strings, got {_short(names)}")
         if not isinstance(assignments, list) or not all(isinstance(level, list) for level in assignments):
@@ -283,9 +332,11 @@ class ClassHierarchy:
                 f"{where}: key 'assignments' must be a list of lists of group ids, got {_short(assignments)}"
             )
         try:
-            return cls(assignments, names)
+            return cls(assignments, names, singletons=singletons)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{where}: key 'assignments' or 'class_names' is invalid: {error}") from None
+            raise ValueError(
+                f"{where}: key 'assignments', 'class_names' or 'singletons' is invalid: {error}"
+            ) from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the hierarchy as JSON, atomically (a temporary file renamed into place)."""
@@ -319,20 +370,30 @@ class ClassHierarchy:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ClassHierarchy):
             return NotImplemented
-        return self._assignments == other._assignments and self._class_names == other._class_names
+        return (
+            self._assignments == other._assignments
+            and self._class_names == other._class_names
+            and self._singletons == other._singletons
+        )
 
     def __hash__(self) -> int:
-        return hash((self._assignments, self._class_names))
+        return hash((self._assignments, self._class_names, self._singletons))
 
     def __repr__(self) -> str:
-        """One line: ``ClassHierarchy(5 classes, levels 5 -> 3 -> 2)``, the group count of every level."""
+        """One line: ``ClassHierarchy(5 classes, levels 5 -> 3 -> 2)``, the group count of every level.
+
+        Classes kept out of the grouping are counted: ``ClassHierarchy(5 classes, levels 5 -> 3 -> 2, 1 kept
+        out of the grouping)``.
+        """
         sizes = " -> ".join(str(s) for s in self._sizes)
-        return f"ClassHierarchy({self.num_classes} classes, levels {sizes})"
+        alone = f", {len(self._singletons)} kept out of the grouping" if self._singletons else ""
+        return f"ClassHierarchy({self.num_classes} classes, levels {sizes}{alone})"
 
     def __str__(self) -> str:
         """The tree, top level first: one line per group with its size; level-1 groups name their classes.
 
-        At most 8 names are shown per group, then a count of the others.
+        At most 8 names are shown per group, then a count of the others. The group of a class kept out of
+        the grouping says so: ``level 2 group 1 (1 class, kept out of the grouping)``.
         """
         members = self._members_by_level()
         lines = [repr(self)]
@@ -385,7 +446,9 @@ class ClassHierarchy:
 
     def _group_label(self, level: int, group: int, members: list[list[list[int]]]) -> str:
         count = len(members[level][group])
-        return f"level {level} group {group} ({count} class{'' if count == 1 else 'es'})"
+        kept_out = count == 1 and members[level][group][0] in self._singletons
+        alone = ", kept out of the grouping" if kept_out else ""
+        return f"level {level} group {group} ({count} class{'' if count == 1 else 'es'}{alone})"
 
     def _children(self, level: int, group: int, members: list[list[list[int]]]) -> list[int]:
         """The groups of ``level - 1`` inside ``group`` of ``level`` (none at level 1: classes are leaves)."""
@@ -402,6 +465,64 @@ class ClassHierarchy:
         if self._check_level(level) == 0:
             return tuple(range(self.num_classes))
         return self._assignments[level - 1]
+
+
+def frequent_classes(labels: Tensor, max_presence: float = 0.9) -> list[int]:
+    """The classes present in more than ``max_presence`` of the images, to keep out of the grouping.
+
+    A class present in almost every training image (e.g. "building" in 97 % of street scenes) makes every
+    group that holds it near-constant; pass the result as ``singletons`` to
+    [`group_classes`][hiercam.group_classes] or [`HierarchicalKMeans`][hiercam.HierarchicalKMeans] so that it
+    stays its own group at every level.
+
+    Args:
+        labels: 0/1 class labels ``(B, K)`` of the training images, ``B >= 1``, any dtype.
+        max_presence: the largest fraction of images a grouped class may be present in, in (0, 1); the same
+            limit as [`drop_saturated_levels`][hiercam.ClassHierarchy.drop_saturated_levels]'s.
+
+    Returns:
+        The sorted indices of the classes present in strictly more than ``max_presence`` of the rows.
+
+    Raises:
+        TypeError: ``labels`` is not a tensor.
+        ValueError: ``labels`` is not ``(B, K)`` with ``B >= 1``, holds values other than 0 and 1, or
+            ``max_presence`` is not in (0, 1).
+
+    Examples:
+        >>> labels = torch.tensor([[1, 0, 1], [1, 1, 0], [1, 0, 0], [0, 0, 1]])
+        >>> frequent_classes(labels, max_presence=0.7)  # class 0 is in 3 of 4 images
+        [0]
+    """
+    check_tensor(labels, "labels", dims="B, K")
+    limit = check_threshold(max_presence, "max_presence")
+    if labels.shape[0] == 0:
+        raise ValueError("`labels` must hold at least one image")
+    check_binary(labels, "labels")
+    presence = labels.to(torch.float64).mean(dim=0)
+    return [int(c) for c in torch.nonzero(presence > limit).flatten().tolist()]
+
+
+def _check_singletons(
+    singletons: Sequence[int], levels: Sequence[tuple[int, ...]], names: tuple[str, ...]
+) -> tuple[int, ...]:
+    """Sorted distinct class indices, each alone in its group at every level (time in ``K L``)."""
+    alone = sorted(_as_index_list(singletons, "singletons"))
+    if not alone:
+        return ()
+    if alone[-1] >= len(names):
+        raise ValueError(f"`singletons` must be class indices 0..{len(names) - 1}, got {alone[-1]}")
+    if len(set(alone)) != len(alone):
+        raise ValueError(f"`singletons` must not repeat a class, got {alone}")
+    for depth, level in enumerate(levels, start=1):
+        sizes = np.bincount(np.asarray(level, dtype=np.int64), minlength=1)
+        for cls in alone:
+            if sizes[level[cls]] != 1:
+                other = next(c for c, g in enumerate(level) if g == level[cls] and c != cls)
+                raise ValueError(
+                    f"`singletons`: class {cls} ({names[cls]!r}) is kept out of the grouping but shares "
+                    f"group {level[cls]} of level {depth} with class {other} ({names[other]!r})"
+                )
+    return tuple(alone)
 
 
 def _class_names(names: Sequence[str] | None, count: int) -> tuple[str, ...]:

@@ -1,10 +1,9 @@
 """Train multi-label classifiers (plain or two-branch) with the paper's recipe: ``fit``, ``History``.
 
-Batch contract: every batch a loader yields is either a mapping with ``"image"`` and ``"labels"`` keys
-(other keys are ignored; a mapping without ``"labels"`` is read from its ``"targets"`` key) or a tuple/list
-whose first two items are the images and the labels ``(B, K)``. Images go to the model as they are (tensors
-moved to the device); labels are passed through ``labels_transform``, moved to the device and converted to
-float32.
+Batch contract: every batch a loader yields is either a mapping with ``"image"`` and ``"labels"`` keys (other
+keys are ignored) or a tuple/list whose first two items are the images and the labels ``(B, K)``. Images go to
+the model as they are (tensors moved to the device); labels are passed through ``labels_transform``, moved to
+the device and converted to float32.
 
 Model/loss contract: the model returns either a logits tensor ``(B, K)`` or an object with a ``mean_logits``
 tensor ``(B, K)`` (such as ``TwoBranchOutput``); mAP is computed from those logits. The loss is called as

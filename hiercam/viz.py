@@ -1,4 +1,4 @@
-"""Pictures: a grid of dataset scenes with their boxes, and a CAM laid over an image.
+"""Pictures: a grid of dataset scenes with their boxes, a CAM laid over an image, a class hierarchy's tree.
 
 matplotlib is an optional dependency (``pip install hiercam[viz]``); it is imported inside the functions, so
 ``import hiercam`` never needs it. Figures are built with ``matplotlib.figure.Figure`` directly, not
@@ -22,7 +22,9 @@ from hiercam.maps import NormalizeMode, normalize_maps
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["show_scenes", "overlay"]
+    from hiercam.hierarchy import ClassHierarchy
+
+__all__ = ["show_scenes", "overlay", "hierarchy_figure"]
 
 
 def _image_array(image: Tensor, name: str) -> npt.NDArray[np.float32]:
@@ -173,4 +175,78 @@ def show_scenes(
             )
         ax.set_title(f"#{index}", fontsize=8)
         ax.set_axis_off()
+    return figure
+
+
+def hierarchy_figure(hierarchy: ClassHierarchy) -> Figure:
+    """The tree of a class hierarchy: classes at the bottom, each level's groups above, edges to parents.
+
+    Classes are ordered so that every group's members are adjacent; a group is drawn at the mean position of
+    its members and labelled with its size.
+
+    Args:
+        hierarchy: a [`ClassHierarchy`][hiercam.ClassHierarchy] (levels nested, as built by
+            [`group_classes`][hiercam.group_classes]).
+
+    Returns:
+        A ``matplotlib.figure.Figure`` (not attached to pyplot) with one axis.
+
+    Raises:
+        TypeError: ``hierarchy`` is not a ``ClassHierarchy``.
+
+    Examples:
+        >>> from hiercam import ClassHierarchy
+        >>> figure = hierarchy_figure(ClassHierarchy([[0, 0, 1, 1]], ["a", "b", "c", "d"]))
+        >>> len(figure.axes)
+        1
+    """
+    from matplotlib.figure import Figure
+
+    from hiercam.hierarchy import ClassHierarchy
+
+    if not isinstance(hierarchy, ClassHierarchy):
+        raise TypeError(f"`hierarchy` must be a ClassHierarchy, got {type_name(hierarchy)}")
+    top = hierarchy.num_levels - 1
+    order: list[int] = []
+
+    def visit(level: int, group: int) -> None:
+        members = hierarchy.groups(level)[group]
+        if level == 0:
+            order.extend(members)
+            return
+        below = hierarchy.assignments(level - 1)
+        for child in sorted({int(below[c]) for c in members}):
+            visit(level - 1, child)
+
+    for group in range(hierarchy.num_groups(top)):
+        visit(top, group)
+    x_of_class = {cls: x for x, cls in enumerate(order)}
+    figure = Figure(figsize=(max(6.0, 0.9 * hierarchy.num_classes), 1.4 * hierarchy.num_levels + 1))
+    axis = figure.add_subplot()
+    positions: dict[tuple[int, int], float] = {}
+    for level in range(hierarchy.num_levels):
+        for group, members in enumerate(hierarchy.groups(level)):
+            positions[(level, group)] = sum(x_of_class[c] for c in members) / len(members)
+    for level in range(1, hierarchy.num_levels):
+        below, parent_of = hierarchy.assignments(level - 1), hierarchy.assignments(level)
+        for child in range(hierarchy.num_groups(level - 1)):
+            member = int((below == child).nonzero()[0])
+            parent = int(parent_of[member])
+            xs = [positions[(level - 1, child)], positions[(level, parent)]]
+            axis.plot(xs, [level - 1, level], color="0.6")
+    for (level, group), x in positions.items():
+        if level == 0:
+            axis.text(x, -0.15, hierarchy.class_names[group], rotation=45, ha="right", va="top", fontsize=9)
+            axis.plot([x], [0], "o", color="tab:blue")
+        else:
+            size = len(hierarchy.groups(level)[group])
+            box = {"boxstyle": "round", "facecolor": "tab:orange", "alpha": 0.8}
+            axis.text(x, level, f"{size}", ha="center", va="center", fontsize=8, bbox=box)
+    sizes = hierarchy.level_sizes
+    axis.set_yticks(range(hierarchy.num_levels), [f"level {lv} ({n})" for lv, n in enumerate(sizes)])
+    axis.set_xticks([])
+    axis.set_ylim(-1.6, top + 0.5)
+    for side in ("top", "right", "bottom"):
+        axis.spines[side].set_visible(False)
+    figure.tight_layout()
     return figure

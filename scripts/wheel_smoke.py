@@ -41,7 +41,7 @@ def main(site: str) -> None:
     if not (SUBSET_PATH.parent / "LICENSE-fashion-mnist.txt").is_file():
         raise SystemExit("the Fashion-MNIST licence is missing next to the bundled data")
     sample = hiercam.FashionScenes("test", num_scenes=2, image_size=64)[1]
-    if sample["image"].shape != (3, 64, 64) or len(sample["boxes"]) != int(sample["targets"].sum()):
+    if sample["image"].shape != (3, 64, 64) or len(sample["boxes"]) != int(sample["labels"].sum()):
         raise SystemExit(f"unexpected FashionScenes sample: {sample['image'].shape}, {sample['boxes']}")
     size = SUBSET_PATH.stat().st_size / 1e6
     print(f"hiercam {hiercam.__version__} from {package_dir}: {len(hiercam.__all__)} public names OK")

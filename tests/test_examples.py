@@ -90,6 +90,27 @@ def _segmentation_cams(out: str, folder: Path) -> None:
     assert "`output` key 'logits' is not in the output of `model` (its keys: 'out')" in out
 
 
+def _faithfulness(out: str, folder: Path) -> None:
+    rows = re.findall(
+        r"^(\w[\w /+]*?)\s+\|\s+(-?[\d.]+) \|\s+(-?[\d.]+) \| (Grad-CAM|random)$", out, re.MULTILINE
+    )
+    names = [row[0] for row in rows]
+    assert names == [
+        "deletion",
+        "insertion",
+        "average drop",
+        "increase",
+        "ROAD MoRF",
+        "ROAD LeRF",
+        "MaxBoxAccV2",
+        "PxAP",
+    ]
+    for name, ours, floor, _ in rows:
+        if name in ("increase", "MaxBoxAccV2", "PxAP"):  # fractions
+            assert 0 <= float(ours) <= 1
+            assert 0 <= float(floor) <= 1
+
+
 CHECKS: dict[str, Callable[[str, Path], None]] = {
     "orthogonal_loss.py": _orthogonal_loss,
     "two_branch_backbone.py": _two_branch_backbone,
@@ -101,6 +122,7 @@ CHECKS: dict[str, Callable[[str, Path], None]] = {
     "per_image_classes.py": _per_image_classes,
     "transformer_cams.py": _transformer_cams,
     "segmentation_cams.py": _segmentation_cams,
+    "faithfulness.py": _faithfulness,
 }
 
 

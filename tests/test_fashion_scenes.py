@@ -21,7 +21,7 @@ def scenes(split: str = "train", num: int = 24, size: int = 64, seed: int = 0, *
 
 
 def assert_same_sample(a: dict, b: dict) -> None:
-    for key in ("image", "targets", "mask", "boxes", "item_ids"):
+    for key in ("image", "labels", "mask", "boxes", "item_ids"):
         assert torch.equal(a[key], b[key]), key
     assert a["index"] == b["index"]
 
@@ -84,15 +84,15 @@ def test_single_pixel_box_convention_matches_box_iou() -> None:
 
 def test_targets_masks_and_boxes_agree() -> None:
     for sample in scenes("val", num=40):
-        present = sample["targets"].nonzero()[:, 0]
+        present = sample["labels"].nonzero()[:, 0]
         labels = sample["mask"].unique()
         assert set(labels.tolist()) <= {0, *(present + 1).tolist()}
         assert set((present + 1).tolist()) <= set(labels.tolist())  # every garment keeps visible pixels
         assert torch.equal(sample["boxes"][:, 0].long(), present)  # one box per class, sorted by class
         assert sample["item_ids"].shape == (len(present),)
-        assert sample["targets"].dtype == torch.float32
+        assert sample["labels"].dtype == torch.float32
         assert sample["mask"].dtype == torch.long
-        assert set(sample["targets"].unique().tolist()) <= {0.0, 1.0}
+        assert set(sample["labels"].unique().tolist()) <= {0.0, 1.0}
 
 
 def test_item_counts_follow_items_and_garments_overlap_sometimes() -> None:
@@ -249,9 +249,9 @@ def test_smallest_image_size_still_fits_garments() -> None:
 # ------------------------------------------------------------------------------------------ batches
 def test_collate_stacks_tensors_and_keeps_boxes_per_sample() -> None:
     data = scenes(num=5)
-    batch = next(iter(DataLoader(data, batch_size=5, collate_fn=FashionScenes.collate)))
+    batch = next(iter(DataLoader(data, batch_size=5, collate_fn=collate_scenes)))
     assert batch["image"].shape == (5, 3, 64, 64)
-    assert batch["targets"].shape == (5, 10)
+    assert batch["labels"].shape == (5, 10)
     assert batch["mask"].shape == (5, 64, 64)
     assert batch["index"].tolist() == [0, 1, 2, 3, 4]
     for i in range(5):

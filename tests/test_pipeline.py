@@ -11,7 +11,17 @@ import torch
 
 from hiercam import ClassHierarchy, HierarchicalKMeans, TwoBranchNet, small_convnet
 from hiercam.cli import main
-from hiercam.pipeline import ConfigError, PipelineConfig, demo_config, load_config, run_bench, run_pipeline
+from hiercam.pipeline import (
+    ConfigError,
+    ModelKey,
+    PipelineConfig,
+    RunResult,
+    Variant,
+    demo_config,
+    load_config,
+    run_bench,
+    run_pipeline,
+)
 from hiercam.pipeline import stages as stage_module
 
 
@@ -39,15 +49,31 @@ def test_quick_demo_writes_every_artifact(tmp_path: Path, capsys: pytest.Capture
     for name in ("report.md", "metrics.json", "config.json", "run.json", "hierarchy.json", "hierarchy.txt"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["variants"]) == {"baseline", "two_branch", "grouping", "full", "level_1", "level_2"}
+    assert list(metrics["variants"]) == ["baseline", "two_branch", "grouping", "full", "level_1", "level_2"]
     for entry in metrics["variants"].values():
         assert entry["threshold"] in metrics["thresholds"]
         for split in ("val", "test"):
             for value in entry[split].values():
-                assert 0.0 <= value <= 100.0
+                assert 0.0 <= value <= 1.0  # fractions
     for split in ("val", "test"):
         for value in metrics["classification_map"][split].values():
             assert 0.0 <= value <= 1.0
+    # the typed result reads metrics.json back whole, and writes the same JSON
+    result = RunResult.load(out / "metrics.json")
+    assert result.to_json() == metrics
+    assert [v.name for v in result.variants] == list(metrics["variants"])
+    assert result.variant("level_2").variant == Variant("level", 2)
+    assert set(result.classification_map["val"]) == {
+        ModelKey("base"),
+        ModelKey("two_branch", 0),
+        ModelKey("two_branch", 1),
+        ModelKey("two_branch", 2),
+        ModelKey("single", 1),
+        ModelKey("single", 2),
+    }
+    # the report prints the stored fractions in percent
+    full = result.variant("full").splits["test"]
+    assert f"| {100 * full.miou:.2f} |" in (out / "report.md").read_text()
     hierarchy = ClassHierarchy.load(out / "hierarchy.json")
     assert hierarchy.level_sizes == (10, 4, 2)
     assert is_nested(hierarchy)
@@ -64,6 +90,11 @@ def test_quick_demo_writes_every_artifact(tmp_path: Path, capsys: pytest.Capture
     assert run["seed"] == 0
     assert run["seconds"]["total"] > 0
     assert PipelineConfig.from_dict(json.loads((out / "config.json").read_text())) == demo_config(quick=True)
+
+
+def figures(result: RunResult) -> dict[str, object]:
+    """A run's metrics.json without the training histories (which hold timings)."""
+    return {key: value for key, value in result.to_json().items() if key != "histories"}
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_stages(
@@ -95,21 +126,20 @@ def test_an_interrupted_run_resumes_without_redoing_finished_stages(
     assert "  base: up to date, loaded" in lines
     assert trained.count("Branch") == 2  # the two single-branch level models; not the base classifier
     assert trained.count("TwoBranchNet") == 3
-    assert resumed["variants"] == uninterrupted["variants"]
-    assert resumed["classification_map"] == uninterrupted["classification_map"]
+    assert figures(resumed) == figures(uninterrupted)  # histories hold timings
 
     trained.clear()
     again = run_pipeline(config, tmp_path / "resumed", progress=False, log=lambda _: None)
     assert trained == []  # everything up to date
-    assert again["variants"] == uninterrupted["variants"]
+    assert figures(again) == figures(uninterrupted)
 
 
 def test_validation_only_runs_never_touch_test(
     tmp_path: Path, tiny_config: Callable[..., PipelineConfig]
 ) -> None:
     metrics = run_pipeline(tiny_config(), tmp_path, progress=False, log=lambda _: None, test=False)
-    assert set(metrics["scores"]) == {"val"}
-    assert all("test" not in entry for entry in metrics["variants"].values())
+    assert metrics.splits == ("val",)
+    assert all(set(scores.splits) == {"val"} for scores in metrics.variants.values())
     assert not list((tmp_path / "cams").glob("test-*"))
     assert "| n/a |" in (tmp_path / "report.md").read_text()
 
@@ -118,7 +148,7 @@ def test_bench_aggregates_the_seeds(tmp_path: Path, tiny_config: Callable[..., P
     result = run_bench(tiny_config(ablation=False), [0, 1], tmp_path, log=lambda _: None)
     per_seed = [json.loads((tmp_path / f"seed_{s}" / "metrics.json").read_text()) for s in (0, 1)]
     values = [run["variants"]["full"]["test"]["miou"] for run in per_seed]
-    stats = result["variants"]["full"]["test/miou"]
+    stats = result["variants"]["full"]["test"]["miou"]
     assert stats["mean"] == pytest.approx(statistics.fmean(values))
     assert stats["std"] == pytest.approx(statistics.stdev(values))
     assert (stats["min"], stats["max"]) == (min(values), max(values))
@@ -132,9 +162,17 @@ def write(path: Path, text: str) -> Path:
 
 def test_config_files_load_and_validate(tmp_path: Path) -> None:
     config = load_config(
-        write(tmp_path / "ok.toml", 'seed = 3\n[method]\nlevels = [5, 2]\nlam = 1e-6\nrest = "mean"\n')
+        write(
+            tmp_path / "ok.toml",
+            'seed = 3\n[method]\nlevels = [5, 2]\northogonal_weight = 1e-6\nrest_reduction = "mean"\n',
+        )
     )
-    assert (config.seed, config.method.levels, config.method.lam, config.method.rest) == (
+    assert (
+        config.seed,
+        config.method.levels,
+        config.method.orthogonal_weight,
+        config.method.rest_reduction,
+    ) == (
         3,
         (5, 2),
         1e-6,
@@ -145,8 +183,12 @@ def test_config_files_load_and_validate(tmp_path: Path) -> None:
         "sede = 1\n": "unknown config key\\(s\\): sede",
         "[method]\nlevel = [4]\n": "unknown config key\\(s\\) in \\[method\\]: level",
         "[method]\nlevels = [4, 6]\n": "`method.levels` must be strictly decreasing",
-        "[method]\nlam = -1e-4\n": "`method.lam` must be a non-negative number, got -0.0001",
-        '[method]\nrest = "min"\n': "`method.rest` must be one of 'max', 'mean', 'none', got 'min'",
+        "[method]\northogonal_weight = -1e-4\n": (
+            "`method.orthogonal_weight` must be a non-negative number, got -0.0001"
+        ),
+        '[method]\nrest_reduction = "min"\n': (
+            "`method.rest_reduction` must be one of 'max', 'mean', 'none', got 'min'"
+        ),
         "[train]\nepochs = 0\n": "`train.epochs` must be >= 1, got 0",
         '[train]\nepochs = "5"\n': "`train.epochs` must be an integer",
         '[data]\ndataset = "voc"\n': "`data.root` must name the VOCdevkit folder",
@@ -215,13 +257,13 @@ def test_beyond_the_paper_options_run_and_are_chosen_on_validation(
 
     config = tiny_config(
         method__orthogonal_mode="cam",
-        method__lam=0.1,
+        method__orthogonal_weight=0.1,
         method__orthogonal_reduction="batchmean",
         method__choose_fusion_weights=True,
         method__levels=(4, 2),
         method__max_group_presence=0.97,
     )
-    metrics = run_pipeline(config, tmp_path, progress=False, log=lambda _: None)
+    metrics = run_pipeline(config, tmp_path, progress=False, log=lambda _: None).to_json()
     chosen = metrics["fusion_weights"]["full_tuned"]
     assert tuple(chosen) in FUSION_GRID
     tried = metrics["fusion_weights"]["tried"]
@@ -240,7 +282,7 @@ def test_beyond_the_paper_options_run_and_are_chosen_on_validation(
     full = HierarchicalKMeans((4, 2), random_state=0).fit(
         base["classifier.weight"].float(), class_names=hierarchy.class_names
     )
-    targets = load_split(config, "train").targets
+    targets = load_split(config, "train").labels
     kept = [lv for lv in (1, 2) if float(full.remap_labels(targets, lv).float().mean(0).max()) <= 0.97]
     assert hierarchy == ClassHierarchy([full.assignments(lv).tolist() for lv in kept], full.class_names)
     two_branch = json.loads(next((tmp_path / "models").glob("two_branch_L0-*.json")).read_text())

@@ -31,7 +31,7 @@ def test_voc_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     assert set(metrics["variants"]) == {"baseline", "two_branch", "grouping", "full", "level_1", "level_2"}
     for entry in metrics["variants"].values():
         for split in ("val", "test"):
-            assert all(0 <= value <= 100 for value in entry[split].values())
+            assert all(0 <= value <= 1 for value in entry[split].values())
     # VOC has no public test labels: "test" is the official validation set, as in the paper
     assert metrics["scores"]["test"] == metrics["scores"]["val"]
     config_used = json.loads((out / "config.json").read_text())
@@ -48,7 +48,7 @@ def test_shipped_voc_configs_hold_the_papers_settings(name: str) -> None:
     assert config.data.dataset == "voc"
     assert config.data.image_size == 224
     assert config.method.levels == (12, 8, 5)
-    assert (config.method.lam, config.method.orthogonal_reduction) == (1e-4, "sum")
+    assert (config.method.orthogonal_weight, config.method.orthogonal_reduction) == (1e-4, "sum")
     assert (config.train.lr, config.train.batch_size, config.train.epochs, config.train.patience) == (
         1e-4,
         20,
@@ -63,9 +63,9 @@ def test_shipped_voc_configs_hold_the_papers_settings(name: str) -> None:
 
 def test_torchvision_backbones_take_images_in_zero_one() -> None:
     from hiercam.pipeline.config import ModelConfig
-    from hiercam.pipeline.models import ImageNetNormalize, single_branch
+    from hiercam.pipeline.networks import ImageNetNormalize, build_classifier
 
-    model = single_branch(ModelConfig(backbone="resnet18"), num_classes=20, seed=0).eval()
+    model = build_classifier(ModelConfig(backbone="resnet18"), num_classes=20, seed=0).eval()
     assert isinstance(model.features[0], ImageNetNormalize)
     images = torch.rand(2, 3, 64, 64)
     expected = (images - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor(
@@ -74,4 +74,4 @@ def test_torchvision_backbones_take_images_in_zero_one() -> None:
     torch.testing.assert_close(model.features[0](images), expected)
     assert model(images).shape == (2, 20)
     with pytest.raises(ValueError, match="`model.backbone` 'resnet9000' is not a torchvision model"):
-        single_branch(ModelConfig(backbone="resnet9000"), num_classes=20, seed=0)
+        build_classifier(ModelConfig(backbone="resnet9000"), num_classes=20, seed=0)

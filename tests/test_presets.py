@@ -33,15 +33,15 @@ def test_every_preset_names_real_method_fields() -> None:
 
 def test_paper_preset_restores_the_paper_settings_and_keeps_the_rest() -> None:
     changed = demo_config().replace(
-        method__lam=0.5, method__orthogonal_mode="cam", method__levels=(3,), train__epochs=1
+        method__orthogonal_weight=0.5, method__orthogonal_mode="cam", method__levels=(3,), train__epochs=1
     )
     paper = apply_preset(changed, "paper")
-    assert paper.method.lam == 1e-4
+    assert paper.method.orthogonal_weight == 1e-4
     assert paper.method.orthogonal_mode == "feature"
     assert paper.method.orthogonal_reduction == "sum"
     assert paper.method.levels == (3,)
     assert paper.train.epochs == 1
-    assert changed.method.lam == 0.5  # the caller's config is not modified
+    assert changed.method.orthogonal_weight == 0.5  # the caller's config is not modified
     assert apply_preset(demo_config(), "paper") == demo_config()  # the defaults are the paper's
 
 
@@ -49,7 +49,7 @@ def test_variant_presets_change_only_their_own_settings() -> None:
     paper = apply_preset(demo_config(), "paper").method
     spatial = apply_preset(demo_config(), "spatial").method
     differing = {f.name for f in fields(MethodConfig) if getattr(paper, f.name) != getattr(spatial, f.name)}
-    assert differing == {"orthogonal_mode", "orthogonal_reduction", "lam"}
+    assert differing == {"orthogonal_mode", "orthogonal_reduction", "orthogonal_weight"}
 
 
 def test_unknown_preset_is_a_clear_error() -> None:
@@ -80,21 +80,21 @@ def test_preset_bench_shares_the_baseline_and_compares(
     paper = result["presets"]["paper"]["variants"]
     tuned = result["presets"]["fusion_weights"]["variants"]
     # the same seeds train the same baseline (through the shared cache): identical figures
-    assert paper["baseline"]["test/miou"] == tuned["baseline"]["test/miou"]
+    assert paper["baseline"]["test"]["miou"] == tuned["baseline"]["test"]["miou"]
     assert "full_tuned" in tuned
     assert "full_tuned" not in paper
     stored = json.loads((tmp_path / "fusion_weights" / "seed_1" / "metrics.json").read_text())
-    assert stored["variants"]["full"]["test"]["miou"] == tuned["full"]["test/miou"]["values"][1]
+    assert stored["variants"]["full"]["test"]["miou"] == tuned["full"]["test"]["miou"]["values"][1]
     table = (tmp_path / "compare.md").read_text()
     assert table.count("| paper |") == 2  # baseline and full
     assert table.count("| fusion_weights |") == 2  # full and full_tuned
     delta = [
         a - b
         for a, b in zip(
-            tuned["full"]["test/miou"]["values"], tuned["baseline"]["test/miou"]["values"], strict=True
+            tuned["full"]["test"]["miou"]["values"], tuned["baseline"]["test"]["miou"]["values"], strict=True
         )
     ]
-    assert f"{sum(delta) / 2:.2f} ±" in table
+    assert f"{100 * sum(delta) / 2:.2f} ±" in table  # fractions in JSON, points in the table
     assert "| saturated | not run: `method.max_group_presence` = 0.01 drops every group level" in table
 
 
@@ -105,16 +105,18 @@ def _bench(baseline: list[float], full: list[float]) -> dict[str, object]:
     zeros = stats([0.0] * len(baseline))
     variants = {
         name: {
-            "test/miou": stats(values),
-            "test/miou_at_val_threshold": stats([v + 1 for v in values]),
-            "test/loc_error": zeros,
+            "test": {
+                "miou": stats(values),
+                "miou_at_val_threshold": stats([v + 0.01 for v in values]),
+                "loc_error": zeros,
+            }
         }
         for name, values in (("baseline", baseline), ("full", full))
     }
     return {
         "variants": variants,
-        "classification_map": {"test/base": zeros, "test/two_branch_L0": zeros},
-        "branch_cam_correlation": {"test/two_branch_L0": zeros},
+        "classification_map": {"test": {"base": zeros, "two_branch_L0": zeros}},
+        "branch_cam_correlation": {"test": {"two_branch_L0": zeros}},
     }
 
 
@@ -122,9 +124,9 @@ def test_compare_table_pairs_each_preset_with_its_own_baseline() -> None:
     result = {
         "seeds": [0, 1],
         "presets": {
-            "a": _bench(baseline=[10.0, 20.0], full=[13.0, 21.0]),
-            "b": _bench(baseline=[10.0, 20.0], full=[9.0, 19.0]),  # same baseline: not shown again
-            "c": _bench(baseline=[11.0, 21.0], full=[16.0, 26.0]),  # retrained baseline: shown
+            "a": _bench(baseline=[0.10, 0.20], full=[0.13, 0.21]),  # fractions, as in bench.json
+            "b": _bench(baseline=[0.10, 0.20], full=[0.09, 0.19]),  # same baseline: not shown again
+            "c": _bench(baseline=[0.11, 0.21], full=[0.16, 0.26]),  # retrained baseline: shown
         },
     }
     rows = compare_markdown(result).splitlines()[4:]

@@ -22,6 +22,7 @@ from hiercam import (
     TwoBranchLoss,
     TwoBranchNet,
     average_precision,
+    collate_scenes,
     evaluate,
     fit,
     mean_average_precision,
@@ -90,7 +91,7 @@ SIZE = 40
 @functools.cache
 def scene_batches(split: str, num: int, batch: int) -> list[dict]:
     data = FashionScenes(split, num_scenes=num, image_size=SIZE, seed=3)
-    return list(DataLoader(data, batch_size=batch, collate_fn=FashionScenes.collate))
+    return list(DataLoader(data, batch_size=batch, collate_fn=collate_scenes))
 
 
 class Cached(torch.utils.data.Dataset):
@@ -98,13 +99,13 @@ class Cached(torch.utils.data.Dataset):
 
     def __init__(self, num: int) -> None:
         batches = scene_batches("train", num, num)
-        self.images, self.targets = batches[0]["image"], batches[0]["targets"]
+        self.images, self.labels = batches[0]["image"], batches[0]["labels"]
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.images[i], self.targets[i]
+        return self.images[i], self.labels[i]
 
 
 def classifier(seed: int = 0, dropout: float = 0.0, classes: int = 10, norm: str = "batch") -> nn.Module:
@@ -325,7 +326,7 @@ def test_two_branch_model_with_named_tuple_loss() -> None:
     model.eval()
     with torch.no_grad():
         scores = torch.cat([model(b["image"]).mean_logits for b in val])
-    expected = mean_average_precision(scores, torch.cat([b["targets"] for b in val]))
+    expected = mean_average_precision(scores, torch.cat([b["labels"] for b in val]))
     assert history["val_map"][-1] == pytest.approx(expected.item(), abs=1e-6)
     model.train()
     measured = evaluate(model, val, loss=pair_loss)
@@ -395,7 +396,7 @@ def test_labels_transform_trains_a_level_model() -> None:
     model.eval()
     with torch.no_grad():
         scores = torch.cat([model(b["image"]) for b in val])
-    targets = hierarchy.remap_labels(torch.cat([b["targets"] for b in val]), 1)
+    targets = hierarchy.remap_labels(torch.cat([b["labels"] for b in val]), 1)
     assert history["val_map"][0] == pytest.approx(mean_average_precision(scores, targets).item(), abs=1e-6)
     with pytest.raises(ValueError, match=r"logits \(16, 4\) and labels \(16, 10\) .* `labels_transform`"):
         fit(model, val, epochs=1, progress=False)

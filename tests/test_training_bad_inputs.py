@@ -133,7 +133,7 @@ def test_batch_mapping_reads_labels_then_targets() -> None:
     ((x, y),) = batches(1)
     a, b = tiny(), tiny()
     fit(a, [{"image": x, "labels": y}], epochs=1, progress=False)
-    fit(b, [{"image": x, "targets": y}], epochs=1, progress=False)
+    fit(b, [{"image": x, "labels": y}], epochs=1, progress=False)
     assert all(torch.equal(p, q) for p, q in zip(state(a), state(b), strict=True))
     with pytest.raises(TypeError, match="batch labels must be a torch.Tensor, got list"):
         fit(tiny(), [{"image": x, "labels": y.tolist()}], epochs=1, progress=False)

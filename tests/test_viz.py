@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from hiercam import FashionScenes, normalize_maps
-from hiercam.viz import overlay, show_scenes
+from hiercam import ClassHierarchy, FashionScenes, normalize_maps
+from hiercam.viz import hierarchy_figure, overlay, show_scenes
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,29 @@ def test_overlay_zero_map_grey_image_and_inputs_left_alone() -> None:
 def test_overlay_rejects_bad_input(image, cam, kwargs, error, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error, match=match):
         overlay(image, cam, **kwargs)
+
+
+def test_hierarchy_figure_places_groups_over_their_adjacent_members() -> None:
+    # classes 0..5; level 1: {0, 3}, {1, 4}, {2, 5}; level 2: {0, 3, 1, 4}, {2, 5}
+    hierarchy = ClassHierarchy([[0, 1, 2, 0, 1, 2], [0, 0, 1, 0, 0, 1]], list("abcdef"))
+    figure = hierarchy_figure(hierarchy)
+    (axis,) = figure.axes
+    # classes along x in tree order: a, d, b, e (group 0 of level 2), then c, f
+    names = sorted(
+        (text.get_position()[0], text.get_text()) for text in axis.texts if text.get_text().isalpha()
+    )
+    assert [name for _, name in names] == list("adbecf")
+    # group labels are their sizes, at the mean x of their members (level 1: 0.5, 2.5, 4.5; level 2: 1.5, 4.5)
+    sizes = sorted(
+        (text.get_position()[1], text.get_position()[0], text.get_text())
+        for text in axis.texts
+        if text.get_text().isdigit()
+    )
+    assert sizes == [(1, 0.5, "2"), (1, 2.5, "2"), (1, 4.5, "2"), (2, 1.5, "4"), (2, 4.5, "2")]
+    assert [tick.get_text() for tick in axis.get_yticklabels()] == [
+        "level 0 (6)",
+        "level 1 (3)",
+        "level 2 (2)",
+    ]
+    with pytest.raises(TypeError, match="`hierarchy` must be a ClassHierarchy"):
+        hierarchy_figure([[0, 1]])  # type: ignore[arg-type]

@@ -37,14 +37,14 @@ def test_targets_masks_and_boxes_are_what_was_written(fake: dict, split: str) ->
         assert sample["image"].shape == (3, height, width)
         assert sample["image"].dtype == torch.float32
         assert 0 <= float(sample["image"].min()) <= float(sample["image"].max()) <= 1
-        torch.testing.assert_close(sample["targets"], expected_targets(rows))
+        torch.testing.assert_close(sample["labels"], expected_targets(rows))
         np.testing.assert_array_equal(sample["mask"].numpy(), fake["masks"][image_id])
         written = torch.tensor(
             [[cls, x0 - 1, y0 - 1, x1, y1] for cls, x0, y0, x1, y1, _ in rows], dtype=torch.float32
         )
         torch.testing.assert_close(sample["boxes"], written)
     torch.testing.assert_close(
-        dataset.targets, torch.stack([expected_targets(fake["objects"][i]) for i in dataset.ids])
+        dataset.labels, torch.stack([expected_targets(fake["objects"][i]) for i in dataset.ids])
     )
 
 
@@ -65,7 +65,7 @@ def test_difficult_objects_are_ignored_only_when_asked(fake: dict) -> None:
     assert difficult_rows > 0  # the fixture has some
     for index, image_id in enumerate(without.ids):
         torch.testing.assert_close(
-            without[index]["targets"], expected_targets(fake["objects"][image_id], True)
+            without[index]["labels"], expected_targets(fake["objects"][image_id], True)
         )
         assert len(without[index]["boxes"]) == sum(1 for row in fake["objects"][image_id] if not row[-1])
 
@@ -94,7 +94,7 @@ def test_default_transform_is_the_papers_preprocessing(fake: dict) -> None:
                 source * torch.tensor([new_w / width, new_h / height] * 2) - torch.tensor([left, top] * 2)
             ).clamp(0, 224)
             torch.testing.assert_close(row[1:], expected)
-        assert set(sample["targets"].nonzero().flatten().tolist()) == set(
+        assert set(sample["labels"].nonzero().flatten().tolist()) == set(
             sample["boxes"][:, 0].long().tolist()
         )
 
@@ -126,7 +126,7 @@ def test_collate_keeps_boxes_as_a_list(fake: dict) -> None:
     assert batch["mask"].shape == (2, 224, 224)
     assert isinstance(batch["boxes"], list)
     assert torch.equal(batch["index"], torch.tensor([0, 1]))
-    assert VOCMultiLabel.collate([dataset[0]])["image"].shape == (1, 3, 224, 224)
+    assert collate_voc([dataset[0]])["image"].shape == (1, 3, 224, 224)
 
 
 def test_missing_files_are_named(tmp_path: Path, fake: dict) -> None:

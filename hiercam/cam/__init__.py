@@ -30,3 +30,12 @@ __all__ = [
     "MultiHeadModel",
     "CAMHead",
 ]
+
+# Every CAM method exported above, by its lower-case class name ("gradcam", "gradcamplusplus", ...): the one
+# lookup by name (the ``hiercam cam --method`` option). A method joins by being exported from this package.
+METHODS: dict[str, type[BaseCAM]] = {
+    name.lower(): method
+    for name in __all__
+    if isinstance(method := globals()[name], type) and issubclass(method, BaseCAM) and method is not BaseCAM
+}
+__all__ += ["METHODS"]

@@ -1,8 +1,15 @@
-"""Datasets: FashionScenes (bundled, multi-label scenes with exact masks and boxes) and PASCAL VOC 2012."""
+"""Datasets: FashionScenes (bundled scenes with exact masks and boxes), PASCAL VOC 2012 and MSRC-21."""
 
 from hiercam.datasets.fake_voc import write_fake_voc
 from hiercam.datasets.fashion_mnist import FASHION_MNIST_CLASSES, load_garments
 from hiercam.datasets.fashion_scenes import FashionScenes, SceneBatch, SceneSample, collate_scenes
+from hiercam.datasets.msrc import (
+    MSRC21,
+    MSRC21_CLASSES,
+    MSRC21_STUFF_CLASSES,
+    MSRC21Sample,
+    write_fake_msrc21,
+)
 from hiercam.datasets.voc import VOC_CLASSES, VOCMultiLabel, VOCSample, VOCTransform, collate_voc
 
 __all__ = [
@@ -20,4 +27,10 @@ __all__ = [
     "collate_voc",
     "VOC_CLASSES",
     "write_fake_voc",
+    # MSRC-21 (real photos, read from a folder the user provides)
+    "MSRC21",
+    "MSRC21Sample",
+    "MSRC21_CLASSES",
+    "MSRC21_STUFF_CLASSES",
+    "write_fake_msrc21",
 ]

@@ -37,7 +37,7 @@ class SceneSample(TypedDict):
     """One FashionScenes sample (shapes for ``M`` garments in an ``H x W`` scene)."""
 
     image: Tensor  # (3, H, W) float32 in [0, 1]
-    targets: Tensor  # (10,) float32 multi-hot
+    labels: Tensor  # (10,) float32 multi-hot
     mask: Tensor  # (H, W) int64 label map: 0 background, k + 1 garment of class k
     boxes: Tensor  # (M, 5) float32 rows (class, x1, y1, x2, y2), x2/y2 exclusive
     item_ids: Tensor  # (M,) int64 Fashion-MNIST item ids, rows as in `boxes`
@@ -47,11 +47,11 @@ class SceneSample(TypedDict):
 class SceneBatch(TypedDict):
     """A batch made by ``collate_scenes``: tensors stacked, variable-length parts kept as lists.
 
-    Made by [`collate_scenes`][hiercam.collate_scenes] and ``FashionScenes.collate``.
+    Made by [`collate_scenes`][hiercam.collate_scenes].
     """
 
     image: Tensor  # (B, 3, H, W)
-    targets: Tensor  # (B, 10)
+    labels: Tensor  # (B, 10)
     mask: Tensor  # (B, H, W)
     boxes: list[Tensor]  # B tensors (M_b, 5)
     item_ids: list[Tensor]  # B tensors (M_b,)
@@ -105,11 +105,11 @@ class FashionScenes(Dataset[SceneSample]):
     Examples:
         >>> scenes = FashionScenes("val", num_scenes=8, image_size=64, seed=1)
         >>> sample = scenes[3]
-        >>> sample["image"].shape, sample["targets"].shape, sample["mask"].shape
+        >>> sample["image"].shape, sample["labels"].shape, sample["mask"].shape
         (torch.Size([3, 64, 64]), torch.Size([10]), torch.Size([64, 64]))
-        >>> bool((sample["boxes"][:, 0].long().unique() == sample["targets"].nonzero()[:, 0]).all())
+        >>> bool((sample["boxes"][:, 0].long().unique() == sample["labels"].nonzero()[:, 0]).all())
         True
-        >>> batch = FashionScenes.collate([scenes[0], scenes[1]])
+        >>> batch = collate_scenes([scenes[0], scenes[1]])
         >>> batch["image"].shape, len(batch["boxes"])
         (torch.Size([2, 3, 64, 64]), 2)
     """
@@ -164,14 +164,6 @@ class FashionScenes(Dataset[SceneSample]):
         )
 
     @staticmethod
-    def collate(samples: Sequence[SceneSample]) -> SceneBatch:
-        """Batch samples: ``DataLoader(..., collate_fn=FashionScenes.collate)``.
-
-        The same as [`collate_scenes`][hiercam.collate_scenes].
-        """
-        return collate_scenes(samples)
-
-    @staticmethod
     def natural_hierarchy() -> ClassHierarchy:
         """The garment hierarchy a class grouping should rediscover.
 
@@ -191,14 +183,14 @@ class FashionScenes(Dataset[SceneSample]):
 def collate_scenes(samples: Sequence[Mapping[str, Any]]) -> SceneBatch:
     """Stack FashionScenes samples into a batch; boxes and item ids stay per-sample lists.
 
-    The batch is a mapping with ``"image"`` and ``"targets"`` keys, the form [`hiercam.fit`][hiercam.fit]
+    The batch is a mapping with ``"image"`` and ``"labels"`` keys, the form [`hiercam.fit`][hiercam.fit]
     reads.
 
     Args:
         samples: ``B`` samples as returned by [`FashionScenes`][hiercam.FashionScenes] (same image size).
 
     Returns:
-        A [`SceneBatch`][hiercam.datasets.SceneBatch]: ``image (B, 3, H, W)``, ``targets (B, 10)``,
+        A [`SceneBatch`][hiercam.datasets.SceneBatch]: ``image (B, 3, H, W)``, ``labels (B, 10)``,
         ``mask (B, H, W)``, ``index (B,)``, and the lists ``boxes`` (``B`` tensors ``(M_b, 5)``) and
         ``item_ids`` (``B`` tensors ``(M_b,)``).
 
@@ -209,7 +201,7 @@ def collate_scenes(samples: Sequence[Mapping[str, Any]]) -> SceneBatch:
         raise ValueError("`samples` must hold at least one sample, got an empty sequence")
     return SceneBatch(
         image=torch.stack([s["image"] for s in samples]),
-        targets=torch.stack([s["targets"] for s in samples]),
+        labels=torch.stack([s["labels"] for s in samples]),
         mask=torch.stack([s["mask"] for s in samples]),
         boxes=[s["boxes"] for s in samples],
         item_ids=[s["item_ids"] for s in samples],
@@ -326,7 +318,7 @@ def _sample(
     rows.sort(key=lambda row: row[0])
     return SceneSample(
         image=torch.from_numpy(image),
-        targets=targets,
+        labels=targets,
         mask=torch.from_numpy(labels),
         boxes=torch.tensor([row[1] for row in rows], dtype=torch.float32).reshape(-1, 5),
         item_ids=torch.tensor([row[2] for row in rows], dtype=torch.long),

@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 for multi-label classification and CAM evaluation: image, targets, label map, boxes.
+"""PASCAL VOC 2012 for multi-label classification and CAM evaluation: image, labels, label map, boxes.
 
 Reads the standard layout (``VOCdevkit/VOC2012/{JPEGImages, Annotations, SegmentationClass, ImageSets}``)
 and, when present, the usual SBD augmentation (``SegmentationClassAug/`` and
@@ -7,6 +7,7 @@ and, when present, the usual SBD augmentation (``SegmentationClassAug/`` and
 
 from __future__ import annotations
 
+import math
 import os
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ class VOCSample(TypedDict):
     """One sample: shapes after the transform (``H x W``, e.g. 224 x 224), ``M`` objects."""
 
     image: Tensor  # (3, H, W) float32 in [0, 1]
-    targets: Tensor  # (20,) float32 multi-hot
+    labels: Tensor  # (20,) float32 multi-hot
     mask: Tensor  # (H, W) int64: 0 background, k + 1 class k, 255 ignore (empty (0, 0) without masks)
     boxes: Tensor  # (M, 5) float32 (class, x1, y1, x2, y2), x2/y2 exclusive (empty without boxes)
     index: int
@@ -114,10 +115,10 @@ Transform = Callable[[Tensor, Tensor | None, Tensor | None], tuple[Tensor, Tenso
 
 
 def collate_voc(samples: Sequence[VOCSample]) -> dict[str, Any]:
-    """Stack images, targets and masks; keep boxes as a list (their number varies)."""
+    """Stack images, labels and masks; keep boxes as a list (their number varies)."""
     return {
         "image": torch.stack([s["image"] for s in samples]),
-        "targets": torch.stack([s["targets"] for s in samples]),
+        "labels": torch.stack([s["labels"] for s in samples]),
         "mask": torch.stack([s["mask"] for s in samples]),
         "boxes": [s["boxes"] for s in samples],
         "index": torch.tensor([s["index"] for s in samples]),
@@ -125,7 +126,7 @@ def collate_voc(samples: Sequence[VOCSample]) -> dict[str, Any]:
 
 
 class VOCMultiLabel(Dataset[VOCSample]):
-    """PASCAL VOC 2012 images with 20-class multi-hot targets, label maps and boxes.
+    """PASCAL VOC 2012 images with 20-class multi-hot labels, label maps and boxes.
 
     Targets come from the XML annotations (a class is present when the image has an object of it; with
     ``ignore_difficult=True`` objects marked ``difficult`` are left out); after a cropping transform, a class
@@ -144,18 +145,20 @@ class VOCMultiLabel(Dataset[VOCSample]):
             ``VOCTransform`` (short side 224, centre crop 224); ``None`` keeps full images.
         with_masks: load label maps (every listed image must have one).
         with_boxes: parse boxes.
-        ignore_difficult: leave ``difficult`` objects out of targets and boxes.
+        ignore_difficult: leave ``difficult`` objects out of labels and boxes.
         download: fetch VOC 2012 into ``root`` through torchvision first (never by default).
 
     Raises:
         FileNotFoundError: a folder, the image-set file, or an image/annotation/mask of a listed id is missing
             (the message names it).
-        ValueError: an annotation names an unknown class, or the image set is empty.
+        ValueError: the image set is empty, or an annotation (the message names its file) does not parse,
+            names an unknown class, or has a box with a missing, non-numeric or non-finite coordinate or a
+            far edge before its near edge.
 
     Examples:
         >>> dataset = VOCMultiLabel("/data/VOCdevkit", "val")  # doctest: +SKIP
         >>> sample = dataset[0]  # doctest: +SKIP
-        >>> sample["image"].shape, sample["targets"].shape, sample["mask"].shape  # doctest: +SKIP
+        >>> sample["image"].shape, sample["labels"].shape, sample["mask"].shape  # doctest: +SKIP
         (torch.Size([3, 224, 224]), torch.Size([20]), torch.Size([224, 224]))
     """
 
@@ -210,8 +213,8 @@ class VOCMultiLabel(Dataset[VOCSample]):
         ]
 
     @property
-    def targets(self) -> Tensor:
-        """``(N, 20)`` multi-hot targets of the full (untransformed) images, from the annotations."""
+    def labels(self) -> Tensor:
+        """``(N, 20)`` multi-hot labels of the full (untransformed) images, from the annotations."""
         out = torch.zeros(len(self.ids), len(VOC_CLASSES))
         for row, objects in enumerate(self._objects):
             for cls, *_ in objects:
@@ -240,14 +243,11 @@ class VOCMultiLabel(Dataset[VOCSample]):
             targets[boxes[:, 0].long()] = 1.0
         return {
             "image": pixels,
-            "targets": targets,
+            "labels": targets,
             "mask": mask if mask is not None else torch.zeros(0, 0, dtype=torch.long),
             "boxes": boxes if self.with_boxes and boxes is not None else torch.zeros(0, 5),
             "index": index,
         }
-
-    #: Collate function for a DataLoader (boxes stay a list).
-    collate = staticmethod(collate_voc)
 
     def _mask_path(self, image_id: str) -> Path:
         official = self.root / "SegmentationClass" / f"{image_id}.png"
@@ -272,9 +272,18 @@ def _voc_folder(root: Path) -> Path:
 
 
 def _read_annotation(path: Path, ignore_difficult: bool) -> list[tuple[float, float, float, float, float]]:
-    """``(class, x1, y1, x2, y2)`` rows, exclusive far edges (VOC's 1-based inclusive boxes converted)."""
+    """``(class, x1, y1, x2, y2)`` rows, exclusive far edges (VOC's 1-based inclusive boxes converted).
+
+    Raises:
+        ValueError: naming the file, for XML that does not parse, an unknown class, or a box whose
+            coordinate is missing, not a finite number, or whose far edge lies before its near edge.
+    """
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise ValueError(f"{path}: not a valid annotation XML: {error}") from None
     objects = []
-    for node in ElementTree.parse(path).getroot().iter("object"):
+    for number, node in enumerate(root.iter("object")):
         name = (node.findtext("name") or "").strip()
         if name not in _CLASS_INDEX:
             raise ValueError(f"{path}: unknown class {name!r}")
@@ -284,10 +293,30 @@ def _read_annotation(path: Path, ignore_difficult: bool) -> list[tuple[float, fl
         if box is None:
             raise ValueError(f"{path}: object {name!r} has no bndbox")
         xmin, ymin, xmax, ymax = (
-            float(box.findtext(tag) or "nan") for tag in ("xmin", "ymin", "xmax", "ymax")
+            _coordinate(path, number, name, box, tag) for tag in ("xmin", "ymin", "xmax", "ymax")
         )
+        if xmax < xmin or ymax < ymin:
+            raise ValueError(
+                f"{path}: object {number} ({name!r}) has an empty box: "
+                f"xmin {xmin:g}, ymin {ymin:g}, xmax {xmax:g}, ymax {ymax:g}"
+            )
         objects.append((float(_CLASS_INDEX[name]), xmin - 1, ymin - 1, xmax, ymax))
     return objects
+
+
+def _coordinate(path: Path, number: int, name: str, box: ElementTree.Element, tag: str) -> float:
+    """One ``bndbox`` coordinate, a finite number; otherwise a ValueError naming the file and the tag."""
+    text = (box.findtext(tag) or "").strip()
+    where = f"{path}: object {number} ({name!r}) bndbox"
+    if not text:
+        raise ValueError(f"{where} has no <{tag}>")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{where} <{tag}> must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{where} <{tag}> must be finite, got {text!r}")
+    return value
 
 
 def _download(root: Path, split: str) -> None:

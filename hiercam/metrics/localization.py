@@ -91,22 +91,34 @@ def _cam_masks(maps: Tensor, threshold: float) -> Tensor:
     return normalize_maps(maps.detach(), "max") > threshold
 
 
-def _mask_boxes(mask: np.ndarray, components: BoxComponents) -> np.ndarray:
-    """Float32 boxes ``(M, 4)`` of the 8-connected components of a boolean ``(H, W)`` mask."""
+def _mask_boxes(mask: np.ndarray, components: BoxComponents, min_area: int = 0) -> np.ndarray:
+    """Float32 boxes ``(M, 4)`` of the 8-connected components of a boolean ``(H, W)`` mask.
+
+    Components with fewer than ``min_area`` pixels get no box (the ground-truth boxes of
+    ``hiercam.datasets.MSRC21`` use this; the metrics keep every component).
+    """
     from scipy import ndimage  # imported here: SciPy is slow to import
 
     regions, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     if count == 0:
         return np.zeros((0, 4), dtype=np.float32)
-    if components == "largest":
+    if components == "largest" or min_area > 0:
         sizes = np.bincount(regions.ravel(), minlength=count + 1)[1:]
-        keep = int(np.argmax(sizes)) + 1
-        regions = (regions == keep).astype(np.int32)
+        if min_area > 0:
+            small = np.flatnonzero(sizes < min_area) + 1
+            if len(small):
+                regions = np.where(np.isin(regions, small), 0, regions)
+                sizes[small - 1] = 0
+        if components == "largest":
+            if not sizes.any():
+                return np.zeros((0, 4), dtype=np.float32)
+            keep = int(np.argmax(sizes)) + 1
+            regions = (regions == keep).astype(np.int32)
     slices = ndimage.find_objects(regions)
     return np.array(
-        [[cols.start, rows.start, cols.stop, rows.stop] for rows, cols in slices if rows is not None],
+        [[cols.start, rows.start, cols.stop, rows.stop] for rows, cols in filter(None, slices)],
         dtype=np.float32,
-    )
+    ).reshape(-1, 4)
 
 
 # --------------------------------------------------------------------------------------------- kernels

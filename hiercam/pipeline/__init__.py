@@ -14,7 +14,18 @@ from hiercam.pipeline.config import (
     load_config,
 )
 from hiercam.pipeline.distributed import Distributed, init_distributed
+from hiercam.pipeline.keys import ModelKey, Variant
 from hiercam.pipeline.presets import PRESETS, Preset, apply_preset
+from hiercam.pipeline.results import (
+    ExtractedMaps,
+    FigureScenes,
+    FusionWeights,
+    ModelMaps,
+    RunResult,
+    SplitScores,
+    ThresholdCurve,
+    VariantScores,
+)
 from hiercam.pipeline.run import demo_config, run_bench, run_pipeline, run_preset_bench
 
 __all__ = [
@@ -29,6 +40,16 @@ __all__ = [
     "run_pipeline",
     "run_bench",
     "run_preset_bench",
+    "RunResult",
+    "ModelKey",
+    "Variant",
+    "ModelMaps",
+    "ExtractedMaps",
+    "ThresholdCurve",
+    "SplitScores",
+    "VariantScores",
+    "FusionWeights",
+    "FigureScenes",
     "PRESETS",
     "Preset",
     "apply_preset",

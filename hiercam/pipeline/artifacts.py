@@ -18,7 +18,7 @@ import torch
 
 from hiercam._io import atomic_write, atomic_write_json
 
-__all__ = ["digest", "read_marker", "write_marker", "save_tensors", "load_tensors"]
+__all__ = ["digest", "read_marker", "write_marker", "save_tensors", "load_tensors", "safe_torch_load"]
 
 
 def digest(parts: Any) -> str:
@@ -28,14 +28,31 @@ def digest(parts: Any) -> str:
 
 
 def read_marker(path: Path, key: str) -> dict[str, Any] | None:
-    """The marker's content if it exists and holds ``key``, else ``None``."""
+    """The marker's content if it exists and holds ``key``, else ``None`` (the step is to be done).
+
+    Markers are written atomically, so an interrupted run never leaves half of one: a marker that is not a
+    JSON object with a string ``key`` was damaged or replaced, and is an error rather than a silent redo.
+
+    Raises:
+        ValueError: naming the file, when it is not such a JSON object.
+    """
     try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return None
-    if not isinstance(marker, dict) or marker.get("key") != key:
-        return None
-    return marker
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: the step marker is not UTF-8 text; delete it to redo the step") from None
+    try:
+        marker = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}: the step marker is not JSON ({error}); delete it to redo the step"
+        ) from None
+    if not isinstance(marker, dict) or not isinstance(marker.get("key"), str):
+        raise ValueError(
+            f"{path}: the step marker must be a JSON object with a string `key`; delete it to redo the step"
+        )
+    return marker if marker["key"] == key else None
 
 
 def write_marker(path: Path, key: str, content: dict[str, Any]) -> None:
@@ -48,9 +65,36 @@ def save_tensors(path: str | os.PathLike[str], tensors: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(tensors, handle))
 
 
+def safe_torch_load(path: str | os.PathLike[str], what: str, hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU; a file it cannot read is a ValueError naming it.
+
+    Torch raises many types for a damaged, truncated or hostile file (``UnpicklingError``, ``RuntimeError``,
+    ``EOFError``...); the message names the file and the type (torch's own text, which suggests
+    ``weights_only=False``, is kept as the cause, not repeated).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: any other failure to read it.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises many types for a damaged file: name the file
+        raise ValueError(
+            f"{os.fspath(path)}: {what}: damaged, truncated, not a torch file, or holding objects other than "
+            f"tensors and plain data, which are refused ({type(error).__name__}){hint}"
+        ) from error
+
+
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a file written by ``save_tensors`` with ``weights_only=True`` (nothing is executed)."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a file written by ``save_tensors`` with ``weights_only=True`` (nothing is executed).
+
+    Raises:
+        ValueError: naming the file, when it cannot be read as saved tensors (damaged, truncated, another
+            format, or a pickle with code) or does not hold a dict.
+    """
+    data = safe_torch_load(path, "cannot be read as saved tensors", "; delete it to redo the step")
     if not isinstance(data, dict):
-        raise ValueError(f"{os.fspath(path)!r} does not hold a dict of tensors")
+        raise ValueError(f"{os.fspath(path)}: does not hold a dict of tensors; delete it to redo the step")
     return data

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hiercam.pipeline.artifacts import safe_torch_load
+
 __all__ = ["classifier_weight"]
 
 
@@ -22,9 +24,10 @@ def classifier_weight(path: str | os.PathLike[str], layer: str | None = None) ->
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file holds no suitable weight, or ``layer`` names none.
+        ValueError: the file cannot be read (damaged, not a torch file, or a pickle with code), holds no
+            suitable weight, or ``layer`` names none.
     """
-    data: Any = torch.load(path, map_location="cpu", weights_only=True)
+    data: Any = safe_torch_load(path, "cannot be read with torch.load(weights_only=True)")
     name = os.fspath(path)
     if isinstance(data, Tensor):
         if data.ndim != 2 or not data.is_floating_point():

@@ -18,7 +18,7 @@ epochs = 6
 
 [method]
 levels = [4, 2]
-lam = 1e-4
+orthogonal_weight = 1e-4
 ```
 """
 
@@ -129,11 +129,11 @@ class MethodConfig:
 
     Attributes:
         levels: group counts after the base level, strictly decreasing (paper on VOC: ``[12, 8, 5]``).
-        grouping_normalize: L2-normalise class vectors before K-means.
+        grouping_unit_norm: L2-normalise class vectors before K-means.
         grouping_weighted: weight group centres by their class counts.
-        lam: weight of the orthogonal loss (paper: 1e-4 with the raw sum).
+        orthogonal_weight: weight of the orthogonal loss (paper: 1e-4 with the raw sum).
         orthogonal_reduction: ``"sum"`` (paper), ``"batchmean"``, ``"mean"``.
-        orthogonal_normalize: L2-normalise each sample's features inside the orthogonal loss.
+        orthogonal_unit_norm: L2-normalise each sample's features inside the orthogonal loss.
         orthogonal_mode: where orthogonality acts: ``"feature"`` (the paper), ``"spatial"`` or ``"cam"`` (see
             [`orthogonal_loss`][hiercam.orthogonal_loss]).
         max_group_presence: drop the group levels that have a group present in more than this fraction of
@@ -141,23 +141,25 @@ class MethodConfig:
         fusion_weights: ``(a, b, c)`` in ``a M0 + b mean_i(M_i) - c M0'`` (the paper: ``(1, 1, 1)``).
         choose_fusion_weights: also report ``full_tuned``: the fusion weights chosen on validation data from
             a small grid (the choice is recorded in ``metrics.json``).
-        rest: reading of ``M0'`` in Eq. 6: ``"max"``, ``"mean"`` or ``"none"``.
+        rest_reduction: how ``M0'`` of Eq. 6 is built from the other present classes' base maps:
+            ``"max"``, ``"mean"`` or ``"none"`` (no ``M0'``; Python ``None`` in
+            [`fuse_hierarchy`][hiercam.fuse_hierarchy]).
         threshold: the CAM threshold of the paper's metrics (0.15).
         thresholds: grid from which the best threshold is chosen on validation data.
         iou: box IoU needed for a correct localisation.
     """
 
     levels: tuple[int, ...] = (4, 2)
-    grouping_normalize: bool = False
+    grouping_unit_norm: bool = False
     grouping_weighted: bool = False
-    lam: float = 1e-4
+    orthogonal_weight: float = 1e-4
     orthogonal_reduction: Literal["sum", "batchmean", "mean"] = "sum"
-    orthogonal_normalize: bool = False
+    orthogonal_unit_norm: bool = False
     orthogonal_mode: Literal["feature", "spatial", "cam"] = "feature"
     max_group_presence: float | None = None
     fusion_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     choose_fusion_weights: bool = False
-    rest: Literal["max", "mean", "none"] = "max"
+    rest_reduction: Literal["max", "mean", "none"] = "max"
     threshold: float = 0.15
     thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
     iou: float = 0.5
@@ -304,6 +306,36 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"`{key}` has an unsupported type {hint!r}")  # pragma: no cover
 
 
+#: The largest `seed`: every seed derived from it (per model, per epoch) stays in torch's and NumPy's range.
+MAX_SEED = 2**32 - 1
+
+
+def _num_classes(dataset: str) -> int:
+    from hiercam.datasets import VOC_CLASSES, FashionScenes
+
+    return len(VOC_CLASSES if dataset == "voc" else FashionScenes.classes)
+
+
+def _validate_data(data: DataConfig) -> None:
+    """The data section, with FashionScenes' own limits when it is the dataset."""
+    low, high = data.items
+    if not 1 <= low <= high:
+        raise ConfigError(f"`data.items` must be (min, max) with 1 <= min <= max, got {list(data.items)}")
+    if data.dataset != "fashion_scenes":
+        return
+    from hiercam.datasets.fashion_scenes import _MAX_ITEMS, _MIN_IMAGE
+
+    if high > _MAX_ITEMS:
+        raise ConfigError(
+            f"`data.items` allows at most {_MAX_ITEMS} garments per scene, got {list(data.items)}"
+        )
+    if data.image_size < _MIN_IMAGE:
+        raise ConfigError(
+            f"`data.image_size` must be >= {_MIN_IMAGE} for FashionScenes (a garment is at least 12 pixels "
+            f"wide), got {data.image_size}"
+        )
+
+
 def _validate(config: PipelineConfig) -> None:
     data, train, method = config.data, config.train, config.method
     positive = {
@@ -318,24 +350,33 @@ def _validate(config: PipelineConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"`{key}` must be >= 1, got {value}")
-    if data.num_workers < 0 or train.patience < 0 or config.seed < 0:
-        raise ConfigError("`data.num_workers`, `train.patience` and `seed` must be >= 0")
-    if not 1 <= data.items[0] <= data.items[1]:
-        raise ConfigError(f"`data.items` must be (min, max) with 1 <= min <= max, got {list(data.items)}")
+    if data.num_workers < 0 or train.patience < 0:
+        raise ConfigError("`data.num_workers` and `train.patience` must be >= 0")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(f"`seed` must be between 0 and {MAX_SEED} (2**32 - 1), got {config.seed}")
+    _validate_data(data)
     if not (train.lr > 0 and math.isfinite(train.lr)):
         raise ConfigError(f"`train.lr` must be a positive number, got {train.lr}")
-    if train.weight_decay < 0:
-        raise ConfigError(f"`train.weight_decay` must be >= 0, got {train.weight_decay}")
+    if not (train.weight_decay >= 0 and math.isfinite(train.weight_decay)):
+        raise ConfigError(f"`train.weight_decay` must be a finite number >= 0, got {train.weight_decay}")
     if not method.levels:
         raise ConfigError("`method.levels` must name at least one group level")
     if any(n < 1 for n in method.levels) or any(a <= b for a, b in pairwise(method.levels)):
         raise ConfigError(
             f"`method.levels` must be strictly decreasing positive counts, got {list(method.levels)}"
         )
-    if not (method.lam >= 0 and math.isfinite(method.lam)):
-        raise ConfigError(f"`method.lam` must be a non-negative number, got {method.lam}")
-    if method.orthogonal_normalize and method.orthogonal_mode != "feature":
-        raise ConfigError("`method.orthogonal_normalize` applies to `method.orthogonal_mode` 'feature' only")
+    num_classes = _num_classes(data.dataset)
+    if method.levels[0] >= num_classes:
+        raise ConfigError(
+            f"`method.levels` must ask for fewer groups than the {num_classes} classes of {data.dataset!r}, "
+            f"got {list(method.levels)}"
+        )
+    if not (method.orthogonal_weight >= 0 and math.isfinite(method.orthogonal_weight)):
+        raise ConfigError(
+            f"`method.orthogonal_weight` must be a non-negative number, got {method.orthogonal_weight}"
+        )
+    if method.orthogonal_unit_norm and method.orthogonal_mode != "feature":
+        raise ConfigError("`method.orthogonal_unit_norm` applies to `method.orthogonal_mode` 'feature' only")
     if any(not (math.isfinite(w) and w >= 0) for w in method.fusion_weights):
         raise ConfigError(
             f"`method.fusion_weights` must be finite numbers >= 0, got {list(method.fusion_weights)}"

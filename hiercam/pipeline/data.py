@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from hiercam.datasets import FashionScenes
+from hiercam.datasets import FashionScenes, collate_scenes
 from hiercam.pipeline.config import PipelineConfig
 from hiercam.pipeline.distributed import Distributed
 
@@ -36,12 +36,12 @@ class Split(Protocol):
         ...
 
     @property
-    def targets(self) -> Tensor:
-        """``(N, K)`` multi-hot targets (of the full images)."""
+    def labels(self) -> Tensor:
+        """``(N, K)`` multi-hot labels (of the full images)."""
         ...
 
     def training_set(self, augment: bool) -> Dataset[Any]:
-        """Samples ``{"image": (3, H, W), "targets": (K,)}`` for [`fit`][hiercam.fit]."""
+        """Samples ``{"image": (3, H, W), "labels": (K,)}`` for [`fit`][hiercam.fit]."""
         ...
 
     def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[EvalBatch]:
@@ -55,13 +55,13 @@ class SplitData:
 
     Attributes:
         images: ``(N, 3, H, W)`` uint8.
-        targets: ``(N, K)`` float32 multi-hot.
+        labels: ``(N, K)`` float32 multi-hot.
         masks: ``(N, H, W)`` uint8 label maps: 0 background, ``k + 1`` class ``k``, 255 ignore.
         boxes: ``N`` tensors ``(M, 5)`` of ``(class, x1, y1, x2, y2)`` with exclusive far edges.
     """
 
     images: Tensor
-    targets: Tensor
+    labels: Tensor
     masks: Tensor
     boxes: list[Tensor]
 
@@ -82,7 +82,7 @@ class SplitData:
             yield (
                 rows,
                 self.images[rows].float() / 255,
-                self.targets[rows],
+                self.labels[rows],
                 self.masks[rows].long(),
                 [self.boxes[int(i)] for i in rows],
             )
@@ -96,11 +96,11 @@ class _InMemory(Dataset[dict[str, Tensor]]):
         return len(self.data)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"image": self.data.images[index].float() / 255, "targets": self.data.targets[index]}
+        return {"image": self.data.images[index].float() / 255, "labels": self.data.labels[index]}
 
 
 class _ImagesAndTargets(Dataset[dict[str, Tensor]]):
-    """The ``image`` and ``targets`` of another dataset's samples (what training needs)."""
+    """The ``image`` and ``labels`` of another dataset's samples (what training needs)."""
 
     def __init__(self, dataset: Dataset[Any]) -> None:
         self.dataset = dataset
@@ -110,7 +110,7 @@ class _ImagesAndTargets(Dataset[dict[str, Tensor]]):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         sample = self.dataset[index]
-        return {"image": sample["image"], "targets": sample["targets"]}
+        return {"image": sample["image"], "labels": sample["labels"]}
 
 
 class VOCSplit:
@@ -134,9 +134,9 @@ class VOCSplit:
         return len(self.evaluation)
 
     @property
-    def targets(self) -> Tensor:
-        """``(N, 20)`` targets of the full images, from the annotations."""
-        return self.evaluation.targets
+    def labels(self) -> Tensor:
+        """``(N, 20)`` labels of the full images, from the annotations."""
+        return self.evaluation.labels
 
     def training_set(self, augment: bool) -> Dataset[Any]:
         """Random crop and flip for training (``augment``), else the centre crop; images and targets only."""
@@ -157,7 +157,7 @@ class VOCSplit:
         )
         for start, batch in zip(range(0, len(chosen), batch_size), loader, strict=True):
             rows = torch.tensor(chosen[start : start + batch_size])
-            yield rows, batch["image"], batch["targets"], batch["mask"], batch["boxes"]
+            yield rows, batch["image"], batch["labels"], batch["mask"], batch["boxes"]
 
 
 def class_names(config: PipelineConfig) -> tuple[str, ...]:
@@ -191,9 +191,9 @@ def load_split(config: PipelineConfig, split: str) -> Split:
         root=config.data.root,
     )
     images, targets, masks, boxes = [], [], [], []
-    for batch in DataLoader(scenes, batch_size=256, collate_fn=FashionScenes.collate):
+    for batch in DataLoader(scenes, batch_size=256, collate_fn=collate_scenes):
         images.append((batch["image"] * 255).round().to(torch.uint8))
-        targets.append(batch["targets"])
+        targets.append(batch["labels"])
         masks.append(batch["mask"].to(torch.uint8))
         boxes.extend(batch["boxes"])
     return SplitData(torch.cat(images), torch.cat(targets), torch.cat(masks), boxes)
@@ -208,7 +208,7 @@ def train_loader(
     shuffle: bool = True,
     num_workers: int = 0,
 ) -> DataLoader[Any]:
-    """A loader of ``{"image", "targets"}`` batches for [`fit`][hiercam.fit].
+    """A loader of ``{"image", "labels"}`` batches for [`fit`][hiercam.fit].
 
     ``batch_size`` is the global batch. Training (``shuffle``) always draws its order from a
     ``DistributedSampler`` (shuffled with ``seed``, a new order every epoch), with one replica in a single

@@ -1,49 +1,80 @@
 """Stage 4: the CAM variants of the ablation, scored with mIoU and localisation error on val and test.
 
-The variants (the paper's Table 4 rows, and diagnostics):
-
-* ``baseline``: Grad-CAM of the single-branch classifier on the ``K`` classes (no grouping, no orthogonal
-  loss);
-* ``two_branch``: the branch average of the level-0 two-branch model (orthogonal loss only);
-* ``grouping``: Eq. 6 over single-branch models (grouping only);
-* ``full``: Eq. 6 over the two-branch models (both; the paper's method);
-* ``level_l``: the two-branch level-``l`` model's map of each class's group, alone (a diagnostic).
-
-Every map is upsampled (bilinear) to the image size and max-normalised before fusion and scoring. mIoU and
+The variants are the paper's Table 4 rows and diagnostics (see [`Variant`][hiercam.pipeline.Variant]). Every
+map is upsampled (bilinear) to the image size and max-normalised before fusion and scoring. mIoU and
 localisation error are computed at every threshold of ``method.thresholds`` in one pass; the threshold with
 the best validation mIoU is then applied to test, so test data never chooses anything.
+
+``evaluate`` returns the finished
+[`RunResult`][hiercam.pipeline.RunResult]: the report only renders it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Literal
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hiercam.fusion import fuse_hierarchy
+from hiercam.fusion import RestReduction, fuse_hierarchy
 from hiercam.hierarchy import ClassHierarchy
 from hiercam.maps import normalize_maps
-from hiercam.metrics import LocalizationError, MeanIoU
+from hiercam.metrics import LocalizationError, MeanIoU, mean_average_precision
 from hiercam.pipeline.config import PipelineConfig
 from hiercam.pipeline.data import Split
+from hiercam.pipeline.keys import ModelKey, ModelKind, Variant
+from hiercam.pipeline.results import (
+    ExtractedMaps,
+    FigureScenes,
+    FusionWeights,
+    RunResult,
+    SplitScores,
+    ThresholdCurve,
+    VariantScores,
+)
+from hiercam.pipeline.stages import RunContext, TrainedModel
 
-__all__ = ["ABLATION", "variant_names", "variant_maps", "score_split", "choose_thresholds"]
+__all__ = [
+    "FUSION_GRID",
+    "evaluate",
+    "variants_of",
+    "variant_maps",
+    "score_split",
+    "choose_fusion_weights",
+    "choose_thresholds",
+    "classification_map",
+    "branch_correlation",
+    "group_presence",
+    "figure_scenes",
+]
 
-ABLATION = {
-    "baseline": "Grad-CAM baseline (single branch, no grouping)",
-    "two_branch": "+ orthogonal two-branch only",
-    "grouping": "+ grouping only",
-    "full": "both (the paper's method)",
-    "full_tuned": "both, fusion weights chosen on val",
-}
+#: Candidate fusion weights ``(a, b, c)``: the base map kept at 1, the level maps and ``M0'`` weighed 0-2.
+FUSION_GRID: tuple[tuple[float, float, float], ...] = tuple(
+    (1.0, b, c) for b in (0.0, 0.5, 1.0, 2.0) for c in (0.0, 0.5, 1.0, 2.0)
+)
+
+Weights = Mapping[Variant, tuple[float, float, float]]
+
+_BASE, _TWO_BRANCH_0 = ModelKey("base"), ModelKey("two_branch", 0)
+_FIGURE_SCENES = 8
 
 
-def variant_names(config: PipelineConfig, hierarchy: ClassHierarchy) -> list[str]:
-    """The variants a run evaluates (ablation rows need ``config.ablation``)."""
-    names = ["baseline", "two_branch", "grouping", "full"] if config.ablation else ["baseline", "full"]
-    return names + [f"level_{level}" for level in range(1, hierarchy.num_levels)]
+def variants_of(config: PipelineConfig, hierarchy: ClassHierarchy) -> list[Variant]:
+    """The variants a run evaluates (the single-branch rows need ``config.ablation``), in table order."""
+    kinds = ("baseline", "two_branch", "grouping", "full") if config.ablation else ("baseline", "full")
+    variants = [Variant(kind) for kind in kinds]  # type: ignore[arg-type]
+    if config.method.choose_fusion_weights:
+        variants.insert(variants.index(Variant("full")) + 1, Variant("full_tuned"))
+    return variants + [Variant("level", level) for level in range(1, hierarchy.num_levels)]
+
+
+def _rest(config: PipelineConfig) -> RestReduction | None:
+    """``method.rest_reduction`` as the fusion takes it (``"none"`` in a config file is ``None``)."""
+    rest = config.method.rest_reduction
+    return None if rest == "none" else rest
 
 
 def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -51,140 +82,238 @@ def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def variant_maps(
-    cams: dict[str, Tensor],
+    extracted: ExtractedMaps,
     rows: Tensor,
     hierarchy: ClassHierarchy,
     labels: Tensor,
     size: tuple[int, int],
-    names: list[str],
-    rest: Literal["max", "mean", "none"],
-    weights: dict[str, tuple[float, float, float]] | None = None,
-) -> Iterator[tuple[str, Tensor]]:
-    """``(name, maps (B, K, H, W))`` of each variant for the images ``rows`` of a split.
+    variants: Sequence[Variant],
+    rest: RestReduction | None,
+    weights: Weights | None = None,
+) -> Iterator[tuple[Variant, Tensor]]:
+    """``(variant, maps (B, K, H, W))`` of each variant for the images ``rows`` of a split.
 
-    ``weights`` gives the fusion weights ``(a, b, c)`` of the fused variants (default: the paper's ``(1, 1,
-    1)``); ``full_tuned`` is the ``full`` variant with its own weights.
+    ``labels`` are the ``(B, K)`` labels of those images; ``weights`` the fusion weights ``(a, b, c)`` of the
+    fused variants (default: the paper's ``(1, 1, 1)``).
     """
     weights = weights or {}
-    levels = range(1, hierarchy.num_levels)
-    cache: dict[str, Tensor] = {}
+    cache: dict[ModelKey, Tensor] = {}
 
-    def get(model: str) -> Tensor:
-        if model not in cache:
-            cache[model] = _upsample(cams[model][rows], size)
-        return cache[model]
+    def get(key: ModelKey) -> Tensor:
+        if key not in cache:
+            cache[key] = _upsample(extracted.models[key].maps[rows], size)
+        return cache[key]
 
-    for name in names:
-        if name == "baseline":
-            yield name, get("base")
-        elif name == "two_branch":
-            yield name, get("two_branch_L0")
-        elif name in ("grouping", "full", "full_tuned"):
-            prefix = "single" if name == "grouping" else "two_branch"
-            base = get("base") if name == "grouping" else get("two_branch_L0")
-            level_maps = [get(f"{prefix}_L{level}") for level in levels]
-            fused = fuse_hierarchy(
-                base,
-                level_maps,
-                hierarchy,
-                labels,
-                rest_reduction=None if rest == "none" else rest,
-                weights=weights.get(name, (1.0, 1.0, 1.0)),
+    for variant in variants:
+        if variant.kind == "baseline":
+            yield variant, get(_BASE)
+        elif variant.kind == "two_branch":
+            yield variant, get(_TWO_BRANCH_0)
+        elif variant.fused:
+            single = variant.kind == "grouping"
+            base = get(_BASE if single else _TWO_BRANCH_0)
+            kind: ModelKind = "single" if single else "two_branch"
+            level_maps = [get(ModelKey(kind, level)) for level in range(1, hierarchy.num_levels)]
+            weight = weights.get(variant, (1.0, 1.0, 1.0))
+            yield (
+                variant,
+                fuse_hierarchy(base, level_maps, hierarchy, labels, rest_reduction=rest, weights=weight),
             )
-            yield name, fused
         else:
-            level = int(name.split("_")[1])
-            yield name, get(f"two_branch_L{level}")[:, hierarchy.assignments(level)]
+            level = int(variant.level or 0)
+            yield variant, get(ModelKey("two_branch", level))[:, hierarchy.assignments(level)]
 
 
 def score_split(
     config: PipelineConfig,
     data: Split,
-    cams: dict[str, Tensor],
+    extracted: ExtractedMaps,
     hierarchy: ClassHierarchy,
-    names: list[str],
+    variants: Sequence[Variant],
     indices: list[int] | None = None,
-    weights: dict[str, tuple[float, float, float]] | None = None,
+    weights: Weights | None = None,
     *,
     localization: bool = True,
-) -> dict[str, dict[str, list[float]]]:
-    """Score every variant at every threshold: ``{variant: {"miou": [...], "loc_error": [...]}}``, in percent.
+) -> dict[Variant, ThresholdCurve]:
+    """Score every variant at every threshold of ``method.thresholds`` (fractions).
 
     ``indices`` is this process's shard of the images (all by default); under ``torchrun`` the metrics sum
-    their states over the processes, so every process gets the figures of the whole split. ``weights`` are
-    the fused variants' fusion weights (see ``variant_maps``); ``localization=False`` skips the localisation
-    error (mIoU only, faster).
+    their states over the processes, so every process gets the figures of the whole split.
+    ``localization=False`` skips the localisation error (mIoU only, faster).
     """
     method = config.method
     thresholds = list(method.thresholds)
     num_classes = hierarchy.num_classes
-    iou = {name: MeanIoU(num_classes + 1, thresholds=thresholds, ignore_index=255) for name in names}
-    loc = {name: LocalizationError(iou=method.iou, thresholds=thresholds) for name in names}
-    for rows, images, targets, masks, boxes in data.batches(64, indices):
+    iou = {v: MeanIoU(num_classes + 1, thresholds=thresholds, ignore_index=255) for v in variants}
+    loc = {v: LocalizationError(iou=method.iou, thresholds=thresholds) for v in variants}
+    for rows, images, labels, masks, boxes in data.batches(64, indices):
         size = (int(images.shape[-2]), int(images.shape[-1]))
-        for name, maps in variant_maps(cams, rows, hierarchy, targets, size, names, method.rest, weights):
-            iou[name].update(maps, targets, masks=masks)
+        for variant, maps in variant_maps(
+            extracted, rows, hierarchy, labels, size, variants, _rest(config), weights
+        ):
+            iou[variant].update(maps, labels, masks=masks)
             if localization:
-                loc[name].update(maps, targets, boxes=boxes)
+                loc[variant].update(maps, labels, boxes=boxes)
     return {
-        name: {
-            "miou": [100 * float(v) for v in iou[name].compute().miou],
-            "loc_error": [100 * float(v) for v in loc[name].compute()] if localization else [],
-        }
-        for name in names
+        variant: ThresholdCurve(
+            tuple(float(v) for v in iou[variant].compute().miou),
+            tuple(float(v) for v in loc[variant].compute()) if localization else (),
+        )
+        for variant in variants
     }
-
-
-#: Candidate fusion weights ``(a, b, c)``: the base map kept at 1, the level maps and ``M0'`` weighed 0-2.
-FUSION_GRID: tuple[tuple[float, float, float], ...] = tuple(
-    (1.0, b, c) for b in (0.0, 0.5, 1.0, 2.0) for c in (0.0, 0.5, 1.0, 2.0)
-)
 
 
 def choose_fusion_weights(
     config: PipelineConfig,
     data: Split,
-    cams: dict[str, Tensor],
+    extracted: ExtractedMaps,
     hierarchy: ClassHierarchy,
     indices: list[int] | None = None,
-) -> tuple[tuple[float, float, float], dict[str, float]]:
-    """The fusion weights of the ``full`` variant with the best validation mIoU (over the threshold grid too).
+) -> FusionWeights:
+    """The fusion weights of ``full_tuned``: those of ``FUSION_GRID`` with the best validation mIoU.
 
-    Only validation data is used. Returns the chosen ``(a, b, c)`` and every candidate's best validation mIoU.
+    Only validation data is used; every candidate is scored at its best threshold.
     """
     tried: dict[str, float] = {}
     best: tuple[float, tuple[float, float, float]] = (-1.0, FUSION_GRID[0])
+    full = Variant("full")
     for candidate in FUSION_GRID:
-        scores = score_split(
-            config, data, cams, hierarchy, ["full"], indices, {"full": candidate}, localization=False
+        curves = score_split(
+            config, data, extracted, hierarchy, [full], indices, {full: candidate}, localization=False
         )
-        value = max(scores["full"]["miou"])
+        value = max(curves[full].miou)
         tried[",".join(f"{w:g}" for w in candidate)] = value
         if value > best[0]:
             best = (value, candidate)
-    return best[1], tried
+    return FusionWeights(config.method.fusion_weights, best[1], tried)
 
 
 def choose_thresholds(
-    config: PipelineConfig, scores: dict[str, dict[str, dict[str, list[float]]]]
-) -> dict[str, Any]:
-    """Per variant: figures at the paper's threshold and at the threshold with the best validation mIoU.
+    config: PipelineConfig, curves: Mapping[str, Mapping[Variant, ThresholdCurve]]
+) -> dict[Variant, VariantScores]:
+    """Per variant: figures at the paper's threshold and at t*, the threshold with the best validation mIoU.
 
-    ``scores`` is ``{split: score_split(...)}`` for ``"val"`` and ``"test"``.
+    ``curves`` is ``{split: score_split(...)}`` with ``"val"`` (and ``"test"``).
     """
     thresholds = list(config.method.thresholds)
     paper = thresholds.index(config.method.threshold)
-    summary: dict[str, Any] = {}
-    for name, val in scores["val"].items():
-        best = max(range(len(thresholds)), key=lambda i: val["miou"][i])
-        entry: dict[str, Any] = {"threshold": thresholds[best]}
-        for split, by_name in scores.items():
-            figures = by_name[name]
-            entry[split] = {
-                "miou": figures["miou"][paper],
-                "loc_error": figures["loc_error"][paper],
-                "miou_at_val_threshold": figures["miou"][best],
-                "loc_error_at_val_threshold": figures["loc_error"][best],
-            }
-        summary[name] = entry
-    return summary
+    scores = {}
+    for variant, val in curves["val"].items():
+        best = max(
+            range(len(thresholds)), key=lambda i: -math.inf if math.isnan(val.miou[i]) else val.miou[i]
+        )
+        splits = {}
+        for split, by_variant in curves.items():
+            curve = by_variant[variant]
+            loc = curve.loc_error or (math.nan,) * len(thresholds)
+            splits[split] = SplitScores(curve.miou[paper], loc[paper], curve.miou[best], loc[best])
+        scores[variant] = VariantScores(variant, thresholds[best], splits)
+    return scores
+
+
+def classification_map(
+    models: Sequence[ModelKey], extracted: ExtractedMaps, hierarchy: ClassHierarchy
+) -> dict[ModelKey, float]:
+    """Classification mAP of every model on a split, against its level's group labels."""
+    return {
+        key: float(
+            mean_average_precision(
+                extracted.models[key].logits, hierarchy.remap_labels(extracted.labels, key.level)
+            )
+        )
+        for key in models
+    }
+
+
+def branch_correlation(extracted: ExtractedMaps) -> dict[ModelKey, float]:
+    """Mean Pearson r between the two branches' maps (finite values only) of every two-branch model."""
+    means = {}
+    for key, maps in extracted.models.items():
+        if maps.branch_correlation is not None:
+            values = maps.branch_correlation
+            finite = values[torch.isfinite(values)]
+            means[key] = float(finite.mean()) if finite.numel() else math.nan
+    return means
+
+
+def group_presence(hierarchy: ClassHierarchy, labels: Tensor) -> dict[int, list[float]]:
+    """Per group level, the share of the images (``labels`` ``(N, K)``) in which each group is present."""
+    return {
+        level: hierarchy.remap_labels(labels, level).float().mean(0).tolist()
+        for level in range(1, hierarchy.num_levels)
+    }
+
+
+def figure_scenes(
+    config: PipelineConfig,
+    data: Split,
+    extracted: ExtractedMaps,
+    hierarchy: ClassHierarchy,
+    split: str,
+    count: int = _FIGURE_SCENES,
+) -> FigureScenes:
+    """The first ``count`` scenes of a split with the maps the report's CAM figure shows.
+
+    The maps: ``two_branch`` (level 0), every ``level_l``, ``full`` and ``baseline``.
+    """
+    count = min(count, len(data))
+    rows, images, labels, masks, _ = next(data.batches(count, range(count)))
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    wanted = [Variant("two_branch"), Variant("full"), Variant("baseline")]
+    wanted += [Variant("level", level) for level in range(1, hierarchy.num_levels)]
+    maps = dict(variant_maps(extracted, rows, hierarchy, labels, size, wanted, _rest(config)))
+    return FigureScenes(split, images, labels, masks, maps)
+
+
+def evaluate(
+    ctx: RunContext,
+    models: Mapping[ModelKey, TrainedModel],
+    hierarchy: ClassHierarchy,
+    extracted: Mapping[str, ExtractedMaps],
+) -> RunResult:
+    """Stage 4: score every variant on every extracted split, choose on validation data, collect the result.
+
+    ``extracted`` holds ``"val"`` and, unless the run is validation-only, ``"test"``. Under ``torchrun``
+    every process scores its shard (the metrics sum over processes); only rank 0 prepares figure scenes.
+    """
+    config = ctx.config
+    started = time.perf_counter()
+    variants = variants_of(config, hierarchy)
+    weights: dict[Variant, tuple[float, float, float]] = {
+        v: config.method.fusion_weights for v in variants if v.kind in ("grouping", "full")
+    }
+    fusion = FusionWeights(config.method.fusion_weights)
+    if config.method.choose_fusion_weights:  # on validation data only
+        val = ctx.data("val")
+        fusion = choose_fusion_weights(config, val, extracted["val"], hierarchy, ctx.dist.shard(len(val)))
+        weights[Variant("full_tuned")] = fusion.tuned or fusion.configured
+        ctx.log(f"  fusion weights chosen on val: (a, b, c) = {fusion.tuned}")
+    curves = {
+        split: score_split(
+            config, ctx.data(split), maps, hierarchy, variants, ctx.dist.shard(len(ctx.data(split))), weights
+        )
+        for split, maps in extracted.items()
+    }
+    figure_split = "test" if "test" in extracted else "val"
+    scenes = (
+        figure_scenes(config, ctx.data(figure_split), extracted[figure_split], hierarchy, figure_split)
+        if ctx.dist.is_main
+        else None
+    )
+    keys = list(models)
+    ctx.timings["stage4_evaluation"] = time.perf_counter() - started
+    return RunResult(
+        thresholds=config.method.thresholds,
+        threshold=config.method.threshold,
+        variants=choose_thresholds(config, curves),
+        curves=curves,
+        classification_map={s: classification_map(keys, maps, hierarchy) for s, maps in extracted.items()},
+        branch_correlation={s: branch_correlation(maps) for s, maps in extracted.items()},
+        rest_reduction=config.method.rest_reduction,
+        fusion_weights=fusion,
+        hierarchy=hierarchy,
+        group_presence=group_presence(hierarchy, ctx.data("train").labels),
+        histories={key: trained.history for key, trained in models.items()},
+        seconds=dict(ctx.timings),
+        figure_scenes=scenes,
+    )

@@ -33,14 +33,14 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
-        "the paper: orthogonal loss on feature maps (lam 1e-4, raw sum), plain K-means, every level, "
+        "the paper: orthogonal loss on feature maps (weight 1e-4, raw sum), plain K-means, every level, "
         "Eq. 6 with unit weights",
         {
-            "grouping_normalize": False,
+            "grouping_unit_norm": False,
             "grouping_weighted": False,
-            "lam": 1e-4,
+            "orthogonal_weight": 1e-4,
             "orthogonal_reduction": "sum",
-            "orthogonal_normalize": False,
+            "orthogonal_unit_norm": False,
             "orthogonal_mode": "feature",
             "max_group_presence": None,
             "fusion_weights": (1.0, 1.0, 1.0),
@@ -48,12 +48,12 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "spatial": Preset(
-        "orthogonality between the branches' channel-pooled activation maps (per-sample cosine, lam 0.1)",
-        {"orthogonal_mode": "spatial", "orthogonal_reduction": "batchmean", "lam": 0.1},
+        "orthogonality between the branches' channel-pooled activation maps (per-sample cosine, weight 0.1)",
+        {"orthogonal_mode": "spatial", "orthogonal_reduction": "batchmean", "orthogonal_weight": 0.1},
     ),
     "cam": Preset(
-        "orthogonality between the branches' CAMs of each ground-truth class (per-sample cosine, lam 0.1)",
-        {"orthogonal_mode": "cam", "orthogonal_reduction": "batchmean", "lam": 0.1},
+        "orthogonality between the branches' CAMs of each ground-truth class (per-sample cosine, weight 0.1)",
+        {"orthogonal_mode": "cam", "orthogonal_reduction": "batchmean", "orthogonal_weight": 0.1},
     ),
     "signal_groups": Preset(
         "drop the group levels with a group present in more than 90 % of the training images",
@@ -65,8 +65,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "recommended": Preset(
         "chosen on FashionScenes validation data: L2-normalised class vectors, the paper's loss with "
-        "lam 1e-6, levels with a group in more than 90 % of the training images dropped",
-        {"grouping_normalize": True, "lam": 1e-6, "max_group_presence": 0.9},
+        "orthogonal weight 1e-6, levels with a group in more than 90 % of the training images dropped",
+        {"grouping_unit_norm": True, "orthogonal_weight": 1e-6, "max_group_presence": 0.9},
     ),
 }
 

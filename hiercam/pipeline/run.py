@@ -15,22 +15,21 @@ from hiercam._io import atomic_write_json, atomic_write_text
 from hiercam._version import __version__
 from hiercam.pipeline.config import ConfigError, PipelineConfig
 from hiercam.pipeline.distributed import Distributed
-from hiercam.pipeline.evaluation import choose_fusion_weights, choose_thresholds, score_split, variant_names
+from hiercam.pipeline.evaluation import evaluate
+from hiercam.pipeline.networks import check_backbone
 from hiercam.pipeline.presets import apply_preset
 from hiercam.pipeline.report import bench_markdown, compare_markdown, seed_stats, write_report
+from hiercam.pipeline.results import RunResult, strict_json
 from hiercam.pipeline.stages import (
     EVAL_SPLITS,
     RunContext,
     build_hierarchy,
-    extract_cams,
-    model_map,
+    extract_maps,
     train_base,
     train_levels,
 )
 
-__all__ = ["run_pipeline", "run_bench", "demo_config", "RunResult"]
-
-RunResult = dict[str, Any]
+__all__ = ["run_pipeline", "run_bench", "run_preset_bench", "demo_config"]
 
 
 def demo_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
@@ -67,6 +66,10 @@ def run_pipeline(
 
     Writes ``config.json`` (the full config), ``run.json`` (versions, seeds, timings), ``metrics.json``,
     ``report.md`` and ``figures/*.png`` (when matplotlib is installed), besides the stages' own artifacts.
+    Everything that can be checked before work starts is checked first (the config against the dataset and
+    the processes, the backbone's name, the data); only then is ``config.json`` written, and the outputs of
+    an earlier run in ``out`` removed, so that ``config.json`` always describes the run that wrote the
+    ``metrics.json`` beside it.
 
     Args:
         config: the run's settings.
@@ -80,28 +83,28 @@ def run_pipeline(
             runs of a sweep; default ``out``.
 
     Returns:
-        The content of ``metrics.json``.
+        The run's [`RunResult`][hiercam.pipeline.RunResult]; ``metrics.json`` is its ``to_json()``.
+
+    Raises:
+        ConfigError: a setting that cannot run here (naming the key), before any work.
+        FileNotFoundError: missing data.
+        ValueError: damaged data or files of an earlier run (naming the file).
     """
     out = Path(out)
     distributed = Distributed.current()
     if not distributed.is_main:  # under torchrun only rank 0 logs and writes
         log = _silent
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", config.to_dict())
-    if distributed.world > 1 and config.train.batch_size % distributed.world:
-        raise ConfigError(
-            f"`train.batch_size` ({config.train.batch_size}) is the global batch and must be divisible by "
-            f"the {distributed.world} processes"
-        )
     ctx = RunContext(
         config, out, force=force, progress=progress, log=log, cache=None if cache is None else Path(cache)
     )
-    if config.train.amp and ctx.device.type != "cuda":
-        raise ConfigError(f"`train.amp` (mixed precision) needs CUDA, but the run would use {ctx.device}")
+    _preflight(ctx)  # everything that can be checked before work starts
+    if distributed.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in _RUN_OUTPUTS:  # from an earlier run: config.json must describe the metrics beside it
+            (out / stale).unlink(missing_ok=True)
+        atomic_write_json(out / "config.json", config.to_dict())
     splits = EVAL_SPLITS if test else ("val",)
     started = time.perf_counter()
-    ctx.data("train")  # data problems (a missing folder...) show before any training
 
     log(f"[1/4] base classifier and class hierarchy ({config.data.dataset}, {config.model.backbone})")
     stage = time.perf_counter()
@@ -111,69 +114,32 @@ def run_pipeline(
     ctx.timings["stage1_base_and_hierarchy"] = time.perf_counter() - stage
 
     log(
-        f"[2/4] level models: two-branch (lam={config.method.lam:g}, {config.method.orthogonal_reduction})"
-        + (" and single-branch" if config.ablation else "")
+        f"[2/4] level models: two-branch (orthogonal weight {config.method.orthogonal_weight:g}, "
+        f"{config.method.orthogonal_reduction})" + (" and single-branch" if config.ablation else "")
     )
     stage = time.perf_counter()
-    models = {"base": base, **train_levels(ctx, hierarchy, hierarchy_key)}
+    models = {base.identity: base, **train_levels(ctx, hierarchy, hierarchy_key)}
     ctx.timings["stage2_levels"] = time.perf_counter() - stage
 
     log(f"[3/4] class activation maps of every model ({', '.join(splits)})")
     stage = time.perf_counter()
-    cams = {split: extract_cams(ctx, models, split) for split in splits}
+    extracted = {split: extract_maps(ctx, models, split) for split in splits}
     ctx.timings["stage3_cams"] = time.perf_counter() - stage
 
-    log(f"[4/4] evaluation: mIoU and localisation error, M0' = {config.method.rest!r}")
-    stage = time.perf_counter()
-    names = variant_names(config, hierarchy)
-    weights = {"grouping": config.method.fusion_weights, "full": config.method.fusion_weights}
-    chosen: dict[str, Any] = {}
-    if config.method.choose_fusion_weights:  # on validation data only
-        val = ctx.data("val")
-        tuned, tried = choose_fusion_weights(config, val, cams["val"], hierarchy, ctx.dist.shard(len(val)))
-        weights["full_tuned"] = tuned
-        names.insert(names.index("full") + 1, "full_tuned")
-        chosen = {"full_tuned": list(tuned), "tried": tried}
-        log(f"  fusion weights chosen on val: (a, b, c) = {tuned}")
-    scores = {
-        split: score_split(
-            config,
-            ctx.data(split),
-            cams[split],
-            hierarchy,
-            names,
-            ctx.dist.shard(len(ctx.data(split))),
-            weights,
-        )
-        for split in splits
-    }
-    summary = choose_thresholds(config, scores)
-    classification = {split: model_map(models, cams[split], hierarchy) for split in splits}
-    branch_r = {
-        split: {
-            name[: -len("/branch_r")]: _nanmean(values)
-            for name, values in cams[split].items()
-            if name.endswith("/branch_r")
-        }
-        for split in splits
-    }
-    ctx.timings["stage4_evaluation"] = time.perf_counter() - stage
+    log(f"[4/4] evaluation: mIoU and localisation error, M0' = {config.method.rest_reduction!r}")
+    result = evaluate(ctx, models, hierarchy, extracted)
     ctx.timings["total"] = time.perf_counter() - started
+    result.seconds = dict(ctx.timings)
+    if distributed.is_main:
+        _write_outputs(ctx, result)
+    distributed.barrier()  # the processes end together: none leaves while rank 0 still writes
+    return result
 
-    metrics: RunResult = {
-        "variants": summary,
-        "thresholds": list(config.method.thresholds),
-        "scores": scores,
-        "classification_map": classification,
-        "branch_cam_correlation": branch_r,
-        "rest": config.method.rest,
-        "fusion_weights": {"configured": list(config.method.fusion_weights), **chosen},
-        "hierarchy": hierarchy.to_dict(),
-        "histories": {name: trained.history for name, trained in models.items()},
-    }
-    if not distributed.is_main:
-        return metrics
-    atomic_write_json(out / "metrics.json", metrics)
+
+def _write_outputs(ctx: RunContext, result: RunResult) -> None:
+    """``metrics.json``, ``run.json`` and the report (rank 0)."""
+    config, out = ctx.config, ctx.out
+    result.save(out / "metrics.json")
     atomic_write_json(
         out / "run.json",
         {
@@ -182,15 +148,23 @@ def run_pipeline(
             "python": platform.python_version(),
             "platform": platform.platform(),
             "threads": torch.get_num_threads(),
-            "processes": distributed.world,
+            "processes": ctx.dist.world,
             "device": str(ctx.device),
             "seed": config.seed,
-            "seconds": ctx.timings,
+            "seconds": result.seconds,
         },
     )
-    write_report(ctx, hierarchy, models, cams, metrics)
-    log(f"wrote {out / 'report.md'} in {ctx.timings['total']:.0f} s")
-    return metrics
+    write_report(config, result, out)
+    ctx.log(f"wrote {out / 'report.md'} in {result.seconds['total']:.0f} s")
+
+
+#: bench.json's figure names (those of metrics.json) -> the SplitScores fields.
+_BENCH_FIGURES = {
+    "miou": "miou",
+    "loc_error": "loc_error",
+    "miou_at_val_threshold": "miou_at_chosen",
+    "loc_error_at_val_threshold": "loc_error_at_chosen",
+}
 
 
 def run_bench(
@@ -220,35 +194,39 @@ def run_bench(
             log=log,
             cache=cache,
         )
-    aggregate: dict[str, Any] = {}
-    for name in runs[seeds[0]]["variants"]:
-        entry: dict[str, Any] = {}
-        for split in EVAL_SPLITS:
-            for figure in ("miou", "loc_error", "miou_at_val_threshold", "loc_error_at_val_threshold"):
-                values = [runs[s]["variants"][name][split][figure] for s in seeds]
-                entry[f"{split}/{figure}"] = seed_stats(values)
-        entry["threshold"] = [runs[s]["variants"][name]["threshold"] for s in seeds]
-        aggregate[name] = entry
-    maps = {
-        f"{split}/{model}": seed_stats([runs[s]["classification_map"][split][model] for s in seeds])
-        for split in EVAL_SPLITS
-        for model in runs[seeds[0]]["classification_map"][split]
-    }
-    correlations = {
-        f"{split}/{model}": seed_stats([runs[s]["branch_cam_correlation"][split][model] for s in seeds])
-        for split in EVAL_SPLITS
-        for model in runs[seeds[0]]["branch_cam_correlation"][split]
-    }
+    first = runs[seeds[0]]
+    variants: dict[str, Any] = {}
+    for variant, scores in first.variants.items():
+        entry: dict[str, Any] = {
+            split: {
+                name: seed_stats([getattr(runs[s].variants[variant].splits[split], field) for s in seeds])
+                for name, field in _BENCH_FIGURES.items()
+            }
+            for split in scores.splits
+        }
+        entry["threshold"] = [runs[s].variants[variant].threshold for s in seeds]
+        variants[variant.name] = entry
+
+    def over_seeds(table: str) -> dict[str, dict[str, Any]]:
+        return {
+            split: {
+                key.name: seed_stats([getattr(runs[s], table)[split].get(key, math.nan) for s in seeds])
+                for key in row
+            }
+            for split, row in getattr(first, table).items()
+        }
+
     result = {
         "seeds": list(seeds),
         "config": config.to_dict(),
-        "variants": aggregate,
-        "classification_map": maps,
-        "branch_cam_correlation": correlations,
-        "fusion_weights": [runs[s]["fusion_weights"] for s in seeds],
-        "rest": config.method.rest,
+        "units": "fraction",
+        "variants": variants,
+        "classification_map": over_seeds("classification_map"),
+        "branch_cam_correlation": over_seeds("branch_correlation"),
+        "fusion_weights": [runs[s].to_json()["fusion_weights"] for s in seeds],
+        "rest_reduction": config.method.rest_reduction,
     }
-    atomic_write_json(out / "bench.json", result)
+    atomic_write_json(out / "bench.json", strict_json(result))
     atomic_write_text(out / "bench.md", bench_markdown(result))
     return result
 
@@ -305,15 +283,28 @@ def run_preset_bench(
             log(f"preset {name} not run: {error}")
             benches[name] = {"error": str(error)}
     result = {"seeds": list(seeds), "presets": benches}
-    atomic_write_json(out / "compare.json", result)
+    atomic_write_json(out / "compare.json", strict_json(result))
     atomic_write_text(out / "compare.md", compare_markdown(result))
     return result
 
 
+#: A run's own outputs, removed when a new run starts in the same folder.
+_RUN_OUTPUTS = ("metrics.json", "run.json", "report.md", "config.json")
+
+
+def _preflight(ctx: RunContext) -> None:
+    """The checks that need more than the config itself: processes, device, backbone, data."""
+    config, distributed = ctx.config, ctx.dist
+    if distributed.world > 1 and config.train.batch_size % distributed.world:
+        raise ConfigError(
+            f"`train.batch_size` ({config.train.batch_size}) is the global batch and must be divisible by "
+            f"the {distributed.world} processes"
+        )
+    if config.train.amp and ctx.device.type != "cuda":
+        raise ConfigError(f"`train.amp` (mixed precision) needs CUDA, but the run would use {ctx.device}")
+    check_backbone(config.model)
+    ctx.data("train")  # data problems (a missing folder, a damaged annotation) show before any training
+
+
 def _silent(_line: str) -> None:
     """The log of processes other than rank 0."""
-
-
-def _nanmean(values: torch.Tensor) -> float:
-    finite = values[torch.isfinite(values)]
-    return float(finite.mean()) if finite.numel() else math.nan

@@ -23,17 +23,29 @@ from hiercam.cam import GradCAM
 from hiercam.grouping import group_classes
 from hiercam.hierarchy import ClassHierarchy
 from hiercam.losses import TwoBranchLoss
-from hiercam.metrics import mean_average_precision
-from hiercam.pipeline import models as build
 from hiercam.pipeline.artifacts import digest, load_tensors, read_marker, save_tensors, write_marker
 from hiercam.pipeline.config import ConfigError, PipelineConfig
 from hiercam.pipeline.data import Split, class_names, load_split, train_loader
 from hiercam.pipeline.distributed import Distributed
+from hiercam.pipeline.keys import ModelKey
+from hiercam.pipeline.networks import build_classifier, build_two_branch
+from hiercam.pipeline.results import ExtractedMaps, ModelMaps
 from hiercam.training import fit
 
-__all__ = ["RunContext", "TrainedModel", "train_base", "build_hierarchy", "train_levels", "extract_cams"]
+__all__ = [
+    "EVAL_SPLITS",
+    "RunContext",
+    "TrainedModel",
+    "train_base",
+    "build_hierarchy",
+    "train_levels",
+    "extract_maps",
+]
 
 EVAL_SPLITS = ("val", "test")
+
+#: Layout of the map caches (``ExtractedMaps.to_tensors``); part of their key.
+_MAPS_LAYOUT = 2
 
 
 @dataclass
@@ -87,20 +99,25 @@ class RunContext:
 
 @dataclass
 class TrainedModel:
-    """A trained model and what identifies it."""
+    """A trained model and what identifies it.
 
-    name: str
+    Attributes:
+        identity: which model of the run (kind and level).
+        model: the trained network, in eval mode on the run's device.
+        content_key: SHA-256 of everything it was trained from (its cache key).
+        history: one record per epoch (see [`History`][hiercam.History]).
+    """
+
+    identity: ModelKey
     model: nn.Module
-    key: str
-    level: int
+    content_key: str
     history: list[dict[str, float]]
 
 
 def _train(
     ctx: RunContext,
-    name: str,
+    identity: ModelKey,
     model: nn.Module,
-    level: int,
     key_parts: dict[str, Any],
     *,
     loss: Callable[..., Any] | None = None,
@@ -108,6 +125,7 @@ def _train(
 ) -> TrainedModel:
     """Train one model with [`fit`][hiercam.fit], or load it when a completed run with the same key exists."""
     config = ctx.config
+    name, level = identity.name, identity.level
     key = digest(
         {
             **key_parts,
@@ -124,12 +142,24 @@ def _train(
     ctx.dist.barrier()  # what rank 0 wrote before is visible to every process
     marker = None if ctx.force else read_marker(marker_path, key)
     if marker is not None and weights.is_file():
-        model.load_state_dict(load_tensors(weights))
+        try:
+            model.load_state_dict(load_tensors(weights))
+        except RuntimeError as error:  # a state dict of another model
+            raise ValueError(
+                f"{weights}: does not fit the {name} model ({error}); delete it to retrain"
+            ) from None
         ctx.log(f"  {name}: up to date, loaded")
-        return TrainedModel(name, model.to(ctx.device).eval(), key, level, marker["history"])
+        history = marker.get("history")
+        if not isinstance(history, list):
+            raise ValueError(
+                f"{marker_path}: the model marker has no `history` list; delete the file to retrain"
+            )
+        return TrainedModel(identity, model.to(ctx.device).eval(), key, history)
     if ctx.dist.is_main:
         folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / f"{stem}.ckpt"
+    if checkpoint.is_file():  # fit resumes from it: check it first, to name the file if it is damaged
+        _check_resume_file(checkpoint)
     transform = (
         None if level == 0 or hierarchy is None else functools.partial(hierarchy.remap_labels, level=level)
     )
@@ -183,7 +213,20 @@ def _train(
         checkpoint.unlink(missing_ok=True)
     ctx.dist.barrier()
     ctx.log(f"  {name}: val mAP {history['val_map'][-1]:.3f}")
-    return TrainedModel(name, model.eval(), key, level, history.records)
+    return TrainedModel(identity, model.eval(), key, history.records)
+
+
+def _check_resume_file(path: Path) -> None:
+    """A training checkpoint left by an interrupted run must be one ``fit`` can resume from."""
+    from hiercam._checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except Exception as error:  # torch raises many types for a damaged file: name the file
+        raise ValueError(
+            f"{path}: the training checkpoint of an interrupted run cannot be read "
+            f"({type(error).__name__}: {error}); delete it to train this model from scratch"
+        ) from None
 
 
 def _model_seed(config: PipelineConfig, index: int) -> int:
@@ -194,8 +237,8 @@ def train_base(ctx: RunContext) -> TrainedModel:
     """Stage 1a: the single-branch classifier on all ``K`` classes (also the baseline Grad-CAM model)."""
     config = ctx.config
     num_classes = len(class_names(config))
-    model = build.single_branch(config.model, num_classes, _model_seed(config, 0))
-    return _train(ctx, "base", model, 0, {"kind": "single"})
+    model = build_classifier(config.model, num_classes, _model_seed(config, 0))
+    return _train(ctx, ModelKey("base"), model, {"kind": "single"})
 
 
 def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy, str]:
@@ -207,9 +250,9 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
     config, method = ctx.config, ctx.config.method
     key = digest(
         {
-            "base": base.key,
+            "base": base.content_key,
             "levels": method.levels,
-            "normalize": method.grouping_normalize,
+            "normalize": method.grouping_unit_norm,
             "weighted": method.grouping_weighted,
             "max_group_presence": method.max_group_presence,
             "seed": config.seed,
@@ -226,11 +269,11 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
         base.model,
         method.levels,
         class_names(config),
-        unit_norm=method.grouping_normalize,
+        unit_norm=method.grouping_unit_norm,
         weighted=method.grouping_weighted,
         random_state=config.seed,
     )
-    targets = ctx.data("train").targets
+    targets = ctx.data("train").labels
     if method.max_group_presence is not None:
         try:
             hierarchy = hierarchy.drop_saturated_levels(targets, method.max_group_presence)
@@ -254,83 +297,97 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
     return hierarchy, key
 
 
-def train_levels(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str) -> dict[str, TrainedModel]:
+def train_levels(
+    ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str
+) -> dict[ModelKey, TrainedModel]:
     """Stage 2: a two-branch model per level (0 = classes), and single-branch level models (ablation)."""
     config, method = ctx.config, ctx.config.method
     # DDP averages the processes' gradients: a sum over each process's share of the batch would weigh the
-    # orthogonal term by lam / world; lam * world gives exactly the gradient of one process on the whole batch
-    lam = method.lam * (ctx.dist.world if method.orthogonal_reduction == "sum" else 1)
-    loss_key = {
-        "lam": method.lam,
+    # orthogonal term by weight / world; weight * world gives exactly the gradient of one process on the
+    # whole batch
+    weight = method.orthogonal_weight * (ctx.dist.world if method.orthogonal_reduction == "sum" else 1)
+    loss_key = {  # the names of the keys of models trained before the config's renames: they stay valid
+        "lam": method.orthogonal_weight,
         "reduction": method.orthogonal_reduction,
-        "normalize": method.orthogonal_normalize,
+        "normalize": method.orthogonal_unit_norm,
         "mode": method.orthogonal_mode,
     }
-    trained: dict[str, TrainedModel] = {}
+    trained: dict[ModelKey, TrainedModel] = {}
     for level in range(hierarchy.num_levels):
         groups = hierarchy.num_groups(level)
         level_key = {"hierarchy": hierarchy_key if level else None}
-        name = f"two_branch_L{level}"
-        pair = build.two_branch(config.model, groups, _model_seed(config, 10 + level))
+        pair = build_two_branch(config.model, groups, _model_seed(config, 10 + level))
         heads = pair.classifier_heads() if method.orthogonal_mode == "cam" else None
         loss = TwoBranchLoss(
-            weight=lam,
+            weight=weight,
             reduction=method.orthogonal_reduction,
-            unit_norm=method.orthogonal_normalize,
+            unit_norm=method.orthogonal_unit_norm,
             mode=method.orthogonal_mode,
             heads=heads,
         )
-        trained[name] = _train(
+        identity = ModelKey("two_branch", level)
+        trained[identity] = _train(
             ctx,
-            name,
+            identity,
             pair,
-            level,
             {"kind": "two_branch", **loss_key, **level_key},
             loss=loss,
             hierarchy=hierarchy,
         )
         if config.ablation and level > 0:
-            name = f"single_L{level}"
-            single = build.single_branch(config.model, groups, _model_seed(config, 20 + level))
-            trained[name] = _train(
-                ctx, name, single, level, {"kind": "single", **level_key}, hierarchy=hierarchy
+            identity = ModelKey("single", level)
+            single = build_classifier(config.model, groups, _model_seed(config, 20 + level))
+            trained[identity] = _train(
+                ctx, identity, single, {"kind": "single", **level_key}, hierarchy=hierarchy
             )
     return trained
 
 
-def extract_cams(ctx: RunContext, models: dict[str, TrainedModel], split: str) -> dict[str, Tensor]:
+def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: str) -> ExtractedMaps:
     """Stage 3: Grad-CAMs of every model for every image of ``split`` at feature resolution, and logits.
 
-    Returns ``{name: maps (N, N_l, h, w) float16, name + "/logits": (N, N_l), name + "/branch_r": (N, N_l),
-    "targets": (N, K)}`` where ``branch_r`` is the Pearson correlation between the two branches' maps of each
-    class (two-branch models; NaN where a map is constant) and ``targets`` those of the evaluated images.
-    Cached in ``cams/<split>-<key>.pt``. Under ``torchrun`` every process extracts its shard of the images
-    and the shards are gathered.
+    Two-branch models also get the Pearson correlation between their branches' maps of each group. Cached in
+    ``cams/<split>-<key>.pt`` (keyed by the models' and the data's keys). Under ``torchrun`` every process
+    extracts its shard of the images and the shards are gathered.
     """
-    key = digest({"models": {n: m.key for n, m in models.items()}, "data": ctx.data_key(), "split": split})
+    key = digest(
+        {
+            "models": {m.identity.name: m.content_key for m in models.values()},
+            "data": ctx.data_key(),
+            "split": split,
+            "layout": _MAPS_LAYOUT,  # caches of an older layout are not read, but redone
+        }
+    )
     folder = ctx.models_dir.parent / "cams" if ctx.cache is not None else ctx.out / "cams"
     path, marker_path = folder / f"{split}-{key[:16]}.pt", folder / f"{split}-{key[:16]}.json"
     ctx.dist.barrier()
     if not ctx.force and read_marker(marker_path, key) is not None and path.is_file():
-        return load_tensors(path)
+        return ExtractedMaps.from_tensors(load_tensors(path), path)
     data = ctx.data(split)
     shard = ctx.dist.shard(len(data))
-    local: dict[str, list[Tensor]] = {"targets": [target for _, _, target, _, _ in data.batches(64, shard)]}
-    for name, trained in models.items():
+
+    def gather(pieces: list[Tensor]) -> Tensor:
+        return ctx.dist.gather_rows(torch.cat(pieces), len(data))
+
+    labels = gather([labels for _, _, labels, _, _ in data.batches(64, shard)])
+    extracted: dict[ModelKey, ModelMaps] = {}
+    for identity, trained in models.items():
         extractor = GradCAM(trained.model)
-        parts: dict[str, list[Tensor]] = {name: [], f"{name}/logits": [], f"{name}/branch_r": []}
+        maps, logits, correlations = [], [], []
         for _, images, *_ in data.batches(64, shard):
             cams = extractor(images.to(ctx.device, non_blocking=True), size="feature", normalize=None)
-            parts[name].append(cams.to("cpu", torch.float16))
+            maps.append(cams.to("cpu", torch.float16))
             if extractor.logits is not None:
-                parts[f"{name}/logits"].append(extractor.logits.float().cpu())
+                logits.append(extractor.logits.float().cpu())
             if extractor.branch_maps is not None:
-                parts[f"{name}/branch_r"].append(_branch_correlation(extractor.branch_maps).cpu())
+                correlations.append(_branch_correlation(extractor.branch_maps).cpu())
         extractor.remove()
-        local.update({part: pieces for part, pieces in parts.items() if pieces})
-    result = {part: ctx.dist.gather_rows(torch.cat(pieces), len(data)) for part, pieces in local.items()}
+        extracted[identity] = ModelMaps(
+            gather(maps), gather(logits), gather(correlations) if correlations else None
+        )
+    result = ExtractedMaps(labels, extracted)
     if ctx.dist.is_main:
-        save_tensors(path, result)
+        save_tensors(path, result.to_tensors())
         write_marker(marker_path, key, {})
     return result
 
@@ -344,14 +401,3 @@ def _branch_correlation(branch_maps: Tensor) -> Tensor:
     safe = denominator.where(denominator > 0, torch.full_like(denominator, torch.nan))
     correlation: Tensor = (first * second).sum(-1) / safe
     return correlation
-
-
-def model_map(
-    models: dict[str, TrainedModel], cams: dict[str, Tensor], hierarchy: ClassHierarchy
-) -> dict[str, float]:
-    """Classification mAP of every model on a split, against its level's group targets."""
-    scores = {}
-    for name, trained in models.items():
-        level_targets = hierarchy.remap_labels(cams["targets"], trained.level)
-        scores[name] = float(mean_average_precision(cams[f"{name}/logits"], level_targets))
-    return scores

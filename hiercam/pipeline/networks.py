@@ -1,4 +1,4 @@
-"""Building the pipeline's models from the config: single-branch classifiers and two-branch networks."""
+"""The pipeline's network factory: single-branch classifiers and two-branch networks built from the config."""
 
 from __future__ import annotations
 
@@ -9,9 +9,36 @@ import torch
 from torch import nn
 
 from hiercam.models import Branch, TwoBranchNet, cut_backbone, small_convnet
-from hiercam.pipeline.config import ModelConfig
+from hiercam.pipeline.config import ConfigError, ModelConfig
 
-__all__ = ["ImageNetNormalize", "backbone_factory", "single_branch", "two_branch"]
+__all__ = ["ImageNetNormalize", "backbone_factory", "check_backbone", "build_classifier", "build_two_branch"]
+
+
+def check_backbone(config: ModelConfig) -> None:
+    """Check that ``config.backbone`` names a model that can be built, without building it.
+
+    Raises:
+        ConfigError: an unknown torchvision or timm name, or a ``timm:`` backbone without timm installed.
+    """
+    name = config.backbone
+    if name == "small_convnet":
+        return
+    if name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError:
+            raise ConfigError(f"`model.backbone` {name!r} needs timm (`pip install timm`)") from None
+        if not timm.is_model(name[5:]):
+            raise ConfigError(f"`model.backbone` {name!r}: timm has no model {name[5:]!r}")
+        return
+    from torchvision import models
+
+    known = models.list_models(module=models)
+    if name not in known:
+        raise ConfigError(
+            f"`model.backbone` {name!r} is not 'small_convnet', a torchvision classification model "
+            f"(e.g. {', '.join(sorted(known)[:3])}...) or 'timm:<name>'"
+        )
 
 
 def backbone_factory(config: ModelConfig) -> Callable[[], nn.Module]:
@@ -80,7 +107,7 @@ def _channels(features: nn.Module) -> int:
     return int(probe.shape[1])
 
 
-def single_branch(config: ModelConfig, num_classes: int, seed: int) -> Branch:
+def build_classifier(config: ModelConfig, num_classes: int, seed: int) -> Branch:
     """A single-branch classifier ``features -> global average pool -> linear``, seeded."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -88,7 +115,7 @@ def single_branch(config: ModelConfig, num_classes: int, seed: int) -> Branch:
         return Branch(features, _channels(features), num_classes)
 
 
-def two_branch(config: ModelConfig, num_classes: int, seed: int) -> TwoBranchNet:
+def build_two_branch(config: ModelConfig, num_classes: int, seed: int) -> TwoBranchNet:
     """A [`TwoBranchNet`][hiercam.TwoBranchNet], seeded.
 
     From-scratch backbones get two independent initialisations (a factory); pretrained ones are copied, so
