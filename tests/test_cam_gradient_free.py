@@ -334,7 +334,8 @@ def test_eigencam_is_class_agnostic_and_respects_masks() -> None:
     mask = torch.tensor([[1, 0, 0, 1], [0, 0, 0, 0]])
     torch.testing.assert_close(cam(images, mask), maps * mask[:, :, None, None])
     assert repr(cam) == "EigenCAM(target_layer='3', class_agnostic=True)"
-    assert cam.logits is not None and cam.logits.shape == (2, 4)
+    assert cam.logits is not None
+    assert cam.logits.shape == (2, 4)
 
 
 @pytest.mark.parametrize("method", [hiercam.ScoreCAM, hiercam.AblationCAM, hiercam.EigenCAM])
@@ -344,7 +345,8 @@ def test_two_branch_models_average_the_heads(method: type[BaseCAM]) -> None:
     cam = method(model)
     maps = cam(torch.randn(2, 3, 10, 10))
     assert maps.shape == (2, 3, 10, 10)
-    assert cam.branch_maps is not None and cam.branch_maps.shape == (2, 2, 3, 10, 10)
+    assert cam.branch_maps is not None
+    assert cam.branch_maps.shape == (2, 2, 3, 10, 10)
     torch.testing.assert_close(maps, hiercam.average_branch_maps(cam.branch_maps))
 
 
