@@ -457,3 +457,22 @@ def test_print_agreement(capsys: pytest.CaptureFixture[str]) -> None:
             print(f"\n{name}: max abs diff {diff:.2e}, Pearson r {r:.6f}")
         for name, same in SIGN_AGREEMENT.items():
             print(f"\neigen_smooth {name}: LAPACK's sign is hiercam's orientation for {same} of 6 maps")
+
+
+@pytest.mark.parametrize("method", [hiercam.ScoreCAM, hiercam.AblationCAM], ids=lambda m: m.__name__)
+def test_perturbed_forwards_run_under_the_callers_autocast(method: type[BaseCAM]) -> None:
+    model = strided_net()
+    images = torch.randn(2, 3, 16, 16)
+    dtypes: list[torch.dtype] = []
+    handle = model[-1].register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            maps = method(model, "3", batch_size=8)(images, [0, 1])  # type: ignore[call-arg]
+        assert set(dtypes) == {torch.bfloat16}
+        dtypes.clear()
+        reference = method(model, "3", batch_size=8)(images, [0, 1])  # type: ignore[call-arg]
+        assert set(dtypes) == {torch.float32}
+    finally:
+        handle.remove()
+    assert maps.dtype == torch.float32
+    assert pearson(maps, reference) > 0.9

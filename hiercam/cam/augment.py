@@ -179,7 +179,7 @@ class MultiScaleCAM:
         return self.cam.logits
 
     def remove(self) -> None:
-        """Release the wrapped extractor (see [`BaseCAM.remove`][hiercam.BaseCAM.remove])."""
+        """Release the wrapped extractor (its `remove()`); later calls raise."""
         self.logits = None
         self.cam.remove()
 

@@ -43,6 +43,13 @@ class _Perturbation(BaseCAM):
     ) -> None:
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         super().__init__(model, target_layer, closed_form=False, eigen_smooth=eigen_smooth)
+        self._autocast: tuple[str, bool, torch.dtype] = ("cpu", False, torch.bfloat16)
+
+    def _run(self, inputs: Tensor, *, with_graph: bool) -> Any:
+        # the caller's autocast state, for the perturbed forwards (the engine turns it off for the maps)
+        device = inputs.device.type
+        self._autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        return super()._run(inputs, with_graph=with_graph)
 
     def _extra_repr(self) -> str:
         return f"batch_size={self.batch_size}"
@@ -73,8 +80,15 @@ class _Perturbation(BaseCAM):
         return [(start, min(start + self.batch_size, total)) for start in range(0, total, self.batch_size)]
 
     def _scores(self, head: Head, inputs: Tensor, indices: list[int]) -> Tensor:
-        """The requested classes' scores ``(n, K')`` (float32) of one batch of perturbed images."""
-        return self._head_logits(head, self._call_model(inputs))[:, indices].float()
+        """The requested classes' scores ``(n, K')`` (float32) of one batch of perturbed images.
+
+        The forward runs under the caller's autocast state, like the first forward whose scores it is compared
+        with.
+        """
+        device, enabled, dtype = self._autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            output = self._call_model(inputs)
+        return self._head_logits(head, output)[:, indices].float()
 
 
 class ScoreCAM(_Perturbation):
