@@ -1,6 +1,8 @@
 """Class activation maps: Grad-CAM and its family on one engine (one forward, all classes at once).
 
-See ``hiercam.cam.engine`` for how a call works (hooks, batched gradients, the verified closed form).
+See ``hiercam.cam.engine`` for how a call works (hooks, batched gradients, the verified closed form);
+``hiercam.cam.score`` (ScoreCAM, AblationCAM) and ``hiercam.cam.eigen`` (EigenCAM) for the gradient-free
+methods, ``hiercam.cam.augment`` for multi-scale + flip aggregation.
 """
 
 from hiercam.cam._pca import principal_component_maps

@@ -143,7 +143,7 @@ class ScoreCAM(_Perturbation):
             low = masks.amin(dim=(-2, -1), keepdim=True)
             masks = (masks - low) / (masks.amax(dim=(-2, -1), keepdim=True) - low + _MINMAX_EPS)
             images = inputs[torch.arange(start, stop, device=inputs.device) // channels]
-            scores[start:stop] = self._scores(head, images * masks.to(inputs.dtype), indices)
+            scores[start:stop] = self._scores(head, images.mul_(masks.to(inputs.dtype)), indices)
         return torch.softmax(scores.view(batch, channels, -1), dim=1).permute(2, 0, 1)
 
 
@@ -195,7 +195,7 @@ class AblationCAM(_Perturbation):
         ablated = torch.empty(batch * channels, len(indices), device=features.device)
         for start, stop in self._chunks(batch * channels):
             pairs = torch.arange(start, stop, device=features.device)
-            replaced = features[pairs // channels].clone()
+            replaced = features[pairs // channels]  # advanced indexing: a copy
             replaced[torch.arange(stop - start, device=features.device), pairs % channels] = 0
 
             def substitute(_module: nn.Module, _inputs: Any, output: Any, value: Tensor = replaced) -> Tensor:
