@@ -7,19 +7,25 @@ activation map generation" (Neural Computing and Applications, 2020), as small c
 from hiercam._version import __version__
 from hiercam.cam import (
     CAM,
+    IRN_SCALES,
+    AblationCAM,
     BaseCAM,
     CAMHead,
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
+    EigenCAM,
     GradCAM,
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
     MultiHeadModel,
+    MultiScaleCAM,
+    ScoreCAM,
     SemanticSegmentationTarget,
     TokenReshape,
     XGradCAM,
     average_branch_maps,
+    principal_component_maps,
 )
 from hiercam.datasets import FashionScenes, collate_scenes
 from hiercam.fusion import fuse, fuse_hierarchy
@@ -98,6 +104,12 @@ __all__ = [
     "LayerCAM",
     "HiResCAM",
     "CAM",
+    "ScoreCAM",
+    "AblationCAM",
+    "EigenCAM",
+    "MultiScaleCAM",
+    "IRN_SCALES",
+    "principal_component_maps",
     "BaseCAM",
     "average_branch_maps",
     "MultiHeadModel",

@@ -248,3 +248,73 @@ def test_hook_hygiene_with_outputs_and_targets() -> None:
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
     torch.testing.assert_close(cam(x, targets=target), first)
+
+
+# ------------------------------------------------------------------- the gradient-free methods on these paths
+def strided() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: hiercam.ScoreCAM(m, "1", batch_size=5),
+        lambda m: hiercam.AblationCAM(m, "1", batch_size=5),
+        lambda m: hiercam.EigenCAM(m, "1"),
+    ],
+    ids=["ScoreCAM", "AblationCAM", "EigenCAM"],
+)
+def test_gradient_free_methods_take_one_class_per_image_and_targets(make) -> None:
+    model = strided()
+    x = images(4, 16)
+    cam = make(model)
+    every = cam(x, normalize=None)
+    per_image = cam(x, torch.tensor(PER_IMAGE), normalize=None)
+    assert per_image.shape == (4, 1, 16, 16)
+    torch.testing.assert_close(per_image, every[torch.arange(4), PER_IMAGE][:, None], rtol=1e-5, atol=1e-6)
+    by_target = cam(x, targets=[hiercam.ClassifierOutputTarget(k) for k in PER_IMAGE], normalize=None)
+    torch.testing.assert_close(by_target, per_image, rtol=1e-5, atol=1e-6)
+
+
+def test_scorecam_explains_a_segmentation_target_like_a_naive_loop() -> None:
+    torch.manual_seed(0)
+    model = DictSegNet().eval()
+    x = images(2, 16)
+    mask = torch.zeros(16, 16)
+    mask[2:10, 4:14] = 1
+    target = hiercam.SemanticSegmentationTarget(1, mask)
+    ours = hiercam.ScoreCAM(model, "body", output="out", batch_size=3)(
+        x, targets=target, size="feature", normalize=None
+    )
+    activation = model.body(x).detach()
+    expected = []
+    for b in range(2):
+        scores = []
+        for c in range(activation.shape[1]):
+            up = nn.functional.interpolate(
+                activation[b : b + 1, c : c + 1], size=(16, 16), mode="bilinear", align_corners=False
+            )
+            up = (up - up.min()) / (up.max() - up.min() + 1e-8)
+            with torch.no_grad():
+                scores.append((model(x[b : b + 1] * up)["out"][0, 1] * mask).sum())
+        weights = torch.softmax(torch.stack(scores), dim=0)
+        expected.append((weights[:, None, None] * activation[b]).sum(0).relu())
+    torch.testing.assert_close(ours[:, 0], torch.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_multi_scale_aggregation_takes_one_class_per_image_and_targets() -> None:
+    model = strided()
+    x = images(2, 16)
+    cam = hiercam.MultiScaleCAM(hiercam.GradCAM(model, "1"), scales=(1.0, 0.5))
+    every = cam(x)
+    per_image = cam(x, torch.tensor([3, 1]))
+    torch.testing.assert_close(per_image, every[[0, 1], [3, 1]][:, None], rtol=1e-5, atol=1e-6)
+    by_target = cam(x, targets=[hiercam.ClassifierOutputTarget(3), hiercam.ClassifierOutputTarget(1)])
+    torch.testing.assert_close(by_target, per_image, rtol=1e-5, atol=1e-6)

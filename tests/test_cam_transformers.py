@@ -269,3 +269,27 @@ def test_reshape_none_takes_an_unusual_map_as_it_is() -> None:
         (grad,) = torch.autograd.grad(logits[:, k].sum(), pooled, retain_graph=True)
         expected.append((grad.mean(dim=(2, 3), keepdim=True) * pooled).sum(1).relu())
     torch.testing.assert_close(ours, torch.stack(expected, 1).detach())
+
+
+def test_gradient_free_methods_read_tokens() -> None:
+    model = timm_vit()
+    x = images(64)
+    eigen = hiercam.EigenCAM(model)
+    ours = eigen(x, 0, normalize="minmax")[:, 0]
+    assert eigen.target_layer == "blocks.11.norm1"
+    with pgc.EigenCAM(
+        model, target_layers=[model.blocks[-1].norm1], reshape_transform=vit_reshape(1, 4, 4)
+    ) as peer:
+        theirs = torch.from_numpy(peer(x, targets=None))
+    # pytorch-grad-cam keeps LAPACK's arbitrary sign of the principal axis: compare where it is ours
+    same = [pearson(o, t) > 0 for o, t in zip(ours, theirs, strict=True)]
+    assert any(same)
+    torch.testing.assert_close(ours[same], theirs[same], rtol=0, atol=1e-5)
+    score = hiercam.ScoreCAM(model, "blocks.11.norm1", batch_size=64)
+    fixed = hiercam.ScoreCAM(model, "blocks.11.norm1", batch_size=64, reshape=hiercam.TokenReshape((4, 4), 1))
+    torch.testing.assert_close(score(x, torch.tensor(CLASSES)), fixed(x, torch.tensor(CLASSES)))
+    with pytest.raises(
+        ValueError, match=r"AblationCAM zeroes channels.*is read as tokens\(grid=\(4, 4\), prefix=1\)"
+    ):
+        hiercam.AblationCAM(model, "blocks.11.norm1")(x, 0)
+    assert count_hooks(model) == 0

@@ -35,6 +35,22 @@ class ResolvedClasses:
             return logits.gather(1, self.per_image.to(logits.device)[:, None])
         return logits[:, self.indices]
 
+    @property
+    def count(self) -> int:
+        """``K'``: the number of maps per image this request computes (1 for one class per image)."""
+        return 1 if self.per_image is not None else len(self.indices)
+
+    def per_image_rows(self, values: Tensor) -> Tensor:
+        """Values ``(len(indices), B, ...)`` of every class in ``indices`` as ``(K', B, ...)``.
+
+        With one class per image, the row of each image's own class, ``(1, B, ...)``; else ``values``.
+        """
+        if self.per_image is None:
+            return values
+        position = {k: i for i, k in enumerate(self.indices)}
+        rows = torch.tensor([position[int(k)] for k in self.per_image], device=values.device)
+        return values[rows, torch.arange(values.shape[1], device=values.device)][None]
+
     def weight_rows(self, weight: Tensor) -> Tensor:
         """The classifier rows ``(K', B or 1, C)`` of the requested classes (per image: ``(1, B, C)``)."""
         if self.per_image is not None:

@@ -59,6 +59,7 @@ from hiercam.cam._classes import ClassesArg, ClassRequest, ResolvedClasses, pars
 from hiercam.cam._closed_form import closed_form_gradients, forward_identity_holds, verify
 from hiercam.cam._heads import Head, build_heads, translate_forward_error
 from hiercam.cam._layers import choose_layer
+from hiercam.cam._pca import smoothed_maps
 from hiercam.cam.reshape import ReshapeArg, TokenReshape, channels_last_to_map, read_as_map
 from hiercam.cam.targets import OutputArg, TargetsArg, check_targets, target_scores
 from hiercam.heads import MultiHeadModel
@@ -145,6 +146,9 @@ class BaseCAM:
         output: which part of the model's output holds the scores: ``None`` (the output is a tensor), a key
             (``"out"`` for torchvision's segmentation models), an index, or a callable on the output. See
             ``hiercam.cam.targets``.
+        eigen_smooth: replace each map by the first principal component of the method's weighted
+            activations (per image and class; pytorch-grad-cam's ``eigen_smooth``, see
+            [`principal_component_maps`][hiercam.principal_component_maps]).
 
     A multi-head model ([`MultiHeadModel`][hiercam.MultiHeadModel]: a ``cam_heads()`` method, e.g.
     [`TwoBranchNet`][hiercam.TwoBranchNet]) is explained head by head (paper section 3.4.2): each head's map
@@ -179,14 +183,19 @@ class BaseCAM:
         closed_form: bool = True,
         reshape: ReshapeArg = "auto",
         output: OutputArg = None,
+        eigen_smooth: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module, got {type_name(model)}")
         if not (reshape is None or reshape == "auto" or (callable(reshape) and not isinstance(reshape, str))):
             raise TypeError(f"`reshape` must be 'auto', None or a callable, got {reshape!r}")
+        if not isinstance(eigen_smooth, bool):
+            raise TypeError(f"`eigen_smooth` must be a bool, got {type_name(eigen_smooth)}")
         self.model = model
         self.closed_form = bool(closed_form)
         self.reshape = reshape
+        self.eigen_smooth = eigen_smooth
+        self._inputs: Tensor | None = None  # the call's images, for perturbation methods (hiercam.cam.score)
         self.logits: Tensor | None = None
         self.branch_maps: Tensor | None = None
         self._removed = False
@@ -255,7 +264,8 @@ class BaseCAM:
             if any(head.layer is None for head in self._heads):
                 self._choose_layer(inputs, targets)
             closed = targets is None and self._closed_form_ready(request, input_size)
-            output = self._run(inputs, input_size, with_graph=not closed)
+            output = self._run(inputs, input_size, with_graph=self._needs_graph and not closed)
+            self._inputs = inputs
             try:
                 head_logits = [self._head_logits(head, output, targets) for head in self._heads]
                 if closed and not all(
@@ -283,6 +293,7 @@ class BaseCAM:
                         out_size,
                     )
             finally:
+                self._inputs = None
                 for head in self._heads:
                     head.activation = None
         self.logits = logits.detach()
@@ -323,13 +334,38 @@ class BaseCAM:
             f"closed_form={states}" if self.closed_form or not self._uses_gradients else "closed_form=off"
         )
         readings = sorted({h.reading for h in self._heads if h.reading != "map"})
-        read = f", read as {', '.join(readings)}" if readings else ""
-        return f"{type(self).__name__}(target_layer={layers}{read}, {closed})"
+        read = f"read as {', '.join(readings)}" if readings else ""
+        parts = [f"target_layer={layers}", read, closed if self._needs_graph else self._extra_repr()]
+        parts += ["eigen_smooth=True"] if self.eigen_smooth else []
+        return f"{type(self).__name__}({', '.join(p for p in parts if p)})"
 
     # ------------------------------------------------------------------------------------------ method hook
     def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
         """Maps ``(B, K', h, w)`` before ReLU from ``A (B, C, h, w)`` and ``G (K', B, C, h, w)`` (float32)."""
         raise NotImplementedError
+
+    # ------------------------------------------- extension points: gradient-free methods, eigen_smooth
+    # Gradient-free and perturbation methods (hiercam.cam.score, hiercam.cam.eigen) set ``_needs_graph``
+    # False: the forward pass then runs under no_grad, and they override
+    # ``_head_maps(head, logits, resolved, targets, closed, input_size)`` (the call's images are in
+    # ``self._inputs`` meanwhile). They read the activation as a map with ``_as_map(head, ...)`` (tokens and
+    # channels-last outputs), score the classes with ``resolved`` (``indices``, one class per image through
+    # ``per_image_rows``) or the ``targets``. ``eigen_smooth`` goes through ``_maps`` and the methods'
+    # ``_terms``.
+    _needs_graph: ClassVar[bool] = True
+
+    def _extra_repr(self) -> str:
+        return ""
+
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        """The weighted activations ``(B, K', C, h, w)`` whose sum over ``C`` is ``_combine``'s maps."""
+        raise NotImplementedError(f"{type(self).__name__} does not support `eigen_smooth`")
+
+    def _maps(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        """``_combine``, or with ``eigen_smooth`` the first principal component of the ``_terms``."""
+        if not self.eigen_smooth or not (finite(activations) and finite(gradients)):
+            return self._combine(activations, gradients)  # non-finite inputs: the caller names them
+        return smoothed_maps(lambda part: self._terms(activations, gradients[part]), gradients.shape[0])
 
     # ------------------------------------------------------------------------------------------ internals
     @contextmanager
@@ -503,7 +539,7 @@ class BaseCAM:
                         f"{head.name!r}" + ("; pass `classifier` if it is not found automatically")
                     )
                 gradients = closed_form_gradients(self.model, head, features, logits, resolved)
-        maps = self._combine(features, gradients)
+        maps = self._maps(features, gradients)
         if not finite(maps):
             raise ValueError(non_finite_origin(head, features, gradients))
         return maps
