@@ -293,3 +293,34 @@ def test_gradient_free_methods_read_tokens() -> None:
     ):
         hiercam.AblationCAM(model, "blocks.11.norm1")(x, 0)
     assert count_hooks(model) == 0
+
+
+class ChannelsLastNet(nn.Module):
+    """A 4x4 patch embedding, then a channels-last LayerNorm (B, 16, 16, 18): 18 channels, close to w = 16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 18, 4, stride=4)
+        self.norm = nn.LayerNorm(18)
+        self.fc = nn.Linear(18, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(self.embed(x).permute(0, 2, 3, 1)).mean(dim=(1, 2)))
+
+
+def test_the_better_fitting_reading_of_a_4d_output_wins() -> None:
+    """(B, 16, 16, 18) of a 64 x 64 image fits both readings; 16 x 16 fits better than 16 x 18."""
+    torch.manual_seed(0)
+    model = ChannelsLastNet().eval()
+    x = images(64)
+    cam = hiercam.GradCAM(model)
+    ours = cam(x, normalize=None, size="feature")
+    assert cam.target_layer == "norm"
+    assert "read as channels-last" in repr(cam)
+    features = model.norm(model.embed(x).permute(0, 2, 3, 1))
+    logits = model.fc(features.mean(dim=(1, 2)))
+    expected = []
+    for k in range(3):
+        (grad,) = torch.autograd.grad(logits[:, k].sum(), features, retain_graph=True)
+        expected.append((grad.mean(dim=(1, 2), keepdim=True) * features).sum(-1).relu())
+    torch.testing.assert_close(ours, torch.stack(expected, 1).detach())

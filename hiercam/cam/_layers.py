@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from hiercam._validation import format_shape
-from hiercam.cam.reshape import ReshapeArg, is_grid, token_grids
+from hiercam.cam.reshape import ReshapeArg, stride_mismatch, token_grids
 
 __all__ = ["choose_layer"]
 
@@ -119,11 +119,17 @@ def _describe(reshape: ReshapeArg) -> str:
 def _classify(item: _Record, input_size: tuple[int, int], tokens: set[int]) -> None:
     shape = tuple(int(s) for s in item.output.shape)
     if len(shape) == 4:
-        readings = (("map", shape[2], shape[3], shape[1]), ("channels_last", shape[1], shape[2], shape[3]))
-        for kind, height, width, channels in readings:
-            if height * width > 1 and is_grid(height, width, input_size) and not {height, width} & tokens:
-                item.kind, item.channels = kind, channels
-                return
+        readings = []
+        for kind, height, width, channels in (
+            ("map", shape[2], shape[3], shape[1]),
+            ("channels_last", shape[1], shape[2], shape[3]),
+        ):
+            mismatch = stride_mismatch(height, width, input_size)
+            # a spatial size equal to a token count is attention: (B, heads, N, N or head_dim)
+            if mismatch is not None and height * width > 1 and not {height, width} & tokens:
+                readings.append((mismatch, kind, channels))
+        if readings:
+            _, item.kind, item.channels = min(readings, key=lambda r: r[0])  # stable: "map" wins ties
         return
     grids = token_grids(shape[1], input_size)
     if len(grids) == 1:

@@ -15,9 +15,11 @@ ConvNeXt-style norms output channels-last maps ``(B, h, w, C)``. The CAM extract
   [`TokenReshape`][hiercam.TokenReshape] is one for a known grid.
 * ``None``: the output must already be ``(B, C, h, w)``.
 
-A spatial grid ``(h, w)`` is read as one of an ``H x W`` input only if ``1 <= h <= H``, ``1 <= w <= W`` and
-the two strides ``H / h`` and ``W / w`` agree within a factor 1.5: attention tensors
-``(B, heads, tokens, head_dim)`` and the ``C`` of a channels-last map fail this test.
+A spatial grid ``(h, w)`` is read as one of an ``H x W`` input only if ``1 <= h <= 2 H``, ``1 <= w <= 2 W``
+and the two strides ``H / h`` and ``W / w`` agree within a factor 1.5: attention tensors
+``(B, heads, tokens, head_dim)`` and the ``C`` of a channels-last map fail this test. When both readings of a
+4-D output pass, the one whose strides agree better wins (channels-first on a tie): ``(B, 56, 56, 64)`` of a
+224 x 224 input is channels-last.
 """
 
 from __future__ import annotations
@@ -40,6 +42,19 @@ MAX_PREFIX = 10
 _STRIDE_RATIO = 1.5
 
 
+def stride_mismatch(height: int, width: int, input_size: tuple[int, int]) -> float | None:
+    """How much the strides of a ``(height, width)`` grid of an ``input_size`` input disagree (1: not at all).
+
+    ``None`` when it is no grid of that input (see the module docstring).
+    """
+    full_h, full_w = input_size
+    if not (1 <= height <= 2 * full_h and 1 <= width <= 2 * full_w):
+        return None
+    stride_h, stride_w = full_h / height, full_w / width
+    mismatch = max(stride_h, stride_w) / min(stride_h, stride_w)
+    return mismatch if mismatch <= _STRIDE_RATIO else None
+
+
 def is_grid(height: int, width: int, input_size: tuple[int, int]) -> bool:
     """Whether ``(height, width)`` can be the spatial size of a feature map of an input of ``input_size``.
 
@@ -47,11 +62,18 @@ def is_grid(height: int, width: int, input_size: tuple[int, int]) -> bool:
         >>> is_grid(7, 7, (224, 224)), is_grid(197, 64, (224, 224)), is_grid(7, 768, (224, 224))
         (True, False, False)
     """
-    full_h, full_w = input_size
-    if not (1 <= height <= full_h and 1 <= width <= full_w):
-        return False
-    stride_h, stride_w = full_h / height, full_w / width
-    return max(stride_h, stride_w) <= _STRIDE_RATIO * min(stride_h, stride_w)
+    return stride_mismatch(height, width, input_size) is not None
+
+
+def four_d_reading(
+    shape: tuple[int, ...], input_size: tuple[int, int]
+) -> Literal["map", "channels_last"] | None:
+    """How a 4-D output reads as a map of the input: ``(B, C, h, w)``, ``(B, h, w, C)``, or not at all."""
+    first = stride_mismatch(shape[2], shape[3], input_size)
+    last = stride_mismatch(shape[1], shape[2], input_size)
+    if first is not None and (last is None or first <= last):
+        return "map"
+    return "channels_last" if last is not None else None
 
 
 @dataclass(frozen=True)
@@ -146,11 +168,8 @@ def layout_of(
 ) -> tuple[Layout, TokenReshape | None] | None:
     """How the automatic reshape reads an output of ``shape``; ``None`` if it cannot or it is ambiguous."""
     if len(shape) == 4:
-        if is_grid(shape[2], shape[3], input_size):
-            return "map", None
-        if is_grid(shape[1], shape[2], input_size):
-            return "channels_last", None
-        return None
+        reading = four_d_reading(shape, input_size)
+        return None if reading is None else (reading, None)
     if len(shape) == 3:
         grids = token_grids(shape[1], input_size)
         return ("tokens", grids[0]) if len(grids) == 1 else None
