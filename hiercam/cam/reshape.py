@@ -32,7 +32,17 @@ from torch import Tensor
 
 from hiercam._validation import format_shape, type_name
 
-__all__ = ["MAX_PREFIX", "ReshapeArg", "TokenReshape", "channels_last_to_map", "is_grid", "read_as_map"]
+__all__ = [
+    "MAX_PREFIX",
+    "ReshapeArg",
+    "TokenReshape",
+    "channels_last_to_map",
+    "four_d_reading",
+    "is_grid",
+    "read_as_map",
+    "stride_mismatch",
+    "token_grids",
+]
 
 ReshapeArg = Literal["auto"] | Callable[[Tensor], Tensor] | None
 
@@ -46,6 +56,12 @@ def stride_mismatch(height: int, width: int, input_size: tuple[int, int]) -> flo
     """How much the strides of a ``(height, width)`` grid of an ``input_size`` input disagree (1: not at all).
 
     ``None`` when it is no grid of that input (see the module docstring).
+
+    Examples:
+        >>> stride_mismatch(7, 7, (224, 224)), round(stride_mismatch(56, 64, (224, 224)), 3)
+        (1.0, 1.143)
+        >>> stride_mismatch(7, 768, (224, 224)) is None  # w = 768 > 2 W
+        True
     """
     full_h, full_w = input_size
     if not (1 <= height <= 2 * full_h and 1 <= width <= 2 * full_w):
@@ -68,7 +84,14 @@ def is_grid(height: int, width: int, input_size: tuple[int, int]) -> bool:
 def four_d_reading(
     shape: tuple[int, ...], input_size: tuple[int, int]
 ) -> Literal["map", "channels_last"] | None:
-    """How a 4-D output reads as a map of the input: ``(B, C, h, w)``, ``(B, h, w, C)``, or not at all."""
+    """How a 4-D output reads as a map of the input: ``(B, C, h, w)``, ``(B, h, w, C)``, or not at all.
+
+    Examples:
+        >>> four_d_reading((2, 512, 7, 7), (224, 224)), four_d_reading((2, 7, 7, 768), (224, 224))
+        ('map', 'channels_last')
+        >>> four_d_reading((2, 56, 56, 64), (224, 224)), four_d_reading((2, 3, 197, 64), (224, 224))
+        ('channels_last', None)
+    """
     first = stride_mismatch(shape[2], shape[3], input_size)
     last = stride_mismatch(shape[1], shape[2], input_size)
     if first is not None and (last is None or first <= last):
