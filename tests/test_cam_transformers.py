@@ -324,3 +324,22 @@ def test_the_better_fitting_reading_of_a_4d_output_wins() -> None:
         (grad,) = torch.autograd.grad(logits[:, k].sum(), features, retain_graph=True)
         expected.append((grad.mean(dim=(1, 2), keepdim=True) * features).sum(-1).relu())
     torch.testing.assert_close(ours, torch.stack(expected, 1).detach())
+
+
+class Detached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).detach().mean(dim=(2, 3)))
+
+
+def test_scores_that_no_map_reaches_are_a_clear_error() -> None:
+    model = Detached().eval()
+    with pytest.raises(
+        ValueError, match="1 layers can be read as maps, but the scores do not depend on them"
+    ):
+        hiercam.GradCAM(model)(images(16, 1))
+    assert count_hooks(model) == 0

@@ -79,9 +79,10 @@ def choose_layer(
     for item in records:
         _classify(item, input_size, tokens)
     candidates = [r for r in records if r.kind]
-    readable = len(candidates)
+    readable, reached = len(candidates), 0
     if candidates and score.requires_grad:
         grads = torch.autograd.grad(score, [r.output for r in candidates], allow_unused=True)
+        reached = sum(g is not None for g in grads)
         candidates = [r for r, g in zip(candidates, grads, strict=True) if _influences(r, g)]
     else:
         candidates = []
@@ -89,6 +90,9 @@ def choose_layer(
         hint = (
             f" ({readable} layers can be read as maps, but the gradients of the scores are zero at all of "
             "them: is the classifier initialised to zeros, like torchvision's VisionTransformer head?)"
+            if reached
+            else f" ({readable} layers can be read as maps, but the scores do not depend on them through "
+            "autograd)"
             if readable
             else ""
         )
