@@ -32,7 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,15 +60,26 @@ class DataConfig:
     """Which data, and how much of it.
 
     Attributes:
-        dataset: ``"fashion_scenes"`` (bundled) or ``"voc"`` (PASCAL VOC 2012 under ``root``).
-        root: data folder: full Fashion-MNIST IDX files (optional) or ``VOCdevkit`` (required for VOC).
+        dataset: ``"fashion_scenes"`` (bundled), ``"voc"`` (PASCAL VOC 2012 under ``root``) or ``"msrc21"``
+            (MSRC-21 under ``root``, see [`MSRC21`][hiercam.datasets.MSRC21]).
+        root: data folder: full Fashion-MNIST IDX files (optional), ``VOCdevkit`` (required for VOC) or the
+            MSRC-21 folder (required for MSRC-21). A relative path is relative to the working directory.
         image_size: side of the square images fed to the models.
-        train_scenes, val_scenes, test_scenes: FashionScenes sizes (ignored for VOC).
+        train_scenes, val_scenes, test_scenes: FashionScenes sizes (ignored for VOC and MSRC-21).
         items: FashionScenes garments per scene, ``(min, max)``.
         num_workers: DataLoader workers.
+        min_box_area: MSRC-21: the smallest connected component, in pixels at ``image_size``, that gets a
+            ground-truth box (``MSRC21(min_box_area=...)``).
+        background_classes: MSRC-21: ``[]`` (default: all 21 classes are scored, label 0 left out of the
+            mean), ``"stuff"`` (building, grass, tree, sky, water and road are the background, the 15 object
+            classes are scored) or a list of class names to treat as background.
+        input_norm: how images in ``[0, 1]`` are scaled before the backbone: ``"imagenet"`` (mean/std of
+            torchvision's weights), ``"tanh"`` (``2 x - 1``, i.e. ``x / 127.5 - 1`` on 0..255: TensorFlow's
+            MobileNets) or ``"none"``; unset: ``"imagenet"`` for torchvision and timm backbones, ``"none"``
+            for ``small_convnet``.
     """
 
-    dataset: Literal["fashion_scenes", "voc"] = "fashion_scenes"
+    dataset: Literal["fashion_scenes", "voc", "msrc21"] = "fashion_scenes"
     root: str | None = None
     image_size: int = 80
     train_scenes: int = 10000
@@ -75,6 +87,9 @@ class DataConfig:
     test_scenes: int = 500
     items: tuple[int, int] = (1, 4)
     num_workers: int = 0
+    min_box_area: int = 100
+    background_classes: Literal["stuff"] | tuple[str, ...] = ()
+    input_norm: Literal["imagenet", "tanh", "none"] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,12 +103,21 @@ class ModelConfig:
         norm: normalisation of ``small_convnet``: ``"batch"`` or ``"group"`` (batch-independent).
         pretrained: start torchvision backbones from their ImageNet weights (they must already be in the
             torch hub cache: nothing is downloaded unless the user allowed it).
+        weights: a local weights file to start every model from: a state dict of the network that
+            ``backbone`` names, before it is cut (a torchvision classifier with its 1000-class head, or
+            ``small_convnet``), read with ``torch.load(weights_only=True)`` and checked against the network
+            (keys and shapes) before any training. A relative path is relative to the working directory.
+        freeze_batchnorm: keep every BatchNorm layer in eval mode while training: running statistics stay
+            frozen (the affine weights still learn). Needed by weights whose BatchNorm is folded, such as
+            ``../shared/models/mobilenet_v2_imagenet.pth``, which batch statistics would destroy.
     """
 
     backbone: str = "small_convnet"
     width: int = 16
     norm: Literal["batch", "group"] = "batch"
     pretrained: bool = False
+    weights: str | None = None
+    freeze_batchnorm: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,7 +161,13 @@ class MethodConfig:
         orthogonal_mode: where orthogonality acts: ``"feature"`` (the paper), ``"spatial"`` or ``"cam"`` (see
             [`orthogonal_loss`][hiercam.orthogonal_loss]).
         max_group_presence: drop the group levels that have a group present in more than this fraction of
-            the training images (``None``: keep every level, as the paper does).
+            the training images (``None``: keep every level, as the paper does). The groups of the classes
+            kept out by ``max_class_presence`` are not counted.
+        max_class_presence: keep the classes present in more than this fraction of the training images out
+            of the grouping: each is its own group at every level
+            ([`frequent_classes`][hiercam.frequent_classes]); ``levels`` count them, and a level with no
+            more groups than there are such classes is left out (``None``: every class is grouped, as in
+            the paper).
         fusion_weights: ``(a, b, c)`` in ``a M0 + b mean_i(M_i) - c M0'`` (the paper: ``(1, 1, 1)``).
         choose_fusion_weights: also report ``full_tuned``: the fusion weights chosen on validation data from
             a small grid (the choice is recorded in ``metrics.json``).
@@ -157,6 +187,7 @@ class MethodConfig:
     orthogonal_unit_norm: bool = False
     orthogonal_mode: Literal["feature", "spatial", "cam"] = "feature"
     max_group_presence: float | None = None
+    max_class_presence: float | None = None
     fusion_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     choose_fusion_weights: bool = False
     rest_reduction: Literal["max", "mean", "none"] = "max"
@@ -173,12 +204,15 @@ class PipelineConfig:
         seed: seed of data generation, initialisation and shuffling.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or ``"auto"`` (CUDA when available).
         ablation: also train the single-branch level models and report the paper's Table 4 rows.
+        ensemble: also train a second base classifier (another seed) and report the ensemble control: the
+            two single models' Grad-CAMs averaged, the same training compute as one two-branch model.
         data, model, train, method: the sections above.
     """
 
     seed: int = 0
     device: str = "auto"
     ablation: bool = True
+    ensemble: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -286,7 +320,15 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        return _coerce(value, inner[0] if len(inner) == 1 else Union[tuple(inner)], key)  # noqa: UP007
+    if origin in (Union, UnionType):  # the first alternative that accepts the value
+        errors = []
+        for alternative in args:
+            try:
+                return _coerce(value, alternative, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(" or ".join(errors))
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"`{key}` must be true or false, got {value!r}")
@@ -310,10 +352,47 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 MAX_SEED = 2**32 - 1
 
 
-def _num_classes(dataset: str) -> int:
-    from hiercam.datasets import VOC_CLASSES, FashionScenes
+def background_class_names(data: DataConfig) -> tuple[str, ...]:
+    """The MSRC-21 classes that ``data.background_classes`` makes the background (``"stuff"`` expanded)."""
+    from hiercam.datasets import MSRC21_STUFF_CLASSES
 
-    return len(VOC_CLASSES if dataset == "voc" else FashionScenes.classes)
+    given = data.background_classes
+    return MSRC21_STUFF_CLASSES if given == "stuff" else tuple(given)
+
+
+def _num_classes(data: DataConfig) -> int:
+    from hiercam.datasets import MSRC21_CLASSES, VOC_CLASSES, FashionScenes
+
+    if data.dataset == "msrc21":
+        return len(MSRC21_CLASSES) - len(background_class_names(data))
+    return len(VOC_CLASSES if data.dataset == "voc" else FashionScenes.classes)
+
+
+def _validate_msrc(data: DataConfig) -> None:
+    """The MSRC-21 keys: a root, known distinct background classes, a box size >= 0."""
+    from hiercam.datasets import MSRC21_CLASSES
+
+    if data.dataset != "msrc21":
+        if data.background_classes:
+            raise ConfigError(
+                f"`data.background_classes` applies to 'msrc21' only, got it with {data.dataset!r}"
+            )
+        return
+    if data.root is None:
+        raise ConfigError("`data.root` must name the MSRC-21 folder when `data.dataset` is 'msrc21'")
+    if data.min_box_area < 0:
+        raise ConfigError(f"`data.min_box_area` must be >= 0, got {data.min_box_area}")
+    names = background_class_names(data)
+    unknown = [name for name in names if name not in MSRC21_CLASSES]
+    if unknown:
+        raise ConfigError(
+            f"`data.background_classes`: unknown class(es) {', '.join(map(repr, unknown))}; the classes are "
+            f"{', '.join(MSRC21_CLASSES)} (or 'stuff')"
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"`data.background_classes` names a class twice, got {list(names)}")
+    if len(names) >= len(MSRC21_CLASSES) - 1:
+        raise ConfigError("`data.background_classes` must leave at least two classes to score")
 
 
 def _validate_data(data: DataConfig) -> None:
@@ -336,6 +415,18 @@ def _validate_data(data: DataConfig) -> None:
         )
 
 
+def _validate_model(model: ModelConfig) -> None:
+    """``model.weights`` names a file (its content is checked before work starts, by the pipeline)."""
+    if model.weights is None:
+        return
+    if not model.weights.strip():
+        raise ConfigError("`model.weights` must name a file or be left out, got an empty string")
+    if model.pretrained:
+        raise ConfigError(
+            "`model.weights` and `model.pretrained` both choose the starting weights: set only one"
+        )
+
+
 def _validate(config: PipelineConfig) -> None:
     data, train, method = config.data, config.train, config.method
     positive = {
@@ -355,6 +446,8 @@ def _validate(config: PipelineConfig) -> None:
     if not 0 <= config.seed <= MAX_SEED:
         raise ConfigError(f"`seed` must be between 0 and {MAX_SEED} (2**32 - 1), got {config.seed}")
     _validate_data(data)
+    _validate_msrc(data)
+    _validate_model(config.model)
     if not (train.lr > 0 and math.isfinite(train.lr)):
         raise ConfigError(f"`train.lr` must be a positive number, got {train.lr}")
     if not (train.weight_decay >= 0 and math.isfinite(train.weight_decay)):
@@ -365,7 +458,7 @@ def _validate(config: PipelineConfig) -> None:
         raise ConfigError(
             f"`method.levels` must be strictly decreasing positive counts, got {list(method.levels)}"
         )
-    num_classes = _num_classes(data.dataset)
+    num_classes = _num_classes(data)
     if method.levels[0] >= num_classes:
         raise ConfigError(
             f"`method.levels` must ask for fewer groups than the {num_classes} classes of {data.dataset!r}, "
@@ -384,6 +477,8 @@ def _validate(config: PipelineConfig) -> None:
     bounded = {"method.threshold": method.threshold, "method.iou": method.iou}
     if method.max_group_presence is not None:
         bounded["method.max_group_presence"] = method.max_group_presence
+    if method.max_class_presence is not None:
+        bounded["method.max_class_presence"] = method.max_class_presence
     bounded.update({f"method.thresholds[{i}]": t for i, t in enumerate(method.thresholds)})
     for key, fraction in bounded.items():
         if not 0 < fraction < 1:
