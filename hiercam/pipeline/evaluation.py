@@ -5,9 +5,10 @@ map is upsampled (bilinear) to the image size and max-normalised before fusion a
 localisation error are computed at every threshold of ``method.thresholds`` in one pass; the threshold with
 the best validation mIoU is then applied to test, so test data never chooses anything.
 
-The mIoU averages the IoUs of the split's ``scored_labels`` only (``hiercam.pipeline.data.Split``): every label with the background for FashionScenes and VOC; for
-MSRC-21 without background classes, the 21 classes (label 0 never occurs in its masks, so its IoU would be 0
-by construction). The per-label IoUs come from one dataset-level confusion matrix (the IRN convention).
+The mIoU averages the IoUs of the split's ``scored_labels`` only (``hiercam.pipeline.data.Split``): every
+label with the background for FashionScenes and VOC; for MSRC-21 without background classes, the 21 classes
+(label 0 never occurs in its masks, so its IoU would be 0 by construction).
+The per-label IoUs come from one dataset-level confusion matrix (the IRN convention).
 
 ``evaluate`` returns the finished
 [`RunResult`][hiercam.pipeline.RunResult]: the report only renders it.
