@@ -215,6 +215,16 @@ def test_run_stops_before_work_for_bad_weights(tmp_path: Path, fake_root: Path) 
     assert not (tmp_path / "run").exists()
 
 
+def test_run_stops_before_work_for_a_partial_tree(tmp_path: Path) -> None:
+    root = write_fake_msrc21(tmp_path / "tree", num_images=8)["root"]
+    (root / "splits" / "test.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="test.txt"):
+        run_pipeline(_msrc_config(root), tmp_path / "run", progress=False, log=lambda _: None)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(FileNotFoundError, match="MSRC-21 folder"):
+        run_pipeline(_msrc_config(tmp_path / "nowhere"), tmp_path / "run", progress=False, log=lambda _: None)
+
+
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="../shared/models/mobilenet_v2_imagenet.pth absent")
 def test_real_mobilenet_weights_load_with_tanh_scaling() -> None:
     from torchvision.models import mobilenet_v2

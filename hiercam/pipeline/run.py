@@ -98,13 +98,13 @@ def run_pipeline(
     ctx = RunContext(
         config, out, force=force, progress=progress, log=log, cache=None if cache is None else Path(cache)
     )
-    _preflight(ctx)  # everything that can be checked before work starts
+    splits = EVAL_SPLITS if test else ("val",)
+    _preflight(ctx, splits)  # everything that can be checked before work starts
     if distributed.is_main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in _RUN_OUTPUTS:  # from an earlier run: config.json must describe the metrics beside it
             (out / stale).unlink(missing_ok=True)
         atomic_write_json(out / "config.json", config.to_dict())
-    splits = EVAL_SPLITS if test else ("val",)
     started = time.perf_counter()
 
     log(f"[1/4] base classifier and class hierarchy ({config.data.dataset}, {config.model.backbone})")
@@ -379,7 +379,7 @@ def run_preset_bench(
 _RUN_OUTPUTS = ("metrics.json", "run.json", "report.md", "config.json")
 
 
-def _preflight(ctx: RunContext) -> None:
+def _preflight(ctx: RunContext, splits: Sequence[str]) -> None:
     """The checks that need more than the config itself: processes, device, backbone, data."""
     config, distributed = ctx.config, ctx.dist
     if distributed.world > 1 and config.train.batch_size % distributed.world:
@@ -393,7 +393,7 @@ def _preflight(ctx: RunContext) -> None:
     check_weights(config.model)  # a missing file or one that does not fit the network, before any training
     ctx.data("train")  # data problems (a missing folder, a damaged annotation) show before any training
     if config.data.dataset != "fashion_scenes":  # read from disk: a missing split file shows now too
-        for split in EVAL_SPLITS:
+        for split in splits:
             ctx.data(split)
 
 
