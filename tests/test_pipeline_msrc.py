@@ -479,3 +479,14 @@ def test_msrc_config_file_points_at_shared() -> None:
     real = config.replace(data__root=str(SHARED_MSRC), model__weights=str(SHARED_WEIGHTS))
     check_weights(real.model)
     assert [len(load_split(real, split)) for split in ("train", "val", "test")] == [276, 59, 256]
+
+
+def test_cache_keys_leave_out_new_keys_at_their_defaults() -> None:
+    from hiercam.pipeline import DataConfig, ModelConfig
+    from hiercam.pipeline.stages import section_key
+
+    old_data = {"dataset", "root", "image_size", "train_scenes", "val_scenes", "test_scenes", "items"}
+    assert set(section_key(DataConfig())) == old_data | {"num_workers"}
+    assert set(section_key(ModelConfig())) == {"backbone", "width", "norm", "pretrained"}
+    assert section_key(DataConfig(input_norm="tanh"))["input_norm"] == "tanh"
+    assert section_key(ModelConfig(weights="w.pt", freeze_batchnorm=True))["freeze_batchnorm"] is True

@@ -24,7 +24,7 @@ from hiercam.grouping import group_classes
 from hiercam.hierarchy import ClassHierarchy, frequent_classes
 from hiercam.losses import TwoBranchLoss
 from hiercam.pipeline.artifacts import digest, load_tensors, read_marker, save_tensors, write_marker
-from hiercam.pipeline.config import ConfigError, PipelineConfig
+from hiercam.pipeline.config import ConfigError, DataConfig, ModelConfig, PipelineConfig
 from hiercam.pipeline.data import Split, class_names, load_split, train_loader
 from hiercam.pipeline.distributed import Distributed
 from hiercam.pipeline.keys import ModelKey
@@ -100,20 +100,19 @@ class RunContext:
 
 #: Config fields added after models were first cached: left out of the keys while at their defaults, so that
 #: the models and maps of earlier runs stay valid.
-_ADDED_FIELDS = {
-    "data": ("min_box_area", "background_classes", "input_norm"),
-    "model": ("weights", "freeze_batchnorm"),
+_ADDED_FIELDS: dict[type[Any], tuple[str, ...]] = {
+    DataConfig: ("min_box_area", "background_classes", "input_norm"),
+    ModelConfig: ("weights", "freeze_batchnorm"),
 }
 
 
-def section_key(section: Any) -> dict[str, Any]:
+def section_key(section: DataConfig | ModelConfig) -> dict[str, Any]:
     """A config section as a cache key: every field, but added ones only when they differ from the default."""
     values = dataclasses.asdict(section)
-    name = "data" if "dataset" in values else "model" if "backbone" in values else ""
-    for field_name in _ADDED_FIELDS.get(name, ()):
-        default = next(f.default for f in dataclasses.fields(section) if f.name == field_name)
-        if values[field_name] == default:
-            del values[field_name]
+    defaults = {f.name: f.default for f in dataclasses.fields(section)}
+    for name in _ADDED_FIELDS[type(section)]:
+        if values[name] == defaults[name]:
+            del values[name]
     return values
 
 
