@@ -94,8 +94,12 @@ def test_msrc_config_keys_and_class_names(fake_root: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"data__background_classes": 3}, "`data.background_classes` must be one of 'stuff'"),
-        ({"data__background_classes": "sky"}, "`data.background_classes` must be one of 'stuff'"),
+        (
+            {"data__background_classes": 3},
+            "`data.background_classes` must be one of 'stuff' or a list, got 3",
+        ),
+        ({"data__background_classes": "sky"}, "must be one of 'stuff' or a list, got 'sky'"),
+        ({"data__background_classes": ["sky", 3]}, "`data.background_classes[1]` must be a string, got 3"),
         ({"data__background_classes": ["zebra"]}, "unknown class(es) 'zebra'"),
         ({"data__background_classes": ["sky", "sky"]}, "names a class twice"),
         ({"data__background_classes": list(MSRC21_CLASSES[:-1])}, "at least two classes to score"),

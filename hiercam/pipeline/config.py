@@ -322,13 +322,15 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0] if len(inner) == 1 else Union[tuple(inner)], key)  # noqa: UP007
     if origin in (Union, UnionType):  # the first alternative that accepts the value
-        errors = []
         for alternative in args:
             try:
                 return _coerce(value, alternative, key)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(" or ".join(errors))
+            except ConfigError:
+                pass
+        lists = [a for a in args if get_origin(a) is tuple]
+        if isinstance(value, (list, tuple)) and lists:  # a list with a bad entry: name the entry
+            _coerce(value, lists[0], key)
+        raise ConfigError(f"`{key}` must be {' or '.join(map(_describe, args))}, got {value!r}")
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"`{key}` must be true or false, got {value!r}")
@@ -346,6 +348,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"`{key}` must be a string, got {value!r}")
         return value
     raise ConfigError(f"`{key}` has an unsupported type {hint!r}")  # pragma: no cover
+
+
+def _describe(hint: Any) -> str:
+    """What a value of type ``hint`` looks like in a config file, for error messages."""
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, get_args(hint)))
+    if get_origin(hint) is tuple:
+        return "a list"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, repr(hint))
 
 
 #: The largest `seed`: every seed derived from it (per model, per epoch) stays in torch's and NumPy's range.
