@@ -187,6 +187,10 @@ class EvalBatchNorm(nn.BatchNorm2d):
     learn.
 
     Its state dict is that of ``BatchNorm2d`` (the same keys), so weights move freely between the two.
+
+    Example:
+        >>> EvalBatchNorm(4).train().training
+        False
     """
 
     def train(self, mode: bool = True) -> EvalBatchNorm:

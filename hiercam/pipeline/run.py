@@ -262,7 +262,12 @@ def seed_record_path(results: str | Path, config: PipelineConfig, label: str) ->
     ``<results>/<dataset>/<label>/seed_<seed>.json``.
 
     Raises:
-        ValueError: ``label`` is not a plain name (letters, digits, ``-``, ``_``, ``.``).
+        ValueError: ``label`` is not a plain folder name.
+
+    Example:
+        >>> from hiercam.pipeline import PipelineConfig
+        >>> seed_record_path("benchmarks/results", PipelineConfig(seed=2), "recommended").as_posix()
+        'benchmarks/results/fashion_scenes/recommended/seed_2.json'
     """
     if not label or Path(label).name != label or label in (".", "..") or not label.isprintable():
         raise ValueError(f"`label` must be a plain folder name, got {label!r}")

@@ -107,7 +107,14 @@ _ADDED_FIELDS: dict[type[Any], tuple[str, ...]] = {
 
 
 def section_key(section: DataConfig | ModelConfig) -> dict[str, Any]:
-    """A config section as a cache key: every field, but added ones only when they differ from the default."""
+    """A config section as a cache key: every field, but added ones only when they differ from the default.
+
+    Example:
+        >>> "input_norm" in section_key(DataConfig())
+        False
+        >>> section_key(DataConfig(input_norm="tanh"))["input_norm"]
+        'tanh'
+    """
     values = dataclasses.asdict(section)
     defaults = {f.name: f.default for f in dataclasses.fields(section)}
     for name in _ADDED_FIELDS[type(section)]:
