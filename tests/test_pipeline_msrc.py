@@ -386,7 +386,7 @@ def test_recommended_keeps_a_frequent_class_out_and_runs(tmp_path: Path, one_thr
     train = load_split(config, "train").labels
     assert float(train[:, GRASS].mean()) == pytest.approx(33 / 34)
     # the old rule alone (drop saturated levels) stops: grass saturates every level that groups it
-    with pytest.raises(ConfigError, match="drops every group level"):
+    with pytest.raises(ConfigError, match="'grass' alone is in more than 90% of them: keep it out"):
         run_pipeline(
             apply_preset(config, "signal_groups"), tmp_path / "old", progress=False, log=lambda _: None
         )

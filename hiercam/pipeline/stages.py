@@ -342,9 +342,19 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
             hierarchy = hierarchy.drop_saturated_levels(targets, method.max_group_presence)
         except ValueError as error:  # the only error left after config validation; name the config key
             limit = method.max_group_presence
+            frequent = [names[c] for c in frequent_classes(targets, limit) if c not in singletons]
+            hint = (
+                f"; {', '.join(map(repr, frequent))} alone "
+                f"{'is' if len(frequent) == 1 else 'are'} in more than {limit:.0%} of them: keep "
+                f"{'it' if len(frequent) == 1 else 'them'} out of the grouping with "
+                "`method.max_class_presence`"
+                if frequent
+                else ""
+            )
             raise ConfigError(
                 f"`method.max_group_presence` = {limit} drops every group level: every group level has a "
                 f"group present in more than {limit:.0%} of the images (raise `method.max_group_presence`)"
+                + hint
             ) from error
     hierarchy.save(path)
     presence = {
