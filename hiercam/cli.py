@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="the quick demo config: a smoke test")
     bench.add_argument("--force", action="store_true", help="redo every stage, even those up to date")
     bench.add_argument(
+        "--results",
+        default=None,
+        metavar="DIR",
+        help="also keep each finished (dataset, preset, seed) as DIR/<dataset>/<preset>/seed_<n>.json and "
+        "read back those already there with the same config, so an interrupted bench resumes "
+        "(e.g. benchmarks/results)",
+    )
+    bench.add_argument(
         "--preset",
         nargs="+",
         default=None,
@@ -202,12 +210,17 @@ def _bench(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config is not None else demo_config(quick=args.quick)
     seeds = list(range(args.seeds))
     if args.preset is not None and len(args.preset) > 1:
-        compared = run_preset_bench(config, args.preset, seeds, args.out, force=args.force)
+        compared = run_preset_bench(
+            config, args.preset, seeds, args.out, force=args.force, results=args.results
+        )
         print("\n" + compare_markdown(compared))
         return 0
+    # the record folder: the preset, else the config's own method settings named by the config
+    label = Path(args.config).stem if args.config is not None else ("quick" if args.quick else "demo")
     if args.preset is not None:
         config = apply_preset(config, args.preset[0])
-    result = run_bench(config, seeds, args.out, force=args.force)
+        label = args.preset[0]
+    result = run_bench(config, seeds, args.out, force=args.force, results=args.results, label=label)
     print("\n" + bench_markdown(result))
     return 0
 
