@@ -181,7 +181,7 @@ def report(data: dict[str, Any]) -> None:
         + f"; forwards below are counted at {unit:.3f} s"
     )
     if max(forward.values()) > 1.2 * unit:
-        print("warning: the forward time changed by more than 20 % during the runs (the machine's load changed)")
+        print("warning: the forward time moved by over 20 % during the runs (the machine's load changed)")
     times = [run["seconds"] for run in runs]
     for i, run in enumerate(runs, 1):
         print(
