@@ -10,8 +10,9 @@ threads, median of 5: the measurement of ``benchmarks/cam_speed.py``), so that a
 count of such forward passes on any machine. Issue 19's budget: at most 5 minutes, about 400 forward passes
 of a machine where one takes 0.741 s.
 
-Results go to ``benchmarks/results/demo_time.json``, one entry per run, written after every run; a second
-call with the same settings and commit adds runs until ``--runs`` are done (resumable).
+Results go to ``benchmarks/results/demo_time.json``, one entry per run, written after every run, and each
+run's output to ``demo_time_run<N>.log`` beside it; a second call with the same settings and commit adds runs
+until ``--runs`` are done (resumable).
 
 Options: ``--venv DIR`` reuses an existing virtual environment with hiercam's dependencies (no install: a
 quicker check of the pipeline's part; not the headline figure); ``--quick`` runs ``make demo`` with
@@ -84,7 +85,7 @@ def git(*args: str, cwd: Path = REPO) -> str:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def one_run(commit: str, args: argparse.Namespace, logs: Path, index: int) -> dict[str, Any]:
+def one_run(commit: str, args: argparse.Namespace, log: Path) -> dict[str, Any]:
     """Clone, ``make demo``, time it; the run's entry for the JSON."""
     demo_args = (["--quick"] if args.quick else []) + (
         ["--threads", str(args.threads)] if args.threads else []
@@ -104,7 +105,6 @@ def one_run(commit: str, args: argparse.Namespace, logs: Path, index: int) -> di
         if args.venv is not None:  # reuse: its install markers are taken as up to date
             venv = Path(args.venv).resolve()
             command += [f"VENV={venv}", "-o", f"{venv}/.demo-installed", "-o", f"{venv}/.torch-installed"]
-        log = logs / f"demo_time_run{index}.log"
         with log.open("w") as stream:
             done = subprocess.run(command, cwd=clone, stdout=stream, stderr=subprocess.STDOUT, check=False)
         seconds = time.perf_counter() - start
@@ -155,7 +155,7 @@ def main() -> None:
         print(f"ResNet-50 forward (batch 8, 2 threads): {data['resnet50_forward_seconds']['before']:.3f} s")
         while len(data["runs"]) < args.runs:
             index = len(data["runs"]) + 1
-            entry = one_run(commit, args, out.parent, index)
+            entry = one_run(commit, args, out.with_name(f"{out.stem}_run{index}.log"))
             data["runs"].append(entry)
             out.write_text(json.dumps(data, indent=2) + "\n")  # resumable: one entry per finished run
             print(f"run {index}: {entry['seconds']:.1f} s ({entry['last_line']})")
