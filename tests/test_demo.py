@@ -15,7 +15,14 @@ import hiercam.pipeline
 from hiercam import fit
 from hiercam._progress import Progress, is_terminal
 from hiercam.cli import _threads_line, build_parser, main
-from hiercam.pipeline import PipelineConfig, apply_preset, bench_config, demo_config, run_pipeline
+from hiercam.pipeline import (
+    PRESETS,
+    PipelineConfig,
+    apply_preset,
+    bench_config,
+    demo_config,
+    run_pipeline,
+)
 
 
 class Terminal(io.StringIO):
@@ -173,7 +180,12 @@ def test_demo_threads_option_and_last_line(
     printed = capsys.readouterr().out.splitlines()
     report = re.escape(str(out / "report.md"))
     assert re.fullmatch(rf"hiercam demo: done in \d+ s; report: {report}", printed[-1])
-    assert (out / "report.md").is_file()
+    report_text = (out / "report.md").read_text()
+    assert "## The method against Grad-CAM" in report_text
+    assert "Ablation (the paper's Table 4)" not in report_text
+    settings = f"method settings: preset recommended ({PRESETS['recommended'].description})"
+    assert printed[printed.index(settings) + 1].startswith("| variant |")  # the table follows
+    assert printed[0] == "hiercam demo: 1 thread"
     # the recommended preset on the demo config, without the ablation models
     written = PipelineConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert written == apply_preset(tiny_config(ablation=False), "recommended")

@@ -301,7 +301,7 @@ def evaluate(
             f"  scoring {len(variants)} variants ({split})",
             log=ctx.log,
             unit="images",
-            terminal=ctx.progress and is_terminal(),
+            terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
         )
         with progress:
             curves[split] = score_split(

@@ -377,7 +377,7 @@ def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: s
         f"  maps of {len(models)} models ({split})",
         log=ctx.log,
         unit="images",
-        terminal=ctx.progress and is_terminal(),
+        terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
     )
     with progress:
         for identity, trained in models.items():
