@@ -379,22 +379,22 @@ def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: s
         unit="images",
         terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
     )
-    with progress:
-        for identity, trained in models.items():
-            extractor = GradCAM(trained.model)
-            maps, logits, correlations = [], [], []
-            for _, images, *_ in data.batches(64, shard):
-                cams = extractor(images.to(ctx.device, non_blocking=True), size="feature", normalize=None)
-                maps.append(cams.to("cpu", torch.float16))
-                if extractor.logits is not None:
-                    logits.append(extractor.logits.float().cpu())
-                if extractor.branch_maps is not None:
-                    correlations.append(_branch_correlation(extractor.branch_maps).cpu())
-                progress.update(len(images))
-            extractor.remove()
-            extracted[identity] = ModelMaps(
-                gather(maps), gather(logits), gather(correlations) if correlations else None
-            )
+    for identity, trained in models.items():
+        extractor = GradCAM(trained.model)
+        maps, logits, correlations = [], [], []
+        for _, images, *_ in data.batches(64, shard):
+            cams = extractor(images.to(ctx.device, non_blocking=True), size="feature", normalize=None)
+            maps.append(cams.to("cpu", torch.float16))
+            if extractor.logits is not None:
+                logits.append(extractor.logits.float().cpu())
+            if extractor.branch_maps is not None:
+                correlations.append(_branch_correlation(extractor.branch_maps).cpu())
+            progress.update(len(images))
+        extractor.remove()
+        extracted[identity] = ModelMaps(
+            gather(maps), gather(logits), gather(correlations) if correlations else None
+        )
+    progress.close()
     result = ExtractedMaps(labels, extracted)
     if ctx.dist.is_main:
         save_tensors(path, result.to_tensors())
