@@ -11,7 +11,11 @@ Settings: ``t1`` (1 thread, loading in the main process), ``t2`` (2 threads), ``
 DataLoader worker). ``--train-scenes`` and ``--epochs`` shrink the runs for a quick look; image size, model
 and batch stay the demo's, so the per-step costs compare like with like.
 
-Run: ``python benchmarks/demo_threads.py [--rounds 1] [--settings t1 t2 t1w1] [--train-scenes 1000]``
+``--steps N`` times only training steps of the demo's two kinds of model, 1 and 2 threads interleaved step by
+step (seconds; the minimum shows the machine at its quietest).
+
+Run: ``python benchmarks/demo_threads.py [--rounds 1] [--settings t1 t2 t1w1] [--train-scenes 1000]``, or
+``python benchmarks/demo_threads.py --steps 40``
 """
 
 from __future__ import annotations
@@ -51,6 +55,59 @@ def resnet50_forward(threads: int, rounds: int = 3) -> float:
         torch.set_num_threads(before)
 
 
+def step_times(rounds: int) -> None:
+    """Training steps of the demo's models (batch 32, 80 x 80) with 1 and 2 threads, interleaved step by step.
+
+    Prints the minimum (the machine at its quietest), 10th percentile and median per model and thread count:
+    seconds instead of minutes, and the minimum shows what a quiet machine would do even on a busy one.
+    """
+    import torch
+
+    from hiercam.losses import TwoBranchLoss
+    from hiercam.pipeline import demo_config
+    from hiercam.pipeline.networks import build_classifier, build_two_branch
+
+    config = demo_config()
+    before = torch.get_num_threads()
+    torch.manual_seed(0)
+    images, labels = torch.randn(32, 3, 80, 80), torch.randint(0, 2, (32, 10)).float()
+    base = build_classifier(config.model, 10, 0)
+    pair = build_two_branch(config.model, 10, 1)
+    two_branch_loss = TwoBranchLoss(weight=1e-6, reduction="sum")
+    models = {
+        "base classifier": (base, torch.nn.BCEWithLogitsLoss()),
+        "two-branch model": (pair, lambda output, target: two_branch_loss(output, target)[0]),
+    }
+    try:
+        for name, (model, loss) in models.items():
+            optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+
+            def step(model: Any = model, loss: Any = loss, optimizer: Any = optimizer) -> None:
+                optimizer.zero_grad()
+                loss(model(images), labels).backward()
+                optimizer.step()
+
+            times: dict[int, list[float]] = {1: [], 2: []}
+            for threads in times:  # warm-up
+                torch.set_num_threads(threads)
+                step()
+            for r in range(rounds):
+                for threads in (1, 2) if r % 2 else (2, 1):
+                    torch.set_num_threads(threads)
+                    start = time.perf_counter()
+                    step()
+                    times[threads].append(time.perf_counter() - start)
+            for threads, values in times.items():
+                values.sort()
+                low, tenth, median = values[0], values[len(values) // 10], statistics.median(values)
+                print(
+                    f"{name}, {threads} thread(s): min {1e3 * low:.1f} ms, 10th percentile "
+                    f"{1e3 * tenth:.1f} ms, median {1e3 * median:.1f} ms"
+                )
+    finally:
+        torch.set_num_threads(before)
+
+
 def child(threads: int, workers: int, out: str, changes: dict[str, Any]) -> None:
     """One demo run in this process; prints the run's ``seconds`` as JSON on the last line."""
     import torch
@@ -86,7 +143,13 @@ def main() -> None:
     parser.add_argument("--train-scenes", type=int, default=None, help="fewer training scenes (quick look)")
     parser.add_argument("--epochs", type=int, default=None, help="fewer epochs (quick look)")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
+    parser.add_argument(
+        "--steps", type=int, default=None, metavar="N", help="only N interleaved training steps per setting"
+    )
     args = parser.parse_args()
+    if args.steps is not None:
+        step_times(args.steps)
+        return
     changes: dict[str, Any] = {}
     if args.train_scenes is not None:
         changes["data__train_scenes"] = args.train_scenes
