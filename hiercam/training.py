@@ -209,8 +209,8 @@ def fit(
 
     Defaults: Adam with ``lr=1e-4``; ``ReduceLROnPlateau`` (factor 0.5, patience 5) on the validation loss
     (on the training loss when there is no ``val_loader``), stepped once per epoch; BCE with logits. One tqdm
-    bar per epoch shows the running loss, then the validation mAP. The model is trained in place; its
-    ``training`` flag is restored at the end.
+    bar per epoch shows the running loss, then the validation mAP (one plain line per epoch when stderr is not
+    a terminal). The model is trained in place; its ``training`` flag is restored at the end.
 
     Reproducibility: training runs under ``torch.random.fork_rng`` seeded with ``seed``, so the caller's
     torch random state is left untouched and two runs with the same seed, model initialisation and data give
