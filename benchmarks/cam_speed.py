@@ -10,12 +10,27 @@ median's ratio to one forward pass (the floor: no CAM can be cheaper than comput
 * torchcam           one forward, then ``GradCAM(...)(k, scores, retain_graph=True)`` per class
 * pytorch-grad-cam   ``GradCAM(...)(x, targets)`` per class: a forward and a backward per class
 
+Gradient-free methods and test-time augmentation (issue 16), on ``--scorecam-batch`` images:
+
+* scorecam hiercam           ``ScoreCAM(model, "layer4")(x, classes)``: ``B * 2048`` masked forwards shared by
+                              all classes
+* scorecam torchcam          ``ScoreCAM(...)(k, scores)`` per class: ``B * 2048`` masked forwards per class
+* scorecam pytorch-grad-cam  ``ScoreCAM(...)(x, targets)`` per class, the same
+* multiscale+flip hiercam    ``MultiScaleCAM(GradCAM(model, "layer4"))(x)``: IRN's scales (1, 0.5, 1.5, 2) and
+                              the flips, one call per scale
+* multiscale+flip forwards   the forwards alone at those scales, flips included (the floor of the above)
+
+A ScoreCAM call of a peer takes minutes per class on a CPU: the peers run ``--scorecam-peer-classes`` classes
+and their time is scaled to all classes (the table says so); ``--scorecam-peer-classes 0`` runs all.
+
 Peak memory: for each contender alone in a fresh subprocess, the growth of the peak resident set size
 (``VmHWM``, reset through ``/proc/self/clear_refs`` after building the model and the contenders) over the
 resident set size at that point. (``ru_maxrss`` would be wrong: Linux keeps it across ``exec``, so a child
 reports its parent's peak.) Linux only.
 
-Run: ``python benchmarks/cam_speed.py [--rounds 5] [--classes 20] [--batch 8]``
+Run: ``python benchmarks/cam_speed.py [--rounds 5] [--classes 20] [--batch 8] [--size 224]
+[--scorecam-batch 1] [--scorecam-peer-classes 2] [--no-gradient-free]``
+(a quick check that it runs: ``--rounds 1 --classes 3 --batch 1 --size 64 --scorecam-peer-classes 1``)
 """
 
 from __future__ import annotations
@@ -36,11 +51,11 @@ from torchvision.models import resnet50
 logging.getLogger("torchcam").setLevel(logging.ERROR)
 
 
-def setup(batch: int, num_classes: int) -> tuple[torch.nn.Module, torch.Tensor]:
+def setup(batch: int, num_classes: int, size: int = 224) -> tuple[torch.nn.Module, torch.Tensor]:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = resnet50(num_classes=num_classes).eval()
-    return model, torch.randn(batch, 3, 224, 224)
+    return model, torch.randn(batch, 3, size, size)
 
 
 def contenders(
@@ -82,6 +97,58 @@ def contenders(
     }
 
 
+def gradient_free_contenders(
+    model: torch.nn.Module, images: torch.Tensor, classes: list[int], peer_classes: list[int]
+) -> dict[str, Callable[[], object]]:
+    """ScoreCAM (hiercam: all ``classes``; the peers: ``peer_classes``) and the multi-scale + flip maps."""
+    import pytorch_grad_cam
+    import torch.nn.functional as F
+    import torchcam.methods
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    import hiercam
+
+    score = hiercam.ScoreCAM(model, "layer4", batch_size=64)
+    multiscale = hiercam.MultiScaleCAM(hiercam.GradCAM(model, "layer4"))
+    multiscale(images[:1])  # verifies the closed form
+    batch = len(images)
+    height, width = images.shape[-2:]
+
+    def forward() -> object:
+        with torch.no_grad():
+            return model(images)
+
+    def torchcam_run() -> object:
+        extractor = torchcam.methods.ScoreCAM(model, "layer4", batch_size=64)
+        try:
+            with torch.no_grad():
+                scores = model(images)
+            return [extractor(k, scores) for k in peer_classes]
+        finally:
+            extractor.remove_hooks()
+
+    def pgc_run() -> object:
+        with pytorch_grad_cam.ScoreCAM(model, target_layers=[model.layer4]) as cam:
+            cam.batch_size = 64
+            return [cam(images, targets=[ClassifierOutputTarget(k)] * batch) for k in peer_classes]
+
+    def scaled_forwards() -> object:
+        with torch.no_grad():
+            for s in hiercam.IRN_SCALES:
+                x = F.interpolate(images, size=(round(height * s), round(width * s)), mode="bilinear")
+                model(torch.cat([x, x.flip(-1)]))
+        return None
+
+    return {
+        "forward": forward,
+        "scorecam hiercam": lambda: score(images, classes),
+        "scorecam torchcam": torchcam_run,
+        "scorecam pytorch-grad-cam": pgc_run,
+        "multiscale+flip hiercam": lambda: multiscale(images, classes),
+        "multiscale+flip forwards": scaled_forwards,
+    }
+
+
 def time_rounds(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
@@ -102,10 +169,20 @@ def _status_mib(field: str) -> float:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def memory_child(name: str, batch: int, num_classes: int, classes: list[int]) -> None:
+def memory_child(
+    name: str,
+    batch: int,
+    num_classes: int,
+    classes: list[int],
+    size: int = 224,
+    peer_classes: list[int] | None = None,
+) -> None:
     """In a fresh process: RSS after set-up, reset the peak counter, run the contender, print the growth."""
-    model, x = setup(batch, num_classes)
-    runs = contenders(model, x, classes)
+    model, x = setup(batch, num_classes, size)
+    if peer_classes is None:
+        runs = contenders(model, x, classes)
+    else:
+        runs = gradient_free_contenders(model, x, classes, peer_classes)
     before = _status_mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     if _status_mib("VmHWM") > before + 1:
@@ -114,11 +191,18 @@ def memory_child(name: str, batch: int, num_classes: int, classes: list[int]) ->
     print(json.dumps(_status_mib("VmHWM") - before))
 
 
-def peak_memory(name: str, batch: int, num_classes: int, classes: list[int]) -> float:
+def peak_memory(
+    name: str,
+    batch: int,
+    num_classes: int,
+    classes: list[int],
+    size: int = 224,
+    peer_classes: list[int] | None = None,
+) -> float:
     here = Path(__file__).resolve().parent
     code = (
         f"import sys; sys.path.insert(0, {str(here)!r}); import cam_speed as b;"
-        f"b.memory_child({name!r}, {batch}, {num_classes}, {classes!r})"
+        f"b.memory_child({name!r}, {batch}, {num_classes}, {classes!r}, {size}, {peer_classes!r})"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(json.loads(result.stdout.strip().splitlines()[-1]))
@@ -131,13 +215,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--scorecam-batch", type=int, default=1, help="images for ScoreCAM and multi-scale")
+    parser.add_argument(
+        "--scorecam-peer-classes",
+        type=int,
+        default=2,
+        help="classes the peers' ScoreCAM runs (their time is scaled to all classes); 0: all",
+    )
+    parser.add_argument("--no-gradient-free", action="store_true", help="skip ScoreCAM and multi-scale")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-contender memory subprocesses")
     args = parser.parse_args()
-    model, images = setup(args.batch, args.classes)
+    model, images = setup(args.batch, args.classes, args.size)
     all_classes = list(range(args.classes))
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads, ResNet-50, batch {args.batch}, 224x224")
-    for label, classes in (("all classes", all_classes), ("single class", [3])):
+    size = f"{args.size}x{args.size}"
+    print(f"torch {torch.__version__}, {threads} threads, ResNet-50, batch {args.batch}, {size}")
+    for label, classes in (("all classes", all_classes), ("single class", [min(3, args.classes - 1)])):
         times = time_rounds(contenders(model, images, classes), args.rounds)
         floor = statistics.median(times["forward"])
         print(f"\n{label} ({len(classes)}), median of {args.rounds} interleaved rounds:")
@@ -148,7 +242,31 @@ def main() -> None:
     if not args.no_memory:
         print("\npeak RSS growth, all classes, each contender alone in a fresh process (MiB):")
         for name in ("forward", "hiercam", "hiercam general", "torchcam", "pytorch-grad-cam"):
-            print(f"  {name:18s} {peak_memory(name, args.batch, args.classes, all_classes):9.0f}")
+            print(f"  {name:18s} {peak_memory(name, args.batch, args.classes, all_classes, args.size):9.0f}")
+    if not args.no_gradient_free:
+        gradient_free(args, all_classes)
+
+
+def gradient_free(args: argparse.Namespace, all_classes: list[int]) -> None:
+    """ScoreCAM for all classes against the peers class by class, and multi-scale + flip, as x forward."""
+    model, images = setup(args.scorecam_batch, args.classes, args.size)
+    count = args.scorecam_peer_classes or len(all_classes)
+    peer_classes = all_classes[:count]
+    scale = len(all_classes) / len(peer_classes)
+    runs = gradient_free_contenders(model, images, all_classes, peer_classes)
+    times = time_rounds(runs, 1)
+    floor = statistics.median(times["forward"])
+    note = "" if scale == 1 else f" (peers: {len(peer_classes)} classes, time x{scale:g})"
+    print(f"\ngradient-free, {len(all_classes)} classes, batch {args.scorecam_batch}, one round{note}:")
+    print(f"  {'contender':26s} {'s':>9s} {'x forward':>10s}")
+    for name, values in times.items():
+        seconds = statistics.median(values) * (scale if "torchcam" in name or "pytorch" in name else 1)
+        print(f"  {name:26s} {seconds:9.3f} {seconds / floor:9.1f}x")
+    if not args.no_memory:
+        print("\npeak RSS growth, gradient-free, each contender alone in a fresh process (MiB):")
+        for name in runs:
+            mib = peak_memory(name, args.scorecam_batch, args.classes, all_classes, args.size, peer_classes)
+            print(f"  {name:26s} {mib:9.0f}")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads(bench)
     bench.add_argument("--force", action="store_true", help="redo every stage, even those up to date")
     bench.add_argument(
+        "--results",
+        default=None,
+        metavar="DIR",
+        help="also keep each finished (dataset, preset, seed) as DIR/<dataset>/<preset>/seed_<n>.json and "
+        "read back those already there with the same config, so an interrupted bench resumes "
+        "(e.g. benchmarks/results)",
+    )
+    bench.add_argument(
         "--preset",
         nargs="+",
         default=None,
@@ -274,13 +282,18 @@ def _bench(args: argparse.Namespace, started: float) -> int:
     config = load_config(args.config) if args.config is not None else bench_config(quick=args.quick)
     seeds = list(range(args.seeds))
     if args.preset is not None and len(args.preset) > 1:
-        compared = run_preset_bench(config, args.preset, seeds, args.out, force=args.force)
+        compared = run_preset_bench(
+            config, args.preset, seeds, args.out, force=args.force, results=args.results
+        )
         print("\n" + compare_markdown(compared), flush=True)
         _done("bench", started, Path(args.out) / "compare.md")
         return 0
+    # the record folder: the preset, else the config's own method settings named by the config
+    label = Path(args.config).stem if args.config is not None else ("quick" if args.quick else "bench")
     if args.preset is not None:
         config = apply_preset(config, args.preset[0])
-    result = run_bench(config, seeds, args.out, force=args.force)
+        label = args.preset[0]
+    result = run_bench(config, seeds, args.out, force=args.force, results=args.results, label=label)
     print("\n" + bench_markdown(result), flush=True)
     _done("bench", started, Path(args.out) / "bench.md")
     return 0

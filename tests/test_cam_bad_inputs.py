@@ -80,6 +80,15 @@ def overflow_model() -> nn.Module:
     ).eval()
 
 
+def zero_score_model() -> nn.Module:
+    """Class 1's score is exactly 0 for every image (its weights and bias are zero)."""
+    model = tiny()
+    with torch.no_grad():
+        model[4].weight[1] = 0.0
+        model[4].bias[1] = 0.0
+    return model
+
+
 def lazy_model() -> nn.Module:
     """A valid model with a lazy layer (uninitialised until its first call)."""
     return nn.Sequential(nn.Conv2d(3, 4, 5), nn.Flatten(), nn.LazyLinear(2))
@@ -203,6 +212,145 @@ BAD: dict[str, tuple[Call, type[Exception], str]] = {
         ),
         ValueError,
         r"`classes` must be class indices in \[0, 2\)",
+    ),
+    # gradient-free and perturbation methods, eigen_smooth, multi-scale aggregation
+    "ScoreCAM batch_size 0": (
+        lambda: hiercam.ScoreCAM(tiny(), "0", batch_size=0),
+        ValueError,
+        "`batch_size` must be >= 1, got 0",
+    ),
+    "ScoreCAM batch_size -3": (
+        lambda: hiercam.ScoreCAM(tiny(), "0", batch_size=-3),
+        ValueError,
+        "`batch_size` must be >= 1, got -3",
+    ),
+    "ScoreCAM batch_size float": (
+        lambda: hiercam.ScoreCAM(tiny(), "0", batch_size=2.5),  # type: ignore[arg-type]
+        TypeError,
+        "`batch_size` must be an int, got float",
+    ),
+    "AblationCAM batch_size 0": (
+        lambda: hiercam.AblationCAM(tiny(), "0", batch_size=0),
+        ValueError,
+        "`batch_size` must be >= 1",
+    ),
+    "AblationCAM batch_size None": (
+        lambda: hiercam.AblationCAM(tiny(), "0", batch_size=None),  # type: ignore[arg-type]
+        TypeError,
+        "`batch_size` must be an int, got NoneType",
+    ),
+    "AblationCAM zero class score": (
+        lambda: hiercam.AblationCAM(zero_score_model(), "1")(torch.randn(2, 3, 8, 8), 1),
+        ValueError,
+        r"AblationCAM divides by the class score, which is exactly 0 for image 0, class 1 \(`classes`\)",
+    ),
+    "ScoreCAM NaN images": (
+        lambda: hiercam.ScoreCAM(tiny(), "0")(with_nan(float("nan"))),
+        ValueError,
+        "`images` must be finite",
+    ),
+    "ScoreCAM overflowing layer": (
+        lambda: hiercam.ScoreCAM(overflow_model(), "1")(torch.randn(2, 3, 8, 8)),
+        ValueError,
+        r"the output of `target_layer` '1' holds NaN or infinite values",
+    ),
+    "EigenCAM overflowing layer": (
+        lambda: hiercam.EigenCAM(overflow_model(), "1")(torch.randn(2, 3, 8, 8)),
+        ValueError,
+        r"the output of `target_layer` '1' holds NaN or infinite values",
+    ),
+    "eigen_smooth overflowing layer": (
+        lambda: hiercam.GradCAM(overflow_model(), "1", eigen_smooth=True)(torch.randn(2, 3, 8, 8)),
+        ValueError,
+        r"the output of `target_layer` '1' holds NaN or infinite values",
+    ),
+    "ScoreCAM classes out of range": (
+        lambda: hiercam.ScoreCAM(tiny(), "0")(torch.randn(1, 3, 8, 8), 3),
+        ValueError,
+        r"`classes` must be class indices in \[0, 3\)",
+    ),
+    "eigen_smooth not a bool": (
+        lambda: hiercam.GradCAM(tiny(), "0", eigen_smooth="yes"),  # type: ignore[arg-type]
+        TypeError,
+        "`eigen_smooth` must be a bool, got str",
+    ),
+    "MultiScaleCAM empty scales": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"), ()),
+        ValueError,
+        "`scales` must hold at least one scale",
+    ),
+    "MultiScaleCAM zero scale": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"), (1.0, 0)),
+        ValueError,
+        "`scales` must be positive and finite, got 0",
+    ),
+    "MultiScaleCAM negative scale": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"), (-0.5,)),
+        ValueError,
+        "`scales` must be positive and finite, got -0.5",
+    ),
+    "MultiScaleCAM NaN scale": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"), (float("nan"),)),
+        ValueError,
+        "`scales` must be positive and finite, got nan",
+    ),
+    "MultiScaleCAM infinite scale": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"), (float("inf"),)),
+        ValueError,
+        "`scales` must be positive and finite, got inf",
+    ),
+    "MultiScaleCAM scales a number": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"), 1.0),  # type: ignore[arg-type]
+        TypeError,
+        "`scales` must be a sequence of positive numbers, got float",
+    ),
+    "MultiScaleCAM scales a string": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"), "1.0"),  # type: ignore[arg-type]
+        TypeError,
+        "`scales` must be a sequence of positive numbers, got str",
+    ),
+    "MultiScaleCAM scale a bool": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"), (1.0, True)),
+        TypeError,
+        "`scales` must hold numbers, got bool",
+    ),
+    "MultiScaleCAM scale shrinks images to nothing": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"), (1.0, 0.05))(torch.randn(1, 3, 8, 8)),
+        ValueError,
+        r"`scales` 0.05 shrinks 8x8 `images` to 0x0",
+    ),
+    "MultiScaleCAM cam a model": (
+        lambda: hiercam.MultiScaleCAM(tiny()),  # type: ignore[arg-type]
+        TypeError,
+        "`cam` must be a CAM extractor",
+    ),
+    "MultiScaleCAM flip not a bool": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"), flip=1),  # type: ignore[arg-type]
+        TypeError,
+        "`flip` must be a bool, got int",
+    ),
+    "MultiScaleCAM unknown pass_normalize": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"), pass_normalize="l2"),  # type: ignore[arg-type]
+        ValueError,
+        "`pass_normalize` must be one of",
+    ),
+    "MultiScaleCAM NaN images": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"))(with_nan(float("nan"))),
+        ValueError,
+        "`images` must be finite",
+    ),
+    "MultiScaleCAM bad size": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"))(torch.randn(1, 3, 8, 8), size=(0, 4)),
+        ValueError,
+        "`size` must be 'input', 'feature' or a",
+    ),
+    "MultiScaleCAM unknown normalize": (
+        lambda: hiercam.MultiScaleCAM(hiercam.GradCAM(tiny(), "0"))(
+            torch.randn(1, 3, 8, 8),
+            normalize="l1",  # type: ignore[arg-type]
+        ),
+        ValueError,
+        "`normalize` must be one of",
     ),
 }
 

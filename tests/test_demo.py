@@ -53,6 +53,7 @@ def test_demo_config_sizes() -> None:
     assert (config.data.train_scenes, config.data.val_scenes, config.data.test_scenes) == (4000, 300, 300)
     assert config.train.epochs == 4
     assert config.ablation is False
+    assert config.ensemble is False  # no ensemble control either: the baseline against the method
     assert config.device == "cpu"
     assert config.method.levels == (4,)  # levels 10 -> 4: the one group level `recommended` keeps
     # the other method settings are the paper's; the demo command applies a preset
@@ -61,6 +62,7 @@ def test_demo_config_sizes() -> None:
     quick = demo_config(quick=True)
     assert (quick.data.train_scenes, quick.data.image_size, quick.train.epochs) == (256, 48, 2)
     assert quick.ablation is True
+    assert quick.ensemble is True
     assert quick.method.levels == (4, 2)
     # bench keeps the setting of docs/benchmarks.md: 10,000 / 500 / 500 scenes, 6 epochs, every model
     bench = bench_config(seed=3)
@@ -140,7 +142,7 @@ def test_pipeline_log_has_a_line_per_epoch_and_per_step(
     stderr = io.StringIO()
     monkeypatch.setattr("sys.stderr", stderr)
     lines: list[str] = []
-    config = tiny_config(train__epochs=2, ablation=False)
+    config = tiny_config(train__epochs=2, ablation=False, ensemble=False)
     run_pipeline(config, tmp_path / "run", log=lines.append)
     epochs = stderr.getvalue().splitlines()
     # base, two-branch levels 0, 1 and 2 (no single-branch models without the ablation): 2 epochs each
@@ -161,7 +163,7 @@ def tiny_demo(tiny_config: Callable[..., PipelineConfig], monkeypatch: pytest.Mo
     """``hiercam demo`` on the tiny config (the CLI reads ``hiercam.pipeline.demo_config``)."""
 
     def tiny_demo_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
-        return tiny_config(seed=seed, ablation=quick)
+        return tiny_config(seed=seed, ablation=quick, ensemble=quick)
 
     monkeypatch.setattr(hiercam.pipeline, "demo_config", tiny_demo_config)
 
@@ -188,8 +190,10 @@ def test_demo_threads_option_and_last_line(
     assert printed[0] == "hiercam demo: 1 thread"
     # the recommended preset on the demo config, without the ablation models
     written = PipelineConfig.from_dict(json.loads((out / "config.json").read_text()))
-    assert written == apply_preset(tiny_config(ablation=False), "recommended")
-    assert "single" not in " ".join(path.name for path in (out / "models").iterdir())
+    assert written == apply_preset(tiny_config(ablation=False, ensemble=False), "recommended")
+    names = " ".join(path.name for path in (out / "models").iterdir())
+    assert "single" not in names
+    assert "ensemble" not in names
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two"])

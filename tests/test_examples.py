@@ -70,6 +70,27 @@ def _voc_recipe(out: str, folder: Path) -> None:
     assert "## Ablation" in Path(report[1]).read_text()
 
 
+def _faithfulness(out: str, folder: Path) -> None:
+    rows = re.findall(
+        r"^(\w[\w /+]*?)\s+\|\s+(-?[\d.]+) \|\s+(-?[\d.]+) \| (Grad-CAM|random)$", out, re.MULTILINE
+    )
+    names = [row[0] for row in rows]
+    assert names == [
+        "deletion",
+        "insertion",
+        "average drop",
+        "increase",
+        "ROAD MoRF",
+        "ROAD LeRF",
+        "MaxBoxAccV2",
+        "PxAP",
+    ]
+    for name, ours, floor, _ in rows:
+        if name in ("increase", "MaxBoxAccV2", "PxAP"):  # fractions
+            assert 0 <= float(ours) <= 1
+            assert 0 <= float(floor) <= 1
+
+
 CHECKS: dict[str, Callable[[str, Path], None]] = {
     "orthogonal_loss.py": _orthogonal_loss,
     "two_branch_backbone.py": _two_branch_backbone,
@@ -78,6 +99,7 @@ CHECKS: dict[str, Callable[[str, Path], None]] = {
     "fuse_cams.py": _fuse_cams,
     "evaluate_cams.py": _evaluate_cams,
     "voc_recipe.py": _voc_recipe,
+    "faithfulness.py": _faithfulness,
 }
 
 

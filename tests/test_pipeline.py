@@ -49,7 +49,15 @@ def test_quick_demo_writes_every_artifact(tmp_path: Path, capsys: pytest.Capture
     for name in ("report.md", "metrics.json", "config.json", "run.json", "hierarchy.json", "hierarchy.txt"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics["variants"]) == ["baseline", "two_branch", "grouping", "full", "level_1", "level_2"]
+    assert list(metrics["variants"]) == [
+        "baseline",
+        "ensemble",
+        "two_branch",
+        "grouping",
+        "full",
+        "level_1",
+        "level_2",
+    ]
     for entry in metrics["variants"].values():
         assert entry["threshold"] in metrics["thresholds"]
         for split in ("val", "test"):
@@ -65,6 +73,7 @@ def test_quick_demo_writes_every_artifact(tmp_path: Path, capsys: pytest.Capture
     assert result.variant("level_2").variant == Variant("level", 2)
     assert set(result.classification_map["val"]) == {
         ModelKey("base"),
+        ModelKey("ensemble"),
         ModelKey("two_branch", 0),
         ModelKey("two_branch", 1),
         ModelKey("two_branch", 2),

@@ -28,7 +28,15 @@ def test_voc_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     hierarchy = ClassHierarchy.load(out / "hierarchy.json")
     assert hierarchy.class_names == VOC_CLASSES
     assert hierarchy.level_sizes == (20, 6, 3)
-    assert set(metrics["variants"]) == {"baseline", "two_branch", "grouping", "full", "level_1", "level_2"}
+    assert set(metrics["variants"]) == {
+        "baseline",
+        "ensemble",
+        "two_branch",
+        "grouping",
+        "full",
+        "level_1",
+        "level_2",
+    }
     for entry in metrics["variants"].values():
         for split in ("val", "test"):
             assert all(0 <= value <= 1 for value in entry[split].values())

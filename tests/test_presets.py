@@ -86,7 +86,7 @@ def test_preset_bench_shares_the_baseline_and_compares(
     stored = json.loads((tmp_path / "fusion_weights" / "seed_1" / "metrics.json").read_text())
     assert stored["variants"]["full"]["test"]["miou"] == tuned["full"]["test"]["miou"]["values"][1]
     table = (tmp_path / "compare.md").read_text()
-    assert table.count("| paper |") == 2  # baseline and full
+    assert table.count("| paper |") == 3  # baseline, the ensemble control and full
     assert table.count("| fusion_weights |") == 2  # full and full_tuned
     delta = [
         a - b

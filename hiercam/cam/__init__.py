@@ -1,10 +1,16 @@
 """Class activation maps: Grad-CAM and its family on one engine (one forward, all classes at once).
 
-See ``hiercam.cam.engine`` for how a call works (hooks, batched gradients, the verified closed form).
+See ``hiercam.cam.engine`` for how a call works (hooks, batched gradients, the verified closed form);
+``hiercam.cam.score`` (ScoreCAM, AblationCAM) and ``hiercam.cam.eigen`` (EigenCAM) for the gradient-free
+methods, ``hiercam.cam.augment`` for multi-scale + flip aggregation.
 """
 
+from hiercam.cam._pca import principal_component_maps
+from hiercam.cam.augment import IRN_SCALES, MultiScaleCAM
+from hiercam.cam.eigen import EigenCAM
 from hiercam.cam.engine import BaseCAM, average_branch_maps
 from hiercam.cam.methods import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from hiercam.cam.score import AblationCAM, ScoreCAM
 from hiercam.heads import CAMHead, MultiHeadModel
 
 __all__ = [
@@ -15,6 +21,12 @@ __all__ = [
     "LayerCAM",
     "HiResCAM",
     "CAM",
+    "ScoreCAM",
+    "AblationCAM",
+    "EigenCAM",
+    "MultiScaleCAM",
+    "IRN_SCALES",
+    "principal_component_maps",
     "average_branch_maps",
     "MultiHeadModel",
     "CAMHead",

@@ -51,6 +51,7 @@ from hiercam.cam._checks import check_images, check_size, finite, non_finite_ori
 from hiercam.cam._classes import ClassesArg, ClassRequest, parse_classes
 from hiercam.cam._closed_form import closed_form_gradients, forward_identity_holds, verify
 from hiercam.cam._heads import Head, build_heads, translate_forward_error
+from hiercam.cam._pca import smoothed_maps
 from hiercam.maps import NormalizeMode, normalize_maps
 
 __all__ = ["BaseCAM", "SizeArg", "average_branch_maps"]
@@ -106,6 +107,9 @@ class BaseCAM:
             shape ``(K, C)``, if there is exactly one.
         closed_form: use the closed form once it has been verified (see the module docstring); ``False``
             always uses the general path.
+        eigen_smooth: replace each map by the first principal component of the method's weighted
+            activations (per image and class; pytorch-grad-cam's ``eigen_smooth``, see
+            [`principal_component_maps`][hiercam.principal_component_maps]).
 
     A multi-head model ([`MultiHeadModel`][hiercam.MultiHeadModel]: a ``cam_heads()`` method, e.g.
     [`TwoBranchNet`][hiercam.TwoBranchNet]) is explained head by head (paper section 3.4.2): each head's map
@@ -131,11 +135,16 @@ class BaseCAM:
         *,
         classifier: nn.Linear | str | None = None,
         closed_form: bool = True,
+        eigen_smooth: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module, got {type_name(model)}")
+        if not isinstance(eigen_smooth, bool):
+            raise TypeError(f"`eigen_smooth` must be a bool, got {type_name(eigen_smooth)}")
         self.model = model
         self.closed_form = bool(closed_form)
+        self.eigen_smooth = eigen_smooth
+        self._inputs: Tensor | None = None  # the call's images, for perturbation methods (hiercam.cam.score)
         self.logits: Tensor | None = None
         self.branch_maps: Tensor | None = None
         self._removed = False
@@ -192,7 +201,8 @@ class BaseCAM:
             if any(head.layer is None for head in self._heads):
                 self._choose_layer(inputs)
             closed = self._closed_form_ready(request, input_size)
-            output = self._run(inputs, with_graph=not closed)
+            output = self._run(inputs, with_graph=self._needs_graph and not closed)
+            self._inputs = inputs
             try:
                 head_logits = [self._head_logits(head, output) for head in self._heads]
                 if closed and not all(
@@ -214,6 +224,7 @@ class BaseCAM:
                         for h, lg in zip(self._heads, head_logits, strict=True)
                     ]
             finally:
+                self._inputs = None
                 for head in self._heads:
                     head.activation = None
         self.logits = logits.detach()
@@ -253,12 +264,34 @@ class BaseCAM:
         closed = (
             f"closed_form={states}" if self.closed_form or not self._uses_gradients else "closed_form=off"
         )
-        return f"{type(self).__name__}(target_layer={layers}, {closed})"
+        parts = [f"target_layer={layers}", closed if self._needs_graph else self._extra_repr()]
+        parts += ["eigen_smooth=True"] if self.eigen_smooth else []
+        return f"{type(self).__name__}({', '.join(p for p in parts if p)})"
 
     # ------------------------------------------------------------------------------------------ method hook
     def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
         """Maps ``(B, K', h, w)`` before ReLU from ``A (B, C, h, w)`` and ``G (K', B, C, h, w)`` (float32)."""
         raise NotImplementedError
+
+    # ------------------------------------------- extension points: gradient-free methods, eigen_smooth
+    # Gradient-free and perturbation methods (hiercam.cam.score, hiercam.cam.eigen) set ``_needs_graph``
+    # False:
+    # the forward pass then runs under no_grad, and they override ``_head_maps`` (the call's images are in
+    # ``self._inputs`` meanwhile). ``eigen_smooth`` goes through ``_maps`` and the methods' ``_terms``.
+    _needs_graph: ClassVar[bool] = True
+
+    def _extra_repr(self) -> str:
+        return ""
+
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        """The weighted activations ``(B, K', C, h, w)`` whose sum over ``C`` is ``_combine``'s maps."""
+        raise NotImplementedError(f"{type(self).__name__} does not support `eigen_smooth`")
+
+    def _maps(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        """``_combine``, or with ``eigen_smooth`` the first principal component of the ``_terms``."""
+        if not self.eigen_smooth or not (finite(activations) and finite(gradients)):
+            return self._combine(activations, gradients)  # non-finite inputs: the caller names them
+        return smoothed_maps(lambda part: self._terms(activations, gradients[part]), gradients.shape[0])
 
     # ------------------------------------------------------------------------------------------ internals
     @contextmanager
@@ -413,7 +446,7 @@ class BaseCAM:
                         f"{head.name!r}" + ("; pass `classifier` if it is not found automatically")
                     )
                 gradients = closed_form_gradients(self.model, head, activation, logits, indices)
-        maps = self._combine(features, gradients)
+        maps = self._maps(features, gradients)
         if not finite(maps):
             raise ValueError(non_finite_origin(head, features, gradients))
         return maps

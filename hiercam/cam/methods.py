@@ -32,6 +32,16 @@ def _weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
     return torch.einsum("kbc,bchw->bkhw", weights, activations)
 
 
+def _weighted_terms(weights: Tensor, activations: Tensor) -> Tensor:
+    """``weights (K', B, C)`` times ``A (B, C, h, w)`` per channel: ``(B, K', C, h, w)`` (eigen_smooth)."""
+    return weights.transpose(0, 1)[..., None, None] * activations[:, None]
+
+
+def _elementwise_terms(gradients: Tensor, activations: Tensor) -> Tensor:
+    """``G (K', B, C, h, w)`` times ``A (B, C, h, w)`` element-wise: ``(B, K', C, h, w)`` (eigen_smooth)."""
+    return gradients.transpose(0, 1) * activations[:, None]
+
+
 class GradCAM(BaseCAM):
     """Grad-CAM (Selvaraju et al., 2017), the map the paper uses: ``ReLU(sum_c mean_hw(G_c) * A_c)``.
 
@@ -51,6 +61,9 @@ class GradCAM(BaseCAM):
     def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
         return _weighted_sum(_spatial_mean(gradients), activations)
 
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return _weighted_terms(_spatial_mean(gradients), activations)
+
 
 class HiResCAM(BaseCAM):
     """HiResCAM (Draelos & Carin, 2020): ``ReLU(sum_c G_c * A_c)``, element-wise, without spatial averaging.
@@ -64,6 +77,9 @@ class HiResCAM(BaseCAM):
 
     def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
         return torch.einsum("kbchw,bchw->bkhw", gradients, activations)
+
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return _elementwise_terms(gradients, activations)
 
 
 class LayerCAM(BaseCAM):
@@ -79,6 +95,9 @@ class LayerCAM(BaseCAM):
     def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
         return torch.einsum("kbchw,bchw->bkhw", gradients.relu(), activations)
 
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return _elementwise_terms(gradients.relu(), activations)
+
 
 class XGradCAM(BaseCAM):
     """XGrad-CAM (Fu et al., 2020): channel weights ``sum_hw(G_c * A_c) / sum_hw(A_c)``.
@@ -91,8 +110,14 @@ class XGradCAM(BaseCAM):
     """
 
     def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        weights = (gradients * activations).sum(dim=(-2, -1)) / (activations.sum(dim=(-2, -1)) + _XGRAD_EPS)
-        return _weighted_sum(weights, activations)
+        return _weighted_sum(self._weights(activations, gradients), activations)
+
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return _weighted_terms(self._weights(activations, gradients), activations)
+
+    @staticmethod
+    def _weights(activations: Tensor, gradients: Tensor) -> Tensor:
+        return (gradients * activations).sum(dim=(-2, -1)) / (activations.sum(dim=(-2, -1)) + _XGRAD_EPS)
 
 
 class GradCAMPlusPlus(BaseCAM):
@@ -109,12 +134,18 @@ class GradCAMPlusPlus(BaseCAM):
     """
 
     def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return _weighted_sum(self._weights(activations, gradients), activations)
+
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return _weighted_terms(self._weights(activations, gradients), activations)
+
+    @staticmethod
+    def _weights(activations: Tensor, gradients: Tensor) -> Tensor:
         squared = gradients.pow(2)
         total = activations.sum(dim=(-2, -1), keepdim=True)
         alpha = squared / (2 * squared + total * squared * gradients + _PLUSPLUS_EPS)
         alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
-        weights = (alpha * gradients.relu()).sum(dim=(-2, -1))
-        return _weighted_sum(weights, activations)
+        return (alpha * gradients.relu()).sum(dim=(-2, -1))
 
 
 class CAM(BaseCAM):
@@ -136,6 +167,12 @@ class CAM(BaseCAM):
     _uses_gradients = False
 
     def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return _weighted_sum(self._weights(activations, gradients), activations)
+
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return _weighted_terms(self._weights(activations, gradients), activations)
+
+    @staticmethod
+    def _weights(activations: Tensor, gradients: Tensor) -> Tensor:
         # the closed-form gradient is W / (h * w); CAM's weights are W itself
-        weights = _spatial_mean(gradients) * activations.shape[-2] * activations.shape[-1]
-        return _weighted_sum(weights, activations)
+        return _spatial_mean(gradients) * activations.shape[-2] * activations.shape[-1]

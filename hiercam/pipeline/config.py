@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,6 +46,7 @@ __all__ = [
     "PipelineConfig",
     "ConfigError",
     "load_config",
+    "background_class_names",
 ]
 
 
@@ -59,15 +59,26 @@ class DataConfig:
     """Which data, and how much of it.
 
     Attributes:
-        dataset: ``"fashion_scenes"`` (bundled) or ``"voc"`` (PASCAL VOC 2012 under ``root``).
-        root: data folder: full Fashion-MNIST IDX files (optional) or ``VOCdevkit`` (required for VOC).
+        dataset: ``"fashion_scenes"`` (bundled), ``"voc"`` (PASCAL VOC 2012 under ``root``) or ``"msrc21"``
+            (MSRC-21 under ``root``, see [`MSRC21`][hiercam.datasets.MSRC21]).
+        root: data folder: full Fashion-MNIST IDX files (optional), ``VOCdevkit`` (required for VOC) or the
+            MSRC-21 folder (required for MSRC-21). A relative path is relative to the working directory.
         image_size: side of the square images fed to the models.
-        train_scenes, val_scenes, test_scenes: FashionScenes sizes (ignored for VOC).
+        train_scenes, val_scenes, test_scenes: FashionScenes sizes (ignored for VOC and MSRC-21).
         items: FashionScenes garments per scene, ``(min, max)``.
         num_workers: DataLoader workers.
+        min_box_area: MSRC-21: the smallest connected component, in pixels at ``image_size``, that gets a
+            ground-truth box (``MSRC21(min_box_area=...)``).
+        background_classes: MSRC-21: ``[]`` (default: all 21 classes are scored, label 0 left out of the
+            mean), ``"stuff"`` (building, grass, tree, sky, water and road are the background, the 15 object
+            classes are scored) or a list of class names to treat as background.
+        input_norm: how images in ``[0, 1]`` are scaled before the backbone: ``"imagenet"`` (mean/std of
+            torchvision's weights), ``"tanh"`` (``2 x - 1``, i.e. ``x / 127.5 - 1`` on 0..255: TensorFlow's
+            MobileNets) or ``"none"``; unset: ``"imagenet"`` for torchvision and timm backbones, ``"none"``
+            for ``small_convnet``.
     """
 
-    dataset: Literal["fashion_scenes", "voc"] = "fashion_scenes"
+    dataset: Literal["fashion_scenes", "voc", "msrc21"] = "fashion_scenes"
     root: str | None = None
     image_size: int = 80
     train_scenes: int = 10000
@@ -75,6 +86,9 @@ class DataConfig:
     test_scenes: int = 500
     items: tuple[int, int] = (1, 4)
     num_workers: int = 0
+    min_box_area: int = 100
+    background_classes: Literal["stuff"] | tuple[str, ...] = ()
+    input_norm: Literal["imagenet", "tanh", "none"] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,12 +102,21 @@ class ModelConfig:
         norm: normalisation of ``small_convnet``: ``"batch"`` or ``"group"`` (batch-independent).
         pretrained: start torchvision backbones from their ImageNet weights (they must already be in the
             torch hub cache: nothing is downloaded unless the user allowed it).
+        weights: a local weights file to start every model from: a state dict of the network that
+            ``backbone`` names, before it is cut (a torchvision classifier with its 1000-class head, or
+            ``small_convnet``), read with ``torch.load(weights_only=True)`` and checked against the network
+            (keys and shapes) before any training. A relative path is relative to the working directory.
+        freeze_batchnorm: keep every BatchNorm layer in eval mode while training: running statistics stay
+            frozen (the affine weights still learn). Needed by weights whose BatchNorm is folded, such as
+            ``../shared/models/mobilenet_v2_imagenet.pth``, which batch statistics would destroy.
     """
 
     backbone: str = "small_convnet"
     width: int = 16
     norm: Literal["batch", "group"] = "batch"
     pretrained: bool = False
+    weights: str | None = None
+    freeze_batchnorm: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,7 +160,13 @@ class MethodConfig:
         orthogonal_mode: where orthogonality acts: ``"feature"`` (the paper), ``"spatial"`` or ``"cam"`` (see
             [`orthogonal_loss`][hiercam.orthogonal_loss]).
         max_group_presence: drop the group levels that have a group present in more than this fraction of
-            the training images (``None``: keep every level, as the paper does).
+            the training images (``None``: keep every level, as the paper does). The groups of the classes
+            kept out by ``max_class_presence`` are not counted.
+        max_class_presence: keep the classes present in more than this fraction of the training images out
+            of the grouping: each is its own group at every level
+            ([`frequent_classes`][hiercam.frequent_classes]); ``levels`` count them, and a level with no
+            more groups than there are such classes is left out (``None``: every class is grouped, as in
+            the paper).
         fusion_weights: ``(a, b, c)`` in ``a M0 + b mean_i(M_i) - c M0'`` (the paper: ``(1, 1, 1)``).
         choose_fusion_weights: also report ``full_tuned``: the fusion weights chosen on validation data from
             a small grid (the choice is recorded in ``metrics.json``).
@@ -157,6 +186,7 @@ class MethodConfig:
     orthogonal_unit_norm: bool = False
     orthogonal_mode: Literal["feature", "spatial", "cam"] = "feature"
     max_group_presence: float | None = None
+    max_class_presence: float | None = None
     fusion_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     choose_fusion_weights: bool = False
     rest_reduction: Literal["max", "mean", "none"] = "max"
@@ -173,19 +203,24 @@ class PipelineConfig:
         seed: seed of data generation, initialisation and shuffling.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or ``"auto"`` (CUDA when available).
         ablation: also train the single-branch level models and report the paper's Table 4 rows.
+        ensemble: also train a second base classifier (another seed) and report the ensemble control: the
+            two single models' Grad-CAMs averaged, the same training compute as one two-branch model.
         data, model, train, method: the sections above.
     """
 
     seed: int = 0
     device: str = "auto"
     ablation: bool = True
+    ensemble: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
 
     def __post_init__(self) -> None:
-        _validate(self)
+        from hiercam.pipeline._config_rules import validate
+
+        validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (tuples become lists)."""
@@ -286,7 +321,17 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        return _coerce(value, inner[0] if len(inner) == 1 else Union[tuple(inner)], key)  # noqa: UP007
+    if origin in (Union, UnionType):  # the first alternative that accepts the value
+        for alternative in args:
+            try:
+                return _coerce(value, alternative, key)
+            except ConfigError:
+                pass
+        lists = [a for a in args if get_origin(a) is tuple]
+        if isinstance(value, (list, tuple)) and lists:  # a list with a bad entry: name the entry
+            _coerce(value, lists[0], key)
+        raise ConfigError(f"`{key}` must be {' or '.join(map(_describe, args))}, got {value!r}")
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"`{key}` must be true or false, got {value!r}")
@@ -306,96 +351,19 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"`{key}` has an unsupported type {hint!r}")  # pragma: no cover
 
 
-#: The largest `seed`: every seed derived from it (per model, per epoch) stays in torch's and NumPy's range.
-MAX_SEED = 2**32 - 1
+def _describe(hint: Any) -> str:
+    """What a value of type ``hint`` looks like in a config file, for error messages."""
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, get_args(hint)))
+    if get_origin(hint) is tuple:
+        return "a list"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, repr(hint))
 
 
-def _num_classes(dataset: str) -> int:
-    from hiercam.datasets import VOC_CLASSES, FashionScenes
+def background_class_names(data: DataConfig) -> tuple[str, ...]:
+    """The MSRC-21 classes that ``data.background_classes`` makes the background (``"stuff"`` expanded)."""
+    from hiercam.datasets import MSRC21_STUFF_CLASSES
 
-    return len(VOC_CLASSES if dataset == "voc" else FashionScenes.classes)
-
-
-def _validate_data(data: DataConfig) -> None:
-    """The data section, with FashionScenes' own limits when it is the dataset."""
-    low, high = data.items
-    if not 1 <= low <= high:
-        raise ConfigError(f"`data.items` must be (min, max) with 1 <= min <= max, got {list(data.items)}")
-    if data.dataset != "fashion_scenes":
-        return
-    from hiercam.datasets.fashion_scenes import _MAX_ITEMS, _MIN_IMAGE
-
-    if high > _MAX_ITEMS:
-        raise ConfigError(
-            f"`data.items` allows at most {_MAX_ITEMS} garments per scene, got {list(data.items)}"
-        )
-    if data.image_size < _MIN_IMAGE:
-        raise ConfigError(
-            f"`data.image_size` must be >= {_MIN_IMAGE} for FashionScenes (a garment is at least 12 pixels "
-            f"wide), got {data.image_size}"
-        )
-
-
-def _validate(config: PipelineConfig) -> None:
-    data, train, method = config.data, config.train, config.method
-    positive = {
-        "data.image_size": data.image_size,
-        "data.train_scenes": data.train_scenes,
-        "data.val_scenes": data.val_scenes,
-        "data.test_scenes": data.test_scenes,
-        "model.width": config.model.width,
-        "train.epochs": train.epochs,
-        "train.batch_size": train.batch_size,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"`{key}` must be >= 1, got {value}")
-    if data.num_workers < 0 or train.patience < 0:
-        raise ConfigError("`data.num_workers` and `train.patience` must be >= 0")
-    if not 0 <= config.seed <= MAX_SEED:
-        raise ConfigError(f"`seed` must be between 0 and {MAX_SEED} (2**32 - 1), got {config.seed}")
-    _validate_data(data)
-    if not (train.lr > 0 and math.isfinite(train.lr)):
-        raise ConfigError(f"`train.lr` must be a positive number, got {train.lr}")
-    if not (train.weight_decay >= 0 and math.isfinite(train.weight_decay)):
-        raise ConfigError(f"`train.weight_decay` must be a finite number >= 0, got {train.weight_decay}")
-    if not method.levels:
-        raise ConfigError("`method.levels` must name at least one group level")
-    if any(n < 1 for n in method.levels) or any(a <= b for a, b in pairwise(method.levels)):
-        raise ConfigError(
-            f"`method.levels` must be strictly decreasing positive counts, got {list(method.levels)}"
-        )
-    num_classes = _num_classes(data.dataset)
-    if method.levels[0] >= num_classes:
-        raise ConfigError(
-            f"`method.levels` must ask for fewer groups than the {num_classes} classes of {data.dataset!r}, "
-            f"got {list(method.levels)}"
-        )
-    if not (method.orthogonal_weight >= 0 and math.isfinite(method.orthogonal_weight)):
-        raise ConfigError(
-            f"`method.orthogonal_weight` must be a non-negative number, got {method.orthogonal_weight}"
-        )
-    if method.orthogonal_unit_norm and method.orthogonal_mode != "feature":
-        raise ConfigError("`method.orthogonal_unit_norm` applies to `method.orthogonal_mode` 'feature' only")
-    if any(not (math.isfinite(w) and w >= 0) for w in method.fusion_weights):
-        raise ConfigError(
-            f"`method.fusion_weights` must be finite numbers >= 0, got {list(method.fusion_weights)}"
-        )
-    bounded = {"method.threshold": method.threshold, "method.iou": method.iou}
-    if method.max_group_presence is not None:
-        bounded["method.max_group_presence"] = method.max_group_presence
-    bounded.update({f"method.thresholds[{i}]": t for i, t in enumerate(method.thresholds)})
-    for key, fraction in bounded.items():
-        if not 0 < fraction < 1:
-            raise ConfigError(f"`{key}` must be between 0 and 1 (exclusive), got {fraction}")
-    if not method.thresholds:
-        raise ConfigError("`method.thresholds` must not be empty")
-    if data.root is not None and not data.root.strip():
-        raise ConfigError("`data.root` must name a folder or be left out, got an empty string")
-    if data.dataset == "voc" and data.root is None:
-        raise ConfigError("`data.root` must name the VOCdevkit folder when `data.dataset` is 'voc'")
-    device = config.device
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-        raise ConfigError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if train.amp and device == "cpu":
-        raise ConfigError("`train.amp` (mixed precision) needs CUDA, but `device` is 'cpu'")
+    given = data.background_classes
+    return MSRC21_STUFF_CLASSES if given == "stuff" else tuple(given)

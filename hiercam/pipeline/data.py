@@ -1,11 +1,16 @@
-"""The pipeline's data: one interface over FashionScenes and PASCAL VOC for training and evaluation.
+"""The pipeline's data: one interface over FashionScenes, PASCAL VOC and MSRC-21 for training and evaluation.
 
 FashionScenes are drawn once and kept in memory; VOC is read from disk by loader workers. Evaluation batches
 can be restricted to a shard of the images, and training loaders follow ``torchrun``'s processes.
 
 FashionScenes are drawn once per run and kept as uint8 images (what real photos are): a scene's pixels are
 the drawn ones rounded to 1/255. VOC images are read and transformed by DataLoader workers; training uses the
-paper's preprocessing with a random crop and flip, evaluation the centre crop.
+paper's preprocessing with a random crop and flip, evaluation the centre crop. MSRC-21 photos are read by
+loader workers too, resized (stretched) to ``data.image_size``; training adds a random horizontal flip.
+
+Every split says which mask labels its mIoU averages (``scored_labels``): all ``K + 1`` labels with the
+background for FashionScenes and VOC, the dataset's own choice for MSRC-21 (which has no background class
+unless ``data.background_classes`` makes one).
 """
 
 from __future__ import annotations
@@ -19,10 +24,19 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from hiercam.datasets import FashionScenes, collate_scenes
-from hiercam.pipeline.config import PipelineConfig
+from hiercam.pipeline.config import PipelineConfig, background_class_names
 from hiercam.pipeline.distributed import Distributed
 
-__all__ = ["EvalBatch", "Split", "SplitData", "VOCSplit", "load_split", "class_names", "train_loader"]
+__all__ = [
+    "EvalBatch",
+    "Split",
+    "SplitData",
+    "VOCSplit",
+    "MSRC21Split",
+    "load_split",
+    "class_names",
+    "train_loader",
+]
 
 #: ``(indices (B,), images (B, 3, H, W) in [0, 1], targets (B, K), masks (B, H, W) long, boxes)``.
 EvalBatch = tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]
@@ -38,6 +52,11 @@ class Split(Protocol):
     @property
     def labels(self) -> Tensor:
         """``(N, K)`` multi-hot labels (of the full images)."""
+        ...
+
+    @property
+    def scored_labels(self) -> tuple[int, ...]:
+        """The mask labels whose IoUs the mIoU averages (``0`` is the background, ``k + 1`` class ``k``)."""
         ...
 
     def training_set(self, augment: bool) -> Dataset[Any]:
@@ -67,6 +86,11 @@ class SplitData:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def scored_labels(self) -> tuple[int, ...]:
+        """Every label, the background (0) and the ``K`` classes."""
+        return tuple(range(self.labels.shape[1] + 1))
 
     def training_set(self, augment: bool) -> Dataset[Any]:
         """The scenes as training samples (FashionScenes need no augmentation: every scene is new)."""
@@ -138,34 +162,101 @@ class VOCSplit:
         """``(N, 20)`` labels of the full images, from the annotations."""
         return self.evaluation.labels
 
+    @property
+    def scored_labels(self) -> tuple[int, ...]:
+        """Every label, the background (0) and the 20 classes (the paper's VOC mIoU)."""
+        return tuple(range(self.labels.shape[1] + 1))
+
     def training_set(self, augment: bool) -> Dataset[Any]:
         """Random crop and flip for training (``augment``), else the centre crop; images and targets only."""
         return _ImagesAndTargets(self._train if augment else self.evaluation)
 
     def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[EvalBatch]:
         """Evaluation batches (centre crop, masks and boxes) read by loader workers, in order."""
-        from hiercam.datasets.voc import collate_voc
+        yield from _loader_batches(self.evaluation, self.config, batch_size, indices)
 
-        chosen = list(range(len(self))) if indices is None else list(indices)
-        workers = self.config.data.num_workers
-        loader = DataLoader(
-            Subset(self.evaluation, chosen),
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=collate_voc,
-            pin_memory=torch.cuda.is_available(),
-        )
-        for start, batch in zip(range(0, len(chosen), batch_size), loader, strict=True):
-            rows = torch.tensor(chosen[start : start + batch_size])
-            yield rows, batch["image"], batch["labels"], batch["mask"], batch["boxes"]
+
+def _flip(image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """A random horizontal flip of an image ``(3, H, W)`` and its mask ``(H, W)`` (the MSRC training one)."""
+    if bool(torch.rand(()) < 0.5):
+        return image.flip(-1), mask.flip(-1)
+    return image, mask
+
+
+class MSRC21Split:
+    """An MSRC-21 split read from disk ([`MSRC21`][hiercam.datasets.MSRC21]), resized to ``data.image_size``.
+
+    ``scored_labels`` is the dataset's: without background classes label 0 never occurs in the masks, its IoU
+    is 0 by construction and the mIoU leaves it out.
+    """
+
+    def __init__(self, config: PipelineConfig, split: str) -> None:
+        from hiercam.datasets.msrc import MSRC21
+
+        root = config.data.root
+        if root is None:  # pragma: no cover - the config validation requires it
+            raise ValueError("`data.root` is required for MSRC-21")
+        options: dict[str, Any] = {
+            "image_size": config.data.image_size,
+            "min_box_area": config.data.min_box_area,
+            "background_classes": background_class_names(config.data),
+        }
+        self.config = config
+        self.evaluation = MSRC21(root, split, **options)
+        self._train = MSRC21(root, split, transform=_flip, **options)
+
+    def __len__(self) -> int:
+        return len(self.evaluation)
+
+    @property
+    def labels(self) -> Tensor:
+        """``(N, K)`` labels of the images, from ``image_labels.json``."""
+        return self.evaluation.labels
+
+    @property
+    def scored_labels(self) -> tuple[int, ...]:
+        """The dataset's [`scored_labels`][hiercam.datasets.MSRC21.scored_labels]."""
+        return self.evaluation.scored_labels
+
+    def training_set(self, augment: bool) -> Dataset[Any]:
+        """A random horizontal flip for training (``augment``); images and labels only."""
+        return _ImagesAndTargets(self._train if augment else self.evaluation)
+
+    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[EvalBatch]:
+        """Evaluation batches (masks and boxes) read by loader workers, in order."""
+        yield from _loader_batches(self.evaluation, self.config, batch_size, indices)
+
+
+def _loader_batches(
+    dataset: Dataset[Any], config: PipelineConfig, batch_size: int, indices: Sequence[int] | None
+) -> Iterator[EvalBatch]:
+    """Evaluation batches of a dataset of VOC-style samples, read by ``data.num_workers`` loader workers."""
+    from hiercam.datasets.voc import collate_voc
+
+    chosen = list(range(len(dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
+    loader = DataLoader(
+        Subset(dataset, chosen),
+        batch_size=batch_size,
+        num_workers=config.data.num_workers,
+        collate_fn=collate_voc,
+        pin_memory=torch.cuda.is_available(),
+    )
+    for start, batch in zip(range(0, len(chosen), batch_size), loader, strict=True):
+        rows = torch.tensor(chosen[start : start + batch_size])
+        yield rows, batch["image"], batch["labels"], batch["mask"], batch["boxes"]
 
 
 def class_names(config: PipelineConfig) -> tuple[str, ...]:
-    """The ``K`` class names of the configured dataset."""
+    """The ``K`` class names of the configured dataset (MSRC-21: without its background classes)."""
     if config.data.dataset == "voc":
         from hiercam.datasets.voc import VOC_CLASSES
 
         return VOC_CLASSES
+    if config.data.dataset == "msrc21":
+        from hiercam.datasets.msrc import MSRC21_CLASSES
+
+        background = background_class_names(config.data)
+        return tuple(name for name in MSRC21_CLASSES if name not in background)
     return FashionScenes.classes
 
 
@@ -173,10 +264,13 @@ def load_split(config: PipelineConfig, split: str) -> Split:
     """Draw (FashionScenes) or index (VOC) one split: ``"train"``, ``"val"`` or ``"test"``.
 
     VOC has no public test labels: its ``"test"`` is the official validation set (1,449 images), as in the
-    paper, and hyper-parameters must then not be chosen on it.
+    paper, and hyper-parameters must then not be chosen on it. MSRC-21 has the standard split of Shotton et
+    al. (276 / 59 / 256 images).
     """
     if config.data.dataset == "voc":
         return VOCSplit(config, split)
+    if config.data.dataset == "msrc21":
+        return MSRC21Split(config, split)
     sizes = {
         "train": config.data.train_scenes,
         "val": config.data.val_scenes,

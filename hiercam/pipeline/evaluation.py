@@ -5,6 +5,11 @@ map is upsampled (bilinear) to the image size and max-normalised before fusion a
 localisation error are computed at every threshold of ``method.thresholds`` in one pass; the threshold with
 the best validation mIoU is then applied to test, so test data never chooses anything.
 
+The mIoU averages the IoUs of the split's ``scored_labels`` only (``hiercam.pipeline.data.Split``): every
+label with the background for FashionScenes and VOC; for MSRC-21 without background classes, the 21 classes
+(label 0 never occurs in its masks, so its IoU would be 0 by construction).
+The per-label IoUs come from one dataset-level confusion matrix (the IRN convention).
+
 ``evaluate`` returns the finished
 [`RunResult`][hiercam.pipeline.RunResult]: the report only renders it.
 """
@@ -20,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hiercam._progress import Progress, is_terminal
+from hiercam.cam import average_branch_maps
 from hiercam.fusion import RestReduction, fuse_hierarchy
 from hiercam.hierarchy import ClassHierarchy
 from hiercam.maps import normalize_maps
@@ -59,14 +65,19 @@ FUSION_GRID: tuple[tuple[float, float, float], ...] = tuple(
 
 Weights = Mapping[Variant, tuple[float, float, float]]
 
-_BASE, _TWO_BRANCH_0 = ModelKey("base"), ModelKey("two_branch", 0)
+_BASE, _ENSEMBLE, _TWO_BRANCH_0 = ModelKey("base"), ModelKey("ensemble"), ModelKey("two_branch", 0)
 _FIGURE_SCENES = 8
 
 
 def variants_of(config: PipelineConfig, hierarchy: ClassHierarchy) -> list[Variant]:
-    """The variants a run evaluates (the single-branch rows need ``config.ablation``), in table order."""
+    """The variants a run evaluates, in table order.
+
+    The single-branch rows need ``config.ablation``, the ensemble control ``config.ensemble``.
+    """
     kinds = ("baseline", "two_branch", "grouping", "full") if config.ablation else ("baseline", "full")
     variants = [Variant(kind) for kind in kinds]  # type: ignore[arg-type]
+    if config.ensemble:
+        variants.insert(1, Variant("ensemble"))
     if config.method.choose_fusion_weights:
         variants.insert(variants.index(Variant("full")) + 1, Variant("full_tuned"))
     return variants + [Variant("level", level) for level in range(1, hierarchy.num_levels)]
@@ -108,6 +119,8 @@ def variant_maps(
     for variant in variants:
         if variant.kind == "baseline":
             yield variant, get(_BASE)
+        elif variant.kind == "ensemble":
+            yield variant, average_branch_maps([get(_BASE), get(_ENSEMBLE)])
         elif variant.kind == "two_branch":
             yield variant, get(_TWO_BRANCH_0)
         elif variant.fused:
@@ -139,8 +152,10 @@ def score_split(
 ) -> dict[Variant, ThresholdCurve]:
     """Score every variant at every threshold of ``method.thresholds`` (fractions).
 
-    ``indices`` is this process's shard of the images (all by default); under ``torchrun`` the metrics sum
-    their states over the processes, so every process gets the figures of the whole split.
+    The mIoU is the mean IoU of the labels ``data.scored_labels`` (NaN ones, labels that neither occur nor
+    are predicted, left out). ``indices`` is this process's shard of the images (all by default); under
+    ``torchrun`` the metrics sum their states over the processes, so every process gets the figures of
+    the whole split.
     ``localization=False`` skips the localisation error (mIoU only, faster). ``on_batch`` is called with the
     number of images of every batch scored (progress).
     """
@@ -159,9 +174,10 @@ def score_split(
                 loc[variant].update(maps, labels, boxes=boxes)
         if on_batch is not None:
             on_batch(len(rows))
+    scored = list(data.scored_labels)
     return {
         variant: ThresholdCurve(
-            tuple(float(v) for v in iou[variant].compute().miou),
+            tuple(float(v) for v in iou[variant].compute().per_class[..., scored].nanmean(-1)),
             tuple(float(v) for v in loc[variant].compute()) if localization else (),
         )
         for variant in variants
@@ -278,6 +294,8 @@ def evaluate(
 ) -> RunResult:
     """Stage 4: score every variant on every extracted split, choose on validation data, collect the result.
 
+    The ensemble control's row needs the ``ensemble`` model among ``models`` when ``config.ensemble`` is set.
+
     ``extracted`` holds ``"val"`` and, unless the run is validation-only, ``"test"``. Under ``torchrun``
     every process scores its shard (the metrics sum over processes); only rank 0 prepares figure scenes.
     """
@@ -329,4 +347,5 @@ def evaluate(
         histories={key: trained.history for key, trained in models.items()},
         seconds=dict(ctx.timings),
         figure_scenes=scenes,
+        scored_labels=ctx.data("val").scored_labels,
     )

@@ -13,8 +13,11 @@ from typing import Literal, get_args
 
 __all__ = ["ModelKind", "ModelKey", "VariantKind", "Variant"]
 
-ModelKind = Literal["base", "two_branch", "single"]
-VariantKind = Literal["baseline", "two_branch", "grouping", "full", "full_tuned", "level"]
+ModelKind = Literal["base", "ensemble", "two_branch", "single"]
+VariantKind = Literal["baseline", "ensemble", "two_branch", "grouping", "full", "full_tuned", "level"]
+
+#: The level-0 single-branch models, named by their kind alone.
+_LEVEL_ZERO_KINDS = ("base", "ensemble")
 
 _MODEL_NAME = re.compile(r"(two_branch|single)_L(\d+)")
 _LEVEL_NAME = re.compile(r"level_(\d+)")
@@ -22,17 +25,22 @@ _LEVEL_NAME = re.compile(r"level_(\d+)")
 
 @dataclass(frozen=True, order=True)
 class ModelKey:
-    """Which model of a run: the base classifier, or a two-branch or single-branch model of one level.
+    """Which model of a run: the base classifier, its ensemble partner, or a level model.
 
     Attributes:
-        kind: ``"base"`` (single branch on the ``K`` classes), ``"two_branch"`` or ``"single"``.
-        level: hierarchy level whose groups the model classifies (0: the classes; always 0 for ``"base"``).
+        kind: ``"base"`` (single branch on the ``K`` classes), ``"ensemble"`` (a second base classifier
+            trained from another seed: the partner of ``base`` in the ensemble control), ``"two_branch"`` or
+            ``"single"``.
+        level: hierarchy level whose groups the model classifies (0: the classes; always 0 for ``"base"``
+            and ``"ensemble"``).
 
     Example:
         >>> ModelKey("two_branch", 1).name
         'two_branch_L1'
         >>> ModelKey.from_name("single_L2")
         ModelKey(kind='single', level=2)
+        >>> ModelKey("ensemble").name
+        'ensemble'
     """
 
     kind: ModelKind
@@ -43,13 +51,16 @@ class ModelKey:
             raise ValueError(f"`kind` must be one of {get_args(ModelKind)}, got {self.kind!r}")
         if isinstance(self.level, bool) or not isinstance(self.level, int) or self.level < 0:
             raise ValueError(f"`level` must be an integer >= 0, got {self.level!r}")
-        if self.kind == "base" and self.level != 0:
-            raise ValueError(f"the base classifier is a level-0 model, got `level` {self.level}")
+        if self.kind in _LEVEL_ZERO_KINDS and self.level != 0:
+            raise ValueError(f"the {self.kind} classifier is a level-0 model, got `level` {self.level}")
 
     @property
     def name(self) -> str:
-        """The model's name in files and tables: ``"base"``, ``"two_branch_L<l>"``, ``"single_L<l>"``."""
-        return "base" if self.kind == "base" else f"{self.kind}_L{self.level}"
+        """The model's name in files and tables.
+
+        ``"base"``, ``"ensemble"``, ``"two_branch_L<l>"`` or ``"single_L<l>"``.
+        """
+        return self.kind if self.kind in _LEVEL_ZERO_KINDS else f"{self.kind}_L{self.level}"
 
     @classmethod
     def from_name(cls, name: str) -> ModelKey:
@@ -58,17 +69,20 @@ class ModelKey:
         Raises:
             ValueError: ``name`` is not a model name.
         """
-        if name == "base":
-            return cls("base")
+        if name in _LEVEL_ZERO_KINDS:
+            return cls(name)  # type: ignore[arg-type]
         match = _MODEL_NAME.fullmatch(name) if isinstance(name, str) else None
         if match is None:
-            raise ValueError(f"{name!r} is not a model name ('base', 'two_branch_L<n>' or 'single_L<n>')")
+            raise ValueError(
+                f"{name!r} is not a model name ('base', 'ensemble', 'two_branch_L<n>' or 'single_L<n>')"
+            )
         kind: ModelKind = "two_branch" if match[1] == "two_branch" else "single"
         return cls(kind, int(match[2]))
 
 
 _DESCRIPTIONS = {
     "baseline": "Grad-CAM baseline (single branch, no grouping)",
+    "ensemble": "ensemble control: two single-branch models averaged",
     "two_branch": "+ orthogonal two-branch only",
     "grouping": "+ grouping only",
     "full": "both (the paper's method)",
@@ -81,6 +95,9 @@ class Variant:
     """One row of the ablation: which maps are scored.
 
     * ``baseline``: Grad-CAM of the single-branch base classifier;
+    * ``ensemble``: the control of the two-branch model at the same training compute: the Grad-CAMs of two
+      independently trained single-branch models (``base`` and ``ensemble``, two seeds), averaged with
+      [`average_branch_maps`][hiercam.average_branch_maps] as the two branches are;
     * ``two_branch``: the branch average of the level-0 two-branch model (orthogonal loss only);
     * ``grouping``: Eq. 6 over single-branch models (grouping only);
     * ``full``: Eq. 6 over the two-branch models (the paper's method); ``full_tuned``: the same with fusion

@@ -1,9 +1,16 @@
-"""The pipeline's network factory: single-branch classifiers and two-branch networks built from the config."""
+"""The pipeline's network factory: single-branch classifiers and two-branch networks built from the config.
+
+A backbone is built from its name (``model.backbone``), starts from a local weights file when
+``model.weights`` names one, gets the input scaling of ``data.input_norm`` in front, and keeps its
+BatchNorm layers in eval mode when ``model.freeze_batchnorm`` is set.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -11,7 +18,21 @@ from torch import nn
 from hiercam.models import Branch, TwoBranchNet, cut_backbone, small_convnet
 from hiercam.pipeline.config import ConfigError, ModelConfig
 
-__all__ = ["ImageNetNormalize", "backbone_factory", "check_backbone", "build_classifier", "build_two_branch"]
+__all__ = [
+    "InputNorm",
+    "ImageNetNormalize",
+    "TanhNormalize",
+    "EvalBatchNorm",
+    "freeze_batchnorm",
+    "backbone_factory",
+    "check_backbone",
+    "check_weights",
+    "build_classifier",
+    "build_two_branch",
+]
+
+#: How images in ``[0, 1]`` are scaled before a backbone (``data.input_norm``).
+InputNorm = Literal["imagenet", "tanh", "none"]
 
 
 def check_backbone(config: ModelConfig) -> None:
@@ -41,19 +62,88 @@ def check_backbone(config: ModelConfig) -> None:
         )
 
 
-def backbone_factory(config: ModelConfig) -> Callable[[], nn.Module]:
+def backbone_factory(config: ModelConfig, input_norm: InputNorm | None = None) -> Callable[[], nn.Module]:
     """A function returning a new feature extractor ``(B, 3, H, W) -> (B, C, h, w)`` on every call.
 
     ``small_convnet`` is initialised at random; a torchvision name (``"resnet50"``) builds that classifier
     (with its ImageNet weights when ``pretrained``: torchvision fetches them into the torch hub cache on first
-    use) and cuts it before its pooling; ``"timm:<name>"`` does the same through timm. Torchvision and timm
-    backbones get ``ImageNetNormalize`` in front, so every model takes images in ``[0, 1]``.
+    use) and cuts it before its pooling; ``"timm:<name>"`` does the same through timm. With
+    ``config.weights`` the network is loaded from that file before it is cut (see ``check_weights``).
+
+    Every model takes images in ``[0, 1]``: ``input_norm`` puts the scaling its weights expect in front
+    (``"imagenet"``: ``ImageNetNormalize``, ``"tanh"``: ``TanhNormalize``, ``"none"``: nothing); ``None``
+    is ``"imagenet"`` for torchvision and timm backbones and ``"none"`` for ``small_convnet``. With
+    ``config.freeze_batchnorm`` the BatchNorm layers stay in eval mode (``freeze_batchnorm``).
     """
     if config.backbone == "small_convnet":
-        return functools.partial(small_convnet, width=config.width, norm=config.norm)
-    if config.backbone.startswith("timm:"):
-        return functools.partial(_timm_features, config.backbone[5:], config.pretrained)
-    return functools.partial(_torchvision_features, config.backbone, config.pretrained)
+        build: Callable[[], nn.Module] = functools.partial(
+            small_convnet, width=config.width, norm=config.norm
+        )
+    elif config.backbone.startswith("timm:"):
+        build = functools.partial(_timm_model, config.backbone[5:], config.pretrained)
+    else:
+        build = functools.partial(_torchvision_model, config.backbone, config.pretrained)
+    default: InputNorm = "none" if config.backbone == "small_convnet" else "imagenet"
+    return functools.partial(
+        _features,
+        build,
+        cut=config.backbone != "small_convnet",
+        weights=config.weights,
+        input_norm=input_norm or default,
+        freeze=config.freeze_batchnorm,
+    )
+
+
+def _features(
+    build: Callable[[], nn.Module],
+    *,
+    cut: bool,
+    weights: str | None,
+    input_norm: InputNorm,
+    freeze: bool,
+) -> nn.Module:
+    network = build()
+    if weights is not None:
+        _load_weights(network, weights)
+    features = cut_backbone(network).features if cut else network
+    scale = {"imagenet": ImageNetNormalize, "tanh": TanhNormalize}.get(input_norm)
+    if scale is not None:
+        features = nn.Sequential(scale(), features)
+    return freeze_batchnorm(features) if freeze else features
+
+
+def _load_weights(network: nn.Module, path: str) -> None:
+    """``model.weights`` into ``network`` (keys and shapes checked; a ConfigError names the key and file)."""
+    from hiercam.explain import load_weights
+
+    try:
+        load_weights(network, path)
+    except ValueError as error:
+        message = str(error).replace(f"`weights` {path!r}", f"{path}")
+        raise ConfigError(f"`model.weights`: {message}") from None
+
+
+def check_weights(config: ModelConfig) -> None:
+    """Check that ``config.weights`` (when set) is a file that fits the network, before any training.
+
+    The file is a state dict of the network ``config.backbone`` names before it is cut: for a torchvision
+    name the whole classifier, head included (the default 1000 ImageNet classes); for ``small_convnet``
+    the network of ``small_convnet(width, norm)``. It is read with ``torch.load(weights_only=True)``; a
+    [`fit`][hiercam.fit] checkpoint or ``{"state_dict": ...}`` is unwrapped.
+
+    Raises:
+        ConfigError: the file is missing, cannot be read, is not a state dict, or its keys or shapes do not
+            fit the network (the message names ``model.weights``, the file and the first differences).
+    """
+    if config.weights is None:
+        return
+    if not os.path.isfile(config.weights):
+        raise ConfigError(
+            f"`model.weights`: {config.weights} not found (a relative path is relative to the working "
+            f"directory, {os.getcwd()})"
+        )
+    with torch.random.fork_rng():
+        backbone_factory(config)()
 
 
 class ImageNetNormalize(nn.Module):
@@ -75,22 +165,86 @@ class ImageNetNormalize(nn.Module):
         return (images - self.mean) / self.std
 
 
-def _torchvision_features(name: str, pretrained: bool) -> nn.Module:
+class TanhNormalize(nn.Module):
+    """``2 x - 1``: images in ``[0, 1]`` to ``[-1, 1]``, i.e. ``x / 127.5 - 1`` on 0..255 pixels.
+
+    The input convention of TensorFlow's MobileNets, such as ``../shared/models/mobilenet_v2_imagenet.pth``.
+
+    Example:
+        >>> TanhNormalize()(torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1)).flatten()
+        tensor([-1.,  0.,  1.])
+    """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Scale ``(B, 3, H, W)`` images in ``[0, 1]`` to ``[-1, 1]``."""
+        return images * 2 - 1
+
+
+class EvalBatchNorm(nn.BatchNorm2d):
+    """A ``BatchNorm2d`` that stays in eval mode, even when the model around it trains.
+
+    It normalises with its running statistics and never updates them; its affine weight and bias still
+    learn.
+
+    Its state dict is that of ``BatchNorm2d`` (the same keys), so weights move freely between the two.
+
+    Example:
+        >>> EvalBatchNorm(4).train().training
+        False
+    """
+
+    def train(self, mode: bool = True) -> EvalBatchNorm:
+        """Ignore ``mode``: always eval."""
+        return super().train(False)
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every ``BatchNorm2d`` replaced by an ``EvalBatchNorm`` holding the same tensors.
+
+    Fine-tuning weights whose BatchNorm statistics must not change (folded BatchNorm, or batches too small
+    for good statistics) then uses the stored statistics in training as in evaluation. The module is changed
+    in place (and returned), like ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+
+    Example:
+        >>> net = freeze_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))).train()
+        >>> stats = net[1].running_mean.clone()
+        >>> _ = net(torch.randn(2, 3, 5, 5))
+        >>> net[1].training, torch.equal(net[1].running_mean, stats)
+        (False, True)
+    """
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            frozen = EvalBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
+            tensors = [*child.parameters(), *child.buffers()]
+            if tensors:
+                frozen.to(tensors[0].device)
+            frozen.load_state_dict(child.state_dict())
+            if child.affine:
+                frozen.weight.requires_grad_(child.weight.requires_grad)
+                frozen.bias.requires_grad_(child.bias.requires_grad)
+            setattr(module, name, frozen.eval())
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
     from torchvision import models
 
     try:
-        model = models.get_model(name, weights="DEFAULT" if pretrained else None)
+        model: nn.Module = models.get_model(name, weights="DEFAULT" if pretrained else None)
     except ValueError as error:
         raise ValueError(f"`model.backbone` {name!r} is not a torchvision model: {error}") from None
-    return nn.Sequential(ImageNetNormalize(), cut_backbone(model).features)
+    return model
 
 
-def _timm_features(name: str, pretrained: bool) -> nn.Module:
+def _timm_model(name: str, pretrained: bool) -> nn.Module:
     import timm
 
-    return nn.Sequential(
-        ImageNetNormalize(), cut_backbone(timm.create_model(name, pretrained=pretrained)).features
-    )
+    model: nn.Module = timm.create_model(name, pretrained=pretrained)
+    return model
 
 
 def _channels(features: nn.Module) -> int:
@@ -107,22 +261,27 @@ def _channels(features: nn.Module) -> int:
     return int(probe.shape[1])
 
 
-def build_classifier(config: ModelConfig, num_classes: int, seed: int) -> Branch:
+def build_classifier(
+    config: ModelConfig, num_classes: int, seed: int, *, input_norm: InputNorm | None = None
+) -> Branch:
     """A single-branch classifier ``features -> global average pool -> linear``, seeded."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        features = backbone_factory(config)()
+        features = backbone_factory(config, input_norm)()
         return Branch(features, _channels(features), num_classes)
 
 
-def build_two_branch(config: ModelConfig, num_classes: int, seed: int) -> TwoBranchNet:
+def build_two_branch(
+    config: ModelConfig, num_classes: int, seed: int, *, input_norm: InputNorm | None = None
+) -> TwoBranchNet:
     """A [`TwoBranchNet`][hiercam.TwoBranchNet], seeded.
 
-    From-scratch backbones get two independent initialisations (a factory); pretrained ones are copied, so
-    both branches start from the same ImageNet weights as in the paper.
+    From-scratch backbones get two independent initialisations (a factory); pretrained ones (``pretrained``
+    or ``weights``) are copied, so both branches start from the same ImageNet weights as in the paper.
     """
-    factory = backbone_factory(config)
+    factory = backbone_factory(config, input_norm)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        backbone: nn.Module | Callable[[], nn.Module] = factory() if config.pretrained else factory
+        shared = config.pretrained or config.weights is not None
+        backbone: nn.Module | Callable[[], nn.Module] = factory() if shared else factory
         return TwoBranchNet(backbone, num_classes)

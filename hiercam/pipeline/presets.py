@@ -43,6 +43,7 @@ PRESETS: dict[str, Preset] = {
             "orthogonal_unit_norm": False,
             "orthogonal_mode": "feature",
             "max_group_presence": None,
+            "max_class_presence": None,
             "fusion_weights": (1.0, 1.0, 1.0),
             "choose_fusion_weights": False,
         },
@@ -65,8 +66,14 @@ PRESETS: dict[str, Preset] = {
     ),
     "recommended": Preset(
         "chosen on FashionScenes validation data: L2-normalised class vectors, the paper's loss with "
-        "orthogonal weight 1e-6, levels with a group in more than 90 % of the training images dropped",
-        {"grouping_unit_norm": True, "orthogonal_weight": 1e-6, "max_group_presence": 0.9},
+        "orthogonal weight 1e-6, classes in more than 90 % of the training images kept out of the grouping, "
+        "then levels with a group in more than 90 % of them dropped",
+        {
+            "grouping_unit_norm": True,
+            "orthogonal_weight": 1e-6,
+            "max_class_presence": 0.9,
+            "max_group_presence": 0.9,
+        },
     ),
 }
 

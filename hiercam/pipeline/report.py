@@ -63,11 +63,16 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
     figures = _figures(out, result)
     method = config.method
     normalised = ", unit-norm" if method.orthogonal_unit_norm else ""
+    data = config.data
+    sizes = (
+        f"{data.train_scenes} train / {data.val_scenes} val / {data.test_scenes} test images"
+        if data.dataset == "fashion_scenes"
+        else "images"
+    )
     lines = [
         "# hiercam run report",
         "",
-        f"Dataset `{config.data.dataset}` ({config.data.train_scenes} train / {config.data.val_scenes} val / "
-        f"{config.data.test_scenes} test images of {config.data.image_size} px), backbone "
+        f"Dataset `{data.dataset}` ({sizes} of {data.image_size} px), backbone "
         f"`{config.model.backbone}`, {config.train.epochs} epochs per model, seed {config.seed}. "
         f"Levels {hierarchy.level_sizes}, orthogonal loss weight {method.orthogonal_weight:g} "
         f"({method.orthogonal_reduction}{normalised}), "
@@ -89,7 +94,14 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
         ),
         "mIoU and localisation error (LocErr: % of (image, class) pairs whose largest CAM box has IoU < 0.5 "
         "with every ground-truth box of the class) in percent; mIoU: higher is better, LocErr: lower. "
-        "t* is the threshold with the best validation mIoU, then applied to test.",
+        "t* is the threshold with the best validation mIoU, then applied to test. "
+        + _scored_note(result)
+        + (
+            "The ensemble control averages the Grad-CAMs of two single-branch models trained from two seeds "
+            "(the training compute of one two-branch model)."
+            if Variant("ensemble") in result.variants
+            else ""
+        ),
         "",
         *ablation_rows(result),
         "",
@@ -136,6 +148,18 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
     return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
+def _scored_note(result: RunResult) -> str:
+    """What the mIoU averages, when it is not every label."""
+    scored = result.scored_labels
+    every = tuple(range(result.hierarchy.num_classes + 1))
+    if scored is None or tuple(scored) == every:
+        return ""
+    left_out = [label for label in every if label not in scored]
+    names = ("background", *result.hierarchy.class_names)
+    named = ", ".join(names[label] for label in left_out)
+    return f"The mIoU averages {len(scored)} labels; left out: {named} (no pixel of the data has it). "
+
+
 def bench_markdown(result: dict[str, Any]) -> str:
     """The ablation table over seeds, in percent: ``mean ± std [min, max]``.
 
@@ -166,10 +190,21 @@ def bench_markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {model} | {val['mean']:.3f} ± {val['std']:.3f} | {test['mean']:.3f} ± {test['std']:.3f} |"
         )
+    seconds = result.get("seconds")
+    if seconds:
+        shown = ", ".join(f"seed {seed}: {_minutes(value)}" for seed, value in seconds.items())
+        lines += ["", f"Time per seed (whole run): {shown}."]
     return "\n".join(lines) + "\n"
 
 
+def _minutes(seconds: float | None) -> str:
+    return "n/a" if seconds is None or math.isnan(seconds) else f"{seconds / 60:.1f} min"
+
+
 FUSED = (Variant("full"), Variant("full_tuned"))
+
+#: The controls shown next to the baseline in ``compare_markdown``.
+CONTROLS = (Variant("ensemble"),)
 
 
 def compare_markdown(result: dict[str, Any]) -> str:
@@ -177,8 +212,10 @@ def compare_markdown(result: dict[str, Any]) -> str:
 
     Δ is the paired difference to the baseline of the same seed and preset (test mIoU in points), at 0.15 and
     at the validation-chosen threshold t*; "apart" says whether the seeds' ranges of the two do not overlap.
-    A preset's baseline row is shown when it differs from the first preset's (models trained again, e.g.
-    with another number of threads, are not bitwise equal). ``result`` is
+    The ensemble control (two single-branch models averaged, the training compute of one two-branch model)
+    is shown under the baseline, with its Δ. A preset's baseline and control rows are shown when its
+    baseline differs from the first preset's (models trained again, e.g. with another number of threads,
+    are not bitwise equal). ``result`` is
     [`run_preset_bench`][hiercam.pipeline.run_preset_bench]'s (``compare.json``): figures are fractions.
     """
     seeds = result["seeds"]
@@ -200,11 +237,12 @@ def compare_markdown(result: dict[str, Any]) -> str:
         variants = {Variant.from_name(name): entry["test"] for name, entry in bench["variants"].items()}
         baseline = variants[baseline_variant]
         shown = [variant for variant in FUSED if variant in variants]
+        controls = [baseline_variant, *(variant for variant in CONTROLS if variant in variants)]
         if first_baseline is None:
             first_baseline = baseline["miou"]
-            shown.insert(0, baseline_variant)
+            shown = controls + shown
         elif baseline["miou"] != first_baseline:  # the base models were trained again
-            shown.insert(0, baseline_variant)
+            shown = controls + shown
         for variant in shown:
             entry = variants[variant]
             cells = [_cell(_percent(entry["miou"]))]
@@ -213,15 +251,18 @@ def compare_markdown(result: dict[str, Any]) -> str:
                     cells.append(_cell(_percent(entry[figure])))
                 is_baseline = variant == baseline_variant
                 cells += ["", ""] if is_baseline else _versus(entry[figure], baseline[figure])
-            model = "base" if variant == baseline_variant else "two_branch_L0"
+            model = {baseline_variant: "base", Variant("ensemble"): "ensemble"}.get(variant, "two_branch_L0")
             correlation = bench["branch_cam_correlation"]["test"].get(model)  # none for the base
             cells += [
                 _cell(_percent(entry["loc_error"])),
-                _cell(_percent(bench["classification_map"]["test"][model])),
+                _cell(_percent(bench["classification_map"]["test"].get(model, _NO_FIGURE))),
                 "" if correlation is None else _cell(correlation, digits=3),
             ]
             lines.append(f"| {preset} | {variant.description} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+_NO_FIGURE = {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
 
 
 def _versus(stats: dict[str, Any], baseline: dict[str, Any]) -> list[str]:

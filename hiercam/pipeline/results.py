@@ -214,6 +214,8 @@ class RunResult:
         histories: per model, its training history (one record per epoch).
         seconds: time per step.
         figure_scenes: scenes for the CAM figure (not saved in ``metrics.json``).
+        scored_labels: the mask labels whose IoUs the mIoU averages (0 the background, ``k + 1`` class
+            ``k``); ``None`` in files written before it was recorded (every label).
     """
 
     thresholds: tuple[float, ...]
@@ -229,6 +231,7 @@ class RunResult:
     histories: dict[ModelKey, list[dict[str, float]]]
     seconds: dict[str, float] = field(default_factory=dict)
     figure_scenes: FigureScenes | None = None
+    scored_labels: tuple[int, ...] | None = None
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -282,6 +285,7 @@ class RunResult:
             "hierarchy": self.hierarchy.to_dict(),
             "group_presence": {str(level): shares for level, shares in self.group_presence.items()},
             "histories": {key.name: history for key, history in self.histories.items()},
+            "scored_labels": None if self.scored_labels is None else list(self.scored_labels),
         }
         cleaned: dict[str, Any] = strict_json(data)
         return cleaned
@@ -337,6 +341,7 @@ class RunResult:
                 hierarchy=ClassHierarchy.from_dict(data["hierarchy"]),
                 group_presence={int(k): [float(x) for x in v] for k, v in data["group_presence"].items()},
                 histories={ModelKey.from_name(k): list(v) for k, v in data["histories"].items()},
+                scored_labels=_labels(data.get("scored_labels")),
             )
         except KeyError as error:
             raise ValueError(f"{source}: missing key {error}") from None
@@ -383,6 +388,15 @@ def _float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"a figure must be a number or null, got {value!r}")
     return float(value)
+
+
+def _labels(value: Any) -> tuple[int, ...] | None:
+    """``scored_labels`` read from JSON: absent or ``null`` is ``None``."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"`scored_labels` must be a list of integers, got {value!r}")
+    return tuple(value)
 
 
 def _triple(value: Any) -> tuple[float, float, float]:

@@ -17,7 +17,7 @@ from hiercam._version import __version__
 from hiercam.pipeline.config import ConfigError, PipelineConfig
 from hiercam.pipeline.distributed import Distributed
 from hiercam.pipeline.evaluation import evaluate
-from hiercam.pipeline.networks import check_backbone
+from hiercam.pipeline.networks import check_backbone, check_weights
 from hiercam.pipeline.presets import apply_preset
 from hiercam.pipeline.report import bench_markdown, compare_markdown, seed_stats, write_report
 from hiercam.pipeline.results import RunResult, strict_json
@@ -27,10 +27,18 @@ from hiercam.pipeline.stages import (
     build_hierarchy,
     extract_maps,
     train_base,
+    train_ensemble,
     train_levels,
 )
 
-__all__ = ["run_pipeline", "run_bench", "run_preset_bench", "demo_config", "bench_config"]
+__all__ = [
+    "run_pipeline",
+    "run_bench",
+    "run_preset_bench",
+    "seed_record_path",
+    "demo_config",
+    "bench_config",
+]
 
 
 #: The demo's sizes (``demo_config``), chosen so that ``make demo`` from a fresh clone, install included,
@@ -61,11 +69,12 @@ def demo_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
 
     The demo shows a method against the Grad-CAM baseline (the ``demo`` command: the preset ``recommended``).
     It trains the base classifier and the two-branch models of levels 10 and 4 only (``ablation=False``: no
-    single-branch level models; one group level, the one ``recommended`` keeps in the full setting), on
-    4,000 training scenes for 4 epochs, and scores 300 validation and 300 test scenes. The paper's full
+    single-branch level models; ``ensemble=False``: no ensemble control; one group level, the one
+    ``recommended`` keeps in the full setting), on 4,000 training scenes for 4 epochs, and scores 300
+    validation and 300 test scenes. The paper's full
     ablation is ``hiercam bench``, on [`bench_config`][hiercam.pipeline.bench_config]. ``quick`` is a smoke
-    test of every stage, ablation and levels 10 -> 4 -> 2 included (48-pixel images, 256 scenes, 2 epochs),
-    in seconds; its numbers mean nothing.
+    test of every stage, ablation, ensemble control and levels 10 -> 4 -> 2 included (48-pixel images, 256
+    scenes, 2 epochs), in seconds; its numbers mean nothing.
 
     Args:
         quick: the smoke-test sizes instead of the demo's.
@@ -77,15 +86,17 @@ def demo_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
 
     Example:
         >>> config = demo_config()
-        >>> config.data.train_scenes, config.train.epochs, config.method.levels, config.ablation
-        (4000, 4, (4,), False)
+        >>> config.data.train_scenes, config.train.epochs, config.method.levels
+        (4000, 4, (4,))
+        >>> config.ablation, config.ensemble
+        (False, False)
         >>> demo_config(quick=True).method.levels
         (4, 2)
     """
     config = PipelineConfig(seed=seed, device="cpu")
     if quick:
         return config.replace(**QUICK_SIZES)
-    return config.replace(ablation=False, **DEMO_SIZES)
+    return config.replace(ablation=False, ensemble=False, **DEMO_SIZES)
 
 
 def bench_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
@@ -151,13 +162,13 @@ def run_pipeline(
     ctx = RunContext(
         config, out, force=force, progress=progress, log=log, cache=None if cache is None else Path(cache)
     )
-    _preflight(ctx)  # everything that can be checked before work starts
+    splits = EVAL_SPLITS if test else ("val",)
+    _preflight(ctx, splits)  # everything that can be checked before work starts
     if distributed.is_main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in _RUN_OUTPUTS:  # from an earlier run: config.json must describe the metrics beside it
             (out / stale).unlink(missing_ok=True)
         atomic_write_json(out / "config.json", config.to_dict())
-    splits = EVAL_SPLITS if test else ("val",)
     started = time.perf_counter()
 
     log(f"[1/4] base classifier and class hierarchy ({config.data.dataset}, {config.model.backbone})")
@@ -169,10 +180,16 @@ def run_pipeline(
 
     log(
         f"[2/4] level models: two-branch (orthogonal weight {config.method.orthogonal_weight:g}, "
-        f"{config.method.orthogonal_reduction})" + (" and single-branch" if config.ablation else "")
+        f"{config.method.orthogonal_reduction})"
+        + (" and single-branch" if config.ablation else "")
+        + (", the ensemble control's second base classifier" if config.ensemble else "")
     )
     stage = time.perf_counter()
-    models = {base.identity: base, **train_levels(ctx, hierarchy, hierarchy_key)}
+    models = {base.identity: base}
+    if config.ensemble:  # the ensemble control's second single-branch model
+        partner = train_ensemble(ctx)
+        models[partner.identity] = partner
+    models.update(train_levels(ctx, hierarchy, hierarchy_key))
     ctx.timings["stage2_levels"] = time.perf_counter() - stage
 
     log(f"[3/4] class activation maps of every model ({', '.join(splits)})")
@@ -230,24 +247,41 @@ def run_bench(
     progress: bool = False,
     log: Callable[[str], None] = print_line,
     cache: str | Path | None = None,
+    results: str | Path | None = None,
+    label: str = "config",
 ) -> dict[str, Any]:
     """Run the pipeline once per seed (``out/seed_<n>``) and aggregate: mean, standard deviation, min, max.
 
     Writes ``bench.json`` and ``bench.md`` (the ablation table) into ``out``. ``cache`` is passed to
     [`run_pipeline`][hiercam.pipeline.run_pipeline] (models shared with other benches).
+
+    With ``results``, every finished seed is also kept as
+    ``<results>/<dataset>/<label>/seed_<n>.json`` (its full config, figures, versions and timings: small
+    enough to commit), and a seed whose file holds the same config is read back instead of run again, so an
+    interrupted bench loses at most the seed in progress (whose finished models and epochs the run directory
+    keeps too), even when ``out`` is gone. ``force`` runs every seed again.
     """
     out = Path(out)
-    runs = {}
+    runs: dict[int, RunResult] = {}
     for seed in seeds:
+        seeded = config.replace(seed=seed)
+        record = None if results is None else seed_record_path(results, seeded, label)
+        kept = None if record is None or force else _read_seed_record(record, seeded)
+        if kept is not None:
+            log(f"=== seed {seed}: done before, read from {record}")
+            runs[seed] = kept
+            continue
         log(f"=== seed {seed}")
         runs[seed] = run_pipeline(
-            config.replace(seed=seed),
+            seeded,
             out / f"seed_{seed}",
             force=force,
             progress=progress,
             log=log,
             cache=cache,
         )
+        if record is not None:
+            _write_seed_record(record, seeded, runs[seed])
     first = runs[seeds[0]]
     variants: dict[str, Any] = {}
     for variant, scores in first.variants.items():
@@ -279,9 +313,72 @@ def run_bench(
         "branch_cam_correlation": over_seeds("branch_correlation"),
         "fusion_weights": [runs[s].to_json()["fusion_weights"] for s in seeds],
         "rest_reduction": config.method.rest_reduction,
+        "seconds": {str(s): runs[s].seconds.get("total", math.nan) for s in seeds},
     }
     atomic_write_json(out / "bench.json", strict_json(result))
     atomic_write_text(out / "bench.md", bench_markdown(result))
+    return result
+
+
+def seed_record_path(results: str | Path, config: PipelineConfig, label: str) -> Path:
+    """Where [`run_bench`][hiercam.pipeline.run_bench] keeps one seed's result.
+
+    ``<results>/<dataset>/<label>/seed_<seed>.json``.
+
+    Raises:
+        ValueError: ``label`` is not a plain folder name.
+
+    Example:
+        >>> from hiercam.pipeline import PipelineConfig
+        >>> seed_record_path("benchmarks/results", PipelineConfig(seed=2), "recommended").as_posix()
+        'benchmarks/results/fashion_scenes/recommended/seed_2.json'
+    """
+    if not label or Path(label).name != label or label in (".", "..") or not label.isprintable():
+        raise ValueError(f"`label` must be a plain folder name, got {label!r}")
+    return Path(results) / config.data.dataset / label / f"seed_{config.seed}.json"
+
+
+#: Layout version of the per-seed records of ``run_bench``.
+_RECORD_VERSION = 1
+
+
+def _write_seed_record(path: Path, config: PipelineConfig, result: RunResult) -> None:
+    atomic_write_json(
+        path,
+        {
+            "record_version": _RECORD_VERSION,
+            "config": config.to_dict(),
+            "hiercam": __version__,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "seconds": strict_json(result.seconds),
+            "metrics": result.to_json(),
+        },
+    )
+
+
+def _read_seed_record(path: Path, config: PipelineConfig) -> RunResult | None:
+    """The result kept in ``path`` when it was made with ``config``; ``None`` when there is none to reuse.
+
+    Raises:
+        ValueError: naming the file, when it exists but is damaged (delete it to run the seed again).
+    """
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not JSON ({error}); delete it to run the seed again") from None
+    if not isinstance(data, dict) or data.get("record_version") != _RECORD_VERSION:
+        raise ValueError(f"{path}: not a bench seed record of this version; delete it to run the seed again")
+    if data.get("config") != config.to_dict():
+        return None  # made with other settings: run again (and overwrite)
+    result = RunResult.from_json(data.get("metrics", {}), path)
+    seconds = data.get("seconds") or {}
+    result.seconds = {str(k): float(v) for k, v in seconds.items() if isinstance(v, (int, float))}
     return result
 
 
@@ -294,6 +391,7 @@ def run_preset_bench(
     force: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = print_line,
+    results: str | Path | None = None,
 ) -> dict[str, Any]:
     """[`run_bench`][hiercam.pipeline.run_bench] for each preset (``out/<preset>``), then one comparison.
 
@@ -310,6 +408,8 @@ def run_preset_bench(
         force: redo every stage even when up to date.
         progress: tqdm bars during training.
         log: where progress lines go.
+        results: keep every finished (preset, seed) as ``<results>/<dataset>/<preset>/seed_<n>.json`` and
+            read back those already there (see [`run_bench`][hiercam.pipeline.run_bench]).
 
     Returns:
         ``{"seeds": [...], "presets": {name: run_bench result}}``; a preset that the data rules out (a
@@ -332,6 +432,8 @@ def run_preset_bench(
                 progress=progress,
                 log=log,
                 cache=out / "cache",
+                results=results,
+                label=name,
             )
         except ValueError as error:  # the data rule the preset out (e.g. every level saturated): a result too
             log(f"preset {name} not run: {error}")
@@ -346,7 +448,7 @@ def run_preset_bench(
 _RUN_OUTPUTS = ("metrics.json", "run.json", "report.md", "config.json")
 
 
-def _preflight(ctx: RunContext) -> None:
+def _preflight(ctx: RunContext, splits: Sequence[str]) -> None:
     """The checks that need more than the config itself: processes, device, backbone, data."""
     config, distributed = ctx.config, ctx.dist
     if distributed.world > 1 and config.train.batch_size % distributed.world:
@@ -357,7 +459,11 @@ def _preflight(ctx: RunContext) -> None:
     if config.train.amp and ctx.device.type != "cuda":
         raise ConfigError(f"`train.amp` (mixed precision) needs CUDA, but the run would use {ctx.device}")
     check_backbone(config.model)
+    check_weights(config.model)  # a missing file or one that does not fit the network, before any training
     ctx.data("train")  # data problems (a missing folder, a damaged annotation) show before any training
+    if config.data.dataset != "fashion_scenes":  # read from disk: a missing split file shows now too
+        for split in splits:
+            ctx.data(split)
 
 
 def _silent(_line: str) -> None:

@@ -22,10 +22,10 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from hiercam._progress import Progress, is_terminal, print_line
 from hiercam.cam import GradCAM
 from hiercam.grouping import group_classes
-from hiercam.hierarchy import ClassHierarchy
+from hiercam.hierarchy import ClassHierarchy, frequent_classes
 from hiercam.losses import TwoBranchLoss
 from hiercam.pipeline.artifacts import digest, load_tensors, read_marker, save_tensors, write_marker
-from hiercam.pipeline.config import ConfigError, PipelineConfig
+from hiercam.pipeline.config import ConfigError, DataConfig, ModelConfig, PipelineConfig
 from hiercam.pipeline.data import Split, class_names, load_split, train_loader
 from hiercam.pipeline.distributed import Distributed
 from hiercam.pipeline.keys import ModelKey
@@ -38,6 +38,7 @@ __all__ = [
     "RunContext",
     "TrainedModel",
     "train_base",
+    "train_ensemble",
     "build_hierarchy",
     "train_levels",
     "extract_maps",
@@ -94,8 +95,33 @@ class RunContext:
         return self._data[split]
 
     def data_key(self) -> dict[str, Any]:
-        """The config entries that fix the data."""
-        return {"seed": self.config.seed, "data": dataclasses.asdict(self.config.data)}
+        """The config entries that fix the data (and the input scaling)."""
+        return {"seed": self.config.seed, "data": section_key(self.config.data)}
+
+
+#: Config fields added after models were first cached: left out of the keys while at their defaults, so that
+#: the models and maps of earlier runs stay valid.
+_ADDED_FIELDS: dict[type[Any], tuple[str, ...]] = {
+    DataConfig: ("min_box_area", "background_classes", "input_norm"),
+    ModelConfig: ("weights", "freeze_batchnorm"),
+}
+
+
+def section_key(section: DataConfig | ModelConfig) -> dict[str, Any]:
+    """A config section as a cache key: every field, but added ones only when they differ from the default.
+
+    Example:
+        >>> "input_norm" in section_key(DataConfig())
+        False
+        >>> section_key(DataConfig(input_norm="tanh"))["input_norm"]
+        'tanh'
+    """
+    values = dataclasses.asdict(section)
+    defaults = {f.name: f.default for f in dataclasses.fields(section)}
+    for name in _ADDED_FIELDS[type(section)]:
+        if values[name] == defaults[name]:
+            del values[name]
+    return values
 
 
 @dataclass
@@ -123,15 +149,20 @@ def _train(
     *,
     loss: Callable[..., Any] | None = None,
     hierarchy: ClassHierarchy | None = None,
+    shuffle_seed: int | None = None,
 ) -> TrainedModel:
-    """Train one model with [`fit`][hiercam.fit], or load it when a completed run with the same key exists."""
+    """Train one model with [`fit`][hiercam.fit], or load it when a completed run with the same key exists.
+
+    ``shuffle_seed`` seeds the sample order and the training's random state (default: the run's ``seed``).
+    """
     config = ctx.config
     name, level = identity.name, identity.level
+    seed = config.seed if shuffle_seed is None else shuffle_seed
     key = digest(
         {
             **key_parts,
             **ctx.data_key(),
-            "model": dataclasses.asdict(config.model),
+            "model": section_key(config.model),
             "train": dataclasses.asdict(config.train),
             "name": name,
             "level": level,
@@ -172,7 +203,9 @@ def _train(
         model.to(memory_format=torch.channels_last)  # convolutions then run channels-last
     trainee: nn.Module = model
     if ctx.dist.world > 1:
-        if cuda:  # batch statistics over the global batch, as on one device (SyncBatchNorm needs CUDA)
+        # batch statistics over the global batch, as on one device (SyncBatchNorm needs CUDA); frozen
+        # BatchNorm layers use their stored statistics and stay as they are
+        if cuda and not config.model.freeze_batchnorm:
             trainee = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         trainee = nn.parallel.DistributedDataParallel(
             trainee, device_ids=[ctx.device.index] if cuda else None
@@ -186,7 +219,7 @@ def _train(
     validation_set = ctx.data("val").training_set(augment=False)
     history = fit(
         trainee,
-        train_loader(training_set, train.batch_size, config.seed, ctx.dist, num_workers=workers),
+        train_loader(training_set, train.batch_size, seed, ctx.dist, num_workers=workers),
         epochs=train.epochs,
         loss=loss,
         optimizer=optimizer,
@@ -205,7 +238,7 @@ def _train(
         checkpoint=checkpoint,
         progress=ctx.progress,
         labels_transform=transform,
-        seed=config.seed,
+        seed=seed,
     )
     ctx.timings[f"train_{name}"] = time.perf_counter() - start
     if ctx.dist.is_main:
@@ -238,27 +271,54 @@ def train_base(ctx: RunContext) -> TrainedModel:
     """Stage 1a: the single-branch classifier on all ``K`` classes (also the baseline Grad-CAM model)."""
     config = ctx.config
     num_classes = len(class_names(config))
-    model = build_classifier(config.model, num_classes, _model_seed(config, 0))
+    model = build_classifier(
+        config.model, num_classes, _model_seed(config, 0), input_norm=config.data.input_norm
+    )
     return _train(ctx, ModelKey("base"), model, {"kind": "single"})
+
+
+def train_ensemble(ctx: RunContext) -> TrainedModel:
+    """The ensemble control's second model: the base classifier's recipe, trained independently.
+
+    Another initialisation seed and another sample order (its own shuffle seed): with ``base`` it makes two
+    independently trained single-branch models, the same training compute as one two-branch model.
+    """
+    config = ctx.config
+    num_classes = len(class_names(config))
+    seed = _model_seed(config, 1)
+    model = build_classifier(config.model, num_classes, seed, input_norm=config.data.input_norm)
+    return _train(
+        ctx, ModelKey("ensemble"), model, {"kind": "single", "shuffle_seed": seed}, shuffle_seed=seed
+    )
 
 
 def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy, str]:
     """Stage 1b: class vectors of the base classifier, hierarchical K-means; ``hierarchy.json``.
 
+    With ``method.max_class_presence`` the classes present in more than that fraction of the training
+    images are kept out of the grouping (their own group at every level, see
+    [`frequent_classes`][hiercam.frequent_classes]); the levels that would have no more groups than there
+    are such classes are left out (logged). With ``method.max_group_presence`` the saturated levels are
+    then dropped.
+
     Returns the hierarchy and its key. Also writes ``hierarchy.txt`` (the tree with group sizes) and the
     fraction of training images in which each group is present (``hierarchy_presence.json``).
+
+    Raises:
+        ConfigError: no group level is left (naming the key that removed them all).
     """
     config, method = ctx.config, ctx.config.method
-    key = digest(
-        {
-            "base": base.content_key,
-            "levels": method.levels,
-            "normalize": method.grouping_unit_norm,
-            "weighted": method.grouping_weighted,
-            "max_group_presence": method.max_group_presence,
-            "seed": config.seed,
-        }
-    )
+    parts: dict[str, Any] = {
+        "base": base.content_key,
+        "levels": method.levels,
+        "normalize": method.grouping_unit_norm,
+        "weighted": method.grouping_weighted,
+        "max_group_presence": method.max_group_presence,
+        "seed": config.seed,
+    }
+    if method.max_class_presence is not None:  # left out when unset: hierarchies of earlier runs stay valid
+        parts["max_class_presence"] = method.max_class_presence
+    key = digest(parts)
     path, marker_path = ctx.out / "hierarchy.json", ctx.out / "hierarchy.marker.json"
     ctx.dist.barrier()
     if not ctx.force and read_marker(marker_path, key) is not None and path.is_file():
@@ -266,23 +326,36 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
     if not ctx.dist.is_main:  # rank 0 builds it; the others read it
         ctx.dist.barrier()
         return ClassHierarchy.load(path), key
+    targets = ctx.data("train").labels
+    names = class_names(config)
+    singletons, levels = _kept_out(method.max_class_presence, method.levels, targets, names, ctx.log)
     hierarchy = group_classes(
         base.model,
-        method.levels,
-        class_names(config),
+        levels,
+        names,
         unit_norm=method.grouping_unit_norm,
         weighted=method.grouping_weighted,
         random_state=config.seed,
+        singletons=singletons,
     )
-    targets = ctx.data("train").labels
     if method.max_group_presence is not None:
         try:
             hierarchy = hierarchy.drop_saturated_levels(targets, method.max_group_presence)
         except ValueError as error:  # the only error left after config validation; name the config key
             limit = method.max_group_presence
+            frequent = [names[c] for c in frequent_classes(targets, limit) if c not in singletons]
+            hint = (
+                f"; {', '.join(map(repr, frequent))} alone "
+                f"{'is' if len(frequent) == 1 else 'are'} in more than {limit:.0%} of them: keep "
+                f"{'it' if len(frequent) == 1 else 'them'} out of the grouping with "
+                "`method.max_class_presence`"
+                if frequent
+                else ""
+            )
             raise ConfigError(
                 f"`method.max_group_presence` = {limit} drops every group level: every group level has a "
                 f"group present in more than {limit:.0%} of the images (raise `method.max_group_presence`)"
+                + hint
             ) from error
     hierarchy.save(path)
     presence = {
@@ -296,6 +369,33 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
     write_marker(marker_path, key, {})
     ctx.dist.barrier()
     return hierarchy, key
+
+
+def _kept_out(
+    limit: float | None,
+    levels: tuple[int, ...],
+    labels: Tensor,
+    names: tuple[str, ...],
+    log: Callable[[str], None],
+) -> tuple[list[int], tuple[int, ...]]:
+    """The classes kept out of the grouping (``method.max_class_presence``) and the levels that remain."""
+    if limit is None:
+        return [], levels
+    singletons = frequent_classes(labels, limit)
+    if not singletons:
+        return [], levels
+    kept = tuple(n for n in levels if n > len(singletons))
+    shown = ", ".join(f"{names[c]} ({float(labels[:, c].float().mean()):.0%})" for c in singletons)
+    log(f"  kept out of the grouping (in more than {limit:.0%} of the training images): {shown}")
+    if not kept:
+        raise ConfigError(
+            f"`method.max_class_presence` = {limit} keeps {len(singletons)} classes out of the grouping "
+            f"({shown}), and every level of `method.levels` {list(levels)} has no more groups than that: "
+            "raise `method.max_class_presence` or the group counts"
+        )
+    if kept != levels:
+        log(f"  levels {list(levels)} -> {list(kept)}: a level needs more groups than the kept-out classes")
+    return singletons, kept
 
 
 def train_levels(
@@ -317,7 +417,9 @@ def train_levels(
     for level in range(hierarchy.num_levels):
         groups = hierarchy.num_groups(level)
         level_key = {"hierarchy": hierarchy_key if level else None}
-        pair = build_two_branch(config.model, groups, _model_seed(config, 10 + level))
+        pair = build_two_branch(
+            config.model, groups, _model_seed(config, 10 + level), input_norm=config.data.input_norm
+        )
         heads = pair.classifier_heads() if method.orthogonal_mode == "cam" else None
         loss = TwoBranchLoss(
             weight=weight,
@@ -337,7 +439,9 @@ def train_levels(
         )
         if config.ablation and level > 0:
             identity = ModelKey("single", level)
-            single = build_classifier(config.model, groups, _model_seed(config, 20 + level))
+            single = build_classifier(
+                config.model, groups, _model_seed(config, 20 + level), input_norm=config.data.input_norm
+            )
             trained[identity] = _train(
                 ctx, identity, single, {"kind": "single", **level_key}, hierarchy=hierarchy
             )

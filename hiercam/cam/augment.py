@@ -1,0 +1,201 @@
+"""Test-time augmentation for any CAM method: IRN's multi-scale + horizontal-flip aggregation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hiercam._validation import check_choice, type_name
+from hiercam.cam._checks import check_images, check_size
+from hiercam.cam._classes import ClassesArg
+from hiercam.cam.engine import BaseCAM, SizeArg
+from hiercam.maps import NormalizeMode, _normalize_maps
+
+__all__ = ["MultiScaleCAM", "IRN_SCALES"]
+
+IRN_SCALES: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+"""The scales of IRN's ``make_cam.py`` (``--cam_scales``, Ahn et al., 2019)."""
+
+
+def _check_scales(scales: Any) -> tuple[float, ...]:
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
+        raise TypeError(f"`scales` must be a sequence of positive numbers, got {type_name(scales)}")
+    if not scales:
+        raise ValueError("`scales` must hold at least one scale, got an empty sequence")
+    checked = []
+    for scale in scales:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise TypeError(f"`scales` must hold numbers, got {type_name(scale)}")
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"`scales` must be positive and finite, got {scale!r}")
+        checked.append(float(scale))
+    return tuple(checked)
+
+
+class MultiScaleCAM:
+    """Any CAM extractor, aggregated over rescaled and horizontally flipped copies of the images (IRN).
+
+    For every scale ``s`` the images are resized to ``(round(H * s), round(W * s))`` (bilinear,
+    ``align_corners=False``), and, with ``flip``, batched together with their mirror images, so that each
+    scale is **one** call of ``cam``: one forward (and, for gradient methods, one batched backward) for all
+    requested classes. Each pass's ReLU'd maps are resized to the output size (the mirrored ones flipped
+    back), optionally normalised (``pass_normalize``), and averaged; the mean is then normalised per image
+    and class (``normalize``).
+
+    **IRN.** IRN's ``step/make_cam.py`` runs each scale on the image and its flip, adds the two ReLU'd CAMs
+    (the flip flipped back), resizes the sum bilinearly (``align_corners=False``) to the output size, sums
+    over scales, and divides each class map by its maximum (``+ 1e-5``). With the defaults
+    (``scales=IRN_SCALES, flip=True, pass_normalize=None``, ``normalize="max"``) this is that computation
+    for any method: resizing commutes with the sum, and the mean differs from IRN's sum by the number of
+    passes, which the normalisation removes. IRN rescales the PIL image bicubically before normalising it;
+    here the image tensor is resized bilinearly.
+
+    **pytorch-grad-cam's** ``aug_smooth`` uses ttach: a horizontal flip times intensity factors
+    ``(0.9, 1, 1.1)``, no rescaling, each pass min-max normalised before the mean. ``scales=(1.0,),
+    flip=True, pass_normalize="minmax"`` with ``normalize=None`` is that mean without the intensity
+    factors; on a model whose maps scale with the input's intensity (no biases) it is the same map.
+
+    Args:
+        cam: any extractor ([`GradCAM`][hiercam.GradCAM], [`ScoreCAM`][hiercam.ScoreCAM], ...); it is
+            called, never modified.
+        scales: image scales, positive; the default is IRN's ``(1.0, 0.5, 1.5, 2.0)``.
+        flip: also run the horizontal mirror images.
+        pass_normalize: normalisation of each pass's maps before averaging: ``None`` (IRN: raw maps, so a
+            scale with stronger activations counts more), ``"max"`` or ``"minmax"``.
+
+    Raises:
+        TypeError: ``cam`` is not a CAM extractor, or ``scales``/``flip`` have the wrong type.
+        ValueError: ``scales`` is empty or holds a non-positive or non-finite scale; ``pass_normalize`` is
+            unknown.
+
+    Examples:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> import hiercam
+        >>> cam = MultiScaleCAM(hiercam.GradCAM(resnet18(num_classes=4), "layer4"), scales=(1.0, 0.5))
+        >>> maps = cam(torch.randn(2, 3, 64, 64))  # 2 calls of GradCAM, each on 4 images
+        >>> maps.shape, cam.logits.shape
+        (torch.Size([2, 4, 64, 64]), torch.Size([2, 4]))
+    """
+
+    def __init__(
+        self,
+        cam: BaseCAM,
+        scales: Sequence[float] = IRN_SCALES,
+        *,
+        flip: bool = True,
+        pass_normalize: NormalizeMode | None = None,
+    ) -> None:
+        if not isinstance(cam, BaseCAM):
+            raise TypeError(f"`cam` must be a CAM extractor (a hiercam.BaseCAM), got {type_name(cam)}")
+        if not isinstance(flip, bool):
+            raise TypeError(f"`flip` must be a bool, got {type_name(flip)}")
+        self.cam = cam
+        self.scales = _check_scales(scales)
+        self.flip = flip
+        check_choice(pass_normalize, "pass_normalize", ("max", "minmax", None))
+        self.pass_normalize = pass_normalize
+        self.logits: Tensor | None = None
+
+    def __call__(
+        self,
+        images: Tensor,
+        classes: ClassesArg = None,
+        *,
+        size: SizeArg = "input",
+        normalize: NormalizeMode | None = "max",
+    ) -> Tensor:
+        """Aggregated maps for a batch; the arguments are those of [`BaseCAM`][hiercam.BaseCAM]'s call.
+
+        Args:
+            images: input batch ``(B, C, H, W)``.
+            classes: as for the wrapped extractor.
+            size: ``"input"``, an explicit ``(H, W)``, or ``"feature"``: the resolution of the first scale's
+                maps (the target layer's resolution at the input size for the default scales).
+            normalize: normalisation of the averaged maps: ``"max"`` (IRN), ``"minmax"`` or ``None``.
+
+        Returns:
+            Maps ``(B, K', H', W')`` in float32. ``logits`` keeps the logits of the first scale's (unflipped)
+            images.
+
+        Raises:
+            TypeError, ValueError: as for the wrapped extractor, and a scale that shrinks the images below
+                one pixel (naming ``scales``).
+        """
+        check_images(images)
+        target = check_size(size, images)
+        check_choice(normalize, "normalize", ("max", "minmax", None))
+        height, width = int(images.shape[-2]), int(images.shape[-1])
+        sizes = [(round(height * s), round(width * s)) for s in self.scales]
+        for scale, (h, w) in zip(self.scales, sizes, strict=True):
+            if h < 1 or w < 1:
+                raise ValueError(
+                    f"`scales` {scale} shrinks {height}x{width} `images` to {h}x{w}: use a larger scale"
+                )
+        total: Tensor | None = None
+        passes = 0
+        for h, w in sizes:
+            scaled = images
+            if (h, w) != (height, width):
+                scaled = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
+            for maps, logits in self._passes(scaled, classes, "feature" if target is None else target):
+                if total is None:
+                    total = torch.zeros_like(maps)
+                    target = (int(maps.shape[-2]), int(maps.shape[-1]))
+                    self.logits = logits
+                total += maps
+                passes += 1
+        if total is None:  # pragma: no cover - scales is never empty
+            raise RuntimeError("no pass ran")
+        return _normalize_maps(total / passes, normalize)
+
+    def _passes(self, images: Tensor, classes: ClassesArg, size: SizeArg) -> list[tuple[Tensor, Tensor]]:
+        """(maps, logits of the unflipped images) of one scale: one call, or two for tensor ``classes``."""
+        cam, norm = self.cam, self.pass_normalize
+        if not self.flip:
+            maps = cam(images, classes, size=size, normalize=norm)
+            return [(maps, self._logits())]
+        mirrored = images.flip(-1)
+        if isinstance(classes, Tensor):
+            # A tensor may be per image ((B, K) masks, (B,) classes): the two halves run separately.
+            maps = cam(images, classes, size=size, normalize=norm)
+            logits = self._logits()
+            flipped = cam(mirrored, classes, size=size, normalize=norm).flip(-1)
+            return [(maps, logits), (flipped, logits)]
+        batch = images.shape[0]
+        both = cam(torch.cat([images, mirrored]), classes, size=size, normalize=norm)
+        logits = self._logits()[:batch]
+        return [(both[:batch], logits), (both[batch:].flip(-1), logits)]
+
+    def _logits(self) -> Tensor:
+        if self.cam.logits is None:  # pragma: no cover - set by every call
+            raise RuntimeError("the wrapped extractor kept no logits")
+        return self.cam.logits
+
+    def remove(self) -> None:
+        """Release the wrapped extractor (its `remove()`); later calls raise."""
+        self.logits = None
+        self.cam.remove()
+
+    def __enter__(self) -> MultiScaleCAM:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return (
+            f"MultiScaleCAM({self.cam!r}, scales={self.scales}, flip={self.flip}, "
+            f"pass_normalize={self.pass_normalize!r})"
+        )

@@ -1,0 +1,215 @@
+"""Perturbation methods: ScoreCAM and AblationCAM, every requested class from the same batched forwards.
+
+Both weight the channels of the target activation ``A (B, C, h, w)`` by how the class scores react when the
+model sees one channel at a time: ScoreCAM masks the *input* with each upsampled channel, AblationCAM zeroes
+each channel of the *activation*. That takes ``B * C`` extra forward passes, run ``batch_size`` at a time
+under ``no_grad``. The peers run all of them once per class; here the logits of every requested class come
+from the same passes, so the cost does not grow with the number of classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hiercam._validation import check_int, type_name
+from hiercam.cam._checks import finite
+from hiercam.cam._heads import Head
+from hiercam.cam._pca import smoothed_maps
+from hiercam.cam.eigen import non_finite_activation
+from hiercam.cam.engine import BaseCAM
+from hiercam.cam.methods import _weighted_sum, _weighted_terms
+
+__all__ = ["ScoreCAM", "AblationCAM"]
+
+_MINMAX_EPS = 1e-8  # pytorch-grad-cam's and torchcam's guard in the min-max normalisation of the masks
+
+
+class _Perturbation(BaseCAM):
+    """Shared engine of the perturbation methods: channel weights ``(K', B, C)`` from batched forwards."""
+
+    _needs_graph: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: nn.Module | str | None = None,
+        *,
+        batch_size: int = 32,
+        eigen_smooth: bool = False,
+    ) -> None:
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        super().__init__(model, target_layer, closed_form=False, eigen_smooth=eigen_smooth)
+        self._autocast: tuple[str, bool, torch.dtype] = ("cpu", False, torch.bfloat16)
+
+    def _run(self, inputs: Tensor, *, with_graph: bool) -> Any:
+        # the caller's autocast state, for the perturbed forwards (the engine turns it off for the maps)
+        device = inputs.device.type
+        self._autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        return super()._run(inputs, with_graph=with_graph)
+
+    def _extra_repr(self) -> str:
+        return f"batch_size={self.batch_size}"
+
+    def _weights(
+        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, indices: list[int]
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def _head_maps(
+        self, head: Head, logits: Tensor, indices: list[int], closed: bool, input_size: tuple[int, int]
+    ) -> Tensor:
+        activation, inputs = head.activation, self._inputs
+        if activation is None or inputs is None:  # pragma: no cover - the engine sets both
+            raise RuntimeError("no activation captured")
+        features = activation.detach().float()
+        if not indices:
+            return features.new_zeros(features.shape[0], 0, *features.shape[-2:])
+        if not finite(features):
+            raise non_finite_activation(head)
+        with torch.no_grad():
+            weights = self._weights(head, activation.detach(), inputs.detach(), logits.detach(), indices)
+        if not self.eigen_smooth:
+            return _weighted_sum(weights, features)
+        return smoothed_maps(lambda part: _weighted_terms(weights[part], features), len(indices))
+
+    def _chunks(self, total: int) -> list[tuple[int, int]]:
+        return [(start, min(start + self.batch_size, total)) for start in range(0, total, self.batch_size)]
+
+    def _scores(self, head: Head, inputs: Tensor, indices: list[int]) -> Tensor:
+        """The requested classes' scores ``(n, K')`` (float32) of one batch of perturbed images.
+
+        The forward runs under the caller's autocast state, like the first forward whose scores it is compared
+        with.
+        """
+        device, enabled, dtype = self._autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            output = self._call_model(inputs)
+        return self._head_logits(head, output)[:, indices].float()
+
+
+class ScoreCAM(_Perturbation):
+    """Score-CAM (Wang et al., 2020): channels weighted by the score of the input masked with them.
+
+    For image ``b`` and channel ``c``, the mask ``M_bc`` is the channel ``A_bc`` upsampled to the input size
+    (bilinear, ``align_corners=False``) and min-max normalised to ``[0, 1]`` (``(U - min) / (max - min +
+    1e-8)``, so a constant channel gives an all-zero mask); the model scores ``images[b] * M_bc``. The
+    weight of channel ``c`` for class ``k`` is ``softmax_c(score_k(images[b] * M_bc))``, and the map is
+    ``ReLU(sum_c w_bkc * A_bc)`` on the raw activations. ``B * C`` masked images in all, ``batch_size`` per
+    forward, every requested class read from the same logits.
+
+    Against the peers (tests/test_cam_gradient_free.py gives the agreement):
+
+    * pytorch-grad-cam 1.5.7 upsamples with ``nn.UpsamplingBilinear2d`` (``align_corners=True``) and then
+      min-max normalises, as here; it runs the masked images once per class.
+    * torchcam 0.5 min-max normalises at the feature resolution and then upsamples; its softmax is over
+      ``score(masked) - score(images)``, which is the same softmax.
+    * Where the target layer has the input's resolution (no upsampling) all three agree to float precision.
+
+    Args:
+        model: the classifier (see [`BaseCAM`][hiercam.BaseCAM]; each head of a multi-head model is
+            scored with its own logits).
+        target_layer: the layer explained, as for [`BaseCAM`][hiercam.BaseCAM].
+        batch_size: masked images per forward pass, ``>= 1`` (memory: ``batch_size`` images through the model
+            without an autograd graph).
+        eigen_smooth: as for [`BaseCAM`][hiercam.BaseCAM].
+
+    Raises:
+        TypeError, ValueError: ``batch_size`` is not an int ``>= 1`` (and as for
+            [`BaseCAM`][hiercam.BaseCAM]).
+
+    Examples:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> cam = ScoreCAM(resnet18(num_classes=3), "layer4", batch_size=64)
+        >>> cam(torch.randn(1, 3, 64, 64)).shape  # 512 masked images, all 3 classes from them
+        torch.Size([1, 3, 64, 64])
+    """
+
+    def _weights(
+        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, indices: list[int]
+    ) -> Tensor:
+        batch, channels, height, width = features.shape
+        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        flat = features.reshape(batch * channels, 1, height, width)
+        scores = torch.empty(batch * channels, len(indices), device=features.device)
+        for start, stop in self._chunks(batch * channels):
+            masks = flat[start:stop].float()
+            if (height, width) != size:
+                masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+            low = masks.amin(dim=(-2, -1), keepdim=True)
+            masks = (masks - low) / (masks.amax(dim=(-2, -1), keepdim=True) - low + _MINMAX_EPS)
+            images = inputs[torch.arange(start, stop, device=inputs.device) // channels]
+            scores[start:stop] = self._scores(head, images.mul_(masks.to(inputs.dtype)), indices)
+        return torch.softmax(scores.view(batch, channels, -1), dim=1).permute(2, 0, 1)
+
+
+class AblationCAM(_Perturbation):
+    """Ablation-CAM (Desai & Ramaswamy, 2020): channels weighted by the score drop when they are zeroed.
+
+    For image ``b`` and channel ``c``, the target layer's output is replaced (by a forward hook that exists
+    only during the call) with ``A_b`` where channel ``c`` is set to zero, and the weight of class ``k`` is
+    pytorch-grad-cam's ``(score_k - ablated_k) / score_k``; the map is ``ReLU(sum_c w_bkc * A_bc)``. ``B * C``
+    ablated passes, ``batch_size`` per forward, every requested class from the same logits.
+
+    Against pytorch-grad-cam 1.5.7: the same weights and maps where the activation's minimum is 0 (after a
+    ReLU: ResNet's ``layer4``, VGG's ``features``). Where it holds negative values, pytorch-grad-cam sets the
+    ablated channel to ``min - 1e7`` instead of 0 (and its running minimum changes within a batch); hiercam
+    keeps the paper's zero. A class score of exactly 0 cannot be divided by: a ``ValueError``.
+
+    Args:
+        model: the classifier (see [`BaseCAM`][hiercam.BaseCAM]).
+        target_layer: the layer explained, as for [`BaseCAM`][hiercam.BaseCAM].
+        batch_size: ablated copies per forward pass, ``>= 1``.
+        eigen_smooth: as for [`BaseCAM`][hiercam.BaseCAM].
+
+    Raises:
+        TypeError, ValueError: ``batch_size`` is not an int ``>= 1`` (and as for
+            [`BaseCAM`][hiercam.BaseCAM]).
+
+    Examples:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> AblationCAM(resnet18(num_classes=3), "layer4", batch_size=128)(torch.randn(1, 3, 64, 64), 1).shape
+        torch.Size([1, 1, 64, 64])
+    """
+
+    def _weights(
+        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, indices: list[int]
+    ) -> Tensor:
+        original = logits[:, indices].float()  # (B, K')
+        zero = (original == 0).nonzero()
+        if len(zero):
+            b, k = zero[0].tolist()
+            raise ValueError(
+                f"AblationCAM divides by the class score, which is exactly 0 for image {b}, class "
+                f"{indices[k]} (`classes`)"
+            )
+        layer = head.layer
+        if layer is None:  # pragma: no cover - chosen before the forward
+            raise RuntimeError("the target layer was not chosen")
+        batch, channels = features.shape[:2]
+        ablated = torch.empty(batch * channels, len(indices), device=features.device)
+        for start, stop in self._chunks(batch * channels):
+            pairs = torch.arange(start, stop, device=features.device)
+            replaced = features[pairs // channels]  # advanced indexing: a copy
+            replaced[torch.arange(stop - start, device=features.device), pairs % channels] = 0
+
+            def substitute(_module: nn.Module, _inputs: Any, output: Any, value: Tensor = replaced) -> Tensor:
+                if not isinstance(output, Tensor) or output.shape != value.shape:
+                    got = tuple(output.shape) if isinstance(output, Tensor) else type_name(output)
+                    raise ValueError(f"`target_layer` {head.name!r} changed its output shape: {got}")
+                return value
+
+            handle = layer.register_forward_hook(substitute)
+            try:
+                ablated[start:stop] = self._scores(head, inputs[pairs.to(inputs.device) // channels], indices)
+            finally:
+                handle.remove()
+        image_of = torch.arange(batch * channels, device=ablated.device) // channels
+        per_pair = original.to(ablated.device)[image_of]
+        weights = (per_pair - ablated) / per_pair
+        return weights.view(batch, channels, -1).permute(2, 0, 1)

@@ -1,0 +1,192 @@
+"""Shared parts of the perturbation (faithfulness) metrics: input checks, the model's class scores.
+
+The faithfulness metrics score the model on modified images: every (image, present class) pair of a batch is
+one *trial*, and the perturbed images of all trials go through the model in chunks of ``batch_size``
+(never one class at a time). The model runs in eval mode under ``torch.no_grad()``; the ``training`` flags of
+its modules are restored afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from hiercam._validation import check_choice, check_finite, check_int, check_tensor, format_shape, type_name
+from hiercam.metrics._base import Metric
+from hiercam.metrics._inputs import check_maps_and_labels
+
+__all__ = [
+    "MeanMetric",
+    "Reduction",
+    "check_reduction",
+    "reduce_trials",
+    "Model",
+    "ScoreMode",
+    "Trials",
+    "check_images",
+    "check_common",
+    "trials",
+    "class_scores",
+    "trial_scores",
+]
+
+Model = Callable[[Tensor], object]
+ScoreMode = Literal["softmax", "sigmoid", "logit"]
+Reduction = Literal["mean", "none"]
+_SCORES: tuple[ScoreMode, ...] = ("softmax", "sigmoid", "logit")
+
+
+class Trials(NamedTuple):
+    """The (image, class) pairs with ``labels[b, k] = 1``, in row-major order."""
+
+    images: Tensor  # (P,) int64, on the images' device
+    classes: Tensor  # (P,) int64
+    maps: Tensor  # (P, H, W), detached, on the images' device
+
+
+def check_images(images: Tensor, maps: Tensor) -> Tensor:
+    """Images ``(B, C, H, W)``, floating point and finite, with the batch and spatial size of ``maps``."""
+    check_tensor(images, "images", dims="B, C, H, W", floating=True)
+    if images.shape[0] != maps.shape[0] or images.shape[2:] != maps.shape[2:]:
+        raise ValueError(
+            f"`images` (B, C, H, W) must match `maps` (B, K, H, W) in B, H and W, got "
+            f"{format_shape(images.shape)} and {format_shape(maps.shape)}; upsample the maps to the image "
+            "size first (torch.nn.functional.interpolate)"
+        )
+    check_finite(images, "images")
+    return images
+
+
+def check_common(model: object, score: ScoreMode, batch_size: int) -> tuple[ScoreMode, int]:
+    """The options every faithfulness metric takes."""
+    if not callable(model):
+        raise TypeError(f"`model` must be a callable classifier (e.g. an nn.Module), got {type_name(model)}")
+    mode = check_choice(score, "score", _SCORES)
+    return mode, check_int(batch_size, "batch_size", minimum=1)
+
+
+def trials(maps: Tensor, labels: Tensor, images: Tensor) -> Trials:
+    """Check ``maps``, ``labels`` and ``images`` together and list the trials."""
+    check_maps_and_labels(maps, labels)
+    check_images(images, maps)
+    present = labels.to(device=images.device, dtype=torch.bool)
+    index_b, index_k = torch.nonzero(present, as_tuple=True)
+    chosen = maps.detach().to(images.device)[index_b, index_k]
+    return Trials(index_b, index_k, chosen)
+
+
+@contextmanager
+def _eval_mode(model: object) -> Iterator[None]:
+    """``model.eval()`` inside the block; every module's ``training`` flag restored after."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def _logits(model: Model, inputs: Tensor, num_classes: int) -> Tensor:
+    """The model's ``(N, K)`` output (a tensor, or an object with ``mean_logits`` as ``TwoBranchNet``'s)."""
+    output = model(inputs)
+    if not isinstance(output, Tensor):
+        output = getattr(output, "mean_logits", output)
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"`model` must return class scores (B, K) as a tensor, got {type_name(output)}; "
+            "wrap it, e.g. `lambda x: net(x).logits`"
+        )
+    if output.shape != (inputs.shape[0], num_classes):
+        raise ValueError(
+            f"`model` must return class scores (B, K) = ({inputs.shape[0]}, {num_classes}) for a batch of "
+            f"{inputs.shape[0]} images and K = {num_classes} maps, got {format_shape(output.shape)}"
+        )
+    return output
+
+
+def _to_scores(logits: Tensor, score: ScoreMode) -> Tensor:
+    logits = logits.float()
+    if score == "softmax":
+        return logits.softmax(dim=1)
+    if score == "sigmoid":
+        return logits.sigmoid()
+    return logits
+
+
+def class_scores(
+    model: Model,
+    make_inputs: Callable[[Tensor], Tensor],
+    classes: Tensor,
+    num_classes: int,
+    score: ScoreMode,
+    batch_size: int,
+) -> Tensor:
+    """Scores ``(N,)`` float32 of ``classes[n]`` on ``make_inputs(rows)``, in chunks of ``batch_size``.
+
+    ``make_inputs`` builds the perturbed images of the rows ``rows`` (an int64 index tensor) only when
+    their chunk is due, so at most ``batch_size`` perturbed images exist at a time.
+    """
+    total = int(classes.shape[0])
+    result = torch.empty(total, dtype=torch.float32, device=classes.device)
+    with _eval_mode(model), torch.no_grad():
+        for start in range(0, total, batch_size):
+            rows = torch.arange(start, min(start + batch_size, total), device=classes.device)
+            inputs = make_inputs(rows)
+            scores = _to_scores(_logits(model, inputs, num_classes), score)
+            result[rows] = scores.gather(1, classes[rows, None].to(scores.device))[:, 0].to(result.device)
+    return result
+
+
+def trial_scores(
+    model: Model, images: Tensor, found: Trials, num_classes: int, score: ScoreMode, batch_size: int
+) -> Tensor:
+    """Scores ``(P,)`` float32 of every trial's class on its unchanged image (one forward per image)."""
+    batch = int(images.shape[0])
+    result = torch.empty((batch, num_classes), dtype=torch.float32, device=images.device)
+    with _eval_mode(model), torch.no_grad():
+        for start in range(0, batch, batch_size):
+            chunk = images.detach()[start : start + batch_size]
+            result[start : start + batch_size] = _to_scores(_logits(model, chunk, num_classes), score).to(
+                result.device
+            )
+    return result[found.images, found.classes]
+
+
+def reduce_trials(values: Tensor, reduction: Reduction) -> Tensor:
+    """Per-trial values ``(P, ...)`` as they are, or their mean over trials (NaN without trials)."""
+    if reduction == "none":
+        return values
+    return values.mean(dim=0) if values.shape[0] else torch.full(values.shape[1:], torch.nan).double()
+
+
+def check_reduction(reduction: Reduction) -> Reduction:
+    return check_choice(reduction, "reduction", ("mean", "none"))
+
+
+class MeanMetric(Metric):
+    """Sums of per-trial values and the number of trials; ``compute`` gives the means (NaN without trials)."""
+
+    sums: Tensor
+    count: Tensor
+
+    def __init__(self, width: int, *, sync_on_compute: bool) -> None:
+        super().__init__(sync_on_compute=sync_on_compute)
+        self.add_state("sums", torch.zeros(width, dtype=torch.float64), "sum")
+        self.add_state("count", torch.zeros((), dtype=torch.long), "sum")
+
+    def _add(self, values: Tensor) -> None:
+        self.sums = self.sums + values.sum(dim=0).to(self.sums.device)
+        self.count = self.count + values.shape[0]
+
+    def _means(self) -> Tensor:
+        if int(self.count) == 0:
+            return torch.full_like(self.sums, torch.nan)
+        return self.sums / self.count
