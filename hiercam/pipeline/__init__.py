@@ -26,7 +26,7 @@ from hiercam.pipeline.results import (
     ThresholdCurve,
     VariantScores,
 )
-from hiercam.pipeline.run import demo_config, run_bench, run_pipeline, run_preset_bench
+from hiercam.pipeline.run import bench_config, demo_config, run_bench, run_pipeline, run_preset_bench
 
 __all__ = [
     "PipelineConfig",
@@ -37,6 +37,7 @@ __all__ = [
     "ConfigError",
     "load_config",
     "demo_config",
+    "bench_config",
     "run_pipeline",
     "run_bench",
     "run_preset_bench",

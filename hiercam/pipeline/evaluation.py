@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hiercam._progress import Progress, is_terminal
 from hiercam.cam import average_branch_maps
 from hiercam.fusion import RestReduction, fuse_hierarchy
 from hiercam.hierarchy import ClassHierarchy
@@ -147,6 +148,7 @@ def score_split(
     weights: Weights | None = None,
     *,
     localization: bool = True,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[Variant, ThresholdCurve]:
     """Score every variant at every threshold of ``method.thresholds`` (fractions).
 
@@ -154,7 +156,8 @@ def score_split(
     are predicted, left out). ``indices`` is this process's shard of the images (all by default); under
     ``torchrun`` the metrics sum their states over the processes, so every process gets the figures of
     the whole split.
-    ``localization=False`` skips the localisation error (mIoU only, faster).
+    ``localization=False`` skips the localisation error (mIoU only, faster). ``on_batch`` is called with the
+    number of images of every batch scored (progress).
     """
     method = config.method
     thresholds = list(method.thresholds)
@@ -169,6 +172,8 @@ def score_split(
             iou[variant].update(maps, labels, masks=masks)
             if localization:
                 loc[variant].update(maps, labels, boxes=boxes)
+        if on_batch is not None:
+            on_batch(len(rows))
     scored = list(data.scored_labels)
     return {
         variant: ThresholdCurve(
@@ -306,12 +311,20 @@ def evaluate(
         fusion = choose_fusion_weights(config, val, extracted["val"], hierarchy, ctx.dist.shard(len(val)))
         weights[Variant("full_tuned")] = fusion.tuned or fusion.configured
         ctx.log(f"  fusion weights chosen on val: (a, b, c) = {fusion.tuned}")
-    curves = {
-        split: score_split(
-            config, ctx.data(split), maps, hierarchy, variants, ctx.dist.shard(len(ctx.data(split))), weights
+    curves = {}
+    for split, maps in extracted.items():
+        shard = ctx.dist.shard(len(ctx.data(split)))
+        progress = Progress(
+            len(shard),
+            f"  scoring {len(variants)} variants ({split})",
+            log=ctx.log,
+            unit="images",
+            terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
         )
-        for split, maps in extracted.items()
-    }
+        with progress:
+            curves[split] = score_split(
+                config, ctx.data(split), maps, hierarchy, variants, shard, weights, on_batch=progress.update
+            )
     figure_split = "test" if "test" in extracted else "val"
     scenes = (
         figure_scenes(config, ctx.data(figure_split), extracted[figure_split], hierarchy, figure_split)
