@@ -64,7 +64,7 @@ def _evaluate_cams(out: str, folder: Path) -> None:
 
 
 def _voc_recipe(out: str, folder: Path) -> None:
-    assert "| both (the paper's method) |" in out
+    assert "| both: two-branch + grouping, Eq. 6 |" in out
     report = re.search(r"^report: (.+)$", out, re.MULTILINE)
     assert report
     assert "## Ablation" in Path(report[1]).read_text()
