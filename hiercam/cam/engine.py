@@ -46,7 +46,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from types import TracebackType
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -62,6 +61,7 @@ from hiercam.cam._forward import as_map, call_model, eval_context, head_logits, 
 from hiercam.cam._heads import Head, build_heads
 from hiercam.cam._layers import choose_layer
 from hiercam.cam._pca import smoothed_maps
+from hiercam.cam._release import Releasable
 from hiercam.cam.postprocess import average_branch_maps, normalize_own, resize_heads, resize_maps
 from hiercam.cam.reshape import ReshapeArg
 from hiercam.cam.targets import OutputArg, TargetsArg, check_targets, target_scores
@@ -72,7 +72,7 @@ __all__ = ["BaseCAM", "SizeArg", "average_branch_maps", "resize_maps"]
 SizeArg = Literal["input", "feature"] | tuple[int, int]
 
 
-class BaseCAM:
+class BaseCAM(Releasable):
     """Base class of the CAM extractors: hooks, the batched gradients, the closed form, resizing.
 
     Subclasses define how activations ``A (B, C, h, w)`` and gradients ``G (K', B, C, h, w)`` combine into
@@ -265,17 +265,6 @@ class BaseCAM:
         for head in self._heads:
             head.activation = None
 
-    def __enter__(self) -> BaseCAM:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.remove()
-
     def __repr__(self) -> str:
         layers = ", ".join(
             repr(h.name) if h.name is not None else "<chosen on first call>" for h in self._heads
@@ -382,10 +371,7 @@ class BaseCAM:
         closed: bool,
         input_size: tuple[int, int],
     ) -> Tensor:
-        activation = head.activation
-        if activation is None:  # pragma: no cover - _forward guarantees it
-            raise RuntimeError("no activation captured")
-        features = self._as_map(head, activation.detach()).float()
+        activation, features = self._features(head)
         if not resolved.indices:
             return features.new_zeros(features.shape[0], 0, *features.shape[-2:])
         if closed:
@@ -410,6 +396,13 @@ class BaseCAM:
         if not finite(maps):
             raise ValueError(non_finite_origin(head, features, gradients))
         return maps
+
+    def _features(self, head: Head) -> tuple[Tensor, Tensor]:
+        """The head's captured activation, and it detached and read as float32 maps ``(B, C, h, w)``."""
+        activation = head.activation
+        if activation is None:  # pragma: no cover - _forward guarantees it
+            raise RuntimeError("no activation captured")
+        return activation, self._as_map(head, activation.detach()).float()
 
     @staticmethod
     def _as_map(head: Head, values: Tensor) -> Tensor:
