@@ -10,21 +10,21 @@ checked (all image files first) before the model does any work.
 from __future__ import annotations
 
 import difflib
-import io
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hiercam._io import atomic_write, atomic_write_json
+from hiercam._explain_files import check_images, load_image, unique_stems, write_outputs
+from hiercam._explain_model import build_model, find_method, load_weights
+from hiercam._io import atomic_write_json
 from hiercam._validation import check_choice, check_int, type_name
-from hiercam.cam import METHODS, BaseCAM
+from hiercam.cam import BaseCAM
 from hiercam.maps import NormalizeMode
 
 __all__ = ["InputNorm", "ExplainedImage", "explain_images", "build_model", "load_weights", "find_method"]
@@ -32,8 +32,6 @@ __all__ = ["InputNorm", "ExplainedImage", "explain_images", "build_model", "load
 InputNorm = Literal["imagenet", "tanh", "none"]
 """Pixel scaling for the model: ImageNet mean/std on [0, 1], ``x / 127.5 - 1`` on 0..255, or [0, 1]."""
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 _SOURCES = ("torchvision", "timm")
 
 
@@ -127,7 +125,7 @@ def explain_images(
     options = _check_options(classes, top, size, input_norm, normalize, overlays)
     target = _check_device(device)
     cam_type = find_method(method)
-    files = _check_images(images)
+    files = check_images(images)
     net = build_model(model, num_classes=num_classes)
     if weights is not None:
         load_weights(net, weights)
@@ -144,13 +142,14 @@ def explain_images(
     records: list[ExplainedImage] = []
     extractor: BaseCAM = cam_type(net, layer)
     with extractor:
-        for path, stem in zip(files, _unique_stems(files), strict=True):
-            original, x = _load(path, options.size, input_norm)
+        for path, stem in zip(files, unique_stems(files), strict=True):
+            original, x = load_image(path, options.size, input_norm)
             chosen, scores = _classes_for(net, x.to(target), options.classes, options.top)
             maps = extractor(x.to(target), chosen, normalize=normalize)[0].float().cpu()
             info = {"image": str(path), "model": model, "method": cam_type.__name__}
             info["target_layer"] = str(extractor.target_layer)
-            records.append(_write(out_dir, stem, original, maps, chosen, scores, info, overlays))
+            maps_file, pictures = write_outputs(out_dir, stem, original, maps, chosen, scores, info, overlays)
+            records.append(ExplainedImage(info["image"], maps_file, pictures, chosen, scores))
         summary = {
             "model": model,
             "weights": None if weights is None else os.fspath(weights),
@@ -210,142 +209,6 @@ def _check_options(
     return _Options(chosen, top, (sizes[0], sizes[-1]))
 
 
-def find_method(name: str) -> type[BaseCAM]:
-    """The CAM class ``hiercam.cam.METHODS[name]``, ignoring case, ``-`` and ``_`` (``++`` is ``plusplus``).
-
-    Examples:
-        >>> find_method("Grad-CAM++").__name__
-        'GradCAMPlusPlus'
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"`method` must be a str, got {type_name(name)}")
-    key = name.lower().replace("++", "plusplus").replace("-", "").replace("_", "")
-    if key not in METHODS:
-        close = difflib.get_close_matches(key, list(METHODS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"`method` must be one of {', '.join(METHODS)}, got {name!r}{hint}")
-    return METHODS[key]
-
-
-def build_model(model: str, *, num_classes: int | None = None) -> nn.Module:
-    """A randomly initialised classifier from ``"torchvision:<name>"`` or ``"timm:<name>"``; never downloads.
-
-    Raises:
-        ValueError: no ``torchvision:``/``timm:`` prefix, or an unknown name (close matches are listed).
-        ImportError: a ``timm:`` model without timm installed.
-
-    Examples:
-        >>> type(build_model("torchvision:resnet18", num_classes=3)).__name__
-        'ResNet'
-    """
-    if not isinstance(model, str):
-        raise TypeError(f"`model` must be a str such as 'torchvision:resnet50', got {type_name(model)}")
-    source, _, name = model.partition(":")
-    if num_classes is not None:
-        check_int(num_classes, "num_classes", minimum=1)
-    extra: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
-    if source == "torchvision" and name:
-        import torchvision
-
-        known = torchvision.models.list_models(module=torchvision.models)
-        _check_name(model, name, known, "torchvision classification model")
-        net: nn.Module = torchvision.models.get_model(name, weights=None, **extra)
-        return net
-    if source == "timm" and name:
-        try:
-            import timm
-        except ImportError as error:
-            raise ImportError(f"`model` {model!r} needs timm: pip install 'hiercam[timm]'") from error
-        if not timm.is_model(name):  # also takes pretrained tags: "resnet50.a1_in1k"
-            _check_name(model, name, timm.list_models(), "timm model")
-        built: nn.Module = timm.create_model(name, pretrained=False, **extra)
-        return built
-    hint = ""
-    if source and not name:
-        import torchvision
-
-        if source in torchvision.models.list_models(module=torchvision.models):
-            hint = f"; did you mean 'torchvision:{source}'?"
-    raise ValueError(f"`model` must be 'torchvision:<name>' or 'timm:<name>', got {model!r}{hint}")
-
-
-def _check_name(model: str, name: str, known: Sequence[str], what: str) -> None:
-    if name in known:
-        return
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-    hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ValueError(f"`model` {model!r}: {name!r} is not a {what}{hint}")
-
-
-def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
-    """Load a local state dict into ``model`` after checking its keys and shapes; nothing is executed.
-
-    The file is read with ``torch.load(weights_only=True)``: a pickle that would run code is refused. A
-    [`fit`][hiercam.fit] checkpoint (its ``"model"`` entry) or ``{"state_dict": ...}`` is unwrapped.
-
-    Raises:
-        ValueError: the file is missing, unreadable, refused, not a state dict, or its keys or shapes do
-            not fit ``model`` (the first differences are named).
-    """
-    name = os.fspath(weights)
-    if not Path(name).is_file():
-        raise ValueError(f"`weights` {name!r}: no such file")
-    try:
-        data: Any = torch.load(name, map_location="cpu", weights_only=True)
-    except Exception as error:  # a refused pickle, a truncated or foreign file: all the user's file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(
-            f"`weights` {name!r} could not be read with torch.load(weights_only=True): {reason}"
-        ) from error
-    for wrapper in ("model", "state_dict"):
-        if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
-            data = data[wrapper]
-    if not isinstance(data, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in data.items()
-    ):
-        raise ValueError(f"`weights` {name!r} holds a {type_name(data)}, not a state dict of tensors")
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in data]
-    unexpected = [key for key in data if key not in expected]
-    wrong = [
-        f"{key}: file {tuple(data[key].shape)}, model {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in data and data[key].shape != value.shape
-    ]
-    problems = [
-        f"{label} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shapes", wrong))
-        if keys
-    ]
-    if problems:
-        hint = " (another --num-classes?)" if wrong and not missing and not unexpected else ""
-        raise ValueError(f"`weights` {name!r} does not fit the model: {'; '.join(problems)}{hint}")
-    model.load_state_dict(dict(data))
-
-
-def _check_images(images: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Every file opened and fully decoded once, so that a bad one stops the run before any model work."""
-    from PIL import Image
-
-    if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
-        raise TypeError(f"`images` must be a sequence of paths, got {type_name(images)}")
-    if not images:
-        raise ValueError("`images` must name at least one file, got an empty sequence")
-    files = [Path(image) for image in images]
-    problems = []
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except FileNotFoundError:
-            problems.append(f"{os.fspath(path)!r} (no such file)")
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            problems.append(f"{os.fspath(path)!r} ({error})")
-    if problems:
-        raise ValueError(f"`images`: cannot read {len(problems)} of {len(files)}: {'; '.join(problems)}")
-    return files
-
-
 def _check_layer(model: nn.Module, layer: str) -> None:
     names = [name for name, _ in model.named_modules() if name]
     if layer not in names:
@@ -372,24 +235,6 @@ def _check_device(device: str | torch.device | None) -> torch.device:
     return target
 
 
-def _load(path: Path, size: tuple[int, int], input_norm: str) -> tuple[Tensor, Tensor]:
-    """The original image ``(3, H0, W0)`` in [0, 1] and the model input ``(1, 3, *size)``."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        rgb = ImageOps.exif_transpose(image).convert("RGB")  # upright, as a viewer shows it
-    original = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    resized = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1)
-    if input_norm == "tanh":
-        x = pixels / 127.5 - 1
-    else:
-        x = pixels / 255.0
-        if input_norm == "imagenet":
-            x = (x - torch.tensor(_IMAGENET_MEAN)[:, None, None]) / torch.tensor(_IMAGENET_STD)[:, None, None]
-    return original, x[None].contiguous()
-
-
 def _classes_for(
     model: nn.Module, x: Tensor, classes: list[int] | None, top: int
 ) -> tuple[list[int], list[float]]:
@@ -414,47 +259,3 @@ def _classes_for(
             f"(the model has {num_classes} classes)"
         )
     return classes, logits[0, classes].float().tolist()
-
-
-def _unique_stems(files: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
-    for path in files:
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        stems.append(path.stem if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}")
-    return stems
-
-
-def _write(
-    out: Path,
-    stem: str,
-    original: Tensor,
-    maps: Tensor,
-    classes: list[int],
-    scores: list[float],
-    info: dict[str, str],
-    overlays: bool,
-) -> ExplainedImage:
-    payload = {
-        "maps": maps,
-        "classes": torch.tensor(classes, dtype=torch.int64),
-        "scores": torch.tensor(scores, dtype=torch.float32),
-        **info,
-    }
-    maps_file = atomic_write(out / f"{stem}.pt", lambda handle: torch.save(payload, handle))
-    pictures = []
-    if overlays:
-        from PIL import Image
-
-        from hiercam.viz import overlay
-
-        for index, heat in zip(classes, maps, strict=True):
-            blended = overlay(original, heat, normalize="max")
-            buffer = io.BytesIO()
-            Image.fromarray(np.round(blended * 255).astype(np.uint8)).save(buffer, format="PNG")
-            pictures.append(os.fspath(atomic_write(out / f"{stem}_{index}.png", _bytes_writer(buffer))))
-    return ExplainedImage(info["image"], os.fspath(maps_file), pictures, classes, scores)
-
-
-def _bytes_writer(buffer: io.BytesIO) -> Callable[[IO[bytes]], int]:
-    return lambda handle: handle.write(buffer.getvalue())

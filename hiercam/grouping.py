@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hiercam._hierarchy_checks import check_class_names
 from hiercam._validation import check_finite, check_int, check_tensor, type_name
-from hiercam.hierarchy import ClassHierarchy, _class_names
+from hiercam.hierarchy import ClassHierarchy
 from hiercam.similarity import class_embeddings
 
 __all__ = ["HierarchicalKMeans", "group_classes"]
@@ -123,7 +124,7 @@ class HierarchicalKMeans:
             raise ValueError(
                 f"`singletons` must be class indices 0..{num_classes - 1}, got {self.singletons[-1]}"
             )
-        names = _class_names(class_names, num_classes)
+        names = check_class_names(class_names, num_classes)
         points = embeddings.detach().to(device="cpu", dtype=torch.float64).numpy()
         if self.unit_norm:
             points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)

@@ -8,10 +8,8 @@ lives in [`hiercam.grouping`][hiercam.HierarchicalKMeans]; fusion, datasets and 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hiercam._hierarchy_checks import as_index_list, check_assignment, check_class_names, check_singletons
+from hiercam._hierarchy_io import FORMAT, FORMAT_VERSION, from_mapping, read_json
+from hiercam._hierarchy_tree import render_html, render_text
 from hiercam._io import atomic_write_json
 from hiercam._validation import (
     check_binary,
@@ -30,11 +31,6 @@ from hiercam._validation import (
 )
 
 __all__ = ["ClassHierarchy", "frequent_classes"]
-
-
-_FORMAT = "hiercam.ClassHierarchy"
-_FORMAT_VERSION = 1
-_NAMES_SHOWN = 8
 
 
 class ClassHierarchy:
@@ -90,17 +86,17 @@ class ClassHierarchy:
             )
         if not given:
             raise ValueError("`assignments` must hold at least one group level, got an empty sequence")
-        levels = [tuple(_as_index_list(a, f"assignments[{i}]")) for i, a in enumerate(given)]
+        levels = [tuple(as_index_list(a, f"assignments[{i}]")) for i, a in enumerate(given)]
         num_classes = len(levels[0])
         if num_classes == 0:
             raise ValueError("`assignments[0]` must hold the group of every class, got an empty sequence")
-        names = _class_names(class_names, num_classes)
+        names = check_class_names(class_names, num_classes)
         sizes = [num_classes]
         finer = tuple(range(num_classes))
         for i, level in enumerate(levels, start=1):
-            sizes.append(_check_assignment(level, i, finer, sizes[-1]))
+            sizes.append(check_assignment(level, i, finer, sizes[-1]))
             finer = level
-        alone = _check_singletons(singletons, levels, names)
+        alone = check_singletons(singletons, levels, names)
         self._assignments: tuple[tuple[int, ...], ...] = tuple(levels)
         self._class_names: tuple[str, ...] = names
         self._sizes: tuple[int, ...] = tuple(sizes)
@@ -277,8 +273,8 @@ class ClassHierarchy:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (see [`from_dict`][hiercam.ClassHierarchy.from_dict])."""
         return {
-            "format": _FORMAT,
-            "version": _FORMAT_VERSION,
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
             "class_names": list(self._class_names),
             "assignments": [list(level) for level in self._assignments],
             "singletons": list(self._singletons),
@@ -294,49 +290,7 @@ class ClassHierarchy:
         """
         if not isinstance(data, Mapping):
             raise TypeError(f"`data` must be a mapping, got {type_name(data)}")
-        return cls._from_mapping(data, "`data`")
-
-    @classmethod
-    def _from_mapping(cls, data: Mapping[str, Any], where: str) -> ClassHierarchy:
-        """``from_dict`` with messages that start with ``where`` (the argument, or a file's path)."""
-        keys = ("format", "version", "class_names", "assignments")
-        missing = [key for key in keys if key not in data]
-        if missing:
-            raise ValueError(
-                f"{where} has no key {missing[0]!r}: a {_FORMAT} description needs the keys "
-                + ", ".join(repr(key) for key in keys)
-            )
-        if data["format"] != _FORMAT:
-            raise ValueError(f"{where}: key 'format' must be {_FORMAT!r}, got {_short(data['format'])}")
-        version = data["version"]
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise ValueError(
-                f"{where}: key 'version' must be an int, got {type_name(version)} {_short(version)}"
-            )
-        if version != _FORMAT_VERSION:
-            raise ValueError(
-                f"{where}: key 'version' is {version}; this hiercam reads version {_FORMAT_VERSION} only"
-            )
-        names, assignments = data["class_names"], data["assignments"]
-        singletons = data.get("singletons", [])  # optional: files written before it existed have none
-        if not isinstance(singletons, list) or not all(
-            isinstance(c, int) and not isinstance(c, bool) for c in singletons
-        ):
-            raise ValueError(
-                f"{where}: key 'singletons' must be a list of class indices, got {_short(singletons)}"
-            )
-        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-            raise ValueError(f"{where}: key 'class_names' must be a list of strings, got {_short(names)}")
-        if not isinstance(assignments, list) or not all(isinstance(level, list) for level in assignments):
-            raise ValueError(
-                f"{where}: key 'assignments' must be a list of lists of group ids, got {_short(assignments)}"
-            )
-        try:
-            return cls(assignments, names, singletons=singletons)
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"{where}: key 'assignments', 'class_names' or 'singletons' is invalid: {error}"
-            ) from None
+        return from_mapping(cls, data, "`data`")
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the hierarchy as JSON, atomically (a temporary file renamed into place)."""
@@ -356,15 +310,7 @@ class ClassHierarchy:
                 and the key.
         """
         where = repr(os.fspath(path))
-        try:
-            data = json.loads(Path(path).read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{where} is not UTF-8 text: {error}") from None
-        except (ValueError, RecursionError) as error:  # json.JSONDecodeError is a ValueError
-            raise ValueError(f"{where} is not valid JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{where} must hold a JSON object, got a JSON {type_name(data)}")
-        return cls._from_mapping(data, where)
+        return from_mapping(cls, read_json(path, where), where)
 
     # ----------------------------------------------------------------------------------------- display
     def __eq__(self, other: object) -> bool:
@@ -395,23 +341,7 @@ class ClassHierarchy:
         At most 8 names are shown per group, then a count of the others. The group of a class kept out of
         the grouping says so: ``level 2 group 1 (1 class, kept out of the grouping)``.
         """
-        members = self._members_by_level()
-        lines = [repr(self)]
-
-        def walk(level: int, group: int, depth: int) -> None:
-            line = "  " * depth + self._group_label(level, group, members)
-            if level == 1:
-                names = [self._class_names[c] for c in members[1][group][:_NAMES_SHOWN]]
-                more = len(members[1][group]) - len(names)
-                line += ": " + ", ".join(names) + (f", ... ({more} more)" if more else "")
-            lines.append(line)
-            for child in self._children(level, group, members):
-                walk(level - 1, child, depth + 1)
-
-        top = self.num_levels - 1
-        for group in range(self._sizes[top]):
-            walk(top, group, 0)
-        return "\n".join(lines)
+        return render_text(self)
 
     def _repr_html_(self) -> str:
         """The tree as nested HTML lists, shown by Jupyter when a hierarchy is a cell's last line.
@@ -419,43 +349,7 @@ class ClassHierarchy:
         Each group is a collapsible ``<details>`` element holding its sub-groups; level-1 groups list all
         their class names (HTML-escaped).
         """
-        members = self._members_by_level()
-
-        def items(level: int, groups: list[int]) -> str:
-            parts = []
-            for group in groups:
-                label = escape(self._group_label(level, group, members))
-                if level == 1:
-                    names = escape(", ".join(self._class_names[c] for c in members[1][group]))
-                    parts.append(f"<li>{label}: {names}</li>")
-                else:
-                    inner = items(level - 1, self._children(level, group, members))
-                    parts.append(f'<li><details open="open"><summary>{label}</summary>{inner}</details></li>')
-            return "<ul>" + "".join(parts) + "</ul>"
-
-        top = self.num_levels - 1
-        sizes = " &#8594; ".join(str(s) for s in self._sizes)
-        return (
-            f'<div class="hiercam-class-hierarchy"><strong>ClassHierarchy</strong>: {self.num_classes} '
-            f"classes, levels {sizes}{items(top, list(range(self._sizes[top])))}</div>"
-        )
-
-    def _members_by_level(self) -> list[list[list[int]]]:
-        """``groups(level)`` for every level, computed once for the tree views."""
-        return [self.groups(level) for level in range(self.num_levels)]
-
-    def _group_label(self, level: int, group: int, members: list[list[list[int]]]) -> str:
-        count = len(members[level][group])
-        kept_out = count == 1 and members[level][group][0] in self._singletons
-        alone = ", kept out of the grouping" if kept_out else ""
-        return f"level {level} group {group} ({count} class{'' if count == 1 else 'es'}{alone})"
-
-    def _children(self, level: int, group: int, members: list[list[list[int]]]) -> list[int]:
-        """The groups of ``level - 1`` inside ``group`` of ``level`` (none at level 1: classes are leaves)."""
-        if level <= 1:
-            return []
-        finer = self._assignment_list(level - 1)
-        return sorted({finer[c] for c in members[level][group]})
+        return render_html(self)
 
     # ----------------------------------------------------------------------------------------- helpers
     def _check_level(self, level: int) -> int:
@@ -500,87 +394,3 @@ def frequent_classes(labels: Tensor, max_presence: float = 0.9) -> list[int]:
     check_binary(labels, "labels")
     presence = labels.to(torch.float64).mean(dim=0)
     return [int(c) for c in torch.nonzero(presence > limit).flatten().tolist()]
-
-
-def _check_singletons(
-    singletons: Sequence[int], levels: Sequence[tuple[int, ...]], names: tuple[str, ...]
-) -> tuple[int, ...]:
-    """Sorted distinct class indices, each alone in its group at every level (time in ``K L``)."""
-    alone = sorted(_as_index_list(singletons, "singletons"))
-    if not alone:
-        return ()
-    if alone[-1] >= len(names):
-        raise ValueError(f"`singletons` must be class indices 0..{len(names) - 1}, got {alone[-1]}")
-    if len(set(alone)) != len(alone):
-        raise ValueError(f"`singletons` must not repeat a class, got {alone}")
-    for depth, level in enumerate(levels, start=1):
-        sizes = np.bincount(np.asarray(level, dtype=np.int64), minlength=1)
-        for cls in alone:
-            if sizes[level[cls]] != 1:
-                other = next(c for c, g in enumerate(level) if g == level[cls] and c != cls)
-                raise ValueError(
-                    f"`singletons`: class {cls} ({names[cls]!r}) is kept out of the grouping but shares "
-                    f"group {level[cls]} of level {depth} with class {other} ({names[other]!r})"
-                )
-    return tuple(alone)
-
-
-def _class_names(names: Sequence[str] | None, count: int) -> tuple[str, ...]:
-    if names is None:
-        return tuple(f"class {i}" for i in range(count))
-    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        raise TypeError("`class_names` must be a sequence of strings")
-    if len(names) != count:
-        raise ValueError(f"`class_names` must have {count} entries, got {len(names)}")
-    return tuple(names)
-
-
-def _as_index_list(values: Any, name: str) -> list[int]:
-    if isinstance(values, Tensor):
-        values = values.tolist()
-    if isinstance(values, np.ndarray):
-        values = values.tolist()
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"`{name}` must be a sequence of ints, got {type_name(values)}")
-    return [check_int(v, name, minimum=0) for v in values]
-
-
-def _check_assignment(level: tuple[int, ...], index: int, finer: tuple[int, ...], finer_count: int) -> int:
-    """Validate the assignment of group level ``index`` against level ``index - 1``; return ``N_index``.
-
-    Group ids must be ``0..N-1`` with every group used. Checked in time and memory proportional to ``K``, so
-    that a tampered id such as ``10**9`` is refused instead of building a range that large.
-    """
-    name = f"assignments[{index - 1}]"
-    if len(level) != len(finer):
-        raise ValueError(f"`{name}` must have {len(finer)} entries, got {len(level)}")
-    used = set(level)
-    count = len(used)
-    if max(level) >= count:
-        missing = sorted(set(range(count)) - used)
-        shown = ", ".join(str(g) for g in missing[:_NAMES_SHOWN]) + (
-            ", ..." if len(missing) > _NAMES_SHOWN else ""
-        )
-        raise ValueError(
-            f"`{name}` leaves group(s) [{shown}] of level {index} empty: the {count} groups of a level "
-            f"must be numbered 0..{count - 1}, got the group id {max(level)}"
-        )
-    if count >= finer_count:
-        raise ValueError(
-            f"group counts must strictly decrease from level to level, got {count} groups "
-            f"at level {index} after {finer_count} at level {index - 1}"
-        )
-    parent: dict[int, int] = {}
-    for child, group in zip(finer, level, strict=True):
-        if parent.setdefault(child, group) != group:
-            raise ValueError(
-                f"`{name}` is not nested: group {child} of level {index - 1} is split "
-                f"between groups {parent[child]} and {group} of level {index}"
-            )
-    return count
-
-
-def _short(value: Any) -> str:
-    """``repr(value)``, cut to 60 characters for messages about untrusted data."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -198,13 +198,17 @@ def test_hierarchy_lives_in_its_own_module_and_users_do_not_import_grouping() ->
             node.module for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
         }
         assert "hiercam.grouping" not in imported, path
+    # the data type and its private parts (checks, JSON form, tree views) need no clustering or torch.nn
+    parts = ["hierarchy.py", "_hierarchy_checks.py", "_hierarchy_io.py", "_hierarchy_tree.py"]
     hierarchy_imports = {
         node.module
-        for node in ast.walk(ast.parse((package / "hierarchy.py").read_text()))
+        for part in parts
+        for node in ast.walk(ast.parse((package / part).read_text()))
         if isinstance(node, ast.ImportFrom)
     }
     internal = {module for module in hierarchy_imports if module and module.startswith("hiercam")}
-    assert internal <= {"hiercam._io", "hiercam._validation"}  # the data type needs no clustering or torch.nn
+    own = {f"hiercam.{part.removesuffix('.py')}" for part in parts}
+    assert internal <= {"hiercam._io", "hiercam._validation", *own}
 
 
 def test_repr_is_one_line_with_the_level_sizes() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -14,6 +13,7 @@ from torch import Tensor
 from hiercam._validation import check_choice, type_name
 from hiercam.cam._checks import check_images, check_size
 from hiercam.cam._classes import ClassesArg
+from hiercam.cam._release import Releasable
 from hiercam.cam.engine import BaseCAM, SizeArg
 from hiercam.cam.targets import TargetsArg
 from hiercam.maps import NormalizeMode, _normalize_maps
@@ -39,7 +39,7 @@ def _check_scales(scales: Any) -> tuple[float, ...]:
     return tuple(checked)
 
 
-class MultiScaleCAM:
+class MultiScaleCAM(Releasable):
     """Any CAM extractor, aggregated over rescaled and horizontally flipped copies of the images (IRN).
 
     For every scale ``s`` the images are resized to ``(round(H * s), round(W * s))`` (bilinear,
@@ -189,17 +189,6 @@ class MultiScaleCAM:
         """Release the wrapped extractor (its `remove()`); later calls raise."""
         self.logits = None
         self.cam.remove()
-
-    def __enter__(self) -> MultiScaleCAM:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.remove()
 
     def __repr__(self) -> str:
         return (

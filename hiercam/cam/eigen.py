@@ -73,10 +73,7 @@ class EigenCAM(BaseCAM):
         closed: bool,
         input_size: tuple[int, int],
     ) -> Tensor:
-        activation = head.activation
-        if activation is None:  # pragma: no cover - _forward guarantees it
-            raise RuntimeError("no activation captured")
-        features = self._as_map(head, activation.detach()).float()
+        _, features = self._features(head)
         if not finite(features):
             raise non_finite_activation(head)
         projection = principal_component_maps(features)  # (B, h, w)

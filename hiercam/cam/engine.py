@@ -31,7 +31,8 @@ How a call works:
    state; pass ``closed_form=False`` to always use the general path.
 5. Maps are computed in float32 (also under autocast), checked to be finite (non-finite logits, target
    activations or gradients are a ``ValueError`` that says which), ReLU'd, resized (one batched
-   ``interpolate``, [`resize_maps`][hiercam.cam.engine.resize_maps]) and normalised on the input's device.
+   ``interpolate``, [`resize_maps`][hiercam.cam.postprocess.resize_maps]) and normalised on the input's
+   device (``hiercam.cam.postprocess``).
 
 Token outputs ``(B, N, C)`` and channels-last maps are read as ``(B, C, h, w)`` through the ``reshape``
 option (``hiercam.cam.reshape``), applied to the activation and to the gradients of the general path; the
@@ -42,27 +43,28 @@ logit per image (``hiercam.cam._classes``), which the closed form serves too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
-from types import TracebackType
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hiercam._validation import check_choice, check_tensor, format_shape, type_name
+from hiercam._validation import check_choice, type_name
 from hiercam.cam._autograd import batched_gradients
 from hiercam.cam._checks import check_images, check_size, finite, non_finite_origin
 from hiercam.cam._classes import ClassesArg, ClassRequest, ResolvedClasses, parse_classes
 from hiercam.cam._closed_form import closed_form_gradients, forward_identity_holds, verify
-from hiercam.cam._heads import Head, build_heads, translate_forward_error
+from hiercam.cam._forward import as_map, call_model, eval_context, head_logits, hooked_forward
+from hiercam.cam._heads import Head, build_heads
 from hiercam.cam._layers import choose_layer
 from hiercam.cam._pca import smoothed_maps
-from hiercam.cam.reshape import ReshapeArg, TokenReshape, channels_last_to_map, read_as_map
+from hiercam.cam._release import Releasable
+from hiercam.cam.postprocess import average_branch_maps, normalize_own, resize_heads, resize_maps
+from hiercam.cam.reshape import ReshapeArg
 from hiercam.cam.targets import OutputArg, TargetsArg, check_targets, target_scores
-from hiercam.heads import MultiHeadModel
 from hiercam.maps import NormalizeMode, normalize_maps
 
 __all__ = ["BaseCAM", "SizeArg", "average_branch_maps", "resize_maps"]
@@ -70,58 +72,7 @@ __all__ = ["BaseCAM", "SizeArg", "average_branch_maps", "resize_maps"]
 SizeArg = Literal["input", "feature"] | tuple[int, int]
 
 
-def resize_maps(maps: Tensor, size: tuple[int, int] | None) -> Tensor:
-    """Maps ``(B, K, h, w)`` resized to ``size`` ``(H, W)`` in one batched bilinear ``interpolate``.
-
-    ``size=None`` (or the maps' own size) returns ``maps`` as they are, without a copy. This is the only
-    resizing the extractors do (``size="input"``); ``size="feature"`` skips it.
-
-    Examples:
-        >>> import torch
-        >>> resize_maps(torch.ones(2, 3, 4, 4), (8, 8)).shape
-        torch.Size([2, 3, 8, 8])
-    """
-    if size is None or tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    if maps.shape[1] == 0:  # no class requested (an all-zero mask)
-        return maps.new_zeros(*maps.shape[:2], *size)
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-
-
-def average_branch_maps(maps: Sequence[Tensor] | Tensor, normalize: NormalizeMode | None = "max") -> Tensor:
-    """The CAM of a two-branch model (paper section 3.4.2): the mean of the branch maps.
-
-    Each branch map is normalised first (so that a branch with larger activations does not dominate), the
-    maps are averaged, and the mean is normalised again so that a ``"max"``-normalised result peaks at 1.
-    With ``normalize=None`` the raw maps are averaged.
-
-    Args:
-        maps: a sequence of maps of the same shape ``(..., H, W)``, or a tensor with the branch dimension
-            first, ``(2, ..., H, W)``.
-        normalize: ``"max"``, ``"minmax"`` or ``None`` (see
-            [`hiercam.normalize_maps`][hiercam.normalize_maps]).
-
-    Returns:
-        The averaged maps ``(..., H, W)``.
-
-    Examples:
-        >>> import torch
-        >>> m1 = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
-        >>> m2 = torch.tensor([[0.0, 0.0], [0.0, 5.0]])
-        >>> average_branch_maps([m1, m2])
-        tensor([[0., 1.],
-                [0., 1.]])
-    """
-    stacked = maps if isinstance(maps, Tensor) else torch.stack(list(maps))
-    check_tensor(stacked, "maps", floating=True)
-    if stacked.ndim < 3:
-        raise ValueError(
-            f"`maps` must stack to shape (branches, ..., H, W), got {format_shape(stacked.shape)}"
-        )
-    return normalize_maps(normalize_maps(stacked, normalize).mean(dim=0), normalize)
-
-
-class BaseCAM:
+class BaseCAM(Releasable):
     """Base class of the CAM extractors: hooks, the batched gradients, the closed form, resizing.
 
     Subclasses define how activations ``A (B, C, h, w)`` and gradients ``G (K', B, C, h, w)`` combine into
@@ -285,7 +236,7 @@ class BaseCAM:
                     resolved = ResolvedClasses([0], None, 1)
                 # float32 maps; gradients reachable even inside the caller's no_grad()
                 with torch.autocast(images.device.type, enabled=False), torch.enable_grad():
-                    maps = _resize_heads(
+                    maps = resize_heads(
                         [
                             F.relu(self._head_maps(h, lg, resolved, targets, closed, input_size))
                             for h, lg in zip(self._heads, head_logits, strict=True)
@@ -299,7 +250,7 @@ class BaseCAM:
         self.logits = logits.detach()
         maps = [resolved.place(m) for m in maps]
         if len(maps) == 1:
-            return _normalize_own(maps[0], normalize)
+            return normalize_own(maps[0], normalize)
         self.branch_maps = normalize_maps(torch.stack(maps), normalize)
         return average_branch_maps(maps, normalize)
 
@@ -313,17 +264,6 @@ class BaseCAM:
         self.branch_maps = None
         for head in self._heads:
             head.activation = None
-
-    def __enter__(self) -> BaseCAM:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.remove()
 
     def __repr__(self) -> str:
         layers = ", ".join(
@@ -371,28 +311,8 @@ class BaseCAM:
     @contextmanager
     def _call_context(self, images: Tensor) -> Iterator[Tensor]:
         """Eval mode restored per module, inference mode lifted, inputs usable by autograd."""
-        modes = [(module, module.training) for module in self.model.modules()]
-        with ExitStack() as stack:
-            if torch.is_inference_mode_enabled():
-                stack.enter_context(torch.inference_mode(False))
-            if any(
-                p.is_inference()
-                for p in self.model.parameters()
-                if not isinstance(
-                    p, nn.parameter.UninitializedParameter
-                )  # lazy modules before their first call
-            ):
-                raise ValueError(
-                    "`model` has inference-mode parameters (created or loaded under torch.inference_mode()); "
-                    "CAMs need autograd: build the model outside inference mode"
-                )
-            inputs = images.clone() if images.is_inference() else images
-            try:
-                self.model.eval()
-                yield inputs
-            finally:
-                for module, training in modes:
-                    module.training = training
+        with eval_context(self.model, images) as inputs:
+            yield inputs
 
     def _closed_form_ready(self, request: ClassRequest, input_size: tuple[int, int]) -> bool:
         """Whether the closed form was verified for every head, for these classes and this input size."""
@@ -415,59 +335,13 @@ class BaseCAM:
         return self._forward(inputs, input_size, with_graph=with_graph)
 
     def _forward(self, inputs: Tensor, input_size: tuple[int, int], *, with_graph: bool) -> Any:
-        handles = []
-        try:
-            for head in self._heads:
-                if head.layer is None:  # pragma: no cover - _choose_layer runs first
-                    raise RuntimeError("the target layer was not chosen")
-                handles.append(head.layer.register_forward_hook(self._capture(head, input_size, with_graph)))
-            for head in self._heads:
-                head.activation = None
-            with torch.enable_grad() if with_graph else torch.no_grad():
-                output = self._call_model(inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for head in self._heads:
-            if head.activation is None:
-                raise ValueError(
-                    f"`target_layer` {head.name!r} was not reached by the forward pass of `model`"
-                )
-        return output
+        return hooked_forward(
+            self._call_model, self._heads, inputs, input_size, self.reshape, with_graph=with_graph
+        )
 
     def _call_model(self, inputs: Tensor, images: Tensor | None = None) -> Any:
         """``model(inputs)``; torch's errors on bad inputs are translated naming ``images`` (the caller's)."""
-        try:
-            return self.model(inputs)
-        except RuntimeError as error:
-            clear = translate_forward_error(error, inputs if images is None else images, self.model)
-            if clear is None:
-                raise
-            raise clear from error
-
-    def _capture(
-        self, head: Head, input_size: tuple[int, int], with_graph: bool
-    ) -> Callable[[nn.Module, Any, Any], Any]:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-            if not isinstance(output, Tensor):
-                raise ValueError(
-                    f"`target_layer` {head.name!r} must output a (B, C, H, W) tensor, got {type_name(output)}"
-                )
-            head.to_map = read_as_map(output, self.reshape, input_size, head.name)
-            head.reading = _reading(head.to_map)
-            if head.to_map is not None:
-                head.state = "general"  # the closed form reads (B, C, h, w) activations only
-            if with_graph and not output.requires_grad:
-                # Frozen layers upstream: start the graph here so that gradients reach the activation; the
-                # model goes on with a copy, which later in-place ops may modify.
-                head.activation = output.detach().requires_grad_()
-                head.version = head.activation._version
-                return head.activation.clone()
-            head.activation = output
-            head.version = output._version
-            return output.clone() if head.copy_activation else None
-
-        return hook
+        return call_model(self.model, inputs, images)
 
     def _choose_layer(self, inputs: Tensor, targets: TargetsArg) -> None:
         """Pick the target layer from one probe forward and backward (``hiercam.cam._layers``)."""
@@ -486,25 +360,7 @@ class BaseCAM:
             head.name, head.layer = name, layer
 
     def _head_logits(self, head: Head, output: Any, targets: TargetsArg = None) -> Tensor:
-        logits = head.logits_of(output)
-        if targets is not None and isinstance(logits, Tensor) and logits.ndim >= 1:
-            if logits.is_floating_point() and not finite(logits):
-                raise ValueError("`model` returned NaN or infinite outputs for finite `images`")
-            return logits
-        if not isinstance(logits, Tensor) or logits.ndim != 2:
-            got = format_shape(logits.shape) if isinstance(logits, Tensor) else type_name(logits)
-            if isinstance(self.model, MultiHeadModel):
-                raise ValueError(f"the logits of `model` for {head.name!r} must have shape (B, K), got {got}")
-            raise ValueError(
-                f"`model` must return logits of shape (B, K), got {got}; pass `targets` to explain another "
-                "output (e.g. hiercam.SemanticSegmentationTarget for a segmentation map)"
-            )
-        if logits.is_floating_point() and not finite(logits):
-            raise ValueError(
-                f"`model` returned NaN or infinite logits (head {head.name!r}) for finite `images`: the "
-                "model itself overflows or holds non-finite weights"
-            )
-        return logits
+        return head_logits(self.model, head, output, targets)
 
     def _head_maps(
         self,
@@ -515,10 +371,7 @@ class BaseCAM:
         closed: bool,
         input_size: tuple[int, int],
     ) -> Tensor:
-        activation = head.activation
-        if activation is None:  # pragma: no cover - _forward guarantees it
-            raise RuntimeError("no activation captured")
-        features = self._as_map(head, activation.detach()).float()
+        activation, features = self._features(head)
         if not resolved.indices:
             return features.new_zeros(features.shape[0], 0, *features.shape[-2:])
         if closed:
@@ -544,51 +397,14 @@ class BaseCAM:
             raise ValueError(non_finite_origin(head, features, gradients))
         return maps
 
+    def _features(self, head: Head) -> tuple[Tensor, Tensor]:
+        """The head's captured activation, and it detached and read as float32 maps ``(B, C, h, w)``."""
+        activation = head.activation
+        if activation is None:  # pragma: no cover - _forward guarantees it
+            raise RuntimeError("no activation captured")
+        return activation, self._as_map(head, activation.detach()).float()
+
     @staticmethod
     def _as_map(head: Head, values: Tensor) -> Tensor:
         """The target layer's output (or its gradients, batch-flattened) as ``(B, C, h, w)``."""
-        if head.to_map is None:
-            return values
-        mapped = head.to_map(values)
-        if not isinstance(mapped, Tensor) or mapped.ndim != 4 or mapped.shape[0] != values.shape[0]:
-            got = format_shape(mapped.shape) if isinstance(mapped, Tensor) else type_name(mapped)
-            raise ValueError(
-                f"`reshape` must turn the output {format_shape(values.shape)} of `target_layer` "
-                f"{head.name!r} into (B, C, h, w) with the same B, got {got}"
-            )
-        return mapped
-
-
-def _resize_heads(maps: list[Tensor], size: tuple[int, int] | None) -> list[Tensor]:
-    """Every head's maps resized in one ``interpolate`` when they share a shape (else one per head)."""
-    if len(maps) == 1 or any(m.shape != maps[0].shape for m in maps):
-        return [resize_maps(m, size) for m in maps]
-    return list(resize_maps(torch.cat(maps), size).split(maps[0].shape[0]))
-
-
-def _normalize_own(maps: Tensor, normalize: NormalizeMode | None) -> Tensor:
-    """[`normalize_maps`][hiercam.normalize_maps] of the engine's own finite, non-negative maps, in place.
-
-    Equal to ``normalize_maps`` on such maps (an all-zero or constant map gives zeros, since ``0 / tiny = 0``)
-    with one reduction and one division instead of a finiteness check, a reduction, a division, a zeros
-    tensor and a ``where``.
-    """
-    if normalize is None or maps.numel() == 0:
-        return maps
-    tiny = torch.finfo(maps.dtype).tiny
-    if normalize == "max":
-        return maps.div_(maps.amax(dim=(-2, -1), keepdim=True).clamp_min(tiny))
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    return maps.sub_(low).div_(span.clamp_min(tiny))
-
-
-def _reading(to_map: Callable[[Tensor], Tensor] | None) -> str:
-    """How a head's output is read, for ``repr``."""
-    if to_map is None:
-        return "map"
-    if to_map is channels_last_to_map:
-        return "channels-last"
-    if isinstance(to_map, TokenReshape):
-        return f"tokens(grid={to_map.grid}, prefix={to_map.prefix})"
-    return "reshape callable"
+        return as_map(head, values)

@@ -37,12 +37,37 @@ def _weighted_terms(weights: Tensor, activations: Tensor) -> Tensor:
     return weights.transpose(0, 1)[..., None, None] * activations[:, None]
 
 
-def _elementwise_terms(gradients: Tensor, activations: Tensor) -> Tensor:
-    """``G (K', B, C, h, w)`` times ``A (B, C, h, w)`` element-wise: ``(B, K', C, h, w)`` (eigen_smooth)."""
-    return gradients.transpose(0, 1) * activations[:, None]
+class _ChannelWeighted(BaseCAM):
+    """Methods whose map is ``sum_c w_c * A_c`` with channel weights ``w (K', B, C)`` from ``_weights``."""
+
+    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return _weighted_sum(self._weights(activations, gradients), activations)
+
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return _weighted_terms(self._weights(activations, gradients), activations)
+
+    @staticmethod
+    def _weights(activations: Tensor, gradients: Tensor) -> Tensor:
+        """Channel weights ``(K', B, C)`` from ``A (B, C, h, w)`` and ``G (K', B, C, h, w)``."""
+        raise NotImplementedError
 
 
-class GradCAM(BaseCAM):
+class _ElementWise(BaseCAM):
+    """Methods whose map is ``sum_c g(G_c) * A_c`` element-wise, ``g`` given by ``_gradient_weights``."""
+
+    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return torch.einsum("kbchw,bchw->bkhw", self._gradient_weights(gradients), activations)
+
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        """``g(G) (K', B, C, h, w)`` times ``A (B, C, h, w)`` element-wise: ``(B, K', C, h, w)``."""
+        return self._gradient_weights(gradients).transpose(0, 1) * activations[:, None]
+
+    @staticmethod
+    def _gradient_weights(gradients: Tensor) -> Tensor:
+        return gradients
+
+
+class GradCAM(_ChannelWeighted):
     """Grad-CAM (Selvaraju et al., 2017), the map the paper uses: ``ReLU(sum_c mean_hw(G_c) * A_c)``.
 
     Examples:
@@ -58,14 +83,12 @@ class GradCAM(BaseCAM):
         True
     """
 
-    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return _weighted_sum(_spatial_mean(gradients), activations)
-
-    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return _weighted_terms(_spatial_mean(gradients), activations)
+    @staticmethod
+    def _weights(activations: Tensor, gradients: Tensor) -> Tensor:
+        return _spatial_mean(gradients)
 
 
-class HiResCAM(BaseCAM):
+class HiResCAM(_ElementWise):
     """HiResCAM (Draelos & Carin, 2020): ``ReLU(sum_c G_c * A_c)``, element-wise, without spatial averaging.
 
     Examples:
@@ -75,14 +98,8 @@ class HiResCAM(BaseCAM):
         torch.Size([1, 1, 64, 64])
     """
 
-    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return torch.einsum("kbchw,bchw->bkhw", gradients, activations)
 
-    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return _elementwise_terms(gradients, activations)
-
-
-class LayerCAM(BaseCAM):
+class LayerCAM(_ElementWise):
     """LayerCAM (Jiang et al., 2021): ``ReLU(sum_c ReLU(G_c) * A_c)``, element-wise.
 
     Examples:
@@ -92,14 +109,12 @@ class LayerCAM(BaseCAM):
         torch.Size([1, 2, 64, 64])
     """
 
-    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return torch.einsum("kbchw,bchw->bkhw", gradients.relu(), activations)
-
-    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return _elementwise_terms(gradients.relu(), activations)
+    @staticmethod
+    def _gradient_weights(gradients: Tensor) -> Tensor:
+        return gradients.relu()
 
 
-class XGradCAM(BaseCAM):
+class XGradCAM(_ChannelWeighted):
     """XGrad-CAM (Fu et al., 2020): channel weights ``sum_hw(G_c * A_c) / sum_hw(A_c)``.
 
     Examples:
@@ -109,18 +124,12 @@ class XGradCAM(BaseCAM):
         torch.Size([1, 3, 2, 2])
     """
 
-    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return _weighted_sum(self._weights(activations, gradients), activations)
-
-    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return _weighted_terms(self._weights(activations, gradients), activations)
-
     @staticmethod
     def _weights(activations: Tensor, gradients: Tensor) -> Tensor:
         return (gradients * activations).sum(dim=(-2, -1)) / (activations.sum(dim=(-2, -1)) + _XGRAD_EPS)
 
 
-class GradCAMPlusPlus(BaseCAM):
+class GradCAMPlusPlus(_ChannelWeighted):
     """Grad-CAM++ (Chattopadhyay et al., 2018) with the usual exponential-score simplification.
 
     ``alpha = G^2 / (2 G^2 + sum_hw(A) G^3)`` (0 where ``G = 0``); channel weights are
@@ -133,12 +142,6 @@ class GradCAMPlusPlus(BaseCAM):
         torch.Size([2, 3, 64, 64])
     """
 
-    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return _weighted_sum(self._weights(activations, gradients), activations)
-
-    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return _weighted_terms(self._weights(activations, gradients), activations)
-
     @staticmethod
     def _weights(activations: Tensor, gradients: Tensor) -> Tensor:
         squared = gradients.pow(2)
@@ -148,7 +151,7 @@ class GradCAMPlusPlus(BaseCAM):
         return (alpha * gradients.relu()).sum(dim=(-2, -1))
 
 
-class CAM(BaseCAM):
+class CAM(_ChannelWeighted):
     """Class activation mapping (Zhou et al., 2016): ``ReLU(sum_c W[k, c] * A_c)``, no gradients.
 
     Needs the target layer to feed a global average pool and a single linear classifier (``W`` is its
@@ -165,12 +168,6 @@ class CAM(BaseCAM):
     """
 
     _uses_gradients = False
-
-    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return _weighted_sum(self._weights(activations, gradients), activations)
-
-    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        return _weighted_terms(self._weights(activations, gradients), activations)
 
     @staticmethod
     def _weights(activations: Tensor, gradients: Tensor) -> Tensor:

@@ -75,10 +75,10 @@ class _Perturbation(BaseCAM):
         closed: bool,
         input_size: tuple[int, int],
     ) -> Tensor:
-        activation, inputs = head.activation, self._inputs
-        if activation is None or inputs is None:  # pragma: no cover - the engine sets both
-            raise RuntimeError("no activation captured")
-        features = self._as_map(head, activation.detach()).float()
+        activation, features = self._features(head)
+        inputs = self._inputs
+        if inputs is None:  # pragma: no cover - the engine sets it
+            raise RuntimeError("no images kept for the perturbations")
         if not resolved.indices:
             return features.new_zeros(features.shape[0], 0, *features.shape[-2:])
         if not finite(features):

@@ -51,7 +51,17 @@ def _check_output(output: Any, name: str, ndim: int, category: int) -> Tensor:
     return output
 
 
-class ClassifierOutputTarget:
+class _ClassTarget:
+    """A target of one class of a classifier's logits ``(K,)``: ``category`` checked, shown by ``repr``."""
+
+    def __init__(self, category: int) -> None:
+        self.category = _check_category(category)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.category})"
+
+
+class ClassifierOutputTarget(_ClassTarget):
     """The logit of class ``category``: ``output[category]`` for one image's logits ``(K,)``.
 
     Args:
@@ -63,18 +73,12 @@ class ClassifierOutputTarget:
         tensor(2.)
     """
 
-    def __init__(self, category: int) -> None:
-        self.category = _check_category(category)
-
     def __call__(self, output: Tensor) -> Tensor:
         """The score of one image's logits ``(K,)``."""
         return _check_output(output, repr(self), 1, self.category)[self.category]
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.category})"
 
-
-class ClassifierOutputSoftmaxTarget:
+class ClassifierOutputSoftmaxTarget(_ClassTarget):
     """The softmax probability of class ``category``: ``softmax(output)[category]`` for logits ``(K,)``.
 
     Args:
@@ -86,15 +90,9 @@ class ClassifierOutputSoftmaxTarget:
         tensor(0.5000)
     """
 
-    def __init__(self, category: int) -> None:
-        self.category = _check_category(category)
-
     def __call__(self, output: Tensor) -> Tensor:
         """The score of one image's logits ``(K,)``."""
         return torch.softmax(_check_output(output, repr(self), 1, self.category), dim=-1)[self.category]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.category})"
 
 
 class SemanticSegmentationTarget:

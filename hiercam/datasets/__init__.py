@@ -1,15 +1,10 @@
 """Datasets: FashionScenes (bundled scenes with exact masks and boxes), PASCAL VOC 2012 and MSRC-21."""
 
+from hiercam.datasets.fake_msrc import write_fake_msrc21
 from hiercam.datasets.fake_voc import write_fake_voc
 from hiercam.datasets.fashion_mnist import FASHION_MNIST_CLASSES, load_garments
 from hiercam.datasets.fashion_scenes import FashionScenes, SceneBatch, SceneSample, collate_scenes
-from hiercam.datasets.msrc import (
-    MSRC21,
-    MSRC21_CLASSES,
-    MSRC21_STUFF_CLASSES,
-    MSRC21Sample,
-    write_fake_msrc21,
-)
+from hiercam.datasets.msrc import MSRC21, MSRC21_CLASSES, MSRC21_STUFF_CLASSES, MSRC21Sample
 from hiercam.datasets.voc import VOC_CLASSES, VOCMultiLabel, VOCSample, VOCTransform, collate_voc
 
 __all__ = [

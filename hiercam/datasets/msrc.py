@@ -7,11 +7,10 @@ under a non-commercial licence (Microsoft Research Digital Image License Agreeme
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +20,20 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from hiercam._validation import check_choice, check_int, format_shape, type_name
+from hiercam.datasets._msrc_layout import (
+    MSRC21_CLASSES,
+    MSRC21_STUFF_CLASSES,
+    SPLITS,
+    VOID,
+    MaskTransform,
+    apply_transform,
+    check_image_size,
+    class_indices,
+    read_classes,
+    read_image_labels,
+    read_split,
+)
+from hiercam.datasets.fake_msrc import write_fake_msrc21
 from hiercam.metrics.localization import _mask_boxes
 
 __all__ = [
@@ -30,20 +43,6 @@ __all__ = [
     "MSRC21_STUFF_CLASSES",
     "write_fake_msrc21",
 ]
-
-#: The 21 classes of MSRC-21 in label-map order (id ``k`` is class ``k``), as its ``classes.json`` lists them.
-MSRC21_CLASSES: tuple[str, ...] = (
-    "building", "grass", "tree", "cow", "sheep", "sky", "aeroplane", "water", "face", "car", "bicycle",
-    "flower", "sign", "bird", "book", "chair", "road", "cat", "dog", "body", "boat",
-)  # fmt: skip
-
-#: The "stuff" classes of MSRC-21 (regions without a shape of their own), for ``background_classes=``.
-MSRC21_STUFF_CLASSES: tuple[str, ...] = ("building", "grass", "tree", "sky", "water", "road")
-
-_VOID = 255
-_SPLITS = ("train", "val", "test", "all")
-
-MaskTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 class MSRC21Sample(TypedDict):
@@ -153,9 +152,9 @@ class MSRC21(Dataset[MSRC21Sample]):
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"`root` must be a path, got {type_name(root)}")
         if not isinstance(split, str):
-            raise TypeError(f"`split` must be one of {_SPLITS}, got {type_name(split)}")
-        self.split = check_choice(split, "split", _SPLITS)
-        self.image_size = _check_image_size(image_size)
+            raise TypeError(f"`split` must be one of {SPLITS}, got {type_name(split)}")
+        self.split = check_choice(split, "split", SPLITS)
+        self.image_size = check_image_size(image_size)
         if transform is not None and not callable(transform):
             raise TypeError(f"`transform` must be None or a callable, got {type_name(transform)}")
         self.transform = transform
@@ -163,20 +162,20 @@ class MSRC21(Dataset[MSRC21Sample]):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"MSRC-21 folder {self.root} not found (pass the folder holding images/)")
-        self.all_classes = _read_classes(self.root / "classes.json")
-        background = _class_indices(background_classes, self.all_classes)
+        self.all_classes = read_classes(self.root / "classes.json")
+        background = class_indices(background_classes, self.all_classes)
         if len(background) == len(self.all_classes):
             raise ValueError("`background_classes` must leave at least one class to score, got all of them")
         self.background_classes = tuple(self.all_classes[c] for c in background)
         kept = [c for c in range(len(self.all_classes)) if c not in background]
         self.classes = tuple(self.all_classes[c] for c in kept)
         # lookup table from label-map ids to mask labels: void stays 255, background 0, class k -> k + 1
-        self._lut = np.full(256, _VOID, dtype=np.int64)
+        self._lut = np.full(256, VOID, dtype=np.int64)
         self._lut[list(background)] = 0
         self._lut[kept] = np.arange(1, len(kept) + 1)
         self._new_index = {old: new for new, old in enumerate(kept)}
-        self.ids = _read_split(self.root / "splits" / f"{self.split}.txt")
-        self._labels = _read_image_labels(self.root / "image_labels.json", self.ids, len(self.all_classes))
+        self.ids = read_split(self.root / "splits" / f"{self.split}.txt")
+        self._labels = read_image_labels(self.root / "image_labels.json", self.ids, len(self.all_classes))
         where = self.root / "splits" / f"{self.split}.txt"
         for image_id in self.ids:
             for path in (self._image_path(image_id), self._label_path(image_id)):
@@ -235,8 +234,8 @@ class MSRC21(Dataset[MSRC21Sample]):
                 targets[self._new_index[cls]] = 1.0
         if self.transform is not None:
             before = set(mask.unique().tolist())
-            image, mask = _apply_transform(self.transform, image, mask)
-            for label in before - set(mask.unique().tolist()) - {0, _VOID}:
+            image, mask = apply_transform(self.transform, image, mask)
+            for label in before - set(mask.unique().tolist()) - {0, VOID}:
                 targets[label - 1] = 0.0
         return {
             "image": image,
@@ -285,11 +284,11 @@ class MSRC21(Dataset[MSRC21Sample]):
                 f"{format_shape(size)}"
             )
         counts = np.bincount(ids.ravel(), minlength=256)
-        bad = np.flatnonzero(counts[len(self.all_classes) : _VOID])
+        bad = np.flatnonzero(counts[len(self.all_classes) : VOID])
         if len(bad):
             shown = ", ".join(str(int(v) + len(self.all_classes)) for v in bad[:5])
             raise ValueError(
-                f"{path}: label ids must be 0..{len(self.all_classes) - 1} or {_VOID} (void), got {shown}"
+                f"{path}: label ids must be 0..{len(self.all_classes) - 1} or {VOID} (void), got {shown}"
             )
         present = sorted(int(v) for v in np.flatnonzero(counts[: len(self.all_classes)]))
         if present != sorted(self._labels[image_id]):
@@ -304,178 +303,10 @@ class MSRC21(Dataset[MSRC21Sample]):
         labels = mask.cpu().numpy()
         rows = []
         for label in np.unique(labels):
-            if label == 0 or label == _VOID:
+            if label == 0 or label == VOID:
                 continue
             found = _mask_boxes(labels == label, "all", self.min_box_area)
             rows.append(np.concatenate([np.full((len(found), 1), label - 1, np.float32), found], axis=1))
         if not rows:
             return torch.zeros(0, 5)
         return torch.from_numpy(np.concatenate(rows))
-
-
-# ----------------------------------------------------------------------------------------------- checks
-def _check_image_size(size: Any) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if isinstance(size, (tuple, list)):
-        if len(size) != 2:
-            raise ValueError(f"`image_size` must be an int, an (H, W) pair or None, got {size!r}")
-        return check_int(size[0], "image_size[0]", minimum=1), check_int(size[1], "image_size[1]", minimum=1)
-    side = check_int(size, "image_size", minimum=1)
-    return side, side
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (is this an MSRC-21 folder?)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-
-
-def _read_classes(path: Path) -> tuple[str, ...]:
-    data = _read_json(path)
-    names = data.get("classes") if isinstance(data, dict) else None
-    if (
-        not isinstance(names, list)
-        or len(names) != len(MSRC21_CLASSES)
-        or not all(isinstance(name, str) and name for name in names)
-        or len(set(names)) != len(names)
-    ):
-        raise ValueError(f"{path}: key 'classes' must list the {len(MSRC21_CLASSES)} distinct class names")
-    return tuple(names)
-
-
-def _class_indices(given: Any, names: tuple[str, ...]) -> tuple[int, ...]:
-    if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
-        raise TypeError(f"`background_classes` must be a sequence of class names, got {type_name(given)}")
-    out: list[int] = []
-    for item in given:
-        if isinstance(item, str):
-            if item not in names:
-                raise ValueError(f"`background_classes`: unknown class {item!r}; the classes are {names}")
-            index = names.index(item)
-        else:
-            index = check_int(item, "background_classes", minimum=0, maximum=len(names) - 1)
-        if index in out:
-            raise ValueError(f"`background_classes` names {names[index]!r} twice")
-        out.append(index)
-    return tuple(sorted(out))
-
-
-def _read_split(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"split file {path} not found")
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not ids:
-        raise ValueError(f"split file {path} lists no image")
-    for image_id in ids:
-        if Path(image_id).name != image_id or image_id in (".", ".."):
-            raise ValueError(f"split file {path}: {image_id!r} is not an image id (no paths allowed)")
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"split file {path} lists an image twice")
-    return ids
-
-
-def _read_image_labels(path: Path, ids: list[str], num_classes: int) -> dict[str, list[int]]:
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object {{id: [class ids]}}")
-    out: dict[str, list[int]] = {}
-    for image_id in ids:
-        if image_id not in data:
-            raise ValueError(f"{path} has no entry for the image {image_id!r}")
-        classes = data[image_id]
-        if not isinstance(classes, list) or not all(
-            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes for c in classes
-        ):
-            raise ValueError(
-                f"{path}: the entry of {image_id!r} must be a list of class ids 0..{num_classes - 1}, "
-                f"got {classes!r}"
-            )
-        out[image_id] = sorted(set(classes))
-    return out
-
-
-def _apply_transform(transform: MaskTransform, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    out = transform(image, mask)
-    if not isinstance(out, tuple) or len(out) != 2 or not all(isinstance(t, Tensor) for t in out):
-        got = type_name(out) if not isinstance(out, tuple) else f"({', '.join(type_name(t) for t in out)})"
-        raise TypeError(f"`transform` must return a pair (image, mask) of tensors, got {got}")
-    if out[0].ndim != 3 or out[0].shape[0] != 3 or out[1].ndim != 2 or out[0].shape[-2:] != out[1].shape:
-        raise ValueError(
-            "`transform` must return an image (3, H, W) and a mask (H, W) of the same size, got "
-            f"{format_shape(out[0].shape)} and {format_shape(out[1].shape)}"
-        )
-    image, mask = out
-    if not image.is_floating_point() or mask.is_floating_point():
-        raise TypeError(
-            f"`transform` must return a floating-point image and an integer mask, got {image.dtype} and "
-            f"{mask.dtype}"
-        )
-    return image, mask.long()
-
-
-# ----------------------------------------------------------------------------------------------- fake tree
-def write_fake_msrc21(root: str | os.PathLike[str], num_images: int = 12, *, seed: int = 0) -> dict[str, Any]:
-    """Write a tiny folder in the MSRC-21 layout, for tests of code that reads it without the real data.
-
-    Each image (48-96 pixels a side) shows 1-3 rectangles of random MSRC classes on noise; the label maps
-    give each rectangle its class id, a 2-pixel void (255) border around it, and the class ``grass`` (id 1)
-    elsewhere in every other image (void in the others). ``splits/`` gets ``train`` (the first half),
-    ``val`` (a quarter), ``test`` (the rest) and ``all``.
-
-    Args:
-        root: folder to create the tree in.
-        num_images: number of images (>= 4).
-        seed: seed of everything drawn.
-
-    Returns:
-        ``{"root": Path, "splits": {name: [ids]}, "masks": {id: uint8 array}, "labels": {id: [class ids]}}``.
-
-    Examples:
-        >>> import tempfile
-        >>> info = write_fake_msrc21(tempfile.mkdtemp(), num_images=8)
-        >>> {name: len(ids) for name, ids in info["splits"].items()}
-        {'train': 4, 'val': 2, 'test': 2, 'all': 8}
-    """
-    from PIL import Image
-
-    check_int(num_images, "num_images", minimum=4)
-    check_int(seed, "seed", minimum=0)
-    rng = np.random.default_rng(seed)
-    base = Path(root)
-    for folder in ("images", "labels", "splits"):
-        (base / folder).mkdir(parents=True, exist_ok=True)
-    ids = [f"{1 + i % 20}_{1 + i // 20}_s" for i in range(num_images)]
-    masks: dict[str, np.ndarray] = {}
-    labels: dict[str, list[int]] = {}
-    for number, image_id in enumerate(ids):
-        height, width = (int(v) for v in rng.integers(48, 97, size=2))
-        image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-        mask = np.full((height, width), 1 if number % 2 == 0 else _VOID, dtype=np.uint8)
-        others = [c for c in range(len(MSRC21_CLASSES)) if c != 1]
-        objects = rng.choice(others, size=int(rng.integers(1, 4)), replace=False)
-        for cls in objects:
-            box_w, box_h = int(rng.integers(12, width // 2)), int(rng.integers(12, height // 2))
-            x0, y0 = int(rng.integers(2, width - box_w - 2)), int(rng.integers(2, height - box_h - 2))
-            image[y0 : y0 + box_h, x0 : x0 + box_w] = rng.integers(0, 256, size=3, dtype=np.uint8)
-            mask[y0 - 2 : y0 + box_h + 2, x0 - 2 : x0 + box_w + 2] = _VOID
-            mask[y0 : y0 + box_h, x0 : x0 + box_w] = cls
-        masks[image_id] = mask
-        labels[image_id] = sorted(int(v) for v in np.unique(mask) if v != _VOID)
-        Image.fromarray(image).save(base / "images" / f"{image_id}.jpg", quality=95)
-        Image.fromarray(mask).save(base / "labels" / f"{image_id}.png")
-    half, quarter = num_images // 2, num_images // 4
-    splits = {
-        "train": ids[:half],
-        "val": ids[half : half + quarter],
-        "test": ids[half + quarter :],
-        "all": ids,
-    }
-    for name, members in splits.items():
-        (base / "splits" / f"{name}.txt").write_text("\n".join(members) + "\n")
-    (base / "image_labels.json").write_text(json.dumps(labels))
-    (base / "classes.json").write_text(json.dumps({"classes": list(MSRC21_CLASSES), "void_id": _VOID}))
-    return {"root": base, "splits": splits, "masks": masks, "labels": labels}

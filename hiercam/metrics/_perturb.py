@@ -172,14 +172,23 @@ def check_reduction(reduction: Reduction) -> Reduction:
 
 
 class MeanMetric(Metric):
-    """Sums of per-trial values and the number of trials; ``compute`` gives the means (NaN without trials)."""
+    """A perturbation metric's model and options, the sums of per-trial values and the number of trials.
+
+    ``_means`` gives the means (NaN without trials). Subclasses call ``_add_states`` with the shape of one
+    trial's values once their own options are checked.
+    """
 
     sums: Tensor
     count: Tensor
+    model: Model
 
-    def __init__(self, width: int, *, sync_on_compute: bool) -> None:
+    def __init__(self, model: Model, *, score: ScoreMode, batch_size: int, sync_on_compute: bool) -> None:
         super().__init__(sync_on_compute=sync_on_compute)
-        self.add_state("sums", torch.zeros(width, dtype=torch.float64), "sum")
+        self.score, self.batch_size = check_common(model, score, batch_size)
+        self.__dict__["model"] = model  # a plain attribute: not a submodule, not in state_dict
+
+    def _add_states(self, *shape: int) -> None:
+        self.add_state("sums", torch.zeros(shape, dtype=torch.float64), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.long), "sum")
 
     def _add(self, values: Tensor) -> None:

@@ -143,25 +143,24 @@ class MeanAveragePrecision(Metric):
 
     def update(self, scores: Tensor, labels: Tensor) -> None:
         """Add a batch: ``scores`` and ``labels`` of shape ``(B, K)`` (``K`` fixed across batches)."""
-        _check(scores, labels)
-        if self.scores and scores.shape[1] != self.scores[0].shape[1]:
-            raise ValueError(
-                f"`scores` must have {self.scores[0].shape[1]} classes like earlier batches, "
-                f"got {scores.shape[1]}"
-            )
+        self._check_batch(scores, labels)
         self.scores.append(scores.detach().to(torch.float32))
         self.labels.append(labels.detach())
 
     def forward(self, scores: Tensor, labels: Tensor) -> Tensor:
         """The mAP of this batch alone, which is also added to the state."""
+        self._check_batch(scores, labels)
+        result: Tensor = super().forward(scores, labels)
+        return result
+
+    def _check_batch(self, scores: Tensor, labels: Tensor) -> None:
+        """``scores`` and ``labels`` as ``_check`` wants them, with the class count of earlier batches."""
         _check(scores, labels)
         if self.scores and scores.shape[1] != self.scores[0].shape[1]:
             raise ValueError(
                 f"`scores` must have {self.scores[0].shape[1]} classes like earlier batches, "
                 f"got {scores.shape[1]}"
             )
-        result: Tensor = super().forward(scores, labels)
-        return result
 
     def _per_class(self) -> Tensor:
         if not self.scores:

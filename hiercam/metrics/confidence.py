@@ -161,8 +161,6 @@ class ConfidenceChange(MeanMetric):
         tensor(0.7500, dtype=torch.float64)
     """
 
-    model: Model
-
     def __init__(
         self,
         model: Model,
@@ -172,10 +170,9 @@ class ConfidenceChange(MeanMetric):
         batch_size: int = 64,
         sync_on_compute: bool = True,
     ) -> None:
-        super().__init__(3, sync_on_compute=sync_on_compute)
-        self.score, self.batch_size = check_common(model, score, batch_size)
+        super().__init__(model, score=score, batch_size=batch_size, sync_on_compute=sync_on_compute)
+        self._add_states(3)
         self.normalize = _check_normalize(normalize)
-        self.__dict__["model"] = model
 
     def update(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> None:
         """Add a batch; arguments as in [`confidence_change`][hiercam.confidence_change]."""

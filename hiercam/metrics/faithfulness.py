@@ -259,8 +259,6 @@ class DeletionInsertion(MeanMetric):
         tensor(8., dtype=torch.float64)
     """
 
-    model: Model
-
     def __init__(
         self,
         model: Model,
@@ -271,10 +269,9 @@ class DeletionInsertion(MeanMetric):
         batch_size: int = 64,
         sync_on_compute: bool = True,
     ) -> None:
-        super().__init__(2, sync_on_compute=sync_on_compute)
-        self.score, self.batch_size = check_common(model, score, batch_size)
+        super().__init__(model, score=score, batch_size=batch_size, sync_on_compute=sync_on_compute)
+        self._add_states(2)
         self.steps, self.baseline = _check_deletion_options(steps, baseline)
-        self.__dict__["model"] = model  # a plain attribute: not a submodule, not in state_dict
 
     def update(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> None:
         """Add a batch; arguments as in [`deletion_insertion`][hiercam.deletion_insertion]."""

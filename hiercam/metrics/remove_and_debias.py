@@ -25,8 +25,7 @@ import torch
 from torch import Tensor
 
 from hiercam._validation import check_tensor, type_name
-from hiercam.metrics._base import Metric
-from hiercam.metrics._perturb import Model, ScoreMode, check_common, class_scores, trials
+from hiercam.metrics._perturb import MeanMetric, Model, ScoreMode, check_common, class_scores, trials
 
 __all__ = ["ROADResult", "road", "ROAD", "noisy_linear_impute"]
 
@@ -299,7 +298,7 @@ def road(
     return ROADResult(scores[..., 0, :], scores[..., 1, :])
 
 
-class ROAD(Metric):
+class ROAD(MeanMetric):
     """Streaming ROAD: mean class scores after MoRF / LeRF imputation over every trial seen.
 
     See [`road`][hiercam.road], which shares the kernel.
@@ -326,10 +325,6 @@ class ROAD(Metric):
         [4.5, 10.5]
     """
 
-    sums: Tensor
-    count: Tensor
-    model: Model
-
     def __init__(
         self,
         model: Model,
@@ -341,15 +336,12 @@ class ROAD(Metric):
         batch_size: int = 64,
         sync_on_compute: bool = True,
     ) -> None:
-        super().__init__(sync_on_compute=sync_on_compute)
-        self.score, self.batch_size = check_common(model, score, batch_size)
+        super().__init__(model, score=score, batch_size=batch_size, sync_on_compute=sync_on_compute)
         self._values, self._single = _check_percentages(percentages)
         self.percentages: float | tuple[float, ...] = self._values[0] if self._single else tuple(self._values)
         self.noise = _check_noise(noise)
         self.generator = generator
-        self.__dict__["model"] = model
-        self.add_state("sums", torch.zeros((2, len(self._values)), dtype=torch.float64), "sum")
-        self.add_state("count", torch.zeros((), dtype=torch.long), "sum")
+        self._add_states(2, len(self._values))
 
     def update(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> None:
         """Add a batch; arguments as in [`road`][hiercam.road]."""
@@ -364,8 +356,7 @@ class ROAD(Metric):
             self.score,
             self.batch_size,
         )
-        self.sums = self.sums + scores.sum(dim=0).to(self.sums.device)
-        self.count = self.count + scores.shape[0]
+        self._add(scores)
 
     def forward(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> ROADResult:
         """The figures of this batch alone, which are also added to the state."""
@@ -373,7 +364,7 @@ class ROAD(Metric):
         return result
 
     def _compute(self) -> ROADResult:
-        means = self.sums / self.count if int(self.count) else torch.full_like(self.sums, torch.nan)
+        means = self._means()
         if self._single:
             return ROADResult(means[0, 0], means[1, 0])
         return ROADResult(means[0], means[1])

@@ -1,0 +1,89 @@
+"""The engine's last steps on the maps: resizing, normalising its own maps, the two-branch mean."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hiercam._validation import check_tensor, format_shape
+from hiercam.maps import NormalizeMode, normalize_maps
+
+__all__ = ["average_branch_maps", "normalize_own", "resize_heads", "resize_maps"]
+
+
+def resize_maps(maps: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """Maps ``(B, K, h, w)`` resized to ``size`` ``(H, W)`` in one batched bilinear ``interpolate``.
+
+    ``size=None`` (or the maps' own size) returns ``maps`` as they are, without a copy. This is the only
+    resizing the extractors do (``size="input"``); ``size="feature"`` skips it.
+
+    Examples:
+        >>> import torch
+        >>> resize_maps(torch.ones(2, 3, 4, 4), (8, 8)).shape
+        torch.Size([2, 3, 8, 8])
+    """
+    if size is None or tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    if maps.shape[1] == 0:  # no class requested (an all-zero mask)
+        return maps.new_zeros(*maps.shape[:2], *size)
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def average_branch_maps(maps: Sequence[Tensor] | Tensor, normalize: NormalizeMode | None = "max") -> Tensor:
+    """The CAM of a two-branch model (paper section 3.4.2): the mean of the branch maps.
+
+    Each branch map is normalised first (so that a branch with larger activations does not dominate), the
+    maps are averaged, and the mean is normalised again so that a ``"max"``-normalised result peaks at 1.
+    With ``normalize=None`` the raw maps are averaged.
+
+    Args:
+        maps: a sequence of maps of the same shape ``(..., H, W)``, or a tensor with the branch dimension
+            first, ``(2, ..., H, W)``.
+        normalize: ``"max"``, ``"minmax"`` or ``None`` (see
+            [`hiercam.normalize_maps`][hiercam.normalize_maps]).
+
+    Returns:
+        The averaged maps ``(..., H, W)``.
+
+    Examples:
+        >>> import torch
+        >>> m1 = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
+        >>> m2 = torch.tensor([[0.0, 0.0], [0.0, 5.0]])
+        >>> average_branch_maps([m1, m2])
+        tensor([[0., 1.],
+                [0., 1.]])
+    """
+    stacked = maps if isinstance(maps, Tensor) else torch.stack(list(maps))
+    check_tensor(stacked, "maps", floating=True)
+    if stacked.ndim < 3:
+        raise ValueError(
+            f"`maps` must stack to shape (branches, ..., H, W), got {format_shape(stacked.shape)}"
+        )
+    return normalize_maps(normalize_maps(stacked, normalize).mean(dim=0), normalize)
+
+
+def resize_heads(maps: list[Tensor], size: tuple[int, int] | None) -> list[Tensor]:
+    """Every head's maps resized in one ``interpolate`` when they share a shape (else one per head)."""
+    if len(maps) == 1 or any(m.shape != maps[0].shape for m in maps):
+        return [resize_maps(m, size) for m in maps]
+    return list(resize_maps(torch.cat(maps), size).split(maps[0].shape[0]))
+
+
+def normalize_own(maps: Tensor, normalize: NormalizeMode | None) -> Tensor:
+    """[`normalize_maps`][hiercam.normalize_maps] of the engine's own finite, non-negative maps, in place.
+
+    Equal to ``normalize_maps`` on such maps (an all-zero or constant map gives zeros, since ``0 / tiny = 0``)
+    with one reduction and one division instead of a finiteness check, a reduction, a division, a zeros
+    tensor and a ``where``.
+    """
+    if normalize is None or maps.numel() == 0:
+        return maps
+    tiny = torch.finfo(maps.dtype).tiny
+    if normalize == "max":
+        return maps.div_(maps.amax(dim=(-2, -1), keepdim=True).clamp_min(tiny))
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return maps.sub_(low).div_(span.clamp_min(tiny))

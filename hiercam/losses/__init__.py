@@ -1,0 +1,35 @@
+"""Feature orthogonal loss and the two-branch training loss (paper section 3.4.1, Eq. 4-5).
+
+The paper trains two branches with separate parameters and pushes their deep features apart with
+``L_o = sum(f1 * f2)`` (Eq. 4, the Hadamard product summed over every element), added to the two
+branches' binary cross-entropy losses as ``L_all = L_c1 + L_c2 + lambda * L_o`` (Eq. 5, ``lambda = 1e-4``).
+
+The raw sum grows with the batch size and the feature map size, so ``lambda`` only means something for one
+backbone, input size and batch size: fine-tuning an ImageNet MobileNetV2 (1280 x 7 x 7 features, batch 16),
+the paper's ``lambda * L_o`` is 137 times the two BCE terms at the first step (``benchmarks/
+orthogonal_scale.py``). ``reduction="batchmean"`` removes the batch size and ``unit_norm=True`` the feature
+scale (the loss becomes a cosine similarity per sample); the paper does neither.
+
+Orthogonal features need not give complementary maps: the branches can meet the loss by splitting their
+channels while looking at the same places. ``mode`` chooses where orthogonality acts (not in the paper):
+``"spatial"`` penalises the cosine between the branches' channel-pooled activation maps, so they must look at
+different places; ``"cam"`` the cosine between the branches' class activation maps of each ground-truth
+class, computed differentiably in closed form from the features and the classifier weights.
+
+Under ``DistributedDataParallel`` each process computes its loss on its own shard and the gradients are
+*averaged* over processes. Mean-reduced terms (the BCE, ``"batchmean"``, ``"mean"``) therefore train
+exactly as one process on the whole batch, while ``"sum"`` gives ``1 / world_size`` of the single-process
+gradient of the orthogonal term (multiply its weight by the world size to compensate).
+"""
+
+from hiercam.losses.orthogonal import OrthogonalLoss, OrthogonalMode, Reduction, orthogonal_loss
+from hiercam.losses.two_branch import TwoBranchLoss, TwoBranchLossOutput
+
+__all__ = [
+    "Reduction",
+    "OrthogonalMode",
+    "orthogonal_loss",
+    "OrthogonalLoss",
+    "TwoBranchLoss",
+    "TwoBranchLossOutput",
+]
