@@ -167,7 +167,9 @@ def test_metrics_json_is_strict_json_and_reads_back(tmp_path: Path) -> None:
     for name in ("max_box_acc", "max_box_acc_per_iou", "pxap", "deletion", "insertion"):
         del data["variants"]["full"]["val"][name]
     older = RunResult.from_json(data).variant("full").splits["val"]
-    assert math.isnan(older.pxap) and math.isnan(older.deletion) and older.max_box_acc_per_iou == ()
+    assert math.isnan(older.pxap)
+    assert math.isnan(older.deletion)
+    assert older.max_box_acc_per_iou == ()
 
 
 @pytest.mark.parametrize(
