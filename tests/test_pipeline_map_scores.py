@@ -30,6 +30,7 @@ from hiercam.pipeline import (
 from hiercam.pipeline.artifacts import digest, load_tensors
 from hiercam.pipeline.data import SplitData
 from hiercam.pipeline.evaluation import choose_thresholds, score_maps, score_split, variant_maps
+from hiercam.pipeline.report import bench_markdown, compare_markdown, seed_stats
 from hiercam.pipeline.stages import RunContext, build_hierarchy, train_base, train_levels
 
 
@@ -206,3 +207,30 @@ def test_multiscale_enters_the_map_cache_key_only_when_set(
     flipped = config.replace(method__flip=True)  # flip alone: scale 1 and its mirror, a third cache
     run_pipeline(flipped, out, progress=False, log=lambda _: None, test=False)
     assert len(list((out / "cams").glob("val-*.pt"))) == 3
+
+
+def test_bench_and_compare_tables_show_the_new_columns_in_percent() -> None:
+    stats = seed_stats
+    test = {
+        "miou": stats([0.25, 0.35]),
+        "miou_at_val_threshold": stats([0.3, 0.4]),
+        "loc_error": stats([0.5, 0.5]),
+        "max_box_acc": stats([0.125, 0.375]),
+        "pxap": stats([0.5, 0.5]),
+        "deletion": stats([0.1, 0.2]),
+        # no "insertion": a result written before it existed
+    }
+    bench = {
+        "seeds": [0, 1],
+        "rest_reduction": "max",
+        "variants": {"baseline": {"val": test, "test": test}},
+        "classification_map": {"val": {"base": stats([0.5, 0.5])}, "test": {"base": stats([0.5, 0.5])}},
+        "branch_cam_correlation": {"test": {}},
+    }
+    row = bench_markdown(bench).splitlines()[4]
+    assert row.endswith(
+        "| 25.00 ± 17.68 [12.50, 37.50] | 50.00 ± 0.00 [50.00, 50.00] | 15.00 ± 7.07 [10.00, 20.00] | n/a |"
+    )
+    compared = compare_markdown({"seeds": [0, 1], "presets": {"paper": bench}}).splitlines()
+    assert compared[2].count("|") == compared[3].count("|") == compared[4].count("|")  # one cell per column
+    assert "| 25.00 ± 17.68 [12.50, 37.50] | 50.00 ± 0.00 [50.00, 50.00] |" in compared[4]

@@ -24,6 +24,7 @@ intervals and a black (zeros) baseline image.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -242,18 +243,21 @@ def score_maps(
                 faithful[variant].update(maps, labels, images=images)
     scores = {}
     for variant in variants:
-        parts: dict[str, object] = {}
+        figures = MapScores()
         if evaluation.wsol:
             boxes_result = box[variant].compute()
-            parts.update(
+            figures = dataclasses.replace(
+                figures,
                 max_box_acc=float(boxes_result.value),
                 max_box_acc_per_iou=tuple(float(v) for v in boxes_result.per_iou),
                 pxap=float(pixel[variant].compute()),
             )
         if faithful is not None:
             areas = faithful[variant].compute()
-            parts.update(deletion=float(areas.deletion), insertion=float(areas.insertion))
-        scores[variant] = MapScores(**parts)  # type: ignore[arg-type]
+            figures = dataclasses.replace(
+                figures, deletion=float(areas.deletion), insertion=float(areas.insertion)
+            )
+        scores[variant] = figures
     return scores
 
 
