@@ -1,7 +1,8 @@
 # hiercam developer commands. Everything runs inside .venv, created on first use from a plain Python 3.10+.
 #   make test   lint, type check, tests (doctests, examples and the notebook included), docs, wheel smoke test
 #   make docs   the documentation site, built into site/ with warnings as errors
-#   make demo   the whole method on the bundled data; writes a report with figures
+#   make demo   the recommended method against Grad-CAM on the bundled data; writes a report with figures
+#               (DEMO_ARGS passes options to `hiercam demo`, e.g. make demo DEMO_ARGS='--threads 1')
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,6 +10,7 @@ BIN := $(VENV)/bin
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PIP := $(BIN)/python -m pip install --disable-pip-version-check
 DEMO_OUT ?= demo-report
+DEMO_ARGS ?=
 
 .PHONY: test lint typecheck pytest docs wheel-smoke demo clean
 
@@ -62,7 +64,7 @@ wheel-smoke: $(VENV)/.test-installed
 	sh scripts/wheel_smoke.sh "$(abspath $(BIN)/python)" "$(abspath dist)"
 
 demo: $(VENV)/.demo-installed
-	$(BIN)/python -m hiercam demo --out $(DEMO_OUT)
+	$(BIN)/python -m hiercam demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 clean:
 	rm -rf build dist site .mypy_cache .ruff_cache .pytest_cache $(DEMO_OUT)

@@ -1,7 +1,8 @@
 """Choose hyper-parameters on validation data only (the test split is never computed here).
 
-Every row is the full demo config (`hiercam.pipeline.demo_config`) with a few changes, run for each seed with
-``run_pipeline(..., test=False)``; models shared between rows are trained once (a cache keyed by content).
+Every row is the full FashionScenes config (`hiercam.pipeline.bench_config`, the demo's before issue 19)
+with a few changes, run for each seed with ``run_pipeline(..., test=False)``; models shared between rows are
+trained once (a cache keyed by content).
 Steps, each using the best choice of the previous ones (by the full method's validation mIoU at 0.15):
 
 1. grouping (issue 7): plain K-means, L2-normalised class vectors, size-weighted centres; levels (4, 2);
@@ -28,7 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from hiercam.pipeline import ModelKey, demo_config, run_pipeline
+from hiercam.pipeline import ModelKey, bench_config, run_pipeline
 
 COLUMNS = {
     "base": "baseline@0.15",
@@ -49,7 +50,7 @@ def cells(result: dict[str, Any]) -> str:
 def evaluate(changes: dict[str, Any], out: Path, seeds: list[int]) -> dict[str, float]:
     rows = []
     for seed in seeds:
-        config = demo_config(seed=seed).replace(**changes)
+        config = bench_config(seed=seed).replace(**changes)
         run = run_pipeline(
             config,
             out / f"seed_{seed}",

@@ -7,6 +7,9 @@ median's ratio to one forward pass (the floor: no CAM can be cheaper than comput
 * forward            ``model(x)`` under ``no_grad``
 * hiercam            ``GradCAM(model, "layer4")(x)``: all maps from the verified closed form (no backward)
 * hiercam general    the same with ``closed_form=False``: one forward, one batched backward for all classes
+* hiercam feature    ``GradCAM(model, "layer4")(x, size="feature")``: no resizing to the input
+* resize only        ``hiercam.cam.resize_maps``: the one batched bilinear resize of the raw maps to the
+  input size (the share of "hiercam" spent resizing)
 * torchcam           one forward, then ``GradCAM(...)(k, scores, retain_graph=True)`` per class
 * pytorch-grad-cam   ``GradCAM(...)(x, targets)`` per class: a forward and a backward per class
 
@@ -19,6 +22,11 @@ Gradient-free methods and test-time augmentation (issue 16), on ``--scorecam-bat
 * multiscale+flip hiercam    ``MultiScaleCAM(GradCAM(model, "layer4"))(x)``: IRN's scales (1, 0.5, 1.5, 2) and
                               the flips, one call per scale
 * multiscale+flip forwards   the forwards alone at those scales, flips included (the floor of the above)
+
+A ViT-Tiny (timm ``vit_tiny_patch16_224``, random init, ``--vit-batch`` images, all classes): ``hiercam``
+(``GradCAM(model)``: the layer ``blocks.11.norm1`` and the token reshape chosen automatically, one forward and
+one batched backward) against ``pytorch-grad-cam`` (its documented ``reshape_transform``, a forward and a
+backward per class).
 
 A ScoreCAM call of a peer takes minutes per class on a CPU: the peers run ``--scorecam-peer-classes`` classes
 and their time is scaled to all classes (the table says so); ``--scorecam-peer-classes 0`` runs all.
@@ -71,6 +79,8 @@ def contenders(
     closed(images[:1])  # the first call runs the general path and verifies the closed form
     general = hiercam.GradCAM(model, "layer4", closed_form=False)
     batch = len(images)
+    raw = closed(images, classes, size="feature", normalize=None)
+    input_size = (int(images.shape[-2]), int(images.shape[-1]))
 
     def forward() -> object:
         with torch.no_grad():
@@ -92,6 +102,8 @@ def contenders(
         "forward": forward,
         "hiercam": lambda: closed(images, classes),
         "hiercam general": lambda: general(images, classes),
+        "hiercam feature": lambda: closed(images, classes, size="feature"),
+        "resize only": lambda: hiercam.cam.resize_maps(raw, input_size),
         "torchcam": torchcam_run,
         "pytorch-grad-cam": pgc_run,
     }
@@ -224,6 +236,7 @@ def main() -> None:
         help="classes the peers' ScoreCAM runs (their time is scaled to all classes); 0: all",
     )
     parser.add_argument("--no-gradient-free", action="store_true", help="skip ScoreCAM and multi-scale")
+    parser.add_argument("--vit-batch", type=int, default=8, help="images for ViT-Tiny; 0 skips it")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-contender memory subprocesses")
     args = parser.parse_args()
     model, images = setup(args.batch, args.classes, args.size)
@@ -243,8 +256,54 @@ def main() -> None:
         print("\npeak RSS growth, all classes, each contender alone in a fresh process (MiB):")
         for name in ("forward", "hiercam", "hiercam general", "torchcam", "pytorch-grad-cam"):
             print(f"  {name:18s} {peak_memory(name, args.batch, args.classes, all_classes, args.size):9.0f}")
+    if args.vit_batch:
+        vit(args, all_classes)
     if not args.no_gradient_free:
         gradient_free(args, all_classes)
+
+
+def vit_contenders(batch: int, classes: list[int], size: int) -> dict[str, Callable[[], object]]:
+    """Grad-CAM of all ``classes`` on a random-init timm ViT-Tiny: hiercam against pytorch-grad-cam."""
+    import pytorch_grad_cam
+    import timm
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    import hiercam
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=size, num_classes=len(classes)).eval()
+    images = torch.randn(batch, 3, size, size)
+    grid = size // 16
+    cam = hiercam.GradCAM(model)  # layer and token reshape chosen on the first call
+    cam(images[:1])
+
+    def reshape_transform(tensor: torch.Tensor) -> torch.Tensor:  # pytorch-grad-cam's documented one
+        result = tensor[:, 1:, :].reshape(tensor.size(0), grid, grid, tensor.size(2))
+        return result.transpose(2, 3).transpose(1, 2)
+
+    def forward() -> object:
+        with torch.no_grad():
+            return model(images)
+
+    def pgc_run() -> object:
+        layers = [model.blocks[-1].norm1]
+        peer = pytorch_grad_cam.GradCAM(model, target_layers=layers, reshape_transform=reshape_transform)
+        with peer:
+            return [peer(images, targets=[ClassifierOutputTarget(k)] * batch) for k in classes]
+
+    return {"forward": forward, "hiercam": lambda: cam(images, classes), "pytorch-grad-cam": pgc_run}
+
+
+def vit(args: argparse.Namespace, all_classes: list[int]) -> None:
+    """ViT-Tiny Grad-CAM for all classes, hiercam against pytorch-grad-cam, as x forward."""
+    times = time_rounds(vit_contenders(args.vit_batch, all_classes, args.size), args.rounds)
+    floor = statistics.median(times["forward"])
+    label = f"ViT-Tiny, all classes ({len(all_classes)}), batch {args.vit_batch}"
+    print(f"\n{label}, median of {args.rounds} interleaved rounds:")
+    print(f"  {'contender':18s} {'median s':>9s} {'x forward':>10s}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"  {name:18s} {median:9.3f} {median / floor:9.2f}x")
 
 
 def gradient_free(args: argparse.Namespace, all_classes: list[int]) -> None:

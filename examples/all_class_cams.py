@@ -40,17 +40,17 @@ def main() -> None:
     # 2. All-class CAMs of a batch: one forward pass, one batched gradient.
     test = hiercam.FashionScenes("test", num_scenes=6, image_size=80)
     batch = hiercam.collate_scenes([test[i] for i in range(len(test))])
-    images, targets = batch["image"], batch["labels"]  # (6, 3, 80, 80), (6, 10)
-    with hiercam.GradCAM(model) as cam:  # target layer: the last 4-D layer, chosen on the first call
+    images, labels = batch["image"], batch["labels"]  # (6, 3, 80, 80), (6, 10)
+    with hiercam.GradCAM(model) as cam:  # target layer: the last feature map, chosen on the first call
         maps = cam(images)  # (6, 10, 80, 80): every class, each map max-normalised to peak 1
         predicted = cam.logits.sigmoid() > 0.5  # (6, 10): logits of the same forward pass
-        present_maps = cam(images, targets)  # (6, 10, 80, 80): maps of absent classes are zeros
+        present_maps = cam(images, labels)  # (6, 10, 80, 80): maps of absent classes are zeros
         print(cam)  # the chosen layer, and whether the closed form (no backward) was verified
     print(f"maps {tuple(maps.shape)}; predicted classes per image: {predicted.sum(1).tolist()}")
 
     # How much of each present class's map falls on its garment (1.0 = all of it), from the exact masks.
     on_garment = []
-    for b, k in targets.nonzero().tolist():
+    for b, k in labels.nonzero().tolist():
         heat = present_maps[b, k]
         on_garment.append((heat * (batch["mask"][b] == k + 1)).sum() / heat.sum().clamp_min(1e-12))
     garment_share = torch.stack(on_garment).mean().item()
@@ -62,13 +62,13 @@ def main() -> None:
 
     # 3. Overlays: one row per image, the image then the map of each class it contains.
     names = hiercam.FashionScenes.classes
-    columns = 1 + int(targets.sum(1).max())
+    columns = 1 + int(labels.sum(1).max())
     figure = Figure(figsize=(1.6 * columns, 1.6 * len(images)), layout="constrained")
     for b in range(len(images)):
         ax = figure.add_subplot(len(images), columns, b * columns + 1)
         ax.imshow(images[b].permute(1, 2, 0).numpy())
         ax.set_axis_off()
-        for j, k in enumerate(targets[b].nonzero().flatten().tolist()):
+        for j, k in enumerate(labels[b].nonzero().flatten().tolist()):
             ax = figure.add_subplot(len(images), columns, b * columns + 2 + j)
             ax.imshow(overlay(images[b], present_maps[b, k]))
             ax.set_title(names[k], fontsize=8)

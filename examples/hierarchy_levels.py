@@ -1,8 +1,8 @@
 """Build a class hierarchy from a trained classifier, then train one model per level of the hierarchy.
 
 The class vectors are the rows of the classifier's last linear layer (paper section 3.2); hierarchical K-means
-groups them level by level (section 3.3). Each level is a multi-label problem of its own: its targets are the
-class targets mapped to groups, so a level model trains with hiercam.fit and a labels_transform.
+groups them level by level (section 3.3). Each level is a multi-label problem of its own: its labels are the
+class labels mapped to groups, so a level model trains with hiercam.fit and a labels_transform.
 
 Any classifier works: torchvision and timm models, a TwoBranchNet (the mean of its two heads), your own module
 (the last nn.Linear), an nn.Linear or a (K, D) weight tensor; `hiercam hierarchy CHECKPOINT --levels ...` does
@@ -60,12 +60,12 @@ def main() -> None:
     print(hierarchy)  # the tree, with group sizes
 
     # How close to the garment hierarchy (1.0 = the same partition), and how often each group is present in
-    # the training targets: a group present in almost every scene gives a level model little to learn.
+    # the training labels: a group present in almost every scene gives a level model little to learn.
     natural = FashionScenes.natural_hierarchy()
-    targets = torch.stack([train[i]["labels"] for i in range(len(train))])  # (N, K)
+    labels = torch.stack([train[i]["labels"] for i in range(len(train))])  # (N, K)
     for level in range(1, hierarchy.num_levels):
         ari = adjusted_rand_score(natural.assignments(level), hierarchy.assignments(level))
-        presence = hierarchy.remap_labels(targets, level).mean(dim=0)  # (N_level,)
+        presence = hierarchy.remap_labels(labels, level).mean(dim=0)  # (N_level,)
         print(
             f"level {level}: adjusted Rand index vs the garment hierarchy {ari:.2f}; "
             f"groups present in {', '.join(f'{p:.0%}' for p in presence.tolist())} of the training scenes"
@@ -73,7 +73,7 @@ def main() -> None:
     hierarchy.save(args.out)  # plain JSON; ClassHierarchy.load reads it back
     assert hiercam.ClassHierarchy.load(args.out) == hierarchy
 
-    # 3. One model per group level, trained on the group targets.
+    # 3. One model per group level, trained on the group labels.
     for level in range(1, hierarchy.num_levels):
         model = classifier(hierarchy.num_groups(level))
         to_groups = functools.partial(hierarchy.remap_labels, level=level)  # (B, K) -> (B, N_level)

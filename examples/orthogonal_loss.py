@@ -55,9 +55,9 @@ def train(weight: float, train_loader: DataLoader, epochs: int, seed: int = 0) -
     model.train()
     for _ in range(epochs):
         for batch in train_loader:
-            images, targets = batch["image"], batch["labels"]
+            images, labels = batch["image"], batch["labels"]
             logits1, logits2, f1, f2 = model(images)
-            loss = bce(logits1, targets) + bce(logits2, targets) + orthogonal(f1, f2)
+            loss = bce(logits1, labels) + bce(logits2, labels) + orthogonal(f1, f2)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -71,12 +71,12 @@ def branch_cams(fc: nn.Linear, features: Tensor) -> Tensor:
 
 @torch.no_grad()
 def measure(model: TwoHeadNet, loader: DataLoader) -> tuple[float, float, float]:
-    overlaps, scores, targets, correlations = [], [], [], []
+    overlaps, scores, labels, correlations = [], [], [], []
     for batch in loader:
         logits1, logits2, f1, f2 = model(batch["image"])
         overlaps.append(hiercam.orthogonal_loss(f1, f2, reduction="none", unit_norm=True))  # (B,)
         scores.append((logits1 + logits2) / 2)
-        targets.append(batch["labels"])
+        labels.append(batch["labels"])
         # Pearson r between the two branches' maps of every (image, present class) pair
         present = batch["labels"].bool()
         cam1 = branch_cams(model.fc1, f1)[present].flatten(1)
@@ -84,7 +84,7 @@ def measure(model: TwoHeadNet, loader: DataLoader) -> tuple[float, float, float]
         cam1, cam2 = cam1 - cam1.mean(1, keepdim=True), cam2 - cam2.mean(1, keepdim=True)
         correlations.append((cam1 * cam2).sum(1) / (cam1.norm(dim=1) * cam2.norm(dim=1)).clamp_min(1e-12))
     overlap = torch.cat(overlaps).mean().item()
-    mean_ap = hiercam.mean_average_precision(torch.cat(scores), torch.cat(targets)).item()
+    mean_ap = hiercam.mean_average_precision(torch.cat(scores), torch.cat(labels)).item()
     return overlap, mean_ap, torch.cat(correlations).mean().item()
 
 

@@ -60,10 +60,10 @@ def main() -> None:
         net.train()
         start = time.perf_counter()
         for batch in train_loader:
-            images, targets = batch["image"].to(device), batch["labels"].to(device)
+            images, labels = batch["image"].to(device), batch["labels"].to(device)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 output = net(images)  # TwoBranchOutput(logits (2, B, K), features, mean_logits (B, K))
-                parts = criterion(output, targets)  # TwoBranchLossOutput(total, classification_1, ...)
+                parts = criterion(output, labels)  # TwoBranchLossOutput(total, classification_1, ...)
             optimizer.zero_grad()
             scaler.scale(parts.total).backward()
             scaler.step(optimizer)

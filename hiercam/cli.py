@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the whole method on the bundled FashionScenes data and write a report",
         description="Train the base classifier, group its classes, train the level models, extract, fuse "
         "and evaluate CAMs on bundled FashionScenes data with a small CPU backbone; writes report.md, "
-        "metrics.json and figures. About 4-6 minutes on 2 CPU cores; --quick takes well under a minute "
-        "(its numbers mean nothing).",
+        "metrics.json and figures: the recommended method against the Grad-CAM baseline (the full "
+        "ablation is `hiercam bench`). See README.md for its measured time; --quick is a smoke test of "
+        "every stage in seconds (its numbers mean nothing).",
     )
     demo.add_argument("--quick", action="store_true", help="tiny data and 2 epochs: a smoke test")
     demo.add_argument("--out", default="demo-report", help="run directory (default: demo-report)")
@@ -40,7 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of data, initialisation and shuffling (default: 0)"
     )
     demo.add_argument("--force", action="store_true", help="redo every stage, even those up to date")
-    demo.add_argument("--preset", default="paper", choices=PRESET_NAMES, help=PRESET_HELP)
+    demo.add_argument(
+        "--preset",
+        default="recommended",
+        choices=PRESET_NAMES,
+        help=f"method settings: {', '.join(PRESET_NAMES)} (default: recommended; see docs/benchmarks.md)",
+    )
+    _add_threads(demo)
 
     run = commands.add_parser(
         "run",
@@ -59,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PRESET_NAMES,
         help="replace the config's method settings by a preset's (default: keep the config's)",
     )
+    _add_threads(run)
 
     hierarchy = commands.add_parser(
         "hierarchy",
@@ -88,9 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the presets side by side.",
     )
     bench.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: 3)")
-    bench.add_argument("--config", default=None, help="a config file (default: the demo config)")
+    bench.add_argument(
+        "--config",
+        default=None,
+        help="a config file (default: the FashionScenes setting of docs/benchmarks.md)",
+    )
     bench.add_argument("--out", default="bench", help="output directory (default: bench)")
     bench.add_argument("--quick", action="store_true", help="the quick demo config: a smoke test")
+    _add_threads(bench)
     bench.add_argument("--force", action="store_true", help="redo every stage, even those up to date")
     bench.add_argument(
         "--results",
@@ -114,6 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _add_threads(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="PyTorch CPU threads (torch.set_num_threads); default: PyTorch's own (OMP_NUM_THREADS, or one "
+        "per core). On a machine shared with other jobs, 1 is often much faster",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -121,36 +158,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     a damaged data or run file (a ``ValueError`` naming the file), all reported before any work where they
     can be checked then.
     """
+    started = time.perf_counter()
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
     from hiercam.pipeline import ConfigError
 
+    threads = torch.get_num_threads()
     try:
+        if args.command in ("demo", "run", "bench"):
+            if args.threads is not None:
+                torch.set_num_threads(args.threads)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for all the processes
+                print(_threads_line(args.command, torch.get_num_threads(), args.threads is None), flush=True)
         if args.command == "demo":
-            return _demo(args)
+            return _demo(args, started)
         if args.command == "run":
-            return _run(args)
+            return _run(args, started)
         if args.command == "hierarchy":
             return _hierarchy(args)
         if args.command == "cam":
             return _cam(args)
-        return _bench(args)
+        return _bench(args, started)
     except (ConfigError, ValueError, FileNotFoundError) as error:  # the user's config, data or files
         print(f"hiercam {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:  # main() called from Python leaves the process's thread count as it found it
+        torch.set_num_threads(threads)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from hiercam.pipeline import apply_preset, demo_config, run_pipeline
+def _threads_line(command: str, threads: int, default: bool) -> str:
+    """The first line of a pipeline command: its thread count, with a hint when the cores look busy."""
+    line = f"hiercam {command}: {threads} thread{'s' if threads > 1 else ''}"
+    line += " (PyTorch's default; --threads N to choose)" if default else ""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = os.cpu_count() or 1
+    if threads > 1 and load >= cores - 0.5:  # other jobs hold the cores: threads would wait for each other
+        line += (
+            f"; the machine looks busy (load average {load:.1f} on {cores} cores): on a shared machine "
+            "--threads 1 is often much faster"
+        )
+    return line
+
+
+def _done(command: str, started: float, report: Path) -> None:
+    """The last line of a command: the total time, from the start of ``main``, and where the report is."""
+    seconds = time.perf_counter() - started
+    took = f"{seconds:.0f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+    print(f"hiercam {command}: done in {took}; report: {report}", flush=True)
+
+
+def _demo(args: argparse.Namespace, started: float) -> int:
+    from hiercam.pipeline import PRESETS, apply_preset, demo_config, run_pipeline
     from hiercam.pipeline.report import ablation_rows
 
     config = apply_preset(demo_config(quick=args.quick, seed=args.seed), args.preset)
     metrics = run_pipeline(config, args.out, force=args.force)
-    print("\n" + "\n".join(ablation_rows(metrics)))
+    print(f"\nmethod settings: preset {args.preset} ({PRESETS[args.preset].description})", flush=True)
+    print("\n".join(ablation_rows(metrics)), flush=True)
+    _done("demo", started, Path(args.out) / "report.md")
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, started: float) -> int:
     from hiercam.pipeline import load_config, run_pipeline
     from hiercam.pipeline.distributed import init_distributed
     from hiercam.pipeline.report import ablation_rows
@@ -169,7 +240,8 @@ def _run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else Path("runs") / Path(args.config).stem
     metrics = run_pipeline(config, out, force=args.force)
     if distributed.is_main:
-        print("\n" + "\n".join(ablation_rows(metrics)))
+        print("\n" + "\n".join(ablation_rows(metrics)), flush=True)
+        _done("run", started, Path(out) / "report.md")
     return 0
 
 
@@ -200,28 +272,30 @@ def _hierarchy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from hiercam.pipeline import apply_preset, demo_config, load_config, run_bench, run_preset_bench
+def _bench(args: argparse.Namespace, started: float) -> int:
+    from hiercam.pipeline import apply_preset, bench_config, load_config, run_bench, run_preset_bench
     from hiercam.pipeline.report import bench_markdown, compare_markdown
 
     if args.seeds < 1:
         print(f"hiercam bench: error: --seeds must be at least 1, got {args.seeds}", file=sys.stderr)
         return 2
-    config = load_config(args.config) if args.config is not None else demo_config(quick=args.quick)
+    config = load_config(args.config) if args.config is not None else bench_config(quick=args.quick)
     seeds = list(range(args.seeds))
     if args.preset is not None and len(args.preset) > 1:
         compared = run_preset_bench(
             config, args.preset, seeds, args.out, force=args.force, results=args.results
         )
-        print("\n" + compare_markdown(compared))
+        print("\n" + compare_markdown(compared), flush=True)
+        _done("bench", started, Path(args.out) / "compare.md")
         return 0
     # the record folder: the preset, else the config's own method settings named by the config
-    label = Path(args.config).stem if args.config is not None else ("quick" if args.quick else "demo")
+    label = Path(args.config).stem if args.config is not None else ("quick" if args.quick else "bench")
     if args.preset is not None:
         config = apply_preset(config, args.preset[0])
         label = args.preset[0]
     result = run_bench(config, seeds, args.out, force=args.force, results=args.results, label=label)
-    print("\n" + bench_markdown(result))
+    print("\n" + bench_markdown(result), flush=True)
+    _done("bench", started, Path(args.out) / "bench.md")
     return 0
 
 

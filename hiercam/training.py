@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sized
 from pathlib import Path
@@ -36,6 +37,7 @@ from hiercam._checkpoint import (
 from hiercam._distributed import barrier, is_main
 from hiercam._io import atomic_write_text
 from hiercam._loop import LossFn, Step, bce_loss, run_pass
+from hiercam._progress import is_terminal
 from hiercam._validation import check_int, type_name
 
 __all__ = ["fit", "evaluate", "History"]
@@ -207,8 +209,8 @@ def fit(
 
     Defaults: Adam with ``lr=1e-4``; ``ReduceLROnPlateau`` (factor 0.5, patience 5) on the validation loss
     (on the training loss when there is no ``val_loader``), stepped once per epoch; BCE with logits. One tqdm
-    bar per epoch shows the running loss, then the validation mAP. The model is trained in place; its
-    ``training`` flag is restored at the end.
+    bar per epoch shows the running loss, then the validation mAP (one plain line per epoch when stderr is not
+    a terminal). The model is trained in place; its ``training`` flag is restored at the end.
 
     Reproducibility: training runs under ``torch.random.fork_rng`` seeded with ``seed``, so the caller's
     torch random state is left untouched and two runs with the same seed, model initialisation and data give
@@ -251,7 +253,8 @@ def fit(
         amp: mixed-precision autocast: on CUDA with ``amp_dtype``, on the CPU (or another device) with
             ``amp_dtype=torch.bfloat16`` only; ``None`` enables it on CUDA.
         checkpoint: file to write after every epoch and to resume from when it exists.
-        progress: show tqdm progress bars (on stderr).
+        progress: show a tqdm progress bar per epoch on stderr; when stderr is not a terminal (a log file,
+            a pipe), one plain line per epoch instead (loss, validation loss and mAP, seconds).
         labels_transform: applied to the labels of every batch, e.g.
             ``functools.partial(hierarchy.remap_labels, level=1)`` to train a level model.
         seed: seed of the torch random state during training.
@@ -370,7 +373,8 @@ def _epoch(
     if callable(set_epoch):  # DistributedSampler: a new shuffle every epoch
         set_epoch(epoch)
     show = progress and is_main()
-    with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not show, dynamic_ncols=True) as bar:
+    bar_shown = show and is_terminal()  # in a log file a bar writes thousands of characters: one line instead
+    with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", disable=not bar_shown, dynamic_ncols=True) as bar:
         step.model.train()
         train, _ = run_pass(step, train_loader, bar, optimizer, scaler, f"epoch {epoch}/{epochs} (training)")
         record.update({f"train_{name}": value for name, value in train.items()})
@@ -385,7 +389,17 @@ def _epoch(
                 loss=f"{train['loss']:.4f}", val_loss=f"{val['loss']:.4f}", val_map=f"{mean_ap:.4f}"
             )
     record["seconds"] = time.perf_counter() - start
+    if show and not bar_shown:
+        print(_epoch_line(record, epochs), file=sys.stderr, flush=True)
     return record
+
+
+def _epoch_line(record: dict[str, float], epochs: int) -> str:
+    """One line for an epoch's record, where a terminal would show a progress bar."""
+    parts = [f"loss {record['train_loss']:.4f}"]
+    if "val_loss" in record:
+        parts += [f"val_loss {record['val_loss']:.4f}", f"val_map {record['val_map']:.4f}"]
+    return f"epoch {int(record['epoch'])}/{epochs}: {', '.join(parts)} ({record['seconds']:.1f} s)"
 
 
 def _resume(

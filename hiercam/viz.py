@@ -7,6 +7,7 @@ pyplot: no GUI backend is touched, nothing global changes, and the caller saves 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,23 @@ if TYPE_CHECKING:
     from hiercam.hierarchy import ClassHierarchy
 
 __all__ = ["show_scenes", "overlay", "hierarchy_figure"]
+
+
+def _new_figure(**options: Any) -> Figure:
+    """A ``Figure`` that shows itself as a PNG when it is a notebook cell's last line.
+
+    A bare ``matplotlib.figure.Figure`` (no pyplot) only prints ``<Figure size ...>`` in Jupyter unless
+    pyplot's inline backend happens to be active; ``_repr_png_`` makes the display independent of it.
+    """
+    from matplotlib.figure import Figure
+
+    class NotebookFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", bbox_inches="tight")
+            return buffer.getvalue()
+
+    return NotebookFigure(**options)
 
 
 def _image_array(image: Tensor, name: str) -> npt.NDArray[np.float32]:
@@ -130,7 +148,6 @@ def show_scenes(
         >>> len(figure.axes)
         4
     """
-    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     columns = check_int(columns, "columns", minimum=1)
@@ -145,7 +162,9 @@ def show_scenes(
         raise ValueError(f"the dataset has {size} samples, asked for sample {max(chosen)}")
     names = class_names if class_names is not None else getattr(dataset, "classes", None)
     rows = -(-len(chosen) // columns)
-    figure = Figure(figsize=(panel_size * min(columns, len(chosen)), panel_size * rows), layout="constrained")
+    figure = _new_figure(
+        figsize=(panel_size * min(columns, len(chosen)), panel_size * rows), layout="constrained"
+    )
     for panel, index in enumerate(chosen):
         sample = dataset[index]
         if not isinstance(sample, Mapping) or "image" not in sample or "boxes" not in sample:
@@ -200,8 +219,6 @@ def hierarchy_figure(hierarchy: ClassHierarchy) -> Figure:
         >>> len(figure.axes)
         1
     """
-    from matplotlib.figure import Figure
-
     from hiercam.hierarchy import ClassHierarchy
 
     if not isinstance(hierarchy, ClassHierarchy):
@@ -221,7 +238,7 @@ def hierarchy_figure(hierarchy: ClassHierarchy) -> Figure:
     for group in range(hierarchy.num_groups(top)):
         visit(top, group)
     x_of_class = {cls: x for x, cls in enumerate(order)}
-    figure = Figure(figsize=(max(6.0, 0.9 * hierarchy.num_classes), 1.4 * hierarchy.num_levels + 1))
+    figure = _new_figure(figsize=(max(6.0, 0.9 * hierarchy.num_classes), 1.4 * hierarchy.num_levels + 1))
     axis = figure.add_subplot()
     positions: dict[tuple[int, int], float] = {}
     for level in range(hierarchy.num_levels):

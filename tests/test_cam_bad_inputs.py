@@ -94,6 +94,53 @@ def lazy_model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 5), nn.Flatten(), nn.LazyLinear(2))
 
 
+class DictNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"scores": self.net(x), "features": x}
+
+
+class TupleNet(DictNet):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return self.net(x), x
+
+
+class Split(nn.Module):
+    """(B, N, C) tokens to (B, heads, N, C / heads), like an attention layer's per-head view."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (2, -1)).transpose(1, 2)
+
+
+class TokenNet(nn.Module):
+    """Tokens (B, count, 4) from a 16x16 (or 32x32) image, then a linear classifier on their mean."""
+
+    def __init__(self, count: int, heads: bool = False) -> None:
+        super().__init__()
+        self.count = count
+        self.embed = nn.Linear(3, 4)
+        self.heads = Split() if heads else nn.Identity()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = nn.functional.adaptive_avg_pool1d(x.flatten(2), self.count).transpose(1, 2)
+        tokens = self.embed(pooled)
+        return self.fc(
+            self.heads(tokens).mean(dim=(1, 2)) if isinstance(self.heads, Split) else tokens.mean(1)
+        )
+
+
+def closed_form_then(classes: torch.Tensor) -> Any:
+    cam = hiercam.GradCAM(tiny(), "0")
+    images = torch.randn(2, 3, 8, 8)
+    cam(images, torch.tensor([0, 1]))
+    cam(images, torch.tensor([0, 1]))
+    return cam(images, classes)
+
+
 Call = Callable[[], Any]
 BAD: dict[str, tuple[Call, type[Exception], str]] = {
     # images: checked once at the boundary
@@ -212,6 +259,163 @@ BAD: dict[str, tuple[Call, type[Exception], str]] = {
         ),
         ValueError,
         r"`classes` must be class indices in \[0, 2\)",
+    ),
+    # one class per image: a (B,) integer tensor
+    "classes: (B,) tensor of the wrong length": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(2, 3, 8, 8), torch.tensor([0, 1, 2])),
+        ValueError,
+        r"`classes` \(B,\) tensor must hold one class per image \(B = 2\), got shape \(3,\)",
+    ),
+    "classes: (B,) tensor out of range": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(2, 3, 8, 8), torch.tensor([0, 3])),
+        ValueError,
+        r"`classes` must be class indices in \[0, 3\), got 3",
+    ),
+    "classes: (B,) tensor negative": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(2, 3, 8, 8), torch.tensor([0, -1])),
+        ValueError,
+        "`classes` must be non-negative class indices, got -1",
+    ),
+    "classes: (B,) bool tensor": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(2, 3, 8, 8), torch.tensor([True, False])),
+        ValueError,
+        r"`classes` \(B,\) tensor must hold integer class indices, got dtype torch.bool",
+    ),
+    "classes: (B,) tensor out of range, closed form": (
+        lambda: closed_form_then(torch.tensor([0, 5])),
+        ValueError,
+        r"`classes` must be class indices in \[0, 3\), got 5",
+    ),
+    # targets
+    "classes and targets together": (
+        lambda: hiercam.GradCAM(tiny(), "0")(
+            torch.randn(2, 3, 8, 8), 1, targets=hiercam.ClassifierOutputTarget(1)
+        ),
+        ValueError,
+        "pass either `classes` or `targets`, not both",
+    ),
+    "targets: wrong length": (
+        lambda: hiercam.GradCAM(tiny(), "0")(
+            torch.randn(2, 3, 8, 8), targets=[hiercam.ClassifierOutputTarget(1)]
+        ),
+        ValueError,
+        r"`targets` must hold one target per image \(2\), got 1",
+    ),
+    "targets: not callable": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(2, 3, 8, 8), targets=[1, 2]),
+        TypeError,
+        r"`targets\[0\]` must be callable, got int",
+    ),
+    "targets: category out of range": (
+        lambda: hiercam.GradCAM(tiny(), "0")(
+            torch.randn(1, 3, 8, 8), targets=hiercam.ClassifierOutputTarget(3)
+        ),
+        ValueError,
+        r"ClassifierOutputTarget\(3\): `category` 3 is out of range for 3 classes",
+    ),
+    "targets: not a scalar": (
+        lambda: hiercam.GradCAM(tiny(), "0")(torch.randn(1, 3, 8, 8), targets=lambda out: out),
+        ValueError,
+        r"`targets\[0\]` must return a floating-point scalar tensor, got \(3,\)",
+    ),
+    "target: negative category": (
+        lambda: hiercam.ClassifierOutputTarget(-1),
+        ValueError,
+        "`category` must be a non-negative int, got -1",
+    ),
+    "target: mask not 2-D": (
+        lambda: hiercam.SemanticSegmentationTarget(0, torch.ones(1, 8, 8)),
+        ValueError,
+        r"`mask` must have shape \(H, W\), got \(1, 8, 8\)",
+    ),
+    # output
+    "output: missing key": (
+        lambda: hiercam.GradCAM(DictNet(), "net.0", output="logits")(torch.randn(1, 3, 8, 8)),
+        ValueError,
+        r"`output` key 'logits' is not in the output of `model` \(its keys: 'scores', 'features'\)",
+    ),
+    "output: none for a dict": (
+        lambda: hiercam.GradCAM(DictNet(), "net.0")(torch.randn(1, 3, 8, 8)),
+        ValueError,
+        r"`model` returned a dict with keys 'scores', 'features'; pass `output=`",
+    ),
+    "output: index out of range": (
+        lambda: hiercam.GradCAM(TupleNet(), "net.0", output=2)(torch.randn(1, 3, 8, 8)),
+        ValueError,
+        "`output` index 2 is out of range for `model`, which returned a tuple of 2 items",
+    ),
+    "output: key for a tuple": (
+        lambda: hiercam.GradCAM(TupleNet(), "net.0", output="out")(torch.randn(1, 3, 8, 8)),
+        ValueError,
+        "`output` 'out' cannot select from a tuple of 2 items",
+    ),
+    "output: wrong type": (
+        lambda: hiercam.GradCAM(tiny(), "0", output=1.5),  # type: ignore[arg-type]
+        TypeError,
+        "`output` must be None, a key, an index or a callable, got float",
+    ),
+    "output: callable returns no tensor": (
+        lambda: hiercam.GradCAM(TupleNet(), "net.0", output=lambda out: out[0].tolist())(
+            torch.randn(1, 3, 8, 8)
+        ),
+        ValueError,
+        "selected list, not a tensor",
+    ),
+    "output: with a multi-head model": (
+        lambda: hiercam.GradCAM(hiercam.TwoBranchNet(lambda: nn.Conv2d(3, 4, 3), num_classes=2), output=0),
+        ValueError,
+        "`output` is not used with a multi-head model",
+    ),
+    # tokens and reshape
+    "tokens: count that is no grid": (
+        lambda: hiercam.GradCAM(TokenNet(30), "embed")(torch.randn(1, 3, 16, 16)),
+        ValueError,
+        r"`target_layer` 'embed' outputs \(1, 30, 4\): 30 tokens are no patch grid of a 16x16 input.*"
+        r"pass `reshape=`",
+    ),
+    "tokens: ambiguous count": (
+        lambda: hiercam.GradCAM(TokenNet(16), "embed")(torch.randn(1, 3, 48, 48)),
+        ValueError,
+        r"16 tokens fit several patch grids of a 48x48 input \(TokenReshape\(\(4, 4\), prefix=0\), "
+        r"TokenReshape\(\(3, 3\), prefix=7\)\); pass `reshape=`",
+    ),
+    "tokens: reshape=None": (
+        lambda: hiercam.GradCAM(TokenNet(17), "embed", reshape=None)(torch.randn(1, 3, 16, 16)),
+        ValueError,
+        r"`target_layer` 'embed' must output a \(B, C, H, W\) tensor, got \(1, 17, 4\); "
+        "pass `reshape='auto'`",
+    ),
+    "reshape: wrong type": (
+        lambda: hiercam.GradCAM(tiny(), "0", reshape="tokens"),  # type: ignore[arg-type]
+        TypeError,
+        "`reshape` must be 'auto', None or a callable, got 'tokens'",
+    ),
+    "reshape: callable returns the wrong shape": (
+        lambda: hiercam.GradCAM(TokenNet(17), "embed", reshape=lambda t: t)(torch.randn(1, 3, 16, 16)),
+        ValueError,
+        r"`reshape` must turn the output \(1, 17, 4\) of `target_layer` 'embed' into \(B, C, h, w\)",
+    ),
+    "reshape: TokenReshape of the wrong grid": (
+        lambda: hiercam.GradCAM(TokenNet(17), "embed", reshape=hiercam.TokenReshape((3, 3), prefix=1))(
+            torch.randn(1, 3, 16, 16)
+        ),
+        ValueError,
+        r"`reshape` TokenReshape\(grid=\(3, 3\), prefix=1\) needs tokens \(B, 10, C\), got \(1, 17, 4\)",
+    ),
+    "TokenReshape: bad grid": (
+        lambda: hiercam.TokenReshape((0, 4)),
+        ValueError,
+        r"`grid` must be a \(h, w\) tuple of positive ints, got \(0, 4\)",
+    ),
+    "TokenReshape: negative prefix": (
+        lambda: hiercam.TokenReshape((2, 2), prefix=-1),
+        ValueError,
+        "`prefix` must be a non-negative int, got -1",
+    ),
+    "channels-last reading of an attention-like tensor": (
+        lambda: hiercam.GradCAM(TokenNet(17, heads=True), "heads")(torch.randn(1, 3, 16, 16)),
+        ValueError,
+        r"`target_layer` 'heads' outputs \(1, 2, 17, 2\): this is neither \(B, C, h, w\) nor channels-last",
     ),
     # gradient-free and perturbation methods, eigen_smooth, multi-scale aggregation
     "ScoreCAM batch_size 0": (

@@ -137,7 +137,11 @@ def test_class_arguments() -> None:
     assert every.shape == (3, 5, 32, 32)
     torch.testing.assert_close(cam(images, 3), every[:, 3:4])
     torch.testing.assert_close(cam(images, [4, 0]), every[:, [4, 0]])
-    torch.testing.assert_close(cam(images, torch.tensor([2, 1])), every[:, [2, 1]])
+    torch.testing.assert_close(cam(images, torch.tensor(2)), every[:, 2:3])  # a 0-d tensor is an int
+    # a (B,) tensor: one class per image
+    per_image = cam(images, torch.tensor([2, 1, 4]))
+    assert per_image.shape == (3, 1, 32, 32)
+    torch.testing.assert_close(per_image, torch.stack([every[0, 2], every[1, 1], every[2, 4]])[:, None])
     mask = torch.tensor([[1, 0, 0, 1, 0], [0, 0, 0, 0, 0], [0, 1, 0, 1, 0]])
     masked = cam(images, mask)
     assert masked.shape == (3, 5, 32, 32)
@@ -152,6 +156,11 @@ def test_sizes_and_normalisation() -> None:
     raw = cam(images, size="feature", normalize=None)
     assert raw.shape == (2, 3, 15, 17)
     assert (raw >= 0).all()
+    # the engine normalises its own maps in place: the same values as normalize_maps (closed form from here)
+    closed = cam(images, size="feature", normalize=None)
+    assert torch.equal(cam(images, size="feature"), hiercam.normalize_maps(closed, "max"))
+    minmax = cam(images, size="feature", normalize="minmax")
+    assert torch.equal(minmax, hiercam.normalize_maps(closed, "minmax"))
     upsampled = torch.nn.functional.interpolate(raw, size=(30, 34), mode="bilinear", align_corners=False)
     torch.testing.assert_close(cam(images, normalize=None), upsampled)
     torch.testing.assert_close(cam(images), hiercam.normalize_maps(upsampled, "max"))
@@ -394,7 +403,7 @@ def test_bad_input_gets_clear_errors() -> None:
     with pytest.raises(ValueError, match="did you mean 'layer4'"):
         hiercam.GradCAM(models.resnet18(), "layer5")
     with pytest.raises(
-        ValueError, match="`target_layer` 'fc' must output a \\(B, C, H, W\\) tensor, got \\(1, 1000\\)"
+        ValueError, match="`target_layer` 'fc' must output a \\(B, C, H, W\\) tensor.*got \\(1, 1000\\)"
     ):
         hiercam.GradCAM(models.resnet18().eval(), "fc")(torch.randn(1, 3, 32, 32))
     with pytest.raises(ValueError, match="`target_layer` 'spare' was not reached by the forward pass"):

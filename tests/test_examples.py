@@ -64,10 +64,30 @@ def _evaluate_cams(out: str, folder: Path) -> None:
 
 
 def _voc_recipe(out: str, folder: Path) -> None:
-    assert "| both (the paper's method) |" in out
+    assert "| both: two-branch + grouping, Eq. 6 |" in out
     report = re.search(r"^report: (.+)$", out, re.MULTILINE)
     assert report
     assert "## Ablation" in Path(report[1]).read_text()
+
+
+def _per_image_classes(out: str, folder: Path) -> None:
+    assert re.search(r"^top classes \[\d, \d, \d, \d\] -> maps \(4, 1, 80, 80\)$", out, re.MULTILINE)
+    assert "per-image maps == slices of the all-class maps: True" in out
+    assert "per-image maps == ClassifierOutputTarget maps: True" in out
+    assert "classes [2, 5] -> maps (4, 2, 80, 80)" in out
+
+
+def _transformer_cams(out: str, folder: Path) -> None:
+    assert "target_layer='encoder.layers.encoder_layer_1.ln_1', read as tokens(grid=(8, 8), prefix=1)" in out
+    assert "explicit grid: maps (2, 1, 64, 64)" in out
+    assert "reshape=None: `model` looks like a transformer" in out
+    assert "target_layer='blocks.11.norm1', read as tokens(grid=(4, 4), prefix=5)" in out
+
+
+def _segmentation_cams(out: str, folder: Path) -> None:
+    assert "maps (2, 1, 96, 96), peak 1.0" in out
+    assert re.search(r"^class \d covers \[[1-9]\d*, [1-9]\d*\] pixels$", out, re.MULTILINE)
+    assert "`output` key 'logits' is not in the output of `model` (its keys: 'out')" in out
 
 
 def _faithfulness(out: str, folder: Path) -> None:
@@ -99,6 +119,9 @@ CHECKS: dict[str, Callable[[str, Path], None]] = {
     "fuse_cams.py": _fuse_cams,
     "evaluate_cams.py": _evaluate_cams,
     "voc_recipe.py": _voc_recipe,
+    "per_image_classes.py": _per_image_classes,
+    "transformer_cams.py": _transformer_cams,
+    "segmentation_cams.py": _segmentation_cams,
     "faithfulness.py": _faithfulness,
 }
 

@@ -43,7 +43,7 @@ def is_nested(hierarchy: ClassHierarchy) -> bool:
 
 def test_quick_demo_writes_every_artifact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--preset", "paper", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| Grad-CAM baseline (single branch, no grouping) |" in printed
     for name in ("report.md", "metrics.json", "config.json", "run.json", "hierarchy.json", "hierarchy.txt"):

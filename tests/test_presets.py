@@ -132,10 +132,10 @@ def test_compare_table_pairs_each_preset_with_its_own_baseline() -> None:
     rows = compare_markdown(result).splitlines()[4:]
     assert [row.split(" | ")[1] for row in rows] == [
         "Grad-CAM baseline (single branch, no grouping)",
-        "both (the paper's method)",
-        "both (the paper's method)",
+        "both: two-branch + grouping, Eq. 6",
+        "both: two-branch + grouping, Eq. 6",
         "Grad-CAM baseline (single branch, no grouping)",
-        "both (the paper's method)",
+        "both: two-branch + grouping, Eq. 6",
     ]
     # Δ per seed: a (3, 1) -> mean 2, std sqrt(2); ranges [13, 21] and [10, 20] overlap
     assert "| 2.00 ± 1.41 [1.00, 3.00] | no |" in rows[1]

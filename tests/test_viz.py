@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import matplotlib
 import numpy as np
 import pytest
@@ -125,3 +128,38 @@ def test_hierarchy_figure_places_groups_over_their_adjacent_members() -> None:
     ]
     with pytest.raises(TypeError, match="`hierarchy` must be a ClassHierarchy"):
         hierarchy_figure([[0, 1]])  # type: ignore[arg-type]
+
+
+def test_figures_render_as_png_for_notebooks(data: FashionScenes) -> None:
+    """Bare Figures (no pyplot) print as text in Jupyter; ours carry ``_repr_png_`` with the figure itself."""
+    from PIL import Image
+
+    for figure in (
+        show_scenes(data, n=2, columns=2),
+        hierarchy_figure(ClassHierarchy([[0, 0, 1]], class_names=["a", "b", "c"])),
+    ):
+        png = figure._repr_png_()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        width, height = Image.open(io.BytesIO(png)).size
+        assert width > 50
+        assert height > 50
+
+
+def test_a_figure_or_a_hierarchy_on_a_cells_last_line_displays_in_a_notebook(tmp_path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            "import hiercam\nfrom hiercam.viz import hierarchy_figure\n"
+            "hierarchy = hiercam.ClassHierarchy([[0, 0, 1]], class_names=['shirt', 'coat', 'bag'])\n"
+            "hierarchy_figure(hierarchy)"
+        ),
+        nbformat.v4.new_code_cell("hierarchy"),
+    ]
+    nbclient.NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    figure_output, tree_output = (cell.outputs[-1] for cell in notebook.cells)
+    assert "image/png" in figure_output["data"]
+    assert "coat" in tree_output["data"]["text/html"]

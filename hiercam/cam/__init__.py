@@ -8,9 +8,15 @@ methods, ``hiercam.cam.augment`` for multi-scale + flip aggregation.
 from hiercam.cam._pca import principal_component_maps
 from hiercam.cam.augment import IRN_SCALES, MultiScaleCAM
 from hiercam.cam.eigen import EigenCAM
-from hiercam.cam.engine import BaseCAM, average_branch_maps
+from hiercam.cam.engine import BaseCAM, average_branch_maps, resize_maps
 from hiercam.cam.methods import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from hiercam.cam.reshape import TokenReshape
 from hiercam.cam.score import AblationCAM, ScoreCAM
+from hiercam.cam.targets import (
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
+    SemanticSegmentationTarget,
+)
 from hiercam.heads import CAMHead, MultiHeadModel
 
 __all__ = [
@@ -28,6 +34,11 @@ __all__ = [
     "IRN_SCALES",
     "principal_component_maps",
     "average_branch_maps",
+    "resize_maps",
+    "TokenReshape",
+    "ClassifierOutputTarget",
+    "ClassifierOutputSoftmaxTarget",
+    "SemanticSegmentationTarget",
     "MultiHeadModel",
     "CAMHead",
 ]

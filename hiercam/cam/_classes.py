@@ -27,6 +27,35 @@ class ResolvedClasses:
     indices: list[int]
     mask: Tensor | None
     num_outputs: int
+    per_image: Tensor | None = None
+
+    def scores(self, logits: Tensor) -> Tensor:
+        """The scores ``(B, K')`` whose gradients make the maps: one class per image, or ``indices``."""
+        if self.per_image is not None:
+            return logits.gather(1, self.per_image.to(logits.device)[:, None])
+        return logits[:, self.indices]
+
+    @property
+    def count(self) -> int:
+        """``K'``: the number of maps per image this request computes (1 for one class per image)."""
+        return 1 if self.per_image is not None else len(self.indices)
+
+    def per_image_rows(self, values: Tensor) -> Tensor:
+        """Values ``(len(indices), B, ...)`` of every class in ``indices`` as ``(K', B, ...)``.
+
+        With one class per image, the row of each image's own class, ``(1, B, ...)``; else ``values``.
+        """
+        if self.per_image is None:
+            return values
+        position = {k: i for i, k in enumerate(self.indices)}
+        rows = torch.tensor([position[int(k)] for k in self.per_image], device=values.device)
+        return values[rows, torch.arange(values.shape[1], device=values.device)][None]
+
+    def weight_rows(self, weight: Tensor) -> Tensor:
+        """The classifier rows ``(K', B or 1, C)`` of the requested classes (per image: ``(1, B, C)``)."""
+        if self.per_image is not None:
+            return weight[self.per_image.to(weight.device)][None]
+        return weight[self.indices][:, None]
 
     def place(self, maps: Tensor) -> Tensor:
         """Arrange maps ``(B, K', h, w)`` of ``indices`` into the output ``(B, num_outputs, h, w)``."""
@@ -47,9 +76,12 @@ class ClassRequest:
 
     indices: tuple[int, ...] | None
     mask: Tensor | None = None
+    per_image: Tensor | None = None
 
     def planned(self, num_classes: int) -> frozenset[int]:
         """The classes a call will compute, assuming the model still has ``num_classes`` classes."""
+        if self.per_image is not None:
+            return frozenset(self.per_image.tolist())
         if self.mask is not None:
             return frozenset(self.mask.any(dim=0).nonzero().flatten().tolist())
         return frozenset(range(num_classes) if self.indices is None else self.indices)
@@ -64,6 +96,14 @@ class ClassRequest:
                 )
             present = self.mask.any(dim=0).nonzero().flatten().tolist()
             return ResolvedClasses(present, self.mask[:, present], num_classes)
+        if self.per_image is not None:
+            wrong = self.per_image[self.per_image >= num_classes]
+            if wrong.numel():
+                raise ValueError(
+                    f"`classes` must be class indices in [0, {num_classes}), got {int(wrong[0])} "
+                    f"(the model has {num_classes} classes)"
+                )
+            return ResolvedClasses(sorted(set(self.per_image.tolist())), None, 1, self.per_image)
         indices = list(range(num_classes)) if self.indices is None else list(self.indices)
         out_of_range = [k for k in indices if k >= num_classes]
         if out_of_range:
@@ -91,11 +131,25 @@ def parse_classes(classes: Any, batch_size: int) -> ClassRequest:
                 )
             check_binary(classes, "classes")
             return ClassRequest(None, classes.to(dtype=torch.bool))
-        if classes.ndim <= 1 and not classes.is_floating_point() and classes.dtype != torch.bool:
-            return ClassRequest(tuple(_non_negative(int(k)) for k in classes.reshape(-1).tolist()))
+        if classes.ndim <= 1 and not classes.is_floating_point() and not classes.is_complex():
+            if classes.dtype == torch.bool:
+                raise ValueError(
+                    "`classes` (B,) tensor must hold integer class indices, got dtype torch.bool"
+                )
+            if classes.ndim == 0:
+                return ClassRequest((_non_negative(int(classes)),))
+            if classes.shape[0] != batch_size:
+                raise ValueError(
+                    f"`classes` (B,) tensor must hold one class per image (B = {batch_size}), got shape "
+                    f"{format_shape(classes.shape)}; for the same classes in every image pass a list"
+                )
+            per_image = classes.detach().to(torch.int64)
+            if bool((per_image < 0).any()):
+                raise ValueError(f"`classes` must be non-negative class indices, got {int(per_image.min())}")
+            return ClassRequest(None, None, per_image.cpu())
         raise ValueError(
-            "`classes` tensor must be a (B, K) multi-hot mask or a 1-D tensor of class indices, "
-            f"got shape {format_shape(classes.shape)} and dtype {classes.dtype}"
+            "`classes` tensor must be a (B,) tensor of one class index per image or a (B, K) multi-hot "
+            f"mask, got shape {format_shape(classes.shape)} and dtype {classes.dtype}"
         )
     if isinstance(classes, Sequence) and not isinstance(classes, str):
         if not classes:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hiercam.cam._autograd import is_affine_path
+from hiercam.cam._classes import ResolvedClasses
 from hiercam.cam._heads import Head
 
 __all__ = ["classifier_for", "closed_form_gradients", "forward_identity_holds", "verify"]
@@ -20,7 +21,7 @@ def verify(
     head: Head,
     logits: Tensor,
     gradients: Tensor,
-    indices: list[int],
+    resolved: ResolvedClasses,
     input_size: tuple[int, int],
 ) -> None:
     """Set the head's closed-form state from the general path's gradients (module docstring, step 4)."""
@@ -28,14 +29,14 @@ def verify(
     holds = (
         activation is not None
         and forward_identity_holds(model, head, logits)
-        and _gradients_match(model, head, activation, logits, gradients, indices)
+        and _gradients_match(model, head, activation, logits, gradients, resolved)
         and is_affine_path(logits, activation)
     )
     if not holds:
         head.state = "general"
         return
     same_size = head.state == "verified" and head.verified_size == input_size
-    head.verified_classes = (head.verified_classes if same_size else frozenset()) | set(indices)
+    head.verified_classes = (head.verified_classes if same_size else frozenset()) | set(resolved.indices)
     head.verified_size = input_size
     head.state = "verified"
 
@@ -50,15 +51,18 @@ def classifier_for(model: nn.Module, head: Head, logits: Tensor, activation: Ten
 
 
 def closed_form_gradients(
-    model: nn.Module, head: Head, activation: Tensor, logits: Tensor, indices: list[int]
+    model: nn.Module, head: Head, activation: Tensor, logits: Tensor, resolved: ResolvedClasses
 ) -> Tensor:
-    """``W[indices] / (h * w)`` broadcast to ``(K', B, C, h, w)`` without copying (stride 0 over space)."""
+    """``W[k] / (h * w)`` broadcast to ``(K', B, C, h, w)`` without copying (stride 0 over space).
+
+    ``k`` runs over the requested classes, or is each image's own class (``K' = 1``).
+    """
     classifier = classifier_for(model, head, logits, activation)
     if classifier is None:  # pragma: no cover - verified heads have a classifier
         raise RuntimeError("no classifier for the closed form")
     batch, _, height, width = activation.shape
-    weight = classifier.weight.detach().float()[indices] / (height * width)
-    return weight[:, None, :, None, None].expand(len(indices), batch, -1, height, width)
+    weight = resolved.weight_rows(classifier.weight.detach().float()) / (height * width)
+    return weight[..., None, None].expand(weight.shape[0], batch, -1, height, width)
 
 
 def forward_identity_holds(model: nn.Module, head: Head, logits: Tensor) -> bool:
@@ -76,9 +80,14 @@ def forward_identity_holds(model: nn.Module, head: Head, logits: Tensor) -> bool
 
 
 def _gradients_match(
-    model: nn.Module, head: Head, activation: Tensor, logits: Tensor, gradients: Tensor, indices: list[int]
+    model: nn.Module,
+    head: Head,
+    activation: Tensor,
+    logits: Tensor,
+    gradients: Tensor,
+    resolved: ResolvedClasses,
 ) -> bool:
-    expected = closed_form_gradients(model, head, activation, logits, indices)
+    expected = closed_form_gradients(model, head, activation, logits, resolved)
     error = (gradients - expected).abs().amax()
     return bool(error <= _tolerance(activation) * expected.abs().amax() + 1e-12)
 

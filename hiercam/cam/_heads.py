@@ -6,18 +6,19 @@ import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from hiercam._validation import format_shape, type_name
+from hiercam.cam.targets import OutputArg, check_output_selector, select_output
 from hiercam.heads import CAMHead, MultiHeadModel
 
 __all__ = [
     "ClosedFormState",
     "Head",
     "build_heads",
-    "plain_logits",
     "resolve_layer",
     "translate_forward_error",
 ]
@@ -31,7 +32,8 @@ class Head:
 
     ``verified_classes`` and ``verified_size`` record for which classes and which input size ``(H, W)`` the
     closed form was verified; ``copy_activation`` is set once a later in-place op was seen to modify the
-    layer's output.
+    layer's output. ``to_map`` reads the layer's output as ``(B, C, h, w)`` in the current call (``None``:
+    as it is) and ``reading`` says how, for ``repr``.
     """
 
     name: str | None
@@ -44,21 +46,27 @@ class Head:
     copy_activation: bool = False
     activation: Tensor | None = field(default=None, repr=False)
     version: int = 0
-
-
-def plain_logits(output: Any) -> Tensor:
-    """The output of a plain classifier, checked to be logits ``(B, K)``."""
-    if not isinstance(output, Tensor) or output.ndim != 2:
-        got = format_shape(output.shape) if isinstance(output, Tensor) else type_name(output)
-        raise ValueError(f"`model` must return logits of shape (B, K), got {got}")
-    return output
+    to_map: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    reading: str = "map"
 
 
 def build_heads(
-    model: nn.Module, target_layer: nn.Module | str | None, classifier: nn.Linear | str | None
+    model: nn.Module,
+    target_layer: nn.Module | str | None,
+    classifier: nn.Linear | str | None,
+    output: OutputArg = None,
 ) -> list[Head]:
-    """The heads of ``model``: its ``cam_heads()`` for a multi-head model, else one plain head."""
+    """The heads of ``model``: its ``cam_heads()`` for a multi-head model, else one plain head.
+
+    The plain head's scores are the part of the model's output that ``output`` selects.
+    """
+    output = check_output_selector(output)
     if isinstance(model, MultiHeadModel):
+        if output is not None:
+            raise ValueError(
+                f"`output` is not used with a multi-head model ({type_name(model)} has cam_heads()): each "
+                "head's `logits` selects its scores"
+            )
         return _multi_heads(model, target_layer, classifier)
     name, layer = (None, None) if target_layer is None else resolve_layer(model, target_layer, "target_layer")
     fc = None
@@ -67,7 +75,7 @@ def build_heads(
         if not isinstance(module, nn.Linear):
             raise TypeError(f"`classifier` must be an nn.Linear, got {type_name(module)}")
         fc = module
-    return [Head(name, layer, plain_logits, fc)]
+    return [Head(name, layer, partial(select_output, selector=output), fc)]
 
 
 def _multi_heads(

@@ -15,6 +15,7 @@ from hiercam._validation import check_choice, type_name
 from hiercam.cam._checks import check_images, check_size
 from hiercam.cam._classes import ClassesArg
 from hiercam.cam.engine import BaseCAM, SizeArg
+from hiercam.cam.targets import TargetsArg
 from hiercam.maps import NormalizeMode, _normalize_maps
 
 __all__ = ["MultiScaleCAM", "IRN_SCALES"]
@@ -108,6 +109,7 @@ class MultiScaleCAM:
         images: Tensor,
         classes: ClassesArg = None,
         *,
+        targets: TargetsArg = None,
         size: SizeArg = "input",
         normalize: NormalizeMode | None = "max",
     ) -> Tensor:
@@ -116,6 +118,7 @@ class MultiScaleCAM:
         Args:
             images: input batch ``(B, C, H, W)``.
             classes: as for the wrapped extractor.
+            targets: as for the wrapped extractor (one target per image of ``images``).
             size: ``"input"``, an explicit ``(H, W)``, or ``"feature"``: the resolution of the first scale's
                 maps (the target layer's resolution at the input size for the default scales).
             normalize: normalisation of the averaged maps: ``"max"`` (IRN), ``"minmax"`` or ``None``.
@@ -144,7 +147,9 @@ class MultiScaleCAM:
             scaled = images
             if (h, w) != (height, width):
                 scaled = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
-            for maps, logits in self._passes(scaled, classes, "feature" if target is None else target):
+            for maps, logits in self._passes(
+                scaled, classes, targets, "feature" if target is None else target
+            ):
                 if total is None:
                     total = torch.zeros_like(maps)
                     target = (int(maps.shape[-2]), int(maps.shape[-1]))
@@ -155,18 +160,20 @@ class MultiScaleCAM:
             raise RuntimeError("no pass ran")
         return _normalize_maps(total / passes, normalize)
 
-    def _passes(self, images: Tensor, classes: ClassesArg, size: SizeArg) -> list[tuple[Tensor, Tensor]]:
-        """(maps, logits of the unflipped images) of one scale: one call, or two for tensor ``classes``."""
+    def _passes(
+        self, images: Tensor, classes: ClassesArg, targets: TargetsArg, size: SizeArg
+    ) -> list[tuple[Tensor, Tensor]]:
+        """(maps, logits of the unflipped images) of one scale: one call, or two for per-image requests."""
         cam, norm = self.cam, self.pass_normalize
         if not self.flip:
-            maps = cam(images, classes, size=size, normalize=norm)
+            maps = cam(images, classes, targets=targets, size=size, normalize=norm)
             return [(maps, self._logits())]
         mirrored = images.flip(-1)
-        if isinstance(classes, Tensor):
-            # A tensor may be per image ((B, K) masks, (B,) classes): the two halves run separately.
-            maps = cam(images, classes, size=size, normalize=norm)
+        if isinstance(classes, Tensor) or targets is not None:
+            # Per image ((B, K) masks, (B,) classes, targets): the two halves run separately.
+            maps = cam(images, classes, targets=targets, size=size, normalize=norm)
             logits = self._logits()
-            flipped = cam(mirrored, classes, size=size, normalize=norm).flip(-1)
+            flipped = cam(mirrored, classes, targets=targets, size=size, normalize=norm).flip(-1)
             return [(maps, logits), (flipped, logits)]
         batch = images.shape[0]
         both = cam(torch.cat([images, mirrored]), classes, size=size, normalize=norm)

@@ -7,9 +7,12 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from hiercam.cam._checks import finite
+from hiercam.cam._classes import ResolvedClasses
 from hiercam.cam._heads import Head
 from hiercam.cam._pca import principal_component_maps
 from hiercam.cam.engine import BaseCAM
+from hiercam.cam.reshape import ReshapeArg
+from hiercam.cam.targets import OutputArg, TargetsArg
 
 __all__ = ["EigenCAM", "principal_component_maps"]
 
@@ -34,6 +37,8 @@ class EigenCAM(BaseCAM):
     Args:
         model: the classifier (see [`BaseCAM`][hiercam.BaseCAM]; multi-head models average the heads' maps).
         target_layer: the layer explained, as for [`BaseCAM`][hiercam.BaseCAM].
+        reshape: as for [`BaseCAM`][hiercam.BaseCAM] (token and channels-last outputs are read as maps).
+        output: as for [`BaseCAM`][hiercam.BaseCAM].
 
     Examples:
         >>> import torch
@@ -46,20 +51,33 @@ class EigenCAM(BaseCAM):
 
     _needs_graph: ClassVar[bool] = False
 
-    def __init__(self, model: nn.Module, target_layer: nn.Module | str | None = None) -> None:
-        super().__init__(model, target_layer, closed_form=False)
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: nn.Module | str | None = None,
+        *,
+        reshape: ReshapeArg = "auto",
+        output: OutputArg = None,
+    ) -> None:
+        super().__init__(model, target_layer, closed_form=False, reshape=reshape, output=output)
 
     def _extra_repr(self) -> str:
         return "class_agnostic=True"
 
     def _head_maps(
-        self, head: Head, logits: Tensor, indices: list[int], closed: bool, input_size: tuple[int, int]
+        self,
+        head: Head,
+        logits: Tensor,
+        resolved: ResolvedClasses,
+        targets: TargetsArg,
+        closed: bool,
+        input_size: tuple[int, int],
     ) -> Tensor:
         activation = head.activation
         if activation is None:  # pragma: no cover - _forward guarantees it
             raise RuntimeError("no activation captured")
-        features = activation.detach().float()
+        features = self._as_map(head, activation.detach()).float()
         if not finite(features):
             raise non_finite_activation(head)
         projection = principal_component_maps(features)  # (B, h, w)
-        return projection[:, None].expand(-1, len(indices), -1, -1)
+        return projection[:, None].expand(-1, resolved.count if resolved.indices else 0, -1, -1)

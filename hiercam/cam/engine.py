@@ -30,14 +30,21 @@ How a call works:
    general path if it fails. Other classes or another input size are verified first. ``repr`` shows the
    state; pass ``closed_form=False`` to always use the general path.
 5. Maps are computed in float32 (also under autocast), checked to be finite (non-finite logits, target
-   activations or gradients are a ``ValueError`` that says which), ReLU'd, resized and normalised on the
-   input's device.
+   activations or gradients are a ``ValueError`` that says which), ReLU'd, resized (one batched
+   ``interpolate``, [`resize_maps`][hiercam.cam.engine.resize_maps]) and normalised on the input's device.
+
+Token outputs ``(B, N, C)`` and channels-last maps are read as ``(B, C, h, w)`` through the ``reshape``
+option (``hiercam.cam.reshape``), applied to the activation and to the gradients of the general path; the
+automatic layer choice is in ``hiercam.cam._layers``. The scores come from the model's output through
+``output`` and, for any output, ``targets`` (``hiercam.cam.targets``); a ``(B,)`` class tensor selects one
+logit per image (``hiercam.cam._classes``), which the closed form serves too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from types import TracebackType
 from typing import Any, ClassVar, Literal
 
@@ -48,15 +55,37 @@ from torch import Tensor, nn
 from hiercam._validation import check_choice, check_tensor, format_shape, type_name
 from hiercam.cam._autograd import batched_gradients
 from hiercam.cam._checks import check_images, check_size, finite, non_finite_origin
-from hiercam.cam._classes import ClassesArg, ClassRequest, parse_classes
+from hiercam.cam._classes import ClassesArg, ClassRequest, ResolvedClasses, parse_classes
 from hiercam.cam._closed_form import closed_form_gradients, forward_identity_holds, verify
 from hiercam.cam._heads import Head, build_heads, translate_forward_error
+from hiercam.cam._layers import choose_layer
 from hiercam.cam._pca import smoothed_maps
+from hiercam.cam.reshape import ReshapeArg, TokenReshape, channels_last_to_map, read_as_map
+from hiercam.cam.targets import OutputArg, TargetsArg, check_targets, target_scores
+from hiercam.heads import MultiHeadModel
 from hiercam.maps import NormalizeMode, normalize_maps
 
-__all__ = ["BaseCAM", "SizeArg", "average_branch_maps"]
+__all__ = ["BaseCAM", "SizeArg", "average_branch_maps", "resize_maps"]
 
 SizeArg = Literal["input", "feature"] | tuple[int, int]
+
+
+def resize_maps(maps: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """Maps ``(B, K, h, w)`` resized to ``size`` ``(H, W)`` in one batched bilinear ``interpolate``.
+
+    ``size=None`` (or the maps' own size) returns ``maps`` as they are, without a copy. This is the only
+    resizing the extractors do (``size="input"``); ``size="feature"`` skips it.
+
+    Examples:
+        >>> import torch
+        >>> resize_maps(torch.ones(2, 3, 4, 4), (8, 8)).shape
+        torch.Size([2, 3, 8, 8])
+    """
+    if size is None or tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    if maps.shape[1] == 0:  # no class requested (an all-zero mask)
+        return maps.new_zeros(*maps.shape[:2], *size)
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 def average_branch_maps(maps: Sequence[Tensor] | Tensor, normalize: NormalizeMode | None = "max") -> Tensor:
@@ -99,14 +128,24 @@ class BaseCAM:
     maps ``(B, K', h, w)`` before the ReLU (``_combine``).
 
     Args:
-        model: the classifier; it must return logits ``(B, K)``, unless it is a multi-head model (below).
+        model: the classifier; it must return logits ``(B, K)`` (or an output that ``output`` selects them
+            from, or any output explained through ``targets``), unless it is a multi-head model (below).
         target_layer: the layer whose output is explained: a module of ``model``, its dotted name
-            (``"layer4"``, ``"features.18"``), or ``None`` to pick, on the first call, the last layer (in
-            execution order) whose output is 4-D with a spatial size above 1x1. ``repr`` shows the choice.
+            (``"layer4"``, ``"features.18"``), or ``None`` to pick it on the first call (below);
+            ``target_layer`` and ``repr`` show the choice.
         classifier: the ``nn.Linear`` (or its name) for the closed form; by default the only linear layer of
             shape ``(K, C)``, if there is exactly one.
         closed_form: use the closed form once it has been verified (see the module docstring); ``False``
             always uses the general path.
+        reshape: how the target layer's output is read as a map ``(B, C, h, w)``: ``"auto"`` (maps as they
+            are, channels-last ``(B, h, w, C)`` permuted, tokens ``(B, N, C)`` folded into the patch grid
+            inferred from the token count and the input size, prefix tokens dropped; ambiguous counts are an
+            error), a callable applied to the output and to its gradients (like pytorch-grad-cam's
+            ``reshape_transform``, e.g. [`TokenReshape`][hiercam.TokenReshape]), or ``None`` (the output
+            must be ``(B, C, h, w)``). See ``hiercam.cam.reshape``.
+        output: which part of the model's output holds the scores: ``None`` (the output is a tensor), a key
+            (``"out"`` for torchvision's segmentation models), an index, or a callable on the output. See
+            ``hiercam.cam.targets``.
         eigen_smooth: replace each map by the first principal component of the method's weighted
             activations (per image and class; pytorch-grad-cam's ``eigen_smooth``, see
             [`principal_component_maps`][hiercam.principal_component_maps]).
@@ -119,11 +158,18 @@ class BaseCAM:
     inside each head's ``scope``, and ``logits`` holds the mean of the heads' logits. The closed form is
     verified for each head with its own classifier.
 
+    With ``target_layer=None`` the layer is chosen on the first call from one probe forward and backward:
+    the last layer whose output is a real feature map of the input that the scores depend on, never an
+    attention tensor; for a transformer (token or channels-last outputs last) the last block's norm with
+    ``reshape="auto"``, an error otherwise. ``target_layer`` then holds its name. See
+    ``hiercam.cam._layers``.
+
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``, ``target_layer`` has the wrong type, or
-            ``model.cam_heads()`` returns something other than [`CAMHead`][hiercam.CAMHead] objects.
-        ValueError: ``target_layer`` or ``classifier`` does not name a submodule, or ``classifier`` is
-            given for a multi-head model.
+        TypeError: ``model`` is not an ``nn.Module``, ``target_layer``, ``reshape`` or ``output`` has the
+            wrong type, or ``model.cam_heads()`` returns something other than [`CAMHead`][hiercam.CAMHead]
+            objects.
+        ValueError: ``target_layer`` or ``classifier`` does not name a submodule, or ``classifier`` or
+            ``output`` is given for a multi-head model.
     """
 
     _uses_gradients: ClassVar[bool] = True
@@ -135,21 +181,26 @@ class BaseCAM:
         *,
         classifier: nn.Linear | str | None = None,
         closed_form: bool = True,
+        reshape: ReshapeArg = "auto",
+        output: OutputArg = None,
         eigen_smooth: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module, got {type_name(model)}")
+        if not (reshape is None or reshape == "auto" or (callable(reshape) and not isinstance(reshape, str))):
+            raise TypeError(f"`reshape` must be 'auto', None or a callable, got {reshape!r}")
         if not isinstance(eigen_smooth, bool):
             raise TypeError(f"`eigen_smooth` must be a bool, got {type_name(eigen_smooth)}")
         self.model = model
         self.closed_form = bool(closed_form)
+        self.reshape = reshape
         self.eigen_smooth = eigen_smooth
         self._inputs: Tensor | None = None  # the call's images, for perturbation methods (hiercam.cam.score)
         self.logits: Tensor | None = None
         self.branch_maps: Tensor | None = None
         self._removed = False
         self._num_classes: int | None = None
-        self._heads: list[Head] = build_heads(model, target_layer, classifier)
+        self._heads: list[Head] = build_heads(model, target_layer, classifier, output)
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -162,6 +213,7 @@ class BaseCAM:
         images: Tensor,
         classes: ClassesArg = None,
         *,
+        targets: TargetsArg = None,
         size: SizeArg = "input",
         normalize: NormalizeMode | None = "max",
     ) -> Tensor:
@@ -169,9 +221,15 @@ class BaseCAM:
 
         Args:
             images: input batch ``(B, C, H, W)``, floating point, finite, on the model's device, ``B >= 1``.
-            classes: ``None`` for all ``K`` classes; an int; a list (or 1-D tensor) of class indices, the
-                same for every image; or a ``(B, K)`` multi-hot / boolean mask of per-image classes (maps of
+            classes: ``None`` for all ``K`` classes; an int; a list of class indices, the same for every
+                image; a ``(B,)`` integer tensor, one class per image (``classes[i]`` for image ``i``, maps
+                ``(B, 1, H', W')``); or a ``(B, K)`` multi-hot / boolean mask of per-image classes (maps of
                 classes absent from an image are zeros; an all-zero mask gives all-zero maps).
+            targets: instead of ``classes``, what to explain in each image: a callable, or one per image,
+                that maps one image's selected output (``(K,)`` logits, a ``(K, H, W)`` segmentation map...)
+                to a scalar score, e.g. [`ClassifierOutputTarget`][hiercam.ClassifierOutputTarget] or
+                [`SemanticSegmentationTarget`][hiercam.SemanticSegmentationTarget]; maps ``(B, 1, H', W')``.
+                The closed form is not used with targets.
             size: ``"input"`` (bilinear upsampling to ``(H, W)``), ``"feature"`` (the target layer's
                 resolution) or an explicit ``(H, W)``.
             normalize: ``"max"`` (each map divided by its maximum: the IRN convention used for mIoU at 0.15),
@@ -179,19 +237,24 @@ class BaseCAM:
 
         Returns:
             Maps ``(B, K', H', W')`` in float32 on the images' device, ``K'`` the number of requested classes
-            (``K`` for ``None`` or a mask). The logits of the forward pass are kept in ``logits``.
+            (``K`` for ``None`` or a mask, 1 for a ``(B,)`` tensor or ``targets``). The logits of the forward
+            pass (the selected output) are kept in ``logits``.
 
         Raises:
             TypeError, ValueError: bad images (empty, NaN or Inf, a dtype, channel count, size or device the
-                model cannot take), classes, size or normalize (class indices are range-checked against the
-                logits, before any gradient is computed); a target layer that is not reached by the forward
-                pass or does not output ``(B, C, H, W)``; non-finite logits, target activations or
+                model cannot take), classes (a ``(B,)`` tensor of another length), targets, size or normalize
+                (class indices are range-checked against the logits, before any gradient is computed); an
+                ``output`` that selects nothing; a target layer that is not reached by the forward pass or
+                whose output cannot be read as ``(B, C, h, w)``; non-finite logits, target activations or
                 gradients (the message says which).
             RuntimeError: the extractor was removed.
         """
         if self._removed:
             raise RuntimeError(f"{type(self).__name__} was removed; create a new one")
         check_images(images)
+        if targets is not None and classes is not None:
+            raise ValueError("pass either `classes` or `targets`, not both")
+        targets = check_targets(targets, images.shape[0])
         request = parse_classes(classes, images.shape[0])
         out_size = check_size(size, images)
         check_choice(normalize, "normalize", ("max", "minmax", None))
@@ -199,12 +262,12 @@ class BaseCAM:
 
         with self._call_context(images) as inputs:
             if any(head.layer is None for head in self._heads):
-                self._choose_layer(inputs)
-            closed = self._closed_form_ready(request, input_size)
-            output = self._run(inputs, with_graph=self._needs_graph and not closed)
+                self._choose_layer(inputs, targets)
+            closed = targets is None and self._closed_form_ready(request, input_size)
+            output = self._run(inputs, input_size, with_graph=self._needs_graph and not closed)
             self._inputs = inputs
             try:
-                head_logits = [self._head_logits(head, output) for head in self._heads]
+                head_logits = [self._head_logits(head, output, targets) for head in self._heads]
                 if closed and not all(
                     forward_identity_holds(self.model, h, lg)
                     for h, lg in zip(self._heads, head_logits, strict=True)
@@ -212,17 +275,23 @@ class BaseCAM:
                     for head in self._heads:
                         head.state = "unknown"
                     closed = False
-                    output = self._run(inputs, with_graph=True)
-                    head_logits = [self._head_logits(head, output) for head in self._heads]
+                    output = self._run(inputs, input_size, with_graph=True)
+                    head_logits = [self._head_logits(head, output, targets) for head in self._heads]
                 logits = head_logits[0] if len(head_logits) == 1 else torch.stack(head_logits).mean(dim=0)
-                resolved = request.resolve(logits.shape[1])
-                self._num_classes = int(logits.shape[1])
+                if targets is None:
+                    resolved = request.resolve(logits.shape[1])
+                    self._num_classes = int(logits.shape[1])
+                else:
+                    resolved = ResolvedClasses([0], None, 1)
                 # float32 maps; gradients reachable even inside the caller's no_grad()
                 with torch.autocast(images.device.type, enabled=False), torch.enable_grad():
-                    maps = [
-                        self._finish(self._head_maps(h, lg, resolved.indices, closed, input_size), out_size)
-                        for h, lg in zip(self._heads, head_logits, strict=True)
-                    ]
+                    maps = _resize_heads(
+                        [
+                            F.relu(self._head_maps(h, lg, resolved, targets, closed, input_size))
+                            for h, lg in zip(self._heads, head_logits, strict=True)
+                        ],
+                        out_size,
+                    )
             finally:
                 self._inputs = None
                 for head in self._heads:
@@ -230,7 +299,7 @@ class BaseCAM:
         self.logits = logits.detach()
         maps = [resolved.place(m) for m in maps]
         if len(maps) == 1:
-            return normalize_maps(maps[0], normalize)
+            return _normalize_own(maps[0], normalize)
         self.branch_maps = normalize_maps(torch.stack(maps), normalize)
         return average_branch_maps(maps, normalize)
 
@@ -264,7 +333,9 @@ class BaseCAM:
         closed = (
             f"closed_form={states}" if self.closed_form or not self._uses_gradients else "closed_form=off"
         )
-        parts = [f"target_layer={layers}", closed if self._needs_graph else self._extra_repr()]
+        readings = sorted({h.reading for h in self._heads if h.reading != "map"})
+        read = f"read as {', '.join(readings)}" if readings else ""
+        parts = [f"target_layer={layers}", read, closed if self._needs_graph else self._extra_repr()]
         parts += ["eigen_smooth=True"] if self.eigen_smooth else []
         return f"{type(self).__name__}({', '.join(p for p in parts if p)})"
 
@@ -275,9 +346,12 @@ class BaseCAM:
 
     # ------------------------------------------- extension points: gradient-free methods, eigen_smooth
     # Gradient-free and perturbation methods (hiercam.cam.score, hiercam.cam.eigen) set ``_needs_graph``
-    # False:
-    # the forward pass then runs under no_grad, and they override ``_head_maps`` (the call's images are in
-    # ``self._inputs`` meanwhile). ``eigen_smooth`` goes through ``_maps`` and the methods' ``_terms``.
+    # False: the forward pass then runs under no_grad, and they override
+    # ``_head_maps(head, logits, resolved, targets, closed, input_size)`` (the call's images are in
+    # ``self._inputs`` meanwhile). They read the activation as a map with ``_as_map(head, ...)`` (tokens and
+    # channels-last outputs), score the classes with ``resolved`` (``indices``, one class per image through
+    # ``per_image_rows``) or the ``targets``. ``eigen_smooth`` goes through ``_maps`` and the methods'
+    # ``_terms``.
     _needs_graph: ClassVar[bool] = True
 
     def _extra_repr(self) -> str:
@@ -330,23 +404,23 @@ class BaseCAM:
             for h in self._heads
         )
 
-    def _run(self, inputs: Tensor, *, with_graph: bool) -> Any:
+    def _run(self, inputs: Tensor, input_size: tuple[int, int], *, with_graph: bool) -> Any:
         """The forward pass; run again with copied activations if a later in-place op changed one."""
-        output = self._forward(inputs, with_graph=with_graph)
+        output = self._forward(inputs, input_size, with_graph=with_graph)
         changed = [h for h in self._heads if h.activation is not None and h.activation._version != h.version]
         if not changed:
             return output
         for head in changed:
             head.copy_activation = True
-        return self._forward(inputs, with_graph=with_graph)
+        return self._forward(inputs, input_size, with_graph=with_graph)
 
-    def _forward(self, inputs: Tensor, *, with_graph: bool) -> Any:
+    def _forward(self, inputs: Tensor, input_size: tuple[int, int], *, with_graph: bool) -> Any:
         handles = []
         try:
             for head in self._heads:
                 if head.layer is None:  # pragma: no cover - _choose_layer runs first
                     raise RuntimeError("the target layer was not chosen")
-                handles.append(head.layer.register_forward_hook(self._capture(head, with_graph)))
+                handles.append(head.layer.register_forward_hook(self._capture(head, input_size, with_graph)))
             for head in self._heads:
                 head.activation = None
             with torch.enable_grad() if with_graph else torch.no_grad():
@@ -361,20 +435,28 @@ class BaseCAM:
                 )
         return output
 
-    def _call_model(self, inputs: Tensor) -> Any:
+    def _call_model(self, inputs: Tensor, images: Tensor | None = None) -> Any:
+        """``model(inputs)``; torch's errors on bad inputs are translated naming ``images`` (the caller's)."""
         try:
             return self.model(inputs)
         except RuntimeError as error:
-            clear = translate_forward_error(error, inputs, self.model)
+            clear = translate_forward_error(error, inputs if images is None else images, self.model)
             if clear is None:
                 raise
             raise clear from error
 
-    def _capture(self, head: Head, with_graph: bool) -> Callable[[nn.Module, Any, Any], Any]:
+    def _capture(
+        self, head: Head, input_size: tuple[int, int], with_graph: bool
+    ) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-            if not isinstance(output, Tensor) or output.ndim != 4:
-                got = format_shape(output.shape) if isinstance(output, Tensor) else type_name(output)
-                raise ValueError(f"`target_layer` {head.name!r} must output a (B, C, H, W) tensor, got {got}")
+            if not isinstance(output, Tensor):
+                raise ValueError(
+                    f"`target_layer` {head.name!r} must output a (B, C, H, W) tensor, got {type_name(output)}"
+                )
+            head.to_map = read_as_map(output, self.reshape, input_size, head.name)
+            head.reading = _reading(head.to_map)
+            if head.to_map is not None:
+                head.state = "general"  # the closed form reads (B, C, h, w) activations only
             if with_graph and not output.requires_grad:
                 # Frozen layers upstream: start the graph here so that gradients reach the activation; the
                 # model goes on with a copy, which later in-place ops may modify.
@@ -387,35 +469,36 @@ class BaseCAM:
 
         return hook
 
-    def _choose_layer(self, inputs: Tensor) -> None:
-        """Pick the last layer (execution order) with a 4-D output larger than 1x1, from one small forward."""
-        seen: list[tuple[str, nn.Module]] = []
+    def _choose_layer(self, inputs: Tensor, targets: TargetsArg) -> None:
+        """Pick the target layer from one probe forward and backward (``hiercam.cam._layers``)."""
+        if callable(self.reshape) and not isinstance(self.reshape, str):
+            raise ValueError(
+                "a `reshape` callable needs `target_layer`: the layer it reads cannot be guessed"
+            )
 
-        def record(name: str, module: nn.Module) -> Callable[[nn.Module, Any, Any], None]:
-            def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-                if isinstance(output, Tensor) and output.ndim == 4 and output.shape[-2:].numel() > 1:
-                    seen.append((name, module))
+        def scores_of(output: Any) -> Tensor:
+            return self._head_logits(self._heads[0], output, targets)
 
-            return hook
-
-        handles = [m.register_forward_hook(record(n, m)) for n, m in self.model.named_modules() if n]
-        try:
-            with torch.no_grad():
-                self._call_model(inputs[:1])
-        finally:
-            for handle in handles:
-                handle.remove()
-        if not seen:
-            raise ValueError("no layer of `model` outputs a 4-D tensor larger than 1x1; pass `target_layer`")
-        name, layer = seen[-1]
+        name, layer = choose_layer(
+            self.model, inputs, partial(self._call_model, images=inputs), scores_of, self.reshape
+        )
         for head in self._heads:
             head.name, head.layer = name, layer
 
-    def _head_logits(self, head: Head, output: Any) -> Tensor:
+    def _head_logits(self, head: Head, output: Any, targets: TargetsArg = None) -> Tensor:
         logits = head.logits_of(output)
+        if targets is not None and isinstance(logits, Tensor) and logits.ndim >= 1:
+            if logits.is_floating_point() and not finite(logits):
+                raise ValueError("`model` returned NaN or infinite outputs for finite `images`")
+            return logits
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             got = format_shape(logits.shape) if isinstance(logits, Tensor) else type_name(logits)
-            raise ValueError(f"the logits of `model` for {head.name!r} must have shape (B, K), got {got}")
+            if isinstance(self.model, MultiHeadModel):
+                raise ValueError(f"the logits of `model` for {head.name!r} must have shape (B, K), got {got}")
+            raise ValueError(
+                f"`model` must return logits of shape (B, K), got {got}; pass `targets` to explain another "
+                "output (e.g. hiercam.SemanticSegmentationTarget for a segmentation map)"
+            )
         if logits.is_floating_point() and not finite(logits):
             raise ValueError(
                 f"`model` returned NaN or infinite logits (head {head.name!r}) for finite `images`: the "
@@ -424,20 +507,30 @@ class BaseCAM:
         return logits
 
     def _head_maps(
-        self, head: Head, logits: Tensor, indices: list[int], closed: bool, input_size: tuple[int, int]
+        self,
+        head: Head,
+        logits: Tensor,
+        resolved: ResolvedClasses,
+        targets: TargetsArg,
+        closed: bool,
+        input_size: tuple[int, int],
     ) -> Tensor:
         activation = head.activation
         if activation is None:  # pragma: no cover - _forward guarantees it
             raise RuntimeError("no activation captured")
-        if not indices:
-            return activation.new_zeros(activation.shape[0], 0, *activation.shape[-2:], dtype=torch.float32)
-        features = activation.detach().float()
+        features = self._as_map(head, activation.detach()).float()
+        if not resolved.indices:
+            return features.new_zeros(features.shape[0], 0, *features.shape[-2:])
         if closed:
-            gradients = closed_form_gradients(self.model, head, activation, logits, indices)
+            gradients = closed_form_gradients(self.model, head, features, logits, resolved)
         else:
-            gradients = batched_gradients(logits[:, indices], activation, head.name)
-            if not self._uses_gradients or (self.closed_form and head.state != "general"):
-                verify(self.model, head, logits, gradients, indices, input_size)
+            scores = target_scores(logits, targets) if targets is not None else resolved.scores(logits)
+            raw = batched_gradients(scores, activation, head.name)
+            gradients = self._as_map(head, raw.flatten(0, 1)).unflatten(0, raw.shape[:2]).float()
+            if targets is None and (
+                not self._uses_gradients or (self.closed_form and head.state != "general")
+            ):
+                verify(self.model, head, logits, gradients, resolved, input_size)
             if not self._uses_gradients:
                 if head.state != "verified":
                     raise ValueError(
@@ -445,16 +538,57 @@ class BaseCAM:
                         f"single linear classifier of shape (K, C); this does not hold for `target_layer` "
                         f"{head.name!r}" + ("; pass `classifier` if it is not found automatically")
                     )
-                gradients = closed_form_gradients(self.model, head, activation, logits, indices)
+                gradients = closed_form_gradients(self.model, head, features, logits, resolved)
         maps = self._maps(features, gradients)
         if not finite(maps):
             raise ValueError(non_finite_origin(head, features, gradients))
         return maps
 
-    def _finish(self, maps: Tensor, size: tuple[int, int] | None) -> Tensor:
-        maps = F.relu(maps)
-        if size is not None and maps.shape[1] == 0:  # no class requested (an all-zero mask)
-            return maps.new_zeros(*maps.shape[:2], *size)
-        if size is not None and tuple(maps.shape[-2:]) != size:
-            maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    @staticmethod
+    def _as_map(head: Head, values: Tensor) -> Tensor:
+        """The target layer's output (or its gradients, batch-flattened) as ``(B, C, h, w)``."""
+        if head.to_map is None:
+            return values
+        mapped = head.to_map(values)
+        if not isinstance(mapped, Tensor) or mapped.ndim != 4 or mapped.shape[0] != values.shape[0]:
+            got = format_shape(mapped.shape) if isinstance(mapped, Tensor) else type_name(mapped)
+            raise ValueError(
+                f"`reshape` must turn the output {format_shape(values.shape)} of `target_layer` "
+                f"{head.name!r} into (B, C, h, w) with the same B, got {got}"
+            )
+        return mapped
+
+
+def _resize_heads(maps: list[Tensor], size: tuple[int, int] | None) -> list[Tensor]:
+    """Every head's maps resized in one ``interpolate`` when they share a shape (else one per head)."""
+    if len(maps) == 1 or any(m.shape != maps[0].shape for m in maps):
+        return [resize_maps(m, size) for m in maps]
+    return list(resize_maps(torch.cat(maps), size).split(maps[0].shape[0]))
+
+
+def _normalize_own(maps: Tensor, normalize: NormalizeMode | None) -> Tensor:
+    """[`normalize_maps`][hiercam.normalize_maps] of the engine's own finite, non-negative maps, in place.
+
+    Equal to ``normalize_maps`` on such maps (an all-zero or constant map gives zeros, since ``0 / tiny = 0``)
+    with one reduction and one division instead of a finiteness check, a reduction, a division, a zeros
+    tensor and a ``where``.
+    """
+    if normalize is None or maps.numel() == 0:
         return maps
+    tiny = torch.finfo(maps.dtype).tiny
+    if normalize == "max":
+        return maps.div_(maps.amax(dim=(-2, -1), keepdim=True).clamp_min(tiny))
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return maps.sub_(low).div_(span.clamp_min(tiny))
+
+
+def _reading(to_map: Callable[[Tensor], Tensor] | None) -> str:
+    """How a head's output is read, for ``repr``."""
+    if to_map is None:
+        return "map"
+    if to_map is channels_last_to_map:
+        return "channels-last"
+    if isinstance(to_map, TokenReshape):
+        return f"tokens(grid={to_map.grid}, prefix={to_map.prefix})"
+    return "reshape callable"

@@ -17,11 +17,14 @@ from torch import Tensor, nn
 
 from hiercam._validation import check_int, type_name
 from hiercam.cam._checks import finite
+from hiercam.cam._classes import ResolvedClasses
 from hiercam.cam._heads import Head
 from hiercam.cam._pca import smoothed_maps
 from hiercam.cam.eigen import non_finite_activation
 from hiercam.cam.engine import BaseCAM
 from hiercam.cam.methods import _weighted_sum, _weighted_terms
+from hiercam.cam.reshape import ReshapeArg
+from hiercam.cam.targets import OutputArg, TargetsArg, target_scores
 
 __all__ = ["ScoreCAM", "AblationCAM"]
 
@@ -40,47 +43,61 @@ class _Perturbation(BaseCAM):
         *,
         batch_size: int = 32,
         eigen_smooth: bool = False,
+        reshape: ReshapeArg = "auto",
+        output: OutputArg = None,
     ) -> None:
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
-        super().__init__(model, target_layer, closed_form=False, eigen_smooth=eigen_smooth)
+        super().__init__(
+            model, target_layer, closed_form=False, eigen_smooth=eigen_smooth, reshape=reshape, output=output
+        )
         self._autocast: tuple[str, bool, torch.dtype] = ("cpu", False, torch.bfloat16)
 
-    def _run(self, inputs: Tensor, *, with_graph: bool) -> Any:
+    def _run(self, inputs: Tensor, input_size: tuple[int, int], *, with_graph: bool) -> Any:
         # the caller's autocast state, for the perturbed forwards (the engine turns it off for the maps)
         device = inputs.device.type
         self._autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        return super()._run(inputs, with_graph=with_graph)
+        return super()._run(inputs, input_size, with_graph=with_graph)
 
     def _extra_repr(self) -> str:
         return f"batch_size={self.batch_size}"
 
     def _weights(
-        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, indices: list[int]
+        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
     ) -> Tensor:
         raise NotImplementedError
 
     def _head_maps(
-        self, head: Head, logits: Tensor, indices: list[int], closed: bool, input_size: tuple[int, int]
+        self,
+        head: Head,
+        logits: Tensor,
+        resolved: ResolvedClasses,
+        targets: TargetsArg,
+        closed: bool,
+        input_size: tuple[int, int],
     ) -> Tensor:
         activation, inputs = head.activation, self._inputs
         if activation is None or inputs is None:  # pragma: no cover - the engine sets both
             raise RuntimeError("no activation captured")
-        features = activation.detach().float()
-        if not indices:
+        features = self._as_map(head, activation.detach()).float()
+        if not resolved.indices:
             return features.new_zeros(features.shape[0], 0, *features.shape[-2:])
         if not finite(features):
             raise non_finite_activation(head)
+        scores = _Scores(resolved.indices, targets)
         with torch.no_grad():
-            weights = self._weights(head, activation.detach(), inputs.detach(), logits.detach(), indices)
+            weights = self._weights(
+                head, features.to(activation.dtype), inputs.detach(), logits.detach(), scores
+            )
+        weights = weights if targets is not None else resolved.per_image_rows(weights)
         if not self.eigen_smooth:
             return _weighted_sum(weights, features)
-        return smoothed_maps(lambda part: _weighted_terms(weights[part], features), len(indices))
+        return smoothed_maps(lambda part: _weighted_terms(weights[part], features), weights.shape[0])
 
     def _chunks(self, total: int) -> list[tuple[int, int]]:
         return [(start, min(start + self.batch_size, total)) for start in range(0, total, self.batch_size)]
 
-    def _scores(self, head: Head, inputs: Tensor, indices: list[int]) -> Tensor:
-        """The requested classes' scores ``(n, K')`` (float32) of one batch of perturbed images.
+    def _forward_scores(self, head: Head, inputs: Tensor, scores: _Scores, images_of: Tensor) -> Tensor:
+        """The scores ``(n, K')`` (float32) of one batch of perturbed copies of the images ``images_of``.
 
         The forward runs under the caller's autocast state, like the first forward whose scores it is compared
         with.
@@ -88,7 +105,24 @@ class _Perturbation(BaseCAM):
         device, enabled, dtype = self._autocast
         with torch.autocast(device, dtype=dtype, enabled=enabled):
             output = self._call_model(inputs)
-        return self._head_logits(head, output)[:, indices].float()
+        return scores(self._head_logits(head, output, scores.targets), images_of)
+
+
+class _Scores:
+    """What the perturbation methods score: the logits of ``indices`` (columns), or each image's target."""
+
+    def __init__(self, indices: list[int], targets: TargetsArg) -> None:
+        self.indices, self.targets = indices, targets
+        self.count = 1 if targets is not None else len(indices)
+        self.names = ["`targets`"] if targets is not None else [f"{k} (`classes`)" for k in indices]
+
+    def __call__(self, selected: Tensor, images_of: Tensor) -> Tensor:
+        """Scores ``(n, count)`` of outputs ``selected`` whose rows belong to the images ``images_of``."""
+        if self.targets is None:
+            return selected[:, self.indices].float()
+        per_image = [self.targets] * (int(images_of.max()) + 1) if callable(self.targets) else self.targets
+        rows = [per_image[int(b)] for b in images_of.tolist()]
+        return target_scores(selected, rows).float()
 
 
 class ScoreCAM(_Perturbation):
@@ -116,6 +150,9 @@ class ScoreCAM(_Perturbation):
         batch_size: masked images per forward pass, ``>= 1`` (memory: ``batch_size`` images through the model
             without an autograd graph).
         eigen_smooth: as for [`BaseCAM`][hiercam.BaseCAM].
+        reshape: as for [`BaseCAM`][hiercam.BaseCAM] (ScoreCAM reads tokens; AblationCAM needs a
+            ``(B, C, h, w)`` layer).
+        output: as for [`BaseCAM`][hiercam.BaseCAM]; ``targets`` work as with Grad-CAM.
 
     Raises:
         TypeError, ValueError: ``batch_size`` is not an int ``>= 1`` (and as for
@@ -130,21 +167,24 @@ class ScoreCAM(_Perturbation):
     """
 
     def _weights(
-        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, indices: list[int]
+        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
     ) -> Tensor:
         batch, channels, height, width = features.shape
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         flat = features.reshape(batch * channels, 1, height, width)
-        scores = torch.empty(batch * channels, len(indices), device=features.device)
+        perturbed = torch.empty(batch * channels, scores.count, device=features.device)
         for start, stop in self._chunks(batch * channels):
             masks = flat[start:stop].float()
             if (height, width) != size:
                 masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
             low = masks.amin(dim=(-2, -1), keepdim=True)
             masks = (masks - low) / (masks.amax(dim=(-2, -1), keepdim=True) - low + _MINMAX_EPS)
-            images = inputs[torch.arange(start, stop, device=inputs.device) // channels]
-            scores[start:stop] = self._scores(head, images.mul_(masks.to(inputs.dtype)), indices)
-        return torch.softmax(scores.view(batch, channels, -1), dim=1).permute(2, 0, 1)
+            images_of = torch.arange(start, stop, device=inputs.device) // channels
+            images = inputs[images_of]
+            perturbed[start:stop] = self._forward_scores(
+                head, images.mul_(masks.to(inputs.dtype)), scores, images_of
+            )
+        return torch.softmax(perturbed.view(batch, channels, -1), dim=1).permute(2, 0, 1)
 
 
 class AblationCAM(_Perturbation):
@@ -165,6 +205,9 @@ class AblationCAM(_Perturbation):
         target_layer: the layer explained, as for [`BaseCAM`][hiercam.BaseCAM].
         batch_size: ablated copies per forward pass, ``>= 1``.
         eigen_smooth: as for [`BaseCAM`][hiercam.BaseCAM].
+        reshape: as for [`BaseCAM`][hiercam.BaseCAM] (ScoreCAM reads tokens; AblationCAM needs a
+            ``(B, C, h, w)`` layer).
+        output: as for [`BaseCAM`][hiercam.BaseCAM]; ``targets`` work as with Grad-CAM.
 
     Raises:
         TypeError, ValueError: ``batch_size`` is not an int ``>= 1`` (and as for
@@ -178,21 +221,27 @@ class AblationCAM(_Perturbation):
     """
 
     def _weights(
-        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, indices: list[int]
+        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
     ) -> Tensor:
-        original = logits[:, indices].float()  # (B, K')
+        if head.to_map is not None:
+            raise ValueError(
+                f"AblationCAM zeroes channels of the target layer's output, which must be (B, C, h, w); "
+                f"`target_layer` {head.name!r} is read as {head.reading}: choose a (B, C, h, w) layer or "
+                "another method"
+            )
+        original = scores(logits, torch.arange(logits.shape[0], device=logits.device))  # (B, K')
         zero = (original == 0).nonzero()
         if len(zero):
             b, k = zero[0].tolist()
             raise ValueError(
                 f"AblationCAM divides by the class score, which is exactly 0 for image {b}, class "
-                f"{indices[k]} (`classes`)"
+                f"{scores.names[k]}"
             )
         layer = head.layer
         if layer is None:  # pragma: no cover - chosen before the forward
             raise RuntimeError("the target layer was not chosen")
         batch, channels = features.shape[:2]
-        ablated = torch.empty(batch * channels, len(indices), device=features.device)
+        ablated = torch.empty(batch * channels, scores.count, device=features.device)
         for start, stop in self._chunks(batch * channels):
             pairs = torch.arange(start, stop, device=features.device)
             replaced = features[pairs // channels]  # advanced indexing: a copy
@@ -206,7 +255,8 @@ class AblationCAM(_Perturbation):
 
             handle = layer.register_forward_hook(substitute)
             try:
-                ablated[start:stop] = self._scores(head, inputs[pairs.to(inputs.device) // channels], indices)
+                images_of = pairs.to(inputs.device) // channels
+                ablated[start:stop] = self._forward_scores(head, inputs[images_of], scores, images_of)
             finally:
                 handle.remove()
         image_of = torch.arange(batch * channels, device=ablated.device) // channels

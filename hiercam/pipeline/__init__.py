@@ -28,7 +28,7 @@ from hiercam.pipeline.results import (
     ThresholdCurve,
     VariantScores,
 )
-from hiercam.pipeline.run import demo_config, run_bench, run_pipeline, run_preset_bench
+from hiercam.pipeline.run import bench_config, demo_config, run_bench, run_pipeline, run_preset_bench
 
 __all__ = [
     "PipelineConfig",
@@ -40,6 +40,7 @@ __all__ = [
     "ConfigError",
     "load_config",
     "demo_config",
+    "bench_config",
     "run_pipeline",
     "run_bench",
     "run_preset_bench",

@@ -27,12 +27,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hiercam._progress import Progress, is_terminal
 from hiercam.cam import average_branch_maps
 from hiercam.fusion import RestReduction, fuse_hierarchy
 from hiercam.hierarchy import ClassHierarchy
@@ -165,6 +166,7 @@ def score_split(
     weights: Weights | None = None,
     *,
     localization: bool = True,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[Variant, ThresholdCurve]:
     """Score every variant at every threshold of ``method.thresholds`` (fractions).
 
@@ -172,7 +174,8 @@ def score_split(
     are predicted, left out). ``indices`` is this process's shard of the images (all by default); under
     ``torchrun`` the metrics sum their states over the processes, so every process gets the figures of
     the whole split.
-    ``localization=False`` skips the localisation error (mIoU only, faster).
+    ``localization=False`` skips the localisation error (mIoU only, faster). ``on_batch`` is called with the
+    number of images of every batch scored (progress).
     """
     method = config.method
     thresholds = list(method.thresholds)
@@ -187,6 +190,8 @@ def score_split(
             iou[variant].update(maps, labels, masks=masks)
             if localization:
                 loc[variant].update(maps, labels, boxes=boxes)
+        if on_batch is not None:
+            on_batch(len(rows))
     scored = list(data.scored_labels)
     return {
         variant: ThresholdCurve(
@@ -208,6 +213,7 @@ def score_maps(
     *,
     model: nn.Module | None = None,
     device: torch.device | str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[Variant, MapScores]:
     """The threshold-free figures of every variant: MaxBoxAccV2, PxAP, deletion and insertion (fractions).
 
@@ -216,6 +222,7 @@ def score_maps(
     deletion and insertion areas cover those of them among the first ``config.evaluation.faithfulness_images``
     images of the split, scored by ``model`` (the base classifier; ``None``: not measured) with its sigmoid
     class score on ``device``. Under ``torchrun`` the metrics sum their states over the processes.
+    ``on_batch`` is called with the number of images of every batch scored, in both passes (progress).
     """
     evaluation = config.evaluation
     shard = list(range(len(data))) if indices is None else list(indices)
@@ -229,6 +236,8 @@ def score_maps(
             ):
                 box[variant].update(maps, labels, boxes=boxes)
                 pixel[variant].update(maps, labels, masks=masks)
+            if on_batch is not None:
+                on_batch(len(rows))
     faithful = None
     if model is not None and evaluation.faithfulness_images > 0:
         steps = evaluation.faithfulness_steps
@@ -241,6 +250,8 @@ def score_maps(
                 extracted, rows, hierarchy, labels, size, variants, _rest(config), weights
             ):
                 faithful[variant].update(maps, labels, images=images)
+            if on_batch is not None:
+                on_batch(len(rows))
     scores = {}
     for variant in variants:
         figures = MapScores()
@@ -406,28 +417,50 @@ def evaluate(
         fusion = choose_fusion_weights(config, val, extracted["val"], hierarchy, ctx.dist.shard(len(val)))
         weights[Variant("full_tuned")] = fusion.tuned or fusion.configured
         ctx.log(f"  fusion weights chosen on val: (a, b, c) = {fusion.tuned}")
-    curves = {
-        split: score_split(
-            config, ctx.data(split), maps, hierarchy, variants, ctx.dist.shard(len(ctx.data(split))), weights
+    curves = {}
+    for split, maps in extracted.items():
+        shard = ctx.dist.shard(len(ctx.data(split)))
+        progress = Progress(
+            len(shard),
+            f"  scoring {len(variants)} variants ({split})",
+            log=ctx.log,
+            unit="images",
+            terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
         )
-        for split, maps in extracted.items()
-    }
+        with progress:
+            curves[split] = score_split(
+                config, ctx.data(split), maps, hierarchy, variants, shard, weights, on_batch=progress.update
+            )
     figure_split = "test" if "test" in extracted else "val"
     base = models.get(_BASE)
-    map_scores = {
-        split: score_maps(
-            config,
-            ctx.data(split),
-            maps,
-            hierarchy,
-            variants,
-            ctx.dist.shard(len(ctx.data(split))),
-            weights,
-            model=base.model if base is not None and split == figure_split else None,
-            device=ctx.device,
+    map_scores = {}
+    for split, maps in extracted.items():
+        shard = ctx.dist.shard(len(ctx.data(split)))
+        model = base.model if base is not None and split == figure_split else None
+        faithful = config.evaluation.faithfulness_images if model is not None else 0
+        total = len(shard) * config.evaluation.wsol + sum(i < faithful for i in shard)
+        figures = ["MaxBoxAccV2, PxAP"] * config.evaluation.wsol + ["deletion / insertion"] * bool(faithful)
+        progress = Progress(
+            total,
+            f"  {', '.join(figures)} ({split})",
+            enabled=total > 0,
+            log=ctx.log,
+            unit="images",
+            terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
         )
-        for split, maps in extracted.items()
-    }
+        with progress:
+            map_scores[split] = score_maps(
+                config,
+                ctx.data(split),
+                maps,
+                hierarchy,
+                variants,
+                shard,
+                weights,
+                model=model,
+                device=ctx.device,
+                on_batch=progress.update,
+            )
     scenes = (
         figure_scenes(config, ctx.data(figure_split), extracted[figure_split], hierarchy, figure_split)
         if ctx.dist.is_main

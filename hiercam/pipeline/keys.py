@@ -85,7 +85,7 @@ _DESCRIPTIONS = {
     "ensemble": "ensemble control: two single-branch models averaged",
     "two_branch": "+ orthogonal two-branch only",
     "grouping": "+ grouping only",
-    "full": "both (the paper's method)",
+    "full": "both: two-branch + grouping, Eq. 6",
     "full_tuned": "both, fusion weights chosen on val",
 }
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from hiercam._io import atomic_write_json, atomic_write_text
+from hiercam._progress import print_line
 from hiercam._version import __version__
 from hiercam.pipeline.config import ConfigError, PipelineConfig
 from hiercam.pipeline.distributed import Distributed
@@ -30,27 +31,89 @@ from hiercam.pipeline.stages import (
     train_levels,
 )
 
-__all__ = ["run_pipeline", "run_bench", "run_preset_bench", "seed_record_path", "demo_config"]
+__all__ = [
+    "run_pipeline",
+    "run_bench",
+    "run_preset_bench",
+    "seed_record_path",
+    "demo_config",
+    "bench_config",
+]
+
+
+#: The demo's sizes (``demo_config``), chosen so that ``make demo`` from a fresh clone, install included,
+#: takes at most 5 minutes on a slow 2-core machine (``benchmarks/demo_time.py`` measures it); the
+#: full-size setting of ``docs/benchmarks.md`` is ``bench_config``.
+DEMO_SIZES: dict[str, Any] = {
+    "data__train_scenes": 4000,
+    "data__val_scenes": 300,
+    "data__test_scenes": 300,
+    "train__epochs": 4,
+    "method__levels": (4,),
+}
+
+#: ``--quick``: tiny images, few scenes, 2 epochs; every stage and every ablation model, in seconds.
+QUICK_SIZES: dict[str, Any] = {
+    "data__image_size": 48,
+    "data__train_scenes": 256,
+    "data__val_scenes": 64,
+    "data__test_scenes": 64,
+    "model__width": 8,
+    "train__epochs": 2,
+    "train__lr": 3e-3,
+}
 
 
 def demo_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
-    """The bundled-data demo: FashionScenes, ``small_convnet``, levels 10 -> 4 -> 2, on the CPU.
+    """The bundled-data demo: FashionScenes, ``small_convnet``, on the CPU.
 
-    The full demo takes about 4-6 minutes on 2 CPU cores; ``quick`` (tiny images, few scenes, 2 epochs)
-    under a minute, for smoke tests. Its numbers mean nothing.
+    The demo shows a method against the Grad-CAM baseline (the ``demo`` command: the preset ``recommended``).
+    It trains the base classifier and the two-branch models of levels 10 and 4 only (``ablation=False``: no
+    single-branch level models; ``ensemble=False``: no ensemble control; one group level, the one
+    ``recommended`` keeps in the full setting), on 4,000 training scenes for 4 epochs, and scores 300
+    validation and 300 test scenes. The paper's full
+    ablation is ``hiercam bench``, on [`bench_config`][hiercam.pipeline.bench_config]. ``quick`` is a smoke
+    test of every stage, ablation, ensemble control and levels 10 -> 4 -> 2 included (48-pixel images, 256
+    scenes, 2 epochs), in seconds; its numbers mean nothing.
+
+    Args:
+        quick: the smoke-test sizes instead of the demo's.
+        seed: seed of data, initialisation and shuffling.
+
+    Returns:
+        The config. Its method settings other than ``levels`` are the defaults (the paper's); the ``demo``
+        command applies a preset on top.
+
+    Example:
+        >>> config = demo_config()
+        >>> config.data.train_scenes, config.train.epochs, config.method.levels
+        (4000, 4, (4,))
+        >>> config.ablation, config.ensemble
+        (False, False)
+        >>> demo_config(quick=True).method.levels
+        (4, 2)
     """
     config = PipelineConfig(seed=seed, device="cpu")
     if quick:
-        return config.replace(
-            data__image_size=48,
-            data__train_scenes=256,
-            data__val_scenes=64,
-            data__test_scenes=64,
-            model__width=8,
-            train__epochs=2,
-            train__lr=3e-3,
-        )
-    return config
+        return config.replace(**QUICK_SIZES)
+    return config.replace(ablation=False, ensemble=False, **DEMO_SIZES)
+
+
+def bench_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
+    """The FashionScenes setting of ``docs/benchmarks.md``: 10,000 training scenes, 6 epochs, every model.
+
+    The default config of ``hiercam bench`` and ``benchmarks/ablation_sweep.py``: the paper's ablation (Table
+    4) with the single-branch level models (``ablation=True``), 500 validation and 500 test scenes, on the
+    CPU. ``quick`` is the same smoke test as ``demo_config(quick=True)``.
+
+    Example:
+        >>> config = bench_config()
+        >>> config.data.train_scenes, config.train.epochs, config.ablation
+        (10000, 6, True)
+    """
+    if quick:
+        return demo_config(quick=True, seed=seed)
+    return PipelineConfig(seed=seed, device="cpu")
 
 
 def run_pipeline(
@@ -59,7 +122,7 @@ def run_pipeline(
     *,
     force: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print_line,
     test: bool = True,
     cache: str | Path | None = None,
 ) -> RunResult:
@@ -76,8 +139,9 @@ def run_pipeline(
         config: the run's settings.
         out: run directory.
         force: redo every stage even when up to date.
-        progress: tqdm bars during training.
-        log: where progress lines go.
+        progress: progress of training (per epoch), CAM extraction and scoring: tqdm bars when stderr is a
+            terminal, plain lines otherwise (one per epoch, one per extraction and scoring step).
+        log: where progress lines go (default: stdout, flushed line by line).
         test: also extract and score the test split. Hyper-parameter sweeps pass ``False`` so that test data
             is never looked at while choosing.
         cache: a folder for models and CAMs shared between runs (stored under content keys), e.g. by the
@@ -185,7 +249,7 @@ def run_bench(
     *,
     force: bool = False,
     progress: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print_line,
     cache: str | Path | None = None,
     results: str | Path | None = None,
     label: str = "config",
@@ -330,7 +394,7 @@ def run_preset_bench(
     *,
     force: bool = False,
     progress: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print_line,
     results: str | Path | None = None,
 ) -> dict[str, Any]:
     """[`run_bench`][hiercam.pipeline.run_bench] for each preset (``out/<preset>``), then one comparison.

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from hiercam._progress import Progress, is_terminal, print_line
 from hiercam.cam import GradCAM, MultiScaleCAM
 from hiercam.grouping import group_classes
 from hiercam.hierarchy import ClassHierarchy, frequent_classes
@@ -61,7 +62,7 @@ class RunContext:
     out: Path
     force: bool = False
     progress: bool = True
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = print_line
     cache: Path | None = None
     dist: Distributed = field(default_factory=Distributed.current)
     timings: dict[str, float] = field(default_factory=dict)
@@ -483,6 +484,13 @@ def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: s
 
     labels = gather([labels for _, _, labels, _, _ in data.batches(64, shard)])
     extracted: dict[ModelKey, ModelMaps] = {}
+    progress = Progress(
+        len(models) * len(shard),
+        f"  maps of {len(models)} models ({split})",
+        log=ctx.log,
+        unit="images",
+        terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
+    )
     for identity, trained in models.items():
         extractor = GradCAM(trained.model)
         multi = None if scales is None else MultiScaleCAM(extractor, scales, flip=ctx.config.method.flip)
@@ -497,10 +505,12 @@ def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: s
             if multi is not None:  # the plain pass above gave the logits, branch maps and feature size
                 cams = multi(images, size=(int(cams.shape[-2]), int(cams.shape[-1])), normalize=None)
             maps.append(cams.to("cpu", torch.float16))
+            progress.update(len(images))
         extractor.remove()
         extracted[identity] = ModelMaps(
             gather(maps), gather(logits), gather(correlations) if correlations else None
         )
+    progress.close()
     result = ExtractedMaps(labels, extracted)
     if ctx.dist.is_main:
         save_tensors(path, result.to_tensors())
