@@ -200,10 +200,14 @@ def test_multiscale_enters_the_map_cache_key_only_when_set(
         }
     )
     assert plain.name == f"val-{earlier[:16]}.pt"
-    multi = config.replace(method__multiscale=[1.0, 2.0])
+    multi = config.replace(method__multiscale=[1.0, 2.0], evaluation__wsol=False)
     run_pipeline(multi, out, progress=False, log=lines.append, test=False)
     assert not any("training" in line for line in lines)  # the models are not retrained
     assert len(list((out / "cams").glob("val-*.pt"))) == 2  # a map cache of its own
+    report = (out / "report.md").read_text()  # with nothing measured, the report says so
+    assert "MaxBoxAccV2 and PxAP were not measured (`evaluation.wsol = false`)" in report
+    assert "Deletion and insertion were not measured (`evaluation.faithfulness_images = 0`)" in report
+    assert "## Localisation without a threshold" not in report
     flipped = config.replace(method__flip=True)  # flip alone: scale 1 and its mirror, a third cache
     run_pipeline(flipped, out, progress=False, log=lambda _: None, test=False)
     assert len(list((out / "cams").glob("val-*.pt"))) == 3

@@ -136,14 +136,7 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
         "",
         _map_score_note(config, result),
         "",
-        "## Localisation without a threshold",
-        "",
-        "MaxBoxAcc (Choe et al., CVPR 2020): % of (image, class) pairs with a box of the map's regions at "
-        "IoU >= 0.3 / 0.5 / 0.7 with a ground-truth box, at the best map threshold; MaxBoxAccV2 is their "
-        "mean. PxAP: pixel average precision against the masks (void ignored). Higher is better.",
-        "",
-        *map_score_rows(result),
-        "",
+        *(_map_score_section(result) if config.evaluation.wsol else []),
         "## Class hierarchy",
         "",
         "```",
@@ -185,6 +178,20 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
     lines += ["", "## Timings", "", "| step | seconds |", "| --- | ---: |"]
     lines += [f"| {step} | {seconds:.1f} |" for step, seconds in result.seconds.items()]
     return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _map_score_section(result: RunResult) -> list[str]:
+    """The report's section on MaxBoxAcc per IoU, MaxBoxAccV2 and PxAP (when measured)."""
+    return [
+        "## Localisation without a threshold",
+        "",
+        "MaxBoxAcc (Choe et al., CVPR 2020): % of (image, class) pairs with a box of the map's regions at "
+        "IoU >= 0.3 / 0.5 / 0.7 with a ground-truth box, at the best map threshold; MaxBoxAccV2 is their "
+        "mean. PxAP: pixel average precision against the masks (void ignored). Higher is better.",
+        "",
+        *map_score_rows(result),
+        "",
+    ]
 
 
 def _map_score_note(config: PipelineConfig, result: RunResult) -> str:
