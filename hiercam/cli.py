@@ -15,7 +15,7 @@ from hiercam._version import __version__
 __all__ = ["main", "build_parser"]
 
 # the preset names, without importing torch for `--help` (tests check they equal hiercam.pipeline.PRESETS)
-PRESET_NAMES = ("paper", "spatial", "cam", "signal_groups", "fusion_weights", "recommended")
+PRESET_NAMES = ("paper", "spatial", "cam", "signal_groups", "fusion_weights", "multiscale", "recommended")
 PRESET_HELP = f"method settings: {', '.join(PRESET_NAMES)} (default: paper; see docs/benchmarks.md)"
 
 

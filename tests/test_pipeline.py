@@ -61,8 +61,14 @@ def test_quick_demo_writes_every_artifact(tmp_path: Path, capsys: pytest.Capture
     for entry in metrics["variants"].values():
         assert entry["threshold"] in metrics["thresholds"]
         for split in ("val", "test"):
-            for value in entry[split].values():
+            figures = dict(entry[split])
+            assert len(figures.pop("max_box_acc_per_iou")) == 3  # IoU 0.3, 0.5, 0.7
+            if split == "val":  # deletion / insertion: on test images only
+                assert figures.pop("deletion") is None
+                assert figures.pop("insertion") is None
+            for value in figures.values():
                 assert 0.0 <= value <= 1.0  # fractions
+            assert all(0.0 <= v <= 1.0 for v in entry[split]["max_box_acc_per_iou"])
     for split in ("val", "test"):
         for value in metrics["classification_map"][split].values():
             assert 0.0 <= value <= 1.0

@@ -148,6 +148,11 @@ def test_metrics_json_is_strict_json_and_reads_back(tmp_path: Path) -> None:
         "loc_error": None,
         "miou_at_val_threshold": 0.5,
         "loc_error_at_val_threshold": 0.25,
+        "max_box_acc": None,  # not measured: NaN, written as null
+        "max_box_acc_per_iou": [],
+        "pxap": None,
+        "deletion": None,
+        "insertion": None,
     }
     assert data["fusion_weights"] == {
         "configured": [1, 1, 1],
@@ -158,6 +163,13 @@ def test_metrics_json_is_strict_json_and_reads_back(tmp_path: Path) -> None:
     assert back.to_json() == data
     assert math.isnan(back.variant("full").splits["val"].loc_error)
     assert back.classification_map == {"val": {ModelKey("base"): 0.75}}
+    # a metrics.json written before the threshold-free figures existed reads back with NaN for them
+    for name in ("max_box_acc", "max_box_acc_per_iou", "pxap", "deletion", "insertion"):
+        del data["variants"]["full"]["val"][name]
+    older = RunResult.from_json(data).variant("full").splits["val"]
+    assert math.isnan(older.pxap)
+    assert math.isnan(older.deletion)
+    assert older.max_box_acc_per_iou == ()
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,26 @@ def _validate_model(model: ModelConfig) -> None:
         )
 
 
+def _validate_inference(config: PipelineConfig) -> None:
+    """``method.multiscale`` and the ``evaluation`` section."""
+    scales = config.method.multiscale
+    if scales is not None:
+        if not scales:
+            raise ConfigError("`method.multiscale` must list at least one scale, or be left out")
+        for i, scale in enumerate(scales):
+            if not (math.isfinite(scale) and scale > 0):
+                raise ConfigError(f"`method.multiscale[{i}]` must be a positive number, got {scale}")
+    evaluation = config.evaluation
+    if evaluation.faithfulness_images < 0:
+        raise ConfigError(
+            f"`evaluation.faithfulness_images` must be >= 0 (0: off), got {evaluation.faithfulness_images}"
+        )
+    if evaluation.faithfulness_steps < 1:
+        raise ConfigError(
+            f"`evaluation.faithfulness_steps` must be >= 1, got {evaluation.faithfulness_steps}"
+        )
+
+
 def validate(config: PipelineConfig) -> None:
     """Check every rule of a built config; raise a ``ConfigError`` naming the key of the first broken one."""
     data, train, method = config.data, config.train, config.method
@@ -146,6 +166,7 @@ def validate(config: PipelineConfig) -> None:
             raise ConfigError(f"`{key}` must be between 0 and 1 (exclusive), got {fraction}")
     if not method.thresholds:
         raise ConfigError("`method.thresholds` must not be empty")
+    _validate_inference(config)
     if data.root is not None and not data.root.strip():
         raise ConfigError("`data.root` must name a folder or be left out, got an empty string")
     if data.dataset == "voc" and data.root is None:

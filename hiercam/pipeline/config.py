@@ -43,6 +43,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "MethodConfig",
+    "EvaluationConfig",
     "PipelineConfig",
     "ConfigError",
     "load_config",
@@ -176,6 +177,10 @@ class MethodConfig:
         threshold: the CAM threshold of the paper's metrics (0.15).
         thresholds: grid from which the best threshold is chosen on validation data.
         iou: box IoU needed for a correct localisation.
+        multiscale: the image scales of multi-scale CAM aggregation at inference (IRN, e.g.
+            ``[1.0, 0.5, 1.5, 2.0]``): every model's Grad-CAMs are averaged over the rescaled images (see
+            [`MultiScaleCAM`][hiercam.MultiScaleCAM]); ``None`` (default): one pass at the input size.
+        flip: also average over the horizontally mirrored images (with ``multiscale`` unset: at scale 1).
     """
 
     levels: tuple[int, ...] = (4, 2)
@@ -193,6 +198,28 @@ class MethodConfig:
     threshold: float = 0.15
     thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
     iou: float = 0.5
+    multiscale: tuple[float, ...] | None = None
+    flip: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What the evaluation stage reports besides mIoU and localisation error.
+
+    Attributes:
+        wsol: report MaxBoxAccV2 and PxAP (Choe et al., CVPR 2020; [`MaxBoxAccV2`][hiercam.MaxBoxAccV2],
+            [`PxAP`][hiercam.PxAP]) of every variant on every split.
+        faithfulness_images: the first this many images of the test split (of val in validation-only runs)
+            get the deletion and insertion areas ([`DeletionInsertion`][hiercam.DeletionInsertion]) of every
+            variant's maps, measured against the base classifier (the level-0 single-branch model, the one the
+            baseline explains); 0 turns them off.
+        faithfulness_steps: intervals of the deletion and insertion curves (each step one batched forward
+            pass of the base classifier per trial).
+    """
+
+    wsol: bool = True
+    faithfulness_images: int = 64
+    faithfulness_steps: int = 20
 
 
 @dataclass(frozen=True)
@@ -205,7 +232,7 @@ class PipelineConfig:
         ablation: also train the single-branch level models and report the paper's Table 4 rows.
         ensemble: also train a second base classifier (another seed) and report the ensemble control: the
             two single models' Grad-CAMs averaged, the same training compute as one two-branch model.
-        data, model, train, method: the sections above.
+        data, model, train, method, evaluation: the sections above.
     """
 
     seed: int = 0
@@ -216,6 +243,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def __post_init__(self) -> None:
         from hiercam.pipeline._config_rules import validate

@@ -1,4 +1,4 @@
-"""Stage 4: the CAM variants of the ablation, scored with mIoU and localisation error on val and test.
+"""Stage 4: the CAM variants of the ablation, scored against masks, boxes and the base classifier.
 
 The variants are the paper's Table 4 rows and diagnostics (see [`Variant`][hiercam.pipeline.Variant]). Every
 map is upsampled (bilinear) to the image size and max-normalised before fusion and scoring. mIoU and
@@ -10,26 +10,42 @@ label with the background for FashionScenes and VOC; for MSRC-21 without backgro
 (label 0 never occurs in its masks, so its IoU would be 0 by construction).
 The per-label IoUs come from one dataset-level confusion matrix (the IRN convention).
 
+Next to them, threshold-free figures of the same maps ([`MapScores`][hiercam.pipeline.MapScores]):
+MaxBoxAccV2 (IoUs 0.3 / 0.5 / 0.7) and PxAP on every split (``evaluation.wsol``), and the deletion and
+insertion areas on the first ``evaluation.faithfulness_images`` images of the test split (val in
+validation-only runs). Faithfulness is measured against the **base classifier** (the level-0 single-branch
+model, the one the baseline explains) for every variant, fused maps included: a fused map is asked whether
+it points at what that classifier uses, with its sigmoid class score, ``evaluation.faithfulness_steps``
+intervals and a black (zeros) baseline image.
+
 ``evaluate`` returns the finished
 [`RunResult`][hiercam.pipeline.RunResult]: the report only renders it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from hiercam._progress import Progress, is_terminal
 from hiercam.cam import average_branch_maps
 from hiercam.fusion import RestReduction, fuse_hierarchy
 from hiercam.hierarchy import ClassHierarchy
 from hiercam.maps import normalize_maps
-from hiercam.metrics import LocalizationError, MeanIoU, mean_average_precision
+from hiercam.metrics import (
+    DeletionInsertion,
+    LocalizationError,
+    MaxBoxAccV2,
+    MeanIoU,
+    PxAP,
+    mean_average_precision,
+)
 from hiercam.pipeline.config import PipelineConfig
 from hiercam.pipeline.data import Split
 from hiercam.pipeline.keys import ModelKey, ModelKind, Variant
@@ -37,6 +53,7 @@ from hiercam.pipeline.results import (
     ExtractedMaps,
     FigureScenes,
     FusionWeights,
+    MapScores,
     RunResult,
     SplitScores,
     ThresholdCurve,
@@ -50,6 +67,7 @@ __all__ = [
     "variants_of",
     "variant_maps",
     "score_split",
+    "score_maps",
     "choose_fusion_weights",
     "choose_thresholds",
     "classification_map",
@@ -184,6 +202,76 @@ def score_split(
     }
 
 
+def score_maps(
+    config: PipelineConfig,
+    data: Split,
+    extracted: ExtractedMaps,
+    hierarchy: ClassHierarchy,
+    variants: Sequence[Variant],
+    indices: list[int] | None = None,
+    weights: Weights | None = None,
+    *,
+    model: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[Variant, MapScores]:
+    """The threshold-free figures of every variant: MaxBoxAccV2, PxAP, deletion and insertion (fractions).
+
+    MaxBoxAccV2 and PxAP (with their defaults: IoUs 0.3 / 0.5 / 0.7, threshold grid step 0.01, void pixels
+    ignored) cover the images ``indices`` (all by default) when ``config.evaluation.wsol`` is set. The
+    deletion and insertion areas cover those of them among the first ``config.evaluation.faithfulness_images``
+    images of the split, scored by ``model`` (the base classifier; ``None``: not measured) with its sigmoid
+    class score on ``device``. Under ``torchrun`` the metrics sum their states over the processes.
+    ``on_batch`` is called with the number of images of every batch scored, in both passes (progress).
+    """
+    evaluation = config.evaluation
+    shard = list(range(len(data))) if indices is None else list(indices)
+    box = {v: MaxBoxAccV2() for v in variants}
+    pixel = {v: PxAP(ignore_index=255) for v in variants}
+    if evaluation.wsol:
+        for rows, images, labels, masks, boxes in data.batches(64, shard):
+            size = (int(images.shape[-2]), int(images.shape[-1]))
+            for variant, maps in variant_maps(
+                extracted, rows, hierarchy, labels, size, variants, _rest(config), weights
+            ):
+                box[variant].update(maps, labels, boxes=boxes)
+                pixel[variant].update(maps, labels, masks=masks)
+            if on_batch is not None:
+                on_batch(len(rows))
+    faithful = None
+    if model is not None and evaluation.faithfulness_images > 0:
+        steps = evaluation.faithfulness_steps
+        faithful = {v: DeletionInsertion(model, steps=steps, score="sigmoid") for v in variants}
+        subset = [i for i in shard if i < evaluation.faithfulness_images]
+        for rows, images, labels, _, _ in data.batches(64, subset):
+            size = (int(images.shape[-2]), int(images.shape[-1]))
+            images = images.to(device)
+            for variant, maps in variant_maps(
+                extracted, rows, hierarchy, labels, size, variants, _rest(config), weights
+            ):
+                faithful[variant].update(maps, labels, images=images)
+            if on_batch is not None:
+                on_batch(len(rows))
+    scores = {}
+    for variant in variants:
+        figures = MapScores()
+        if evaluation.wsol:
+            boxes_result = box[variant].compute()
+            figures = dataclasses.replace(
+                figures,
+                max_box_acc=float(boxes_result.value),
+                max_box_acc_per_iou=tuple(float(v) for v in boxes_result.per_iou),
+                pxap=float(pixel[variant].compute()),
+            )
+        if faithful is not None:
+            areas = faithful[variant].compute()
+            figures = dataclasses.replace(
+                figures, deletion=float(areas.deletion), insertion=float(areas.insertion)
+            )
+        scores[variant] = figures
+    return scores
+
+
 def choose_fusion_weights(
     config: PipelineConfig,
     data: Split,
@@ -210,12 +298,16 @@ def choose_fusion_weights(
 
 
 def choose_thresholds(
-    config: PipelineConfig, curves: Mapping[str, Mapping[Variant, ThresholdCurve]]
+    config: PipelineConfig,
+    curves: Mapping[str, Mapping[Variant, ThresholdCurve]],
+    map_scores: Mapping[str, Mapping[Variant, MapScores]] | None = None,
 ) -> dict[Variant, VariantScores]:
     """Per variant: figures at the paper's threshold and at t*, the threshold with the best validation mIoU.
 
-    ``curves`` is ``{split: score_split(...)}`` with ``"val"`` (and ``"test"``).
+    ``curves`` is ``{split: score_split(...)}`` with ``"val"`` (and ``"test"``); ``map_scores``
+    ``{split: score_maps(...)}``, whose threshold-free figures are copied (NaN where absent).
     """
+    map_scores = map_scores or {}
     thresholds = list(config.method.thresholds)
     paper = thresholds.index(config.method.threshold)
     scores = {}
@@ -227,7 +319,18 @@ def choose_thresholds(
         for split, by_variant in curves.items():
             curve = by_variant[variant]
             loc = curve.loc_error or (math.nan,) * len(thresholds)
-            splits[split] = SplitScores(curve.miou[paper], loc[paper], curve.miou[best], loc[best])
+            extra = map_scores.get(split, {}).get(variant, MapScores())
+            splits[split] = SplitScores(
+                curve.miou[paper],
+                loc[paper],
+                curve.miou[best],
+                loc[best],
+                extra.max_box_acc,
+                extra.max_box_acc_per_iou,
+                extra.pxap,
+                extra.deletion,
+                extra.insertion,
+            )
         scores[variant] = VariantScores(variant, thresholds[best], splits)
     return scores
 
@@ -294,6 +397,9 @@ def evaluate(
 ) -> RunResult:
     """Stage 4: score every variant on every extracted split, choose on validation data, collect the result.
 
+    The deletion and insertion areas are measured on the test split (val in validation-only runs), against
+    the ``base`` model.
+
     The ensemble control's row needs the ``ensemble`` model among ``models`` when ``config.ensemble`` is set.
 
     ``extracted`` holds ``"val"`` and, unless the run is validation-only, ``"test"``. Under ``torchrun``
@@ -326,6 +432,35 @@ def evaluate(
                 config, ctx.data(split), maps, hierarchy, variants, shard, weights, on_batch=progress.update
             )
     figure_split = "test" if "test" in extracted else "val"
+    base = models.get(_BASE)
+    map_scores = {}
+    for split, maps in extracted.items():
+        shard = ctx.dist.shard(len(ctx.data(split)))
+        model = base.model if base is not None and split == figure_split else None
+        faithful = config.evaluation.faithfulness_images if model is not None else 0
+        total = len(shard) * config.evaluation.wsol + sum(i < faithful for i in shard)
+        figures = ["MaxBoxAccV2, PxAP"] * config.evaluation.wsol + ["deletion / insertion"] * bool(faithful)
+        progress = Progress(
+            total,
+            f"  {', '.join(figures)} ({split})",
+            enabled=total > 0,
+            log=ctx.log,
+            unit="images",
+            terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
+        )
+        with progress:
+            map_scores[split] = score_maps(
+                config,
+                ctx.data(split),
+                maps,
+                hierarchy,
+                variants,
+                shard,
+                weights,
+                model=model,
+                device=ctx.device,
+                on_batch=progress.update,
+            )
     scenes = (
         figure_scenes(config, ctx.data(figure_split), extracted[figure_split], hierarchy, figure_split)
         if ctx.dist.is_main
@@ -336,7 +471,7 @@ def evaluate(
     return RunResult(
         thresholds=config.method.thresholds,
         threshold=config.method.threshold,
-        variants=choose_thresholds(config, curves),
+        variants=choose_thresholds(config, curves, map_scores),
         curves=curves,
         classification_map={s: classification_map(keys, maps, hierarchy) for s, maps in extracted.items()},
         branch_correlation={s: branch_correlation(maps) for s, maps in extracted.items()},

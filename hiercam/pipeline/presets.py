@@ -46,6 +46,8 @@ PRESETS: dict[str, Preset] = {
             "max_class_presence": None,
             "fusion_weights": (1.0, 1.0, 1.0),
             "choose_fusion_weights": False,
+            "multiscale": None,
+            "flip": False,
         },
     ),
     "spatial": Preset(
@@ -63,6 +65,11 @@ PRESETS: dict[str, Preset] = {
     "fusion_weights": Preset(
         "also report the fusion with weights (a, b, c) chosen on validation data (row `full_tuned`)",
         {"choose_fusion_weights": True},
+    ),
+    "multiscale": Preset(
+        "multi-scale + flip aggregation of every model's Grad-CAMs at inference (IRN: scales 1, 0.5, 1.5, 2 "
+        "and their mirror images); training is the paper's",
+        {"multiscale": (1.0, 0.5, 1.5, 2.0), "flip": True},
     ),
     "recommended": Preset(
         "chosen on FashionScenes validation data: L2-normalised class vectors, the paper's loss with "

@@ -19,15 +19,29 @@ from hiercam.pipeline.config import PipelineConfig
 from hiercam.pipeline.keys import ModelKey, Variant
 from hiercam.pipeline.results import FigureScenes, RunResult, SplitScores
 
-__all__ = ["write_report", "bench_markdown", "compare_markdown", "ablation_rows", "seed_stats"]
+__all__ = [
+    "write_report",
+    "bench_markdown",
+    "compare_markdown",
+    "ablation_rows",
+    "map_score_rows",
+    "seed_stats",
+]
 
 
 def ablation_rows(result: RunResult) -> list[str]:
-    """Markdown rows: one per variant, mIoU and localisation error on val and test, in percent."""
+    """Markdown rows: one per variant, mIoU and localisation error on val and test, in percent.
+
+    Then, on the test split (val in validation-only runs), the threshold-free figures: MaxBoxAccV2, PxAP,
+    and the deletion (lower is better) and insertion (higher is better) areas of the base classifier's
+    score; ``n/a`` where not measured.
+    """
+    last = result.splits[-1]
     lines = [
         "| variant | val mIoU@0.15 | test mIoU@0.15 | val LocErr@0.15 | test LocErr@0.15 | t* (val) "
-        "| test mIoU@t* | test LocErr@t* |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| test mIoU@t* | test LocErr@t* | {last} MaxBoxAccV2 | {last} PxAP | {last} deletion | "
+        f"{last} insertion |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for variant, scores in result.variants.items():
         val, test = scores.splits["val"], scores.splits.get("test")
@@ -44,12 +58,27 @@ def ablation_rows(result: RunResult) -> list[str]:
             percent(test, "miou_at_chosen"),
             percent(test, "loc_error_at_chosen"),
         ]
+        cells += [percent(scores.splits[last], f) for f in ("max_box_acc", "pxap", "deletion", "insertion")]
         lines.append(f"| {variant.description} | " + " | ".join(cells) + " |")
     return lines
 
 
+def map_score_rows(result: RunResult) -> list[str]:
+    """Markdown rows: MaxBoxAcc at each box IoU, MaxBoxAccV2 and PxAP of every variant on every split."""
+    lines = [
+        "| variant | split | MaxBoxAcc@0.3 | MaxBoxAcc@0.5 | MaxBoxAcc@0.7 | MaxBoxAccV2 | PxAP |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for variant, scores in result.variants.items():
+        for split, figures in scores.splits.items():
+            per_iou = list(figures.max_box_acc_per_iou) or [math.nan] * 3
+            cells = [_number(100 * v) for v in (*per_iou, figures.max_box_acc, figures.pxap)]
+            lines.append(f"| {variant.description} | {split} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
 def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> Path:
@@ -105,6 +134,9 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
         "",
         *ablation_rows(result),
         "",
+        _map_score_note(config, result),
+        "",
+        *(_map_score_section(result) if config.evaluation.wsol else []),
         "## Class hierarchy",
         "",
         "```",
@@ -148,6 +180,40 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
     return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
+def _map_score_section(result: RunResult) -> list[str]:
+    """The report's section on MaxBoxAcc per IoU, MaxBoxAccV2 and PxAP (when measured)."""
+    return [
+        "## Localisation without a threshold",
+        "",
+        "MaxBoxAcc (Choe et al., CVPR 2020): % of (image, class) pairs with a box of the map's regions at "
+        "IoU >= 0.3 / 0.5 / 0.7 with a ground-truth box, at the best map threshold; MaxBoxAccV2 is their "
+        "mean. PxAP: pixel average precision against the masks (void ignored). Higher is better.",
+        "",
+        *map_score_rows(result),
+        "",
+    ]
+
+
+def _map_score_note(config: PipelineConfig, result: RunResult) -> str:
+    """How the threshold-free columns of the ablation table were measured."""
+    evaluation = config.evaluation
+    last = result.splits[-1]
+    wsol = (
+        "MaxBoxAccV2 and PxAP: threshold-free localisation (see below). "
+        if evaluation.wsol
+        else "MaxBoxAccV2 and PxAP were not measured (`evaluation.wsol = false`). "
+    )
+    if evaluation.faithfulness_images == 0:
+        return wsol + "Deletion and insertion were not measured (`evaluation.faithfulness_images = 0`)."
+    return (
+        wsol + f"Deletion / insertion: faithfulness of each variant's maps to the base classifier (the "
+        "single-branch model the baseline explains, for fused maps too): area under its sigmoid class score "
+        f"as pixels are removed from the image (deletion, lower is better) or added to a black image "
+        f"(insertion, higher is better) in the maps' order, {evaluation.faithfulness_steps} steps, on the "
+        f"first {evaluation.faithfulness_images} {last} images, in percent."
+    )
+
+
 def _scored_note(result: RunResult) -> str:
     """What the mIoU averages, when it is not every label."""
     scored = result.scored_labels
@@ -170,8 +236,9 @@ def bench_markdown(result: dict[str, Any]) -> str:
         f"Mean ± standard deviation [min, max] over seeds {', '.join(map(str, seeds))}, in percent; "
         f"M0' = `{result['rest_reduction']}`.",
         "",
-        "| variant | val mIoU@0.15 | test mIoU@0.15 | test mIoU@t* | val LocErr@0.15 | test LocErr@0.15 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | val mIoU@0.15 | test mIoU@0.15 | test mIoU@t* | val LocErr@0.15 | test LocErr@0.15 "
+        "| test MaxBoxAccV2 | test PxAP | test deletion | test insertion |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     wanted = (
         ("val", "miou"),
@@ -179,9 +246,13 @@ def bench_markdown(result: dict[str, Any]) -> str:
         ("test", "miou_at_val_threshold"),
         ("val", "loc_error"),
         ("test", "loc_error"),
+        ("test", "max_box_acc"),
+        ("test", "pxap"),
+        ("test", "deletion"),
+        ("test", "insertion"),
     )
     for name, entry in result["variants"].items():
-        cells = [_cell(_percent(entry[split][figure])) for split, figure in wanted]
+        cells = [_figure_cell(entry.get(split, {}), figure) for split, figure in wanted]
         lines.append(f"| {Variant.from_name(name).description} | " + " | ".join(cells) + " |")
     lines += ["", "| model | val mAP | test mAP |", "| --- | ---: | ---: |"]
     maps = result["classification_map"]
@@ -225,14 +296,16 @@ def compare_markdown(result: dict[str, Any]) -> str:
         "data.",
         "",
         "| preset | method | test mIoU@0.15 | Δ vs baseline | apart | test mIoU@t* | Δ@t* vs baseline | "
-        "apart@t* | test LocErr@0.15 | mAP (level 0) | CAM r between branches |",
-        "| --- | --- | ---: | ---: | :---: | ---: | ---: | :---: | ---: | ---: | ---: |",
+        "apart@t* | test LocErr@0.15 | test MaxBoxAccV2 | test PxAP | test deletion | test insertion | "
+        "mAP (level 0) | CAM r between branches |",
+        "| --- | --- | ---: | ---: | :---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     first_baseline = None
     baseline_variant = Variant("baseline")
     for preset, bench in result["presets"].items():
         if "error" in bench:
-            lines.append(f"| {preset} | not run: {bench['error']} |" + " |" * 9)
+            lines.append(f"| {preset} | not run: {bench['error']} |" + " |" * 13)
             continue
         variants = {Variant.from_name(name): entry["test"] for name, entry in bench["variants"].items()}
         baseline = variants[baseline_variant]
@@ -255,6 +328,7 @@ def compare_markdown(result: dict[str, Any]) -> str:
             correlation = bench["branch_cam_correlation"]["test"].get(model)  # none for the base
             cells += [
                 _cell(_percent(entry["loc_error"])),
+                *(_figure_cell(entry, f) for f in ("max_box_acc", "pxap", "deletion", "insertion")),
                 _cell(_percent(bench["classification_map"]["test"].get(model, _NO_FIGURE))),
                 "" if correlation is None else _cell(correlation, digits=3),
             ]
@@ -287,6 +361,14 @@ def seed_stats(values: Sequence[float | None]) -> dict[str, Any]:
         "min": min(finite),
         "max": max(finite),
     }
+
+
+def _figure_cell(entry: dict[str, Any], figure: str) -> str:
+    """A figure's cell in percent, ``n/a`` when absent (results of older versions) or never measured."""
+    stats = entry.get(figure)
+    if stats is None or stats["mean"] is None or math.isnan(stats["mean"]):
+        return "n/a"
+    return _cell(_percent(stats))
 
 
 def _percent(stats: dict[str, Any]) -> dict[str, float]:

@@ -5,7 +5,8 @@ map a [`Variant`][hiercam.pipeline.Variant]; the stages pass dataclasses keyed b
 parsed back. Names such as ``"two_branch_L1"`` and ``"level_2"`` exist only in files (``metrics.json``, the
 model and map caches) and are read back with ``from_name``, which refuses anything else.
 
-Every figure is a fraction in ``[0, 1]`` (mIoU, localisation error, mAP); reports print percent.
+Every figure is a fraction in ``[0, 1]`` (mIoU, localisation error, mAP, MaxBoxAccV2, PxAP, and the
+deletion and insertion areas, which are areas under curves of sigmoid class scores); reports print percent.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "ModelMaps",
     "ExtractedMaps",
     "ThresholdCurve",
+    "MapScores",
     "SplitScores",
     "VariantScores",
     "FusionWeights",
@@ -131,6 +133,25 @@ class ThresholdCurve:
 
 
 @dataclass(frozen=True)
+class MapScores:
+    """One variant's threshold-free figures on one split (fractions in ``[0, 1]``; NaN where not measured).
+
+    Attributes:
+        max_box_acc: MaxBoxAccV2, the mean of ``max_box_acc_per_iou`` (higher is better).
+        max_box_acc_per_iou: MaxBoxAcc at the box IoUs 0.3, 0.5 and 0.7 (empty when not measured).
+        pxap: PxAP, the pixel average precision against the masks (higher is better).
+        deletion: deletion area of the base classifier's sigmoid score (lower is better).
+        insertion: insertion area (higher is better).
+    """
+
+    max_box_acc: float = math.nan
+    max_box_acc_per_iou: tuple[float, ...] = ()
+    pxap: float = math.nan
+    deletion: float = math.nan
+    insertion: float = math.nan
+
+
+@dataclass(frozen=True)
 class SplitScores:
     """One variant's figures on one split (fractions in ``[0, 1]``; NaN where undefined).
 
@@ -139,12 +160,19 @@ class SplitScores:
         loc_error: localisation error at the paper's threshold.
         miou_at_chosen: mIoU at the threshold chosen on validation data (t*).
         loc_error_at_chosen: localisation error at t*.
+        max_box_acc, max_box_acc_per_iou, pxap, deletion, insertion: the threshold-free figures of
+            [`MapScores`][hiercam.pipeline.MapScores] (NaN, or empty, where not measured).
     """
 
     miou: float
     loc_error: float
     miou_at_chosen: float
     loc_error_at_chosen: float
+    max_box_acc: float = math.nan
+    max_box_acc_per_iou: tuple[float, ...] = ()
+    pxap: float = math.nan
+    deletion: float = math.nan
+    insertion: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -265,6 +293,11 @@ class RunResult:
                             "loc_error": figures.loc_error,
                             "miou_at_val_threshold": figures.miou_at_chosen,
                             "loc_error_at_val_threshold": figures.loc_error_at_chosen,
+                            "max_box_acc": figures.max_box_acc,
+                            "max_box_acc_per_iou": list(figures.max_box_acc_per_iou),
+                            "pxap": figures.pxap,
+                            "deletion": figures.deletion,
+                            "insertion": figures.insertion,
                         }
                         for split, figures in scores.splits.items()
                     },
@@ -311,6 +344,12 @@ class RunResult:
                         _float(figures["loc_error"]),
                         _float(figures["miou_at_val_threshold"]),
                         _float(figures["loc_error_at_val_threshold"]),
+                        # figures added after the layout's version 2: absent in older files (NaN)
+                        _float(figures.get("max_box_acc")),
+                        tuple(map(_float, figures.get("max_box_acc_per_iou", []))),
+                        _float(figures.get("pxap")),
+                        _float(figures.get("deletion")),
+                        _float(figures.get("insertion")),
                     )
                     for split, figures in entry.items()
                     if split != "threshold"

@@ -235,6 +235,10 @@ _BENCH_FIGURES = {
     "loc_error": "loc_error",
     "miou_at_val_threshold": "miou_at_chosen",
     "loc_error_at_val_threshold": "loc_error_at_chosen",
+    "max_box_acc": "max_box_acc",
+    "pxap": "pxap",
+    "deletion": "deletion",
+    "insertion": "insertion",
 }
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from hiercam._progress import Progress, is_terminal, print_line
-from hiercam.cam import GradCAM
+from hiercam.cam import GradCAM, MultiScaleCAM
 from hiercam.grouping import group_classes
 from hiercam.hierarchy import ClassHierarchy, frequent_classes
 from hiercam.losses import TwoBranchLoss
@@ -454,15 +454,23 @@ def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: s
     Two-branch models also get the Pearson correlation between their branches' maps of each group. Cached in
     ``cams/<split>-<key>.pt`` (keyed by the models' and the data's keys). Under ``torchrun`` every process
     extracts its shard of the images and the shards are gathered.
+
+    With ``method.multiscale`` (or ``method.flip``) every model's extractor is wrapped in
+    [`MultiScaleCAM`][hiercam.MultiScaleCAM] (scales ``method.multiscale``, default ``[1.0]``; mirror images
+    with ``method.flip``; raw maps averaged, as IRN): the maps are that average at the feature resolution of
+    the input size. The logits and the branch correlation stay those of the plain pass at the input size:
+    the refinement changes the maps only.
     """
-    key = digest(
-        {
-            "models": {m.identity.name: m.content_key for m in models.values()},
-            "data": ctx.data_key(),
-            "split": split,
-            "layout": _MAPS_LAYOUT,  # caches of an older layout are not read, but redone
-        }
-    )
+    parts: dict[str, Any] = {
+        "models": {m.identity.name: m.content_key for m in models.values()},
+        "data": ctx.data_key(),
+        "split": split,
+        "layout": _MAPS_LAYOUT,  # caches of an older layout are not read, but redone
+    }
+    scales = _inference_scales(ctx.config)
+    if scales is not None:  # left out when unset: the map caches of earlier runs stay valid
+        parts["multiscale"] = {"scales": list(scales), "flip": ctx.config.method.flip}
+    key = digest(parts)
     folder = ctx.models_dir.parent / "cams" if ctx.cache is not None else ctx.out / "cams"
     path, marker_path = folder / f"{split}-{key[:16]}.pt", folder / f"{split}-{key[:16]}.json"
     ctx.dist.barrier()
@@ -485,14 +493,18 @@ def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: s
     )
     for identity, trained in models.items():
         extractor = GradCAM(trained.model)
+        multi = None if scales is None else MultiScaleCAM(extractor, scales, flip=ctx.config.method.flip)
         maps, logits, correlations = [], [], []
         for _, images, *_ in data.batches(64, shard):
-            cams = extractor(images.to(ctx.device, non_blocking=True), size="feature", normalize=None)
-            maps.append(cams.to("cpu", torch.float16))
+            images = images.to(ctx.device, non_blocking=True)
+            cams = extractor(images, size="feature", normalize=None)
             if extractor.logits is not None:
                 logits.append(extractor.logits.float().cpu())
             if extractor.branch_maps is not None:
                 correlations.append(_branch_correlation(extractor.branch_maps).cpu())
+            if multi is not None:  # the plain pass above gave the logits, branch maps and feature size
+                cams = multi(images, size=(int(cams.shape[-2]), int(cams.shape[-1])), normalize=None)
+            maps.append(cams.to("cpu", torch.float16))
             progress.update(len(images))
         extractor.remove()
         extracted[identity] = ModelMaps(
@@ -504,6 +516,17 @@ def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: s
         save_tensors(path, result.to_tensors())
         write_marker(marker_path, key, {})
     return result
+
+
+def _inference_scales(config: PipelineConfig) -> tuple[float, ...] | None:
+    """The scales of multi-scale CAM aggregation, or ``None`` for the plain pass.
+
+    ``method.multiscale``; ``(1.0,)`` when only ``method.flip`` is set.
+    """
+    method = config.method
+    if method.multiscale is None:
+        return (1.0,) if method.flip else None
+    return method.multiscale
 
 
 def _branch_correlation(branch_maps: Tensor) -> Tensor:
