@@ -241,6 +241,25 @@ def test_confidence_change_matches_torchcam_and_pytorch_grad_cam() -> None:
     np.testing.assert_allclose((ours.average_drop * before).numpy(), drop, atol=1e-6)
 
 
+def test_average_drop_of_a_class_whose_softmax_underflows_is_zero_like_torchcam() -> None:
+    """Y = 0 exactly (huge logits, float32 softmax): nothing to drop, 0 (was 0 / 0 = NaN); torchcam agrees."""
+    from torchcam.metrics import ClassificationMetric
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1000.0] * 16, [-1000.0] * 16]))
+        model[1].bias.zero_()
+    images, cams = torch.ones(1, 1, 4, 4), torch.rand(1, 4, 4)
+    maps = torch.zeros(1, 2, 4, 4)
+    maps[0, 1] = cams[0]
+    assert float(model(images).softmax(1)[0, 1]) == 0.0  # the premise: class 1's score underflows
+    ours = confidence_change(maps, torch.tensor([[0, 1]]), images=images, model=model, normalize=None)
+    peer = ClassificationMetric(FixedCams(model, cams), partial(torch.softmax, dim=-1))
+    peer.update(images, [1])
+    assert float(ours.average_drop) == 0.0
+    assert float(ours.average_drop) == pytest.approx(peer.summary()["avg_drop"], abs=1e-12)
+
+
 def test_confidence_streaming() -> None:
     model = small_net()
     images, maps = torch.randn(3, 3, 6, 6), torch.rand(3, 5, 6, 6)

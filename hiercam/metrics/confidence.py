@@ -66,7 +66,9 @@ def _confidence_update(
         return images.detach()[found.images[rows]] * weights[rows, None]
 
     after = class_scores(model, make_inputs, found.classes, maps.shape[1], score, batch_size).cpu().double()
-    drop = (before - after).clamp_min(0) / before
+    # A class whose score is exactly 0 (a softmax that underflowed) has no confidence to drop: 0, not 0 / 0
+    # (torchcam's ``/ (Y + 1e-7)`` gives the same 0 there).
+    drop = torch.where(before != 0, (before - after).clamp_min(0) / before, torch.zeros_like(before))
     return torch.stack([drop, (after > before).double(), after - before], dim=1)
 
 
