@@ -15,7 +15,20 @@ from hiercam._version import __version__
 __all__ = ["main", "build_parser"]
 
 # the preset names, without importing torch for `--help` (tests check they equal hiercam.pipeline.PRESETS)
-PRESET_NAMES = ("paper", "spatial", "cam", "signal_groups", "fusion_weights", "multiscale", "recommended")
+PRESET_NAMES = (
+    "paper",
+    "spatial",
+    "cam",
+    "signal_groups",
+    "fusion_weights",
+    "orthogonal_light",
+    "single_branch",
+    "multiscale",
+    "softmax_over_labels",
+    "refined",
+    "refined_two_branch",
+    "recommended",
+)
 PRESET_HELP = f"method settings: {', '.join(PRESET_NAMES)} (default: paper; see docs/benchmarks.md)"
 
 

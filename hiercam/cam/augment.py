@@ -112,6 +112,7 @@ class MultiScaleCAM(Releasable):
         targets: TargetsArg = None,
         size: SizeArg = "input",
         normalize: NormalizeMode | None = "max",
+        softmax_over: Tensor | None = None,
     ) -> Tensor:
         """Aggregated maps for a batch; the arguments are those of [`BaseCAM`][hiercam.BaseCAM]'s call.
 
@@ -122,6 +123,8 @@ class MultiScaleCAM(Releasable):
             size: ``"input"``, an explicit ``(H, W)``, or ``"feature"``: the resolution of the first scale's
                 maps (the target layer's resolution at the input size for the default scales).
             normalize: normalisation of the averaged maps: ``"max"`` (IRN), ``"minmax"`` or ``None``.
+            softmax_over: as for the wrapped extractor: each pass explains the log-softmax over the image's
+                classes, with that pass's logits.
 
         Returns:
             Maps ``(B, K', H', W')`` in float32. ``logits`` keeps the logits of the first scale's (unflipped)
@@ -148,7 +151,7 @@ class MultiScaleCAM(Releasable):
             if (h, w) != (height, width):
                 scaled = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
             for maps, logits in self._passes(
-                scaled, classes, targets, "feature" if target is None else target
+                scaled, classes, targets, "feature" if target is None else target, softmax_over
             ):
                 if total is None:
                     total = torch.zeros_like(maps)
@@ -161,22 +164,32 @@ class MultiScaleCAM(Releasable):
         return _normalize_maps(total / passes, normalize)
 
     def _passes(
-        self, images: Tensor, classes: ClassesArg, targets: TargetsArg, size: SizeArg
+        self,
+        images: Tensor,
+        classes: ClassesArg,
+        targets: TargetsArg,
+        size: SizeArg,
+        softmax_over: Tensor | None,
     ) -> list[tuple[Tensor, Tensor]]:
         """(maps, logits of the unflipped images) of one scale: one call, or two for per-image requests."""
         cam, norm = self.cam, self.pass_normalize
+        options: dict[str, Any] = {"size": size, "normalize": norm}
+        if softmax_over is not None:  # only when given: any extractor's call takes the others
+            options["softmax_over"] = softmax_over
         if not self.flip:
-            maps = cam(images, classes, targets=targets, size=size, normalize=norm)
+            maps = cam(images, classes, targets=targets, **options)
             return [(maps, self._logits())]
         mirrored = images.flip(-1)
         if isinstance(classes, Tensor) or targets is not None:
             # Per image ((B, K) masks, (B,) classes, targets): the two halves run separately.
-            maps = cam(images, classes, targets=targets, size=size, normalize=norm)
+            maps = cam(images, classes, targets=targets, **options)
             logits = self._logits()
-            flipped = cam(mirrored, classes, targets=targets, size=size, normalize=norm).flip(-1)
+            flipped = cam(mirrored, classes, targets=targets, **options).flip(-1)
             return [(maps, logits), (flipped, logits)]
         batch = images.shape[0]
-        both = cam(torch.cat([images, mirrored]), classes, size=size, normalize=norm)
+        if softmax_over is not None:
+            options["softmax_over"] = torch.cat([softmax_over, softmax_over])
+        both = cam(torch.cat([images, mirrored]), classes, **options)
         logits = self._logits()[:batch]
         return [(both[:batch], logits), (both[batch:].flip(-1), logits)]
 

@@ -62,6 +62,7 @@ from hiercam.cam._heads import Head, build_heads
 from hiercam.cam._layers import choose_layer
 from hiercam.cam._pca import smoothed_maps
 from hiercam.cam._release import Releasable
+from hiercam.cam.contrast import check_softmax_over, softmax_over_gradients
 from hiercam.cam.postprocess import average_branch_maps, normalize_own, resize_heads, resize_maps
 from hiercam.cam.reshape import ReshapeArg
 from hiercam.cam.targets import OutputArg, TargetsArg, check_targets, target_scores
@@ -147,6 +148,7 @@ class BaseCAM(Releasable):
         self.reshape = reshape
         self.eigen_smooth = eigen_smooth
         self._inputs: Tensor | None = None  # the call's images, for perturbation methods (hiercam.cam.score)
+        self._softmax_over: Tensor | None = None  # the call's ``softmax_over``, bool, during the call
         self.logits: Tensor | None = None
         self.branch_maps: Tensor | None = None
         self._removed = False
@@ -167,6 +169,7 @@ class BaseCAM(Releasable):
         targets: TargetsArg = None,
         size: SizeArg = "input",
         normalize: NormalizeMode | None = "max",
+        softmax_over: Tensor | None = None,
     ) -> Tensor:
         """Class activation maps for a batch, all requested classes in one pass.
 
@@ -185,6 +188,12 @@ class BaseCAM(Releasable):
                 resolution) or an explicit ``(H, W)``.
             normalize: ``"max"`` (each map divided by its maximum: the IRN convention used for mIoU at 0.15),
                 ``"minmax"`` or ``None`` (raw ReLU'd maps).
+            softmax_over: ``(B, K)`` 0/1 labels (or bools) of each image's classes, with ``classes=None``:
+                explain every class ``c`` by its log-softmax over the image's classes plus ``c`` instead of
+                its logit, so that what ``c`` shares with the other classes of the image is subtracted (the
+                softmax-over-present-classes target, ``hiercam.cam.contrast``; exact, from the same one
+                backward; a class with no other class in its image keeps its plain map). Gradient-based
+                methods only.
 
         Returns:
             Maps ``(B, K', H', W')`` in float32 on the images' device, ``K'`` the number of requested classes
@@ -206,6 +215,8 @@ class BaseCAM(Releasable):
         if targets is not None and classes is not None:
             raise ValueError("pass either `classes` or `targets`, not both")
         targets = check_targets(targets, images.shape[0])
+        if softmax_over is not None:
+            softmax_over = self._check_softmax_over(softmax_over, images.shape[0], classes, targets)
         request = parse_classes(classes, images.shape[0])
         out_size = check_size(size, images)
         check_choice(normalize, "normalize", ("max", "minmax", None))
@@ -229,6 +240,12 @@ class BaseCAM(Releasable):
                     output = self._run(inputs, input_size, with_graph=True)
                     head_logits = [self._head_logits(head, output, targets) for head in self._heads]
                 logits = head_logits[0] if len(head_logits) == 1 else torch.stack(head_logits).mean(dim=0)
+                if softmax_over is not None and softmax_over.shape[1] != logits.shape[1]:
+                    raise ValueError(
+                        f"`softmax_over` has {softmax_over.shape[1]} classes but the model has "
+                        f"{logits.shape[1]}"
+                    )
+                self._softmax_over = softmax_over
                 if targets is None:
                     resolved = request.resolve(logits.shape[1])
                     self._num_classes = int(logits.shape[1])
@@ -245,6 +262,7 @@ class BaseCAM(Releasable):
                     )
             finally:
                 self._inputs = None
+                self._softmax_over = None
                 for head in self._heads:
                     head.activation = None
         self.logits = logits.detach()
@@ -392,10 +410,23 @@ class BaseCAM(Releasable):
                         f"{head.name!r}" + ("; pass `classifier` if it is not found automatically")
                     )
                 gradients = closed_form_gradients(self.model, head, features, logits, resolved)
+        if self._softmax_over is not None:  # every class was requested (checked): rows in class order
+            gradients = softmax_over_gradients(gradients.detach(), logits.detach(), self._softmax_over)
         maps = self._maps(features, gradients)
         if not finite(maps):
             raise ValueError(non_finite_origin(head, features, gradients))
         return maps
+
+    def _check_softmax_over(
+        self, value: Tensor, batch: int, classes: ClassesArg, targets: TargetsArg
+    ) -> Tensor:
+        if not self._needs_graph:
+            raise ValueError(
+                f"`softmax_over` needs a gradient-based method; {type(self).__name__} uses no gradients"
+            )
+        if classes is not None or targets is not None:
+            raise ValueError("`softmax_over` explains every class: pass `classes=None` and no `targets`")
+        return check_softmax_over(value, batch)
 
     def _features(self, head: Head) -> tuple[Tensor, Tensor]:
         """The head's captured activation, and it detached and read as float32 maps ``(B, C, h, w)``."""

@@ -88,7 +88,12 @@ def _validate_model(model: ModelConfig) -> None:
 
 
 def _validate_inference(config: PipelineConfig) -> None:
-    """``method.multiscale`` and the ``evaluation`` section."""
+    """``method.multiscale``, ``method.branches`` and the ``evaluation`` section."""
+    if config.method.branches == 1 and config.method.choose_fusion_weights:
+        raise ConfigError(
+            "`method.choose_fusion_weights` tunes the fusion of the two-branch models (row `full_tuned`), "
+            "but `method.branches` = 1 trains none: set one of them"
+        )
     scales = config.method.multiscale
     if scales is not None:
         if not scales:

@@ -181,6 +181,17 @@ class MethodConfig:
             ``[1.0, 0.5, 1.5, 2.0]``): every model's Grad-CAMs are averaged over the rescaled images (see
             [`MultiScaleCAM`][hiercam.MultiScaleCAM]); ``None`` (default): one pass at the input size.
         flip: also average over the horizontally mirrored images (with ``multiscale`` unset: at scale 1).
+            With ``multiscale`` or ``flip`` the maps are kept at the feature resolution of the largest
+            scale (IRN keeps them finer than one pass's, at a quarter of the input size).
+        softmax_over_labels: explain each class by its log-softmax over the image's labelled classes
+            instead of its logit (the extractors' ``softmax_over``, see ``hiercam.cam.contrast``): what a
+            class shares with the other classes of its image is subtracted from its map. It uses the image
+            labels of the split, as weakly supervised segmentation does when it makes CAMs of labelled
+            training images.
+        branches: ``2`` (the paper): the level models are two-branch networks trained with the orthogonal
+            loss, and the method is Eq. 6 over them (row ``full``); ``1``: no two-branch model is trained:
+            the level models are single-branch classifiers and the method is Eq. 6 over them (row
+            ``grouping``); the ``orthogonal_*`` settings are then unused.
     """
 
     levels: tuple[int, ...] = (4, 2)
@@ -200,6 +211,8 @@ class MethodConfig:
     iou: float = 0.5
     multiscale: tuple[float, ...] | None = None
     flip: bool = False
+    softmax_over_labels: bool = False
+    branches: Literal[1, 2] = 2
 
 
 @dataclass(frozen=True)
@@ -333,7 +346,7 @@ def _build(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin, args = get_origin(hint), get_args(hint)
     if origin is Literal:
-        if value not in args:
+        if not any(type(value) is type(a) and value == a for a in args):  # true is not 1, 2.0 is not 2
             raise ConfigError(f"`{key}` must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
     if origin in (tuple,):

@@ -90,9 +90,15 @@ _FIGURE_SCENES = 8
 def variants_of(config: PipelineConfig, hierarchy: ClassHierarchy) -> list[Variant]:
     """The variants a run evaluates, in table order.
 
-    The single-branch rows need ``config.ablation``, the ensemble control ``config.ensemble``.
+    The single-branch rows need ``config.ablation``, the ensemble control ``config.ensemble``; with
+    ``method.branches = 1`` the method is ``grouping`` (there is no two-branch model).
     """
-    kinds = ("baseline", "two_branch", "grouping", "full") if config.ablation else ("baseline", "full")
+    if config.method.branches == 1:
+        kinds: tuple[str, ...] = ("baseline", "grouping")
+    elif config.ablation:
+        kinds = ("baseline", "two_branch", "grouping", "full")
+    else:
+        kinds = ("baseline", "full")
     variants = [Variant(kind) for kind in kinds]  # type: ignore[arg-type]
     if config.ensemble:
         variants.insert(1, Variant("ensemble"))
@@ -153,7 +159,10 @@ def variant_maps(
             )
         else:
             level = int(variant.level or 0)
-            yield variant, get(ModelKey("two_branch", level))[:, hierarchy.assignments(level)]
+            model = ModelKey("two_branch", level)
+            if model not in extracted.models:  # `method.branches` = 1: the single-branch level model
+                model = ModelKey("single", level)
+            yield variant, get(model)[:, hierarchy.assignments(level)]
 
 
 def score_split(
@@ -378,12 +387,16 @@ def figure_scenes(
 ) -> FigureScenes:
     """The first ``count`` scenes of a split with the maps the report's CAM figure shows.
 
-    The maps: ``two_branch`` (level 0), every ``level_l``, ``full`` and ``baseline``.
+    The maps: ``two_branch`` (level 0), every ``level_l``, ``full`` and ``baseline``; with
+    ``method.branches = 1``: ``grouping`` instead of ``full``, and no ``two_branch``.
     """
     count = min(count, len(data))
     rows, images, labels, masks, _ = next(data.batches(count, range(count)))
     size = (int(images.shape[-2]), int(images.shape[-1]))
-    wanted = [Variant("two_branch"), Variant("full"), Variant("baseline")]
+    if config.method.branches == 1:
+        wanted = [Variant("grouping"), Variant("baseline")]
+    else:
+        wanted = [Variant("two_branch"), Variant("full"), Variant("baseline")]
     wanted += [Variant("level", level) for level in range(1, hierarchy.num_levels)]
     maps = dict(variant_maps(extracted, rows, hierarchy, labels, size, wanted, _rest(config)))
     return FigureScenes(split, images, labels, masks, maps)

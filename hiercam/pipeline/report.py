@@ -274,6 +274,9 @@ def _minutes(seconds: float | None) -> str:
 
 FUSED = (Variant("full"), Variant("full_tuned"))
 
+#: The fused rows of a run whose level models are single-branch (``method.branches = 1``).
+SINGLE_BRANCH_FUSED = (Variant("grouping"),)
+
 #: The controls shown next to the baseline in ``compare_markdown``.
 CONTROLS = (Variant("ensemble"),)
 
@@ -310,6 +313,8 @@ def compare_markdown(result: dict[str, Any]) -> str:
         variants = {Variant.from_name(name): entry["test"] for name, entry in bench["variants"].items()}
         baseline = variants[baseline_variant]
         shown = [variant for variant in FUSED if variant in variants]
+        if not shown:  # `method.branches` = 1: the method is Eq. 6 over single-branch models
+            shown = [variant for variant in SINGLE_BRANCH_FUSED if variant in variants]
         controls = [baseline_variant, *(variant for variant in CONTROLS if variant in variants)]
         if first_baseline is None:
             first_baseline = baseline["miou"]
@@ -324,7 +329,11 @@ def compare_markdown(result: dict[str, Any]) -> str:
                     cells.append(_cell(_percent(entry[figure])))
                 is_baseline = variant == baseline_variant
                 cells += ["", ""] if is_baseline else _versus(entry[figure], baseline[figure])
-            model = {baseline_variant: "base", Variant("ensemble"): "ensemble"}.get(variant, "two_branch_L0")
+            model = {
+                baseline_variant: "base",
+                Variant("ensemble"): "ensemble",
+                Variant("grouping"): "base",  # Eq. 6 over single-branch models: level 0 is the base
+            }.get(variant, "two_branch_L0")
             correlation = bench["branch_cam_correlation"]["test"].get(model)  # none for the base
             cells += [
                 _cell(_percent(entry["loc_error"])),
@@ -426,14 +435,23 @@ def _cam_figure(result: RunResult, scenes: FigureScenes) -> Any:
 
     hierarchy = result.hierarchy
     levels = [Variant("level", level) for level in range(1, hierarchy.num_levels)]
-    columns = ["input", "level 0", *[f"level {v.level}" for v in levels], "fused", "baseline", "ground truth"]
+    level_zero = [Variant("two_branch")] if Variant("two_branch") in scenes.maps else []
+    fused = Variant("full") if Variant("full") in scenes.maps else Variant("grouping")
+    columns = [
+        "input",
+        *(["level 0"] if level_zero else []),
+        *[f"level {v.level}" for v in levels],
+        "fused",
+        "baseline",
+        "ground truth",
+    ]
     count = len(scenes.images)
     figure = Figure(figsize=(1.6 * len(columns), 1.7 * count))
     for row in range(count):
         image, mask = scenes.images[row], scenes.masks[row]
         areas = torch.stack([(mask == k + 1).sum() for k in range(hierarchy.num_classes)])
         cls = int(torch.where(scenes.labels[row] > 0, areas, torch.full_like(areas, -1)).argmax())
-        shown = [Variant("two_branch"), *levels, Variant("full"), Variant("baseline")]
+        shown = [*level_zero, *levels, fused, Variant("baseline")]
         panels = [image.permute(1, 2, 0).numpy()]
         panels += [overlay(image, scenes.maps[variant][row, cls]) for variant in shown]
         panels.append((mask == cls + 1).float().numpy())

@@ -183,9 +183,12 @@ def run_pipeline(
     ctx.timings["stage1_base_and_hierarchy"] = time.perf_counter() - stage
 
     log(
-        f"[2/4] level models: two-branch (orthogonal weight {config.method.orthogonal_weight:g}, "
-        f"{config.method.orthogonal_reduction})"
-        + (" and single-branch" if config.ablation else "")
+        (
+            "[2/4] level models: single-branch only (`method.branches` = 1)"
+            if config.method.branches == 1
+            else f"[2/4] level models: two-branch (orthogonal weight {config.method.orthogonal_weight:g}, "
+            f"{config.method.orthogonal_reduction})" + (" and single-branch" if config.ablation else "")
+        )
         + (", the ensemble control's second base classifier" if config.ensemble else "")
     )
     stage = time.perf_counter()
@@ -198,7 +201,7 @@ def run_pipeline(
 
     log(f"[3/4] class activation maps of every model ({', '.join(splits)})")
     stage = time.perf_counter()
-    extracted = {split: extract_maps(ctx, models, split) for split in splits}
+    extracted = {split: extract_maps(ctx, models, split, hierarchy) for split in splits}
     ctx.timings["stage3_cams"] = time.perf_counter() - stage
 
     log(f"[4/4] evaluation: mIoU and localisation error, M0' = {config.method.rest_reduction!r}")
@@ -382,7 +385,11 @@ def _read_seed_record(path: Path, config: PipelineConfig) -> RunResult | None:
         raise ValueError(f"{path}: not JSON ({error}); delete it to run the seed again") from None
     if not isinstance(data, dict) or data.get("record_version") != _RECORD_VERSION:
         raise ValueError(f"{path}: not a bench seed record of this version; delete it to run the seed again")
-    if data.get("config") != config.to_dict():
+    try:  # a record made before a config field existed was made with that field's default
+        recorded = PipelineConfig.from_dict(data.get("config") or {}).to_dict()
+    except ValueError:
+        return None  # settings this version cannot read: run again (and overwrite)
+    if recorded != config.to_dict():
         return None  # made with other settings: run again (and overwrite)
     result = RunResult.from_json(data.get("metrics", {}), path)
     seconds = data.get("seconds") or {}

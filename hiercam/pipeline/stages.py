@@ -401,7 +401,10 @@ def _kept_out(
 def train_levels(
     ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str
 ) -> dict[ModelKey, TrainedModel]:
-    """Stage 2: a two-branch model per level (0 = classes), and single-branch level models (ablation)."""
+    """Stage 2: a two-branch model per level (0 = classes), and single-branch level models (ablation).
+
+    With ``method.branches = 1`` no two-branch model is trained: only the single-branch level models.
+    """
     config, method = ctx.config, ctx.config.method
     # DDP averages the processes' gradients: a sum over each process's share of the batch would weigh the
     # orthogonal term by weight / world; weight * world gives exactly the gradient of one process on the
@@ -417,6 +420,10 @@ def train_levels(
     for level in range(hierarchy.num_levels):
         groups = hierarchy.num_groups(level)
         level_key = {"hierarchy": hierarchy_key if level else None}
+        if method.branches == 1:
+            if level > 0:
+                trained.update(_train_single_level(ctx, hierarchy, level, level_key))
+            continue
         pair = build_two_branch(
             config.model, groups, _model_seed(config, 10 + level), input_norm=config.data.input_norm
         )
@@ -438,17 +445,31 @@ def train_levels(
             hierarchy=hierarchy,
         )
         if config.ablation and level > 0:
-            identity = ModelKey("single", level)
-            single = build_classifier(
-                config.model, groups, _model_seed(config, 20 + level), input_norm=config.data.input_norm
-            )
-            trained[identity] = _train(
-                ctx, identity, single, {"kind": "single", **level_key}, hierarchy=hierarchy
-            )
+            trained.update(_train_single_level(ctx, hierarchy, level, level_key))
     return trained
 
 
-def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: str) -> ExtractedMaps:
+def _train_single_level(
+    ctx: RunContext, hierarchy: ClassHierarchy, level: int, level_key: dict[str, Any]
+) -> dict[ModelKey, TrainedModel]:
+    """The single-branch classifier of the groups of ``level``."""
+    config = ctx.config
+    identity = ModelKey("single", level)
+    single = build_classifier(
+        config.model,
+        hierarchy.num_groups(level),
+        _model_seed(config, 20 + level),
+        input_norm=config.data.input_norm,
+    )
+    return {identity: _train(ctx, identity, single, {"kind": "single", **level_key}, hierarchy=hierarchy)}
+
+
+def extract_maps(
+    ctx: RunContext,
+    models: dict[ModelKey, TrainedModel],
+    split: str,
+    hierarchy: ClassHierarchy | None = None,
+) -> ExtractedMaps:
     """Stage 3: Grad-CAMs of every model for every image of ``split`` at feature resolution, and logits.
 
     Two-branch models also get the Pearson correlation between their branches' maps of each group. Cached in
@@ -458,8 +479,12 @@ def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: s
     With ``method.multiscale`` (or ``method.flip``) every model's extractor is wrapped in
     [`MultiScaleCAM`][hiercam.MultiScaleCAM] (scales ``method.multiscale``, default ``[1.0]``; mirror images
     with ``method.flip``; raw maps averaged, as IRN): the maps are that average at the feature resolution of
-    the input size. The logits and the branch correlation stay those of the plain pass at the input size:
-    the refinement changes the maps only.
+    the largest scale (e.g. 14 x 14 for a 7 x 7 feature map and scale 2: finer than one pass's, as IRN's),
+    or of the input size when no scale exceeds 1. The logits and the branch correlation stay those of the
+    plain pass at the input size: the refinement changes the maps only.
+
+    With ``method.softmax_over_labels`` every model explains the log-softmax over each image's labelled
+    classes (its groups, for a level model: ``hierarchy`` is then needed).
     """
     parts: dict[str, Any] = {
         "models": {m.identity.name: m.content_key for m in models.values()},
@@ -469,7 +494,12 @@ def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: s
     }
     scales = _inference_scales(ctx.config)
     if scales is not None:  # left out when unset: the map caches of earlier runs stay valid
-        parts["multiscale"] = {"scales": list(scales), "flip": ctx.config.method.flip}
+        parts["multiscale"] = {"scales": list(scales), "flip": ctx.config.method.flip, "size": "largest"}
+    softmax_over = ctx.config.method.softmax_over_labels
+    if softmax_over:
+        if hierarchy is None:
+            raise ValueError("`method.softmax_over_labels` needs the hierarchy (the groups of level models)")
+        parts["softmax_over_labels"] = True
     key = digest(parts)
     folder = ctx.models_dir.parent / "cams" if ctx.cache is not None else ctx.out / "cams"
     path, marker_path = folder / f"{split}-{key[:16]}.pt", folder / f"{split}-{key[:16]}.json"
@@ -495,15 +525,22 @@ def extract_maps(ctx: RunContext, models: dict[ModelKey, TrainedModel], split: s
         extractor = GradCAM(trained.model)
         multi = None if scales is None else MultiScaleCAM(extractor, scales, flip=ctx.config.method.flip)
         maps, logits, correlations = [], [], []
-        for _, images, *_ in data.batches(64, shard):
+        for _, images, image_labels, *_ in data.batches(64, shard):
             images = images.to(ctx.device, non_blocking=True)
-            cams = extractor(images, size="feature", normalize=None)
+            options: dict[str, Any] = {}
+            if softmax_over and hierarchy is not None:
+                level = identity.level
+                present = hierarchy.remap_labels(image_labels, level) if level else image_labels
+                options["softmax_over"] = present.to(ctx.device)
+            cams = extractor(images, size="feature", normalize=None, **options)
             if extractor.logits is not None:
                 logits.append(extractor.logits.float().cpu())
             if extractor.branch_maps is not None:
                 correlations.append(_branch_correlation(extractor.branch_maps).cpu())
-            if multi is not None:  # the plain pass above gave the logits, branch maps and feature size
-                cams = multi(images, size=(int(cams.shape[-2]), int(cams.shape[-1])), normalize=None)
+            if multi is not None and scales is not None:  # the plain pass gave logits, branch maps, size
+                largest = max(1.0, *scales)
+                size = (round(cams.shape[-2] * largest), round(cams.shape[-1] * largest))
+                cams = multi(images, size=size, normalize=None, **options)
             maps.append(cams.to("cpu", torch.float16))
             progress.update(len(images))
         extractor.remove()

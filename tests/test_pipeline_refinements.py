@@ -1,0 +1,97 @@
+"""The pipeline's method options beyond the paper: single-branch level models and the CAM refinements.
+
+Oracles: the maps the pipeline caches are recomputed from the trained models it saved with the public
+extractors (``GradCAM``, ``MultiScaleCAM``, ``softmax_over=``); the variants and models are checked by name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import hiercam
+from hiercam.pipeline import ConfigError, PipelineConfig, RunResult, apply_preset, demo_config, run_pipeline
+from hiercam.pipeline.artifacts import load_tensors
+from hiercam.pipeline.data import load_split
+from hiercam.pipeline.keys import ModelKey
+from hiercam.pipeline.networks import build_classifier
+from hiercam.pipeline.results import ExtractedMaps
+from hiercam.pipeline.run import _read_seed_record, _write_seed_record
+
+
+def quick(preset: str) -> PipelineConfig:
+    config = demo_config(quick=True).replace(
+        evaluation__wsol=False, evaluation__faithfulness_images=0, method__levels=(4,)
+    )
+    return apply_preset(config, preset)
+
+
+@pytest.fixture(scope="module")
+def refined_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineConfig, Path, RunResult]:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("refined")
+    config = quick("refined").replace(method__multiscale=(1.0, 2.0))
+    return config, out, run_pipeline(config, out, progress=False, log=lambda _: None)
+
+
+def test_single_branch_runs_train_no_two_branch_model(refined_run) -> None:
+    _, _, result = refined_run
+    assert set(result.histories) == {ModelKey("base"), ModelKey("ensemble"), ModelKey("single", 1)}
+    assert [v.name for v in result.variants] == ["baseline", "ensemble", "grouping", "level_1"]
+    assert result.branch_correlation["test"] == {}
+
+
+@pytest.mark.parametrize("model_name", ["base", "single_L1"])
+def test_cached_maps_are_the_refined_extractors_maps(refined_run, model_name: str) -> None:
+    config, out, result = refined_run
+    (cache,) = (out / "cams").glob("test-*.pt")
+    extracted = ExtractedMaps.from_tensors(load_tensors(cache), cache)
+    identity = ModelKey.from_name(model_name)
+    (weights,) = (out / "models").glob(f"{model_name}-*.pt")
+    groups = result.hierarchy.num_groups(identity.level)
+    model = build_classifier(config.model, groups, 0, input_norm=config.data.input_norm)
+    model.load_state_dict(load_tensors(weights))
+    model.eval()
+    cam = hiercam.MultiScaleCAM(hiercam.GradCAM(model), scales=(1.0, 2.0), flip=True)
+    split = load_split(config, "test")
+    _, images, labels, *_ = next(split.batches(16))
+    present = result.hierarchy.remap_labels(labels, identity.level) if identity.level else labels
+    feature = hiercam.GradCAM(model)(images[:1], size="feature").shape[-1]
+    expected = cam(images, size=(2 * feature, 2 * feature), normalize=None, softmax_over=present)
+    got = extracted.models[identity].maps[:16].float()
+    assert got.shape[-1] == 2 * feature  # kept at the largest scale's resolution
+    scale = expected.abs().amax()
+    torch.testing.assert_close(got, expected, rtol=2e-3, atol=2e-3 * float(scale))
+    plain = hiercam.GradCAM(model)(images, size=(2 * feature, 2 * feature), normalize=None)
+    assert not torch.allclose(plain, expected, atol=1e-3 * float(scale))  # the option did something
+
+
+def test_branches_must_be_one_or_two() -> None:
+    base = demo_config(quick=True).to_dict()
+    for bad in (True, 3, 2.0, "1"):
+        base["method"]["branches"] = bad
+        with pytest.raises(ConfigError, match="branches"):
+            PipelineConfig.from_dict(base)
+
+
+def test_tuned_fusion_needs_two_branch_models() -> None:
+    with pytest.raises(ConfigError, match="choose_fusion_weights"):
+        quick("single_branch").replace(method__choose_fusion_weights=True)
+
+
+def test_a_seed_record_from_before_a_field_existed_is_read_back(refined_run, tmp_path: Path) -> None:
+    config, _, result = refined_run
+    path = tmp_path / "seed_0.json"
+    _write_seed_record(path, config, result)
+    data = json.loads(path.read_text())
+    del data["config"]["method"]["branches"]  # a record written before the field existed...
+    path.write_text(json.dumps(data))
+    assert _read_seed_record(path, config) is None  # ...made with 1 is not this config's
+    default = config.replace(method__branches=2, ablation=True)
+    data["config"] = default.to_dict()
+    del data["config"]["method"]["branches"]
+    path.write_text(json.dumps(data))
+    assert _read_seed_record(path, default) is not None  # the default it had then is read back
