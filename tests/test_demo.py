@@ -192,7 +192,8 @@ def test_demo_threads_option_and_last_line(
     written = PipelineConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert written == apply_preset(tiny_config(ablation=False, ensemble=False), "recommended")
     names = " ".join(path.name for path in (out / "models").iterdir())
-    assert "single" not in names
+    # only the models the method needs: its level models are single-branch or two-branch, never both
+    assert ("two_branch" if written.method.branches == 1 else "single") not in names
     assert "ensemble" not in names
 
 

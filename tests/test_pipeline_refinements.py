@@ -95,3 +95,12 @@ def test_a_seed_record_from_before_a_field_existed_is_read_back(refined_run, tmp
     del data["config"]["method"]["branches"]
     path.write_text(json.dumps(data))
     assert _read_seed_record(path, default) is not None  # the default it had then is read back
+
+
+def test_multiscale_extraction_batches_keep_a_plain_batchs_memory() -> None:
+    from hiercam.pipeline.stages import _extraction_batch
+
+    assert _extraction_batch(None, False) == 64
+    assert _extraction_batch((1.0, 0.5, 1.5, 2.0), True) == 8  # scale 2: 4x the pixels, and the mirror images
+    assert _extraction_batch((0.5,), False) == 64
+    assert _extraction_batch((16.0,), True) == 1

@@ -513,6 +513,7 @@ def extract_maps(
         return ctx.dist.gather_rows(torch.cat(pieces), len(data))
 
     labels = gather([labels for _, _, labels, _, _ in data.batches(64, shard)])
+    batch = _extraction_batch(scales, ctx.config.method.flip)
     extracted: dict[ModelKey, ModelMaps] = {}
     progress = Progress(
         len(models) * len(shard),
@@ -525,7 +526,7 @@ def extract_maps(
         extractor = GradCAM(trained.model)
         multi = None if scales is None else MultiScaleCAM(extractor, scales, flip=ctx.config.method.flip)
         maps, logits, correlations = [], [], []
-        for _, images, image_labels, *_ in data.batches(64, shard):
+        for _, images, image_labels, *_ in data.batches(batch, shard):
             images = images.to(ctx.device, non_blocking=True)
             options: dict[str, Any] = {}
             if softmax_over and hierarchy is not None:
@@ -553,6 +554,24 @@ def extract_maps(
         save_tensors(path, result.to_tensors())
         write_marker(marker_path, key, {})
     return result
+
+
+#: Images per extraction batch at the input size.
+_EXTRACTION_BATCH = 64
+
+
+def _extraction_batch(scales: tuple[float, ...] | None, flip: bool) -> int:
+    """Images per extraction batch: 64 at the input size, fewer when multi-scale passes are larger.
+
+    A pass at scale ``s`` holds ``s**2`` times the activations (twice with ``flip``: the mirror images run in
+    the same batch), and the first batch at each size keeps the autograd graph, so the batch shrinks by that
+    factor to keep the peak memory of a plain batch (64 MobileNetV2 images at 448 px with their mirror images
+    need about 50 GB). The maps do not depend on the batch size (models are in eval mode).
+    """
+    if scales is None:
+        return _EXTRACTION_BATCH
+    factor = max(1.0, max(scales) ** 2) * (2 if flip else 1)
+    return max(1, int(_EXTRACTION_BATCH // factor))
 
 
 def _inference_scales(config: PipelineConfig) -> tuple[float, ...] | None:

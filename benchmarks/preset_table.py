@@ -1,0 +1,183 @@
+"""The real-photo benchmark's table: every preset's method rows against plain Grad-CAM and the plain ensemble.
+
+Reads the per-seed records that ``hiercam bench --results benchmarks/results`` keeps
+(``benchmarks/results/<dataset>/<preset>/seed_<n>.json``) and prints, per dataset, one Markdown table:
+validation mIoU@0.15 and its paired difference to Grad-CAM (what the presets are chosen on), then the test
+figures: mIoU@0.15, mIoU@t* (t* chosen on validation), localisation error, classification mAP, each with the
+paired difference to plain Grad-CAM (the ``baseline`` row of a preset without refinements; every preset of a
+seed shares the same trained base classifier through the bench's model cache) and to the plain ensemble
+control; "apart" says whether the seeds' ranges do not overlap. Figures in percent: mean ± standard deviation
+[min, max] over the seeds present; only seeds recorded for both a row and its reference are paired.
+
+    python benchmarks/preset_table.py                       # every dataset under benchmarks/results
+    python benchmarks/preset_table.py --dataset msrc21 --json benchmarks/results/msrc21/table.json
+
+Nothing is trained or evaluated here: the figures are those the records hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+#: (preset, variant, what the row is). The plain references come first.
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("paper", "baseline", "Grad-CAM baseline (plain)"),
+    ("paper", "ensemble", "ensemble control: two single-branch models averaged (plain)"),
+    ("paper", "two_branch", "paper, Table 4: + orthogonal two-branch only"),
+    ("paper", "grouping", "paper, Table 4: + grouping only"),
+    ("paper", "full", "paper, Table 4: both (the paper's method)"),
+    ("orthogonal_light", "full", "old `recommended` (`orthogonal_light`): both, Eq. 6"),
+    ("single_branch", "grouping", "`single_branch`: Eq. 6 over single-branch models"),
+    ("multiscale", "baseline", "refinement alone: Grad-CAM + multi-scale + flip"),
+    ("multiscale", "grouping", "`multiscale`: `single_branch` + multi-scale + flip"),
+    ("softmax_over_labels", "baseline", "refinement alone: Grad-CAM + softmax over labelled classes"),
+    ("softmax_over_labels", "grouping", "`softmax_over_labels`: `single_branch` + softmax"),
+    ("refined", "baseline", "both refinements on Grad-CAM"),
+    ("refined", "ensemble", "both refinements on the ensemble control"),
+    ("refined", "grouping", "`refined`: `single_branch` + both refinements"),
+    ("refined_two_branch", "two_branch", "`refined_two_branch`: two-branch level 0 + both refinements"),
+    ("refined_two_branch", "full", "`refined_two_branch`: Eq. 6 over two-branch models + both refinements"),
+    ("recommended", "grouping", "new `recommended`"),
+)
+#: Presets whose baseline and ensemble rows are plain Grad-CAM (no inference refinement).
+PLAIN = ("paper", "single_branch", "orthogonal_light")
+
+
+def load(results: Path, dataset: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """``{preset: {seed: record}}`` of one dataset."""
+    found: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in sorted((results / dataset).glob("*/seed_*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        seed = int(path.stem.split("_")[1])
+        found.setdefault(path.parent.name, {})[seed] = record
+    return found
+
+
+def figure(record: dict[str, Any], variant: str, split: str, name: str) -> float:
+    entry = record["metrics"]["variants"].get(variant, {}).get(split, {})
+    value = entry.get(name)
+    return math.nan if value is None else float(value)
+
+
+def model_map(record: dict[str, Any], variant: str) -> float:
+    model = {"baseline": "base", "ensemble": "ensemble", "grouping": "base"}.get(variant, "two_branch_L0")
+    value = record["metrics"]["classification_map"].get("test", {}).get(model)
+    return math.nan if value is None else float(value)
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {
+        "mean": statistics.fmean(values),
+        "std": std,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def cell(summary: dict[str, float], digits: int = 2) -> str:
+    if not summary["n"]:
+        return ""
+    mean, std, low, high = (100 * summary[k] for k in ("mean", "std", "min", "max"))
+    return f"{mean:.{digits}f} ± {std:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def apart(row: list[float], reference: list[float]) -> str:
+    if len(row) < 2 or len(reference) < 2:
+        return ""
+    return "yes" if min(row) > max(reference) or max(row) < min(reference) else "no"
+
+
+def table(records: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
+    reference_preset = next((p for p in PLAIN if p in records), None)
+    if reference_preset is None:
+        return "No plain preset (paper, single_branch, orthogonal_light) recorded yet.\n", []
+    plain = records[reference_preset]
+    rows_json: list[dict[str, Any]] = []
+    lines = [
+        f"Plain references from preset `{reference_preset}`. Seeds per row in the last column.",
+        "",
+        "| row | val mIoU@0.15 | Δ val vs Grad-CAM | test mIoU@0.15 | Δ vs Grad-CAM | apart | "
+        "Δ vs ensemble | test mIoU@t* | Δ@t* vs Grad-CAM | test LocErr@0.15 | mAP | seeds |",
+        "| --- | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for preset, variant, label in ROWS:
+        seeds = sorted(s for s, r in records.get(preset, {}).items() if variant in r["metrics"]["variants"])
+        if not seeds:
+            continue
+        rec = records[preset]
+
+        def values(
+            split: str, name: str, source: dict[int, dict[str, Any]], which: str, among: list[int]
+        ) -> list[float]:
+            return [figure(source[s], which, split, name) for s in among]
+
+        paired = [s for s in seeds if s in plain]
+        out: dict[str, Any] = {"preset": preset, "variant": variant, "row": label, "seeds": seeds}
+        cells = []
+        for split, name in (("val", "miou"), ("test", "miou"), ("test", "miou_at_val_threshold")):
+            own = values(split, name, rec, variant, seeds)
+            base = values(split, name, plain, "baseline", paired)
+            delta = [a - b for a, b in zip(values(split, name, rec, variant, paired), base, strict=True)]
+            out[f"{split}_{name}"] = stats(own)
+            out[f"{split}_{name}_vs_gradcam"] = stats(delta)
+            is_reference = preset == reference_preset and variant == "baseline"
+            cells.append(cell(stats(own)))
+            cells.append("" if is_reference else cell(stats(delta)))
+            if split == "test" and name == "miou":
+                cells.append("" if is_reference else apart(values(split, name, rec, variant, paired), base))
+                ensemble = values(split, name, plain, "ensemble", paired)
+                versus = [
+                    a - b for a, b in zip(values(split, name, rec, variant, paired), ensemble, strict=True)
+                ]
+                out["test_miou_vs_ensemble"] = stats(versus)
+                is_ensemble = preset == reference_preset and variant == "ensemble"
+                cells.append("" if is_ensemble or not ensemble else cell(stats(versus)))
+        loc = stats(values("test", "loc_error", rec, variant, seeds))
+        mean_ap = stats([model_map(rec[s], variant) for s in seeds])
+        out["test_loc_error"], out["map"] = loc, mean_ap
+        cells += [cell(loc), cell(mean_ap), ", ".join(map(str, seeds))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        rows_json.append(out)
+    return "\n".join(lines) + "\n", rows_json
+
+
+def _no_nan(value: Any) -> Any:
+    """JSON without NaN: ``null`` instead."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--dataset", nargs="*", default=None, help="default: every dataset with records")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON (one dataset)")
+    args = parser.parse_args()
+    datasets = args.dataset or sorted(p.name for p in args.results.iterdir() if p.is_dir())
+    for dataset in datasets:
+        records = load(args.results, dataset)
+        if not records:
+            continue
+        text, rows = table(records)
+        print(f"## {dataset}\n\n{text}")
+        if args.json is not None and len(datasets) == 1:
+            args.json.write_text(json.dumps(_no_nan(rows), indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
