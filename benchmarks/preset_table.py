@@ -33,15 +33,13 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("paper", "full", "paper, Table 4: both (the paper's method)"),
     ("orthogonal_light", "full", "old `recommended` (`orthogonal_light`): both, Eq. 6"),
     ("single_branch", "grouping", "`single_branch`: Eq. 6 over single-branch models"),
-    ("multiscale", "baseline", "refinement alone: Grad-CAM + multi-scale + flip"),
-    ("multiscale", "grouping", "`multiscale`: `single_branch` + multi-scale + flip"),
+    ("multiscale", "baseline", "refinement alone: Grad-CAM + multi-scale"),
+    ("multiscale", "grouping", "`multiscale`: `single_branch` + multi-scale"),
     ("softmax_over_labels", "baseline", "refinement alone: Grad-CAM + softmax over labelled classes"),
     ("softmax_over_labels", "grouping", "`softmax_over_labels`: `single_branch` + softmax"),
     ("refined", "baseline", "both refinements on Grad-CAM"),
     ("refined", "ensemble", "both refinements on the ensemble control"),
     ("refined", "grouping", "`refined`: `single_branch` + both refinements"),
-    ("refined_two_branch", "two_branch", "`refined_two_branch`: two-branch level 0 + both refinements"),
-    ("refined_two_branch", "full", "`refined_two_branch`: Eq. 6 over two-branch models + both refinements"),
     ("recommended", "grouping", "new `recommended`"),
 )
 #: Presets whose baseline and ensemble rows are plain Grad-CAM (no inference refinement).

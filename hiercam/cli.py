@@ -26,7 +26,6 @@ PRESET_NAMES = (
     "multiscale",
     "softmax_over_labels",
     "refined",
-    "refined_two_branch",
     "recommended",
 )
 PRESET_HELP = f"method settings: {', '.join(PRESET_NAMES)} (default: paper; see docs/benchmarks.md)"
