@@ -149,6 +149,29 @@ def table(records: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, list[dict
     return "\n".join(lines) + "\n", rows_json
 
 
+def times(records: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """Seconds of pipeline per preset and seed (``total`` of each record), and per seed over the presets.
+
+    A preset's run loads the models that an earlier preset of the same seed trained (the bench's cache), so
+    the first preset to need a model pays for its training.
+    """
+    seeds = sorted({s for by_seed in records.values() for s in by_seed})
+    lines = [
+        "| preset | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "| --- |" + " ---: |" * len(seeds),
+    ]
+    totals = dict.fromkeys(seeds, 0.0)
+    for preset, by_seed in records.items():
+        cells = []
+        for seed in seeds:
+            seconds = by_seed.get(seed, {}).get("seconds", {}).get("total")
+            cells.append("" if seconds is None else f"{seconds:.0f} s")
+            totals[seed] += seconds or 0.0
+        lines.append(f"| {preset} | " + " | ".join(cells) + " |")
+    lines.append("| all presets | " + " | ".join(f"{totals[s] / 60:.1f} min" for s in seeds) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _no_nan(value: Any) -> Any:
     """JSON without NaN: ``null`` instead."""
     if isinstance(value, float) and math.isnan(value):
@@ -172,7 +195,7 @@ def main() -> None:
         if not records:
             continue
         text, rows = table(records)
-        print(f"## {dataset}\n\n{text}")
+        print(f"## {dataset}\n\n{text}\nPipeline time per run:\n\n{times(records)}")
         if args.json is not None and len(datasets) == 1:
             args.json.write_text(json.dumps(_no_nan(rows), indent=1) + "\n", encoding="utf-8")
 
