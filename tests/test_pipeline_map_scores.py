@@ -124,8 +124,9 @@ def test_bad_evaluation_and_multiscale_keys_are_config_errors(changes: dict[str,
 
 def test_multiscale_preset_is_the_refinement_alone() -> None:
     config = apply_preset(demo_config(), "multiscale")
-    assert config.method.multiscale == (1.0, 0.5, 1.5, 2.0)
-    assert config.method.flip
+    assert config.method.multiscale == (1.0, 0.5, 1.5, 2.0)  # IRN's scales, without the mirror images
+    assert not config.method.flip
+    assert config.method.branches == 1  # on the single-branch method: its baseline row is Grad-CAM + scales
     assert apply_preset(config, "paper") == demo_config()  # the paper's settings turn it off again
 
 

@@ -33,7 +33,7 @@ def quick(preset: str) -> PipelineConfig:
 def refined_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineConfig, Path, RunResult]:
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("refined")
-    config = quick("refined").replace(method__multiscale=(1.0, 2.0))
+    config = quick("refined").replace(method__multiscale=(1.0, 2.0), method__flip=True)
     return config, out, run_pipeline(config, out, progress=False, log=lambda _: None)
 
 
