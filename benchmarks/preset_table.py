@@ -55,6 +55,18 @@ def load(results: Path, dataset: str) -> dict[str, dict[int, dict[str, Any]]]:
     return found
 
 
+def plain_records(records: dict[str, dict[int, dict[str, Any]]]) -> dict[int, dict[str, Any]]:
+    """Per seed, the record of the first preset of ``PLAIN`` that has it.
+
+    Its baseline and ensemble rows are plain Grad-CAM of the seed's shared base models, the same in every
+    plain preset of the seed.
+    """
+    merged: dict[int, dict[str, Any]] = {}
+    for preset in reversed(PLAIN):
+        merged.update(records.get(preset, {}))
+    return merged
+
+
 def figure(record: dict[str, Any], variant: str, split: str, name: str) -> float:
     entry = record["metrics"]["variants"].get(variant, {}).get(split, {})
     value = entry.get(name)
@@ -95,13 +107,14 @@ def apart(row: list[float], reference: list[float]) -> str:
 
 
 def table(records: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
-    reference_preset = next((p for p in PLAIN if p in records), None)
-    if reference_preset is None:
+    plain = plain_records(records)
+    if not plain:
         return "No plain preset (paper, single_branch, orthogonal_light) recorded yet.\n", []
-    plain = records[reference_preset]
     rows_json: list[dict[str, Any]] = []
     lines = [
-        f"Plain references from preset `{reference_preset}`. Seeds per row in the last column.",
+        "Plain Grad-CAM and the plain ensemble: the baseline and ensemble rows of the plain presets "
+        "(`paper`, `single_branch`, `orthogonal_light`: the same base models per seed). Seeds per row in "
+        "the last column.",
         "",
         "| row | val mIoU@0.15 | Δ val vs Grad-CAM | test mIoU@0.15 | Δ vs Grad-CAM | apart | "
         "Δ vs ensemble | test mIoU@t* | Δ@t* vs Grad-CAM | test LocErr@0.15 | mAP | seeds |",
@@ -127,7 +140,7 @@ def table(records: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, list[dict
             delta = [a - b for a, b in zip(values(split, name, rec, variant, paired), base, strict=True)]
             out[f"{split}_{name}"] = stats(own)
             out[f"{split}_{name}_vs_gradcam"] = stats(delta)
-            is_reference = preset == reference_preset and variant == "baseline"
+            is_reference = preset in PLAIN and variant == "baseline"
             cells.append(cell(stats(own)))
             cells.append("" if is_reference else cell(stats(delta)))
             if split == "test" and name == "miou":
@@ -137,7 +150,7 @@ def table(records: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, list[dict
                     a - b for a, b in zip(values(split, name, rec, variant, paired), ensemble, strict=True)
                 ]
                 out["test_miou_vs_ensemble"] = stats(versus)
-                is_ensemble = preset == reference_preset and variant == "ensemble"
+                is_ensemble = preset in PLAIN and variant == "ensemble"
                 cells.append("" if is_ensemble or not ensemble else cell(stats(versus)))
         loc = stats(values("test", "loc_error", rec, variant, seeds))
         mean_ap = stats([model_map(rec[s], variant) for s in seeds])
@@ -218,7 +231,7 @@ def choice(by_dataset: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> str:
         cells, deltas = [], []
         for dataset in datasets:
             records = by_dataset[dataset]
-            plain = records.get(next((p for p in PLAIN if p in records), ""), {})
+            plain = plain_records(records)
             own = records.get(preset, {})
             seeds = [s for s in sorted(own) if s in plain and variant in own[s]["metrics"]["variants"]]
             values = [
