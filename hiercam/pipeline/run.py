@@ -73,8 +73,8 @@ def demo_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
     The demo shows a method against the Grad-CAM baseline (the ``demo`` command: the preset ``recommended``).
     It trains only the models the preset's method needs (``ablation=False``: no extra models for the paper's
     ablation; ``ensemble=False``: no ensemble control; one group level, 10 -> 4): for ``recommended`` the base
-    classifier and the single-branch model of the 4 groups, for ``paper`` the two-branch models of levels 10
-    and 4. On 4,000 training scenes for 4 epochs; it scores 300
+    classifier and the two-branch models of levels 10 and 4, for ``single_branch`` the base classifier and the
+    single-branch model of the 4 groups. On 4,000 training scenes for 4 epochs; it scores 300
     validation and 300 test scenes (deletion / insertion on 32 test images; no MaxBoxAccV2 / PxAP, whose
     threshold sweep would cost a third of the demo's time). The paper's full
     ablation is ``hiercam bench``, on [`bench_config`][hiercam.pipeline.bench_config]. ``quick`` is a smoke
