@@ -180,6 +180,25 @@ def faithfulness(records: dict[str, dict[int, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stability(records: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """How much the level-1 grouping depends on the seed: adjusted Rand index between every pair of seeds."""
+    from itertools import combinations
+
+    from sklearn.metrics import adjusted_rand_score
+
+    lines = []
+    for preset in ("paper", "single_branch"):
+        by_seed = records.get(preset, {})
+        groups = {s: r["metrics"]["hierarchy"]["assignments"][0] for s, r in sorted(by_seed.items())}
+        pairs = [
+            f"seeds {a}-{b}: {adjusted_rand_score(groups[a], groups[b]):.2f}"
+            for a, b in combinations(groups, 2)
+        ]
+        if pairs:
+            lines.append(f"- `{preset}` (level 1): " + ", ".join(pairs))
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def times(records: dict[str, dict[int, dict[str, Any]]]) -> str:
     """Seconds of pipeline per preset and seed (``total`` of each record), and per seed over the presets.
 
@@ -279,6 +298,8 @@ def main() -> None:
         text, rows = table(records)
         print(f"## {dataset}\n\n{text}\nDeletion and insertion (against the base classifier):\n")
         print(f"{faithfulness(records)}\nPipeline time per run:\n\n{times(records)}")
+        agreement = stability(records)
+        print(f"Agreement of the level-1 groups between seeds (adjusted Rand index):\n\n{agreement}")
         if args.json is not None and len(datasets) == 1:
             args.json.write_text(json.dumps(_no_nan(rows), indent=1) + "\n", encoding="utf-8")
 
