@@ -24,6 +24,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from hiercam.pipeline.report import seed_stats
+from hiercam.pipeline.results import strict_json
+
 #: (preset, variant, what the row is). The plain references come first: "plain" is any preset of ``PLAIN``.
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("plain", "baseline", "Grad-CAM baseline (plain)"),
@@ -79,22 +82,8 @@ def model_map(record: dict[str, Any], variant: str) -> float:
     return math.nan if value is None else float(value)
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {
-        "mean": statistics.fmean(values),
-        "std": std,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
-
-
 def cell(summary: dict[str, float], digits: int = 2) -> str:
-    if not summary["n"]:
+    if math.isnan(summary["mean"]):  # no finite value
         return ""
     mean, std, low, high = (100 * summary[k] for k in ("mean", "std", "min", "max"))
     return f"{mean:.{digits}f} ± {std:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
@@ -138,22 +127,22 @@ def table(records: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, list[dict
             own = values(split, name, rec, variant, seeds)
             base = values(split, name, plain, "baseline", paired)
             delta = [a - b for a, b in zip(values(split, name, rec, variant, paired), base, strict=True)]
-            out[f"{split}_{name}"] = stats(own)
-            out[f"{split}_{name}_vs_gradcam"] = stats(delta)
+            out[f"{split}_{name}"] = seed_stats(own)
+            out[f"{split}_{name}_vs_gradcam"] = seed_stats(delta)
             is_reference = preset == "plain" and variant == "baseline"
-            cells.append(cell(stats(own)))
-            cells.append("" if is_reference else cell(stats(delta)))
+            cells.append(cell(seed_stats(own)))
+            cells.append("" if is_reference else cell(seed_stats(delta)))
             if split == "test" and name == "miou":
                 cells.append("" if is_reference else apart(values(split, name, rec, variant, paired), base))
                 ensemble = values(split, name, plain, "ensemble", paired)
                 versus = [
                     a - b for a, b in zip(values(split, name, rec, variant, paired), ensemble, strict=True)
                 ]
-                out["test_miou_vs_ensemble"] = stats(versus)
+                out["test_miou_vs_ensemble"] = seed_stats(versus)
                 is_ensemble = preset == "plain" and variant == "ensemble"
-                cells.append("" if is_ensemble or not ensemble else cell(stats(versus)))
-        loc = stats(values("test", "loc_error", rec, variant, seeds))
-        mean_ap = stats([model_map(rec[s], variant) for s in seeds])
+                cells.append("" if is_ensemble or not ensemble else cell(seed_stats(versus)))
+        loc = seed_stats(values("test", "loc_error", rec, variant, seeds))
+        mean_ap = seed_stats([model_map(rec[s], variant) for s in seeds])
         out["test_loc_error"], out["map"] = loc, mean_ap
         cells += [cell(loc), cell(mean_ap), ", ".join(map(str, seeds))]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -172,9 +161,9 @@ def faithfulness(records: dict[str, dict[int, dict[str, Any]]]) -> str:
         seeds = sorted(s for s, r in by_seed.items() if variant in r["metrics"]["variants"])
         if not seeds:
             continue
-        deletion = stats([figure(by_seed[s], variant, "test", "deletion") for s in seeds])
-        insertion = stats([figure(by_seed[s], variant, "test", "insertion") for s in seeds])
-        if not deletion["n"] and not insertion["n"]:
+        deletion = seed_stats([figure(by_seed[s], variant, "test", "deletion") for s in seeds])
+        insertion = seed_stats([figure(by_seed[s], variant, "test", "insertion") for s in seeds])
+        if math.isnan(deletion["mean"]) and math.isnan(insertion["mean"]):
             continue
         lines.append(f"| {label} | {cell(deletion)} | {cell(insertion)} | {', '.join(map(str, seeds))} |")
     return "\n".join(lines) + "\n"
@@ -270,17 +259,6 @@ def choice(by_dataset: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _no_nan(value: Any) -> Any:
-    """JSON without NaN: ``null`` instead."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
@@ -302,7 +280,7 @@ def main() -> None:
         agreement = stability(records)
         print(f"Agreement of the level-1 groups between seeds (adjusted Rand index):\n\n{agreement}")
         if args.json is not None and len(datasets) == 1:
-            args.json.write_text(json.dumps(_no_nan(rows), indent=1) + "\n", encoding="utf-8")
+            args.json.write_text(json.dumps(strict_json(rows), indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 from hiercam.pipeline import apply_preset, load_config, run_pipeline
 from hiercam.pipeline.data import class_names
 from hiercam.pipeline.keys import Variant
+from hiercam.pipeline.report import largest_labelled_class, panel_grid
 from hiercam.viz import overlay
 
 
@@ -51,31 +52,22 @@ def main() -> None:
     method = Variant("grouping") if Variant("grouping") in recommended.maps else Variant("full")
     names = list(class_names(config))
 
-    from matplotlib.figure import Figure
-
     count = min(args.rows, len(plain.images))
-    columns = ["photo", "ground truth", "Grad-CAM", "recommended"]
-    figure = Figure(figsize=(1.9 * len(columns), 1.6 * count))
+    panels, row_labels = [], []
     for row in range(count):
         image, mask = plain.images[row], plain.masks[row]
-        areas = torch.stack([(mask == k + 1).sum() for k in range(len(names))])
-        cls = int(torch.where(plain.labels[row] > 0, areas, torch.full_like(areas, -1)).argmax())
-        panels = [
-            image.permute(1, 2, 0).numpy(),
-            (mask == cls + 1).float().numpy(),
-            overlay(image, plain.maps[Variant("baseline")][row, cls]),
-            overlay(image, recommended.maps[method][row, cls]),
-        ]
-        for column, panel in enumerate(panels):
-            axis = figure.add_subplot(count, len(columns), row * len(columns) + column + 1)
-            axis.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(columns[column], fontsize=9)
-            if column == 0:
-                axis.set_ylabel(names[cls], fontsize=8)
-    figure.tight_layout()
+        cls = largest_labelled_class(plain.labels[row], mask)
+        panels.append(
+            [
+                image.permute(1, 2, 0).numpy(),
+                (mask == cls + 1).float().numpy(),
+                overlay(image, plain.maps[Variant("baseline")][row, cls]),
+                overlay(image, recommended.maps[method][row, cls]),
+            ]
+        )
+        row_labels.append(names[cls])
+    columns = ["photo", "ground truth", "Grad-CAM", "recommended"]
+    figure = panel_grid(panels, columns, row_labels, panel_size=(1.9, 1.6))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out, dpi=80)
     print(f"wrote {args.out}")

@@ -104,3 +104,12 @@ def test_multiscale_extraction_batches_keep_a_plain_batchs_memory() -> None:
     assert _extraction_batch((1.0, 0.5, 1.5, 2.0), True) == 8  # scale 2: 4x the pixels, and the mirror images
     assert _extraction_batch((0.5,), False) == 64
     assert _extraction_batch((16.0,), True) == 1
+
+
+def test_largest_labelled_class_counts_only_the_images_classes() -> None:
+    from hiercam.pipeline.report import largest_labelled_class
+
+    mask = torch.tensor([[1, 1, 1], [2, 2, 0], [3, 255, 0]])  # class 0: 3 pixels, class 1: 2, class 2: 1
+    assert largest_labelled_class(torch.tensor([1, 1, 1]), mask) == 0
+    assert largest_labelled_class(torch.tensor([0, 1, 1]), mask) == 1  # class 0 is not labelled
+    assert largest_labelled_class(torch.tensor([0, 0, 1]), mask) == 2

@@ -173,9 +173,7 @@ class MultiScaleCAM(Releasable):
     ) -> list[tuple[Tensor, Tensor]]:
         """(maps, logits of the unflipped images) of one scale: one call, or two for per-image requests."""
         cam, norm = self.cam, self.pass_normalize
-        options: dict[str, Any] = {"size": size, "normalize": norm}
-        if softmax_over is not None:  # only when given: any extractor's call takes the others
-            options["softmax_over"] = softmax_over
+        options: dict[str, Any] = {"size": size, "normalize": norm, "softmax_over": softmax_over}
         if not self.flip:
             maps = cam(images, classes, targets=targets, **options)
             return [(maps, self._logits())]
@@ -187,7 +185,7 @@ class MultiScaleCAM(Releasable):
             flipped = cam(mirrored, classes, targets=targets, **options).flip(-1)
             return [(maps, logits), (flipped, logits)]
         batch = images.shape[0]
-        if softmax_over is not None:
+        if softmax_over is not None:  # the mirror images have the same classes
             options["softmax_over"] = torch.cat([softmax_over, softmax_over])
         both = cam(torch.cat([images, mirrored]), classes, **options)
         logits = self._logits()[:batch]

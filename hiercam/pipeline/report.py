@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from hiercam._io import atomic_write, atomic_write_text
 from hiercam.pipeline.config import PipelineConfig
@@ -428,15 +429,48 @@ def _save_png(path: Path, figure: Any) -> None:
     atomic_write(path, write)
 
 
-def _cam_figure(result: RunResult, scenes: FigureScenes) -> Any:
+def largest_labelled_class(labels: Tensor, mask: Tensor) -> int:
+    """The labelled class of ``labels`` ``(K,)`` with the most pixels in ``mask`` (class k is label k + 1)."""
+    areas = torch.stack([(mask == k + 1).sum() for k in range(labels.shape[0])])
+    return int(torch.where(labels > 0, areas, torch.full_like(areas, -1)).argmax())
+
+
+def panel_grid(
+    panels: Sequence[Sequence[Any]],
+    columns: Sequence[str],
+    row_labels: Sequence[str],
+    panel_size: tuple[float, float] = (1.6, 1.7),
+) -> Any:
+    """A figure of image panels in rows (the report's CAM figure, ``benchmarks/real_photos_figure.py``).
+
+    ``panels`` holds RGB ``(H, W, 3)`` or grey ``(H, W)`` arrays in [0, 1]; ``columns`` title the first row
+    and ``row_labels`` label each row; ``panel_size`` is one panel's (width, height) in inches.
+    """
     from matplotlib.figure import Figure
 
+    figure = Figure(figsize=(panel_size[0] * len(columns), panel_size[1] * len(panels)))
+    for row, row_panels in enumerate(panels):
+        for column, panel in enumerate(row_panels):
+            axis = figure.add_subplot(len(panels), len(columns), row * len(columns) + column + 1)
+            axis.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(columns[column], fontsize=9)
+            if column == 0:
+                axis.set_ylabel(row_labels[row], fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _cam_figure(result: RunResult, scenes: FigureScenes) -> Any:
     from hiercam.viz import overlay
 
     hierarchy = result.hierarchy
     levels = [Variant("level", level) for level in range(1, hierarchy.num_levels)]
     level_zero = [Variant("two_branch")] if Variant("two_branch") in scenes.maps else []
     fused = Variant("full") if Variant("full") in scenes.maps else Variant("grouping")
+    shown = [*level_zero, *levels, fused, Variant("baseline")]
     columns = [
         "input",
         *(["level 0"] if level_zero else []),
@@ -445,27 +479,19 @@ def _cam_figure(result: RunResult, scenes: FigureScenes) -> Any:
         "baseline",
         "ground truth",
     ]
-    count = len(scenes.images)
-    figure = Figure(figsize=(1.6 * len(columns), 1.7 * count))
-    for row in range(count):
+    panels, names = [], []
+    for row in range(len(scenes.images)):
         image, mask = scenes.images[row], scenes.masks[row]
-        areas = torch.stack([(mask == k + 1).sum() for k in range(hierarchy.num_classes)])
-        cls = int(torch.where(scenes.labels[row] > 0, areas, torch.full_like(areas, -1)).argmax())
-        shown = [*level_zero, *levels, fused, Variant("baseline")]
-        panels = [image.permute(1, 2, 0).numpy()]
-        panels += [overlay(image, scenes.maps[variant][row, cls]) for variant in shown]
-        panels.append((mask == cls + 1).float().numpy())
-        for column, panel in enumerate(panels):
-            axis = figure.add_subplot(count, len(columns), row * len(columns) + column + 1)
-            axis.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(columns[column], fontsize=9)
-            if column == 0:
-                axis.set_ylabel(hierarchy.class_names[cls], fontsize=8)
-    figure.tight_layout()
-    return figure
+        cls = largest_labelled_class(scenes.labels[row], mask)
+        panels.append(
+            [
+                image.permute(1, 2, 0).numpy(),
+                *(overlay(image, scenes.maps[variant][row, cls]) for variant in shown),
+                (mask == cls + 1).float().numpy(),
+            ]
+        )
+        names.append(hierarchy.class_names[cls])
+    return panel_grid(panels, columns, names)
 
 
 def _training_figure(histories: dict[ModelKey, list[dict[str, float]]]) -> Any:

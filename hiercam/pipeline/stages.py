@@ -468,7 +468,7 @@ def extract_maps(
     ctx: RunContext,
     models: dict[ModelKey, TrainedModel],
     split: str,
-    hierarchy: ClassHierarchy | None = None,
+    hierarchy: ClassHierarchy,
 ) -> ExtractedMaps:
     """Stage 3: Grad-CAMs of every model for every image of ``split`` at feature resolution, and logits.
 
@@ -484,7 +484,7 @@ def extract_maps(
     plain pass at the input size: the refinement changes the maps only.
 
     With ``method.softmax_over_labels`` every model explains the log-softmax over each image's labelled
-    classes (its groups, for a level model: ``hierarchy`` is then needed).
+    classes (for a level model: its groups in ``hierarchy``).
     """
     parts: dict[str, Any] = {
         "models": {m.identity.name: m.content_key for m in models.values()},
@@ -497,8 +497,6 @@ def extract_maps(
         parts["multiscale"] = {"scales": list(scales), "flip": ctx.config.method.flip, "size": "largest"}
     softmax_over = ctx.config.method.softmax_over_labels
     if softmax_over:
-        if hierarchy is None:
-            raise ValueError("`method.softmax_over_labels` needs the hierarchy (the groups of level models)")
         parts["softmax_over_labels"] = True
     key = digest(parts)
     folder = ctx.models_dir.parent / "cams" if ctx.cache is not None else ctx.out / "cams"
@@ -514,6 +512,7 @@ def extract_maps(
 
     labels = gather([labels for _, _, labels, _, _ in data.batches(64, shard)])
     batch = _extraction_batch(scales, ctx.config.method.flip)
+    enlarge = 1.0 if scales is None else max(1.0, *scales)  # maps at the largest scale's feature size
     extracted: dict[ModelKey, ModelMaps] = {}
     progress = Progress(
         len(models) * len(shard),
@@ -528,20 +527,20 @@ def extract_maps(
         maps, logits, correlations = [], [], []
         for _, images, image_labels, *_ in data.batches(batch, shard):
             images = images.to(ctx.device, non_blocking=True)
-            options: dict[str, Any] = {}
-            if softmax_over and hierarchy is not None:
+            present = None
+            if softmax_over:
                 level = identity.level
-                present = hierarchy.remap_labels(image_labels, level) if level else image_labels
-                options["softmax_over"] = present.to(ctx.device)
-            cams = extractor(images, size="feature", normalize=None, **options)
+                present = (hierarchy.remap_labels(image_labels, level) if level else image_labels).to(
+                    ctx.device
+                )
+            cams = extractor(images, size="feature", normalize=None, softmax_over=present)
             if extractor.logits is not None:
                 logits.append(extractor.logits.float().cpu())
             if extractor.branch_maps is not None:
                 correlations.append(_branch_correlation(extractor.branch_maps).cpu())
-            if multi is not None and scales is not None:  # the plain pass gave logits, branch maps, size
-                largest = max(1.0, *scales)
-                size = (round(cams.shape[-2] * largest), round(cams.shape[-1] * largest))
-                cams = multi(images, size=size, normalize=None, **options)
+            if multi is not None:  # the plain pass gave the logits, branch maps and feature size
+                size = (round(cams.shape[-2] * enlarge), round(cams.shape[-1] * enlarge))
+                cams = multi(images, size=size, normalize=None, softmax_over=present)
             maps.append(cams.to("cpu", torch.float16))
             progress.update(len(images))
         extractor.remove()
