@@ -20,18 +20,39 @@ from hiercam.cam import (
     LayerCAM,
     MultiHeadModel,
     MultiScaleCAM,
+    PrototypeCAM,
     ScoreCAM,
     SemanticSegmentationTarget,
     TokenReshape,
     XGradCAM,
     average_branch_maps,
+    level_heads_maps,
     principal_component_maps,
+    prototype_cam,
+    sibling_classes,
 )
 from hiercam.datasets import FashionScenes, collate_scenes
 from hiercam.fusion import fuse, fuse_hierarchy
 from hiercam.grouping import HierarchicalKMeans, group_classes
+from hiercam.grouping_agreement import (
+    coassociation_matrix,
+    consensus_hierarchy,
+    hierarchy_agreement,
+    mean_pairwise_agreement,
+    pairwise_agreement,
+    shuffled_hierarchy,
+)
+from hiercam.grouping_sources import PrototypeEmbeddings, cooccurrence_embeddings, prototype_embeddings
 from hiercam.hierarchy import ClassHierarchy, frequent_classes
-from hiercam.losses import OrthogonalLoss, TwoBranchLoss, TwoBranchLossOutput, orthogonal_loss
+from hiercam.losses import (
+    LevelHeadsLoss,
+    LevelHeadsLossOutput,
+    OrthogonalLoss,
+    TwoBranchLoss,
+    TwoBranchLossOutput,
+    level_heads_loss,
+    orthogonal_loss,
+)
 from hiercam.maps import normalize_maps
 from hiercam.metrics import (
     ROAD,
@@ -64,6 +85,8 @@ from hiercam.metrics import (
 from hiercam.models import (
     Branch,
     GlobalPool,
+    LevelHeadsNet,
+    LevelHeadsOutput,
     SmallConvNet,
     TwoBranchNet,
     TwoBranchOutput,
@@ -85,6 +108,16 @@ __all__ = [
     "ClassHierarchy",
     "group_classes",
     "frequent_classes",
+    # grouping sources that no training seed changes, and the controls of a grouping
+    "cooccurrence_embeddings",
+    "PrototypeEmbeddings",
+    "prototype_embeddings",
+    "consensus_hierarchy",
+    "coassociation_matrix",
+    "shuffled_hierarchy",
+    "hierarchy_agreement",
+    "pairwise_agreement",
+    "mean_pairwise_agreement",
     # map normalisation shared by CAMs, fusion and metrics
     "normalize_maps",
     # orthogonal loss and the two-branch network (section 3.4.1)
@@ -97,6 +130,13 @@ __all__ = [
     "Branch",
     "GlobalPool",
     "cut_backbone",
+    # every level's classifier as a head of one backbone (not in the paper)
+    "LevelHeadsNet",
+    "LevelHeadsOutput",
+    "LevelHeadsLoss",
+    "LevelHeadsLossOutput",
+    "level_heads_loss",
+    "level_heads_maps",
     # class activation maps (section 3.4.2)
     "GradCAM",
     "GradCAMPlusPlus",
@@ -110,6 +150,10 @@ __all__ = [
     "MultiScaleCAM",
     "IRN_SCALES",
     "principal_component_maps",
+    # prototype CAMs (LPCAM), with hierarchy siblings as context
+    "PrototypeCAM",
+    "prototype_cam",
+    "sibling_classes",
     "BaseCAM",
     "average_branch_maps",
     "MultiHeadModel",

@@ -1,7 +1,8 @@
 """The training loop's contracts and one pass over a loader, shared by ``fit`` and ``evaluate``.
 
 Batch contract: a mapping with ``"image"`` and ``"labels"`` keys, or an ``(images, labels, ...)`` tuple/list.
-Model contract: a logits tensor ``(B, K)`` or an object with a ``mean_logits`` tensor ``(B, K)``. Loss
+Model contract: a logits tensor ``(B, K)``, or an object with a ``mean_logits`` (``TwoBranchOutput``) or a
+``class_logits`` (``LevelHeadsOutput``) tensor ``(B, K)``. Loss
 contract: a scalar tensor or a NamedTuple of scalar tensors whose first field is the total.
 """
 
@@ -45,15 +46,16 @@ def split_batch(batch: Any) -> tuple[Any, Tensor]:
 
 
 def output_logits(output: Any) -> Tensor:
-    """The ``(B, K)`` logits of a model output: the tensor itself, or its ``mean_logits`` attribute."""
+    """The ``(B, K)`` logits of a model output: the tensor, or its ``mean_logits`` or ``class_logits``."""
     if isinstance(output, Tensor):
         return output
-    mean = getattr(output, "mean_logits", None)
-    if isinstance(mean, Tensor):
-        return mean
+    for name in ("mean_logits", "class_logits"):
+        logits = getattr(output, name, None)
+        if isinstance(logits, Tensor):
+            return logits
     raise TypeError(
-        "the model must return a logits tensor (B, K) or an object with a `mean_logits` tensor, "
-        f"got {type_name(output)}"
+        "the model must return a logits tensor (B, K) or an object with a `mean_logits` or `class_logits` "
+        f"tensor, got {type_name(output)}"
     )
 
 
@@ -62,7 +64,8 @@ def bce_loss(output: Any, labels: Tensor) -> Tensor:
     if not isinstance(output, Tensor):
         raise TypeError(
             f"the default loss (BCE with logits) needs a model that returns a logits tensor, got "
-            f"{type_name(output)}; pass `loss=` (e.g. hiercam.TwoBranchLoss for a TwoBranchNet)"
+            f"{type_name(output)}; pass `loss=` (e.g. hiercam.TwoBranchLoss for a TwoBranchNet, "
+            "hiercam.losses.LevelHeadsLoss for a LevelHeadsNet)"
         )
     return F.binary_cross_entropy_with_logits(output.float(), labels)  # float32 also under autocast
 

@@ -6,7 +6,8 @@ the model as they are (tensors moved to the device); labels are passed through `
 the device and converted to float32.
 
 Model/loss contract: the model returns either a logits tensor ``(B, K)`` or an object with a ``mean_logits``
-tensor ``(B, K)`` (such as ``TwoBranchOutput``); mAP is computed from those logits. The loss is called as
+tensor ``(B, K)`` (such as ``TwoBranchOutput``) or a ``class_logits`` tensor ``(B, K)`` (such as
+``LevelHeadsOutput``, level 0's logits); mAP is computed from those logits. The loss is called as
 ``loss(output, labels)`` and returns a scalar tensor or a ``NamedTuple`` of scalar tensors whose first field
 is the total to minimise (every field is logged by name).
 """
@@ -238,12 +239,14 @@ def fit(
     the batch and where the values appeared, so no step trains on NaN and validation never scores NaN logits.
 
     Args:
-        model: a classifier returning logits ``(B, K)`` or an object with ``mean_logits (B, K)``.
+        model: a classifier returning logits ``(B, K)`` or an object with ``mean_logits (B, K)`` or
+            ``class_logits (B, K)``.
         train_loader: re-iterable batches following the batch contract (module docstring), e.g. a DataLoader.
         epochs: total number of epochs, counting those already in ``checkpoint``.
         loss: ``loss(output, labels)`` returning a scalar tensor or a NamedTuple of scalar tensors whose
             first field is the total. Default: BCE with logits, for models returning a logits tensor; a
-            two-branch model needs its own loss (``hiercam.TwoBranchLoss``).
+            two-branch model needs its own loss (``hiercam.TwoBranchLoss``), a level-heads model too
+            (``hiercam.losses.LevelHeadsLoss``).
         optimizer: default ``torch.optim.Adam(model.parameters(), lr=lr)``.
         lr: learning rate of the default optimizer (ignored when ``optimizer`` is given).
         val_loader: batches for the validation loss and mAP after every epoch.

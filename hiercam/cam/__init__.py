@@ -2,14 +2,17 @@
 
 See ``hiercam.cam.engine`` for how a call works (hooks, batched gradients, the verified closed form);
 ``hiercam.cam.score`` (ScoreCAM, AblationCAM) and ``hiercam.cam.eigen`` (EigenCAM) for the gradient-free
-methods, ``hiercam.cam.augment`` for multi-scale + flip aggregation.
+methods, ``hiercam.cam.augment`` for multi-scale + flip aggregation, ``hiercam.cam.prototype`` for prototype
+CAMs (LPCAM) built from K-means prototypes of local features.
 """
 
 from hiercam.cam._pca import principal_component_maps
 from hiercam.cam.augment import IRN_SCALES, MultiScaleCAM
 from hiercam.cam.eigen import EigenCAM
 from hiercam.cam.engine import BaseCAM, average_branch_maps, resize_maps
+from hiercam.cam.level_heads import LevelHeadsMaps, level_heads_maps
 from hiercam.cam.methods import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from hiercam.cam.prototype import PrototypeCAM, prototype_cam, sibling_classes
 from hiercam.cam.reshape import TokenReshape
 from hiercam.cam.score import AblationCAM, ScoreCAM
 from hiercam.cam.targets import (
@@ -33,6 +36,9 @@ __all__ = [
     "MultiScaleCAM",
     "IRN_SCALES",
     "principal_component_maps",
+    "PrototypeCAM",
+    "prototype_cam",
+    "sibling_classes",
     "average_branch_maps",
     "resize_maps",
     "TokenReshape",
@@ -41,6 +47,8 @@ __all__ = [
     "SemanticSegmentationTarget",
     "MultiHeadModel",
     "CAMHead",
+    "level_heads_maps",
+    "LevelHeadsMaps",
 ]
 
 # Every CAM method exported above, by its lower-case class name ("gradcam", "gradcamplusplus", ...): the one

@@ -20,8 +20,17 @@ Under ``DistributedDataParallel`` each process computes its loss on its own shar
 *averaged* over processes. Mean-reduced terms (the BCE, ``"batchmean"``, ``"mean"``) therefore train
 exactly as one process on the whole batch, while ``"sum"`` gives ``1 / world_size`` of the single-process
 gradient of the orthogonal term (multiply its weight by the world size to compensate).
+
+The level-heads loss (not in the paper) trains one head per hierarchy level on a shared backbone: the sum
+(or weighted mean) of every level's BCE on the labels remapped to that level's groups.
 """
 
+from hiercam.losses.level_heads import (
+    LevelHeadsLoss,
+    LevelHeadsLossOutput,
+    LevelReduction,
+    level_heads_loss,
+)
 from hiercam.losses.orthogonal import OrthogonalLoss, OrthogonalMode, Reduction, orthogonal_loss
 from hiercam.losses.two_branch import TwoBranchLoss, TwoBranchLossOutput
 
@@ -32,4 +41,8 @@ __all__ = [
     "OrthogonalLoss",
     "TwoBranchLoss",
     "TwoBranchLossOutput",
+    "LevelReduction",
+    "level_heads_loss",
+    "LevelHeadsLoss",
+    "LevelHeadsLossOutput",
 ]

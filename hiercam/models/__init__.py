@@ -1,6 +1,11 @@
-"""Models: backbones that return feature maps ``(B, C, h, w)``, and the two-branch network (section 3.4.1)."""
+"""Models: feature-map backbones ``(B, C, h, w)``, the two-branch network, level heads on one backbone.
+
+The two-branch network is the paper's (section 3.4.1); the level-heads network (one classifier per hierarchy
+level on a shared backbone) is not.
+"""
 
 from hiercam.models.backbones import BackboneCut, cut_backbone
+from hiercam.models.level_heads import LevelHeadsNet, LevelHeadsOutput, LevelView
 from hiercam.models.small import SmallConvNet, small_convnet
 from hiercam.models.two_branch import Branch, GlobalPool, TwoBranchNet, TwoBranchOutput
 
@@ -16,4 +21,8 @@ __all__ = [
     "Branch",
     "TwoBranchNet",
     "TwoBranchOutput",
+    # one head per hierarchy level on a shared backbone
+    "LevelHeadsNet",
+    "LevelHeadsOutput",
+    "LevelView",
 ]
