@@ -26,6 +26,8 @@ PRESET_NAMES = (
     "multiscale",
     "softmax_over_labels",
     "refined",
+    "prototype",
+    "prototype_siblings",
     "recommended",
 )
 PRESET_HELP = f"method settings: {', '.join(PRESET_NAMES)} (default: paper; see docs/benchmarks.md)"

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from hiercam._hierarchy_checks import as_index_list, check_assignment, check_class_names, check_singletons
 from hiercam._hierarchy_io import FORMAT, FORMAT_VERSION, from_mapping, read_json
+from hiercam._hierarchy_split import GroupSplit, SaturatedSplits, split_levels
 from hiercam._hierarchy_tree import render_html, render_text
 from hiercam._io import atomic_write_json
 from hiercam._validation import (
@@ -30,7 +31,7 @@ from hiercam._validation import (
     type_name,
 )
 
-__all__ = ["ClassHierarchy", "frequent_classes"]
+__all__ = ["ClassHierarchy", "GroupSplit", "SaturatedSplits", "frequent_classes"]
 
 
 class ClassHierarchy:
@@ -268,6 +269,95 @@ class ClassHierarchy:
         return ClassHierarchy(
             [self._assignments[level - 1] for level in kept], self._class_names, singletons=self._singletons
         )
+
+    def split_saturated_groups(self, labels: Tensor, max_presence: float) -> ClassHierarchy:
+        """The hierarchy with every saturated group split into halves of its children (not in the paper).
+
+        A group present in more than ``max_presence`` of the images is cut in two, level by level from the
+        finest up: its *children* (the groups of the level below, already split; classes at level 1) are
+        shared between two halves, and a half still saturated with two children or more is cut again. A
+        group of one child stays as it is (a class kept out of the grouping, see
+        [`singletons`][hiercam.ClassHierarchy.singletons], is alone at every level and stays alone). The
+        levels stay nested. A level that ends up with as many groups as the level below it (the same
+        groups; every class alone, at level 1) is removed. Where
+        [`drop_saturated_levels`][hiercam.ClassHierarchy.drop_saturated_levels] gives a level up, this
+        keeps it with more, smaller groups; a group saturated by one class alone stays saturated (keep such a
+        class out of the grouping, see [`frequent_classes`][hiercam.frequent_classes]).
+
+        **The halves.** The children are taken in order of decreasing presence (ties: the child holding the
+        smaller class index first), and each goes to the half for which the larger of the two halves'
+        presences, once it is added, is smaller; on a tie, to the half with fewer children, then to the
+        first. Presences are those of the union (a half is present in an image when any of its classes is),
+        computed exactly from ``labels``. The rule is greedy and deterministic: the same inputs give the same
+        hierarchy. Each group's halves take its place in the group order (the half holding its first class
+        first).
+
+        Args:
+            labels: 0/1 training labels ``(B, K)``, ``B >= 1``, any dtype (not modified).
+            max_presence: the largest allowed fraction of images in which a group is present, in (0, 1).
+
+        Returns:
+            A new hierarchy (``self`` is unchanged); see
+            [`saturated_splits`][hiercam.ClassHierarchy.saturated_splits] for the splits it made.
+
+        Raises:
+            TypeError: ``labels`` is not a tensor, or ``max_presence`` is not a number.
+            ValueError: ``labels`` is not ``(B, K)`` with ``B >= 1`` or holds values other than 0 and 1,
+                ``max_presence`` is not in (0, 1), or every group level was removed (split down to the level
+                below it).
+
+        Examples:
+            >>> h = ClassHierarchy([[0, 0, 0, 1]], class_names=["cat", "dog", "car", "bus"])
+            >>> labels = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 1, 0], [1, 0, 0, 0]])
+            >>> h.group_presence(labels, 1)  # {cat, dog, car} is in every image
+            tensor([1.0000, 0.2500])
+            >>> split = h.split_saturated_groups(labels, max_presence=0.9)
+            >>> split.group_names(1), split.group_presence(labels, 1)
+            (['{cat}', '{dog, car}', '{bus}'], tensor([0.5000, 0.5000, 0.2500]))
+        """
+        result = self.saturated_splits(labels, max_presence)
+        if result.hierarchy is None:
+            raise ValueError(
+                f"splitting the groups present in more than {max_presence:.0%} of the images removes every "
+                "group level: each ends up with the same groups as the level below it"
+            )
+        return result.hierarchy
+
+    def saturated_splits(self, labels: Tensor, max_presence: float) -> SaturatedSplits:
+        """[`split_saturated_groups`][hiercam.ClassHierarchy.split_saturated_groups], with what it did.
+
+        Args:
+            labels: 0/1 training labels ``(B, K)``, ``B >= 1`` (not modified).
+            max_presence: the largest allowed fraction of images in which a group is present, in (0, 1).
+
+        Returns:
+            The new hierarchy (``None`` when every group level was removed), every split and the removed
+            levels, as a [`SaturatedSplits`][hiercam.hierarchy.SaturatedSplits].
+
+        Raises:
+            TypeError, ValueError: as ``split_saturated_groups``, except that no level being left is not an
+                error here.
+
+        Examples:
+            >>> h = ClassHierarchy([[0, 0, 1]], class_names=["cat", "dog", "car"])
+            >>> result = h.saturated_splits(torch.tensor([[1, 1, 0], [1, 1, 1]]), max_presence=0.9)
+            >>> result.hierarchy is None, result.removed_levels  # {cat}, {dog}, {car}: the classes
+            (True, (1,))
+            >>> result.splits[0].group, result.splits[0].halves, result.splits[0].half_presence
+            ((0, 1), ((0,), (1,)), (1.0, 1.0))
+        """
+        limit = check_threshold(max_presence, "max_presence")
+        check_tensor(labels, "labels", dims="B, K")
+        if labels.shape[1] != self.num_classes:
+            raise ValueError(
+                f"`labels` must have shape (B, {self.num_classes}), got {format_shape(labels.shape)}"
+            )
+        if labels.shape[0] == 0:
+            raise ValueError("`labels` must hold at least one image")
+        check_binary(labels, "labels")
+        kept, splits, removed = split_levels(self._assignments, labels.detach().cpu() != 0, limit)
+        hierarchy = ClassHierarchy(kept, self._class_names, singletons=self._singletons) if kept else None
+        return SaturatedSplits(hierarchy, tuple(splits), tuple(removed))
 
     # ----------------------------------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:

@@ -199,7 +199,13 @@ def test_hierarchy_lives_in_its_own_module_and_users_do_not_import_grouping() ->
         }
         assert "hiercam.grouping" not in imported, path
     # the data type and its private parts (checks, JSON form, tree views) need no clustering or torch.nn
-    parts = ["hierarchy.py", "_hierarchy_checks.py", "_hierarchy_io.py", "_hierarchy_tree.py"]
+    parts = [
+        "hierarchy.py",
+        "_hierarchy_checks.py",
+        "_hierarchy_io.py",
+        "_hierarchy_tree.py",
+        "_hierarchy_split.py",
+    ]
     hierarchy_imports = {
         node.module
         for part in parts

@@ -354,7 +354,7 @@ def test_msrc_run_scores_classes_and_reports_the_ensemble(msrc_run: tuple[Pipeli
     assert [v.name for v in result.variants][:2] == ["baseline", "ensemble"]
     assert ModelKey("ensemble") in result.histories
     report = (out / "report.md").read_text()
-    assert "ensemble control: two single-branch models averaged" in report
+    assert "ensemble control: independently trained single-branch models averaged" in report
     assert "left out: background" in report
     models = sorted((out / "models").glob("*.pt"))
     base = torch.load(next(p for p in models if p.name.startswith("base-")), weights_only=True)
@@ -387,11 +387,16 @@ def test_recommended_keeps_a_frequent_class_out_and_runs(tmp_path: Path, one_thr
     config = _msrc_config(root, levels=[3, 2])
     train = load_split(config, "train").labels
     assert float(train[:, GRASS].mean()) == pytest.approx(33 / 34)
-    # the old rule alone (drop saturated levels) stops: grass saturates every level that groups it
-    with pytest.raises(ConfigError, match="'grass' alone is in more than 90% of them: keep it out"):
-        run_pipeline(
-            apply_preset(config, "signal_groups"), tmp_path / "old", progress=False, log=lambda _: None
-        )
+    # the group rule alone (split, then drop saturated levels): grass saturates every level that groups it,
+    # even alone, so no level is left and the run falls back to the baseline, saying why
+    old = run_pipeline(
+        apply_preset(config, "signal_groups"), tmp_path / "old", progress=False, log=lambda _: None
+    )
+    assert old.hierarchy is None
+    assert old.grouping is not None
+    assert old.grouping.fallback is not None
+    assert "'grass' alone is in more than 90% of them; keep it out" in old.grouping.fallback
+    assert "'grass' alone is in more than 90% of them" in (tmp_path / "old" / "report.md").read_text()
     lines: list[str] = []
     result = run_pipeline(
         apply_preset(config, "recommended"), tmp_path / "new", progress=False, log=lines.append
@@ -403,7 +408,9 @@ def test_recommended_keeps_a_frequent_class_out_and_runs(tmp_path: Path, one_thr
     assert "grass" in (tmp_path / "new" / "hierarchy.txt").read_text()
 
 
-def test_levels_no_larger_than_the_kept_out_classes_are_trimmed(tmp_path: Path, one_thread: None) -> None:
+def test_levels_no_larger_than_the_kept_out_classes_are_trimmed_or_raised(
+    tmp_path: Path, one_thread: None
+) -> None:
     root = _frequent_grass_tree(tmp_path / "tree")
     # grass is kept out: a level of 1 group cannot hold it and another group, so it is left out
     config = _msrc_config(root, levels=[3, 1], max_class_presence=0.9)
@@ -413,13 +420,23 @@ def test_levels_no_larger_than_the_kept_out_classes_are_trimmed(tmp_path: Path, 
     )
     assert result.hierarchy.level_sizes == (21, 3)
     assert any("levels [3, 1] -> [3]" in line for line in lines)
-    with pytest.raises(ConfigError, match="`method.max_class_presence` = 0.9 keeps 1 classes"):
-        run_pipeline(
-            config.replace(method__levels=[1], ablation=False, ensemble=False),
-            tmp_path / "none",
-            progress=False,
-            log=lambda _: None,
-        )
+    # no level has more groups than the kept-out class: each gets one more (grass alone, 1 group of the rest)
+    lines.clear()
+    raised = run_pipeline(
+        config.replace(method__levels=[1], ablation=False, ensemble=False),
+        tmp_path / "raised",
+        progress=False,
+        log=lines.append,
+    )
+    assert raised.hierarchy is not None
+    others = [c for c in range(21) if c != GRASS]
+    assert sorted(raised.hierarchy.groups(1), key=len) == [[GRASS], others]
+    assert any(
+        "levels [1] -> [2]: every level had no more groups than the 1 kept-out" in line for line in lines
+    )
+    assert raised.grouping is not None
+    assert (raised.grouping.requested_levels, raised.grouping.levels) == ((1,), (2,))
+    assert "levels [1] -> [2]" in (tmp_path / "raised" / "report.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------------- bench

@@ -70,13 +70,16 @@ def test_preset_bench_shares_the_baseline_and_compares(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_config: Callable[..., PipelineConfig]
 ) -> None:
     config = tiny_config(ablation=False)
-    # a preset that the data rules out (every level saturated) is reported and the others still run
+    # a preset whose grouping leaves no level (every group saturated, split down to the classes) still runs:
+    # it falls back to the baseline, and says so
     monkeypatch.setitem(PRESETS, "saturated", Preset("every level dropped", {"max_group_presence": 0.01}))
     names = ["paper", "saturated", "fusion_weights"]
     result = run_preset_bench(config, names, [0, 1], tmp_path, log=lambda _: None)
-    error = result["presets"]["saturated"]["error"]
-    assert error.startswith("`method.max_group_presence` = 0.01 drops every group level")
-    assert "more than 1% of the images (raise `method.max_group_presence`)" in error
+    saturated = result["presets"]["saturated"]["variants"]
+    assert saturated["full"]["test"]["miou"] == saturated["baseline"]["test"]["miou"]
+    stored = json.loads((tmp_path / "saturated" / "seed_0" / "metrics.json").read_text())
+    assert stored["hierarchy"] is None
+    assert "every level held the same groups as the level below it" in stored["grouping"]["fallback"]
     paper = result["presets"]["paper"]["variants"]
     tuned = result["presets"]["fusion_weights"]["variants"]
     # the same seeds train the same baseline (through the shared cache): identical figures
@@ -95,7 +98,8 @@ def test_preset_bench_shares_the_baseline_and_compares(
         )
     ]
     assert f"{100 * sum(delta) / 2:.2f} ±" in table  # fractions in JSON, points in the table
-    assert "| saturated | not run: `method.max_group_presence` = 0.01 drops every group level" in table
+    assert "| saturated | both: two-branch + grouping, Eq. 6 |" in table
+    assert "not run" not in table
 
 
 def _bench(baseline: list[float], full: list[float]) -> dict[str, object]:

@@ -4,6 +4,7 @@ Stages write their artifacts to a run directory and are skipped on a re-run when
 did not change, so an interrupted run resumes where it stopped (``force=True`` redoes everything).
 """
 
+from hiercam.pipeline.adaptation import GroupingAdaptation
 from hiercam.pipeline.config import (
     ConfigError,
     DataConfig,
@@ -55,6 +56,7 @@ __all__ = [
     "VariantScores",
     "FusionWeights",
     "FigureScenes",
+    "GroupingAdaptation",
     "PRESETS",
     "Preset",
     "apply_preset",

@@ -87,6 +87,25 @@ def _validate_model(model: ModelConfig) -> None:
         )
 
 
+def _validate_grouping_source(config: PipelineConfig) -> None:
+    """``method.hierarchy_file`` is given exactly when ``method.grouping_source`` is ``"file"``.
+
+    The file's content (a hierarchy of the dataset's classes) is checked before any training, by the
+    pipeline (``hiercam.pipeline.stages.check_hierarchy_file``).
+    """
+    method = config.method
+    if method.grouping_source == "file":
+        if method.hierarchy_file is None or not method.hierarchy_file.strip():
+            raise ConfigError(
+                "`method.hierarchy_file` must name a hierarchy JSON when `method.grouping_source` is 'file'"
+            )
+    elif method.hierarchy_file is not None:
+        raise ConfigError(
+            "`method.hierarchy_file` is read only when `method.grouping_source` is 'file', got it with "
+            f"{method.grouping_source!r}"
+        )
+
+
 def _validate_inference(config: PipelineConfig) -> None:
     """``method.multiscale``, ``method.branches`` and the ``evaluation`` section."""
     if config.method.branches == 1 and config.method.choose_fusion_weights:
@@ -172,6 +191,7 @@ def validate(config: PipelineConfig) -> None:
     if not method.thresholds:
         raise ConfigError("`method.thresholds` must not be empty")
     _validate_inference(config)
+    _validate_grouping_source(config)
     if data.root is not None and not data.root.strip():
         raise ConfigError("`data.root` must name a folder or be left out, got an empty string")
     if data.dataset == "voc" and data.root is None:

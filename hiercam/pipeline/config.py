@@ -160,14 +160,17 @@ class MethodConfig:
         orthogonal_unit_norm: L2-normalise each sample's features inside the orthogonal loss.
         orthogonal_mode: where orthogonality acts: ``"feature"`` (the paper), ``"spatial"`` or ``"cam"`` (see
             [`orthogonal_loss`][hiercam.orthogonal_loss]).
-        max_group_presence: drop the group levels that have a group present in more than this fraction of
-            the training images (``None``: keep every level, as the paper does). The groups of the classes
-            kept out by ``max_class_presence`` are not counted.
+        max_group_presence: split the groups present in more than this fraction of the training images
+            into halves of their children
+            ([`split_saturated_groups`][hiercam.ClassHierarchy.split_saturated_groups]), then drop the group
+            levels that still have such a group (``None``: keep every level, as the paper does); with no
+            level left the method falls back to the baseline. The groups of the classes kept out by
+            ``max_class_presence`` are not counted.
         max_class_presence: keep the classes present in more than this fraction of the training images out
             of the grouping: each is its own group at every level
             ([`frequent_classes`][hiercam.frequent_classes]); ``levels`` count them, and a level with no
-            more groups than there are such classes is left out (``None``: every class is grouped, as in
-            the paper).
+            more groups than there are such classes is left out, or, when none is left, given that many more
+            groups (``None``: every class is grouped, as in the paper).
         fusion_weights: ``(a, b, c)`` in ``a M0 + b mean_i(M_i) - c M0'`` (the paper: ``(1, 1, 1)``).
         choose_fusion_weights: also report ``full_tuned``: the fusion weights chosen on validation data from
             a small grid (the choice is recorded in ``metrics.json``).
@@ -192,6 +195,22 @@ class MethodConfig:
             loss, and the method is Eq. 6 over them (row ``full``); ``1``: no two-branch model is trained:
             the level models are single-branch classifiers and the method is Eq. 6 over them (row
             ``grouping``); the ``orthogonal_*`` settings are then unused.
+        grouping_source: where the class hierarchy comes from: ``"fc"`` (the paper: hierarchical K-means of
+            the base classifier's class vectors), ``"cooccurrence"`` (hierarchical K-means of the classes'
+            label co-occurrence in the training split,
+            [`cooccurrence_embeddings`][hiercam.cooccurrence_embeddings], unit-norm, independent of any
+            trained model) or ``"file"`` (the hierarchy of ``hierarchy_file``,
+            used as it is: ``levels`` and ``max_class_presence`` are then unused; ``max_group_presence``
+            still splits its saturated groups).
+        hierarchy_file: a hierarchy JSON as [`ClassHierarchy.save`][hiercam.ClassHierarchy.save] writes it,
+            whose class names are the dataset's (in its order); required when ``grouping_source`` is
+            ``"file"``, and only then. A relative path is relative to the working directory.
+        prototype_context: also evaluate prototype CAMs (row ``prototype``): LPCAM (Chen & Sun, CVPR 2023,
+            [`PrototypeCAM`][hiercam.PrototypeCAM]) of the base classifier, prototypes from the training
+            split. ``"none"`` (default): not computed; ``"own"``: LPCAM as published (each class's own
+            context prototypes); ``"siblings"``: the context also holds the class prototypes of the class's
+            siblings at hierarchy level 1; ``"others"``: the context also holds the class prototypes of
+            every other class.
     """
 
     levels: tuple[int, ...] = (4, 2)
@@ -213,6 +232,9 @@ class MethodConfig:
     flip: bool = False
     softmax_over_labels: bool = False
     branches: Literal[1, 2] = 2
+    grouping_source: Literal["fc", "cooccurrence", "file"] = "fc"
+    hierarchy_file: str | None = None
+    prototype_context: Literal["none", "own", "siblings", "others"] = "none"
 
 
 @dataclass(frozen=True)
@@ -243,8 +265,17 @@ class PipelineConfig:
         seed: seed of data generation, initialisation and shuffling.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or ``"auto"`` (CUDA when available).
         ablation: also train the single-branch level models and report the paper's Table 4 rows.
-        ensemble: also train a second base classifier (another seed) and report the ensemble control: the
-            two single models' Grad-CAMs averaged, the same training compute as one two-branch model.
+        ensemble: also train more base classifiers (other seeds) and report the ensemble control: the
+            Grad-CAMs of the base classifier and of these averaged, as many single-branch models as the method
+            trains: with ``method.branches = 1`` the base and one per group level (3 models for levels
+            ``[4, 2]``), with ``method.branches = 2`` two (the training compute of one two-branch model);
+            two when the grouping left no group level.
+        shuffled_control: also retrain the method's level models on a shuffled hierarchy
+            ([`shuffled_hierarchy`][hiercam.shuffled_hierarchy] with ``seed``: the same group sizes, the
+            classes placed at random), two-branch or single-branch as ``method.branches`` says, and report
+            their Eq. 6 fusion (row ``shuffled``, fused like the method's row). It tells whether the
+            grouping's content, not the extra models, makes the method's gain. Off by default (it trains
+            the level models again); on in ``bench_config()`` and the benchmark configs.
         data, model, train, method, evaluation: the sections above.
     """
 
@@ -252,6 +283,7 @@ class PipelineConfig:
     device: str = "auto"
     ablation: bool = True
     ensemble: bool = True
+    shuffled_control: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

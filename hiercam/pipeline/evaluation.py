@@ -59,7 +59,7 @@ from hiercam.pipeline.results import (
     ThresholdCurve,
     VariantScores,
 )
-from hiercam.pipeline.stages import RunContext, TrainedModel
+from hiercam.pipeline.stages import RunContext, TrainedModel, shuffled_control_hierarchy
 
 __all__ = [
     "FUSION_GRID",
@@ -83,15 +83,19 @@ FUSION_GRID: tuple[tuple[float, float, float], ...] = tuple(
 
 Weights = Mapping[Variant, tuple[float, float, float]]
 
-_BASE, _ENSEMBLE, _TWO_BRANCH_0 = ModelKey("base"), ModelKey("ensemble"), ModelKey("two_branch", 0)
+_BASE, _TWO_BRANCH_0 = ModelKey("base"), ModelKey("two_branch", 0)
 _FIGURE_SCENES = 8
 
 
-def variants_of(config: PipelineConfig, hierarchy: ClassHierarchy) -> list[Variant]:
+def variants_of(config: PipelineConfig, hierarchy: ClassHierarchy | None) -> list[Variant]:
     """The variants a run evaluates, in table order.
 
-    The single-branch rows need ``config.ablation``, the ensemble control ``config.ensemble``; with
-    ``method.branches = 1`` the method is ``grouping`` (there is no two-branch model).
+    The single-branch rows need ``config.ablation``, the ensemble control ``config.ensemble``, the
+    shuffled-hierarchy control (``shuffled``, after the method's rows) ``config.shuffled_control``, the
+    prototype row a ``method.prototype_context`` other than ``"none"``; with ``method.branches = 1`` the
+    method is ``grouping`` (there is no two-branch model). Without a hierarchy (the grouping fell back: no
+    level model) there is no ``two_branch`` row and no level row, and the Eq. 6 rows (``shuffled`` included)
+    are the baseline maps.
     """
     if config.method.branches == 1:
         kinds: tuple[str, ...] = ("baseline", "grouping")
@@ -99,12 +103,23 @@ def variants_of(config: PipelineConfig, hierarchy: ClassHierarchy) -> list[Varia
         kinds = ("baseline", "two_branch", "grouping", "full")
     else:
         kinds = ("baseline", "full")
+    if hierarchy is None:
+        kinds = tuple(kind for kind in kinds if kind != "two_branch")
     variants = [Variant(kind) for kind in kinds]  # type: ignore[arg-type]
     if config.ensemble:
         variants.insert(1, Variant("ensemble"))
     if config.method.choose_fusion_weights:
         variants.insert(variants.index(Variant("full")) + 1, Variant("full_tuned"))
-    return variants + [Variant("level", level) for level in range(1, hierarchy.num_levels)]
+    if config.shuffled_control:
+        variants.append(Variant("shuffled"))
+    if config.method.prototype_context != "none":
+        variants.append(Variant("prototype"))
+    return variants + [Variant("level", level) for level in range(1, _num_levels(hierarchy))]
+
+
+def _num_levels(hierarchy: ClassHierarchy | None) -> int:
+    """The hierarchy's number of levels, level 0 included (1 without a hierarchy: the classes alone)."""
+    return 1 if hierarchy is None else hierarchy.num_levels
 
 
 def _rest(config: PipelineConfig) -> RestReduction | None:
@@ -120,17 +135,24 @@ def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
 def variant_maps(
     extracted: ExtractedMaps,
     rows: Tensor,
-    hierarchy: ClassHierarchy,
+    hierarchy: ClassHierarchy | None,
     labels: Tensor,
     size: tuple[int, int],
     variants: Sequence[Variant],
     rest: RestReduction | None,
     weights: Weights | None = None,
+    *,
+    shuffled: ClassHierarchy | None = None,
 ) -> Iterator[tuple[Variant, Tensor]]:
     """``(variant, maps (B, K, H, W))`` of each variant for the images ``rows`` of a split.
 
     ``labels`` are the ``(B, K)`` labels of those images; ``weights`` the fusion weights ``(a, b, c)`` of the
-    fused variants (default: the paper's ``(1, 1, 1)``).
+    fused variants (default: the paper's ``(1, 1, 1)``). Without a hierarchy the fused variants are the base
+    maps (no group level to fuse). ``shuffled`` is the shuffled control's hierarchy (variant ``shuffled``:
+    Eq. 6 over the ``shuffled_*`` level models, with the method's level-0 model). The ``ensemble`` variant
+    averages the base classifier's maps and those of every ``ensemble`` member in ``extracted``; the
+    ``prototype`` variant is ``extracted.prototype``. Every map is upsampled to ``size`` (bilinear) and
+    max-normalised first.
     """
     weights = weights or {}
     cache: dict[ModelKey, Tensor] = {}
@@ -144,10 +166,30 @@ def variant_maps(
         if variant.kind == "baseline":
             yield variant, get(_BASE)
         elif variant.kind == "ensemble":
-            yield variant, average_branch_maps([get(_BASE), get(_ENSEMBLE)])
+            members = sorted(key for key in extracted.models if key.kind == "ensemble")
+            yield variant, average_branch_maps([get(_BASE), *(get(key) for key in members)])
         elif variant.kind == "two_branch":
             yield variant, get(_TWO_BRANCH_0)
+        elif variant.kind == "prototype":
+            if extracted.prototype is None:
+                raise ValueError("the `prototype` variant needs `extracted.prototype` (LPCAM maps)")
+            yield variant, _upsample(extracted.prototype[rows], size)
+        elif variant.kind == "shuffled" and hierarchy is not None:
+            if shuffled is None:
+                raise ValueError("the `shuffled` variant needs the shuffled hierarchy (`shuffled`)")
+            single = ModelKey("shuffled_single", 1) in extracted.models
+            base = get(_BASE if single else _TWO_BRANCH_0)
+            control: ModelKind = "shuffled_single" if single else "shuffled_two_branch"
+            level_maps = [get(ModelKey(control, level)) for level in range(1, shuffled.num_levels)]
+            weight = weights.get(variant, (1.0, 1.0, 1.0))
+            yield (
+                variant,
+                fuse_hierarchy(base, level_maps, shuffled, labels, rest_reduction=rest, weights=weight),
+            )
         elif variant.fused:
+            if hierarchy is None:  # the grouping fell back: no group level to fuse
+                yield variant, get(_BASE)
+                continue
             single = variant.kind == "grouping"
             base = get(_BASE if single else _TWO_BRANCH_0)
             kind: ModelKind = "single" if single else "two_branch"
@@ -157,7 +199,7 @@ def variant_maps(
                 variant,
                 fuse_hierarchy(base, level_maps, hierarchy, labels, rest_reduction=rest, weights=weight),
             )
-        else:
+        elif hierarchy is not None:
             level = int(variant.level or 0)
             model = ModelKey("two_branch", level)
             if model not in extracted.models:  # `method.branches` = 1: the single-branch level model
@@ -169,7 +211,7 @@ def score_split(
     config: PipelineConfig,
     data: Split,
     extracted: ExtractedMaps,
-    hierarchy: ClassHierarchy,
+    hierarchy: ClassHierarchy | None,
     variants: Sequence[Variant],
     indices: list[int] | None = None,
     weights: Weights | None = None,
@@ -188,13 +230,14 @@ def score_split(
     """
     method = config.method
     thresholds = list(method.thresholds)
-    num_classes = hierarchy.num_classes
+    num_classes = extracted.labels.shape[1]
+    shuffled = shuffled_control_hierarchy(config, hierarchy)
     iou = {v: MeanIoU(num_classes + 1, thresholds=thresholds, ignore_index=255) for v in variants}
     loc = {v: LocalizationError(iou=method.iou, thresholds=thresholds) for v in variants}
     for rows, images, labels, masks, boxes in data.batches(64, indices):
         size = (int(images.shape[-2]), int(images.shape[-1]))
         for variant, maps in variant_maps(
-            extracted, rows, hierarchy, labels, size, variants, _rest(config), weights
+            extracted, rows, hierarchy, labels, size, variants, _rest(config), weights, shuffled=shuffled
         ):
             iou[variant].update(maps, labels, masks=masks)
             if localization:
@@ -215,7 +258,7 @@ def score_maps(
     config: PipelineConfig,
     data: Split,
     extracted: ExtractedMaps,
-    hierarchy: ClassHierarchy,
+    hierarchy: ClassHierarchy | None,
     variants: Sequence[Variant],
     indices: list[int] | None = None,
     weights: Weights | None = None,
@@ -235,13 +278,14 @@ def score_maps(
     """
     evaluation = config.evaluation
     shard = list(range(len(data))) if indices is None else list(indices)
+    shuffled = shuffled_control_hierarchy(config, hierarchy)
     box = {v: MaxBoxAccV2() for v in variants}
     pixel = {v: PxAP(ignore_index=255) for v in variants}
     if evaluation.wsol:
         for rows, images, labels, masks, boxes in data.batches(64, shard):
             size = (int(images.shape[-2]), int(images.shape[-1]))
             for variant, maps in variant_maps(
-                extracted, rows, hierarchy, labels, size, variants, _rest(config), weights
+                extracted, rows, hierarchy, labels, size, variants, _rest(config), weights, shuffled=shuffled
             ):
                 box[variant].update(maps, labels, boxes=boxes)
                 pixel[variant].update(maps, labels, masks=masks)
@@ -256,7 +300,7 @@ def score_maps(
             size = (int(images.shape[-2]), int(images.shape[-1]))
             images = images.to(device)
             for variant, maps in variant_maps(
-                extracted, rows, hierarchy, labels, size, variants, _rest(config), weights
+                extracted, rows, hierarchy, labels, size, variants, _rest(config), weights, shuffled=shuffled
             ):
                 faithful[variant].update(maps, labels, images=images)
             if on_batch is not None:
@@ -345,17 +389,24 @@ def choose_thresholds(
 
 
 def classification_map(
-    models: Sequence[ModelKey], extracted: ExtractedMaps, hierarchy: ClassHierarchy
+    models: Sequence[ModelKey],
+    extracted: ExtractedMaps,
+    hierarchy: ClassHierarchy | None,
+    *,
+    shuffled: ClassHierarchy | None = None,
 ) -> dict[ModelKey, float]:
-    """Classification mAP of every model on a split, against its level's group labels."""
-    return {
-        key: float(
-            mean_average_precision(
-                extracted.models[key].logits, hierarchy.remap_labels(extracted.labels, key.level)
-            )
-        )
-        for key in models
-    }
+    """Classification mAP of every model on a split, against its level's group labels.
+
+    The shuffled control's level models (``shuffled_*``) are scored against the groups of ``shuffled``.
+    """
+    scores = {}
+    for key in models:
+        labels = extracted.labels
+        groups = shuffled if key.kind.startswith("shuffled_") else hierarchy
+        if key.level and groups is not None:
+            labels = groups.remap_labels(labels, key.level)
+        scores[key] = float(mean_average_precision(extracted.models[key].logits, labels))
+    return scores
 
 
 def branch_correlation(extracted: ExtractedMaps) -> dict[ModelKey, float]:
@@ -369,8 +420,10 @@ def branch_correlation(extracted: ExtractedMaps) -> dict[ModelKey, float]:
     return means
 
 
-def group_presence(hierarchy: ClassHierarchy, labels: Tensor) -> dict[int, list[float]]:
+def group_presence(hierarchy: ClassHierarchy | None, labels: Tensor) -> dict[int, list[float]]:
     """Per group level, the share of the images (``labels`` ``(N, K)``) in which each group is present."""
+    if hierarchy is None:
+        return {}
     return {
         level: hierarchy.remap_labels(labels, level).float().mean(0).tolist()
         for level in range(1, hierarchy.num_levels)
@@ -381,14 +434,15 @@ def figure_scenes(
     config: PipelineConfig,
     data: Split,
     extracted: ExtractedMaps,
-    hierarchy: ClassHierarchy,
+    hierarchy: ClassHierarchy | None,
     split: str,
     count: int = _FIGURE_SCENES,
 ) -> FigureScenes:
     """The first ``count`` scenes of a split with the maps the report's CAM figure shows.
 
     The maps: ``two_branch`` (level 0), every ``level_l``, ``full`` and ``baseline``; with
-    ``method.branches = 1``: ``grouping`` instead of ``full``, and no ``two_branch``.
+    ``method.branches = 1``: ``grouping`` instead of ``full``, and no ``two_branch``; without a hierarchy no
+    ``two_branch`` and no level.
     """
     count = min(count, len(data))
     rows, images, labels, masks, _ = next(data.batches(count, range(count)))
@@ -396,8 +450,8 @@ def figure_scenes(
     if config.method.branches == 1:
         wanted = [Variant("grouping"), Variant("baseline")]
     else:
-        wanted = [Variant("two_branch"), Variant("full"), Variant("baseline")]
-    wanted += [Variant("level", level) for level in range(1, hierarchy.num_levels)]
+        wanted = [Variant("two_branch")] * (hierarchy is not None) + [Variant("full"), Variant("baseline")]
+    wanted += [Variant("level", level) for level in range(1, _num_levels(hierarchy))]
     maps = dict(variant_maps(extracted, rows, hierarchy, labels, size, wanted, _rest(config)))
     return FigureScenes(split, images, labels, masks, maps)
 
@@ -405,7 +459,7 @@ def figure_scenes(
 def evaluate(
     ctx: RunContext,
     models: Mapping[ModelKey, TrainedModel],
-    hierarchy: ClassHierarchy,
+    hierarchy: ClassHierarchy | None,
     extracted: Mapping[str, ExtractedMaps],
 ) -> RunResult:
     """Stage 4: score every variant on every extracted split, choose on validation data, collect the result.
@@ -413,19 +467,24 @@ def evaluate(
     The deletion and insertion areas are measured on the test split (val in validation-only runs), against
     the ``base`` model.
 
-    The ensemble control's row needs the ``ensemble`` model among ``models`` when ``config.ensemble`` is set.
+    The ensemble control's row needs the ``ensemble`` members among ``models`` when ``config.ensemble`` is
+    set, the shuffled control's the ``shuffled_*`` level models when ``config.shuffled_control`` is, and the
+    prototype row the LPCAM maps in every ``extracted`` split (``ExtractedMaps.prototype``).
 
     ``extracted`` holds ``"val"`` and, unless the run is validation-only, ``"test"``. Under ``torchrun``
     every process scores its shard (the metrics sum over processes); only rank 0 prepares figure scenes.
+
+    ``hierarchy`` is ``None`` when the grouping left no group level (``ctx.grouping`` says why): the Eq. 6
+    rows are then the baseline maps and no fusion weights are chosen. The result records ``ctx.grouping``.
     """
     config = ctx.config
     started = time.perf_counter()
     variants = variants_of(config, hierarchy)
     weights: dict[Variant, tuple[float, float, float]] = {
-        v: config.method.fusion_weights for v in variants if v.kind in ("grouping", "full")
+        v: config.method.fusion_weights for v in variants if v.kind in ("grouping", "full", "shuffled")
     }
     fusion = FusionWeights(config.method.fusion_weights)
-    if config.method.choose_fusion_weights:  # on validation data only
+    if config.method.choose_fusion_weights and hierarchy is not None:  # on validation data only
         val = ctx.data("val")
         fusion = choose_fusion_weights(config, val, extracted["val"], hierarchy, ctx.dist.shard(len(val)))
         weights[Variant("full_tuned")] = fusion.tuned or fusion.configured
@@ -480,13 +539,16 @@ def evaluate(
         else None
     )
     keys = list(models)
+    shuffled = shuffled_control_hierarchy(config, hierarchy)
     ctx.timings["stage4_evaluation"] = time.perf_counter() - started
     return RunResult(
         thresholds=config.method.thresholds,
         threshold=config.method.threshold,
         variants=choose_thresholds(config, curves, map_scores),
         curves=curves,
-        classification_map={s: classification_map(keys, maps, hierarchy) for s, maps in extracted.items()},
+        classification_map={
+            s: classification_map(keys, maps, hierarchy, shuffled=shuffled) for s, maps in extracted.items()
+        },
         branch_correlation={s: branch_correlation(maps) for s, maps in extracted.items()},
         rest_reduction=config.method.rest_reduction,
         fusion_weights=fusion,
@@ -496,4 +558,5 @@ def evaluate(
         seconds=dict(ctx.timings),
         figure_scenes=scenes,
         scored_labels=ctx.data("val").scored_labels,
+        grouping=ctx.grouping,
     )

@@ -13,38 +13,48 @@ from typing import Literal, get_args
 
 __all__ = ["ModelKind", "ModelKey", "VariantKind", "Variant"]
 
-ModelKind = Literal["base", "ensemble", "two_branch", "single"]
-VariantKind = Literal["baseline", "ensemble", "two_branch", "grouping", "full", "full_tuned", "level"]
+ModelKind = Literal["base", "ensemble", "two_branch", "single", "shuffled_two_branch", "shuffled_single"]
+VariantKind = Literal[
+    "baseline", "ensemble", "two_branch", "grouping", "full", "full_tuned", "shuffled", "prototype", "level"
+]
 
 #: The level-0 single-branch models, named by their kind alone.
 _LEVEL_ZERO_KINDS = ("base", "ensemble")
 
-_MODEL_NAME = re.compile(r"(two_branch|single)_L(\d+)")
+_MODEL_NAME = re.compile(r"(shuffled_two_branch|shuffled_single|two_branch|single)_L(\d+)")
+_ENSEMBLE_NAME = re.compile(r"ensemble_(\d+)")
 _LEVEL_NAME = re.compile(r"level_(\d+)")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, repr=False)
 class ModelKey:
-    """Which model of a run: the base classifier, its ensemble partner, or a level model.
+    """Which model of a run: the base classifier, its ensemble partners, or a level model.
 
     Attributes:
-        kind: ``"base"`` (single branch on the ``K`` classes), ``"ensemble"`` (a second base classifier
-            trained from another seed: the partner of ``base`` in the ensemble control), ``"two_branch"`` or
-            ``"single"``.
+        kind: ``"base"`` (single branch on the ``K`` classes), ``"ensemble"`` (another base classifier
+            trained from another seed: a member of the ensemble control beside ``base``), ``"two_branch"``,
+            ``"single"``, or ``"shuffled_two_branch"`` / ``"shuffled_single"`` (a level model of the
+            shuffled-hierarchy control: trained on groups of the same sizes with the classes placed at
+            random, see ``PipelineConfig.shuffled_control``).
         level: hierarchy level whose groups the model classifies (0: the classes; always 0 for ``"base"``
             and ``"ensemble"``).
+        member: which ensemble member (``>= 1``; ``1`` is the pipeline's first ``ensemble`` model); always 1
+            for the other kinds.
 
     Example:
         >>> ModelKey("two_branch", 1).name
         'two_branch_L1'
         >>> ModelKey.from_name("single_L2")
         ModelKey(kind='single', level=2)
-        >>> ModelKey("ensemble").name
-        'ensemble'
+        >>> ModelKey("ensemble").name, ModelKey("ensemble", member=3).name
+        ('ensemble', 'ensemble_3')
+        >>> ModelKey.from_name("shuffled_single_L1")
+        ModelKey(kind='shuffled_single', level=1)
     """
 
     kind: ModelKind
     level: int = 0
+    member: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(ModelKind):
@@ -53,13 +63,24 @@ class ModelKey:
             raise ValueError(f"`level` must be an integer >= 0, got {self.level!r}")
         if self.kind in _LEVEL_ZERO_KINDS and self.level != 0:
             raise ValueError(f"the {self.kind} classifier is a level-0 model, got `level` {self.level}")
+        if isinstance(self.member, bool) or not isinstance(self.member, int) or self.member < 1:
+            raise ValueError(f"`member` must be an integer >= 1, got {self.member!r}")
+        if self.kind != "ensemble" and self.member != 1:
+            raise ValueError(f"only an ensemble model has a `member` number, got {self.kind!r} {self.member}")
+
+    def __repr__(self) -> str:
+        member = f", member={self.member}" if self.member != 1 else ""
+        return f"ModelKey(kind={self.kind!r}, level={self.level}{member})"
 
     @property
     def name(self) -> str:
         """The model's name in files and tables.
 
-        ``"base"``, ``"ensemble"``, ``"two_branch_L<l>"`` or ``"single_L<l>"``.
+        ``"base"``, ``"ensemble"``, ``"ensemble_<m>"`` (member ``m`` >= 2), ``"two_branch_L<l>"``,
+        ``"single_L<l>"``, ``"shuffled_two_branch_L<l>"`` or ``"shuffled_single_L<l>"``.
         """
+        if self.kind == "ensemble" and self.member != 1:
+            return f"ensemble_{self.member}"
         return self.kind if self.kind in _LEVEL_ZERO_KINDS else f"{self.kind}_L{self.level}"
 
     @classmethod
@@ -71,22 +92,27 @@ class ModelKey:
         """
         if name in _LEVEL_ZERO_KINDS:
             return cls(name)  # type: ignore[arg-type]
+        member = _ENSEMBLE_NAME.fullmatch(name) if isinstance(name, str) else None
+        if member is not None and int(member[1]) >= 2:
+            return cls("ensemble", member=int(member[1]))
         match = _MODEL_NAME.fullmatch(name) if isinstance(name, str) else None
         if match is None:
             raise ValueError(
-                f"{name!r} is not a model name ('base', 'ensemble', 'two_branch_L<n>' or 'single_L<n>')"
+                f"{name!r} is not a model name ('base', 'ensemble', 'ensemble_<m>', 'two_branch_L<n>', "
+                "'single_L<n>', 'shuffled_two_branch_L<n>' or 'shuffled_single_L<n>')"
             )
-        kind: ModelKind = "two_branch" if match[1] == "two_branch" else "single"
-        return cls(kind, int(match[2]))
+        return cls(match[1], int(match[2]))  # type: ignore[arg-type]
 
 
 _DESCRIPTIONS = {
     "baseline": "Grad-CAM baseline (single branch, no grouping)",
-    "ensemble": "ensemble control: two single-branch models averaged",
+    "ensemble": "ensemble control: independently trained single-branch models averaged",
     "two_branch": "+ orthogonal two-branch only",
     "grouping": "+ grouping only",
     "full": "both: two-branch + grouping, Eq. 6",
     "full_tuned": "both, fusion weights chosen on val",
+    "shuffled": "shuffled-hierarchy control: the method's Eq. 6, groups of the same sizes, classes at random",
+    "prototype": "prototype CAM (LPCAM) of the base classifier",
 }
 
 
@@ -95,13 +121,18 @@ class Variant:
     """One row of the ablation: which maps are scored.
 
     * ``baseline``: Grad-CAM of the single-branch base classifier;
-    * ``ensemble``: the control of the two-branch model at the same training compute: the Grad-CAMs of two
-      independently trained single-branch models (``base`` and ``ensemble``, two seeds), averaged with
+    * ``ensemble``: the control of the method at the same training compute: the Grad-CAMs of independently
+      trained single-branch models (``base`` and the ``ensemble`` members, one seed each; as many models as
+      the method trains, see ``PipelineConfig.ensemble``), averaged with
       [`average_branch_maps`][hiercam.average_branch_maps] as the two branches are;
     * ``two_branch``: the branch average of the level-0 two-branch model (orthogonal loss only);
     * ``grouping``: Eq. 6 over single-branch models (grouping only);
     * ``full``: Eq. 6 over the two-branch models (the paper's method); ``full_tuned``: the same with fusion
       weights chosen on validation data;
+    * ``shuffled``: the method's Eq. 6 (``full``, or ``grouping`` with ``method.branches = 1``) over level
+      models trained on the shuffled hierarchy (the same group sizes, the classes at random: the control that
+      tells whether the grouping's content matters, ``PipelineConfig.shuffled_control``);
+    * ``prototype``: LPCAM maps of the base classifier (``method.prototype_context``);
     * ``level`` (with ``level`` >= 1): the level model's map of each class's group, alone (a diagnostic).
 
     Example:
@@ -129,7 +160,7 @@ class Variant:
     @property
     def fused(self) -> bool:
         """Whether the maps are fused with Eq. 6."""
-        return self.kind in ("grouping", "full", "full_tuned")
+        return self.kind in ("grouping", "full", "full_tuned", "shuffled")
 
     @property
     def description(self) -> str:

@@ -60,8 +60,45 @@ def ablation_rows(result: RunResult) -> list[str]:
             percent(test, "loc_error_at_chosen"),
         ]
         cells += [percent(scores.splits[last], f) for f in ("max_box_acc", "pxap", "deletion", "insertion")]
-        lines.append(f"| {variant.description} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_description(result, variant)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _description(result: RunResult, variant: Variant) -> str:
+    """A row's first cell: the variant in words, and that it is the baseline when the grouping fell back."""
+    fell_back = result.grouping is not None and result.grouping.fallback is not None
+    suffix = " (no group level: the baseline maps)" if fell_back and variant.fused else ""
+    return variant.description + suffix
+
+
+def _controls_note(config: PipelineConfig, result: RunResult) -> str:
+    """What the control rows and the prototype row are, for the rows the run has."""
+    notes = []
+    if Variant("ensemble") in result.variants:
+        count = 1 + sum(key.kind == "ensemble" for key in result.histories)
+        notes.append(
+            f"The ensemble control averages the Grad-CAMs of {count} single-branch models trained from "
+            f"{count} seeds (as many models as the method trains"
+            + (", the training compute of one two-branch model)." if config.method.branches == 2 else ").")
+        )
+    if Variant("shuffled") in result.variants:
+        kind = "two-branch" if config.method.branches == 2 else "single-branch"
+        notes.append(
+            f"The shuffled control is the method's Eq. 6 over {kind} level models trained on a shuffled "
+            "hierarchy (the same group sizes, the classes placed at random): the method's gain over it is "
+            "what the grouping's content adds."
+        )
+    if Variant("prototype") in result.variants:
+        context = {
+            "own": "its own context prototypes (LPCAM as published)",
+            "siblings": "its own context prototypes and the class prototypes of its level-1 siblings",
+            "others": "its own context prototypes and the class prototypes of every other class",
+        }[config.method.prototype_context]
+        notes.append(
+            "The prototype row is LPCAM of the base classifier (prototypes from the training split), each "
+            f"class's context set holding {context}."
+        )
+    return " ".join(notes)
 
 
 def map_score_rows(result: RunResult) -> list[str]:
@@ -74,7 +111,7 @@ def map_score_rows(result: RunResult) -> list[str]:
         for split, figures in scores.splits.items():
             per_iou = list(figures.max_box_acc_per_iou) or [math.nan] * 3
             cells = [_number(100 * v) for v in (*per_iou, figures.max_box_acc, figures.pxap)]
-            lines.append(f"| {variant.description} | {split} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_description(result, variant)} | {split} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -90,6 +127,7 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
     """
     out = Path(out)
     hierarchy = result.hierarchy
+    names = result.class_names
     figures = _figures(out, result)
     method = config.method
     normalised = ", unit-norm" if method.orthogonal_unit_norm else ""
@@ -104,17 +142,20 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
         "",
         f"Dataset `{data.dataset}` ({sizes} of {data.image_size} px), backbone "
         f"`{config.model.backbone}`, {config.train.epochs} epochs per model, seed {config.seed}. "
-        f"Levels {hierarchy.level_sizes}, orthogonal loss weight {method.orthogonal_weight:g} "
+        f"Levels {(len(names),) if hierarchy is None else hierarchy.level_sizes}"
+        f"{' (no group level: see below)' if hierarchy is None else ''}, orthogonal loss weight "
+        f"{method.orthogonal_weight:g} "
         f"({method.orthogonal_reduction}{normalised}), "
         f"M0' = `{result.rest_reduction}` (pixel-wise {result.rest_reduction} of the base maps "
         "of the other classes present in the image; the paper does not define it). "
         "Full config: `config.json`.",
         "",
+        *_grouping_section(result),
         "## Ablation (the paper's Table 4)" if config.ablation else "## The method against Grad-CAM",
         "",
         *(
             []
-            if config.ablation
+            if config.ablation or hierarchy is None
             else [
                 'Row "both": Eq. 6 over the two-branch models with this run\'s method settings (above); '
                 "the single-branch rows of the paper's ablation are left out (`ablation = false`; "
@@ -126,12 +167,7 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
         "with every ground-truth box of the class) in percent; mIoU: higher is better, LocErr: lower. "
         "t* is the threshold with the best validation mIoU, then applied to test. "
         + _scored_note(result)
-        + (
-            "The ensemble control averages the Grad-CAMs of two single-branch models trained from two seeds "
-            "(the training compute of one two-branch model)."
-            if Variant("ensemble") in result.variants
-            else ""
-        ),
+        + _controls_note(config, result),
         "",
         *ablation_rows(result),
         "",
@@ -140,20 +176,26 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
         *(_map_score_section(result) if config.evaluation.wsol else []),
         "## Class hierarchy",
         "",
-        "```",
-        str(hierarchy),
-        "```",
-        "",
-        "Fraction of training images in which each group is present (a group present in almost every image "
-        "gives near-constant targets and carries little signal):",
-        "",
+        *(
+            ["No group level (see *How the grouping adapted* above).", ""]
+            if hierarchy is None
+            else [
+                "```",
+                str(hierarchy),
+                "```",
+                "",
+                "Fraction of training images in which each group is present (a group present in almost "
+                "every image gives near-constant targets and carries little signal):",
+                "",
+            ]
+        ),
     ]
-    for level, presence in result.group_presence.items():
-        shares = ", ".join(
-            f"{name} {100 * share:.0f}%"
-            for name, share in zip(hierarchy.group_names(level), presence, strict=True)
-        )
-        lines.append(f"- level {level}: {shares}")
+    if hierarchy is not None:
+        for level, presence in result.group_presence.items():
+            shown = zip(hierarchy.group_names(level), presence, strict=True)
+            lines.append(
+                f"- level {level}: " + ", ".join(f"{name} {100 * share:.0f}%" for name, share in shown)
+            )
     lines += [
         "",
         "## Models",
@@ -165,8 +207,9 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
     for key in result.histories:
         test_map = result.classification_map.get("test", {}).get(key)
         correlation = result.branch_correlation[last].get(key)
+        groups = len(names) if hierarchy is None else hierarchy.num_groups(key.level)
         lines.append(
-            f"| {key.name} | {key.level} | {hierarchy.num_groups(key.level)} | "
+            f"| {key.name} | {key.level} | {groups} | "
             f"{result.classification_map['val'][key]:.3f} | "
             f"{'n/a' if test_map is None else f'{test_map:.3f}'} | "
             f"{'' if correlation is None else f'{correlation:.3f}'} |"
@@ -179,6 +222,31 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
     lines += ["", "## Timings", "", "| step | seconds |", "| --- | ---: |"]
     lines += [f"| {step} | {seconds:.1f} |" for step, seconds in result.seconds.items()]
     return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _grouping_section(result: RunResult) -> list[str]:
+    """The report's section on how the grouping adapted (when it did): kept-out classes, splits, fallback."""
+    grouping = result.grouping
+    if grouping is None or not grouping.adapted:
+        return []
+    lines = [
+        "## How the grouping adapted",
+        "",
+        "Classes or groups present in almost every training image give near-constant targets, so the "
+        "grouping adapted (`method.max_class_presence`, `method.max_group_presence`; see the pipeline "
+        "guide):",
+        "",
+        *(f"- {note}" for note in grouping.notes()),
+        "",
+    ]
+    if grouping.fallback is not None:
+        lines += [
+            "**No group level is left**, so the method fell back to the baseline: no level model was "
+            "trained, and the rows of Eq. 6 below are the baseline Grad-CAM maps (with this run's "
+            "refinements).",
+            "",
+        ]
+    return lines
 
 
 def _map_score_section(result: RunResult) -> list[str]:
@@ -218,11 +286,11 @@ def _map_score_note(config: PipelineConfig, result: RunResult) -> str:
 def _scored_note(result: RunResult) -> str:
     """What the mIoU averages, when it is not every label."""
     scored = result.scored_labels
-    every = tuple(range(result.hierarchy.num_classes + 1))
+    every = tuple(range(len(result.class_names) + 1))
     if scored is None or tuple(scored) == every:
         return ""
     left_out = [label for label in every if label not in scored]
-    names = ("background", *result.hierarchy.class_names)
+    names = ("background", *result.class_names)
     named = ", ".join(names[label] for label in left_out)
     return f"The mIoU averages {len(scored)} labels; left out: {named} (no pixel of the data has it). "
 
@@ -281,16 +349,21 @@ SINGLE_BRANCH_FUSED = (Variant("grouping"),)
 #: The controls shown next to the baseline in ``compare_markdown``.
 CONTROLS = (Variant("ensemble"),)
 
+#: The rows of a preset's own controls and alternatives, shown after its method in ``compare_markdown``.
+PRESET_CONTROLS = (Variant("shuffled"), Variant("prototype"))
+
 
 def compare_markdown(result: dict[str, Any]) -> str:
     """Presets side by side on test data, in percent: each one's fused method against the baseline Grad-CAM.
 
     Δ is the paired difference to the baseline of the same seed and preset (test mIoU in points), at 0.15 and
     at the validation-chosen threshold t*; "apart" says whether the seeds' ranges of the two do not overlap.
-    The ensemble control (two single-branch models averaged, the training compute of one two-branch model)
-    is shown under the baseline, with its Δ. A preset's baseline and control rows are shown when its
-    baseline differs from the first preset's (models trained again, e.g. with another number of threads,
-    are not bitwise equal). ``result`` is
+    The ensemble control (single-branch models averaged, as many as the preset's method trains) is shown
+    under the baseline, with its Δ. A preset's baseline row is shown when its baseline differs from the
+    first preset's (models trained again, e.g. with another number of threads, are not bitwise equal), its
+    ensemble row when the ensemble differs from the last one shown. Each preset's shuffled-hierarchy
+    control (``shuffled``) and prototype row (``prototype``), when it has them, follow its method. ``result``
+    is
     [`run_preset_bench`][hiercam.pipeline.run_preset_bench]'s (``compare.json``): figures are fractions.
     """
     seeds = result["seeds"]
@@ -305,7 +378,7 @@ def compare_markdown(result: dict[str, Any]) -> str:
         "| --- | --- | ---: | ---: | :---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: |",
     ]
-    first_baseline = None
+    first_baseline, shown_ensemble = None, None
     baseline_variant = Variant("baseline")
     for preset, bench in result["presets"].items():
         if "error" in bench:
@@ -316,12 +389,19 @@ def compare_markdown(result: dict[str, Any]) -> str:
         shown = [variant for variant in FUSED if variant in variants]
         if not shown:  # `method.branches` = 1: the method is Eq. 6 over single-branch models
             shown = [variant for variant in SINGLE_BRANCH_FUSED if variant in variants]
-        controls = [baseline_variant, *(variant for variant in CONTROLS if variant in variants)]
+        fused_model = "base" if shown == list(SINGLE_BRANCH_FUSED) else "two_branch_L0"
+        controls = [variant for variant in CONTROLS if variant in variants]
+        ensemble = variants.get(Variant("ensemble"), {}).get("miou")
+        if ensemble is None or ensemble == shown_ensemble:  # the same ensemble as the last one shown
+            controls = [variant for variant in controls if variant != Variant("ensemble")]
+        else:
+            shown_ensemble = ensemble
         if first_baseline is None:
             first_baseline = baseline["miou"]
-            shown = controls + shown
+            controls = [baseline_variant, *controls]
         elif baseline["miou"] != first_baseline:  # the base models were trained again
-            shown = controls + shown
+            controls = [baseline_variant, *controls]
+        shown = controls + shown + [variant for variant in PRESET_CONTROLS if variant in variants]
         for variant in shown:
             entry = variants[variant]
             cells = [_cell(_percent(entry["miou"]))]
@@ -334,7 +414,8 @@ def compare_markdown(result: dict[str, Any]) -> str:
                 baseline_variant: "base",
                 Variant("ensemble"): "ensemble",
                 Variant("grouping"): "base",  # Eq. 6 over single-branch models: level 0 is the base
-            }.get(variant, "two_branch_L0")
+                Variant("prototype"): "base",  # LPCAM of the base classifier
+            }.get(variant, fused_model)
             correlation = bench["branch_cam_correlation"]["test"].get(model)  # none for the base
             cells += [
                 _cell(_percent(entry["loc_error"])),
@@ -402,13 +483,13 @@ def _figures(out: Path, result: RunResult) -> list[tuple[str, str]]:
     folder = out / "figures"
     folder.mkdir(exist_ok=True)
     drawn = [
-        (
-            "hierarchy.png",
-            "The class hierarchy found from the base classifier's class vectors.",
-            hierarchy_figure(result.hierarchy),
-        ),
         ("training.png", "Validation mAP per epoch of every model.", _training_figure(result.histories)),
     ]
+    if result.hierarchy is not None:
+        caption = "The class hierarchy found from the base classifier's class vectors."
+        drawn.insert(0, ("hierarchy.png", caption, hierarchy_figure(result.hierarchy)))
+    else:
+        (folder / "hierarchy.png").unlink(missing_ok=True)  # of an earlier run in the same folder
     scenes = result.figure_scenes
     if scenes is not None:
         caption = (
@@ -416,7 +497,7 @@ def _figures(out: Path, result: RunResult) -> list[tuple[str, str]]:
             "two-branch model (its group's map), the fused map (Eq. 6), the baseline Grad-CAM, the "
             "ground-truth mask."
         )
-        drawn.insert(1, ("cams.png", caption, _cam_figure(result, scenes)))
+        drawn.insert(len(drawn) - 1, ("cams.png", caption, _cam_figure(result, scenes)))
     for file, _, figure in drawn:
         _save_png(folder / file, figure)
     return [(file, caption) for file, caption, _ in drawn]
@@ -466,8 +547,7 @@ def panel_grid(
 def _cam_figure(result: RunResult, scenes: FigureScenes) -> Any:
     from hiercam.viz import overlay
 
-    hierarchy = result.hierarchy
-    levels = [Variant("level", level) for level in range(1, hierarchy.num_levels)]
+    levels = [variant for variant in scenes.maps if variant.kind == "level"]
     level_zero = [Variant("two_branch")] if Variant("two_branch") in scenes.maps else []
     fused = Variant("full") if Variant("full") in scenes.maps else Variant("grouping")
     shown = [*level_zero, *levels, fused, Variant("baseline")]
@@ -490,7 +570,7 @@ def _cam_figure(result: RunResult, scenes: FigureScenes) -> Any:
                 (mask == cls + 1).float().numpy(),
             ]
         )
-        names.append(hierarchy.class_names[cls])
+        names.append(result.class_names[cls])
     return panel_grid(panels, columns, names)
 
 

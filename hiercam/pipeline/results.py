@@ -22,6 +22,7 @@ from torch import Tensor
 
 from hiercam._io import atomic_write_json
 from hiercam.hierarchy import ClassHierarchy
+from hiercam.pipeline.adaptation import GroupingAdaptation
 from hiercam.pipeline.keys import ModelKey, Variant
 
 __all__ = [
@@ -64,6 +65,9 @@ class ExtractedMaps:
     Attributes:
         labels: ``(N, K)`` multi-hot labels of the images.
         models: per model, its [`ModelMaps`][hiercam.pipeline.ModelMaps].
+        prototype: ``(N, K, h, w)`` LPCAM maps of the base classifier at feature resolution, not normalised
+            (``method.prototype_context``; ``None`` when not computed). Cached on its own
+            (``hiercam.pipeline.prototypes``), not by ``to_tensors``.
 
     Example:
         >>> import torch
@@ -77,6 +81,7 @@ class ExtractedMaps:
 
     labels: Tensor
     models: dict[ModelKey, ModelMaps]
+    prototype: Tensor | None = None
 
     def to_tensors(self) -> dict[str, Tensor]:
         """A flat ``{str: Tensor}`` for the map cache (``hiercam.pipeline.artifacts.save_tensors``)."""
@@ -237,13 +242,15 @@ class RunResult:
         branch_correlation: ``{split: {model: mean r}}`` for two-branch models.
         rest_reduction: how ``M0'`` was built (``"max"``, ``"mean"``, ``"none"``).
         fusion_weights: configured and chosen fusion weights.
-        hierarchy: the class hierarchy.
+        hierarchy: the class hierarchy; ``None`` when the grouping left no group level (see ``grouping``).
         group_presence: ``{level: share of training images in which each group is present}``.
         histories: per model, its training history (one record per epoch).
         seconds: time per step.
         figure_scenes: scenes for the CAM figure (not saved in ``metrics.json``).
         scored_labels: the mask labels whose IoUs the mIoU averages (0 the background, ``k + 1`` class
             ``k``); ``None`` in files written before it was recorded (every label).
+        grouping: how the grouping adapted to frequent classes and saturated groups, and whether it fell
+            back to the baseline; ``None`` in files written before it was recorded.
     """
 
     thresholds: tuple[float, ...]
@@ -254,12 +261,28 @@ class RunResult:
     branch_correlation: dict[str, dict[ModelKey, float]]
     rest_reduction: str
     fusion_weights: FusionWeights
-    hierarchy: ClassHierarchy
+    hierarchy: ClassHierarchy | None
     group_presence: dict[int, list[float]]
     histories: dict[ModelKey, list[dict[str, float]]]
     seconds: dict[str, float] = field(default_factory=dict)
     figure_scenes: FigureScenes | None = None
     scored_labels: tuple[int, ...] | None = None
+    grouping: GroupingAdaptation | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The ``K`` class names, from the hierarchy or, when there is none, from ``grouping``.
+
+        Raises:
+            ValueError: the result holds neither.
+        """
+        if self.hierarchy is not None:
+            return self.hierarchy.class_names
+        if self.grouping is not None:
+            return self.grouping.class_names
+        raise ValueError(
+            "the result holds no hierarchy and no `grouping` record: its class names are unknown"
+        )
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -315,10 +338,11 @@ class RunResult:
             "branch_cam_correlation": _by_name(self.branch_correlation),
             "rest_reduction": self.rest_reduction,
             "fusion_weights": fusion,
-            "hierarchy": self.hierarchy.to_dict(),
+            "hierarchy": None if self.hierarchy is None else self.hierarchy.to_dict(),
             "group_presence": {str(level): shares for level, shares in self.group_presence.items()},
             "histories": {key.name: history for key, history in self.histories.items()},
             "scored_labels": None if self.scored_labels is None else list(self.scored_labels),
+            "grouping": None if self.grouping is None else self.grouping.to_json(),
         }
         cleaned: dict[str, Any] = strict_json(data)
         return cleaned
@@ -377,10 +401,13 @@ class RunResult:
                     None if tuned is None else _triple(tuned),
                     {str(k): float(v) for k, v in fusion.get("tried", {}).items()},
                 ),
-                hierarchy=ClassHierarchy.from_dict(data["hierarchy"]),
+                hierarchy=None if data["hierarchy"] is None else ClassHierarchy.from_dict(data["hierarchy"]),
                 group_presence={int(k): [float(x) for x in v] for k, v in data["group_presence"].items()},
                 histories={ModelKey.from_name(k): list(v) for k, v in data["histories"].items()},
                 scored_labels=_labels(data.get("scored_labels")),
+                grouping=None
+                if data.get("grouping") is None
+                else GroupingAdaptation.from_json(data["grouping"]),
             )
         except KeyError as error:
             raise ValueError(f"{source}: missing key {error}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import time
@@ -20,15 +21,18 @@ from hiercam.pipeline.evaluation import evaluate
 from hiercam.pipeline.networks import check_backbone, check_weights
 from hiercam.pipeline.presets import apply_preset
 from hiercam.pipeline.report import bench_markdown, compare_markdown, seed_stats, write_report
-from hiercam.pipeline.results import RunResult, strict_json
+from hiercam.pipeline.results import RunResult, VariantScores, strict_json
 from hiercam.pipeline.stages import (
     EVAL_SPLITS,
     RunContext,
     build_hierarchy,
+    ensemble_size,
     extract_maps,
+    load_hierarchy_file,
     train_base,
     train_ensemble,
     train_levels,
+    train_shuffled_levels,
 )
 
 __all__ = [
@@ -108,17 +112,18 @@ def bench_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
     """The FashionScenes setting of ``docs/benchmarks.md``: 10,000 training scenes, 6 epochs, every model.
 
     The default config of ``hiercam bench`` and ``benchmarks/ablation_sweep.py``: the paper's ablation (Table
-    4) with the single-branch level models (``ablation=True``), 500 validation and 500 test scenes, on the
-    CPU. ``quick`` is the same smoke test as ``demo_config(quick=True)``.
+    4) with the single-branch level models (``ablation=True``), both controls (the ensemble and the shuffled
+    hierarchy, ``shuffled_control=True``), 500 validation and 500 test scenes, on the CPU. ``quick`` is the
+    same smoke test as ``demo_config(quick=True)``.
 
     Example:
         >>> config = bench_config()
-        >>> config.data.train_scenes, config.train.epochs, config.ablation
-        (10000, 6, True)
+        >>> config.data.train_scenes, config.train.epochs, config.ablation, config.shuffled_control
+        (10000, 6, True, True)
     """
     if quick:
         return demo_config(quick=True, seed=seed)
-    return PipelineConfig(seed=seed, device="cpu")
+    return PipelineConfig(seed=seed, device="cpu", shuffled_control=True)
 
 
 def run_pipeline(
@@ -180,29 +185,47 @@ def run_pipeline(
     stage = time.perf_counter()
     base = train_base(ctx)
     hierarchy, hierarchy_key = build_hierarchy(ctx, base)
-    log(str(hierarchy))
+    log("no group level: the method's rows are the baseline maps" if hierarchy is None else str(hierarchy))
     ctx.timings["stage1_base_and_hierarchy"] = time.perf_counter() - stage
 
     log(
         (
-            "[2/4] level models: single-branch only (`method.branches` = 1)"
+            "[2/4] level models: none (no group level)"
+            if hierarchy is None
+            else "[2/4] level models: single-branch only (`method.branches` = 1)"
             if config.method.branches == 1
             else f"[2/4] level models: two-branch (orthogonal weight {config.method.orthogonal_weight:g}, "
             f"{config.method.orthogonal_reduction})" + (" and single-branch" if config.ablation else "")
         )
-        + (", the ensemble control's second base classifier" if config.ensemble else "")
+        + (
+            f", the ensemble control's {ensemble_size(config, hierarchy) - 1} more base classifier(s)"
+            if config.ensemble
+            else ""
+        )
+        + (", the shuffled-hierarchy control's level models" if config.shuffled_control and hierarchy else "")
     )
     stage = time.perf_counter()
     models = {base.identity: base}
-    if config.ensemble:  # the ensemble control's second single-branch model
-        partner = train_ensemble(ctx)
-        models[partner.identity] = partner
+    if config.ensemble:  # the ensemble control: as many single-branch models as the method trains
+        for index in range(1, ensemble_size(config, hierarchy)):
+            partner = train_ensemble(ctx, index=index)
+            models[partner.identity] = partner
     models.update(train_levels(ctx, hierarchy, hierarchy_key))
+    models.update(train_shuffled_levels(ctx, hierarchy))
     ctx.timings["stage2_levels"] = time.perf_counter() - stage
 
     log(f"[3/4] class activation maps of every model ({', '.join(splits)})")
     stage = time.perf_counter()
     extracted = {split: extract_maps(ctx, models, split, hierarchy) for split in splits}
+    if config.method.prototype_context != "none":  # LPCAM maps of the base classifier (row `prototype`)
+        from hiercam.pipeline.prototypes import prototype_maps
+
+        extracted = {
+            split: dataclasses.replace(
+                maps, prototype=prototype_maps(ctx, base, hierarchy, hierarchy_key, split)
+            )
+            for split, maps in extracted.items()
+        }
     ctx.timings["stage3_cams"] = time.perf_counter() - stage
 
     log(f"[4/4] evaluation: mIoU and localisation error, M0' = {config.method.rest_reduction!r}")
@@ -296,15 +319,18 @@ def run_bench(
             _write_seed_record(record, seeded, runs[seed])
     first = runs[seeds[0]]
     variants: dict[str, Any] = {}
-    for variant, scores in first.variants.items():
+    # seeds may differ in their rows (a level dropped, or no group level left, for one seed): NaN where absent
+    for variant in dict.fromkeys(variant for s in seeds for variant in runs[s].variants):
+        scores = {s: runs[s].variants.get(variant) for s in seeds}
+        splits = next(found.splits for found in scores.values() if found is not None)
         entry: dict[str, Any] = {
             split: {
-                name: seed_stats([getattr(runs[s].variants[variant].splits[split], field) for s in seeds])
+                name: seed_stats([_seed_figure(scores[s], split, field) for s in seeds])
                 for name, field in _BENCH_FIGURES.items()
             }
-            for split in scores.splits
+            for split in splits
         }
-        entry["threshold"] = [runs[s].variants[variant].threshold for s in seeds]
+        entry["threshold"] = [math.nan if found is None else found.threshold for found in scores.values()]
         variants[variant.name] = entry
 
     def over_seeds(table: str) -> dict[str, dict[str, Any]]:
@@ -330,6 +356,14 @@ def run_bench(
     atomic_write_json(out / "bench.json", strict_json(result))
     atomic_write_text(out / "bench.md", bench_markdown(result))
     return result
+
+
+def _seed_figure(scores: VariantScores | None, split: str, field: str) -> float:
+    """One seed's figure of a row, NaN when the seed has no such row or split."""
+    if scores is None or split not in scores.splits:
+        return math.nan
+    value: float = getattr(scores.splits[split], field)
+    return value
 
 
 def seed_record_path(results: str | Path, config: PipelineConfig, label: str) -> Path:
@@ -429,8 +463,9 @@ def run_preset_bench(
 
     Returns:
         ``{"seeds": [...], "presets": {name: run_bench result}}``; a preset that the data rules out (a
-        ``ValueError``, such as every group level being saturated for ``signal_groups``) is recorded as
-        ``{"error": message}`` and the others still run.
+        ``ValueError``) is recorded as ``{"error": message}`` and the others still run. (A preset whose
+        grouping leaves no group level is not ruled out: it falls back to the baseline, see
+        [`GroupingAdaptation`][hiercam.pipeline.GroupingAdaptation].)
     """
     if not presets:
         raise ConfigError("`presets` is empty; name at least one preset")
@@ -476,6 +511,8 @@ def _preflight(ctx: RunContext, splits: Sequence[str]) -> None:
         raise ConfigError(f"`train.amp` (mixed precision) needs CUDA, but the run would use {ctx.device}")
     check_backbone(config.model)
     check_weights(config.model)  # a missing file or one that does not fit the network, before any training
+    if config.method.grouping_source == "file":
+        load_hierarchy_file(config)  # a missing file or other classes than the dataset's, before any training
     ctx.data("train")  # data problems (a missing folder, a damaged annotation) show before any training
     if config.data.dataset != "fashion_scenes":  # read from disk: a missing split file shows now too
         for split in splits:

@@ -24,12 +24,13 @@ from hiercam.cam import GradCAM, MultiScaleCAM
 from hiercam.grouping import group_classes
 from hiercam.hierarchy import ClassHierarchy, frequent_classes
 from hiercam.losses import TwoBranchLoss
+from hiercam.pipeline.adaptation import GroupingAdaptation
 from hiercam.pipeline.artifacts import digest, load_tensors, read_marker, save_tensors, write_marker
 from hiercam.pipeline.config import ConfigError, DataConfig, ModelConfig, PipelineConfig
 from hiercam.pipeline.data import Split, class_names, load_split, train_loader
 from hiercam.pipeline.distributed import Distributed
-from hiercam.pipeline.keys import ModelKey
-from hiercam.pipeline.networks import build_classifier, build_two_branch
+from hiercam.pipeline.keys import ModelKey, ModelKind
+from hiercam.pipeline.networks import backbone_factory, build_classifier, build_two_branch
 from hiercam.pipeline.results import ExtractedMaps, ModelMaps
 from hiercam.training import fit
 
@@ -40,7 +41,13 @@ __all__ = [
     "train_base",
     "train_ensemble",
     "build_hierarchy",
+    "load_hierarchy_file",
+    "shuffled_control_hierarchy",
+    "train_shuffled_levels",
+    "ensemble_size",
     "train_levels",
+    "train_level_models",
+    "train_level_heads",
     "extract_maps",
 ]
 
@@ -55,7 +62,8 @@ class RunContext:
     """What every stage needs: the config, the run directory, options, and the data (loaded once).
 
     ``cache`` is a folder shared by several runs (e.g. a hyper-parameter sweep): models and CAMs are stored
-    there under their content keys, so runs that need the same model train it once.
+    there under their content keys, so runs that need the same model train it once. ``grouping`` is set by
+    ``build_hierarchy``: how the grouping adapted (the run's result records it).
     """
 
     config: PipelineConfig
@@ -66,6 +74,7 @@ class RunContext:
     cache: Path | None = None
     dist: Distributed = field(default_factory=Distributed.current)
     timings: dict[str, float] = field(default_factory=dict)
+    grouping: GroupingAdaptation | None = None
     _data: dict[str, Split] = field(default_factory=dict)
 
     @property
@@ -277,35 +286,69 @@ def train_base(ctx: RunContext) -> TrainedModel:
     return _train(ctx, ModelKey("base"), model, {"kind": "single"})
 
 
-def train_ensemble(ctx: RunContext) -> TrainedModel:
-    """The ensemble control's second model: the base classifier's recipe, trained independently.
+def train_ensemble(ctx: RunContext, index: int = 1) -> TrainedModel:
+    """An ensemble control's member: the base classifier's recipe, trained independently.
 
     Another initialisation seed and another sample order (its own shuffle seed): with ``base`` it makes two
     independently trained single-branch models, the same training compute as one two-branch model.
+    ``index`` (>= 1) numbers the members beside the base classifier, for controls of more models (member 1
+    is the pipeline's ``ensemble`` model).
     """
+    if isinstance(index, bool) or not isinstance(index, int) or index < 1:
+        raise ValueError(f"`index` must be an integer >= 1, got {index!r}")
     config = ctx.config
     num_classes = len(class_names(config))
-    seed = _model_seed(config, 1)
+    seed = _model_seed(config, 1 if index == 1 else 30 + index)
     model = build_classifier(config.model, num_classes, seed, input_norm=config.data.input_norm)
-    return _train(
+    # trained under the name "ensemble" (the cache key of member 1 and of earlier versions), then numbered
+    trained = _train(
         ctx, ModelKey("ensemble"), model, {"kind": "single", "shuffle_seed": seed}, shuffle_seed=seed
     )
+    return dataclasses.replace(trained, identity=ModelKey("ensemble", member=index))
 
 
-def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy, str]:
+def ensemble_size(config: PipelineConfig, hierarchy: ClassHierarchy | None) -> int:
+    """The models of the ensemble control, the base classifier included: as many as the method trains.
+
+    With ``method.branches = 1``: the base classifier and one per group level of ``hierarchy``; with
+    ``branches = 2``: two (the training compute of one two-branch model, as the paper's control). At least
+    two (the grouping may have left no group level).
+
+    Example:
+        >>> from hiercam.hierarchy import ClassHierarchy
+        >>> h = ClassHierarchy([[0, 0, 1, 1, 2], [0, 0, 0, 0, 1]])
+        >>> single = PipelineConfig().replace(method__branches=1)
+        >>> ensemble_size(single, h), ensemble_size(PipelineConfig(), h)
+        (3, 2)
+    """
+    if config.method.branches == 2 or hierarchy is None:
+        return 2
+    return max(2, hierarchy.num_levels)
+
+
+def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy | None, str]:
     """Stage 1b: class vectors of the base classifier, hierarchical K-means; ``hierarchy.json``.
 
     With ``method.max_class_presence`` the classes present in more than that fraction of the training
     images are kept out of the grouping (their own group at every level, see
     [`frequent_classes`][hiercam.frequent_classes]); the levels that would have no more groups than there
-    are such classes are left out (logged). With ``method.max_group_presence`` the saturated levels are
-    then dropped.
+    are such classes are left out (logged). When that would leave none, every level gets as many more
+    groups as there are kept-out classes (the kept-out classes alone, and the groups asked for the others),
+    as long as that stays below the number of classes.
 
-    Returns the hierarchy and its key. Also writes ``hierarchy.txt`` (the tree with group sizes) and the
-    fraction of training images in which each group is present (``hierarchy_presence.json``).
+    With ``method.max_group_presence`` the saturated groups are split first
+    ([`split_saturated_groups`][hiercam.ClassHierarchy.split_saturated_groups]: a group present in more
+    than that fraction of the training images is cut into halves of its children, and a level left with
+    the groups of the level below is removed), then the levels still saturated (a class alone in more than
+    that fraction) are dropped.
 
-    Raises:
-        ConfigError: no group level is left (naming the key that removed them all).
+    When no group level is left, the run falls back to the baseline: the hierarchy is ``None``, no level
+    model is trained, and the method's Eq. 6 rows are the baseline maps. What adapted, and why, is logged
+    and set as ``ctx.grouping`` (a [`GroupingAdaptation`][hiercam.pipeline.GroupingAdaptation]).
+
+    Returns the hierarchy (or ``None``) and its key. Also writes ``hierarchy.txt`` (the tree with group sizes,
+    or why there is none) and the fraction of training images in which each group is present
+    (``hierarchy_presence.json``).
     """
     config, method = ctx.config, ctx.config.method
     parts: dict[str, Any] = {
@@ -318,18 +361,89 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
     }
     if method.max_class_presence is not None:  # left out when unset: hierarchies of earlier runs stay valid
         parts["max_class_presence"] = method.max_class_presence
+    if method.max_group_presence is not None:  # saturated groups are split before levels are dropped
+        parts["saturated_groups"] = "split"
+    from_file = load_hierarchy_file(config) if method.grouping_source == "file" else None
+    if method.grouping_source != "fc":  # left out for "fc": hierarchies of earlier runs stay valid
+        parts["grouping_source"] = method.grouping_source
+        if from_file is not None:
+            parts["hierarchy_file"] = from_file.to_dict()
     key = digest(parts)
     path, marker_path = ctx.out / "hierarchy.json", ctx.out / "hierarchy.marker.json"
     ctx.dist.barrier()
-    if not ctx.force and read_marker(marker_path, key) is not None and path.is_file():
-        return ClassHierarchy.load(path), key
+    if not ctx.force:
+        done = _built_hierarchy(path, marker_path, key)
+        if done is not None:
+            hierarchy, ctx.grouping = done
+            return hierarchy, key
     if not ctx.dist.is_main:  # rank 0 builds it; the others read it
         ctx.dist.barrier()
-        return ClassHierarchy.load(path), key
+        done = _built_hierarchy(path, marker_path, key)
+        if done is None:
+            raise ValueError(f"{marker_path}: rank 0 wrote no hierarchy for this run")
+        hierarchy, ctx.grouping = done
+        return hierarchy, key
     targets = ctx.data("train").labels
     names = class_names(config)
-    singletons, levels = _kept_out(method.max_class_presence, method.levels, targets, names, ctx.log)
-    hierarchy = group_classes(
+    if from_file is not None:  # the file's levels and kept-out classes, as they are
+        singletons, levels, reason = list(from_file.singletons), from_file.level_sizes[1:], None
+    else:
+        singletons, levels, reason = _kept_out(
+            method.max_class_presence, method.levels, targets, names, ctx.log
+        )
+    grouping = GroupingAdaptation(
+        names,
+        method.levels if from_file is None else levels,
+        levels,
+        tuple(singletons),
+        method.max_class_presence,
+        method.max_group_presence,
+        fallback=reason,
+    )
+    hierarchy = None
+    if levels:
+        hierarchy = from_file or _group(ctx, base, levels, names, singletons, targets)
+        if method.max_group_presence is not None:
+            hierarchy, grouping = _split_and_drop(hierarchy, targets, grouping)
+    for note in grouping.saturation_notes():
+        ctx.log(f"  {note}")
+    from hiercam._io import atomic_write_json, atomic_write_text
+
+    if hierarchy is None:
+        for stale in (path, ctx.out / "hierarchy_presence.json"):  # of an earlier run in the same folder
+            stale.unlink(missing_ok=True)
+        atomic_write_text(ctx.out / "hierarchy.txt", f"no group level: {grouping.fallback}\n")
+    else:
+        hierarchy.save(path)
+        presence = {
+            str(level): hierarchy.remap_labels(targets, level).float().mean(0).tolist()
+            for level in range(1, hierarchy.num_levels)
+        }
+        atomic_write_text(ctx.out / "hierarchy.txt", str(hierarchy) + "\n")
+        atomic_write_json(ctx.out / "hierarchy_presence.json", presence)
+    write_marker(marker_path, key, {"grouping": grouping.to_json()})
+    ctx.grouping = grouping
+    ctx.dist.barrier()
+    return hierarchy, key
+
+
+def _group(
+    ctx: RunContext,
+    base: TrainedModel,
+    levels: tuple[int, ...],
+    names: tuple[str, ...],
+    singletons: list[int],
+    targets: Tensor,
+) -> ClassHierarchy:
+    """Hierarchical K-means of the class vectors of ``method.grouping_source`` (``"fc"`` or co-occurrence)."""
+    config, method = ctx.config, ctx.config.method
+    if method.grouping_source == "cooccurrence":
+        from hiercam.grouping import HierarchicalKMeans
+        from hiercam.grouping_sources import cooccurrence_embeddings
+
+        kmeans = HierarchicalKMeans(levels, singletons=singletons, unit_norm=True, random_state=config.seed)
+        return kmeans.fit(cooccurrence_embeddings(targets), names)
+    return group_classes(
         base.model,
         levels,
         names,
@@ -338,37 +452,92 @@ def build_hierarchy(ctx: RunContext, base: TrainedModel) -> tuple[ClassHierarchy
         random_state=config.seed,
         singletons=singletons,
     )
-    if method.max_group_presence is not None:
-        try:
-            hierarchy = hierarchy.drop_saturated_levels(targets, method.max_group_presence)
-        except ValueError as error:  # the only error left after config validation; name the config key
-            limit = method.max_group_presence
-            frequent = [names[c] for c in frequent_classes(targets, limit) if c not in singletons]
-            hint = (
-                f"; {', '.join(map(repr, frequent))} alone "
-                f"{'is' if len(frequent) == 1 else 'are'} in more than {limit:.0%} of them: keep "
-                f"{'it' if len(frequent) == 1 else 'them'} out of the grouping with "
-                "`method.max_class_presence`"
-                if frequent
-                else ""
-            )
-            raise ConfigError(
-                f"`method.max_group_presence` = {limit} drops every group level: every group level has a "
-                f"group present in more than {limit:.0%} of the images (raise `method.max_group_presence`)"
-                + hint
-            ) from error
-    hierarchy.save(path)
-    presence = {
-        str(level): hierarchy.remap_labels(targets, level).float().mean(0).tolist()
-        for level in range(1, hierarchy.num_levels)
-    }
-    from hiercam._io import atomic_write_json, atomic_write_text
 
-    atomic_write_text(ctx.out / "hierarchy.txt", str(hierarchy) + "\n")
-    atomic_write_json(ctx.out / "hierarchy_presence.json", presence)
-    write_marker(marker_path, key, {})
-    ctx.dist.barrier()
-    return hierarchy, key
+
+def load_hierarchy_file(config: PipelineConfig) -> ClassHierarchy:
+    """The hierarchy of ``method.hierarchy_file``, checked against the dataset's classes.
+
+    Raises:
+        ConfigError: naming ``method.hierarchy_file``, when it is not set, cannot be read, is not a
+            hierarchy JSON, or its class names are not the dataset's (in the dataset's order).
+    """
+    file = config.method.hierarchy_file
+    if file is None:
+        raise ConfigError("`method.hierarchy_file` is not set (`method.grouping_source` 'file' needs it)")
+    try:
+        hierarchy = ClassHierarchy.load(file)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"`method.hierarchy_file`: unreadable {file!r}: {error}") from None
+    names = class_names(config)
+    if hierarchy.class_names != names:
+        raise ConfigError(
+            f"`method.hierarchy_file` {file!r} holds the classes {list(hierarchy.class_names)}, but the "
+            f"dataset's classes are {list(names)}"
+        )
+    if hierarchy.num_levels < 2:
+        raise ConfigError(f"`method.hierarchy_file` {file!r} has no group level (only the classes)")
+    return hierarchy
+
+
+def _built_hierarchy(
+    path: Path, marker_path: Path, key: str
+) -> tuple[ClassHierarchy | None, GroupingAdaptation] | None:
+    """The hierarchy and its record of a completed stage with ``key``; ``None`` when it is to be built.
+
+    Markers of versions that did not record the adaptation are redone (the grouping is cheap).
+    """
+    marker = read_marker(marker_path, key)
+    if marker is None or not isinstance(marker.get("grouping"), dict):
+        return None
+    try:
+        grouping = GroupingAdaptation.from_json(marker["grouping"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{marker_path}: the step marker's `grouping` is damaged ({error}); delete it to redo the step"
+        ) from None
+    if grouping.fallback is not None:
+        return None, grouping
+    if not path.is_file():
+        return None
+    return ClassHierarchy.load(path), grouping
+
+
+def _split_and_drop(
+    hierarchy: ClassHierarchy, labels: Tensor, grouping: GroupingAdaptation
+) -> tuple[ClassHierarchy | None, GroupingAdaptation]:
+    """Split the saturated groups, then drop the levels still saturated (``method.max_group_presence``)."""
+    limit = grouping.max_group_presence
+    if limit is None:
+        return hierarchy, grouping
+    result = hierarchy.saturated_splits(labels, limit)
+    grouping = dataclasses.replace(grouping, splits=result.splits, removed_levels=result.removed_levels)
+    if result.hierarchy is None:
+        reason = (
+            f"once the groups present in more than {limit:.0%} of the training images were split, every "
+            "level held the same groups as the level below it (every class alone)"
+        )
+        return None, dataclasses.replace(grouping, fallback=reason)
+    survivors = [level for level in range(1, hierarchy.num_levels) if level not in result.removed_levels]
+    try:
+        kept = result.hierarchy.drop_saturated_levels(labels, limit)
+    except ValueError:  # every level saturated by a class alone (labels were checked by the split)
+        names, alone = hierarchy.class_names, set(hierarchy.singletons)
+        frequent = [names[c] for c in frequent_classes(labels, limit) if c not in alone]
+        one = len(frequent) == 1
+        reason = f"after splitting, every level still has a group present in more than {limit:.0%} of the "
+        reason += "training images" + (
+            f": {', '.join(map(repr, frequent))} alone {'is' if one else 'are'} in more than {limit:.0%} of "
+            f"them; keep {'it' if one else 'them'} out of the grouping with `method.max_class_presence`"
+            if frequent
+            else ""
+        )
+        return None, dataclasses.replace(grouping, dropped_levels=tuple(survivors), fallback=reason)
+    dropped = tuple(
+        level
+        for new, level in enumerate(survivors, start=1)
+        if result.hierarchy.num_groups(new) not in kept.level_sizes
+    )
+    return kept, dataclasses.replace(grouping, dropped_levels=dropped)
 
 
 def _kept_out(
@@ -377,34 +546,72 @@ def _kept_out(
     labels: Tensor,
     names: tuple[str, ...],
     log: Callable[[str], None],
-) -> tuple[list[int], tuple[int, ...]]:
-    """The classes kept out of the grouping (``method.max_class_presence``) and the levels that remain."""
+) -> tuple[list[int], tuple[int, ...], str | None]:
+    """The classes kept out of the grouping (``method.max_class_presence``), the levels, and why none is left.
+
+    A level needs more groups than the kept-out classes. When no level of ``levels`` has, each gets as many
+    more groups as there are kept-out classes (below the number of classes): the kept-out classes alone
+    beside the groups asked for the others. The third value is ``None``, or why no level is possible.
+    """
     if limit is None:
-        return [], levels
+        return [], levels, None
     singletons = frequent_classes(labels, limit)
     if not singletons:
-        return [], levels
-    kept = tuple(n for n in levels if n > len(singletons))
+        return [], levels, None
+    count = len(singletons)
+    kept = tuple(n for n in levels if n > count)
     shown = ", ".join(f"{names[c]} ({float(labels[:, c].float().mean()):.0%})" for c in singletons)
     log(f"  kept out of the grouping (in more than {limit:.0%} of the training images): {shown}")
     if not kept:
-        raise ConfigError(
-            f"`method.max_class_presence` = {limit} keeps {len(singletons)} classes out of the grouping "
-            f"({shown}), and every level of `method.levels` {list(levels)} has no more groups than that: "
-            "raise `method.max_class_presence` or the group counts"
+        kept = tuple(n + count for n in levels if n + count < len(names))
+        if not kept:
+            others = len(names) - count
+            return (
+                singletons,
+                (),
+                f"`method.max_class_presence` = {limit} keeps {count} of the {len(names)} classes out of the "
+                f"grouping, which leaves {others} {'class' if others == 1 else 'classes'} to group: too few "
+                f"for any level of `method.levels` {list(levels)} beside them",
+            )
+        log(
+            f"  levels {list(levels)} -> {list(kept)}: every level had no more groups than the {count} "
+            f"kept-out classes; each gets {count} more (the kept-out classes alone, and the groups asked for "
+            "the others)"
         )
-    if kept != levels:
+    elif kept != levels:
         log(f"  levels {list(levels)} -> {list(kept)}: a level needs more groups than the kept-out classes")
-    return singletons, kept
+    return singletons, kept, None
 
 
 def train_levels(
-    ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str
+    ctx: RunContext, hierarchy: ClassHierarchy | None, hierarchy_key: str
 ) -> dict[ModelKey, TrainedModel]:
     """Stage 2: a two-branch model per level (0 = classes), and single-branch level models (ablation).
 
-    With ``method.branches = 1`` no two-branch model is trained: only the single-branch level models.
+    With ``method.branches = 1`` no two-branch model is trained: only the single-branch level models. Without
+    a hierarchy (the grouping left no group level: see ``build_hierarchy``) no model is trained.
     """
+    if hierarchy is None:
+        return {}
+    config, method = ctx.config, ctx.config.method
+    trained: dict[ModelKey, TrainedModel] = {}
+    for level in range(hierarchy.num_levels):
+        level_key = {"hierarchy": hierarchy_key if level else None}
+        if method.branches == 1:
+            if level > 0:
+                trained.update(_train_single_level(ctx, hierarchy, level, level_key))
+            continue
+        two_branch = _train_two_branch_level(ctx, hierarchy, level, level_key)
+        trained[two_branch.identity] = two_branch
+        if config.ablation and level > 0:
+            trained.update(_train_single_level(ctx, hierarchy, level, level_key))
+    return trained
+
+
+def _train_two_branch_level(
+    ctx: RunContext, hierarchy: ClassHierarchy, level: int, level_key: dict[str, Any]
+) -> TrainedModel:
+    """The two-branch model of the groups of ``level``, trained with the orthogonal loss."""
     config, method = ctx.config, ctx.config.method
     # DDP averages the processes' gradients: a sum over each process's share of the batch would weigh the
     # orthogonal term by weight / world; weight * world gives exactly the gradient of one process on the
@@ -416,37 +623,99 @@ def train_levels(
         "normalize": method.orthogonal_unit_norm,
         "mode": method.orthogonal_mode,
     }
-    trained: dict[ModelKey, TrainedModel] = {}
-    for level in range(hierarchy.num_levels):
-        groups = hierarchy.num_groups(level)
-        level_key = {"hierarchy": hierarchy_key if level else None}
-        if method.branches == 1:
-            if level > 0:
-                trained.update(_train_single_level(ctx, hierarchy, level, level_key))
-            continue
-        pair = build_two_branch(
-            config.model, groups, _model_seed(config, 10 + level), input_norm=config.data.input_norm
-        )
-        heads = pair.classifier_heads() if method.orthogonal_mode == "cam" else None
-        loss = TwoBranchLoss(
-            weight=weight,
-            reduction=method.orthogonal_reduction,
-            unit_norm=method.orthogonal_unit_norm,
-            mode=method.orthogonal_mode,
-            heads=heads,
-        )
-        identity = ModelKey("two_branch", level)
-        trained[identity] = _train(
-            ctx,
-            identity,
-            pair,
-            {"kind": "two_branch", **loss_key, **level_key},
-            loss=loss,
-            hierarchy=hierarchy,
-        )
-        if config.ablation and level > 0:
-            trained.update(_train_single_level(ctx, hierarchy, level, level_key))
-    return trained
+    pair = build_two_branch(
+        config.model,
+        hierarchy.num_groups(level),
+        _model_seed(config, 10 + level),
+        input_norm=config.data.input_norm,
+    )
+    heads = pair.classifier_heads() if method.orthogonal_mode == "cam" else None
+    loss = TwoBranchLoss(
+        weight=weight,
+        reduction=method.orthogonal_reduction,
+        unit_norm=method.orthogonal_unit_norm,
+        mode=method.orthogonal_mode,
+        heads=heads,
+    )
+    identity = ModelKey("two_branch", level)
+    key = {"kind": "two_branch", **loss_key, **level_key}
+    return _train(ctx, identity, pair, key, loss=loss, hierarchy=hierarchy)
+
+
+def shuffled_control_hierarchy(
+    config: PipelineConfig, hierarchy: ClassHierarchy | None
+) -> ClassHierarchy | None:
+    """The hierarchy of the shuffled control: ``shuffled_hierarchy(hierarchy, seed=config.seed)``.
+
+    ``None`` when ``config.shuffled_control`` is off or there is no hierarchy (the grouping fell back).
+    """
+    if not config.shuffled_control or hierarchy is None:
+        return None
+    from hiercam.grouping_agreement import shuffled_hierarchy
+
+    return shuffled_hierarchy(hierarchy, seed=config.seed)
+
+
+def train_shuffled_levels(ctx: RunContext, hierarchy: ClassHierarchy | None) -> dict[ModelKey, TrainedModel]:
+    """The shuffled control's level models (``PipelineConfig.shuffled_control``), keyed ``shuffled_*``.
+
+    The method's level models (levels >= 1) trained again on
+    ``shuffled_control_hierarchy``: two-branch models
+    with ``method.branches = 2``, single-branch ones (``train_level_models``) with ``branches = 1``. Their
+    cache keys hold the shuffled hierarchy's digest as ``hierarchy``, so they never meet the real
+    hierarchy's models. The level-0 model (the base classifier, or the level-0 two-branch model) does not
+    depend on the hierarchy and is shared with the method. Empty when the control is off or there is no
+    hierarchy.
+    """
+    shuffled = shuffled_control_hierarchy(ctx.config, hierarchy)
+    if shuffled is None:
+        return {}
+    key = digest(shuffled.to_dict())
+    if ctx.config.method.branches == 1:
+        models = train_level_models(ctx, shuffled, key)
+    else:
+        models = [
+            _train_two_branch_level(ctx, shuffled, level, {"hierarchy": key})
+            for level in range(1, shuffled.num_levels)
+        ]
+    renamed = {}
+    for model in models:
+        kind: ModelKind = "shuffled_single" if model.identity.kind == "single" else "shuffled_two_branch"
+        identity = ModelKey(kind, model.identity.level)
+        renamed[identity] = dataclasses.replace(model, identity=identity)
+    return renamed
+
+
+def train_level_models(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str) -> list[TrainedModel]:
+    """A single-branch classifier of the groups of every level >= 1 of ``hierarchy``, in level order.
+
+    ``hierarchy_key`` identifies the hierarchy in the models' cache keys (any hierarchy: the run's own, a
+    shuffled control, one from another grouping source).
+    """
+    return [
+        model
+        for level in range(1, hierarchy.num_levels)
+        for model in _train_single_level(ctx, hierarchy, level, {"hierarchy": hierarchy_key}).values()
+    ]
+
+
+def train_level_heads(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key: str) -> TrainedModel:
+    """One [`LevelHeadsNet`][hiercam.models.LevelHeadsNet]: each level's classifier as a head of one backbone.
+
+    Trained with [`LevelHeadsLoss`][hiercam.losses.LevelHeadsLoss] (the sum of every level's BCE) on the
+    base classifier's recipe: the hierarchy at the training cost of one model.
+    """
+    from hiercam.losses import LevelHeadsLoss
+    from hiercam.models import LevelHeadsNet
+
+    config = ctx.config
+    with torch.random.fork_rng():
+        torch.manual_seed(_model_seed(config, 40))
+        features = backbone_factory(config.model, config.data.input_norm)()
+        net = LevelHeadsNet(features, hierarchy)
+    identity = ModelKey("single", 0)
+    key = {"kind": "level_heads", "hierarchy": hierarchy_key}
+    return _train(ctx, identity, net, key, loss=LevelHeadsLoss(hierarchy), hierarchy=hierarchy)
 
 
 def _train_single_level(
@@ -468,7 +737,7 @@ def extract_maps(
     ctx: RunContext,
     models: dict[ModelKey, TrainedModel],
     split: str,
-    hierarchy: ClassHierarchy,
+    hierarchy: ClassHierarchy | None,
 ) -> ExtractedMaps:
     """Stage 3: Grad-CAMs of every model for every image of ``split`` at feature resolution, and logits.
 
@@ -484,7 +753,8 @@ def extract_maps(
     plain pass at the input size: the refinement changes the maps only.
 
     With ``method.softmax_over_labels`` every model explains the log-softmax over each image's labelled
-    classes (for a level model: its groups in ``hierarchy``).
+    classes (for a level model: its groups in ``hierarchy``, for the shuffled control's level models in the
+    shuffled hierarchy; ``None`` when there is no level model).
     """
     parts: dict[str, Any] = {
         "models": {m.identity.name: m.content_key for m in models.values()},
@@ -512,6 +782,7 @@ def extract_maps(
 
     labels = gather([labels for _, _, labels, _, _ in data.batches(64, shard)])
     batch = _extraction_batch(scales, ctx.config.method.flip)
+    shuffled = shuffled_control_hierarchy(ctx.config, hierarchy)
     enlarge = 1.0 if scales is None else max(1.0, *scales)  # maps at the largest scale's feature size
     extracted: dict[ModelKey, ModelMaps] = {}
     progress = Progress(
@@ -529,10 +800,11 @@ def extract_maps(
             images = images.to(ctx.device, non_blocking=True)
             present = None
             if softmax_over:
-                level = identity.level
-                present = (hierarchy.remap_labels(image_labels, level) if level else image_labels).to(
-                    ctx.device
-                )
+                level, present = identity.level, image_labels
+                groups = shuffled if identity.kind.startswith("shuffled_") else hierarchy
+                if level and groups is not None:
+                    present = groups.remap_labels(image_labels, level)
+                present = present.to(ctx.device)
             cams = extractor(images, size="feature", normalize=None, softmax_over=present)
             if extractor.logits is not None:
                 logits.append(extractor.logits.float().cpu())
