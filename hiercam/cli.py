@@ -28,6 +28,7 @@ PRESET_NAMES = (
     "refined",
     "prototype",
     "prototype_siblings",
+    "level_heads",
     "recommended",
 )
 PRESET_HELP = f"method settings: {', '.join(PRESET_NAMES)} (default: paper; see docs/benchmarks.md)"

@@ -113,6 +113,7 @@ def _validate_inference(config: PipelineConfig) -> None:
             "`method.choose_fusion_weights` tunes the fusion of the two-branch models (row `full_tuned`), "
             "but `method.branches` = 1 trains none: set one of them"
         )
+    _validate_level_heads(config)
     scales = config.method.multiscale
     if scales is not None:
         if not scales:
@@ -129,6 +130,33 @@ def _validate_inference(config: PipelineConfig) -> None:
         raise ConfigError(
             f"`evaluation.faithfulness_steps` must be >= 1, got {evaluation.faithfulness_steps}"
         )
+
+
+def _validate_level_heads(config: PipelineConfig) -> None:
+    """``method.level_heads`` needs ``method.branches = 1`` and the plain Grad-CAM pass.
+
+    Its maps come from one Grad-CAM pass over every head (``level_heads_maps``), which has no multi-scale,
+    mirrored or softmax-over-labels form.
+    """
+    method = config.method
+    if not method.level_heads:
+        return
+    if method.branches != 1:
+        raise ConfigError(
+            "`method.level_heads` replaces the single-branch level models and needs `method.branches` = 1, "
+            f"got `method.branches` = {method.branches}"
+        )
+    refused = {
+        "method.multiscale": method.multiscale is not None,
+        "method.flip": method.flip,
+        "method.softmax_over_labels": method.softmax_over_labels,
+    }
+    for key, set_ in refused.items():
+        if set_:
+            raise ConfigError(
+                f"`method.level_heads` has no {key.split('.')[1]} form of its maps (one Grad-CAM pass over "
+                f"every head): leave `{key}` unset"
+            )
 
 
 def validate(config: PipelineConfig) -> None:

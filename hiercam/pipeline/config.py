@@ -211,6 +211,14 @@ class MethodConfig:
             context prototypes); ``"siblings"``: the context also holds the class prototypes of the class's
             siblings at hierarchy level 1; ``"others"``: the context also holds the class prototypes of
             every other class.
+        level_heads: with ``branches = 1`` only: instead of one single-branch classifier per group level,
+            train one [`LevelHeadsNet`][hiercam.models.LevelHeadsNet] (one shared backbone, one linear head
+            per hierarchy level, trained with [`LevelHeadsLoss`][hiercam.losses.LevelHeadsLoss]) and make
+            the method's Eq. 6 from its heads: the level-0 head's maps as ``M0``, the other heads' as the
+            level maps (row ``heads``, which replaces ``grouping``). The hierarchy is still built from the
+            base classifier, which stays the baseline. Its maps are one Grad-CAM pass per image
+            ([`level_heads_maps`][hiercam.cam.level_heads_maps]), so ``multiscale``, ``flip`` and
+            ``softmax_over_labels`` are refused with it.
     """
 
     levels: tuple[int, ...] = (4, 2)
@@ -235,6 +243,7 @@ class MethodConfig:
     grouping_source: Literal["fc", "cooccurrence", "file"] = "fc"
     hierarchy_file: str | None = None
     prototype_context: Literal["none", "own", "siblings", "others"] = "none"
+    level_heads: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,10 +278,12 @@ class PipelineConfig:
             Grad-CAMs of the base classifier and of these averaged, as many single-branch models as the method
             trains: with ``method.branches = 1`` the base and one per group level (3 models for levels
             ``[4, 2]``), with ``method.branches = 2`` two (the training compute of one two-branch model);
-            two when the grouping left no group level.
+            two when the grouping left no group level, and two with ``method.level_heads`` (whose method
+            trains one model beside the base classifier).
         shuffled_control: also retrain the method's level models on a shuffled hierarchy
             ([`shuffled_hierarchy`][hiercam.shuffled_hierarchy] with ``seed``: the same group sizes, the
-            classes placed at random), two-branch or single-branch as ``method.branches`` says, and report
+            classes placed at random), two-branch or single-branch as ``method.branches`` says (one
+            ``LevelHeadsNet`` with ``method.level_heads``), and report
             their Eq. 6 fusion (row ``shuffled``, fused like the method's row). It tells whether the
             grouping's content, not the extra models, makes the method's gain. Off by default (it trains
             the level models again); on in ``bench_config()`` and the benchmark configs.

@@ -59,7 +59,7 @@ from hiercam.pipeline.results import (
     ThresholdCurve,
     VariantScores,
 )
-from hiercam.pipeline.stages import RunContext, TrainedModel, shuffled_control_hierarchy
+from hiercam.pipeline.stages import RunContext, TrainedModel, shuffled_control_hierarchy, split_level_heads
 
 __all__ = [
     "FUSION_GRID",
@@ -84,6 +84,7 @@ FUSION_GRID: tuple[tuple[float, float, float], ...] = tuple(
 Weights = Mapping[Variant, tuple[float, float, float]]
 
 _BASE, _TWO_BRANCH_0 = ModelKey("base"), ModelKey("two_branch", 0)
+_HEADS, _SHUFFLED_HEADS = ModelKey("level_heads"), ModelKey("shuffled_level_heads")
 _FIGURE_SCENES = 8
 
 
@@ -93,12 +94,15 @@ def variants_of(config: PipelineConfig, hierarchy: ClassHierarchy | None) -> lis
     The single-branch rows need ``config.ablation``, the ensemble control ``config.ensemble``, the
     shuffled-hierarchy control (``shuffled``, after the method's rows) ``config.shuffled_control``, the
     prototype row a ``method.prototype_context`` other than ``"none"``; with ``method.branches = 1`` the
-    method is ``grouping`` (there is no two-branch model). Without a hierarchy (the grouping fell back: no
-    level model) there is no ``two_branch`` row and no level row, and the Eq. 6 rows (``shuffled`` included)
-    are the baseline maps.
+    method is ``grouping`` (there is no two-branch model), and with ``method.level_heads`` it is ``heads``
+    (Eq. 6 over one ``LevelHeadsNet``'s heads; no ``grouping`` row: no single-branch level model). Without
+    a hierarchy (the grouping fell back: no level model) there is no ``two_branch`` row and no level row,
+    and the Eq. 6 rows (``shuffled`` and ``heads`` included) are the baseline maps.
     """
-    if config.method.branches == 1:
-        kinds: tuple[str, ...] = ("baseline", "grouping")
+    if config.method.level_heads:
+        kinds: tuple[str, ...] = ("baseline", "heads")
+    elif config.method.branches == 1:
+        kinds = ("baseline", "grouping")
     elif config.ablation:
         kinds = ("baseline", "two_branch", "grouping", "full")
     else:
@@ -149,7 +153,9 @@ def variant_maps(
     ``labels`` are the ``(B, K)`` labels of those images; ``weights`` the fusion weights ``(a, b, c)`` of the
     fused variants (default: the paper's ``(1, 1, 1)``). Without a hierarchy the fused variants are the base
     maps (no group level to fuse). ``shuffled`` is the shuffled control's hierarchy (variant ``shuffled``:
-    Eq. 6 over the ``shuffled_*`` level models, with the method's level-0 model). The ``ensemble`` variant
+    Eq. 6 over the ``shuffled_*`` level models, with the method's level-0 model, or over the heads of the
+    ``shuffled_level_heads`` model). The ``heads`` variant is Eq. 6 over the heads of the ``level_heads``
+    model (its level-0 head's maps as the base maps). The ``ensemble`` variant
     averages the base classifier's maps and those of every ``ensemble`` member in ``extracted``; the
     ``prototype`` variant is ``extracted.prototype``. Every map is upsampled to ``size`` (bilinear) and
     max-normalised first.
@@ -161,6 +167,10 @@ def variant_maps(
         if key not in cache:
             cache[key] = _upsample(extracted.models[key].maps[rows], size)
         return cache[key]
+
+    def heads(key: ModelKey, groups: ClassHierarchy) -> tuple[Tensor, list[Tensor]]:
+        """A level-heads model's base and level maps, each max-normalised on its own as ``get``'s."""
+        return split_level_heads(get(key), groups)
 
     for variant in variants:
         if variant.kind == "baseline":
@@ -177,11 +187,18 @@ def variant_maps(
         elif variant.kind == "shuffled" and hierarchy is not None:
             if shuffled is None:
                 raise ValueError("the `shuffled` variant needs the shuffled hierarchy (`shuffled`)")
+            weight = weights.get(variant, (1.0, 1.0, 1.0))
+            if _SHUFFLED_HEADS in extracted.models:
+                base, level_maps = heads(_SHUFFLED_HEADS, shuffled)
+                yield (
+                    variant,
+                    fuse_hierarchy(base, level_maps, shuffled, labels, rest_reduction=rest, weights=weight),
+                )
+                continue
             single = ModelKey("shuffled_single", 1) in extracted.models
             base = get(_BASE if single else _TWO_BRANCH_0)
             control: ModelKind = "shuffled_single" if single else "shuffled_two_branch"
             level_maps = [get(ModelKey(control, level)) for level in range(1, shuffled.num_levels)]
-            weight = weights.get(variant, (1.0, 1.0, 1.0))
             yield (
                 variant,
                 fuse_hierarchy(base, level_maps, shuffled, labels, rest_reduction=rest, weights=weight),
@@ -190,17 +207,27 @@ def variant_maps(
             if hierarchy is None:  # the grouping fell back: no group level to fuse
                 yield variant, get(_BASE)
                 continue
+            weight = weights.get(variant, (1.0, 1.0, 1.0))
+            if variant.kind == "heads":
+                base, level_maps = heads(_HEADS, hierarchy)
+                yield (
+                    variant,
+                    fuse_hierarchy(base, level_maps, hierarchy, labels, rest_reduction=rest, weights=weight),
+                )
+                continue
             single = variant.kind == "grouping"
             base = get(_BASE if single else _TWO_BRANCH_0)
             kind: ModelKind = "single" if single else "two_branch"
             level_maps = [get(ModelKey(kind, level)) for level in range(1, hierarchy.num_levels)]
-            weight = weights.get(variant, (1.0, 1.0, 1.0))
             yield (
                 variant,
                 fuse_hierarchy(base, level_maps, hierarchy, labels, rest_reduction=rest, weights=weight),
             )
         elif hierarchy is not None:
             level = int(variant.level or 0)
+            if _HEADS in extracted.models:  # `method.level_heads`: the head of that level
+                yield variant, heads(_HEADS, hierarchy)[1][level - 1][:, hierarchy.assignments(level)]
+                continue
             model = ModelKey("two_branch", level)
             if model not in extracted.models:  # `method.branches` = 1: the single-branch level model
                 model = ModelKey("single", level)
@@ -441,13 +468,15 @@ def figure_scenes(
     """The first ``count`` scenes of a split with the maps the report's CAM figure shows.
 
     The maps: ``two_branch`` (level 0), every ``level_l``, ``full`` and ``baseline``; with
-    ``method.branches = 1``: ``grouping`` instead of ``full``, and no ``two_branch``; without a hierarchy no
-    ``two_branch`` and no level.
+    ``method.branches = 1``: ``grouping`` (``heads`` with ``method.level_heads``) instead of ``full``, and no
+    ``two_branch``; without a hierarchy no ``two_branch`` and no level.
     """
     count = min(count, len(data))
     rows, images, labels, masks, _ = next(data.batches(count, range(count)))
     size = (int(images.shape[-2]), int(images.shape[-1]))
-    if config.method.branches == 1:
+    if config.method.level_heads:
+        wanted = [Variant("heads"), Variant("baseline")]
+    elif config.method.branches == 1:
         wanted = [Variant("grouping"), Variant("baseline")]
     else:
         wanted = [Variant("two_branch")] * (hierarchy is not None) + [Variant("full"), Variant("baseline")]
@@ -481,7 +510,9 @@ def evaluate(
     started = time.perf_counter()
     variants = variants_of(config, hierarchy)
     weights: dict[Variant, tuple[float, float, float]] = {
-        v: config.method.fusion_weights for v in variants if v.kind in ("grouping", "full", "shuffled")
+        v: config.method.fusion_weights
+        for v in variants
+        if v.kind in ("grouping", "heads", "full", "shuffled")
     }
     fusion = FusionWeights(config.method.fusion_weights)
     if config.method.choose_fusion_weights and hierarchy is not None:  # on validation data only

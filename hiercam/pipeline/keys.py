@@ -13,13 +13,32 @@ from typing import Literal, get_args
 
 __all__ = ["ModelKind", "ModelKey", "VariantKind", "Variant"]
 
-ModelKind = Literal["base", "ensemble", "two_branch", "single", "shuffled_two_branch", "shuffled_single"]
+ModelKind = Literal[
+    "base",
+    "ensemble",
+    "two_branch",
+    "single",
+    "shuffled_two_branch",
+    "shuffled_single",
+    "level_heads",
+    "shuffled_level_heads",
+]
 VariantKind = Literal[
-    "baseline", "ensemble", "two_branch", "grouping", "full", "full_tuned", "shuffled", "prototype", "level"
+    "baseline",
+    "ensemble",
+    "two_branch",
+    "grouping",
+    "heads",
+    "full",
+    "full_tuned",
+    "shuffled",
+    "prototype",
+    "level",
 ]
 
-#: The level-0 single-branch models, named by their kind alone.
-_LEVEL_ZERO_KINDS = ("base", "ensemble")
+#: The models named by their kind alone (level 0: the base classifier, its ensemble partners, and the
+#: level-heads nets, whose level-0 head classifies the ``K`` classes).
+_LEVEL_ZERO_KINDS = ("base", "ensemble", "level_heads", "shuffled_level_heads")
 
 _MODEL_NAME = re.compile(r"(shuffled_two_branch|shuffled_single|two_branch|single)_L(\d+)")
 _ENSEMBLE_NAME = re.compile(r"ensemble_(\d+)")
@@ -35,9 +54,11 @@ class ModelKey:
             trained from another seed: a member of the ensemble control beside ``base``), ``"two_branch"``,
             ``"single"``, or ``"shuffled_two_branch"`` / ``"shuffled_single"`` (a level model of the
             shuffled-hierarchy control: trained on groups of the same sizes with the classes placed at
-            random, see ``PipelineConfig.shuffled_control``).
-        level: hierarchy level whose groups the model classifies (0: the classes; always 0 for ``"base"``
-            and ``"ensemble"``).
+            random, see ``PipelineConfig.shuffled_control``), or ``"level_heads"`` /
+            ``"shuffled_level_heads"`` (one [`LevelHeadsNet`][hiercam.models.LevelHeadsNet] with a head per
+            level of the hierarchy, or of the shuffled one: ``method.level_heads``).
+        level: hierarchy level whose groups the model classifies (0: the classes; always 0 for ``"base"``,
+            ``"ensemble"`` and the level-heads kinds, whose logits in a run are their level-0 head's).
         member: which ensemble member (``>= 1``; ``1`` is the pipeline's first ``ensemble`` model); always 1
             for the other kinds.
 
@@ -77,7 +98,8 @@ class ModelKey:
         """The model's name in files and tables.
 
         ``"base"``, ``"ensemble"``, ``"ensemble_<m>"`` (member ``m`` >= 2), ``"two_branch_L<l>"``,
-        ``"single_L<l>"``, ``"shuffled_two_branch_L<l>"`` or ``"shuffled_single_L<l>"``.
+        ``"single_L<l>"``, ``"shuffled_two_branch_L<l>"``, ``"shuffled_single_L<l>"``, ``"level_heads"`` or
+        ``"shuffled_level_heads"``.
         """
         if self.kind == "ensemble" and self.member != 1:
             return f"ensemble_{self.member}"
@@ -99,7 +121,8 @@ class ModelKey:
         if match is None:
             raise ValueError(
                 f"{name!r} is not a model name ('base', 'ensemble', 'ensemble_<m>', 'two_branch_L<n>', "
-                "'single_L<n>', 'shuffled_two_branch_L<n>' or 'shuffled_single_L<n>')"
+                "'single_L<n>', 'shuffled_two_branch_L<n>', 'shuffled_single_L<n>', 'level_heads' or "
+                "'shuffled_level_heads')"
             )
         return cls(match[1], int(match[2]))  # type: ignore[arg-type]
 
@@ -109,6 +132,7 @@ _DESCRIPTIONS = {
     "ensemble": "ensemble control: independently trained single-branch models averaged",
     "two_branch": "+ orthogonal two-branch only",
     "grouping": "+ grouping only",
+    "heads": "level heads on one backbone: Eq. 6 over one LevelHeadsNet's heads",
     "full": "both: two-branch + grouping, Eq. 6",
     "full_tuned": "both, fusion weights chosen on val",
     "shuffled": "shuffled-hierarchy control: the method's Eq. 6, groups of the same sizes, classes at random",
@@ -127,11 +151,15 @@ class Variant:
       [`average_branch_maps`][hiercam.average_branch_maps] as the two branches are;
     * ``two_branch``: the branch average of the level-0 two-branch model (orthogonal loss only);
     * ``grouping``: Eq. 6 over single-branch models (grouping only);
+    * ``heads``: Eq. 6 over the heads of one [`LevelHeadsNet`][hiercam.models.LevelHeadsNet] (the level-0
+      head's maps as ``M0``, the other heads' as the level maps; ``method.level_heads``, where it is the
+      method's row instead of ``grouping``);
     * ``full``: Eq. 6 over the two-branch models (the paper's method); ``full_tuned``: the same with fusion
       weights chosen on validation data;
-    * ``shuffled``: the method's Eq. 6 (``full``, or ``grouping`` with ``method.branches = 1``) over level
-      models trained on the shuffled hierarchy (the same group sizes, the classes at random: the control that
-      tells whether the grouping's content matters, ``PipelineConfig.shuffled_control``);
+    * ``shuffled``: the method's Eq. 6 (``full``, ``grouping`` with ``method.branches = 1``, ``heads`` with
+      ``method.level_heads``) over level models (or a ``LevelHeadsNet``) trained on the shuffled hierarchy
+      (the same group sizes, the classes at random: the control that tells whether the grouping's content
+      matters, ``PipelineConfig.shuffled_control``);
     * ``prototype``: LPCAM maps of the base classifier (``method.prototype_context``);
     * ``level`` (with ``level`` >= 1): the level model's map of each class's group, alone (a diagnostic).
 
@@ -160,7 +188,7 @@ class Variant:
     @property
     def fused(self) -> bool:
         """Whether the maps are fused with Eq. 6."""
-        return self.kind in ("grouping", "full", "full_tuned", "shuffled")
+        return self.kind in ("grouping", "heads", "full", "full_tuned", "shuffled")
 
     @property
     def description(self) -> str:

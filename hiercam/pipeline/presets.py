@@ -68,6 +68,7 @@ PRESETS: dict[str, Preset] = {
             "softmax_over_labels": False,
             "branches": 2,
             "prototype_context": "none",
+            "level_heads": False,
         },
     ),
     "spatial": Preset(
@@ -125,6 +126,13 @@ PRESETS: dict[str, Preset] = {
         "context set also holds the class prototypes of the class's level-1 siblings in the hierarchy "
         '(`prototype_context = "siblings"`; on MSRC-21 no better than a shuffled hierarchy\'s siblings)',
         {**_SINGLE_BRANCH, "prototype_context": "siblings"},
+    ),
+    "level_heads": Preset(
+        "`single_branch` with the level classifiers as heads of one shared backbone: one LevelHeadsNet "
+        "(a linear head per hierarchy level, trained jointly) instead of one single-branch model per "
+        "level, and Eq. 6 over its heads (row `heads`); the base classifier still builds the hierarchy "
+        "and is the baseline",
+        {**_SINGLE_BRANCH, "level_heads": True},
     ),
     "recommended": Preset(
         "chosen on the validation data of FashionScenes and MSRC-21 (the best worse-dataset gain over "

@@ -74,17 +74,41 @@ def _description(result: RunResult, variant: Variant) -> str:
 def _controls_note(config: PipelineConfig, result: RunResult) -> str:
     """What the control rows and the prototype row are, for the rows the run has."""
     notes = []
+    level_heads = config.method.level_heads
+    if Variant("heads") in result.variants:
+        notes.append(
+            "The level-heads row is Eq. 6 over the heads of one LevelHeadsNet (one backbone, one linear head "
+            "per hierarchy level, trained jointly): its level-0 head's Grad-CAMs are M0, its other heads' "
+            "the level maps."
+        )
     if Variant("ensemble") in result.variants:
         count = 1 + sum(key.kind == "ensemble" for key in result.histories)
-        notes.append(
-            f"The ensemble control averages the Grad-CAMs of {count} single-branch models trained from "
-            f"{count} seeds (as many models as the method trains"
-            + (", the training compute of one two-branch model)." if config.method.branches == 2 else ").")
-        )
+        if level_heads:
+            notes.append(
+                f"The ensemble control averages the Grad-CAMs of {count} single-branch models trained from "
+                f"{count} seeds: the level-heads method trains one model (its LevelHeadsNet) beside the base "
+                "classifier that builds the hierarchy, so the control has the method's training compute."
+            )
+        else:
+            notes.append(
+                f"The ensemble control averages the Grad-CAMs of {count} single-branch models trained from "
+                f"{count} seeds (as many models as the method trains"
+                + (
+                    ", the training compute of one two-branch model)."
+                    if config.method.branches == 2
+                    else ")."
+                )
+            )
     if Variant("shuffled") in result.variants:
-        kind = "two-branch" if config.method.branches == 2 else "single-branch"
+        kind = (
+            "the heads of one LevelHeadsNet"
+            if level_heads
+            else "two-branch level models"
+            if config.method.branches == 2
+            else "single-branch level models"
+        )
         notes.append(
-            f"The shuffled control is the method's Eq. 6 over {kind} level models trained on a shuffled "
+            f"The shuffled control is the method's Eq. 6 over {kind} trained on a shuffled "
             "hierarchy (the same group sizes, the classes placed at random): the method's gain over it is "
             "what the grouping's content adds."
         )
@@ -343,8 +367,9 @@ def _minutes(seconds: float | None) -> str:
 
 FUSED = (Variant("full"), Variant("full_tuned"))
 
-#: The fused rows of a run whose level models are single-branch (``method.branches = 1``).
-SINGLE_BRANCH_FUSED = (Variant("grouping"),)
+#: The fused rows of a run whose level models are single-branch (``method.branches = 1``), or the heads of
+#: one level-heads model (``method.level_heads``): a run has one of them.
+SINGLE_BRANCH_FUSED = (Variant("grouping"), Variant("heads"))
 
 #: The controls shown next to the baseline in ``compare_markdown``.
 CONTROLS = (Variant("ensemble"),)
@@ -389,7 +414,13 @@ def compare_markdown(result: dict[str, Any]) -> str:
         shown = [variant for variant in FUSED if variant in variants]
         if not shown:  # `method.branches` = 1: the method is Eq. 6 over single-branch models
             shown = [variant for variant in SINGLE_BRANCH_FUSED if variant in variants]
-        fused_model = "base" if shown == list(SINGLE_BRANCH_FUSED) else "two_branch_L0"
+        fused_model = (
+            "level_heads"
+            if shown == [Variant("heads")]
+            else "base"
+            if shown == [Variant("grouping")]
+            else "two_branch_L0"
+        )
         controls = [variant for variant in CONTROLS if variant in variants]
         ensemble = variants.get(Variant("ensemble"), {}).get("miou")
         if ensemble is None or ensemble == shown_ensemble:  # the same ensemble as the last one shown
@@ -414,6 +445,8 @@ def compare_markdown(result: dict[str, Any]) -> str:
                 baseline_variant: "base",
                 Variant("ensemble"): "ensemble",
                 Variant("grouping"): "base",  # Eq. 6 over single-branch models: level 0 is the base
+                # the level-heads method's shuffled control is a level-heads net of its own
+                Variant("shuffled"): "shuffled_level_heads" if fused_model == "level_heads" else fused_model,
                 Variant("prototype"): "base",  # LPCAM of the base classifier
             }.get(variant, fused_model)
             correlation = bench["branch_cam_correlation"]["test"].get(model)  # none for the base
@@ -549,7 +582,7 @@ def _cam_figure(result: RunResult, scenes: FigureScenes) -> Any:
 
     levels = [variant for variant in scenes.maps if variant.kind == "level"]
     level_zero = [Variant("two_branch")] if Variant("two_branch") in scenes.maps else []
-    fused = Variant("full") if Variant("full") in scenes.maps else Variant("grouping")
+    fused = next(v for v in (*FUSED, *SINGLE_BRANCH_FUSED) if v in scenes.maps)
     shown = [*level_zero, *levels, fused, Variant("baseline")]
     columns = [
         "input",

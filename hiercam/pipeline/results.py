@@ -47,8 +47,9 @@ class ModelMaps:
     """What stage 3 extracts from one model on one split.
 
     Attributes:
-        maps: ``(N, N_l, h, w)`` float16 Grad-CAMs at feature resolution, not normalised.
-        logits: ``(N, N_l)`` float32 classifier scores.
+        maps: ``(N, N_l, h, w)`` float16 Grad-CAMs at feature resolution, not normalised; for a
+            level-heads model every head's, ``(N, K + N_1 + ... + N_L, h, w)``, level 0 first.
+        logits: ``(N, N_l)`` float32 classifier scores (a level-heads model: its level-0 head's).
         branch_correlation: ``(N, N_l)`` Pearson r between the two branches' maps of each group
             (two-branch models; NaN where a map is constant), else ``None``.
     """

@@ -192,6 +192,8 @@ def run_pipeline(
         (
             "[2/4] level models: none (no group level)"
             if hierarchy is None
+            else "[2/4] level models: one level-heads net, a head per level (`method.level_heads`)"
+            if config.method.level_heads
             else "[2/4] level models: single-branch only (`method.branches` = 1)"
             if config.method.branches == 1
             else f"[2/4] level models: two-branch (orthogonal weight {config.method.orthogonal_weight:g}, "

@@ -49,6 +49,7 @@ __all__ = [
     "train_level_models",
     "train_level_heads",
     "extract_maps",
+    "split_level_heads",
 ]
 
 EVAL_SPLITS = ("val", "test")
@@ -312,7 +313,9 @@ def ensemble_size(config: PipelineConfig, hierarchy: ClassHierarchy | None) -> i
 
     With ``method.branches = 1``: the base classifier and one per group level of ``hierarchy``; with
     ``branches = 2``: two (the training compute of one two-branch model, as the paper's control). At least
-    two (the grouping may have left no group level).
+    two (the grouping may have left no group level). With ``method.level_heads`` the method trains one
+    ``LevelHeadsNet`` beside the base classifier (which builds the hierarchy): two, the minimum, so the
+    control has the compute of the method, base classifier included.
 
     Example:
         >>> from hiercam.hierarchy import ClassHierarchy
@@ -321,7 +324,7 @@ def ensemble_size(config: PipelineConfig, hierarchy: ClassHierarchy | None) -> i
         >>> ensemble_size(single, h), ensemble_size(PipelineConfig(), h)
         (3, 2)
     """
-    if config.method.branches == 2 or hierarchy is None:
+    if config.method.branches == 2 or config.method.level_heads or hierarchy is None:
         return 2
     return max(2, hierarchy.num_levels)
 
@@ -588,12 +591,16 @@ def train_levels(
 ) -> dict[ModelKey, TrainedModel]:
     """Stage 2: a two-branch model per level (0 = classes), and single-branch level models (ablation).
 
-    With ``method.branches = 1`` no two-branch model is trained: only the single-branch level models. Without
-    a hierarchy (the grouping left no group level: see ``build_hierarchy``) no model is trained.
+    With ``method.branches = 1`` no two-branch model is trained: only the single-branch level models, or,
+    with ``method.level_heads``, one [`LevelHeadsNet`][hiercam.models.LevelHeadsNet] (``train_level_heads``,
+    keyed ``ModelKey("level_heads")``). Without a hierarchy (the grouping left no group level: see
+    ``build_hierarchy``) no model is trained.
     """
     if hierarchy is None:
         return {}
     config, method = ctx.config, ctx.config.method
+    if method.level_heads:
+        return _renamed([train_level_heads(ctx, hierarchy, hierarchy_key)], "level_heads")
     trained: dict[ModelKey, TrainedModel] = {}
     for level in range(hierarchy.num_levels):
         level_key = {"hierarchy": hierarchy_key if level else None}
@@ -664,13 +671,16 @@ def train_shuffled_levels(ctx: RunContext, hierarchy: ClassHierarchy | None) -> 
     with ``method.branches = 2``, single-branch ones (``train_level_models``) with ``branches = 1``. Their
     cache keys hold the shuffled hierarchy's digest as ``hierarchy``, so they never meet the real
     hierarchy's models. The level-0 model (the base classifier, or the level-0 two-branch model) does not
-    depend on the hierarchy and is shared with the method. Empty when the control is off or there is no
-    hierarchy.
+    depend on the hierarchy and is shared with the method. With ``method.level_heads`` the control is one
+    ``LevelHeadsNet`` trained on the shuffled hierarchy (its own level-0 head included), keyed
+    ``ModelKey("shuffled_level_heads")``. Empty when the control is off or there is no hierarchy.
     """
     shuffled = shuffled_control_hierarchy(ctx.config, hierarchy)
     if shuffled is None:
         return {}
     key = digest(shuffled.to_dict())
+    if ctx.config.method.level_heads:
+        return _renamed([train_level_heads(ctx, shuffled, key)], "shuffled_level_heads")
     if ctx.config.method.branches == 1:
         models = train_level_models(ctx, shuffled, key)
     else:
@@ -681,6 +691,15 @@ def train_shuffled_levels(ctx: RunContext, hierarchy: ClassHierarchy | None) -> 
     renamed = {}
     for model in models:
         kind: ModelKind = "shuffled_single" if model.identity.kind == "single" else "shuffled_two_branch"
+        identity = ModelKey(kind, model.identity.level)
+        renamed[identity] = dataclasses.replace(model, identity=identity)
+    return renamed
+
+
+def _renamed(models: list[TrainedModel], kind: ModelKind) -> dict[ModelKey, TrainedModel]:
+    """``models`` keyed ``ModelKey(kind, level)``: the run's name for them (their cache keys unchanged)."""
+    renamed = {}
+    for model in models:
         identity = ModelKey(kind, model.identity.level)
         renamed[identity] = dataclasses.replace(model, identity=identity)
     return renamed
@@ -755,6 +774,12 @@ def extract_maps(
     With ``method.softmax_over_labels`` every model explains the log-softmax over each image's labelled
     classes (for a level model: its groups in ``hierarchy``, for the shuffled control's level models in the
     shuffled hierarchy; ``None`` when there is no level model).
+
+    A level-heads model (``method.level_heads``: ``level_heads``, ``shuffled_level_heads``) gets the maps of
+    all its heads in one pass ([`level_heads_maps`][hiercam.cam.level_heads_maps], for ``hierarchy`` or the
+    shuffled control's), concatenated along the channels (``split_level_heads`` splits them), and its
+    level-0 head's logits (the config rules refuse ``multiscale``, ``flip`` and ``softmax_over_labels``
+    with it).
     """
     parts: dict[str, Any] = {
         "models": {m.identity.name: m.content_key for m in models.values()},
@@ -793,6 +818,20 @@ def extract_maps(
         terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
     )
     for identity, trained in models.items():
+        if identity.kind in _HEADS_KINDS:
+            groups = shuffled if identity.kind == "shuffled_level_heads" else hierarchy
+            if groups is None:
+                raise ValueError(f"the {identity.name} model needs its hierarchy to extract its maps")
+            maps, logits = [], []
+            for _, images, *_ in data.batches(_EXTRACTION_BATCH, shard):
+                batch_maps, batch_logits = _level_heads_batch(
+                    trained.model, images.to(ctx.device, non_blocking=True), groups
+                )
+                maps.append(batch_maps)
+                logits.append(batch_logits)
+                progress.update(len(images))
+            extracted[identity] = ModelMaps(gather(maps), gather(logits))
+            continue
         extractor = GradCAM(trained.model)
         multi = None if scales is None else MultiScaleCAM(extractor, scales, flip=ctx.config.method.flip)
         maps, logits, correlations = [], [], []
@@ -829,6 +868,43 @@ def extract_maps(
 
 #: Images per extraction batch at the input size.
 _EXTRACTION_BATCH = 64
+
+#: The models whose maps are those of every head of a ``LevelHeadsNet`` (``_level_heads_batch``).
+_HEADS_KINDS = ("level_heads", "shuffled_level_heads")
+
+
+def _level_heads_batch(model: nn.Module, images: Tensor, hierarchy: ClassHierarchy) -> tuple[Tensor, Tensor]:
+    """A ``LevelHeadsNet``'s maps and level-0 logits of one batch, on the CPU.
+
+    The maps are those of every head at feature resolution, not normalised
+    ([`level_heads_maps`][hiercam.cam.level_heads_maps]), concatenated along the channels, level 0 first:
+    ``(B, K + N_1 + ... + N_L, h, w)`` float16; the logits are the level-0 head's ``(B, K)`` float32.
+    """
+    from hiercam.cam import level_heads_maps
+
+    base, levels = level_heads_maps(model, images, hierarchy, size="feature", normalize=None)
+    with torch.no_grad():
+        logits = model(images)[0]
+    return torch.cat([base, *levels], dim=1).to("cpu", torch.float16), logits.float().cpu()
+
+
+def split_level_heads(maps: Tensor, hierarchy: ClassHierarchy) -> tuple[Tensor, list[Tensor]]:
+    """The ``(B, K + N_1 + ... + N_L, h, w)`` maps of a level-heads model as ``(base, level maps)``.
+
+    ``base`` is ``(B, K, h, w)``; the level maps one ``(B, N_l, h, w)`` tensor per group level, in order
+    (``fuse_hierarchy``'s arguments).
+
+    Raises:
+        ValueError: ``maps`` does not have ``sum(hierarchy.level_sizes)`` channels.
+    """
+    sizes = list(hierarchy.level_sizes)
+    if maps.ndim != 4 or maps.shape[1] != sum(sizes):
+        raise ValueError(
+            f"`maps` must have shape (B, {sum(sizes)}, h, w) for levels of sizes {sizes}, got "
+            f"{tuple(maps.shape)}"
+        )
+    base, *levels = maps.split(sizes, dim=1)
+    return base, levels
 
 
 def _extraction_batch(scales: tuple[float, ...] | None, flip: bool) -> int:
