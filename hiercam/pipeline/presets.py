@@ -26,10 +26,25 @@ class Preset:
     Attributes:
         description: one line for ``--help`` and tables.
         method: ``MethodConfig`` fields and their values.
+        pretrained: the fields and values used instead of ``method`` when the backbone starts from pretrained
+            weights (``model.weights`` or ``model.pretrained``); ``None``: ``method`` in every setting.
     """
 
     description: str
     method: dict[str, Any]
+    pretrained: dict[str, Any] | None = None
+
+    def settings(self, config: PipelineConfig) -> dict[str, Any]:
+        """The method settings of this preset for ``config``'s setting (pretrained backbone or not).
+
+        Example:
+            >>> from hiercam.pipeline import demo_config
+            >>> preset = Preset("demo", {"branches": 1}, pretrained={"branches": 2})
+            >>> preset.settings(demo_config()), preset.settings(demo_config().replace(model__pretrained=True))
+            ({'branches': 1}, {'branches': 2})
+        """
+        starts_pretrained = config.model.weights is not None or config.model.pretrained
+        return dict(self.pretrained if starts_pretrained and self.pretrained is not None else self.method)
 
 
 #: The method settings shared by the single-branch presets: no two-branch model, Eq. 6 over single-branch
@@ -163,5 +178,5 @@ def apply_preset(config: PipelineConfig, name: str) -> PipelineConfig:
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    settings = {**PRESETS["paper"].method, **PRESETS[name].method}
+    settings = {**PRESETS["paper"].method, **PRESETS[name].settings(config)}
     return config.replace(**{f"method__{key}": value for key, value in settings.items()})

@@ -1,0 +1,771 @@
+"""Does the class hierarchy add anything beyond extra models? The controls and designs, on real photos.
+
+For each dataset and seed this trains (or loads, from the pipeline's content-keyed model cache) the models of
+every row, extracts their maps on the validation and test splits, and scores every row against the same
+masks:
+
+* ``gradcam``: Grad-CAM of the base classifier (one model);
+* ``ensemble``: the maps of as many independently trained single models as ``grouping`` trains, averaged
+  (the same-compute control of Eq. 6 over level models);
+* ``grouping``: Eq. 6 over the base classifier and single-branch level models of the FC-weight hierarchy
+  (Eq. 1-3, the ``single_branch`` preset's settings);
+* ``grouping_shuffled``: the same, with level models trained on a shuffled hierarchy (the same group sizes,
+  the classes assigned at random): a hierarchy that helps beats it, one that does not ties it;
+* ``grouping_cooccurrence``: the same, with a hierarchy from label co-occurrence (independent of the seed);
+* ``heads`` / ``heads_shuffled``: Eq. 6 over the level heads of one shared backbone (one model's training);
+* ``prototype`` (LPCAM, training-free, the base classifier's features) and ``prototype_siblings`` /
+  ``prototype_siblings_shuffled``: LPCAM whose context also holds the class prototypes of the class's
+  siblings in the hierarchy (its shuffled control);
+* with ``--multiscale``: every row whose maps come from Grad-CAM also with IRN's multi-scale aggregation.
+
+Figures: mIoU at 0.15 and at t* (the threshold with the best validation mIoU, from a grid wide enough that t*
+is not at its edge: a warning names any row where it is), the mean precision and recall of the scored classes
+at those thresholds, and paired bootstrap intervals (1000 resamples of the test images) of every row's
+difference to ``gradcam`` and to its controls. The test split is scored once, after every choice is made on
+validation.
+
+Resumable: models are cached (``--cache``), every (dataset, seed) record is written atomically to
+``<results>/hierarchy/<dataset>/seed_<n>.json`` and skipped when present.
+
+    python benchmarks/hierarchy_evidence.py --dataset msrc21 --seeds 0 1 2
+    python benchmarks/hierarchy_evidence.py --dataset fashion_scenes --seeds 0 1 2
+    python benchmarks/hierarchy_evidence.py --table          # the tables of docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hiercam import GradCAM, MultiScaleCAM, average_branch_maps, fuse_hierarchy
+from hiercam.hierarchy import ClassHierarchy
+from hiercam.maps import normalize_maps
+from hiercam.metrics import maps_to_masks
+from hiercam.pipeline import apply_preset, load_config
+from hiercam.pipeline.artifacts import digest
+from hiercam.pipeline.config import PipelineConfig
+from hiercam.pipeline.run import bench_config
+from hiercam.pipeline.stages import (
+    RunContext,
+    TrainedModel,
+    build_hierarchy,
+    train_base,
+    train_ensemble,
+    train_level_heads,
+    train_level_models,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {
+    "msrc21": lambda seed: load_config(ROOT / "configs" / "msrc21_mobilenet_v2.toml", seed=seed),
+    "fashion_scenes": lambda seed: bench_config(seed=seed),
+    "quick": lambda seed: bench_config(quick=True, seed=seed),  # a smoke test of this script
+}
+#: A grid wide enough that the validation-chosen threshold is not at its edge.
+#: The lower end approaches the natural edge 0 (every pixel to its best present class): MSRC-21 scored without
+#: background classes has no background pixel to predict, so its best threshold can sit there.
+THRESHOLDS = (0.01, 0.02, 0.03, 0.04, *(round(0.05 * i, 2) for i in range(1, 20)))
+PAPER_THRESHOLD = 0.15
+BOOTSTRAP = 1000
+IRN_SCALES = (1.0, 0.5, 1.5, 2.0)
+ROWS_ORDER = (
+    "gradcam",
+    "ensemble",
+    "grouping",
+    "grouping_shuffled",
+    "grouping_cooccurrence",
+    "heads",
+    "heads_shuffled",
+    "prototype",
+    "prototype_siblings",
+    "prototype_siblings_shuffled",
+    "prototype_siblings_cooccurrence",
+    "prototype_siblings_prototypes",
+    "prototype_others",
+)
+ROWS_ORDER = tuple(row + suffix for suffix in ("", "_ms") for row in ROWS_ORDER)
+ROWS = ROWS_ORDER[: len(ROWS_ORDER) // 2]
+
+
+def config_for(dataset: str, seed: int) -> PipelineConfig:
+    """The dataset's benchmark config with the ``single_branch`` preset (no two-branch model)."""
+    config = apply_preset(CONFIGS[dataset](seed), "single_branch")
+    return config.replace(device="cpu", evaluation__faithfulness_images=0, evaluation__wsol=False)
+
+
+@dataclass
+class SeedModels:
+    """The trained models and hierarchies of one seed."""
+
+    base: TrainedModel
+    partners: list[TrainedModel]
+    hierarchies: dict[str, ClassHierarchy]
+    level_models: dict[str, list[TrainedModel]]
+    heads: dict[str, TrainedModel]
+
+
+def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None]) -> SeedModels:
+    """Every model the chosen rows need (loaded when cached)."""
+    base = train_base(ctx)
+    hierarchy, key = build_hierarchy(ctx, base)
+    hierarchies = {"fc": hierarchy}
+    level_models: dict[str, list[TrainedModel]] = {}
+    wanted = {row.removesuffix("_ms") for row in rows}
+    if wanted & {"grouping", "ensemble"}:
+        level_models["fc"] = train_level_models(ctx, hierarchy, key)
+    if wanted & {"grouping_shuffled", "prototype_siblings_shuffled", "heads_shuffled"}:
+        from hiercam.grouping_agreement import shuffled_hierarchy
+
+        shuffled = shuffled_hierarchy(hierarchy, seed=ctx.config.seed)
+        hierarchies["shuffled"] = shuffled
+        if "grouping_shuffled" in wanted:
+            level_models["shuffled"] = train_level_models(ctx, shuffled, digest(shuffled.to_dict()))
+    if wanted & {"grouping_cooccurrence", "prototype_siblings_cooccurrence"}:
+        from hiercam.grouping import HierarchicalKMeans
+        from hiercam.grouping_sources import cooccurrence_embeddings
+
+        labels = ctx.data("train").labels
+        levels = tuple(hierarchy.level_sizes[1:])
+        cooc = HierarchicalKMeans(
+            levels, singletons=hierarchy.singletons, unit_norm=True, random_state=0
+        ).fit(cooccurrence_embeddings(labels), hierarchy.class_names)
+        hierarchies["cooccurrence"] = cooc
+        if "grouping_cooccurrence" in wanted:
+            level_models["cooccurrence"] = train_level_models(ctx, cooc, digest(cooc.to_dict()))
+    if any(row.startswith("prototype") for row in wanted) and ctx.config.model.weights is not None:
+        hierarchies["prototypes"] = embedding_hierarchy(ctx, base, hierarchy)
+    heads = {}
+    if "heads" in wanted:
+        heads["fc"] = train_level_heads(ctx, hierarchy, key)
+    if "heads_shuffled" in wanted:
+        heads["shuffled"] = train_level_heads(
+            ctx, hierarchies["shuffled"], digest(hierarchies["shuffled"].to_dict())
+        )
+    partners = []
+    if "ensemble" in wanted:
+        # as many single models as `grouping` trains: the base and one per level
+        for index in range(1, hierarchy.num_levels):
+            partners.append(train_ensemble(ctx, index=index))
+    return SeedModels(base, partners, hierarchies, level_models, heads)
+
+
+def embedding_hierarchy(ctx: RunContext, base: TrainedModel, fc: ClassHierarchy) -> ClassHierarchy:
+    """A hierarchy from class prototypes of the frozen pretrained backbone (recorded for its seed agreement).
+
+    Per class, the mean feature of the pretrained (not fine-tuned) backbone inside its region (the base
+    classifier's max-normalised Grad-CAM >= 0.5) over the training images holding it
+    ([`PrototypeEmbeddings`][hiercam.PrototypeEmbeddings]), grouped like the FC-weight hierarchy (same levels,
+    same kept-out classes, L2-normalised, K-means seed 0).
+    """
+    from hiercam.grouping import HierarchicalKMeans
+    from hiercam.grouping_sources import PrototypeEmbeddings
+    from hiercam.pipeline.networks import build_classifier
+
+    frozen = build_classifier(
+        ctx.config.model, fc.num_classes, 0, input_norm=ctx.config.data.input_norm
+    ).eval()
+    regions = normalize_maps(gradcam_maps(ctx, base, "train", None).float())
+    embeddings = PrototypeEmbeddings(0.5)
+    start = 0
+    with torch.inference_mode():
+        for _, images, labels, *_ in ctx.data("train").batches(64):
+            features = frozen.forward_features(images)
+            embeddings.update(features, regions[start : start + len(images)], labels)
+            start += len(images)
+    return HierarchicalKMeans(
+        fc.level_sizes[1:], singletons=fc.singletons, unit_norm=True, random_state=0
+    ).fit(embeddings.compute(), fc.class_names)
+
+
+def gradcam_maps(
+    ctx: RunContext, trained: TrainedModel, split: str, scales: tuple[float, ...] | None
+) -> Tensor:
+    """``(N, K, h, w)`` float16 Grad-CAMs of a model on a split at feature resolution (cached on disk)."""
+    if ctx.cache is None:
+        raise ValueError("the evidence runs need a model cache")
+    tag = "plain" if scales is None else "ms" + "_".join(f"{s:g}" for s in scales)
+    path = (
+        ctx.cache
+        / "evidence_maps"
+        / f"{split}-{tag}-{trained.content_key[:16]}-{digest(ctx.data_key())[:16]}.pt"
+    )
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    extractor = GradCAM(trained.model)
+    multi = None if scales is None else MultiScaleCAM(extractor, scales)
+    pieces = []
+    batch = 64 if scales is None else 16
+    for _, images, *_ in ctx.data(split).batches(batch):
+        if multi is None:
+            cams = extractor(images, size="feature", normalize=None)
+        else:
+            plain = extractor(images, size="feature", normalize=None)
+            size = (round(plain.shape[-2] * max(scales)), round(plain.shape[-1] * max(scales)))
+            cams = multi(images, size=size, normalize=None)
+        pieces.append(cams.to(torch.float16))
+    extractor.remove()
+    maps = torch.cat(pieces)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(maps, tmp)
+    tmp.replace(path)
+    return maps
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """The pipeline's scoring convention: bilinear to the image size, then max-normalised per map."""
+    return normalize_maps(F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False))
+
+
+def confusions(maps: Tensor, labels: Tensor, masks: Tensor, thresholds: Sequence[float], n: int) -> Tensor:
+    """Per-image confusion matrices ``(T, B, n, n)`` (rows: truth, columns: prediction; void ignored).
+
+    The prediction is ``maps_to_masks`` at every threshold from one arg-max: a pixel takes the present class
+    with the largest max-normalised map (ties to the lower index) when that value is above the threshold, the
+    background otherwise. So one histogram of (image, truth, top class, threshold bin of the top value) gives
+    every threshold's confusion by cumulative sums. Checked against ``maps_to_masks`` on every call at the
+    middle threshold.
+    """
+    count, steps = len(maps), len(thresholds)
+    normalised = normalize_maps(maps).masked_fill(~labels.bool()[:, :, None, None], -1.0)
+    value, top = normalised.max(dim=1)  # (B, H, W)
+    grid = torch.tensor(list(thresholds), dtype=value.dtype)
+    bins = torch.searchsorted(grid, value.contiguous(), right=False)  # thresholds strictly below the value
+    middle = steps // 2
+    if not torch.equal(
+        torch.where(bins > middle, top + 1, 0), maps_to_masks(maps, labels, thresholds[middle])
+    ):
+        raise RuntimeError("the one-arg-max prediction differs from maps_to_masks")
+    classes = n - 1
+    image = torch.arange(count).view(-1, 1, 1).expand_as(top)
+    flat = ((image * n + masks.long()) * classes + top) * (steps + 1) + bins
+    valid = masks != 255
+    histogram = torch.bincount(flat[valid], minlength=count * n * classes * (steps + 1))
+    histogram = histogram.view(count, n, classes, steps + 1)
+    # above[..., t] = pixels whose top value is above thresholds[t]: bins > t
+    above = histogram.flip(-1).cumsum(-1).flip(-1)[..., 1:]  # (B, n, classes, T)
+    out = torch.zeros(steps, count, n, n, dtype=torch.int64)
+    out[:, :, :, 1:] = above.permute(3, 0, 1, 2)
+    total = histogram.sum((2, 3))  # (B, n) valid pixels per true label
+    out[:, :, :, 0] = (total[..., None] - above.sum(2)).permute(2, 0, 1)
+    return out
+
+
+def figures(confusion: Tensor, scored: Sequence[int]) -> dict[str, Tensor]:
+    """mIoU, mean precision and mean recall of the ``scored`` labels from confusions ``(..., n, n)``."""
+    diagonal = confusion.diagonal(dim1=-2, dim2=-1).double()
+    truth, predicted = confusion.sum(-1).double(), confusion.sum(-2).double()
+    union = truth + predicted - diagonal
+    idx = list(scored)
+
+    def mean(numerator: Tensor, denominator: Tensor) -> Tensor:
+        value = numerator[..., idx] / denominator[..., idx]
+        return value.nanmean(-1)
+
+    iou = torch.where(union[..., idx] > 0, diagonal[..., idx] / union[..., idx], torch.nan).nanmean(-1)
+    return {"miou": iou, "precision": mean(diagonal, predicted), "recall": mean(diagonal, truth)}
+
+
+def row_makers(
+    ctx: RunContext, models: SeedModels, rows: Sequence[str], split: str, log: Callable[[str], None]
+) -> dict[str, Callable[[Tensor, Tensor, tuple[int, int]], Tensor]]:
+    """For each row, ``make(rows, labels, size) -> maps (B, K, H, W)`` of the images ``rows`` of ``split``."""
+    rest = "max"
+    makers: dict[str, Callable[[Tensor, Tensor, tuple[int, int]], Tensor]] = {}
+    cache: dict[tuple[str, bool], Tensor] = {}
+
+    def maps_of(trained: TrainedModel, multiscale: bool) -> Tensor:
+        key = (trained.content_key, multiscale)
+        if key not in cache:
+            begin = time.perf_counter()
+            cache[key] = gradcam_maps(ctx, trained, split, IRN_SCALES if multiscale else None)
+            ctx.timings[f"maps_{split}_{trained.content_key[:8]}_{multiscale}"] = time.perf_counter() - begin
+        return cache[key]
+
+    for row in rows:
+        name, multiscale = row.removesuffix("_ms"), row.endswith("_ms")
+
+        def up(trained: TrainedModel, index: Tensor, size: tuple[int, int], ms: bool = multiscale) -> Tensor:
+            return upsample(maps_of(trained, ms)[index], size)
+
+        if name == "gradcam":
+            makers[row] = lambda index, labels, size, up=up: up(models.base, index, size)
+        elif name == "ensemble":
+            makers[row] = lambda index, labels, size, up=up: average_branch_maps(
+                [up(m, index, size) for m in [models.base, *models.partners]]
+            )
+        elif name.startswith("grouping"):
+            source = {
+                "grouping": "fc",
+                "grouping_shuffled": "shuffled",
+                "grouping_cooccurrence": "cooccurrence",
+            }[name]
+            hierarchy, level_models = models.hierarchies[source], models.level_models[source]
+
+            def fused(
+                index: Tensor, labels: Tensor, size: tuple[int, int], up=up, h=hierarchy, lm=level_models
+            ):
+                base = up(models.base, index, size)
+                levels = [up(m, index, size) for m in lm]
+                return fuse_hierarchy(base, levels, h, labels, rest_reduction=rest)
+
+            makers[row] = fused
+        elif name.startswith("prototype"):
+            makers[row] = prototype_maker(ctx, models, name, split, multiscale, log)
+        elif name.startswith("heads"):
+            makers[row] = heads_maker(ctx, models, name, split, multiscale)
+        else:
+            raise ValueError(f"unknown row {row!r}")
+    return makers
+
+
+def cached(ctx: RunContext, name: str, compute: Callable[[], Tensor]) -> Tensor:
+    """A tensor cached on disk under the model cache (``name`` must hold every key it depends on)."""
+    if ctx.cache is None:
+        raise ValueError("the evidence runs need a model cache")
+    path = ctx.cache / "evidence_maps" / f"{name}-{digest(ctx.data_key())[:16]}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(value, tmp)
+    tmp.replace(path)
+    return value
+
+
+def base_features(ctx: RunContext, base: TrainedModel, split: str) -> Tensor:
+    """``(N, C, h, w)`` float16 feature maps of the base classifier (the layer its Grad-CAM explains)."""
+
+    def compute() -> Tensor:
+        pieces = []
+        with torch.inference_mode():
+            for _, images, *_ in ctx.data(split).batches(64):
+                pieces.append(base.model.forward_features(images).to(torch.float16))
+        return torch.cat(pieces)
+
+    return cached(ctx, f"features-{split}-{base.content_key[:16]}", compute)
+
+
+#: LPCAM's settings for PASCAL VOC (its public code), used unchanged: nothing is tuned on these datasets.
+PROTOTYPE_OPTIONS: dict[str, Any] = {"num_clusters": 12, "foreground_threshold": 0.1, "max_points": 20000}
+
+
+def prototypes(ctx: RunContext, base: TrainedModel, log: Callable[[str], None]) -> list[list[Tensor]]:
+    """LPCAM's class and context prototypes of the base classifier, from the training split (cached)."""
+    from hiercam.cam import PrototypeCAM
+
+    def compute() -> list[list[Tensor]]:
+        begin = time.perf_counter()
+        train_maps = normalize_maps(gradcam_maps(ctx, base, "train", None).float())
+        cam = PrototypeCAM(
+            base.model.classifier.weight.detach(),
+            classifier_bias=base.model.classifier.bias.detach(),
+            random_state=ctx.config.seed,
+            **PROTOTYPE_OPTIONS,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cam.fit(base_features(ctx, base, "train").float(), train_maps, ctx.data("train").labels)
+        for warning in caught:
+            log(f"prototypes: {warning.message}")
+        ctx.timings["prototypes"] = time.perf_counter() - begin
+        log(f"prototypes clustered in {ctx.timings['prototypes']:.0f}s")
+        return [list(cam.class_prototypes_), list(cam.context_prototypes_)]
+
+    name = f"prototypes-{base.content_key[:16]}-{digest(PROTOTYPE_OPTIONS)[:8]}"
+    return cached(ctx, name, compute)  # type: ignore[arg-type, return-value]
+
+
+def prototype_maker(
+    ctx: RunContext, models: SeedModels, name: str, split: str, multiscale: bool, log: Callable[[str], None]
+) -> Callable[[Tensor, Tensor, tuple[int, int]], Tensor]:
+    """LPCAM maps of the base classifier; ``_siblings`` adds the siblings of level 1 to the context.
+
+    ``prototype_others`` adds every other class instead (hard negatives without a hierarchy).
+
+    The prototypes are clustered once per seed; the siblings' class prototypes join each class's own context
+    prototypes (``PrototypeCAM(context_classes=sibling_classes(hierarchy, 1))``, without clustering again).
+    """
+    from hiercam.cam import prototype_cam, sibling_classes
+
+    if multiscale:
+        raise ValueError("prototype rows have no multi-scale form here")
+    own, context = prototypes(ctx, models.base, log)
+    if name == "prototype_others":  # every other class's prototypes: hard negatives without a hierarchy
+        siblings = [[j for j in range(len(own)) if j != k] for k in range(len(own))]
+    elif name != "prototype":
+        source = name.removeprefix("prototype_siblings").removeprefix("_") or "fc"
+        siblings = sibling_classes(models.hierarchies[source], 1)
+    if name != "prototype":
+        context = [torch.cat([context[k], *(own[j] for j in siblings[k])]) for k in range(len(own))]
+    features = base_features(ctx, models.base, split)
+    maps = torch.cat(
+        [prototype_cam(chunk.float(), own, context, normalize=None) for chunk in features.split(64)]
+    )
+    return lambda index, labels, size: upsample(maps[index], size)
+
+
+def heads_maker(
+    ctx: RunContext, models: SeedModels, name: str, split: str, multiscale: bool
+) -> Callable[[Tensor, Tensor, tuple[int, int]], Tensor]:
+    """Eq. 6 over the level heads of one backbone (``_shuffled``: trained on the shuffled hierarchy)."""
+    from hiercam.cam import level_heads_maps
+
+    if multiscale:
+        raise ValueError("heads rows have no multi-scale form here")
+    source = "shuffled" if name.endswith("_shuffled") else "fc"
+    hierarchy, trained = models.hierarchies[source], models.heads[source]
+
+    def compute() -> Tensor:
+        pieces = []
+        for _, images, *_ in ctx.data(split).batches(64):
+            result = level_heads_maps(trained.model, images, hierarchy, size="feature", normalize=None)
+            pieces.append(torch.cat([result.base, *result.levels], dim=1).to(torch.float16))
+        return torch.cat(pieces)
+
+    maps = cached(ctx, f"heads-{split}-{trained.content_key[:16]}", compute)
+    k = hierarchy.num_classes
+
+    def make(index: Tensor, labels: Tensor, size: tuple[int, int]) -> Tensor:
+        stacked = maps[index]
+        base = upsample(stacked[:, :k], size)
+        levels, start = [], k
+        for level in range(1, hierarchy.num_levels):
+            end = start + hierarchy.num_groups(level)
+            levels.append(upsample(stacked[:, start:end], size))
+            start = end
+        return fuse_hierarchy(base, levels, hierarchy, labels, rest_reduction="max")
+
+    return make
+
+
+def score(
+    ctx: RunContext,
+    makers: dict[str, Callable[[Tensor, Tensor, tuple[int, int]], Tensor]],
+    split: str,
+    thresholds: Sequence[float],
+) -> dict[str, Tensor]:
+    """Per-image confusion matrices ``(T, N, n, n)`` of every row on ``split``."""
+    data = ctx.data(split)
+    n = data.labels.shape[1] + 1
+    out: dict[str, list[Tensor]] = {row: [] for row in makers}
+    for index, images, labels, masks, _ in data.batches(32):
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        for row, make in makers.items():
+            maps = make(index, labels, size)
+            if not torch.isfinite(maps).all():
+                raise ValueError(f"row {row}: non-finite maps")
+            out[row].append(confusions(maps, labels, masks, thresholds, n))
+    return {row: torch.cat(pieces, dim=1) for row, pieces in out.items()}
+
+
+def paired_bootstrap(a: Tensor, b: Tensor, scored: Sequence[int], seed: int) -> dict[str, float]:
+    """The difference of the mIoU of two rows' per-image confusions ``(N, n, n)``: value and 95 % interval."""
+    generator = torch.Generator().manual_seed(seed)
+    count = a.shape[0]
+    draws = torch.randint(count, (BOOTSTRAP, count), generator=generator)
+    weights = torch.zeros(BOOTSTRAP, count, dtype=torch.float64)
+    weights.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    flat_a, flat_b = a.flatten(1).double(), b.flatten(1).double()
+    side = a.shape[-1]
+    delta = (
+        figures((weights @ flat_a).view(BOOTSTRAP, side, side), scored)["miou"]
+        - figures((weights @ flat_b).view(BOOTSTRAP, side, side), scored)["miou"]
+    )
+    value = figures(a.sum(0), scored)["miou"] - figures(b.sum(0), scored)["miou"]
+    low, high = torch.quantile(delta, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"delta": float(value) * 100, "low": low * 100, "high": high * 100}
+
+
+#: Each row's controls: the rows it must beat for the hierarchy (or design) to count.
+CONTROLS = {
+    "grouping": ("gradcam", "ensemble", "grouping_shuffled"),
+    "grouping_cooccurrence": ("gradcam", "ensemble", "grouping_shuffled"),
+    "heads": ("gradcam", "heads_shuffled"),
+    "prototype": ("gradcam",),
+    "prototype_siblings": ("gradcam", "prototype", "prototype_siblings_shuffled", "prototype_others"),
+    "prototype_siblings_cooccurrence": ("gradcam", "prototype_siblings_shuffled", "prototype_others"),
+    "prototype_siblings_prototypes": ("gradcam", "prototype_siblings_shuffled", "prototype_others"),
+    "prototype_others": (
+        "gradcam",
+        "prototype",
+        "prototype_siblings",
+        "prototype_siblings_shuffled",
+        "ensemble",
+    ),
+}
+
+
+def run_seed(
+    ctx: RunContext,
+    models: SeedModels,
+    rows: Sequence[str],
+    log: Callable[[str], None],
+    path: Path,
+    rescore: bool = False,
+) -> dict[str, Any]:
+    """Score every row on val (choose t*) then test, with paired bootstrap intervals; write the record."""
+    if path.is_file() and not rescore:
+        record: dict[str, Any] = json.loads(path.read_text())
+        if set(rows) <= set(record["rows"]):
+            log(f"{path} has every row: skipped")
+            return record
+    start = time.perf_counter()
+    val = score(ctx, row_makers(ctx, models, rows, "val", log), "val", THRESHOLDS)
+    scored = list(ctx.data("val").scored_labels)
+    result: dict[str, Any] = {}
+    chosen: dict[str, float] = {}
+    for row, confusion in val.items():
+        curve = figures(confusion.sum(1), scored)
+        best = int(torch.nan_to_num(curve["miou"], nan=-1.0).argmax())
+        chosen[row] = THRESHOLDS[best]
+        if best in (0, len(THRESHOLDS) - 1):
+            warnings.warn(
+                f"{row}: the validation-chosen threshold {THRESHOLDS[best]} is at the grid's edge",
+                stacklevel=2,
+            )
+        result[row] = {
+            "val_miou_curve": [float(v) * 100 for v in curve["miou"]],
+            "t_star": THRESHOLDS[best],
+            "t_star_at_edge": best in (0, len(THRESHOLDS) - 1),
+        }
+    log(f"val scored in {time.perf_counter() - start:.0f}s; t*: {chosen}")
+    test = score(ctx, row_makers(ctx, models, rows, "test", log), "test", THRESHOLDS)
+    paper = THRESHOLDS.index(PAPER_THRESHOLD)
+    for row, confusion in test.items():
+        for tag, t in (("paper", paper), ("t_star", THRESHOLDS.index(chosen[row]))):
+            values = figures(confusion[t].sum(0), scored)
+            for metric, value in values.items():
+                result[row][f"test_{metric}_{tag}"] = float(value) * 100
+            val_values = figures(val[row][t].sum(0), scored)
+            for metric, value in val_values.items():
+                result[row][f"val_{metric}_{tag}"] = float(value) * 100
+    comparisons: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        others = ["gradcam", *CONTROLS.get(row.removesuffix("_ms"), ())]
+        if row.endswith("_ms"):
+            others += [o + "_ms" for o in others]
+        for other in dict.fromkeys(others):
+            if other == row or other not in test:
+                continue
+            entry = {}
+            for tag in ("paper", "t_star"):
+                ta = paper if tag == "paper" else THRESHOLDS.index(chosen[row])
+                tb = paper if tag == "paper" else THRESHOLDS.index(chosen[other])
+                entry[tag] = paired_bootstrap(test[row][ta], test[other][tb], scored, seed=ctx.config.seed)
+            comparisons[f"{row} - {other}"] = entry
+    hierarchies = {name: h.to_dict() for name, h in models.hierarchies.items()}
+    record = {
+        "dataset": ctx.config.data.dataset,
+        "seed": ctx.config.seed,
+        "rows": list(rows),
+        "thresholds": list(THRESHOLDS),
+        "results": result,
+        "comparisons": comparisons,
+        "hierarchies": hierarchies,
+        "timings": dict(ctx.timings),
+        "seconds": time.perf_counter() - start,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "summary": {row: round(result[row]["test_miou_paper"], 2) for row in rows},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return record
+
+
+def cost(row: str, levels: int) -> tuple[int, int]:
+    """(models trained, forward + backward passes per image at inference) of a row, ``levels`` group levels.
+
+    The prototype rows add, once, the base classifier's Grad-CAMs and features of the training split and a
+    K-means per class (the record's ``prototypes`` timing); at inference they need one forward pass.
+    """
+    name = row.removesuffix("_ms")
+    scale = 4 if row.endswith("_ms") else 1  # IRN's four scales
+    if name in ("ensemble", "grouping", "grouping_shuffled", "grouping_cooccurrence"):
+        return 1 + levels, (1 + levels) * scale
+    return 1, scale
+
+
+def _spread(values: Sequence[float], sign: str = "") -> str:
+    """``mean ± std [min, max]`` (the mean alone for one value); ``sign="+"`` signs the figures."""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:{sign}.2f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:{sign}.2f} ± {std:.2f} [{min(values):{sign}.2f}, {max(values):{sign}.2f}]"
+
+
+#: The rows that are methods (candidates for `recommended`), not controls.
+METHOD_ROWS = (
+    "grouping",
+    "grouping_cooccurrence",
+    "heads",
+    "prototype",
+    "prototype_siblings",
+    "prototype_siblings_cooccurrence",
+    "prototype_siblings_prototypes",
+    "prototype_others",
+)
+
+
+def choose_recommended(records: Sequence[dict[str, Any]], rows: Sequence[str]) -> str:
+    """The rule of docs/benchmarks.md, on validation figures only.
+
+    The method row with the best mean validation mIoU@0.15 among those that gain over Grad-CAM on every seed's
+    validation split; else Grad-CAM.
+    """
+    qualified = {}
+    for row in rows:
+        if row not in METHOD_ROWS:
+            continue
+        gains = [
+            r["results"][row]["val_miou_paper"] - r["results"]["gradcam"]["val_miou_paper"] for r in records
+        ]
+        if all(g > 0 for g in gains):
+            qualified[row] = sum(r["results"][row]["val_miou_paper"] for r in records) / len(records)
+    if not qualified:
+        return "Chosen on validation: no method row gains on every seed: Grad-CAM."
+    best = max(qualified, key=qualified.__getitem__)
+    shown = ", ".join(f"{row} {value:.2f}" for row, value in sorted(qualified.items(), key=lambda kv: -kv[1]))
+    return (
+        f"Chosen on validation: **{best}** (mean validation mIoU@0.15 of the rows that gain on every seed: "
+        f"{shown})."
+    )
+
+
+def print_tables(folder: Path) -> None:
+    """The evidence tables (Markdown) from the committed seed records, one section per dataset.
+
+    A row is shown over the seeds whose records hold it (the seeds are named); its difference to Grad-CAM is
+    paired by seed.
+    """
+    from hiercam.grouping_agreement import hierarchy_agreement
+
+    for dataset_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
+        records = [json.loads(p.read_text()) for p in sorted(dataset_folder.glob("seed_*.json"))]
+        if not records:
+            continue
+        seeds = [r["seed"] for r in records]
+        print(f"\n### {dataset_folder.name} (seeds {', '.join(map(str, seeds))})\n")
+        print(
+            "| row | seeds | test mIoU@0.15 | Δ vs gradcam | test mIoU@t* | t* | precision / recall @0.15 | "
+            "val mIoU@0.15 | models trained / passes |"
+        )
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        levels = len(records[0]["hierarchies"]["fc"]["assignments"])
+        for row in ROWS_ORDER:
+            have = [r for r in records if row in r["results"]]
+            if not have:
+                continue
+            test = [r["results"][row]["test_miou_paper"] for r in have]
+            star = [r["results"][row]["test_miou_t_star"] for r in have]
+            reference = [r["results"]["gradcam"]["test_miou_paper"] for r in have]
+            deltas = [value - base for value, base in zip(test, reference, strict=True)]
+            apart = len(have) > 1 and (min(test) > max(reference) or max(test) < min(reference))
+            t_star = ", ".join(f"{r['results'][row]['t_star']:g}" for r in have)
+            precision = sum(r["results"][row]["test_precision_paper"] for r in have) / len(have)
+            recall = sum(r["results"][row]["test_recall_paper"] for r in have) / len(have)
+            val = [r["results"][row]["val_miou_paper"] for r in have]
+            delta = "" if row == "gradcam" else f"{_spread(deltas, '+')}{' apart' if apart else ''}"
+            print(
+                f"| {row} | {', '.join(str(r['seed']) for r in have)} | {_spread(test)} | {delta} | "
+                f"{_spread(star)} | {t_star} | {precision:.1f} / {recall:.1f} | {_spread(val)} | "
+                f"{'{} / {}'.format(*cost(row, levels))} |"
+            )
+        print("\nPaired bootstrap (test images, 95 % interval of the mIoU@0.15 difference; per seed):\n")
+        print("| comparison | " + " | ".join(f"seed {s}" for s in seeds) + " |")
+        print("| --- |" + " ---: |" * len(seeds))
+        names = list(dict.fromkeys(name for r in records for name in r["comparisons"]))
+        for name in names:
+            cells = []
+            for r in records:
+                b = r["comparisons"].get(name, {}).get("paper")
+                cells.append("" if b is None else f"{b['delta']:+.2f} [{b['low']:+.2f}, {b['high']:+.2f}]")
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        common = [row for row in ROWS_ORDER if all(row in r["results"] for r in records)]
+        print("\n" + choose_recommended(records, common))
+        clustering = [r["timings"]["prototypes"] for r in records if "prototypes" in r["timings"]]
+        if clustering:
+            print(f"\nLPCAM's clustering of the training split: {_spread(clustering)} s per seed.")
+        sources = list(dict.fromkeys(source for r in records for source in r["hierarchies"]))
+        if len(records) > 1 and sources:
+            print(
+                "\nAgreement of the level-1 groups between seeds (adjusted Rand index of each pair, "
+                "classes kept out of the grouping left out):\n"
+            )
+            for source in sources:
+                trees = [
+                    ClassHierarchy.from_dict(r["hierarchies"][source])
+                    for r in records
+                    if source in r["hierarchies"]
+                ]
+                pairs = [
+                    hierarchy_agreement(trees[i], trees[j], 1)
+                    for i in range(len(trees))
+                    for j in range(i + 1, len(trees))
+                ]
+                if pairs:
+                    print(f"- {source} ({len(trees)} seeds): " + ", ".join(f"{v:.2f}" for v in pairs))
+
+
+def context(dataset: str, seed: int, cache: Path, log: Callable[[str], None]) -> RunContext:
+    """A pipeline run context of the seed, with the shared model cache."""
+    config = config_for(dataset, seed)
+    out = cache / "runs" / dataset / f"seed_{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    return RunContext(config, out, progress=False, log=log, cache=cache)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", choices=sorted(CONFIGS), default="msrc21")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=None, help="rows to run (default: all)")
+    parser.add_argument("--stage", choices=["train", "all"], default="all")
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "evidence-cache")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rescore", action="store_true", help="score again even if a record has every row")
+    parser.add_argument("--table", action="store_true", help="print the tables from the committed records")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.table:
+        print_tables(args.results / "hierarchy")
+        return
+    rows = args.rows or list(ROWS)
+    for seed in args.seeds:
+        start = time.perf_counter()
+
+        def log(line: str, seed: int = seed, start: float = start) -> None:
+            print(
+                f"[{args.dataset} seed {seed} {time.perf_counter() - start:7.1f}s] {line.strip()}", flush=True
+            )
+
+        ctx = context(args.dataset, seed, args.cache, log)
+        models = train_models(ctx, rows, log)
+        if args.stage == "train":
+            continue
+        path = args.results / "hierarchy" / args.dataset / f"seed_{seed}.json"
+        record = run_seed(ctx, models, rows, log, path, args.rescore)
+        log(f"written {path}: {json.dumps(record['summary'])}")
+
+
+if __name__ == "__main__":
+    main()
