@@ -29,6 +29,18 @@ def test_every_preset_names_real_method_fields() -> None:
     names = {f.name for f in fields(MethodConfig)}
     for preset in PRESETS.values():
         assert set(preset.method) <= names
+        assert set(preset.pretrained or {}) <= names
+
+
+def test_recommended_follows_the_setting_of_the_backbone() -> None:
+    scratch = apply_preset(demo_config(), "recommended").method
+    pretrained = apply_preset(demo_config().replace(model__pretrained=True), "recommended").method
+    weights = apply_preset(demo_config().replace(model__weights="unused.pth"), "recommended").method
+    # a pretrained backbone gets the prototype design, a network from scratch orthogonal_light's settings
+    assert pretrained == weights == apply_preset(demo_config(), "prototype").method
+    assert pretrained.prototype_context == "others"
+    assert scratch == apply_preset(demo_config(), "orthogonal_light").method
+    assert scratch.prototype_context == "none"
 
 
 def test_paper_preset_restores_the_paper_settings_and_keeps_the_rest() -> None:
