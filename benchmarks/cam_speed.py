@@ -8,7 +8,7 @@ median's ratio to one forward pass (the floor: no CAM can be cheaper than comput
 * hiercam            ``GradCAM(model, "layer4")(x)``: all maps from the verified closed form (no backward)
 * hiercam general    the same with ``closed_form=False``: one forward, one batched backward for all classes
 * hiercam feature    ``GradCAM(model, "layer4")(x, size="feature")``: no resizing to the input
-* resize only        ``hiercam.cam.resize_maps``: the one batched bilinear resize of the raw maps to the
+* resize only        ``hiercam.maps.resize_maps``: the one batched bilinear resize of the raw maps to the
   input size (the share of "hiercam" spent resizing)
 * torchcam           one forward, then ``GradCAM(...)(k, scores, retain_graph=True)`` per class
 * pytorch-grad-cam   ``GradCAM(...)(x, targets)`` per class: a forward and a backward per class
@@ -103,7 +103,7 @@ def contenders(
         "hiercam": lambda: closed(images, classes),
         "hiercam general": lambda: general(images, classes),
         "hiercam feature": lambda: closed(images, classes, size="feature"),
-        "resize only": lambda: hiercam.cam.resize_maps(raw, input_size),
+        "resize only": lambda: hiercam.maps.resize_maps(raw, input_size),
         "torchcam": torchcam_run,
         "pytorch-grad-cam": pgc_run,
     }

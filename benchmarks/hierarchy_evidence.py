@@ -52,12 +52,12 @@ from hiercam import GradCAM, MultiScaleCAM, average_branch_maps, fuse_hierarchy
 from hiercam.hierarchy import ClassHierarchy
 from hiercam.maps import normalize_maps
 from hiercam.metrics import maps_to_masks
-from hiercam.pipeline import apply_preset, load_config
+from hiercam.pipeline import apply_preset, bench_config, load_config
 from hiercam.pipeline.artifacts import digest
 from hiercam.pipeline.config import PipelineConfig
-from hiercam.pipeline.run import bench_config
+from hiercam.pipeline.context import RunContext
+from hiercam.pipeline.keys import data_key
 from hiercam.pipeline.stages import (
-    RunContext,
     TrainedModel,
     build_hierarchy,
     train_base,
@@ -125,15 +125,14 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
     if wanted & {"grouping", "ensemble"}:
         level_models["fc"] = train_level_models(ctx, hierarchy, key)
     if wanted & {"grouping_shuffled", "prototype_siblings_shuffled", "heads_shuffled"}:
-        from hiercam.grouping_agreement import shuffled_hierarchy
+        from hiercam.grouping import shuffled_hierarchy
 
         shuffled = shuffled_hierarchy(hierarchy, seed=ctx.config.seed)
         hierarchies["shuffled"] = shuffled
         if "grouping_shuffled" in wanted:
             level_models["shuffled"] = train_level_models(ctx, shuffled, digest(shuffled.to_dict()))
     if wanted & {"grouping_cooccurrence", "prototype_siblings_cooccurrence"}:
-        from hiercam.grouping import HierarchicalKMeans
-        from hiercam.grouping_sources import cooccurrence_embeddings
+        from hiercam.grouping import HierarchicalKMeans, cooccurrence_embeddings
 
         labels = ctx.data("train").labels
         levels = tuple(hierarchy.level_sizes[1:])
@@ -168,8 +167,7 @@ def embedding_hierarchy(ctx: RunContext, base: TrainedModel, fc: ClassHierarchy)
     ([`PrototypeEmbeddings`][hiercam.PrototypeEmbeddings]), grouped like the FC-weight hierarchy (same levels,
     same kept-out classes, L2-normalised, K-means seed 0).
     """
-    from hiercam.grouping import HierarchicalKMeans
-    from hiercam.grouping_sources import PrototypeEmbeddings
+    from hiercam.grouping import HierarchicalKMeans, PrototypeEmbeddings
     from hiercam.pipeline.networks import build_classifier
 
     frozen = build_classifier(
@@ -198,7 +196,7 @@ def gradcam_maps(
     path = (
         ctx.cache
         / "evidence_maps"
-        / f"{split}-{tag}-{trained.content_key[:16]}-{digest(ctx.data_key())[:16]}.pt"
+        / f"{split}-{tag}-{trained.content_key[:16]}-{digest(data_key(ctx.config))[:16]}.pt"
     )
     if path.is_file():
         return torch.load(path, weights_only=True)
@@ -334,7 +332,7 @@ def cached(ctx: RunContext, name: str, compute: Callable[[], Tensor]) -> Tensor:
     """A tensor cached on disk under the model cache (``name`` must hold every key it depends on)."""
     if ctx.cache is None:
         raise ValueError("the evidence runs need a model cache")
-    path = ctx.cache / "evidence_maps" / f"{name}-{digest(ctx.data_key())[:16]}.pt"
+    path = ctx.cache / "evidence_maps" / f"{name}-{digest(data_key(ctx.config))[:16]}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
     value = compute()
@@ -654,7 +652,7 @@ def print_tables(folder: Path) -> None:
     A row is shown over the seeds whose records hold it (the seeds are named); its difference to Grad-CAM is
     paired by seed.
     """
-    from hiercam.grouping_agreement import hierarchy_agreement
+    from hiercam.grouping import hierarchy_agreement
 
     for dataset_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
         records = [json.loads(p.read_text()) for p in sorted(dataset_folder.glob("seed_*.json"))]

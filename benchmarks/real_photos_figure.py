@@ -23,8 +23,8 @@ import torch
 
 from hiercam.pipeline import apply_preset, load_config, run_pipeline
 from hiercam.pipeline.data import class_names
+from hiercam.pipeline.figures import largest_labelled_class, panel_grid
 from hiercam.pipeline.keys import Variant
-from hiercam.pipeline.report import largest_labelled_class, panel_grid
 from hiercam.viz import overlay
 
 

@@ -77,7 +77,7 @@ def main() -> None:
     with hiercam.GradCAM(model) as cam:
         maps = cam(batch["image"], batch["labels"])
     labels = batch["labels"]
-    result = hiercam.mean_iou(maps, labels, masks=batch["mask"], thresholds=0.15)  # IoUResult(miou, ...)
+    result = hiercam.mean_iou(maps, labels, masks=batch["mask"], thresholds=0.15)  # MeanIoUResult(miou, ...)
     error = hiercam.localization_error(maps, labels, boxes=batch["boxes"], thresholds=0.15)
     print(f"8 test scenes at 0.15: mIoU {result.miou.item():.1%}, loc. error {error.item():.1%}")
 

@@ -32,7 +32,7 @@ def evaluate(model: nn.Module, loader: DataLoader, random: bool) -> dict[str, fl
     road = hiercam.ROAD(
         model, percentages=[20, 50, 80], score="sigmoid", generator=torch.Generator().manual_seed(0)
     )
-    boxes, pixels = hiercam.MaxBoxAccV2(), hiercam.PxAP()
+    boxes, pixels = hiercam.MaxBoxAcc(), hiercam.PxAP()
     with hiercam.GradCAM(model) as cam:
         for batch in loader:
             images, labels = batch["image"], batch["labels"]  # labels (B, K): the classes scored

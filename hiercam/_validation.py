@@ -1,12 +1,24 @@
-"""Shared argument and shape checks.
+"""Shared argument and shape checks, and the switch of the value checks.
 
 Every public function validates its inputs here before any work starts, so that messages have one form:
 ``ValueError: `cams` must have shape (B, K, H, W), got (4, 7, 7).``
+
+Two kinds of checks: those of types, shapes, dtypes and options read only Python objects and tensor
+metadata and always run; the **value checks** read tensor values (finite, 0/1, in ``[0, 1]``) into a Python
+``bool``, which on an accelerator waits for the device (one host synchronisation per check). Those run when
+[`should_check`][hiercam._validation.should_check] says so: the global switch
+([`set_checks`][hiercam.set_checks], [`checks`][hiercam.checks], the ``HIERCAM_CHECKS`` environment variable
+read at import), a per-call ``validate_args``, and the tensors a caller has checked already
+([`values_checked`][hiercam._validation.values_checked]).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import os
+import warnings
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from numbers import Integral
 from typing import Any, TypeVar
 
@@ -15,18 +27,182 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "checks",
+    "checks_enabled",
+    "set_checks",
+    "should_check",
+    "values_checked",
+    "all_finite",
     "check_tensor",
     "check_finite",
     "check_binary",
     "check_choice",
     "check_int",
     "check_threshold",
+    "check_class_names",
     "check_same_shape",
     "format_shape",
     "type_name",
 ]
 
 T = TypeVar("T")
+
+CHECKS_VARIABLE = "HIERCAM_CHECKS"
+_OFF = ("0", "false", "off", "no")
+_ON = ("", "1", "true", "on", "yes")
+
+
+def _checks_from_environment() -> bool:
+    """The switch's value at import: off for ``HIERCAM_CHECKS=0`` (or false/off/no), on otherwise."""
+    raw = os.environ.get(CHECKS_VARIABLE, "").strip().lower()
+    if raw in _OFF:
+        return False
+    if raw not in _ON:
+        warnings.warn(
+            f"{CHECKS_VARIABLE}={raw!r} is not one of 0/1, false/true, off/on, no/yes; value checks stay on",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return True
+
+
+_enabled: bool = _checks_from_environment()
+# tensors whose values a caller up the stack has checked (identity, not equality): see values_checked
+_checked: ContextVar[tuple[Tensor, ...]] = ContextVar("hiercam_checked_values", default=())
+
+
+# --------------------------------------------------------------------------------------------- the switch
+def checks_enabled() -> bool:
+    """Whether hiercam's value checks run: the global switch set by [`set_checks`][hiercam.set_checks].
+
+    Returns:
+        ``True`` (the default) unless value checks were switched off by ``set_checks(False)``, inside
+        ``checks(False)``, or by ``HIERCAM_CHECKS=0`` in the environment when hiercam was imported.
+
+    Examples:
+        >>> import hiercam
+        >>> hiercam.checks_enabled()
+        True
+    """
+    return _enabled
+
+
+def set_checks(enabled: bool) -> None:
+    """Switch hiercam's value checks on or off for the whole process (kornia-style).
+
+    Value checks are those that read tensor values: finite maps, images, features and logits; 0/1 labels
+    and masks; maps in ``[0, 1]``; the negative-feature warning of the orthogonal loss; non-finite outputs
+    of the CAM engine and the fusion; 0/1 labels and finite loss and logits in every step of
+    [`fit`][hiercam.fit]. Each turns a tensor into a Python ``bool``, which on a GPU waits for the device:
+    one host synchronisation per check. Checks of types, shapes, dtypes, devices and options, and the
+    range of class indices and mask labels (which decide where a count or a gather lands), always run.
+
+    Off, invalid values are not refused: NaN flows through, labels other than 0/1 are read as they come,
+    ``fit`` no longer stops on a non-finite loss. Switch them off once the data and the model are trusted,
+    e.g. for a long GPU run. The switch is one process-wide flag (threads share it); a worker process
+    started with ``spawn`` reads ``HIERCAM_CHECKS`` again. A per-call ``validate_args`` (as in
+    [`normalize_maps`][hiercam.maps.normalize_maps]) overrides it for that call.
+
+    Args:
+        enabled: ``True`` to run the value checks (the default), ``False`` to skip them.
+
+    Raises:
+        TypeError: ``enabled`` is not a bool.
+
+    Examples:
+        >>> import torch, hiercam
+        >>> nan_maps = torch.full((1, 2, 2), float("nan"))
+        >>> hiercam.set_checks(False)
+        >>> hiercam.normalize_maps(nan_maps).shape  # not refused
+        torch.Size([1, 2, 2])
+        >>> hiercam.set_checks(True)
+    """
+    global _enabled
+    _enabled = _check_flag(enabled)
+
+
+def checks(enabled: bool) -> AbstractContextManager[None]:
+    """Value checks on or off inside a ``with`` block; the previous state comes back after it, also on error.
+
+    See [`set_checks`][hiercam.set_checks] for what the value checks are.
+
+    Args:
+        enabled: ``True`` to run the value checks inside the block, ``False`` to skip them.
+
+    Returns:
+        A context manager.
+
+    Raises:
+        TypeError: ``enabled`` is not a bool.
+
+    Examples:
+        >>> import torch, hiercam
+        >>> with hiercam.checks(False):
+        ...     hiercam.checks_enabled()
+        False
+        >>> hiercam.checks_enabled()
+        True
+    """
+    return _switched(_check_flag(enabled))
+
+
+@contextmanager
+def _switched(enabled: bool) -> Iterator[None]:
+    global _enabled
+    previous, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def _check_flag(enabled: object) -> bool:
+    if not isinstance(enabled, bool):
+        raise TypeError(f"`enabled` must be a bool, got {type_name(enabled)}")
+    return enabled
+
+
+def should_check(value: Tensor | None = None, validate_args: bool | None = None) -> bool:
+    """Whether a value check runs now: every value check of hiercam goes through this one function.
+
+    Args:
+        value: the tensor whose values would be read; ``False`` when it is one that a caller marked
+            with [`values_checked`][hiercam._validation.values_checked].
+        validate_args: the caller's per-call override: ``True`` or ``False`` decide; ``None`` (the usual
+            default) follows the global switch [`checks_enabled`][hiercam.checks_enabled].
+    """
+    if validate_args is not None:
+        return validate_args
+    if not _enabled:
+        return False
+    return value is None or not any(value is done for done in _checked.get())
+
+
+@contextmanager
+def values_checked(*values: Tensor | None) -> Iterator[None]:
+    """Inside the block, the value checks of these exact tensor objects are skipped: the caller checked them.
+
+    For a function that checked its inputs and hands them to another checking function (``fit`` to the
+    loss, an extractor to itself per scale). Only the same objects are skipped, not tensors equal to them;
+    the marks belong to the calling thread (a ``ContextVar``).
+    """
+    token = _checked.set(_checked.get() + tuple(v for v in values if v is not None))
+    try:
+        yield
+    finally:
+        _checked.reset(token)
+
+
+def all_finite(value: Tensor) -> bool:
+    """Whether every entry of ``value`` is finite, from one ``aminmax`` (no full-size boolean mask).
+
+    ``aminmax`` propagates NaN and shows infinities, so checking its two values is equivalent to
+    ``isfinite(value).all()`` (about 10x faster on CAMs (16, 20, 224, 224)). Always reads the values (it is
+    the predicate, not a check): callers ask [`should_check`][hiercam._validation.should_check] first.
+    """
+    if not value.is_floating_point() or value.numel() == 0:
+        return True
+    return bool(torch.isfinite(torch.stack(torch.aminmax(value.detach()))).all())
 
 
 def type_name(value: object) -> str:
@@ -78,22 +254,26 @@ def check_tensor(
     return value
 
 
-def check_finite(value: Tensor, name: str) -> Tensor:
-    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries.
+def check_finite(value: Tensor, name: str, *, validate_args: bool | None = None) -> Tensor:
+    """A value check: raise ``ValueError`` if ``value`` holds NaN or infinite entries (one ``aminmax``).
 
-    ``aminmax`` propagates NaN and shows infinities, so checking its two values is equivalent to
-    ``isfinite(value).all()`` without a full-size boolean mask (about 10x faster on CAMs (16, 20, 224, 224)).
+    Skipped as [`should_check`][hiercam._validation.should_check] says (switch, ``validate_args``, marks).
     """
-    if value.is_floating_point() and value.numel():
-        extremes = torch.stack(torch.aminmax(value.detach()))
-        if not bool(torch.isfinite(extremes).all()):
-            raise ValueError(f"`{name}` must be finite, got NaN or infinite values")
+    if should_check(value, validate_args) and not all_finite(value):
+        raise ValueError(f"`{name}` must be finite, got NaN or infinite values")
     return value
 
 
-def check_binary(value: Tensor, name: str) -> Tensor:
-    """Raise ``ValueError`` unless every entry of ``value`` is 0 or 1 (any dtype, bool included)."""
-    if value.dtype != torch.bool and not bool(((value == 0) | (value == 1)).all()):
+def check_binary(value: Tensor, name: str, *, validate_args: bool | None = None) -> Tensor:
+    """A value check: raise ``ValueError`` unless every entry of ``value`` is 0 or 1 (any dtype, bool too).
+
+    Skipped as [`should_check`][hiercam._validation.should_check] says (switch, ``validate_args``, marks).
+    """
+    if (
+        value.dtype != torch.bool
+        and should_check(value, validate_args)
+        and not bool(((value == 0) | (value == 1)).all())
+    ):
         raise ValueError(f"`{name}` must hold only 0/1 values (multi-hot), got other values")
     return value
 
@@ -137,3 +317,14 @@ def check_threshold(value: Any, name: str) -> float:
     if not 0.0 < float(value) < 1.0:
         raise ValueError(f"`{name}` must be between 0 and 1 (exclusive), got {value}")
     return float(value)
+
+
+def check_class_names(names: Sequence[str] | None, count: int) -> tuple[str, ...]:
+    """``count`` class names as a tuple; ``None`` gives ``"class 0"``, ``"class 1"``, ..."""
+    if names is None:
+        return tuple(f"class {i}" for i in range(count))
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError("`class_names` must be a sequence of strings")
+    if len(names) != count:
+        raise ValueError(f"`class_names` must have {count} entries, got {len(names)}")
+    return tuple(names)

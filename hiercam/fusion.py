@@ -22,15 +22,17 @@ import torch
 from torch import Tensor
 
 from hiercam._validation import (
+    all_finite,
     check_binary,
     check_choice,
     check_finite,
     check_tensor,
     format_shape,
+    should_check,
     type_name,
 )
 from hiercam.hierarchy import ClassHierarchy
-from hiercam.maps import NormalizeMode, _normalize_maps
+from hiercam.maps import NormalizeMode, normalize_maps
 
 __all__ = ["fuse", "fuse_hierarchy", "RestReduction"]
 
@@ -54,7 +56,8 @@ def fuse(
     The maps are used as given (rescale them first if their scales differ, e.g. with
     [`normalize_maps`][hiercam.normalize_maps]); [`fuse_hierarchy`][hiercam.fuse_hierarchy] does that for you.
     NaN or infinite values in any input raise a ``ValueError`` naming it (one ``aminmax`` pass per input), and
-    so does a sum that overflows the dtype: a non-finite map is never returned from finite input.
+    so does a sum that overflows the dtype: a non-finite map is never returned from finite input. These are
+    value checks, skipped after [`hiercam.set_checks(False)`][hiercam.set_checks].
 
     Args:
         base: ``M0``, maps of any shape ``(..., H, W)``, floating point, any device.
@@ -122,14 +125,14 @@ def _fuse(
     fused = a * base + b * stacked.mean(dim=0)
     if rest is not None:
         fused = fused - c * rest
-    if fused.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(fused.detach()))).all()):
+    if should_check() and not all_finite(fused):
         raise ValueError(
             f"the fused sum a M0 + b mean(M_i) - c M0' overflows {fused.dtype} with these maps and "
             "`weights`; rescale the maps first (normalize_maps) or fuse in float64"
         )
     if clamp:
         fused = fused.clamp_min(0)
-    return _normalize_maps(fused, normalize)
+    return normalize_maps(fused, normalize, validate_args=False)
 
 
 def fuse_hierarchy(
@@ -168,7 +171,8 @@ def fuse_hierarchy(
 
     **Non-finite input.** NaN or infinite values in ``base_maps`` or ``level_maps`` raise a ``ValueError``
     naming the tensor, before any work (as in [`fuse`][hiercam.fuse]): one ``aminmax`` pass over each input
-    and one over the fused sum, a few percent of the cost of the fusion.
+    and one over the fused sum, a few percent of the cost of the fusion (value checks, skipped after
+    [`hiercam.set_checks(False)`][hiercam.set_checks], as is the 0/1 check of ``labels``).
 
     Args:
         base_maps: CAMs ``(B, K, H, W)`` of the level-0 model, floating point, any device.
@@ -238,10 +242,12 @@ def fuse_hierarchy(
     for index, maps in enumerate(level_maps):
         check_finite(maps, f"level_maps[{index}]")
 
-    base = _normalize_maps(base_maps, normalize_inputs)
+    base = normalize_maps(base_maps, normalize_inputs, validate_args=False)  # checked above
     gathered = torch.stack(
         [
-            _normalize_maps(maps, normalize_inputs)[:, hierarchy.assignments(level).to(maps.device)]
+            normalize_maps(maps, normalize_inputs, validate_args=False)[
+                :, hierarchy.assignments(level).to(maps.device)
+            ]
             for level, maps in enumerate(level_maps, start=1)
         ]
     )

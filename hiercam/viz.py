@@ -103,7 +103,7 @@ def overlay(
     height, width = rgb.shape[:2]
     heat = cam.detach().to("cpu", torch.float32)[None, None]
     heat = F.interpolate(heat, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-    heat = normalize_maps(heat, normalize).clamp(0, 1)
+    heat = normalize_maps(heat, normalize, validate_args=False).clamp(0, 1)  # `cam` checked above
     coloured = matplotlib.colormaps[colormap](heat.numpy())[..., :3].astype(np.float32)
     blended: npt.NDArray[np.float32] = ((1 - alpha) * rgb + alpha * coloured).astype(np.float32)
     return blended

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# One intra-op thread for the whole suite and every process it starts (examples, workers, the demo): its
+# models are tiny, and on a 2-core machine two OpenMP threads spinning at barriers made the suite 2-3x slower
+# (CI: 1841 s for `make test` with the default threads; pytest alone with one thread: 782 s on the same kind
+# of machine). Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +35,20 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
+def quick_config() -> Callable[..., Any]:
+    """A factory of ``demo_config(quick=True)`` configs without the threshold-free figures (no MaxBoxAccV2,
+    PxAP, deletion or insertion): ``quick_config(**changes)``. Session-scoped: module-scoped runs use it."""
+    from hiercam.pipeline import PipelineConfig, demo_config
+
+    def make(**changes: object) -> PipelineConfig:
+        config = demo_config(quick=True).replace(evaluation__wsol=False, evaluation__faithfulness_images=0)
+        return config.replace(**changes)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_config() -> Callable[..., Any]:
     """A factory of pipeline configs small enough for a run in a few seconds: ``tiny_config(**changes)``."""
     from hiercam.pipeline import PipelineConfig, demo_config

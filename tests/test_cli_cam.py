@@ -1,4 +1,4 @@
-"""``hiercam cam``: CAMs of image files (hiercam.explain), checked against the CAM classes called directly."""
+"""``hiercam cam``: CAMs of image files (``hiercam.cli.explain``), checked against the CAM classes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torchvision.models import mobilenet_v3_small, resnet18
 import hiercam.cam
 from hiercam.cam import METHODS, BaseCAM, GradCAM
 from hiercam.cli import main
-from hiercam.explain import explain_images, find_method
+from hiercam.cli.explain import explain_images, find_method
 
 pytestmark = pytest.mark.usefixtures("one_thread", "cpu_by_default")
 
@@ -27,7 +27,7 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 @pytest.fixture
 def cpu_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """The command's default device is CUDA when present; the CPU oracles need the CPU (no TF32)."""
-    monkeypatch.setattr("hiercam.explain._default_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr("hiercam.cli.explain._default_device", lambda: torch.device("cpu"))
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def run(*args: str | os.PathLike[str]) -> int:
 def test_top_k_maps_equal_gradcam_called_directly(files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     images = (files["photo"], files["grey"])
-    code = run(*images, "--model", "torchvision:resnet18", "--weights", files["weights"],
+    code = run(*images, "--model", "resnet18", "--weights", files["weights"],
                "--num-classes", "10", "--size", "64", "--top", "3", "--out", out)  # fmt: skip
     assert code == 0
     model = reference_model(files["weights"])
@@ -102,7 +102,7 @@ def test_overlay_png_is_viz_overlay_on_the_original(files: dict[str, Path], tmp_
     pytest.importorskip("matplotlib")
     from hiercam.viz import overlay
 
-    records = explain_images([files["photo"]], "torchvision:resnet18", tmp_path / "out",
+    records = explain_images([files["photo"]], "resnet18", tmp_path / "out",
                              weights=files["weights"], num_classes=10, size=64, classes=[4])  # fmt: skip
     maps = torch.load(records[0].maps, weights_only=True)["maps"]
     original = torch.from_numpy(np.asarray(Image.open(files["photo"]), np.float32) / 255).permute(2, 0, 1)
@@ -114,7 +114,7 @@ def test_overlay_png_is_viz_overlay_on_the_original(files: dict[str, Path], tmp_
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_by_name_with_given_classes(files: dict[str, Path], tmp_path: Path, method: str) -> None:
     out = tmp_path / "out"
-    code = run(files["grey"], "--model", "torchvision:resnet18", "--weights", files["weights"],
+    code = run(files["grey"], "--model", "resnet18", "--weights", files["weights"],
                "--num-classes", "10", "--method", method, "--classes", "7", "2", "--size", "48", "72",
                "--input-norm", "tanh", "--normalize", "none", "--no-overlay", "--out", out)  # fmt: skip
     assert code == 0
@@ -151,7 +151,7 @@ def test_input_norm_none_and_auto_layer_on_another_family(files: dict[str, Path]
     model = mobilenet_v3_small(num_classes=5).eval()
     weights = tmp_path / "mnv3.pt"
     torch.save(model.state_dict(), weights)
-    records = explain_images([files["photo"]], "torchvision:mobilenet_v3_small", tmp_path / "out",
+    records = explain_images([files["photo"]], "mobilenet_v3_small", tmp_path / "out",
                              weights=weights, num_classes=5, size=64, top=2, input_norm="none",
                              overlays=False)  # fmt: skip
     x = preprocess(files["photo"], (64, 64), "none")
@@ -164,7 +164,7 @@ def test_input_norm_none_and_auto_layer_on_another_family(files: dict[str, Path]
 
 def test_no_weights_warns_and_uses_random_init(files: dict[str, Path], tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="random weights"):
-        records = explain_images([files["photo"]], "torchvision:resnet18", tmp_path / "out", num_classes=4,
+        records = explain_images([files["photo"]], "resnet18", tmp_path / "out", num_classes=4,
                                  size=32, overlays=False)  # fmt: skip
     assert len(records[0].classes) == 1
 
@@ -175,7 +175,7 @@ def test_images_sharing_a_name_get_distinct_files(files: dict[str, Path], tmp_pa
     first, second = tmp_path / "a" / "cat.png", tmp_path / "b" / "cat.png"
     Image.new("RGB", (40, 40), "red").save(first)
     Image.new("RGB", (40, 40), "blue").save(second)
-    records = explain_images([first, second], "torchvision:resnet18", tmp_path / "out",
+    records = explain_images([first, second], "resnet18", tmp_path / "out",
                              weights=files["weights"], num_classes=10, size=32, overlays=False)  # fmt: skip
     assert [Path(r.maps).name for r in records] == ["cat.pt", "cat-2.pt"]
     assert torch.load(records[1].maps, weights_only=True)["image"] == os.fspath(second)
@@ -188,7 +188,7 @@ def test_exif_orientation_is_applied(files: dict[str, Path], tmp_path: Path) -> 
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     rotated = tmp_path / "rotated.jpg"
     Image.fromarray(pixels).save(rotated, exif=exif, quality=95)
-    records = explain_images([rotated], "torchvision:resnet18", tmp_path / "out", weights=files["weights"],
+    records = explain_images([rotated], "resnet18", tmp_path / "out", weights=files["weights"],
                              num_classes=10, size=(32, 48), classes=[1])  # fmt: skip
     with Image.open(records[0].overlays[0]) as picture:
         assert picture.size == (40, 60)  # (width, height) of the upright image
@@ -218,12 +218,8 @@ def test_timm_model_by_name(files: dict[str, Path], tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_device_gives_the_cpu_maps(files: dict[str, Path], tmp_path: Path) -> None:
     common = dict(weights=files["weights"], num_classes=10, size=64, top=2, overlays=False)
-    on_cpu = explain_images(
-        [files["photo"]], "torchvision:resnet18", tmp_path / "cpu", device="cpu", **common
-    )
-    on_gpu = explain_images(
-        [files["photo"]], "torchvision:resnet18", tmp_path / "gpu", device="cuda", **common
-    )
+    on_cpu = explain_images([files["photo"]], "resnet18", tmp_path / "cpu", device="cpu", **common)
+    on_gpu = explain_images([files["photo"]], "resnet18", tmp_path / "gpu", device="cuda", **common)
     assert on_gpu[0].classes == on_cpu[0].classes
     maps = [torch.load(r[0].maps, weights_only=True)["maps"] for r in (on_cpu, on_gpu)]
     assert maps[1].device.type == "cpu"
@@ -239,7 +235,7 @@ def fail(capsys: pytest.CaptureFixture[str], out: Path, *args: str | os.PathLike
 
 
 def resnet_args(files: dict[str, Path]) -> list[str | os.PathLike[str]]:
-    return ["--model", "torchvision:resnet18", "--weights", files["weights"], "--num-classes", "10",
+    return ["--model", "resnet18", "--weights", files["weights"], "--num-classes", "10",
             "--size", "32"]  # fmt: skip
 
 
@@ -256,7 +252,7 @@ def test_unreadable_and_missing_images_are_all_named_before_model_work(
     def no_model(*_: object, **__: object) -> None:
         raise AssertionError("the model was built before the images were checked")
 
-    monkeypatch.setattr("hiercam.explain.build_model", no_model)
+    monkeypatch.setattr("hiercam.cli.explain.build_model", no_model)
     err = fail(capsys, tmp_path / "out", files["photo"], broken, missing, *resnet_args(files))
     assert "`images`: cannot read 2 of 3" in err
     assert f"{os.fspath(broken)!r}" in err
@@ -276,10 +272,10 @@ def test_truncated_image_is_an_error(
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ("torchvision:resnet1", "close matches: resnet18"),
-        ("torchvision:fcn_resnet50", "not a torchvision classification model"),
-        ("resnet18", "did you mean 'torchvision:resnet18'"),
-        ("keras:resnet18", "must be 'torchvision:<name>' or 'timm:<name>'"),
+        ("resnet1", "close matches: resnet18"),
+        ("fcn_resnet50", "not a torchvision classification model"),
+        ("torchvision:resnet18", "did you mean 'resnet18'"),
+        ("keras:resnet18", "the only prefix is 'timm:'"),
         ("timm:resnet5O", "close matches: resnet50"),
     ],
 )
@@ -298,7 +294,7 @@ def test_weights_of_another_model_name_the_file_and_keys(
 ) -> None:
     other = tmp_path / "other.pt"
     torch.save(mobilenet_v3_small(num_classes=10).state_dict(), other)
-    err = fail(capsys, tmp_path / "out", files["photo"], "--model", "torchvision:resnet18",
+    err = fail(capsys, tmp_path / "out", files["photo"], "--model", "resnet18",
                "--weights", other, "--num-classes", "10")  # fmt: skip
     assert f"`weights` {os.fspath(other)!r} does not fit the model" in err
     assert "missing keys" in err
@@ -309,10 +305,10 @@ def test_weights_of_another_model_name_the_file_and_keys(
 def test_weights_with_other_class_count_suggest_num_classes(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    err = fail(capsys, tmp_path / "out", files["photo"], "--model", "torchvision:resnet18",
+    err = fail(capsys, tmp_path / "out", files["photo"], "--model", "resnet18",
                "--weights", files["weights"])  # fmt: skip
     assert "fc.weight: file (10, 512), model (1000, 512)" in err
-    assert "--num-classes" in err
+    assert "another number of classes?" in err
 
 
 class Hostile:
@@ -332,9 +328,7 @@ def test_hostile_pickle_is_refused_and_nothing_runs(
     victim.write_text("still here")
     hostile = tmp_path / "hostile.pt"
     torch.save({"fc.weight": Hostile(victim)}, hostile)
-    err = fail(
-        capsys, tmp_path / "out", files["photo"], "--model", "torchvision:resnet18", "--weights", hostile
-    )
+    err = fail(capsys, tmp_path / "out", files["photo"], "--model", "resnet18", "--weights", hostile)
     assert victim.read_text() == "still here"
     assert f"`weights` {os.fspath(hostile)!r} could not be read with torch.load(weights_only=True)" in err
 
@@ -348,7 +342,7 @@ def test_weights_that_are_not_a_state_dict(
 ) -> None:
     path = tmp_path / "odd.pt"
     torch.save(content, path)
-    err = fail(capsys, tmp_path / "out", files["photo"], "--model", "torchvision:resnet18", "--weights", path)
+    err = fail(capsys, tmp_path / "out", files["photo"], "--model", "resnet18", "--weights", path)
     assert "`weights`" in err
     assert message in err
 
@@ -356,7 +350,7 @@ def test_weights_that_are_not_a_state_dict(
 def test_missing_weights_file(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    err = fail(capsys, tmp_path / "out", files["photo"], "--model", "torchvision:resnet18", "--weights",
+    err = fail(capsys, tmp_path / "out", files["photo"], "--model", "resnet18", "--weights",
                tmp_path / "nope.pt")  # fmt: skip
     assert "`weights`" in err
     assert "nope.pt': no such file" in err
@@ -402,7 +396,7 @@ def test_classes_and_top_together_are_refused(
     assert info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
     with pytest.raises(ValueError, match="either `classes` or `top`"):
-        explain_images([files["photo"]], "torchvision:resnet18", tmp_path / "out", classes=[1], top=2)
+        explain_images([files["photo"]], "resnet18", tmp_path / "out", classes=[1], top=2)
 
 
 def test_missing_matplotlib_is_a_clear_error(
@@ -423,7 +417,7 @@ def test_missing_matplotlib_is_a_clear_error(
 @pytest.mark.shared
 def test_real_mobilenet_names_the_egyptian_cat(shared_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code = run(shared_dir / "images" / "cat.png", "--model", "torchvision:mobilenet_v2",
+    code = run(shared_dir / "images" / "cat.png", "--model", "mobilenet_v2",
                "--weights", shared_dir / "models" / "mobilenet_v2_imagenet.pth", "--input-norm", "tanh",
                "--out", out)  # fmt: skip
     assert code == 0

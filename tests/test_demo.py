@@ -14,7 +14,8 @@ import torch
 import hiercam.pipeline
 from hiercam import fit
 from hiercam._progress import Progress, is_terminal
-from hiercam.cli import _threads_line, build_parser, main
+from hiercam.cli import build_parser, main
+from hiercam.cli.commands import _threads_line
 from hiercam.pipeline import (
     PRESETS,
     PipelineConfig,

@@ -19,6 +19,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 PUBLIC_MODULES = [
     "hiercam",
     "hiercam.pipeline",
+    "hiercam.maps",
     "hiercam.metrics",
     "hiercam.models",
     "hiercam.datasets",

@@ -12,16 +12,18 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from hiercam.grouping import HierarchicalKMeans
-from hiercam.grouping_agreement import (
+from hiercam.grouping import (
+    HierarchicalKMeans,
+    PrototypeEmbeddings,
     coassociation_matrix,
     consensus_hierarchy,
+    cooccurrence_embeddings,
     hierarchy_agreement,
     mean_pairwise_agreement,
     pairwise_agreement,
+    prototype_embeddings,
     shuffled_hierarchy,
 )
-from hiercam.grouping_sources import PrototypeEmbeddings, cooccurrence_embeddings, prototype_embeddings
 from hiercam.hierarchy import ClassHierarchy
 
 LABELS = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 0, 1], [0, 0, 1]])

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-# Imported from the package: pytest's doctest collection of hiercam/hierarchy.py may execute that file a
+# Imported from the package: pytest's doctest collection of hiercam/hierarchy/core.py may execute that file a
 # second time under the same module name, which gives a second, distinct ClassHierarchy class.
 from hiercam import ClassHierarchy, HierarchicalKMeans
 
@@ -183,13 +183,15 @@ def test_group_presence_and_dropping_saturated_levels() -> None:
         h.drop_saturated_levels(targets, 1.5)
 
 
-def test_hierarchy_lives_in_its_own_module_and_users_do_not_import_grouping() -> None:
+def test_hierarchy_lives_in_its_own_package_and_users_do_not_import_grouping() -> None:
     import ast
 
     import hiercam
     import hiercam.grouping
+    import hiercam.hierarchy
 
-    assert ClassHierarchy.__module__ == "hiercam.hierarchy"
+    assert ClassHierarchy.__module__ == "hiercam.hierarchy.core"
+    assert hiercam.hierarchy.ClassHierarchy is ClassHierarchy
     assert "ClassHierarchy" not in hiercam.grouping.__all__
     package = Path(hiercam.__file__).parent
     users = [package / "fusion.py", package / "pipeline" / "report.py", *(package / "datasets").glob("*.py")]
@@ -197,24 +199,20 @@ def test_hierarchy_lives_in_its_own_module_and_users_do_not_import_grouping() ->
         imported = {
             node.module for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
         }
-        assert "hiercam.grouping" not in imported, path
-    # the data type and its private parts (checks, JSON form, tree views) need no clustering or torch.nn
-    parts = [
-        "hierarchy.py",
-        "_hierarchy_checks.py",
-        "_hierarchy_io.py",
-        "_hierarchy_tree.py",
-        "_hierarchy_split.py",
-    ]
+        assert not any(module and module.startswith("hiercam.grouping") for module in imported), path
+    # the data type and its parts (checks, JSON form, tree views, splits) need no clustering or torch.nn
+    parts = sorted((package / "hierarchy").glob("*.py"))
+    assert {part.name for part in parts} >= {"core.py", "saturation.py", "_checks.py", "_io.py", "_tree.py"}
     hierarchy_imports = {
         node.module
         for part in parts
-        for node in ast.walk(ast.parse((package / part).read_text()))
+        for node in ast.walk(ast.parse(part.read_text()))
         if isinstance(node, ast.ImportFrom)
     }
     internal = {module for module in hierarchy_imports if module and module.startswith("hiercam")}
-    own = {f"hiercam.{part.removesuffix('.py')}" for part in parts}
+    own = {"hiercam.hierarchy", *(f"hiercam.hierarchy.{part.stem}" for part in parts)}
     assert internal <= {"hiercam._io", "hiercam._validation", *own}
+    assert not any(module.startswith("torch.nn") for module in hierarchy_imports if module)
 
 
 def test_repr_is_one_line_with_the_level_sizes() -> None:

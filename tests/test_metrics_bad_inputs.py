@@ -1,7 +1,8 @@
 """Every public metric callable refuses bad inputs with a TypeError/ValueError naming the argument (issue 15).
 
-Each case is one bad input to one callable; the message must name the argument (``match=``). A streaming
-metric that refuses a batch keeps its state (checked at the end). The number of cases is in ``CASES``.
+Each case is one bad input to one callable; the message must name the argument (``match=``). That a streaming
+metric that refuses a batch keeps its state is checked for every metric in ``test_metric_contract.py``. The
+number of cases is in ``CASES``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from hiercam.metrics import (
     MeanAveragePrecision,
     MeanIoU,
     average_precision,
-    cam_boxes,
     localization_error,
     maps_to_masks,
     mean_average_precision,
@@ -479,40 +479,6 @@ def _cases() -> list[Case]:
             "`num_classes` must be an int",
         ),
     ]
-    # cam_boxes
-    cases += [
-        (
-            "cam_boxes-3d",
-            lambda: cam_boxes(torch.rand(1, 4, 4)),
-            ValueError,
-            r"`map` must have shape \(H, W\), got \(1, 4, 4\)",
-        ),
-        (
-            "cam_boxes-int",
-            lambda: cam_boxes(torch.ones(4, 4, dtype=torch.long)),
-            TypeError,
-            "`map` must be a floating-point tensor",
-        ),
-        (
-            "cam_boxes-nan",
-            lambda: cam_boxes(torch.full((4, 4), float("nan"))),
-            ValueError,
-            "`map` must be finite",
-        ),
-        ("cam_boxes-list", lambda: cam_boxes([[0.0, 1.0]]), TypeError, "`map` must be a torch.Tensor"),
-        (
-            "cam_boxes-threshold",
-            lambda: cam_boxes(torch.rand(4, 4), -0.1),
-            ValueError,
-            r"`threshold` must be between 0 and 1",
-        ),
-        (
-            "cam_boxes-components",
-            lambda: cam_boxes(torch.rand(4, 4), components="biggest"),
-            ValueError,
-            "`components` must be one of 'largest', 'all', got 'biggest'",
-        ),
-    ]
     # localization_error and LocalizationError
     cases += _map_input_cases("localization_error", lambda m, lb: localization_error(m, lb, boxes=BOXES))
     cases += _threshold_cases(
@@ -584,7 +550,7 @@ CASES = _cases()
 def test_case_ids_are_unique_and_counted() -> None:
     ids = [case[0] for case in CASES]
     assert len(ids) == len(set(ids))
-    assert len(CASES) == 237  # the count reported for issue 15
+    assert len(CASES) == 231  # 237 reported for issue 15; the 6 cases of cam_boxes are in test_maps.py
 
 
 @pytest.mark.parametrize(
@@ -595,26 +561,6 @@ def test_bad_input_gives_a_clear_error(
 ) -> None:
     with pytest.raises(error, match=match):
         call()
-
-
-def test_refused_batches_leave_the_state_unchanged() -> None:
-    miou, loc, mean_ap = MeanIoU(4), LocalizationError(thresholds=[0.1, 0.5]), MeanAveragePrecision()
-    miou.update(MAPS, LABELS, masks=MASKS)
-    loc.update(MAPS, LABELS, boxes=BOXES)
-    mean_ap.update(SCORES, SCORE_LABELS)
-    before = (miou.confmat.clone(), loc.counts.clone(), len(mean_ap.scores))
-    for bad in (NAN_MAPS, MAPS[:, :2], MAPS.long()):
-        with pytest.raises((TypeError, ValueError)):
-            miou(bad, LABELS, masks=MASKS)
-        with pytest.raises((TypeError, ValueError)):
-            loc.update(bad, LABELS, boxes=BOXES)
-    with pytest.raises(ValueError, match="must have 3 classes like earlier batches, got 2"):
-        mean_ap.update(SCORES[:, :2], SCORE_LABELS[:, :2])
-    with pytest.raises(ValueError, match="must have 3 classes like earlier batches, got 2"):
-        mean_ap(SCORES[:, :2], SCORE_LABELS[:, :2])
-    assert torch.equal(miou.confmat, before[0])
-    assert torch.equal(loc.counts, before[1])
-    assert len(mean_ap.scores) == before[2]
 
 
 def test_inputs_are_not_modified() -> None:

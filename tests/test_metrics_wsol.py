@@ -1,4 +1,4 @@
-"""MaxBoxAccV2 and PxAP (Choe et al., CVPR 2020).
+"""MaxBoxAcc and PxAP (Choe et al., CVPR 2020).
 
 Oracles: values worked out on paper (the +1 pixel box convention included), a reference written after
 wsolevaluation's ``BoxEvaluator`` with OpenCV's contours (``cv2.findContours`` / ``cv2.boundingRect``), and a
@@ -7,14 +7,12 @@ naive loop over thresholds for PxAP.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from torch import Tensor
 
-from hiercam.metrics import MaxBoxAccV2, PxAP, max_box_acc, pxap
+from hiercam.metrics import MaxBoxAcc, PxAP, max_box_acc, pxap
 
 
 def blob(size: int = 8, rows: slice = slice(2, 5), cols: slice = slice(2, 5)) -> Tensor:
@@ -26,7 +24,7 @@ def blob(size: int = 8, rows: slice = slice(2, 5), cols: slice = slice(2, 5)) ->
 ONE = torch.tensor([[1]])
 
 
-# ------------------------------------------------------------------------------------- MaxBoxAccV2 by hand
+# ------------------------------------------------------------------------------------- MaxBoxAcc by hand
 def test_plus_one_pixel_iou() -> None:
     # predicted box (2, 2, 5, 5), truth (2, 2, 6, 6): wsolevaluation's IoU (4 * 4) / (5 * 5) = 0.64
     result = max_box_acc(blob(), ONE, boxes=[torch.tensor([[0, 2, 2, 6, 6]])])
@@ -82,7 +80,7 @@ def test_trials_are_present_classes_and_boxes_of_their_class() -> None:
     assert torch.isnan(max_box_acc(maps, torch.tensor([[0, 0]]), boxes=boxes).value)
 
 
-# ----------------------------------------------------------------------------------- MaxBoxAccV2 vs OpenCV
+# ----------------------------------------------------------------------------------- MaxBoxAcc vs OpenCV
 def opencv_best_ious(score: np.ndarray, truth: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """wsolevaluation's boxes (multi_contour_eval=True) and IoU with OpenCV: best IoU per threshold."""
     import cv2
@@ -125,7 +123,7 @@ def smooth_maps(count: int, size: int, seed: int) -> Tensor:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_max_box_acc_matches_opencv_reference(seed: int) -> None:
-    from hiercam.metrics.wsol import _best_ious
+    from hiercam.metrics.max_box_acc import _best_ious
 
     size, count, interval = 24, 8, 0.02
     maps = smooth_maps(count, size, seed)[:, None]
@@ -147,25 +145,6 @@ def test_max_box_acc_matches_opencv_reference(seed: int) -> None:
     result = max_box_acc(maps, torch.ones(count, 1), boxes=boxes, interval=interval)
     assert result.per_iou.tolist() == pytest.approx(accuracy)
     assert 0 < float(result.value) < 1
-
-
-def test_max_box_acc_streaming_equals_functional() -> None:
-    maps = smooth_maps(5, 16, 3)[:, None].repeat(1, 2, 1, 1)
-    labels = torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0], [1, 1]])
-    boxes = [torch.tensor([[0, 2, 2, 9, 9], [1, 5, 4, 14, 12]])] * 5
-    metric = MaxBoxAccV2(interval=0.1)
-    assert torch.isnan(metric.compute().value)
-    batch = metric(maps[:2], labels[:2], boxes=boxes[:2])
-    metric.update(maps[2:], labels[2:], boxes=boxes[2:])
-    whole = max_box_acc(maps, labels, boxes=boxes, interval=0.1)
-    for got, want in zip(metric.compute(), whole, strict=True):
-        torch.testing.assert_close(got, want)
-    torch.testing.assert_close(
-        batch.value, max_box_acc(maps[:2], labels[:2], boxes=boxes[:2], interval=0.1).value
-    )
-    restored = MaxBoxAccV2(interval=0.1)
-    restored.load_state_dict(metric.state_dict())
-    torch.testing.assert_close(restored.compute().value, whole.value)
 
 
 # --------------------------------------------------------------------------------------------- PxAP
@@ -293,7 +272,7 @@ def test_pxap_without_foreground_is_nan() -> None:
             "labels",
         ),
         (lambda: max_box_acc(blob() * float("nan"), ONE, boxes=[torch.zeros(0, 5)]), ValueError, "finite"),
-        (lambda: MaxBoxAccV2(iou_thresholds=[0]), ValueError, "iou_thresholds"),
+        (lambda: MaxBoxAcc(iou_thresholds=[0]), ValueError, "iou_thresholds"),
         (lambda: PxAP(interval=-0.1), ValueError, "interval"),
     ],
 )
@@ -313,96 +292,3 @@ def test_on_the_gpu_equals_cpu() -> None:
     )
     cuda = max_box_acc(maps.cuda(), labels.cuda(), boxes=[b.cuda() for b in boxes])
     torch.testing.assert_close(cuda.value, max_box_acc(maps, labels, boxes=boxes).value)
-
-
-# -------------------------------------------------------------------------------------- torch.distributed
-WORKER = """
-import json, os, sys
-import torch
-import torch.distributed as dist
-from hiercam.metrics import ROAD, DeletionInsertion, MaxBoxAccV2, PxAP
-
-rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-data = torch.load(sys.argv[4], weights_only=True)
-model = lambda x: x.mean((2, 3))  # noqa: E731 (class k's logit: the mean of channel k)
-metrics = {
-    "boxacc": MaxBoxAccV2(interval=0.05),
-    "pxap": PxAP(interval=0.05),
-    "deletion": DeletionInsertion(model, steps=4, score="logit"),
-    "road": ROAD(model, percentages=[50], noise=0.0, score="logit"),
-}
-if rank == 0:  # rank 1 sees no data at all and must still take part in the sync
-    maps, labels = data["maps"], data["labels"]
-    metrics["boxacc"].update(maps, labels, boxes=[data["boxes"]] * len(maps))
-    metrics["pxap"].update(maps, labels, masks=data["masks"])
-    metrics["deletion"].update(maps, labels, images=data["images"])
-    metrics["road"].update(maps, labels, images=data["images"])
-result = {
-    "boxacc": metrics["boxacc"].compute().per_iou.tolist(),
-    "pxap": float(metrics["pxap"].compute()),
-    "deletion": float(metrics["deletion"].compute().deletion),
-    "road": float(metrics["road"].compute().morf),
-}
-with open(out, "w") as f:
-    json.dump(result, f)
-dist.barrier()
-dist.destroy_process_group()
-os._exit(0)
-"""
-
-
-@pytest.mark.slow
-def test_streaming_metrics_sync_across_processes_with_an_empty_rank(tmp_path: Path) -> None:
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from hiercam.metrics import deletion_insertion, road
-
-    maps = smooth_maps(6, 12, 7).reshape(3, 2, 12, 12)
-    labels = torch.tensor([[1, 0], [1, 1], [0, 1]])
-    masks = torch.randint(0, 3, (3, 12, 12), generator=torch.Generator().manual_seed(0))
-    boxes = torch.tensor([[0, 1.0, 1.0, 8.0, 7.0], [1, 4.0, 2.0, 12.0, 12.0]])
-    images = torch.rand(3, 2, 12, 12, generator=torch.Generator().manual_seed(1))
-    torch.save(
-        {"maps": maps, "labels": labels, "masks": masks, "boxes": boxes, "images": images}, tmp_path / "d.pt"
-    )
-    (tmp_path / "worker.py").write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(tmp_path / "worker.py"),
-                str(rank),
-                str(tmp_path / "store"),
-                str(tmp_path / f"{rank}.json"),
-                str(tmp_path / "d.pt"),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for rank in range(2)
-    ]
-    for proc in procs:
-        output, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0, output.decode()
-    model = lambda x: x.mean((2, 3))  # noqa: E731
-    expected = {
-        "boxacc": max_box_acc(maps, labels, boxes=[boxes] * 3, interval=0.05).per_iou.tolist(),
-        "pxap": float(pxap(maps, labels, masks=masks, interval=0.05)),
-        "deletion": float(
-            deletion_insertion(maps, labels, images=images, model=model, steps=4, score="logit").deletion
-        ),
-        "road": float(
-            road(maps, labels, images=images, model=model, percentages=50, noise=0.0, score="logit").morf
-        ),
-    }
-    for rank in range(2):
-        got = json.loads((tmp_path / f"{rank}.json").read_text())
-        assert got["boxacc"] == pytest.approx(expected["boxacc"])
-        for key in ("pxap", "deletion", "road"):
-            assert got[key] == pytest.approx(expected[key]), key

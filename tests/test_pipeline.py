@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import struct
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from hiercam.pipeline import (
     run_bench,
     run_pipeline,
 )
-from hiercam.pipeline import stages as stage_module
+from hiercam.pipeline.stages import training as stage_module
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -112,11 +113,19 @@ def figures(result: RunResult) -> dict[str, object]:
     return {key: value for key, value in result.to_json().items() if key != "histories"}
 
 
+@pytest.fixture(scope="module")
+def tiny_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_config: Callable[..., PipelineConfig]
+) -> tuple[PipelineConfig, Path, RunResult]:
+    """``tiny_config()`` run once for the module, uninterrupted: its config, folder and result."""
+    config, out = tiny_config(), tmp_path_factory.mktemp("whole")
+    return config, out, run_pipeline(config, out, progress=False, log=lambda _: None)
+
+
 def test_an_interrupted_run_resumes_without_redoing_finished_stages(
-    tiny_config: Callable[..., PipelineConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_run: tuple[PipelineConfig, Path, RunResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tiny_config()
-    uninterrupted = run_pipeline(config, tmp_path / "whole", progress=False, log=lambda _: None)
+    config, _, uninterrupted = tiny_run
 
     def crash(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt("simulated interruption after stage 1")
@@ -150,9 +159,11 @@ def test_an_interrupted_run_resumes_without_redoing_finished_stages(
 
 
 def test_validation_only_runs_never_touch_test(
-    tmp_path: Path, tiny_config: Callable[..., PipelineConfig]
+    tmp_path: Path, tiny_run: tuple[PipelineConfig, Path, RunResult]
 ) -> None:
-    metrics = run_pipeline(tiny_config(), tmp_path, progress=False, log=lambda _: None, test=False)
+    config, whole, _ = tiny_run
+    shutil.copytree(whole / "models", tmp_path / "models")  # the same models, loaded instead of trained
+    metrics = run_pipeline(config, tmp_path, progress=False, log=lambda _: None, test=False)
     assert metrics.splits == ("val",)
     assert all(set(scores.splits) == {"val"} for scores in metrics.variants.values())
     assert not list((tmp_path / "cams").glob("test-*"))

@@ -19,11 +19,12 @@ import torch
 
 from hiercam._io import atomic_write_text, remove_stale_temporaries
 from hiercam.cli import main
+from hiercam.datasets import FashionScenes
 from hiercam.datasets.fake_voc import write_fake_voc
 from hiercam.datasets.voc import VOCMultiLabel
 from hiercam.pipeline import ConfigError, PipelineConfig, demo_config, run_pipeline
-from hiercam.pipeline import stages as stage_module
 from hiercam.pipeline.artifacts import load_tensors, read_marker
+from hiercam.pipeline.stages import training as stage_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,6 +72,20 @@ def test_the_limits_themselves_are_accepted() -> None:
     assert voc.method.levels == (9,)  # FashionScenes' limits do not apply to VOC
 
 
+def test_the_config_checks_the_datasets_own_limits() -> None:
+    most, smallest = FashionScenes.MAX_ITEMS, FashionScenes.MIN_IMAGE_SIZE
+    quick = demo_config(quick=True)
+    quick.replace(data__items=(most, most), data__image_size=smallest)  # accepted
+    with pytest.raises(ConfigError, match=f"at most {most} garments"):
+        quick.replace(data__items=(1, most + 1))
+    with pytest.raises(ConfigError, match=f">= {smallest} for FashionScenes"):
+        quick.replace(data__image_size=smallest - 1)
+    with pytest.raises(ValueError, match=f"<= {most}"):  # the dataset refuses what the config refuses
+        FashionScenes("val", num_scenes=1, items=(1, most + 1))
+    with pytest.raises(ValueError, match=f">= {smallest}"):
+        FashionScenes("val", num_scenes=1, image_size=smallest - 1)
+
+
 def toml(path: Path, text: str) -> Path:
     path.write_text('device = "cpu"\n' + text)
     return path
@@ -83,8 +98,9 @@ BAD_RUNS = [
     ("[train]\nweight_decay = inf\n", "`train.weight_decay` must be a finite number >= 0, got inf"),
     ("[data]\nitems = [1, 9]\n", "`data.items` allows at most 6 garments"),
     ("seed = 18446744073709551616\n", "`seed` must be between 0 and 4294967295"),
-    ('[model]\nbackbone = "resnet9000"\n', "`model.backbone` 'resnet9000' is not 'small_convnet'"),
-    ('[model]\nbackbone = "timm:resnet9000"\n', "`model.backbone` 'timm:resnet9000': timm has no model"),
+    ('[model]\nbackbone = "resnet9000"\n', "`model.backbone` 'resnet9000' is not a torchvision"),
+    ('[model]\nbackbone = "timm:resnet9000"\n', "`model.backbone` 'timm:resnet9000' is not a timm model"),
+    ('[model]\nbackbone = "torchvision:resnet18"\n', "did you mean 'resnet18'?"),
     ("[train]\namp = true\n", "`train.amp` (mixed precision) needs CUDA"),
 ]
 

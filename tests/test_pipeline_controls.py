@@ -9,6 +9,7 @@ are recomputed from the saved base classifier with the public ``GradCAM``, ``Pro
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,13 +32,13 @@ from hiercam.pipeline import (
     run_pipeline,
 )
 from hiercam.pipeline.artifacts import load_tensors
+from hiercam.pipeline.context import RunContext
 from hiercam.pipeline.data import load_split
 from hiercam.pipeline.evaluation import variants_of
 from hiercam.pipeline.keys import ModelKey
 from hiercam.pipeline.networks import build_classifier
 from hiercam.pipeline.prototypes import PROTOTYPE_OPTIONS
 from hiercam.pipeline.stages import (
-    RunContext,
     TrainedModel,
     build_hierarchy,
     ensemble_size,
@@ -47,17 +48,14 @@ from hiercam.pipeline.stages import (
 )
 
 
-def quick(**changes: object) -> PipelineConfig:
-    config = demo_config(quick=True).replace(evaluation__wsol=False, evaluation__faithfulness_images=0)
-    return config.replace(**changes)
-
-
 @pytest.fixture(scope="module")
-def single_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineConfig, Path, RunResult]:
+def single_run(
+    tmp_path_factory: pytest.TempPathFactory, quick_config: Callable[..., PipelineConfig]
+) -> tuple[PipelineConfig, Path, RunResult]:
     """``single_branch`` with levels 10 -> 4 -> 2, both controls and the prototype row ("others")."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("controls")
-    config = apply_preset(quick(shuffled_control=True), "prototype")
+    config = apply_preset(quick_config(shuffled_control=True), "prototype")
     return config, out, run_pipeline(config, out, progress=False, log=lambda _: None)
 
 
@@ -104,9 +102,11 @@ def test_shuffled_models_have_their_own_cache_keys(single_run) -> None:
     assert result.variants[Variant("shuffled")].splits["test"].miou >= 0
 
 
-def test_two_branch_shuffled_control_retrains_two_branch_level_models(tmp_path: Path) -> None:
+def test_two_branch_shuffled_control_retrains_two_branch_level_models(
+    tmp_path: Path, quick_config: Callable[..., PipelineConfig]
+) -> None:
     torch.set_num_threads(1)
-    config = quick(
+    config = quick_config(
         shuffled_control=True, ablation=False, method__levels=(4,), train__epochs=1, data__train_scenes=128
     )
     result = run_pipeline(config, tmp_path, progress=False, log=lambda _: None)
@@ -216,20 +216,26 @@ def _hierarchy_of(
     return build_hierarchy(ctx, base)
 
 
-def test_cooccurrence_source_groups_the_classes_seen_together(tmp_path: Path) -> None:
-    config = quick(method__levels=(5,), method__grouping_source="cooccurrence")
+def test_cooccurrence_source_groups_the_classes_seen_together(
+    tmp_path: Path, quick_config: Callable[..., PipelineConfig]
+) -> None:
+    config = quick_config(method__levels=(5,), method__grouping_source="cooccurrence")
     hierarchy, _ = _hierarchy_of(config, tmp_path, _paired_labels())
     assert hierarchy is not None
     assert sorted(hierarchy.groups(1)) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert hierarchy.class_names == tuple(FashionScenes.classes)
 
 
-def test_file_source_uses_the_file_and_keys_the_hierarchy_by_it(tmp_path: Path) -> None:
+def test_file_source_uses_the_file_and_keys_the_hierarchy_by_it(
+    tmp_path: Path, quick_config: Callable[..., PipelineConfig]
+) -> None:
     given = ClassHierarchy(
         [[0, 1, 0, 1, 2, 2, 3, 3, 4, 4], [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]], FashionScenes.classes
     )
     path = given.save(tmp_path / "groups.json")
-    config = quick(method__levels=(5,), method__grouping_source="file", method__hierarchy_file=str(path))
+    config = quick_config(
+        method__levels=(5,), method__grouping_source="file", method__hierarchy_file=str(path)
+    )
     hierarchy, key = _hierarchy_of(config, tmp_path / "run", _paired_labels())
     assert hierarchy == given  # the file's levels (5, 2), not `method.levels`
     cooccurrence = config.replace(method__grouping_source="cooccurrence", method__hierarchy_file=None)
@@ -257,23 +263,23 @@ def test_file_source_uses_the_file_and_keys_the_hierarchy_by_it(tmp_path: Path) 
     ],
 )
 def test_a_bad_hierarchy_file_is_a_config_error_before_training(
-    tmp_path: Path, content, message: str
+    tmp_path: Path, quick_config: Callable[..., PipelineConfig], content, message: str
 ) -> None:
     path = tmp_path / "groups.json"
     if content is not None:
         path.write_text(content if isinstance(content, str) else json.dumps(content))
-    config = quick(method__grouping_source="file", method__hierarchy_file=str(path))
+    config = quick_config(method__grouping_source="file", method__hierarchy_file=str(path))
     with pytest.raises(ConfigError, match=message):
         run_pipeline(config, tmp_path / "run", progress=False, log=lambda _: None)
     assert not (tmp_path / "run" / "models").exists()  # nothing was trained
 
 
-def test_hierarchy_file_goes_with_the_file_source() -> None:
+def test_hierarchy_file_goes_with_the_file_source(quick_config: Callable[..., PipelineConfig]) -> None:
     with pytest.raises(ConfigError, match="method.hierarchy_file"):
-        quick(method__grouping_source="file")
+        quick_config(method__grouping_source="file")
     with pytest.raises(ConfigError, match="method.hierarchy_file"):
-        quick(method__hierarchy_file="groups.json")
+        quick_config(method__hierarchy_file="groups.json")
     with pytest.raises(ConfigError, match="method.grouping_source"):
-        quick(method__grouping_source="labels")
+        quick_config(method__grouping_source="labels")
     with pytest.raises(ConfigError, match="method.prototype_context"):
-        quick(method__prototype_context="all")
+        quick_config(method__prototype_context="all")

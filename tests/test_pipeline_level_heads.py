@@ -7,6 +7,7 @@ public ``level_heads_maps`` and ``fuse_hierarchy``, and the images' own upsampli
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,13 +29,13 @@ from hiercam.pipeline import (
     run_pipeline,
 )
 from hiercam.pipeline.artifacts import load_tensors
+from hiercam.pipeline.context import RunContext
 from hiercam.pipeline.data import load_split
 from hiercam.pipeline.evaluation import variant_maps, variants_of
 from hiercam.pipeline.keys import ModelKey
 from hiercam.pipeline.networks import backbone_factory
 from hiercam.pipeline.results import ExtractedMaps, ModelMaps
 from hiercam.pipeline.stages import (
-    RunContext,
     build_hierarchy,
     ensemble_size,
     train_base,
@@ -45,17 +46,14 @@ from hiercam.pipeline.stages import (
 _HEADS, _SHUFFLED = ModelKey("level_heads"), ModelKey("shuffled_level_heads")
 
 
-def quick(**changes: object) -> PipelineConfig:
-    config = demo_config(quick=True).replace(evaluation__wsol=False, evaluation__faithfulness_images=0)
-    return config.replace(**changes)
-
-
 @pytest.fixture(scope="module")
-def heads_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineConfig, Path, RunResult]:
+def heads_run(
+    tmp_path_factory: pytest.TempPathFactory, quick_config: Callable[..., PipelineConfig]
+) -> tuple[PipelineConfig, Path, RunResult]:
     """Preset ``level_heads``, levels 10 -> 4 -> 2, the ensemble and the shuffled control."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("level_heads")
-    config = apply_preset(quick(shuffled_control=True), "level_heads")
+    config = apply_preset(quick_config(shuffled_control=True), "level_heads")
     return config, out, run_pipeline(config, out, progress=False, log=lambda _: None)
 
 
@@ -134,18 +132,20 @@ def test_shuffled_control_is_a_level_heads_net_with_its_own_cache_key(heads_run)
     assert isinstance(shuffled[_SHUFFLED].model, LevelHeadsNet)
     assert shuffled[_SHUFFLED].content_key != real[_HEADS].content_key
     assert shuffled[_SHUFFLED].model.level_sizes == hierarchy.level_sizes  # the same group sizes
-    assert len(list((out / "models").glob("single_L0-*.pt"))) == 2  # the real and the shuffled net
+    assert len(list((out / "models").glob("level_heads-*.pt"))) == 2  # the real and the shuffled net
     assert result.variants[Variant("shuffled")].splits["test"].miou >= 0
 
 
-def test_heads_row_is_the_baseline_when_the_grouping_fell_back() -> None:
+def test_heads_row_is_the_baseline_when_the_grouping_fell_back(
+    quick_config: Callable[..., PipelineConfig],
+) -> None:
     base = ModelMaps(torch.rand(3, 4, 5, 5), torch.rand(3, 4))
     extracted = ExtractedMaps(torch.ones(3, 4), {ModelKey("base"): base})
     rows, labels = torch.arange(3), torch.ones(3, 4)
     wanted = [Variant("heads"), Variant("baseline")]
     maps = dict(variant_maps(extracted, rows, None, labels, (10, 10), wanted, "max"))
     torch.testing.assert_close(maps[Variant("heads")], maps[Variant("baseline")])
-    config = apply_preset(quick(), "level_heads")
+    config = apply_preset(quick_config(), "level_heads")
     assert [v.name for v in variants_of(config, None)] == ["baseline", "ensemble", "heads"]
 
 
@@ -158,9 +158,11 @@ def test_heads_row_is_the_baseline_when_the_grouping_fell_back() -> None:
         ({"method__softmax_over_labels": True}, "method.softmax_over_labels"),
     ],
 )
-def test_level_heads_refuses_what_it_cannot_run(changes: dict[str, object], key: str) -> None:
+def test_level_heads_refuses_what_it_cannot_run(
+    quick_config: Callable[..., PipelineConfig], changes: dict[str, object], key: str
+) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        quick(**{"method__branches": 1, "method__level_heads": True, **changes})
+        quick_config(**{"method__branches": 1, "method__level_heads": True, **changes})
 
 
 def test_level_heads_preset_is_single_branch_with_level_heads() -> None:

@@ -28,10 +28,12 @@ from hiercam.pipeline import (
     run_pipeline,
 )
 from hiercam.pipeline.artifacts import digest, load_tensors
-from hiercam.pipeline.data import SplitData
+from hiercam.pipeline.context import RunContext
+from hiercam.pipeline.data import InMemorySplit
 from hiercam.pipeline.evaluation import choose_thresholds, score_maps, score_split, variant_maps
+from hiercam.pipeline.keys import data_key
 from hiercam.pipeline.report import bench_markdown, compare_markdown, seed_stats
-from hiercam.pipeline.stages import RunContext, build_hierarchy, train_base, train_levels
+from hiercam.pipeline.stages import build_hierarchy, train_base, train_levels
 
 
 class ColumnCounter(nn.Module):
@@ -42,7 +44,7 @@ class ColumnCounter(nn.Module):
         return torch.stack([column, torch.zeros_like(column)], 1)
 
 
-def toy() -> tuple[ExtractedMaps, SplitData]:
+def toy() -> tuple[ExtractedMaps, InMemorySplit]:
     """Two white 4 x 4 images with class 0 in column 0: image 0's map is that column, image 1's all ones."""
     maps = torch.zeros(2, 2, 4, 4)
     maps[0, 0, :, 0] = 1.0
@@ -53,7 +55,7 @@ def toy() -> tuple[ExtractedMaps, SplitData]:
     masks[:, :, 0] = 1
     boxes = [torch.tensor([[0.0, 0.0, 0.0, 1.0, 4.0]])] * 2  # (class, x1, y1, x2, y2), exclusive far edges
     images = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
-    return extracted, SplitData(images, labels, masks, boxes)
+    return extracted, InMemorySplit(images, labels, masks, boxes)
 
 
 def _area(scores: list[float]) -> float:
@@ -195,7 +197,7 @@ def test_multiscale_enters_the_map_cache_key_only_when_set(
     earlier = digest(
         {
             "models": {m.identity.name: m.content_key for m in models.values()},
-            "data": ctx.data_key(),
+            "data": data_key(config),
             "split": "val",
             "layout": 2,
         }

@@ -17,6 +17,7 @@ from torch import nn
 from hiercam import ClassHierarchy, average_branch_maps, mean_iou, small_convnet
 from hiercam.cli import main
 from hiercam.datasets import MSRC21_CLASSES, MSRC21_STUFF_CLASSES, write_fake_msrc21
+from hiercam.models import TanhNormalize
 from hiercam.pipeline import (
     ConfigError,
     ExtractedMaps,
@@ -29,11 +30,10 @@ from hiercam.pipeline import (
     run_bench,
     run_pipeline,
 )
-from hiercam.pipeline.data import SplitData, class_names, load_split
+from hiercam.pipeline.data import InMemorySplit, class_names, load_split
 from hiercam.pipeline.evaluation import score_split, variant_maps, variants_of
 from hiercam.pipeline.networks import (
     EvalBatchNorm,
-    TanhNormalize,
     build_classifier,
     build_two_branch,
     check_weights,
@@ -133,7 +133,7 @@ def test_background_classes_only_for_msrc() -> None:
 
 
 # ------------------------------------------------------------------------------------------ scored labels
-class _NoBackgroundSplit(SplitData):
+class _NoBackgroundSplit(InMemorySplit):
     """A split whose masks have no background: its mIoU averages the class labels only."""
 
     @property
@@ -157,7 +157,7 @@ def test_miou_averages_the_scored_labels_only() -> None:
     # every label (the FashionScenes/VOC convention) would count the background's 0 by construction
     every = mean_iou(maps, labels.long(), masks=mask.long(), num_classes=3, thresholds=0.15)
     assert float(every.miou) == pytest.approx(0.5)
-    plain = SplitData(split.images, labels, mask, split.boxes)
+    plain = InMemorySplit(split.images, labels, mask, split.boxes)
     assert plain.scored_labels == (0, 1, 2)
     curves = score_split(config, plain, extracted, hierarchy, [Variant("baseline")], localization=False)
     assert curves[Variant("baseline")].miou[at] == pytest.approx(0.5)
@@ -250,8 +250,7 @@ def test_real_mobilenet_weights_load_with_tanh_scaling() -> None:
 
 # ------------------------------------------------------------------------------------ input norm and BN
 def test_input_norm_defaults_and_choices() -> None:
-    from hiercam.models import SmallConvNet
-    from hiercam.pipeline.networks import ImageNetNormalize
+    from hiercam.models import ImageNetNormalize, SmallConvNet
 
     small = PipelineConfig(device="cpu").replace(model__width=4)
     assert isinstance(build_classifier(small.model, 3, 0).features, SmallConvNet)  # default: none
@@ -506,7 +505,7 @@ def test_msrc_config_file_points_at_shared() -> None:
 
 def test_cache_keys_leave_out_new_keys_at_their_defaults() -> None:
     from hiercam.pipeline import DataConfig, ModelConfig
-    from hiercam.pipeline.stages import section_key
+    from hiercam.pipeline.keys import section_key
 
     old_data = {"dataset", "root", "image_size", "train_scenes", "val_scenes", "test_scenes", "items"}
     assert set(section_key(DataConfig())) == old_data | {"num_workers"}

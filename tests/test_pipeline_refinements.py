@@ -7,6 +7,7 @@ extractors (``GradCAM``, ``MultiScaleCAM``, ``softmax_over=``); the variants and
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,18 +23,14 @@ from hiercam.pipeline.results import ExtractedMaps
 from hiercam.pipeline.run import _read_seed_record, _write_seed_record
 
 
-def quick(preset: str) -> PipelineConfig:
-    config = demo_config(quick=True).replace(
-        evaluation__wsol=False, evaluation__faithfulness_images=0, method__levels=(4,)
-    )
-    return apply_preset(config, preset)
-
-
 @pytest.fixture(scope="module")
-def refined_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineConfig, Path, RunResult]:
+def refined_run(
+    tmp_path_factory: pytest.TempPathFactory, quick_config: Callable[..., PipelineConfig]
+) -> tuple[PipelineConfig, Path, RunResult]:
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("refined")
-    config = quick("refined").replace(method__multiscale=(1.0, 2.0), method__flip=True)
+    config = apply_preset(quick_config(method__levels=(4,)), "refined")
+    config = config.replace(method__multiscale=(1.0, 2.0), method__flip=True)
     return config, out, run_pipeline(config, out, progress=False, log=lambda _: None)
 
 
@@ -77,9 +74,9 @@ def test_branches_must_be_one_or_two() -> None:
             PipelineConfig.from_dict(base)
 
 
-def test_tuned_fusion_needs_two_branch_models() -> None:
+def test_tuned_fusion_needs_two_branch_models(quick_config: Callable[..., PipelineConfig]) -> None:
     with pytest.raises(ConfigError, match="choose_fusion_weights"):
-        quick("single_branch").replace(method__choose_fusion_weights=True)
+        apply_preset(quick_config(), "single_branch").replace(method__choose_fusion_weights=True)
 
 
 def test_a_seed_record_from_before_a_field_existed_is_read_back(refined_run, tmp_path: Path) -> None:
@@ -98,7 +95,7 @@ def test_a_seed_record_from_before_a_field_existed_is_read_back(refined_run, tmp
 
 
 def test_multiscale_extraction_batches_keep_a_plain_batchs_memory() -> None:
-    from hiercam.pipeline.stages import _extraction_batch
+    from hiercam.pipeline.stages.extraction import _extraction_batch
 
     assert _extraction_batch(None, False) == 64
     assert _extraction_batch((1.0, 0.5, 1.5, 2.0), True) == 8  # scale 2: 4x the pixels, and the mirror images
@@ -107,7 +104,7 @@ def test_multiscale_extraction_batches_keep_a_plain_batchs_memory() -> None:
 
 
 def test_largest_labelled_class_counts_only_the_images_classes() -> None:
-    from hiercam.pipeline.report import largest_labelled_class
+    from hiercam.pipeline.figures import largest_labelled_class
 
     mask = torch.tensor([[1, 1, 1], [2, 2, 0], [3, 255, 0]])  # class 0: 3 pixels, class 1: 2, class 2: 1
     assert largest_labelled_class(torch.tensor([1, 1, 1]), mask) == 0

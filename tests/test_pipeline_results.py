@@ -23,7 +23,7 @@ from hiercam.pipeline import (
     Variant,
     VariantScores,
 )
-from hiercam.pipeline.data import SplitData
+from hiercam.pipeline.data import InMemorySplit
 from hiercam.pipeline.evaluation import choose_thresholds, score_split
 
 
@@ -66,12 +66,12 @@ def extracted() -> ExtractedMaps:
     return ExtractedMaps(labels, {ModelKey("base"): ModelMaps(maps.half(), torch.zeros(2, 2))})
 
 
-def split() -> SplitData:
+def split() -> InMemorySplit:
     masks = torch.zeros(2, 4, 4, dtype=torch.uint8)
     masks[:, :, 0] = 1  # class 0 (label 1) in column 0
     boxes = [torch.tensor([[0.0, 0.0, 0.0, 1.0, 4.0]])] * 2  # (class, x1, y1, x2, y2), exclusive far edges
     images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
-    return SplitData(images, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), masks, boxes)
+    return InMemorySplit(images, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), masks, boxes)
 
 
 def test_scores_are_fractions_computed_over_the_whole_split() -> None:

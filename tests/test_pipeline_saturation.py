@@ -28,10 +28,10 @@ from hiercam.pipeline import (
 from hiercam.pipeline.evaluation import variants_of
 from hiercam.pipeline.keys import ModelKey
 from hiercam.pipeline.report import write_report
-from hiercam.pipeline.stages import _kept_out
+from hiercam.pipeline.stages.grouping import _kept_out
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def saturated(tiny_config: Callable[..., PipelineConfig]) -> Callable[..., PipelineConfig]:
     """``recommended`` on FashionScenes scenes of 3 or 4 garments, one level of 2 groups: both saturated."""
 
@@ -82,32 +82,48 @@ def test_a_saturated_level_is_rescued_by_splitting_and_the_report_names_the_grou
     assert RunResult.load(tmp_path / "metrics.json").grouping == grouping
 
 
-@pytest.mark.parametrize(
-    ("changes", "reason"),
-    [
-        # every pair of garments is in about 87 % of 6-garment scenes: split down to the classes
-        (
-            {"data__items": [6, 6], "method__max_group_presence": 0.8},
-            "every level held the same groups as the level below it (every class alone)",
-        ),
-        # every class is in about 60 % of them: all kept out of the grouping, none left to group
-        (
-            {"data__items": [6, 6], "method__max_class_presence": 0.5},
-            "`method.max_class_presence` = 0.5 keeps 10 of the 10 classes out of the grouping",
-        ),
-    ],
-    ids=["split_to_classes", "all_kept_out"],
-)
+#: Runs whose grouping keeps no level: the changes to ``saturated()`` and the reason the run gives.
+FALLBACKS: dict[str, tuple[dict[str, object], str]] = {
+    # every pair of garments is in about 87 % of 6-garment scenes: split down to the classes
+    "split_to_classes": (
+        {"data__items": [6, 6], "method__max_group_presence": 0.8},
+        "every level held the same groups as the level below it (every class alone)",
+    ),
+    # every class is in about 60 % of them: all kept out of the grouping, none left to group
+    "all_kept_out": (
+        {"data__items": [6, 6], "method__max_class_presence": 0.5},
+        "`method.max_class_presence` = 0.5 keeps 10 of the 10 classes out of the grouping",
+    ),
+}
+
+FallbackRun = tuple[PipelineConfig, Path, RunResult, list[str]]
+
+
+@pytest.fixture(scope="module")
+def fallback_run(
+    tmp_path_factory: pytest.TempPathFactory, saturated: Callable[..., PipelineConfig]
+) -> Callable[[str], FallbackRun]:
+    """``fallback_run(name)``: the run of ``FALLBACKS[name]`` (with the ablation and the ensemble control),
+    done once for the module: its config, folder, result and log lines."""
+    runs: dict[str, FallbackRun] = {}
+
+    def run(name: str) -> FallbackRun:
+        if name not in runs:
+            config = saturated(ablation=True, ensemble=True, **FALLBACKS[name][0])
+            out, lines = tmp_path_factory.mktemp(name), []
+            result = run_pipeline(config, out, progress=False, log=lines.append)
+            runs[name] = (config, out, result, lines)
+        return runs[name]
+
+    return run
+
+
+@pytest.mark.parametrize("name", list(FALLBACKS))
 def test_no_surviving_level_falls_back_to_the_baseline_and_says_why(
-    tmp_path: Path,
-    saturated: Callable[..., PipelineConfig],
-    one_thread: None,
-    changes: dict[str, object],
-    reason: str,
+    fallback_run: Callable[[str], FallbackRun], one_thread: None, name: str
 ) -> None:
-    config = saturated(ablation=True, ensemble=True, **changes)
-    lines: list[str] = []
-    result = run_pipeline(config, tmp_path, progress=False, log=lines.append)
+    _, tmp_path, result, lines = fallback_run(name)
+    reason = FALLBACKS[name][1]
     assert result.hierarchy is None
     assert result.grouping is not None
     assert result.grouping.fallback is not None
@@ -135,10 +151,9 @@ def test_no_surviving_level_falls_back_to_the_baseline_and_says_why(
 
 
 def test_a_fallback_run_resumes_from_its_marker(
-    tmp_path: Path, saturated: Callable[..., PipelineConfig], one_thread: None
+    fallback_run: Callable[[str], FallbackRun], one_thread: None
 ) -> None:
-    config = saturated(data__items=[6, 6], method__max_group_presence=0.8)
-    first = run_pipeline(config, tmp_path, progress=False, log=lambda _: None)
+    config, tmp_path, first, _ = fallback_run("split_to_classes")
     lines: list[str] = []
     again = run_pipeline(config, tmp_path, progress=False, log=lines.append)
     assert not any("split into" in line for line in lines)  # the stage was not redone

@@ -75,8 +75,9 @@ def test_shipped_voc_configs_hold_the_papers_settings(name: str) -> None:
 
 
 def test_torchvision_backbones_take_images_in_zero_one() -> None:
+    from hiercam.models import ImageNetNormalize
     from hiercam.pipeline.config import ModelConfig
-    from hiercam.pipeline.networks import ImageNetNormalize, build_classifier
+    from hiercam.pipeline.networks import build_classifier
 
     model = build_classifier(ModelConfig(backbone="resnet18"), num_classes=20, seed=0).eval()
     assert isinstance(model.features[0], ImageNetNormalize)
@@ -86,5 +87,5 @@ def test_torchvision_backbones_take_images_in_zero_one() -> None:
     )[:, None, None]
     torch.testing.assert_close(model.features[0](images), expected)
     assert model(images).shape == (2, 20)
-    with pytest.raises(ValueError, match="`model.backbone` 'resnet9000' is not a torchvision model"):
+    with pytest.raises(ValueError, match="`model.backbone` 'resnet9000' is not a torchvision classification"):
         build_classifier(ModelConfig(backbone="resnet9000"), num_classes=20, seed=0)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hiercam.cli import PRESET_NAMES, main
+from hiercam.cli import main
+from hiercam.cli.commands import PRESET_NAMES
 from hiercam.pipeline import (
     PRESETS,
     ConfigError,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hiercam import History, evaluate, fit
+from hiercam.training import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -264,6 +265,25 @@ def test_tampered_checkpoints_name_the_file_and_key(
     with pytest.raises(ValueError, match=rf"`checkpoint` '.*run.pt'.*{match}"):
         fit(model, batches(), epochs=2, checkpoint=path, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, state(model), strict=True))  # nothing loaded
+
+
+def test_load_checkpoint_reads_what_fit_wrote_and_refuses_what_fit_refuses(
+    tmp_path: Path, written: bytes
+) -> None:
+    path = tmp_path / "run.pt"
+    path.write_bytes(written)
+    data = load_checkpoint(path)
+    assert data["epoch"] == 1
+    assert [r["epoch"] for r in data["history"]] == [1.0]
+    assert set(data["model"]) == {"1.weight", "1.bias"}
+    path.write_bytes(written[: len(written) // 2])
+    with pytest.raises(
+        ValueError, match=r"`checkpoint` '.*run.pt' could not be read as a hiercam.fit checkpoint"
+    ):
+        load_checkpoint(path)
+    tampered(tmp_path, written, lambda d: d.pop("rng"))
+    with pytest.raises(ValueError, match=r"`checkpoint` '.*run.pt'.*lacks the key 'rng'"):
+        load_checkpoint(path)
 
 
 def test_an_intact_checkpoint_still_resumes(tmp_path: Path, written: bytes) -> None:

@@ -17,7 +17,7 @@ from hiercam import (
     class_embeddings,
     orthogonal_loss,
 )
-from hiercam.similarity import MultiHeadClassifier
+from hiercam.grouping import MultiHeadClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,9 +9,10 @@ CAMs (LPCAM) built from K-means prototypes of local features.
 from hiercam.cam._pca import principal_component_maps
 from hiercam.cam.augment import IRN_SCALES, MultiScaleCAM
 from hiercam.cam.eigen import EigenCAM
-from hiercam.cam.engine import BaseCAM, average_branch_maps, resize_maps
+from hiercam.cam.engine import BaseCAM
 from hiercam.cam.level_heads import LevelHeadsMaps, level_heads_maps
 from hiercam.cam.methods import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from hiercam.cam.postprocess import average_branch_maps
 from hiercam.cam.prototype import PrototypeCAM, prototype_cam, sibling_classes
 from hiercam.cam.reshape import TokenReshape
 from hiercam.cam.score import AblationCAM, ScoreCAM
@@ -20,7 +21,7 @@ from hiercam.cam.targets import (
     ClassifierOutputTarget,
     SemanticSegmentationTarget,
 )
-from hiercam.heads import CAMHead, MultiHeadModel
+from hiercam.protocols import CAMHead, MultiHeadModel
 
 __all__ = [
     "BaseCAM",
@@ -40,7 +41,6 @@ __all__ = [
     "prototype_cam",
     "sibling_classes",
     "average_branch_maps",
-    "resize_maps",
     "TokenReshape",
     "ClassifierOutputTarget",
     "ClassifierOutputSoftmaxTarget",
@@ -51,11 +51,18 @@ __all__ = [
     "LevelHeadsMaps",
 ]
 
-# Every CAM method exported above, by its lower-case class name ("gradcam", "gradcamplusplus", ...): the one
-# lookup by name (the ``hiercam cam --method`` option). A method joins by being exported from this package.
 METHODS: dict[str, type[BaseCAM]] = {
     name.lower(): method
     for name in __all__
     if isinstance(method := globals()[name], type) and issubclass(method, BaseCAM) and method is not BaseCAM
 }
+"""Every CAM method of the package by its lower-case class name (``"gradcam"``, ``"gradcamplusplus"``,
+``"scorecam"``, ...): the one lookup by name, used by ``hiercam cam --method``. A method joins by being
+exported from ``hiercam.cam``.
+
+Example:
+    >>> import hiercam
+    >>> hiercam.METHODS["gradcam"] is hiercam.GradCAM
+    True
+"""
 __all__ += ["METHODS"]

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from hiercam._validation import check_finite, check_tensor, format_shape
-from hiercam.cam._heads import Head
+from hiercam._validation import all_finite, check_finite, check_tensor, format_shape
+from hiercam.cam._heads import HeadState
 
-__all__ = ["check_images", "check_size", "finite", "non_finite_origin"]
+__all__ = ["check_images", "check_size", "non_finite_origin"]
 
 
 def check_images(images: Any) -> None:
-    """``images`` is a non-empty, finite ``(B, C, H, W)`` floating-point batch (one ``aminmax`` pass)."""
+    """``images`` is a non-empty, finite ``(B, C, H, W)`` floating-point batch (one ``aminmax`` pass).
+
+    The finiteness is a value check (``hiercam.set_checks``), skipped too for images a caller marked with
+    ``values_checked`` (``MultiScaleCAM``'s resized and mirrored copies of checked images).
+    """
     check_tensor(images, "images", dims="B, C, H, W", floating=True)
     if images.numel() == 0:
         raise ValueError(
@@ -23,18 +26,11 @@ def check_images(images: Any) -> None:
     check_finite(images, "images")
 
 
-def finite(values: Tensor) -> bool:
-    """Whether every entry is finite, from one ``aminmax`` (no full-size boolean mask)."""
-    if values.numel() == 0:
-        return True
-    return bool(torch.isfinite(torch.stack(torch.aminmax(values.detach()))).all())
-
-
-def non_finite_origin(head: Head, features: Tensor, gradients: Tensor) -> str:
+def non_finite_origin(head: HeadState, features: Tensor, gradients: Tensor) -> str:
     """Which tensor made a head's maps non-finite (computed only on failure)."""
-    if not finite(features):
+    if not all_finite(features):
         return f"the output of `target_layer` {head.name!r} holds NaN or infinite values for finite `images`"
-    if not finite(gradients):
+    if not all_finite(gradients):
         return (
             f"the gradients of the logits with respect to `target_layer` {head.name!r} hold NaN or infinite "
             "values for finite `images`"

@@ -11,14 +11,14 @@ from torch import Tensor, nn
 
 from hiercam.cam._autograd import is_affine_path
 from hiercam.cam._classes import ResolvedClasses
-from hiercam.cam._heads import Head
+from hiercam.cam._heads import HeadState
 
 __all__ = ["classifier_for", "closed_form_gradients", "forward_identity_holds", "verify"]
 
 
 def verify(
     model: nn.Module,
-    head: Head,
+    head: HeadState,
     logits: Tensor,
     gradients: Tensor,
     resolved: ResolvedClasses,
@@ -41,7 +41,7 @@ def verify(
     head.state = "verified"
 
 
-def classifier_for(model: nn.Module, head: Head, logits: Tensor, activation: Tensor) -> nn.Linear | None:
+def classifier_for(model: nn.Module, head: HeadState, logits: Tensor, activation: Tensor) -> nn.Linear | None:
     """The head's ``nn.Linear`` of shape ``(K, C)``: its own, or the only one of that shape in ``model``."""
     shape = (logits.shape[1], activation.shape[1])
     if head.classifier is not None:
@@ -51,7 +51,7 @@ def classifier_for(model: nn.Module, head: Head, logits: Tensor, activation: Ten
 
 
 def closed_form_gradients(
-    model: nn.Module, head: Head, activation: Tensor, logits: Tensor, resolved: ResolvedClasses
+    model: nn.Module, head: HeadState, activation: Tensor, logits: Tensor, resolved: ResolvedClasses
 ) -> Tensor:
     """``W[k] / (h * w)`` broadcast to ``(K', B, C, h, w)`` without copying (stride 0 over space).
 
@@ -65,7 +65,7 @@ def closed_form_gradients(
     return weight[..., None, None].expand(weight.shape[0], batch, -1, height, width)
 
 
-def forward_identity_holds(model: nn.Module, head: Head, logits: Tensor) -> bool:
+def forward_identity_holds(model: nn.Module, head: HeadState, logits: Tensor) -> bool:
     """Whether ``logits == W @ mean_hw(A) + b`` for this head's classifier, within the dtype tolerance."""
     activation = head.activation
     if activation is None:
@@ -81,7 +81,7 @@ def forward_identity_holds(model: nn.Module, head: Head, logits: Tensor) -> bool
 
 def _gradients_match(
     model: nn.Module,
-    head: Head,
+    head: HeadState,
     activation: Tensor,
     logits: Tensor,
     gradients: Tensor,

@@ -9,12 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hiercam._validation import format_shape, type_name
-from hiercam.cam._checks import finite
-from hiercam.cam._heads import Head, translate_forward_error
+from hiercam._validation import all_finite, format_shape, should_check, type_name
+from hiercam.cam._heads import HeadState, translate_forward_error
 from hiercam.cam.reshape import ReshapeArg, TokenReshape, channels_last_to_map, read_as_map
 from hiercam.cam.targets import TargetsArg
-from hiercam.heads import MultiHeadModel
+from hiercam.protocols import MultiHeadModel
 
 __all__ = ["as_map", "call_model", "eval_context", "head_logits", "hooked_forward"]
 
@@ -57,7 +56,7 @@ def call_model(model: nn.Module, inputs: Tensor, images: Tensor | None = None) -
 
 def hooked_forward(
     call: Callable[[Tensor], Any],
-    heads: Sequence[Head],
+    heads: Sequence[HeadState],
     inputs: Tensor,
     input_size: tuple[int, int],
     reshape: ReshapeArg,
@@ -85,7 +84,7 @@ def hooked_forward(
 
 
 def _capture(
-    head: Head, reshape: ReshapeArg, input_size: tuple[int, int], with_graph: bool
+    head: HeadState, reshape: ReshapeArg, input_size: tuple[int, int], with_graph: bool
 ) -> Callable[[nn.Module, Any, Any], Any]:
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
         if not isinstance(output, Tensor):
@@ -120,11 +119,11 @@ def _reading(to_map: Callable[[Tensor], Tensor] | None) -> str:
     return "reshape callable"
 
 
-def head_logits(model: nn.Module, head: Head, output: Any, targets: TargetsArg = None) -> Tensor:
-    """The head's logits ``(B, K)`` (any output with ``targets``), checked to be finite."""
+def head_logits(model: nn.Module, head: HeadState, output: Any, targets: TargetsArg = None) -> Tensor:
+    """The head's logits ``(B, K)`` (any output with ``targets``), checked to be finite (a value check)."""
     logits = head.logits_of(output)
     if targets is not None and isinstance(logits, Tensor) and logits.ndim >= 1:
-        if logits.is_floating_point() and not finite(logits):
+        if should_check() and not all_finite(logits):
             raise ValueError("`model` returned NaN or infinite outputs for finite `images`")
         return logits
     if not isinstance(logits, Tensor) or logits.ndim != 2:
@@ -135,7 +134,7 @@ def head_logits(model: nn.Module, head: Head, output: Any, targets: TargetsArg =
             f"`model` must return logits of shape (B, K), got {got}; pass `targets` to explain another "
             "output (e.g. hiercam.SemanticSegmentationTarget for a segmentation map)"
         )
-    if logits.is_floating_point() and not finite(logits):
+    if should_check() and not all_finite(logits):
         raise ValueError(
             f"`model` returned NaN or infinite logits (head {head.name!r}) for finite `images`: the "
             "model itself overflows or holds non-finite weights"
@@ -143,7 +142,7 @@ def head_logits(model: nn.Module, head: Head, output: Any, targets: TargetsArg =
     return logits
 
 
-def as_map(head: Head, values: Tensor) -> Tensor:
+def as_map(head: HeadState, values: Tensor) -> Tensor:
     """The target layer's output (or its gradients, batch-flattened) as ``(B, C, h, w)``."""
     if head.to_map is None:
         return values

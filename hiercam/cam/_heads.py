@@ -1,4 +1,11 @@
-"""How the CAM engine finds the heads of a model: one plain head, or the heads of a multi-head model."""
+"""Engine internals: how the CAM engine finds the heads of a model and what it records about each.
+
+A plain model is one head; a multi-head model lists its heads through the public protocol of
+[`hiercam.protocols`][hiercam.protocols] ([`CAMHead`][hiercam.CAMHead], what a model declares).
+``HeadState`` is the engine's own record of one head: the resolved layer, how
+its logits are read, and the closed form's verification state (never seen by users). ``MapPlan`` is what
+one call computes for every head, the argument of the engine's ``_head_maps`` extension point.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +19,14 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from hiercam._validation import format_shape, type_name
-from hiercam.cam.targets import OutputArg, check_output_selector, select_output
-from hiercam.heads import CAMHead, MultiHeadModel
+from hiercam.cam._classes import ResolvedClasses
+from hiercam.cam.targets import OutputArg, TargetsArg, check_output_selector, select_output
+from hiercam.protocols import CAMHead, MultiHeadModel
 
 __all__ = [
     "ClosedFormState",
-    "Head",
+    "HeadState",
+    "MapPlan",
     "build_heads",
     "resolve_layer",
     "translate_forward_error",
@@ -27,8 +36,11 @@ ClosedFormState = Literal["unknown", "verified", "general"]
 
 
 @dataclass
-class Head:
-    """One target layer and the logits it explains (a plain model has one head, a multi-head model several).
+class HeadState:
+    """The engine's record of one head: a target layer, the logits it explains, the closed form's state.
+
+    Built from a model's [`CAMHead`][hiercam.CAMHead] (or, for a plain model, from the extractor's
+    arguments); a plain model has one head, a multi-head model several.
 
     ``verified_classes`` and ``verified_size`` record for which classes and which input size ``(H, W)`` the
     closed form was verified; ``copy_activation`` is set once a later in-place op was seen to modify the
@@ -50,12 +62,27 @@ class Head:
     reading: str = "map"
 
 
+@dataclass(frozen=True)
+class MapPlan:
+    """What one call computes for every head: the classes, the targets, the gradient path, the input size.
+
+    ``resolved`` holds the requested classes (with ``targets``: one map per image, ``indices == [0]``);
+    ``closed`` says that the verified closed form gives the gradients; ``input_size`` is the images'
+    ``(H, W)`` (the closed form is verified per input size).
+    """
+
+    resolved: ResolvedClasses
+    targets: TargetsArg
+    closed: bool
+    input_size: tuple[int, int]
+
+
 def build_heads(
     model: nn.Module,
     target_layer: nn.Module | str | None,
     classifier: nn.Linear | str | None,
     output: OutputArg = None,
-) -> list[Head]:
+) -> list[HeadState]:
     """The heads of ``model``: its ``cam_heads()`` for a multi-head model, else one plain head.
 
     The plain head's scores are the part of the model's output that ``output`` selects.
@@ -75,12 +102,12 @@ def build_heads(
         if not isinstance(module, nn.Linear):
             raise TypeError(f"`classifier` must be an nn.Linear, got {type_name(module)}")
         fc = module
-    return [Head(name, layer, partial(select_output, selector=output), fc)]
+    return [HeadState(name, layer, partial(select_output, selector=output), fc)]
 
 
 def _multi_heads(
     model: nn.Module, target_layer: nn.Module | str | None, classifier: nn.Linear | str | None
-) -> list[Head]:
+) -> list[HeadState]:
     if classifier is not None:
         raise ValueError(
             f"`classifier` is not used with a multi-head model ({type_name(model)} has cam_heads()): "
@@ -115,7 +142,7 @@ def _multi_heads(
         if target_layer is not None:
             inner, layer = resolve_layer(names[head.scope], target_layer, "target_layer")
             name = f"{head.scope}.{inner}" if head.scope else inner
-        heads.append(Head(name, layer, head.logits, head.classifier))
+        heads.append(HeadState(name, layer, head.logits, head.classifier))
     return heads
 
 

@@ -17,8 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hiercam._validation import check_binary, check_finite, check_tensor, format_shape, type_name
-from hiercam.maps import NormalizeMode, _normalize_maps
+from hiercam._validation import (
+    check_binary,
+    check_finite,
+    check_tensor,
+    format_shape,
+    should_check,
+    type_name,
+)
+from hiercam.maps import NormalizeMode, normalize_maps
 
 __all__ = [
     "check_batch",
@@ -42,11 +49,11 @@ def check_batch(features: Any, maps: Any, labels: Any, num_classes: int, channel
     if tuple(maps.shape) != expected:
         raise ValueError(
             f"`maps` must have shape (B, K, h, w) = {expected} (the CAMs of the images of `features` at "
-            f"the feature resolution; resize them with hiercam.cam.resize_maps), "
+            f"the feature resolution; resize them with hiercam.maps.resize_maps), "
             f"got {format_shape(maps.shape)}"
         )
     check_finite(maps, "maps")
-    if maps.numel() and not bool(((maps >= 0) & (maps <= 1)).all()):
+    if maps.numel() and should_check(maps) and not bool(((maps >= 0) & (maps <= 1)).all()):
         raise ValueError(
             "`maps` must be normalised to [0, 1] (e.g. with hiercam.normalize_maps), got values outside"
         )
@@ -207,7 +214,7 @@ def maps_from_weights(
     """``(B, K, h, w)``: ``ReLU(unit(features) . weights_k)``, normalised, zero where ``labels`` is 0."""
     unit = F.normalize(features, dim=1)
     maps = torch.einsum("bchw,kc->bkhw", unit, weights.to(device=features.device, dtype=features.dtype))
-    maps = _normalize_maps(maps.clamp_min(0), normalize)
+    maps = normalize_maps(maps.clamp_min(0), normalize, validate_args=False)
     if labels is not None:
         maps = maps * labels.to(device=maps.device, dtype=maps.dtype)[:, :, None, None]
     return maps

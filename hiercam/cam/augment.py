@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hiercam._validation import check_choice, type_name
+from hiercam._validation import check_choice, type_name, values_checked
 from hiercam.cam._checks import check_images, check_size
 from hiercam.cam._classes import ClassesArg
 from hiercam.cam._release import Releasable
 from hiercam.cam.engine import BaseCAM, SizeArg
 from hiercam.cam.targets import TargetsArg
-from hiercam.maps import NormalizeMode, _normalize_maps
+from hiercam.maps import NormalizeMode, normalize_maps
 
 __all__ = ["MultiScaleCAM", "IRN_SCALES"]
 
@@ -161,7 +161,7 @@ class MultiScaleCAM(Releasable):
                 passes += 1
         if total is None:  # pragma: no cover - scales is never empty
             raise RuntimeError("no pass ran")
-        return _normalize_maps(total / passes, normalize)
+        return normalize_maps(total / passes, normalize, validate_args=False)
 
     def _passes(
         self,
@@ -171,23 +171,31 @@ class MultiScaleCAM(Releasable):
         size: SizeArg,
         softmax_over: Tensor | None,
     ) -> list[tuple[Tensor, Tensor]]:
-        """(maps, logits of the unflipped images) of one scale: one call, or two for per-image requests."""
+        """(maps, logits of the unflipped images) of one scale: one call, or two for per-image requests.
+
+        ``images`` are resized copies of the checked input: the wrapped extractor does not check their
+        finiteness again (``values_checked``), nor that of their mirror images.
+        """
         cam, norm = self.cam, self.pass_normalize
         options: dict[str, Any] = {"size": size, "normalize": norm, "softmax_over": softmax_over}
         if not self.flip:
-            maps = cam(images, classes, targets=targets, **options)
+            with values_checked(images):
+                maps = cam(images, classes, targets=targets, **options)
             return [(maps, self._logits())]
         mirrored = images.flip(-1)
         if isinstance(classes, Tensor) or targets is not None:
             # Per image ((B, K) masks, (B,) classes, targets): the two halves run separately.
-            maps = cam(images, classes, targets=targets, **options)
-            logits = self._logits()
-            flipped = cam(mirrored, classes, targets=targets, **options).flip(-1)
+            with values_checked(images, mirrored):
+                maps = cam(images, classes, targets=targets, **options)
+                logits = self._logits()
+                flipped = cam(mirrored, classes, targets=targets, **options).flip(-1)
             return [(maps, logits), (flipped, logits)]
         batch = images.shape[0]
         if softmax_over is not None:  # the mirror images have the same classes
             options["softmax_over"] = torch.cat([softmax_over, softmax_over])
-        both = cam(torch.cat([images, mirrored]), classes, **options)
+        pair = torch.cat([images, mirrored])
+        with values_checked(pair):
+            both = cam(pair, classes, **options)
         logits = self._logits()[:batch]
         return [(both[:batch], logits), (both[batch:].flip(-1), logits)]
 

@@ -6,18 +6,17 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from hiercam.cam._checks import finite
-from hiercam.cam._classes import ResolvedClasses
-from hiercam.cam._heads import Head
+from hiercam._validation import all_finite, should_check
+from hiercam.cam._heads import HeadState, MapPlan
 from hiercam.cam._pca import principal_component_maps
 from hiercam.cam.engine import BaseCAM
 from hiercam.cam.reshape import ReshapeArg
-from hiercam.cam.targets import OutputArg, TargetsArg
+from hiercam.cam.targets import OutputArg
 
 __all__ = ["EigenCAM", "principal_component_maps"]
 
 
-def non_finite_activation(head: Head) -> ValueError:
+def non_finite_activation(head: HeadState) -> ValueError:
     """The error for a target layer whose output holds NaN or Inf (gradient-free methods)."""
     return ValueError(
         f"the output of `target_layer` {head.name!r} holds NaN or infinite values for finite `images`"
@@ -64,17 +63,10 @@ class EigenCAM(BaseCAM):
     def _extra_repr(self) -> str:
         return "class_agnostic=True"
 
-    def _head_maps(
-        self,
-        head: Head,
-        logits: Tensor,
-        resolved: ResolvedClasses,
-        targets: TargetsArg,
-        closed: bool,
-        input_size: tuple[int, int],
-    ) -> Tensor:
+    def _head_maps(self, head: HeadState, logits: Tensor, plan: MapPlan) -> Tensor:
         _, features = self._features(head)
-        if not finite(features):
+        if should_check() and not all_finite(features):
             raise non_finite_activation(head)
         projection = principal_component_maps(features)  # (B, h, w)
+        resolved = plan.resolved
         return projection[:, None].expand(-1, resolved.count if resolved.indices else 0, -1, -1)

@@ -29,10 +29,11 @@ How a call works:
    size use a forward under ``no_grad`` plus an ``einsum``; each re-checks (c) and falls back to the
    general path if it fails. Other classes or another input size are verified first. ``repr`` shows the
    state; pass ``closed_form=False`` to always use the general path.
-5. Maps are computed in float32 (also under autocast), checked to be finite (non-finite logits, target
-   activations or gradients are a ``ValueError`` that says which), ReLU'd, resized (one batched
-   ``interpolate``, [`resize_maps`][hiercam.cam.postprocess.resize_maps]) and normalised on the input's
-   device (``hiercam.cam.postprocess``).
+5. Maps are computed in float32 (also under autocast), checked to be finite once per head (non-finite
+   logits, target activations or gradients are a ``ValueError`` that says which; these, and the finiteness
+   of ``images``, are value checks that [`hiercam.set_checks`][hiercam.set_checks] switches off), ReLU'd,
+   resized (one batched ``interpolate``, [`resize_maps`][hiercam.maps.resize_maps]) and normalised on the
+   input's device (``hiercam.cam.postprocess``).
 
 Token outputs ``(B, N, C)`` and channels-last maps are read as ``(B, C, h, w)`` through the ``reshape``
 option (``hiercam.cam.reshape``), applied to the activation and to the gradients of the general path; the
@@ -52,23 +53,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hiercam._validation import check_choice, type_name
+from hiercam._validation import all_finite, check_choice, should_check, type_name
 from hiercam.cam._autograd import batched_gradients
-from hiercam.cam._checks import check_images, check_size, finite, non_finite_origin
+from hiercam.cam._checks import check_images, check_size, non_finite_origin
 from hiercam.cam._classes import ClassesArg, ClassRequest, ResolvedClasses, parse_classes
 from hiercam.cam._closed_form import closed_form_gradients, forward_identity_holds, verify
 from hiercam.cam._forward import as_map, call_model, eval_context, head_logits, hooked_forward
-from hiercam.cam._heads import Head, build_heads
+from hiercam.cam._heads import HeadState, MapPlan, build_heads
 from hiercam.cam._layers import choose_layer
 from hiercam.cam._pca import smoothed_maps
 from hiercam.cam._release import Releasable
 from hiercam.cam.contrast import check_softmax_over, softmax_over_gradients
-from hiercam.cam.postprocess import average_branch_maps, normalize_own, resize_heads, resize_maps
+from hiercam.cam.postprocess import average_branch_maps, normalize_own, resize_heads
 from hiercam.cam.reshape import ReshapeArg
 from hiercam.cam.targets import OutputArg, TargetsArg, check_targets, target_scores
 from hiercam.maps import NormalizeMode, normalize_maps
 
-__all__ = ["BaseCAM", "SizeArg", "average_branch_maps", "resize_maps"]
+__all__ = ["BaseCAM", "SizeArg"]
 
 SizeArg = Literal["input", "feature"] | tuple[int, int]
 
@@ -153,7 +154,7 @@ class BaseCAM(Releasable):
         self.branch_maps: Tensor | None = None
         self._removed = False
         self._num_classes: int | None = None
-        self._heads: list[Head] = build_heads(model, target_layer, classifier, output)
+        self._heads: list[HeadState] = build_heads(model, target_layer, classifier, output)
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -251,11 +252,12 @@ class BaseCAM(Releasable):
                     self._num_classes = int(logits.shape[1])
                 else:
                     resolved = ResolvedClasses([0], None, 1)
+                plan = MapPlan(resolved, targets, closed, input_size)
                 # float32 maps; gradients reachable even inside the caller's no_grad()
                 with torch.autocast(images.device.type, enabled=False), torch.enable_grad():
                     maps = resize_heads(
                         [
-                            F.relu(self._head_maps(h, lg, resolved, targets, closed, input_size))
+                            F.relu(self._head_maps(h, lg, plan))
                             for h, lg in zip(self._heads, head_logits, strict=True)
                         ],
                         out_size,
@@ -269,8 +271,9 @@ class BaseCAM(Releasable):
         maps = [resolved.place(m) for m in maps]
         if len(maps) == 1:
             return normalize_own(maps[0], normalize)
-        self.branch_maps = normalize_maps(torch.stack(maps), normalize)
-        return average_branch_maps(maps, normalize)
+        # the maps were checked to be finite per head: no second check of the same values
+        self.branch_maps = normalize_maps(torch.stack(maps), normalize, validate_args=False)
+        return average_branch_maps(maps, normalize, validate_args=False)
 
     def remove(self) -> None:
         """Release the extractor: stored tensors are dropped and later calls raise. Safe to call twice.
@@ -304,12 +307,11 @@ class BaseCAM(Releasable):
 
     # ------------------------------------------- extension points: gradient-free methods, eigen_smooth
     # Gradient-free and perturbation methods (hiercam.cam.score, hiercam.cam.eigen) set ``_needs_graph``
-    # False: the forward pass then runs under no_grad, and they override
-    # ``_head_maps(head, logits, resolved, targets, closed, input_size)`` (the call's images are in
-    # ``self._inputs`` meanwhile). They read the activation as a map with ``_as_map(head, ...)`` (tokens and
-    # channels-last outputs), score the classes with ``resolved`` (``indices``, one class per image through
-    # ``per_image_rows``) or the ``targets``. ``eigen_smooth`` goes through ``_maps`` and the methods'
-    # ``_terms``.
+    # False: the forward pass then runs under no_grad, and they override ``_head_maps(head, logits, plan)``
+    # (the call's images are in ``self._inputs`` meanwhile). They read the activation as a map with
+    # ``_as_map(head, ...)`` (tokens and channels-last outputs), score the classes with ``plan.resolved``
+    # (``indices``, one class per image through ``per_image_rows``) or the ``plan.targets``.
+    # ``eigen_smooth`` goes through ``_maps`` and the methods' ``_terms``.
     _needs_graph: ClassVar[bool] = True
 
     def _extra_repr(self) -> str:
@@ -321,7 +323,9 @@ class BaseCAM(Releasable):
 
     def _maps(self, activations: Tensor, gradients: Tensor) -> Tensor:
         """``_combine``, or with ``eigen_smooth`` the first principal component of the ``_terms``."""
-        if not self.eigen_smooth or not (finite(activations) and finite(gradients)):
+        if not self.eigen_smooth or (
+            should_check() and not (all_finite(activations) and all_finite(gradients))
+        ):
             return self._combine(activations, gradients)  # non-finite inputs: the caller names them
         return smoothed_maps(lambda part: self._terms(activations, gradients[part]), gradients.shape[0])
 
@@ -377,22 +381,16 @@ class BaseCAM(Releasable):
         for head in self._heads:
             head.name, head.layer = name, layer
 
-    def _head_logits(self, head: Head, output: Any, targets: TargetsArg = None) -> Tensor:
+    def _head_logits(self, head: HeadState, output: Any, targets: TargetsArg = None) -> Tensor:
         return head_logits(self.model, head, output, targets)
 
-    def _head_maps(
-        self,
-        head: Head,
-        logits: Tensor,
-        resolved: ResolvedClasses,
-        targets: TargetsArg,
-        closed: bool,
-        input_size: tuple[int, int],
-    ) -> Tensor:
+    def _head_maps(self, head: HeadState, logits: Tensor, plan: MapPlan) -> Tensor:
+        """One head's maps ``(B, K', h, w)`` before the ReLU, from its logits ``(B, K)``."""
         activation, features = self._features(head)
+        resolved, targets = plan.resolved, plan.targets
         if not resolved.indices:
             return features.new_zeros(features.shape[0], 0, *features.shape[-2:])
-        if closed:
+        if plan.closed:
             gradients = closed_form_gradients(self.model, head, features, logits, resolved)
         else:
             scores = target_scores(logits, targets) if targets is not None else resolved.scores(logits)
@@ -401,7 +399,7 @@ class BaseCAM(Releasable):
             if targets is None and (
                 not self._uses_gradients or (self.closed_form and head.state != "general")
             ):
-                verify(self.model, head, logits, gradients, resolved, input_size)
+                verify(self.model, head, logits, gradients, resolved, plan.input_size)
             if not self._uses_gradients:
                 if head.state != "verified":
                     raise ValueError(
@@ -413,7 +411,7 @@ class BaseCAM(Releasable):
         if self._softmax_over is not None:  # every class was requested (checked): rows in class order
             gradients = softmax_over_gradients(gradients.detach(), logits.detach(), self._softmax_over)
         maps = self._maps(features, gradients)
-        if not finite(maps):
+        if should_check() and not all_finite(maps):
             raise ValueError(non_finite_origin(head, features, gradients))
         return maps
 
@@ -428,7 +426,7 @@ class BaseCAM(Releasable):
             raise ValueError("`softmax_over` explains every class: pass `classes=None` and no `targets`")
         return check_softmax_over(value, batch)
 
-    def _features(self, head: Head) -> tuple[Tensor, Tensor]:
+    def _features(self, head: HeadState) -> tuple[Tensor, Tensor]:
         """The head's captured activation, and it detached and read as float32 maps ``(B, C, h, w)``."""
         activation = head.activation
         if activation is None:  # pragma: no cover - _forward guarantees it
@@ -436,6 +434,6 @@ class BaseCAM(Releasable):
         return activation, self._as_map(head, activation.detach()).float()
 
     @staticmethod
-    def _as_map(head: Head, values: Tensor) -> Tensor:
+    def _as_map(head: HeadState, values: Tensor) -> Tensor:
         """The target layer's output (or its gradients, batch-flattened) as ``(B, C, h, w)``."""
         return as_map(head, values)

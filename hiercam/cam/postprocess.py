@@ -1,38 +1,29 @@
-"""The engine's last steps on the maps: resizing, normalising its own maps, the two-branch mean."""
+"""The engine's last steps on the maps: the two-branch mean, every head resized, its own maps normalised.
+
+The generic map handling (normalising, resizing, boxes) is in [`hiercam.maps`][hiercam.maps]; what stays here
+is about the CAMs of a multi-head model (the mean of the branch maps, paper section 3.4.2) and the engine's
+in-place fast path on the maps it made itself.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from hiercam._validation import check_tensor, format_shape
-from hiercam.maps import NormalizeMode, normalize_maps
+from hiercam.maps import NormalizeMode, normalize_maps, resize_maps
 
-__all__ = ["average_branch_maps", "normalize_own", "resize_heads", "resize_maps"]
-
-
-def resize_maps(maps: Tensor, size: tuple[int, int] | None) -> Tensor:
-    """Maps ``(B, K, h, w)`` resized to ``size`` ``(H, W)`` in one batched bilinear ``interpolate``.
-
-    ``size=None`` (or the maps' own size) returns ``maps`` as they are, without a copy. This is the only
-    resizing the extractors do (``size="input"``); ``size="feature"`` skips it.
-
-    Examples:
-        >>> import torch
-        >>> resize_maps(torch.ones(2, 3, 4, 4), (8, 8)).shape
-        torch.Size([2, 3, 8, 8])
-    """
-    if size is None or tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    if maps.shape[1] == 0:  # no class requested (an all-zero mask)
-        return maps.new_zeros(*maps.shape[:2], *size)
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+__all__ = ["average_branch_maps", "normalize_own", "resize_heads"]
 
 
-def average_branch_maps(maps: Sequence[Tensor] | Tensor, normalize: NormalizeMode | None = "max") -> Tensor:
+def average_branch_maps(
+    maps: Sequence[Tensor] | Tensor,
+    normalize: NormalizeMode | None = "max",
+    *,
+    validate_args: bool | None = None,
+) -> Tensor:
     """The CAM of a two-branch model (paper section 3.4.2): the mean of the branch maps.
 
     Each branch map is normalised first (so that a branch with larger activations does not dominate), the
@@ -43,7 +34,10 @@ def average_branch_maps(maps: Sequence[Tensor] | Tensor, normalize: NormalizeMod
         maps: a sequence of maps of the same shape ``(..., H, W)``, or a tensor with the branch dimension
             first, ``(2, ..., H, W)``.
         normalize: ``"max"``, ``"minmax"`` or ``None`` (see
-            [`hiercam.normalize_maps`][hiercam.normalize_maps]).
+            [`hiercam.maps.normalize_maps`][hiercam.maps.normalize_maps]).
+        validate_args: the per-call override of the finiteness check of ``maps`` (a value check, done
+            once): ``None`` (default) follows [`hiercam.set_checks`][hiercam.set_checks], ``True`` checks,
+            ``False`` skips it (the CAM engine, whose maps are checked already).
 
     Returns:
         The averaged maps ``(..., H, W)``.
@@ -62,7 +56,8 @@ def average_branch_maps(maps: Sequence[Tensor] | Tensor, normalize: NormalizeMod
         raise ValueError(
             f"`maps` must stack to shape (branches, ..., H, W), got {format_shape(stacked.shape)}"
         )
-    return normalize_maps(normalize_maps(stacked, normalize).mean(dim=0), normalize)
+    each = normalize_maps(stacked, normalize, validate_args=validate_args)
+    return normalize_maps(each.mean(dim=0), normalize, validate_args=False)  # the mean of checked maps
 
 
 def resize_heads(maps: list[Tensor], size: tuple[int, int] | None) -> list[Tensor]:
@@ -73,7 +68,7 @@ def resize_heads(maps: list[Tensor], size: tuple[int, int] | None) -> list[Tenso
 
 
 def normalize_own(maps: Tensor, normalize: NormalizeMode | None) -> Tensor:
-    """[`normalize_maps`][hiercam.normalize_maps] of the engine's own finite, non-negative maps, in place.
+    """[`normalize_maps`][hiercam.maps.normalize_maps] of the engine's finite, non-negative maps, in place.
 
     Equal to ``normalize_maps`` on such maps (an all-zero or constant map gives zeros, since ``0 / tiny = 0``)
     with one reduction and one division instead of a finiteness check, a reduction, a division, a zeros

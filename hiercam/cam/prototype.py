@@ -348,7 +348,7 @@ class PrototypeCAM:
 
         Returns:
             ``(B, K, h, w)`` maps (in ``[0, 1]`` for ``"max"``) at the feature resolution (resize them with
-            ``hiercam.cam.resize_maps``), on the device and in the dtype of ``features``.
+            ``hiercam.maps.resize_maps``), on the device and in the dtype of ``features``.
 
         Raises:
             RuntimeError: the prototypes are not built yet.

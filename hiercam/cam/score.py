@@ -15,10 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hiercam._validation import check_int, type_name
-from hiercam.cam._checks import finite
-from hiercam.cam._classes import ResolvedClasses
-from hiercam.cam._heads import Head
+from hiercam._validation import all_finite, check_int, should_check, type_name
+from hiercam.cam._heads import HeadState, MapPlan
 from hiercam.cam._pca import smoothed_maps
 from hiercam.cam.eigen import non_finite_activation
 from hiercam.cam.engine import BaseCAM
@@ -62,26 +60,19 @@ class _Perturbation(BaseCAM):
         return f"batch_size={self.batch_size}"
 
     def _weights(
-        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
+        self, head: HeadState, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
     ) -> Tensor:
         raise NotImplementedError
 
-    def _head_maps(
-        self,
-        head: Head,
-        logits: Tensor,
-        resolved: ResolvedClasses,
-        targets: TargetsArg,
-        closed: bool,
-        input_size: tuple[int, int],
-    ) -> Tensor:
+    def _head_maps(self, head: HeadState, logits: Tensor, plan: MapPlan) -> Tensor:
         activation, features = self._features(head)
         inputs = self._inputs
         if inputs is None:  # pragma: no cover - the engine sets it
             raise RuntimeError("no images kept for the perturbations")
+        resolved, targets = plan.resolved, plan.targets
         if not resolved.indices:
             return features.new_zeros(features.shape[0], 0, *features.shape[-2:])
-        if not finite(features):
+        if should_check() and not all_finite(features):
             raise non_finite_activation(head)
         scores = _Scores(resolved.indices, targets)
         with torch.no_grad():
@@ -96,7 +87,7 @@ class _Perturbation(BaseCAM):
     def _chunks(self, total: int) -> list[tuple[int, int]]:
         return [(start, min(start + self.batch_size, total)) for start in range(0, total, self.batch_size)]
 
-    def _forward_scores(self, head: Head, inputs: Tensor, scores: _Scores, images_of: Tensor) -> Tensor:
+    def _forward_scores(self, head: HeadState, inputs: Tensor, scores: _Scores, images_of: Tensor) -> Tensor:
         """The scores ``(n, K')`` (float32) of one batch of perturbed copies of the images ``images_of``.
 
         The forward runs under the caller's autocast state, like the first forward whose scores it is compared
@@ -150,8 +141,8 @@ class ScoreCAM(_Perturbation):
         batch_size: masked images per forward pass, ``>= 1`` (memory: ``batch_size`` images through the model
             without an autograd graph).
         eigen_smooth: as for [`BaseCAM`][hiercam.BaseCAM].
-        reshape: as for [`BaseCAM`][hiercam.BaseCAM] (ScoreCAM reads tokens; AblationCAM needs a
-            ``(B, C, h, w)`` layer).
+        reshape: as for [`BaseCAM`][hiercam.BaseCAM]: token and channels-last outputs are read as maps
+            (the masks are their channels).
         output: as for [`BaseCAM`][hiercam.BaseCAM]; ``targets`` work as with Grad-CAM.
 
     Raises:
@@ -167,7 +158,7 @@ class ScoreCAM(_Perturbation):
     """
 
     def _weights(
-        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
+        self, head: HeadState, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
     ) -> Tensor:
         batch, channels, height, width = features.shape
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
@@ -205,13 +196,14 @@ class AblationCAM(_Perturbation):
         target_layer: the layer explained, as for [`BaseCAM`][hiercam.BaseCAM].
         batch_size: ablated copies per forward pass, ``>= 1``.
         eigen_smooth: as for [`BaseCAM`][hiercam.BaseCAM].
-        reshape: as for [`BaseCAM`][hiercam.BaseCAM] (ScoreCAM reads tokens; AblationCAM needs a
-            ``(B, C, h, w)`` layer).
+        reshape: as for [`BaseCAM`][hiercam.BaseCAM]; the channels are zeroed in the layer's own output,
+            so it must be ``(B, C, h, w)``: a layer read as tokens or channels-last fails at the call.
         output: as for [`BaseCAM`][hiercam.BaseCAM]; ``targets`` work as with Grad-CAM.
 
     Raises:
         TypeError, ValueError: ``batch_size`` is not an int ``>= 1`` (and as for
-            [`BaseCAM`][hiercam.BaseCAM]).
+            [`BaseCAM`][hiercam.BaseCAM]); at the call, also a target layer that is not ``(B, C, h, w)``
+            or a class score of exactly 0.
 
     Examples:
         >>> import torch
@@ -221,7 +213,7 @@ class AblationCAM(_Perturbation):
     """
 
     def _weights(
-        self, head: Head, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
+        self, head: HeadState, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
     ) -> Tensor:
         if head.to_map is not None:
             raise ValueError(

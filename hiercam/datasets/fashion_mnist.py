@@ -28,13 +28,14 @@ __all__ = [
     "VAL_MODULUS",
     "SUBSET_PATH",
     "IDX_FILES",
-    "Split",
+    "SplitName",
     "GarmentPool",
     "read_idx",
     "load_garments",
 ]
 
-Split = Literal["train", "val", "test"]
+#: A dataset split's name.
+SplitName = Literal["train", "val", "test"]
 
 #: The 10 Fashion-MNIST class names, in label order.
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
@@ -148,7 +149,7 @@ def _load_source(
     return images, labels, ids
 
 
-def load_garments(split: Split, root: str | os.PathLike[str] | None = None) -> GarmentPool:
+def load_garments(split: SplitName, root: str | os.PathLike[str] | None = None) -> GarmentPool:
     """The garments of one split, from the bundled subset or from full Fashion-MNIST IDX files.
 
     Args:

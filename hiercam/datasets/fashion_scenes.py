@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from hiercam._validation import check_choice, check_int, type_name
-from hiercam.datasets.fashion_mnist import FASHION_MNIST_CLASSES, GarmentPool, Split, load_garments
+from hiercam.datasets.fashion_mnist import FASHION_MNIST_CLASSES, GarmentPool, SplitName, load_garments
 from hiercam.hierarchy import ClassHierarchy
 
 __all__ = ["FashionScenes", "SceneSample", "SceneBatch", "collate_scenes"]
@@ -27,10 +27,8 @@ __all__ = ["FashionScenes", "SceneSample", "SceneBatch", "collate_scenes"]
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 _SCALE = (0.3, 0.5)  # garment side as a fraction of the image side
 _MIN_GARMENT = 12  # smallest garment side in pixels
-_MIN_IMAGE = 40  # round(0.3 * 40) == 12
 _MIN_VISIBLE = 0.6  # an occluded garment keeps at least this fraction of its pixels
 _ATTEMPTS = 50  # positions tried per garment before it is left out
-_MAX_ITEMS = 6
 
 
 class SceneSample(TypedDict):
@@ -91,8 +89,9 @@ class FashionScenes(Dataset[SceneSample]):
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``.
         num_scenes: number of scenes (the dataset length), >= 1.
-        image_size: side ``H = W`` of the square scenes, >= 40 (a garment must be at least 12 pixels wide).
-        items: ``(min, max)`` number of garments per scene, ``1 <= min <= max <= 6``.
+        image_size: side ``H = W`` of the square scenes, >= ``MIN_IMAGE_SIZE`` (40: a garment must be at
+            least 12 pixels wide).
+        items: ``(min, max)`` number of garments per scene, ``1 <= min <= max <= MAX_ITEMS`` (6).
         seed: non-negative seed; with ``split`` and the index it fixes each scene.
         root: a folder holding the full Fashion-MNIST IDX files (``train-images-idx3-ubyte`` etc., plain or
             ``.gz``); ``None`` uses the subset shipped inside the package (no network, no other files).
@@ -116,10 +115,15 @@ class FashionScenes(Dataset[SceneSample]):
 
     #: The 10 Fashion-MNIST class names; class ``k`` is label ``k + 1`` in label maps.
     classes: ClassVar[tuple[str, ...]] = FASHION_MNIST_CLASSES
+    #: The most garments a scene can hold (the upper bound of ``items``).
+    MAX_ITEMS: ClassVar[int] = 6
+    #: The smallest ``image_size``: a garment is at least 30 % of the side and 12 pixels wide
+    #: (``round(0.3 * 40) == 12``).
+    MIN_IMAGE_SIZE: ClassVar[int] = 40
 
     def __init__(
         self,
-        split: Split,
+        split: SplitName,
         *,
         num_scenes: int,
         image_size: int = 96,
@@ -127,14 +131,14 @@ class FashionScenes(Dataset[SceneSample]):
         seed: int = 0,
         root: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.split: Split = check_choice(split, "split", ("train", "val", "test"))
+        self.split: SplitName = check_choice(split, "split", ("train", "val", "test"))
         self.num_scenes = check_int(num_scenes, "num_scenes", minimum=1)
         self.image_size = check_int(image_size, "image_size")
-        if self.image_size < _MIN_IMAGE:
+        if self.image_size < self.MIN_IMAGE_SIZE:
             raise ValueError(
                 f"`image_size` is too small for a garment: garments are {_SCALE[0]:.0%}-{_SCALE[1]:.0%} "
                 f"of the image side and at least {_MIN_GARMENT} pixels wide, so `image_size` must be "
-                f">= {_MIN_IMAGE}, got {self.image_size}"
+                f">= {self.MIN_IMAGE_SIZE}, got {self.image_size}"
             )
         self.items = _check_items(items)
         self.seed = check_int(seed, "seed", minimum=0)
@@ -214,8 +218,9 @@ def _check_items(items: Any) -> tuple[int, int]:
         raise TypeError(f"`items` must be a (min, max) pair of ints, got {items!r}")
     low = check_int(items[0], "items[0]")
     high = check_int(items[1], "items[1]")
-    if not 1 <= low <= high <= _MAX_ITEMS:
-        raise ValueError(f"`items` must satisfy 1 <= min <= max <= {_MAX_ITEMS}, got {(low, high)}")
+    most = FashionScenes.MAX_ITEMS
+    if not 1 <= low <= high <= most:
+        raise ValueError(f"`items` must satisfy 1 <= min <= max <= {most}, got {(low, high)}")
     return low, high
 
 

@@ -34,7 +34,7 @@ from hiercam.datasets._msrc_layout import (
     read_split,
 )
 from hiercam.datasets.fake_msrc import write_fake_msrc21
-from hiercam.metrics.localization import _mask_boxes
+from hiercam.maps import mask_boxes
 
 __all__ = [
     "MSRC21",
@@ -90,8 +90,9 @@ class MSRC21(Dataset[MSRC21Sample]):
     order. ``docs/datasets.md`` says why the default scores all classes.
 
     **Boxes.** One box per 8-connected component of each class in the final label map (after resizing and
-    ``transform``), ``(class, x1, y1, x2, y2)`` with exclusive far edges (the convention of
-    ``hiercam.metrics``); components with fewer than ``min_box_area`` pixels get no box; rows are sorted by
+    ``transform``), ``(class, x1, y1, x2, y2)`` with exclusive far edges (the box convention of
+    [`hiercam.maps`][hiercam.maps], found by [`mask_boxes`][hiercam.maps.mask_boxes]); components with fewer
+    than ``min_box_area`` pixels get no box; rows are sorted by
     class, then by the first pixel of the component in row-major order. Void pixels belong to no component,
     so MSRC's void bands can split an object into several boxes.
 
@@ -300,13 +301,13 @@ class MSRC21(Dataset[MSRC21Sample]):
 
     def _boxes(self, mask: Tensor) -> Tensor:
         """``(M, 5)`` boxes of the 8-connected components of each scored class in ``mask``."""
-        labels = mask.cpu().numpy()
+        labels = mask.cpu()
         rows = []
-        for label in np.unique(labels):
+        for label in labels.unique().tolist():
             if label == 0 or label == VOID:
                 continue
-            found = _mask_boxes(labels == label, "all", self.min_box_area)
-            rows.append(np.concatenate([np.full((len(found), 1), label - 1, np.float32), found], axis=1))
+            found = mask_boxes(labels == label, "all", self.min_box_area)
+            rows.append(torch.cat([torch.full((len(found), 1), float(label - 1)), found], dim=1))
         if not rows:
             return torch.zeros(0, 5)
-        return torch.from_numpy(np.concatenate(rows))
+        return torch.cat(rows)

@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hiercam._validation import check_binary, check_choice, check_tensor, format_shape, type_name
+from hiercam._validation import (
+    check_binary,
+    check_choice,
+    check_tensor,
+    format_shape,
+    type_name,
+    values_checked,
+)
 from hiercam.hierarchy import ClassHierarchy
 from hiercam.losses.orthogonal import check_weight
 
@@ -111,7 +118,8 @@ def level_heads_loss(
     check_binary(labels, "labels")
     dtype = torch.promote_types(logits[0].dtype, torch.float32)
     terms = []
-    with torch.autocast(device_type=logits[0].device.type, enabled=False):
+    # remap_labels would check the labels again, once per level
+    with torch.autocast(device_type=logits[0].device.type, enabled=False), values_checked(labels):
         for level, level_logits in enumerate(logits):
             targets = hierarchy.remap_labels(labels, level).to(device=level_logits.device, dtype=dtype)
             terms.append(F.binary_cross_entropy_with_logits(level_logits.to(dtype), targets))

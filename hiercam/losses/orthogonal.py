@@ -19,6 +19,7 @@ from hiercam._validation import (
     check_same_shape,
     check_tensor,
     format_shape,
+    should_check,
     type_name,
 )
 
@@ -26,6 +27,9 @@ __all__ = ["OrthogonalLoss", "OrthogonalMode", "Reduction", "orthogonal_loss"]
 
 Reduction = Literal["sum", "batchmean", "mean", "none"]
 OrthogonalMode = Literal["feature", "spatial", "cam"]
+"""What the orthogonal loss compares of the two branches: ``"feature"`` (the features, Eq. 4), ``"spatial"``
+(the cosine of their channel-pooled maps) or ``"cam"`` (the cosine of their class activation maps); see
+[`orthogonal_loss`][hiercam.orthogonal_loss]."""
 _REDUCTIONS: tuple[Reduction, ...] = ("sum", "batchmean", "mean", "none")
 _MODES: tuple[OrthogonalMode, ...] = ("feature", "spatial", "cam")
 
@@ -66,7 +70,8 @@ def orthogonal_loss(
     and ``ReLU(f2)`` (the loss is then ``>= 0``, 0 exactly when the positive parts do not overlap); ``False``
     the features as given (anti-correlation is what you want); ``None`` (the default) the features as given,
     with a ``UserWarning`` when either holds a negative value. That check is one min-reduction over each
-    feature map and, on an accelerator, one device synchronisation per call; ``True`` or ``False`` skips it.
+    feature map and, on an accelerator, one device synchronisation per call; ``True`` or ``False`` skips it,
+    and so does [`hiercam.set_checks(False)`][hiercam.set_checks], like the check of ``labels``.
     ``"cam"`` mode's maps are rectified already (``rectify=True`` is refused there, ``None``/``False`` change
     nothing).
 
@@ -172,8 +177,11 @@ def _check_rectify(rectify: object, mode: OrthogonalMode) -> None:
 
 
 def _warn_if_negative(f1: Tensor, f2: Tensor) -> None:
-    """Warn when either feature map holds a negative value: one min-reduction each, one device sync."""
-    if f1.numel() == 0:
+    """Warn when either feature map holds a negative value: one min-reduction each, one device sync.
+
+    A value check: skipped when [`hiercam.set_checks`][hiercam.set_checks] switched them off.
+    """
+    if f1.numel() == 0 or not should_check():
         return
     smallest = torch.minimum(f1.detach().min(), f2.detach().min())
     if bool(smallest < 0):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +16,7 @@ from hiercam.losses.orthogonal import (
     check_features,
     check_weight,
 )
-
-if TYPE_CHECKING:
-    from hiercam.models.two_branch import TwoBranchOutput
+from hiercam.protocols import TwoBranchOutput
 
 __all__ = ["TwoBranchLoss", "TwoBranchLossOutput"]
 
@@ -76,7 +74,7 @@ class TwoBranchLoss(nn.Module):
 
     Examples:
         >>> import torch
-        >>> from hiercam.models import TwoBranchOutput
+        >>> from hiercam.protocols import TwoBranchOutput
         >>> logits = torch.zeros(2, 4, 3)  # (2, B, K)
         >>> features = (torch.ones(4, 8, 2, 2), torch.ones(4, 8, 2, 2))
         >>> output = TwoBranchOutput(logits, features, logits.mean(0))
@@ -121,7 +119,9 @@ class TwoBranchLoss(nn.Module):
                 pair of equal-shaped ``(B, C, H, W)`` or ``(B, D)`` tensors).
             labels: multi-hot image labels ``(B, K)`` of 0/1 values (bool, integer or floating). Checking
                 the values costs one pass over the ``B x K`` entries and, on an accelerator, one device
-                synchronisation per call.
+                synchronisation per call: a value check, skipped with
+                [`hiercam.set_checks(False)`][hiercam.set_checks] and inside [`fit`][hiercam.fit], which
+                checked the labels of the batch already.
 
         Returns:
             ``TwoBranchLossOutput(total, classification_1, classification_2, orthogonal)``, scalars in float32

@@ -1,8 +1,11 @@
 """Metrics: CAM quality against masks and boxes, faithfulness to the model, and multi-label mAP.
 
-CAM quality: mIoU at a threshold and the localisation error (paper section 4.1.3), MaxBoxAccV2 and PxAP
-(Choe et al., CVPR 2020). Faithfulness: deletion / insertion (RISE), Average Drop and Increase in
-Confidence (Grad-CAM++), ROAD.
+CAM quality: mIoU at a threshold and the localisation error (paper section 4.1.3), MaxBoxAcc (MaxBoxAccV2
+with its defaults) and PxAP (Choe et al., CVPR 2020). Faithfulness: deletion / insertion (RISE), Average
+Drop and Increase in Confidence (Grad-CAM++), ROAD. One module per metric, named after it
+(``mean_iou``, ``localization_error``, ``max_box_acc``, ``pxap``, ``deletion_insertion``,
+``confidence_change``, ``road``, ``average_precision``); boxes and normalisation of maps are in
+[`hiercam.maps`][hiercam.maps].
 
 Each metric comes as a function and as a streaming class that share their kernels, as in torchmetrics.
 The classes derive from one small base, [`Metric`][hiercam.metrics.Metric] (an ``nn.Module``):
@@ -17,14 +20,14 @@ from __future__ import annotations
 
 from hiercam.metrics._base import Metric
 from hiercam.metrics.average_precision import MeanAveragePrecision, average_precision, mean_average_precision
-from hiercam.metrics.confidence import ConfidenceChange, ConfidenceResult, confidence_change
-from hiercam.metrics.faithfulness import DeletionInsertion, DeletionInsertionResult, deletion_insertion
+from hiercam.metrics.confidence_change import ConfidenceChange, ConfidenceChangeResult, confidence_change
+from hiercam.metrics.deletion_insertion import DeletionInsertion, DeletionInsertionResult, deletion_insertion
 from hiercam.metrics.group import MetricGroup
-from hiercam.metrics.localization import BoxComponents, LocalizationError, cam_boxes, localization_error
-from hiercam.metrics.pixel_precision import PxAP, pxap
-from hiercam.metrics.remove_and_debias import ROAD, ROADResult, noisy_linear_impute, road
-from hiercam.metrics.segmentation import IoUResult, MeanIoU, maps_to_masks, mean_iou, mean_iou_from_masks
-from hiercam.metrics.wsol import MaxBoxAccResult, MaxBoxAccV2, max_box_acc
+from hiercam.metrics.localization_error import LocalizationError, localization_error
+from hiercam.metrics.max_box_acc import MaxBoxAcc, MaxBoxAccResult, max_box_acc
+from hiercam.metrics.mean_iou import MeanIoU, MeanIoUResult, maps_to_masks, mean_iou, mean_iou_from_masks
+from hiercam.metrics.pxap import PxAP, pxap
+from hiercam.metrics.road import ROAD, ROADResult, noisy_linear_impute, road
 
 __all__ = [
     # the base of the streaming metrics, and a group of them fed by one call per batch
@@ -35,15 +38,13 @@ __all__ = [
     "mean_iou",
     "mean_iou_from_masks",
     "MeanIoU",
-    "IoUResult",
-    # localisation (boxes, Eq. 8)
-    "cam_boxes",
+    "MeanIoUResult",
+    # localisation error (Eq. 8; the boxes of a map are hiercam.maps.cam_boxes)
     "localization_error",
     "LocalizationError",
-    "BoxComponents",
     # weakly-supervised localisation (Choe et al., CVPR 2020)
     "max_box_acc",
-    "MaxBoxAccV2",
+    "MaxBoxAcc",
     "MaxBoxAccResult",
     "pxap",
     "PxAP",
@@ -53,7 +54,7 @@ __all__ = [
     "DeletionInsertionResult",
     "confidence_change",
     "ConfidenceChange",
-    "ConfidenceResult",
+    "ConfidenceChangeResult",
     "road",
     "ROAD",
     "ROADResult",

@@ -31,7 +31,7 @@ def _flatten(name: str, value: object, into: dict[str, float | list[float]]) -> 
 class MetricGroup(nn.Module):
     """A named group of CAM metrics: ``update(maps, labels, **truth)`` gives each the keywords it takes.
 
-    ``MeanIoU`` and ``PxAP`` take ``masks=``, ``LocalizationError`` and ``MaxBoxAccV2`` ``boxes=``, the
+    ``MeanIoU`` and ``PxAP`` take ``masks=``, ``LocalizationError`` and ``MaxBoxAcc`` ``boxes=``, the
     faithfulness metrics ``images=``: one call per batch feeds them all, so an evaluation loop (or the
     pipeline) needs no knowledge of which metric reads what. ``compute`` returns plain numbers keyed by
     name (the fields of a result tuple as ``name.field``), ready for a report. The metrics are the
@@ -46,8 +46,8 @@ class MetricGroup(nn.Module):
 
     Examples:
         >>> import torch
-        >>> from hiercam.metrics import MaxBoxAccV2, MeanIoU, PxAP
-        >>> group = MetricGroup({"miou": MeanIoU(num_classes=2), "boxacc": MaxBoxAccV2(), "pxap": PxAP()})
+        >>> from hiercam.metrics import MaxBoxAcc, MeanIoU, PxAP
+        >>> group = MetricGroup({"miou": MeanIoU(num_classes=2), "boxacc": MaxBoxAcc(), "pxap": PxAP()})
         >>> maps = torch.zeros(1, 1, 8, 8)
         >>> maps[0, 0, 2:5, 2:5] = 1.0
         >>> masks = torch.zeros(1, 8, 8, dtype=torch.long)

@@ -37,14 +37,13 @@ with ImageNet weights) and drop their auxiliary heads, which only run in trainin
 from __future__ import annotations
 
 import copy
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
-from torchvision import models as tvm
-from torchvision.models.feature_extraction import DualGraphModule, create_feature_extractor
 
 from hiercam._validation import format_shape, type_name
 
@@ -162,6 +161,8 @@ def cut_owned(
 
 def _probe_size(model: nn.Module) -> tuple[int, int]:
     """The probe image size: 64 x 64 unless the model needs another."""
+    from torchvision import models as tvm  # here, not at import: `import hiercam` stays light
+
     if isinstance(model, tvm.Inception3):
         return _INCEPTION_PROBE_SIZE
     if isinstance(model, tvm.MaxVit):
@@ -172,7 +173,9 @@ def _probe_size(model: nn.Module) -> tuple[int, int]:
 
 
 def _refuse_tokens(model: nn.Module, name: str) -> None:
-    if isinstance(model, tvm.VisionTransformer):
+    from torchvision.models import VisionTransformer
+
+    if isinstance(model, VisionTransformer):
         raise ValueError(
             f"`{name}` (torchvision VisionTransformer) cannot be cut into (B, C, H, W) feature maps: it "
             f"returns tokens (B, 1 + N, D) and classifies the class token, not pooled maps; {_NO_TOKENS}"
@@ -210,37 +213,48 @@ def _maxvit(model: nn.Module) -> nn.Module:
     return trunk
 
 
-# Each torchvision family and the part of it that feeds the global pooling.
-_STRUCTURAL: tuple[tuple[type[nn.Module], Callable[[nn.Module], nn.Module]], ...] = (
-    (tvm.ResNet, _children(*_RESNET_TRUNK)),
-    (tvm.DenseNet, _densenet),
-    (tvm.VGG, _attribute("features")),
-    (tvm.AlexNet, _attribute("features")),
-    (tvm.SqueezeNet, _attribute("features")),
-    (tvm.MobileNetV2, _attribute("features")),
-    (tvm.MobileNetV3, _attribute("features")),
-    (tvm.EfficientNet, _attribute("features")),
-    (tvm.ConvNeXt, _attribute("features")),
-    (tvm.MNASNet, _attribute("layers")),
-    (tvm.ShuffleNetV2, _children(*_SHUFFLENET_TRUNK)),
-    (tvm.RegNet, _children("stem", "trunk_output")),
-    (tvm.SwinTransformer, _children("features", "norm", "permute")),
-    (tvm.MaxVit, _maxvit),
-)
-# Families whose forward is not a chain of children: cut at a graph node.
-_GRAPH: tuple[tuple[type[nn.Module], str], ...] = (
-    (tvm.GoogLeNet, "inception5b"),
-    (tvm.Inception3, "Mixed_7c"),
-)
+_Structural = tuple[tuple[type[nn.Module], Callable[[nn.Module], nn.Module]], ...]
+_Graph = tuple[tuple[type[nn.Module], str], ...]
+
+
+@functools.cache
+def _families() -> tuple[_Structural, _Graph]:
+    """The torchvision families: those cut by their children, and those cut at a graph node.
+
+    Built on first use, so that torchvision is imported only when a model is cut.
+    """
+    from torchvision import models as tvm
+
+    # Each torchvision family and the part of it that feeds the global pooling.
+    structural: _Structural = (
+        (tvm.ResNet, _children(*_RESNET_TRUNK)),
+        (tvm.DenseNet, _densenet),
+        (tvm.VGG, _attribute("features")),
+        (tvm.AlexNet, _attribute("features")),
+        (tvm.SqueezeNet, _attribute("features")),
+        (tvm.MobileNetV2, _attribute("features")),
+        (tvm.MobileNetV3, _attribute("features")),
+        (tvm.EfficientNet, _attribute("features")),
+        (tvm.ConvNeXt, _attribute("features")),
+        (tvm.MNASNet, _attribute("layers")),
+        (tvm.ShuffleNetV2, _children(*_SHUFFLENET_TRUNK)),
+        (tvm.RegNet, _children("stem", "trunk_output")),
+        (tvm.SwinTransformer, _children("features", "norm", "permute")),
+        (tvm.MaxVit, _maxvit),
+    )
+    # Families whose forward is not a chain of children: cut at a graph node.
+    graph: _Graph = ((tvm.GoogLeNet, "inception5b"), (tvm.Inception3, "Mixed_7c"))
+    return structural, graph
 
 
 def _torchvision_trunk(model: nn.Module, name: str, *, copy_first: bool) -> tuple[nn.Module, str] | None:
     """The part of a torchvision classifier up to its global pooling, or None for other models."""
-    for family, build in _STRUCTURAL:
+    structural, graph = _families()
+    for family, build in structural:
         if isinstance(model, family):
             trunk = build(model)
             return (copy.deepcopy(trunk) if copy_first else trunk), f"torchvision {family.__name__}"
-    for family, node in _GRAPH:
+    for family, node in graph:
         if isinstance(model, family):
             owned = copy.deepcopy(model) if copy_first else model
             # The children are traced as leaves, so the cut holds the model's own blocks (hooks on them fire).
@@ -256,6 +270,8 @@ def _graph_trunk(
 
     Modules of the ``leaves`` types are called as they are, not traced through.
     """
+    from torchvision.models.feature_extraction import create_feature_extractor
+
     flags = {qualified: module.training for qualified, module in model.named_modules()}
     try:
         extractor = create_feature_extractor(
@@ -358,6 +374,8 @@ def _probe(module: nn.Module, name: str, kind: str, size: tuple[int, int], *, ba
 
 def _sync_graphs(module: nn.Module) -> None:
     """Give each ``DualGraphModule`` the graph of its training flag (restoring flags bypasses ``train()``)."""
+    from torchvision.models.feature_extraction import DualGraphModule
+
     for submodule in module.modules():
         if isinstance(submodule, DualGraphModule):
             graph = submodule.train_graph if submodule.training else submodule.eval_graph

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from hiercam._validation import check_choice, check_int, check_tensor, format_shape, type_name
+from hiercam._validation import check_choice, check_int, type_name
 from hiercam.hierarchy import ClassHierarchy
 from hiercam.models.backbones import cut_owned
-from hiercam.models.two_branch import GlobalPool, PoolMode
+from hiercam.models.two_branch import GlobalPool, PoolMode, factory_kwargs, feature_maps
 
 __all__ = ["LevelHeadsOutput", "LevelHeadsNet", "LevelView"]
 
@@ -112,18 +112,13 @@ class LevelHeadsNet(nn.Module):
         self.num_features = cut.num_features
         self.features = cut.features
         self.pool = GlobalPool(pool)
-        factory = _factory(cut.features)
+        factory = factory_kwargs(cut.features)
         self.heads = nn.ModuleList(nn.Linear(cut.num_features, size, **factory) for size in sizes)  # type: ignore[arg-type]
         self.train(backbone.training)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Feature maps ``(B, C, h, w)`` of images ``x`` ``(B, 3, H, W)``."""
-        check_tensor(x, "x", dims="B, C, H, W")
-        features: Tensor = self.features(x)
-        if not isinstance(features, Tensor) or features.ndim != 4 or features.shape[1] != self.num_features:
-            got = format_shape(features.shape) if isinstance(features, Tensor) else type_name(features)
-            raise ValueError(f"`features` must return (B, {self.num_features}, h, w) maps, got {got}")
-        return features
+        return feature_maps(self.features, x, self.num_features)
 
     def forward(self, x: Tensor) -> LevelHeadsOutput:
         """Logits of every level for images ``x`` ``(B, 3, H, W)``.
@@ -203,14 +198,3 @@ def _level_sizes(hierarchy: object) -> tuple[int, ...]:
     if not hierarchy:
         raise ValueError("`hierarchy` must hold at least one head size (K), got an empty sequence")
     return tuple(check_int(size, f"hierarchy[{i}]", minimum=1) for i, size in enumerate(hierarchy))
-
-
-def _factory(features: nn.Module) -> dict[str, object]:
-    """``device`` and floating ``dtype`` of the first parameter or buffer of ``features``, for new layers."""
-    reference = next(iter([*features.parameters(), *features.buffers()]), None)
-    factory: dict[str, object] = {}
-    if reference is not None:
-        factory["device"] = reference.device
-        if reference.is_floating_point():
-            factory["dtype"] = reference.dtype
-    return factory

@@ -11,16 +11,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, cast
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
 
 from hiercam._validation import check_choice, check_int, check_tensor, format_shape, type_name
-from hiercam.heads import CAMHead
 from hiercam.models.backbones import BackboneCut, cut_owned
+from hiercam.protocols import CAMHead, TwoBranchOutput
 
-__all__ = ["PoolMode", "GlobalPool", "Branch", "TwoBranchOutput", "TwoBranchNet"]
+__all__ = ["PoolMode", "GlobalPool", "Branch", "TwoBranchNet"]
 
 PoolMode = Literal["avg", "max"]
 _POOLS: tuple[PoolMode, ...] = ("avg", "max")
@@ -54,6 +54,39 @@ class GlobalPool(nn.Module):
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"mode={self.mode!r}"
+
+
+def feature_maps(features: nn.Module, x: Tensor, num_features: int) -> Tensor:
+    """``features(x)`` for images ``x`` ``(B, 3, H, W)``, checked to be ``(B, num_features, h, w)`` maps.
+
+    The ``forward_features`` of [`Branch`][hiercam.Branch] and
+    [`LevelHeadsNet`][hiercam.models.LevelHeadsNet].
+
+    Raises:
+        TypeError, ValueError: ``x`` is not a ``(B, C, H, W)`` tensor, or ``features`` returns anything but
+            ``(B, num_features, h, w)`` maps.
+    """
+    check_tensor(x, "x", dims="B, C, H, W")
+    maps: Tensor = features(x)
+    if not isinstance(maps, Tensor) or maps.ndim != 4 or maps.shape[1] != num_features:
+        got = format_shape(maps.shape) if isinstance(maps, Tensor) else type_name(maps)
+        raise ValueError(f"`features` must return (B, {num_features}, h, w) maps, got {got}")
+    return maps
+
+
+def factory_kwargs(features: nn.Module) -> dict[str, object]:
+    """``device`` and floating ``dtype`` of the first parameter or buffer of ``features``, for new layers.
+
+    The classifiers put on top of a feature extractor are built with them (torch's ``factory_kwargs``:
+    ``nn.Linear(C, K, **factory_kwargs(features))``); a module without parameters or buffers gives ``{}``.
+    """
+    reference = next(iter([*features.parameters(), *features.buffers()]), None)
+    factory: dict[str, object] = {}
+    if reference is not None:
+        factory["device"] = reference.device
+        if reference.is_floating_point():
+            factory["dtype"] = reference.dtype
+    return factory
 
 
 class Branch(nn.Module):
@@ -90,24 +123,13 @@ class Branch(nn.Module):
         self.num_features = check_int(num_features, "num_features", minimum=1)
         self.num_classes = check_int(num_classes, "num_classes", minimum=1)
         check_choice(pool, "pool", _POOLS)
-        reference = next(iter([*features.parameters(), *features.buffers()]), None)
-        factory: dict[str, object] = {}
-        if reference is not None:
-            factory["device"] = reference.device
-            if reference.is_floating_point():
-                factory["dtype"] = reference.dtype
         self.features = features
         self.pool = GlobalPool(pool)
-        self.classifier = nn.Linear(num_features, num_classes, **factory)  # type: ignore[arg-type]
+        self.classifier = nn.Linear(num_features, num_classes, **factory_kwargs(features))  # type: ignore[arg-type]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Feature maps ``(B, C, h, w)`` of images ``x`` ``(B, 3, H, W)``."""
-        check_tensor(x, "x", dims="B, C, H, W")
-        features: Tensor = self.features(x)
-        if not isinstance(features, Tensor) or features.ndim != 4 or features.shape[1] != self.num_features:
-            got = format_shape(features.shape) if isinstance(features, Tensor) else type_name(features)
-            raise ValueError(f"`features` must return (B, {self.num_features}, h, w) maps, got {got}")
-        return features
+        return feature_maps(self.features, x, self.num_features)
 
     def forward_head(self, features: Tensor) -> Tensor:
         """Logits ``(B, K)`` from feature maps ``(B, C, h, w)``: ``classifier(pool(features))``."""
@@ -117,17 +139,6 @@ class Branch(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, K)`` of images ``x`` ``(B, 3, H, W)``."""
         return self.forward_head(self.forward_features(x))
-
-
-class TwoBranchOutput(NamedTuple):
-    """Output of [`TwoBranchNet`][hiercam.TwoBranchNet]."""
-
-    logits: Tensor
-    """``(2, B, K)``: the logits of branch 1 and branch 2, stacked."""
-    features: tuple[Tensor, Tensor]
-    """The two branches' feature maps before pooling, each ``(B, C, h, w)``."""
-    mean_logits: Tensor
-    """``(B, K)``: the mean of the two branches' logits, for prediction."""
 
 
 class TwoBranchNet(nn.Module):
@@ -196,7 +207,7 @@ class TwoBranchNet(nn.Module):
         return TwoBranchOutput(logits, features, logits.mean(dim=0))
 
     def classifier_heads(self) -> tuple[nn.Linear, nn.Linear]:
-        """The two branch classifiers (``MultiHeadClassifier`` protocol of ``hiercam.similarity``)."""
+        """The two branch classifiers (``MultiHeadClassifier`` protocol of ``hiercam.grouping``)."""
         first, second = self._pair()
         return first.classifier, second.classifier
 

@@ -17,7 +17,7 @@ from hiercam.pipeline.config import (
 )
 from hiercam.pipeline.distributed import Distributed, init_distributed
 from hiercam.pipeline.keys import ModelKey, Variant
-from hiercam.pipeline.presets import PRESETS, Preset, apply_preset
+from hiercam.pipeline.presets import PRESETS, Preset, apply_preset, bench_config, demo_config
 from hiercam.pipeline.results import (
     ExtractedMaps,
     FigureScenes,
@@ -29,7 +29,7 @@ from hiercam.pipeline.results import (
     ThresholdCurve,
     VariantScores,
 )
-from hiercam.pipeline.run import bench_config, demo_config, run_bench, run_pipeline, run_preset_bench
+from hiercam.pipeline.run import run_bench, run_pipeline, run_preset_bench
 
 __all__ = [
     "PipelineConfig",

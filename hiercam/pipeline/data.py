@@ -29,8 +29,8 @@ from hiercam.pipeline.distributed import Distributed
 
 __all__ = [
     "EvalBatch",
-    "Split",
-    "SplitData",
+    "DataSplit",
+    "InMemorySplit",
     "VOCSplit",
     "MSRC21Split",
     "load_split",
@@ -42,8 +42,8 @@ __all__ = [
 EvalBatch = tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]
 
 
-class Split(Protocol):
-    """What the stages need of a split."""
+class DataSplit(Protocol):
+    """What the stages need of a dataset split (its images, labels, masks and boxes)."""
 
     def __len__(self) -> int:
         """Number of images."""
@@ -69,7 +69,7 @@ class Split(Protocol):
 
 
 @dataclass(frozen=True)
-class SplitData:
+class InMemorySplit:
     """A split held in memory (FashionScenes).
 
     Attributes:
@@ -113,7 +113,7 @@ class SplitData:
 
 
 class _InMemory(Dataset[dict[str, Tensor]]):
-    def __init__(self, data: SplitData) -> None:
+    def __init__(self, data: InMemorySplit) -> None:
         self.data = data
 
     def __len__(self) -> int:
@@ -137,8 +137,40 @@ class _ImagesAndTargets(Dataset[dict[str, Tensor]]):
         return {"image": sample["image"], "labels": sample["labels"]}
 
 
-class VOCSplit:
-    """A PASCAL VOC split read from disk ([`VOCMultiLabel`][hiercam.datasets.VOCMultiLabel])."""
+class _FolderSplit:
+    """A split read from disk by loader workers.
+
+    ``evaluation`` (with masks and boxes) and ``_train`` (with the training transform) are two views of the
+    same images.
+    """
+
+    config: PipelineConfig
+    evaluation: Any
+    _train: Any
+
+    def __len__(self) -> int:
+        return len(self.evaluation)
+
+    @property
+    def labels(self) -> Tensor:
+        """``(N, K)`` labels of the full images, from the annotations."""
+        labels: Tensor = self.evaluation.labels
+        return labels
+
+    def training_set(self, augment: bool) -> Dataset[Any]:
+        """The training transform's samples (``augment``) or the evaluation ones; images and labels only."""
+        return _ImagesAndTargets(self._train if augment else self.evaluation)
+
+    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[EvalBatch]:
+        """Evaluation batches (masks and boxes) read by loader workers, in order."""
+        yield from _loader_batches(self.evaluation, self.config, batch_size, indices)
+
+
+class VOCSplit(_FolderSplit):
+    """A PASCAL VOC split read from disk ([`VOCMultiLabel`][hiercam.datasets.VOCMultiLabel]).
+
+    Training images get a random crop and flip; evaluation images the centre crop.
+    """
 
     def __init__(self, config: PipelineConfig, split: str) -> None:
         from hiercam.datasets.voc import VOCMultiLabel, VOCTransform
@@ -154,26 +186,10 @@ class VOCSplit:
             root, self.image_set, transform=VOCTransform(size, size, train=True), with_masks=False
         )
 
-    def __len__(self) -> int:
-        return len(self.evaluation)
-
-    @property
-    def labels(self) -> Tensor:
-        """``(N, 20)`` labels of the full images, from the annotations."""
-        return self.evaluation.labels
-
     @property
     def scored_labels(self) -> tuple[int, ...]:
         """Every label, the background (0) and the 20 classes (the paper's VOC mIoU)."""
         return tuple(range(self.labels.shape[1] + 1))
-
-    def training_set(self, augment: bool) -> Dataset[Any]:
-        """Random crop and flip for training (``augment``), else the centre crop; images and targets only."""
-        return _ImagesAndTargets(self._train if augment else self.evaluation)
-
-    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[EvalBatch]:
-        """Evaluation batches (centre crop, masks and boxes) read by loader workers, in order."""
-        yield from _loader_batches(self.evaluation, self.config, batch_size, indices)
 
 
 def _flip(image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -183,8 +199,10 @@ def _flip(image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return image, mask
 
 
-class MSRC21Split:
+class MSRC21Split(_FolderSplit):
     """An MSRC-21 split read from disk ([`MSRC21`][hiercam.datasets.MSRC21]), resized to ``data.image_size``.
+
+    Training images get a random horizontal flip.
 
     ``scored_labels`` is the dataset's: without background classes label 0 never occurs in the masks, its IoU
     is 0 by construction and the mIoU leaves it out.
@@ -205,26 +223,11 @@ class MSRC21Split:
         self.evaluation = MSRC21(root, split, **options)
         self._train = MSRC21(root, split, transform=_flip, **options)
 
-    def __len__(self) -> int:
-        return len(self.evaluation)
-
-    @property
-    def labels(self) -> Tensor:
-        """``(N, K)`` labels of the images, from ``image_labels.json``."""
-        return self.evaluation.labels
-
     @property
     def scored_labels(self) -> tuple[int, ...]:
         """The dataset's [`scored_labels`][hiercam.datasets.MSRC21.scored_labels]."""
-        return self.evaluation.scored_labels
-
-    def training_set(self, augment: bool) -> Dataset[Any]:
-        """A random horizontal flip for training (``augment``); images and labels only."""
-        return _ImagesAndTargets(self._train if augment else self.evaluation)
-
-    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[EvalBatch]:
-        """Evaluation batches (masks and boxes) read by loader workers, in order."""
-        yield from _loader_batches(self.evaluation, self.config, batch_size, indices)
+        scored: tuple[int, ...] = self.evaluation.scored_labels
+        return scored
 
 
 def _loader_batches(
@@ -260,7 +263,7 @@ def class_names(config: PipelineConfig) -> tuple[str, ...]:
     return FashionScenes.classes
 
 
-def load_split(config: PipelineConfig, split: str) -> Split:
+def load_split(config: PipelineConfig, split: str) -> DataSplit:
     """Draw (FashionScenes) or index (VOC) one split: ``"train"``, ``"val"`` or ``"test"``.
 
     VOC has no public test labels: its ``"test"`` is the official validation set (1,449 images), as in the
@@ -290,7 +293,7 @@ def load_split(config: PipelineConfig, split: str) -> Split:
         targets.append(batch["labels"])
         masks.append(batch["mask"].to(torch.uint8))
         boxes.extend(batch["boxes"])
-    return SplitData(torch.cat(images), torch.cat(targets), torch.cat(masks), boxes)
+    return InMemorySplit(torch.cat(images), torch.cat(targets), torch.cat(masks), boxes)
 
 
 def train_loader(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from hiercam import _distributed
+import hiercam._distributed as _distributed
 
 __all__ = ["Distributed", "init_distributed"]
 

@@ -5,7 +5,7 @@ map is upsampled (bilinear) to the image size and max-normalised before fusion a
 localisation error are computed at every threshold of ``method.thresholds`` in one pass; the threshold with
 the best validation mIoU is then applied to test, so test data never chooses anything.
 
-The mIoU averages the IoUs of the split's ``scored_labels`` only (``hiercam.pipeline.data.Split``): every
+The mIoU averages the IoUs of the split's ``scored_labels`` only (``hiercam.pipeline.data.DataSplit``): every
 label with the background for FashionScenes and VOC; for MSRC-21 without background classes, the 21 classes
 (label 0 never occurs in its masks, so its IoU would be 0 by construction).
 The per-label IoUs come from one dataset-level confusion matrix (the IRN convention).
@@ -18,7 +18,7 @@ model, the one the baseline explains) for every variant, fused maps included: a 
 it points at what that classifier uses, with its sigmoid class score, ``evaluation.faithfulness_steps``
 intervals and a black (zeros) baseline image.
 
-``evaluate`` returns the finished
+``score_run`` returns the finished
 [`RunResult`][hiercam.pipeline.RunResult]: the report only renders it.
 """
 
@@ -30,24 +30,24 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hiercam._progress import Progress, is_terminal
 from hiercam.cam import average_branch_maps
 from hiercam.fusion import RestReduction, fuse_hierarchy
 from hiercam.hierarchy import ClassHierarchy
-from hiercam.maps import normalize_maps
+from hiercam.maps import normalize_maps, resize_maps
 from hiercam.metrics import (
     DeletionInsertion,
     LocalizationError,
-    MaxBoxAccV2,
+    MaxBoxAcc,
     MeanIoU,
     PxAP,
     mean_average_precision,
 )
 from hiercam.pipeline.config import PipelineConfig
-from hiercam.pipeline.data import Split
+from hiercam.pipeline.context import RunContext
+from hiercam.pipeline.data import DataSplit
 from hiercam.pipeline.keys import ModelKey, ModelKind, Variant
 from hiercam.pipeline.results import (
     ExtractedMaps,
@@ -59,11 +59,11 @@ from hiercam.pipeline.results import (
     ThresholdCurve,
     VariantScores,
 )
-from hiercam.pipeline.stages import RunContext, TrainedModel, shuffled_control_hierarchy, split_level_heads
+from hiercam.pipeline.stages import TrainedModel, shuffled_control_hierarchy, split_level_heads
 
 __all__ = [
     "FUSION_GRID",
-    "evaluate",
+    "score_run",
     "variants_of",
     "variant_maps",
     "score_split",
@@ -133,7 +133,8 @@ def _rest(config: PipelineConfig) -> RestReduction | None:
 
 
 def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    return normalize_maps(F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False))
+    """Maps resized to the image size (bilinear) and max-normalised, in float32."""
+    return normalize_maps(resize_maps(maps.float(), size))
 
 
 def variant_maps(
@@ -172,6 +173,20 @@ def variant_maps(
         """A level-heads model's base and level maps, each max-normalised on its own as ``get``'s."""
         return split_level_heads(get(key), groups)
 
+    def fused(variant: Variant, groups: ClassHierarchy, source: ModelKey | ModelKind) -> Tensor:
+        """Eq. 6 over the heads of the level-heads model ``source``, or over the ``source`` level models.
+
+        The level models' base maps are the base classifier's (single-branch kinds) or the level-0
+        two-branch model's.
+        """
+        if isinstance(source, ModelKey):
+            base, level_maps = heads(source, groups)
+        else:
+            base = get(_BASE if source in ("single", "shuffled_single") else _TWO_BRANCH_0)
+            level_maps = [get(ModelKey(source, level)) for level in range(1, groups.num_levels)]
+        weight = weights.get(variant, (1.0, 1.0, 1.0))
+        return fuse_hierarchy(base, level_maps, groups, labels, rest_reduction=rest, weights=weight)
+
     for variant in variants:
         if variant.kind == "baseline":
             yield variant, get(_BASE)
@@ -187,42 +202,17 @@ def variant_maps(
         elif variant.kind == "shuffled" and hierarchy is not None:
             if shuffled is None:
                 raise ValueError("the `shuffled` variant needs the shuffled hierarchy (`shuffled`)")
-            weight = weights.get(variant, (1.0, 1.0, 1.0))
-            if _SHUFFLED_HEADS in extracted.models:
-                base, level_maps = heads(_SHUFFLED_HEADS, shuffled)
-                yield (
-                    variant,
-                    fuse_hierarchy(base, level_maps, shuffled, labels, rest_reduction=rest, weights=weight),
-                )
-                continue
-            single = ModelKey("shuffled_single", 1) in extracted.models
-            base = get(_BASE if single else _TWO_BRANCH_0)
-            control: ModelKind = "shuffled_single" if single else "shuffled_two_branch"
-            level_maps = [get(ModelKey(control, level)) for level in range(1, shuffled.num_levels)]
-            yield (
-                variant,
-                fuse_hierarchy(base, level_maps, shuffled, labels, rest_reduction=rest, weights=weight),
-            )
+            control: ModelKey | ModelKind = _SHUFFLED_HEADS
+            if _SHUFFLED_HEADS not in extracted.models:
+                single = ModelKey("shuffled_single", 1) in extracted.models
+                control = "shuffled_single" if single else "shuffled_two_branch"
+            yield variant, fused(variant, shuffled, control)
         elif variant.fused:
             if hierarchy is None:  # the grouping fell back: no group level to fuse
                 yield variant, get(_BASE)
                 continue
-            weight = weights.get(variant, (1.0, 1.0, 1.0))
-            if variant.kind == "heads":
-                base, level_maps = heads(_HEADS, hierarchy)
-                yield (
-                    variant,
-                    fuse_hierarchy(base, level_maps, hierarchy, labels, rest_reduction=rest, weights=weight),
-                )
-                continue
-            single = variant.kind == "grouping"
-            base = get(_BASE if single else _TWO_BRANCH_0)
-            kind: ModelKind = "single" if single else "two_branch"
-            level_maps = [get(ModelKey(kind, level)) for level in range(1, hierarchy.num_levels)]
-            yield (
-                variant,
-                fuse_hierarchy(base, level_maps, hierarchy, labels, rest_reduction=rest, weights=weight),
-            )
+            kinds: dict[str, ModelKey | ModelKind] = {"heads": _HEADS, "grouping": "single"}
+            yield variant, fused(variant, hierarchy, kinds.get(variant.kind, "two_branch"))
         elif hierarchy is not None:
             level = int(variant.level or 0)
             if _HEADS in extracted.models:  # `method.level_heads`: the head of that level
@@ -236,7 +226,7 @@ def variant_maps(
 
 def score_split(
     config: PipelineConfig,
-    data: Split,
+    data: DataSplit,
     extracted: ExtractedMaps,
     hierarchy: ClassHierarchy | None,
     variants: Sequence[Variant],
@@ -283,7 +273,7 @@ def score_split(
 
 def score_maps(
     config: PipelineConfig,
-    data: Split,
+    data: DataSplit,
     extracted: ExtractedMaps,
     hierarchy: ClassHierarchy | None,
     variants: Sequence[Variant],
@@ -306,7 +296,7 @@ def score_maps(
     evaluation = config.evaluation
     shard = list(range(len(data))) if indices is None else list(indices)
     shuffled = shuffled_control_hierarchy(config, hierarchy)
-    box = {v: MaxBoxAccV2() for v in variants}
+    box = {v: MaxBoxAcc() for v in variants}
     pixel = {v: PxAP(ignore_index=255) for v in variants}
     if evaluation.wsol:
         for rows, images, labels, masks, boxes in data.batches(64, shard):
@@ -354,7 +344,7 @@ def score_maps(
 
 def choose_fusion_weights(
     config: PipelineConfig,
-    data: Split,
+    data: DataSplit,
     extracted: ExtractedMaps,
     hierarchy: ClassHierarchy,
     indices: list[int] | None = None,
@@ -459,7 +449,7 @@ def group_presence(hierarchy: ClassHierarchy | None, labels: Tensor) -> dict[int
 
 def figure_scenes(
     config: PipelineConfig,
-    data: Split,
+    data: DataSplit,
     extracted: ExtractedMaps,
     hierarchy: ClassHierarchy | None,
     split: str,
@@ -485,7 +475,7 @@ def figure_scenes(
     return FigureScenes(split, images, labels, masks, maps)
 
 
-def evaluate(
+def score_run(
     ctx: RunContext,
     models: Mapping[ModelKey, TrainedModel],
     hierarchy: ClassHierarchy | None,

@@ -1,17 +1,38 @@
-"""Who is who in a run: a model's key and an ablation row's variant.
+"""Who is who in a run, and the content keys of what it caches.
 
 [`ModelKey`][hiercam.pipeline.ModelKey] names a model, [`Variant`][hiercam.pipeline.Variant] an evaluated map.
 Names such as ``"two_branch_L1"`` and ``"level_2"`` exist only in files and tables; ``from_name`` reads them
 back and refuses anything else.
+
+A cached step (a trained model, the hierarchy, the maps of a split) is found by its *content key*: the
+SHA-256 ([`digest`][hiercam.pipeline.artifacts.digest]) of everything it depends on, the parts of the config
+it reads and the keys of the steps it uses. ``model_key``, ``hierarchy_key`` and ``maps_key`` build them; a
+config field added after models were first cached enters a key only when it differs from its default
+(``section_key``), so the models and maps of earlier runs stay valid.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-__all__ = ["ModelKind", "ModelKey", "VariantKind", "Variant"]
+from hiercam.pipeline.artifacts import digest
+from hiercam.pipeline.config import DataConfig, ModelConfig, PipelineConfig
+
+__all__ = [
+    "ModelKind",
+    "ModelKey",
+    "VariantKind",
+    "Variant",
+    "section_key",
+    "data_key",
+    "model_key",
+    "hierarchy_key",
+    "maps_key",
+]
 
 ModelKind = Literal[
     "base",
@@ -208,3 +229,129 @@ class Variant:
         if name == "level" or name not in get_args(VariantKind):
             raise ValueError(f"{name!r} is not a variant name ({', '.join(_DESCRIPTIONS)} or 'level_<n>')")
         return cls(name)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------- content keys
+#: Config fields added after models were first cached: left out of the keys while at their defaults, so that
+#: the models and maps of earlier runs stay valid.
+_ADDED_FIELDS: dict[type[Any], tuple[str, ...]] = {
+    DataConfig: ("min_box_area", "background_classes", "input_norm"),
+    ModelConfig: ("weights", "freeze_batchnorm"),
+}
+
+#: Layout of the map caches (``ExtractedMaps.to_tensors``); part of their key.
+_MAPS_LAYOUT = 2
+
+
+def section_key(section: DataConfig | ModelConfig) -> dict[str, Any]:
+    """A config section as a cache key: every field, but added ones only when they differ from the default.
+
+    Example:
+        >>> "input_norm" in section_key(DataConfig())
+        False
+        >>> section_key(DataConfig(input_norm="tanh"))["input_norm"]
+        'tanh'
+    """
+    values = dataclasses.asdict(section)
+    defaults = {f.name: f.default for f in dataclasses.fields(section)}
+    for name in _ADDED_FIELDS[type(section)]:
+        if values[name] == defaults[name]:
+            del values[name]
+    return values
+
+
+def data_key(config: PipelineConfig) -> dict[str, Any]:
+    """The config entries that fix the data (and the input scaling): the seed and the ``data`` section.
+
+    Example:
+        >>> sorted(data_key(PipelineConfig()))
+        ['data', 'seed']
+    """
+    return {"seed": config.seed, "data": section_key(config.data)}
+
+
+def model_key(config: PipelineConfig, identity: ModelKey, parts: Mapping[str, Any]) -> str:
+    """The content key of a trained model: its data, backbone, training settings, name and ``parts``.
+
+    ``parts`` holds what else the model depends on: its kind of training (``{"kind": "single"}``), the
+    hierarchy's key for a level model, the loss settings of a two-branch model.
+
+    Example:
+        >>> key = model_key(PipelineConfig(), ModelKey("base"), {"kind": "single"})
+        >>> len(key), key == model_key(PipelineConfig(seed=1), ModelKey("base"), {"kind": "single"})
+        (64, False)
+    """
+    return digest(
+        {
+            **parts,
+            **data_key(config),
+            "model": section_key(config.model),
+            "train": dataclasses.asdict(config.train),
+            "name": identity.name,
+            "level": identity.level,
+        }
+    )
+
+
+def hierarchy_key(config: PipelineConfig, base_key: str, file_hierarchy: Mapping[str, Any] | None) -> str:
+    """The content key of the grouping stage's hierarchy.
+
+    Args:
+        config: the run's config (the ``method`` entries of the grouping, the seed).
+        base_key: the base classifier's content key (whose class vectors are grouped).
+        file_hierarchy: with ``method.grouping_source = "file"``, the file's hierarchy (``to_dict()``).
+
+    Example:
+        >>> hierarchy_key(PipelineConfig(), "abc", None) != hierarchy_key(PipelineConfig(), "abd", None)
+        True
+    """
+    method = config.method
+    parts: dict[str, Any] = {
+        "base": base_key,
+        "levels": method.levels,
+        "normalize": method.grouping_unit_norm,
+        "weighted": method.grouping_weighted,
+        "max_group_presence": method.max_group_presence,
+        "seed": config.seed,
+    }
+    if method.max_class_presence is not None:  # left out when unset: hierarchies of earlier runs stay valid
+        parts["max_class_presence"] = method.max_class_presence
+    if method.max_group_presence is not None:  # saturated groups are split before levels are dropped
+        parts["saturated_groups"] = "split"
+    if method.grouping_source != "fc":  # left out for "fc": hierarchies of earlier runs stay valid
+        parts["grouping_source"] = method.grouping_source
+        if file_hierarchy is not None:
+            parts["hierarchy_file"] = dict(file_hierarchy)
+    return digest(parts)
+
+
+def maps_key(
+    config: PipelineConfig,
+    model_keys: Mapping[str, str],
+    split: str,
+    scales: tuple[float, ...] | None,
+) -> str:
+    """The content key of the extracted maps of ``split``.
+
+    Args:
+        config: the run's config (its data, ``method.flip``, ``method.softmax_over_labels``).
+        model_keys: every extracted model's name and content key.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        scales: the scales of multi-scale aggregation, ``None`` for the plain pass.
+
+    Example:
+        >>> config = PipelineConfig()
+        >>> maps_key(config, {"base": "abc"}, "val", None) == maps_key(config, {"base": "abc"}, "val", (1.0,))
+        False
+    """
+    parts: dict[str, Any] = {
+        "models": dict(model_keys),
+        "data": data_key(config),
+        "split": split,
+        "layout": _MAPS_LAYOUT,  # caches of an older layout are not read, but redone
+    }
+    if scales is not None:  # left out when unset: the map caches of earlier runs stay valid
+        parts["multiscale"] = {"scales": list(scales), "flip": config.method.flip, "size": "largest"}
+    if config.method.softmax_over_labels:
+        parts["softmax_over_labels"] = True
+    return digest(parts)

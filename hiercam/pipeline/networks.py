@@ -1,8 +1,10 @@
-"""The pipeline's network factory: single-branch classifiers and two-branch networks built from the config.
+"""The pipeline's networks: single-branch classifiers and two-branch networks built from the config.
 
-A backbone is built from its name (``model.backbone``), starts from a local weights file when
-``model.weights`` names one, gets the input scaling of ``data.input_norm`` in front, and keeps its
-BatchNorm layers in eval mode when ``model.freeze_batchnorm`` is set.
+A backbone is built from its name (``model.backbone``: ``"small_convnet"`` or a name of the model factory,
+[`build_model`][hiercam.models.build_model]), starts from a local weights file when ``model.weights`` names
+one ([`load_weights`][hiercam.models.load_weights]), gets the input scaling of ``data.input_norm`` in front
+([`with_input_norm`][hiercam.models.with_input_norm]), and keeps its BatchNorm layers in eval mode when
+``model.freeze_batchnorm`` is set.
 """
 
 from __future__ import annotations
@@ -10,18 +12,24 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import nn
 
-from hiercam.models import Branch, TwoBranchNet, cut_backbone, small_convnet
+from hiercam.models import (
+    Branch,
+    InputNorm,
+    TwoBranchNet,
+    build_model,
+    check_model_name,
+    cut_backbone,
+    load_weights,
+    small_convnet,
+    with_input_norm,
+)
 from hiercam.pipeline.config import ConfigError, ModelConfig
 
 __all__ = [
-    "InputNorm",
-    "ImageNetNormalize",
-    "TanhNormalize",
     "EvalBatchNorm",
     "freeze_batchnorm",
     "backbone_factory",
@@ -31,35 +39,26 @@ __all__ = [
     "build_two_branch",
 ]
 
-#: How images in ``[0, 1]`` are scaled before a backbone (``data.input_norm``).
-InputNorm = Literal["imagenet", "tanh", "none"]
+_SMALL = "small_convnet"
 
 
 def check_backbone(config: ModelConfig) -> None:
     """Check that ``config.backbone`` names a model that can be built, without building it.
 
-    Raises:
-        ConfigError: an unknown torchvision or timm name, or a ``timm:`` backbone without timm installed.
-    """
-    name = config.backbone
-    if name == "small_convnet":
-        return
-    if name.startswith("timm:"):
-        try:
-            import timm
-        except ImportError:
-            raise ConfigError(f"`model.backbone` {name!r} needs timm (`pip install timm`)") from None
-        if not timm.is_model(name[5:]):
-            raise ConfigError(f"`model.backbone` {name!r}: timm has no model {name[5:]!r}")
-        return
-    from torchvision import models
+    ``"small_convnet"`` or a name that [`check_model_name`][hiercam.models.check_model_name] accepts: a
+    torchvision classification model (``"resnet50"``) or ``"timm:<name>"``.
 
-    known = models.list_models(module=models)
-    if name not in known:
-        raise ConfigError(
-            f"`model.backbone` {name!r} is not 'small_convnet', a torchvision classification model "
-            f"(e.g. {', '.join(sorted(known)[:3])}...) or 'timm:<name>'"
-        )
+    Raises:
+        ConfigError: an unknown name (naming ``model.backbone`` and the close matches), or a ``timm:``
+            backbone without timm installed.
+    """
+    if config.backbone == _SMALL:
+        return
+    try:
+        check_model_name(config.backbone, argument="model.backbone")
+    except (TypeError, ValueError, ImportError) as error:
+        also = f" (or {_SMALL!r}, hiercam's CPU backbone)" if isinstance(error, ValueError) else ""
+        raise ConfigError(f"{error}{also}") from None
 
 
 def backbone_factory(config: ModelConfig, input_norm: InputNorm | None = None) -> Callable[[], nn.Module]:
@@ -71,23 +70,22 @@ def backbone_factory(config: ModelConfig, input_norm: InputNorm | None = None) -
     ``config.weights`` the network is loaded from that file before it is cut (see ``check_weights``).
 
     Every model takes images in ``[0, 1]``: ``input_norm`` puts the scaling its weights expect in front
-    (``"imagenet"``: ``ImageNetNormalize``, ``"tanh"``: ``TanhNormalize``, ``"none"``: nothing); ``None``
+    (see [`with_input_norm`][hiercam.models.with_input_norm]; ``"none"``: nothing); ``None``
     is ``"imagenet"`` for torchvision and timm backbones and ``"none"`` for ``small_convnet``. With
     ``config.freeze_batchnorm`` the BatchNorm layers stay in eval mode (``freeze_batchnorm``).
     """
-    if config.backbone == "small_convnet":
+    check_backbone(config)
+    if config.backbone == _SMALL:
         build: Callable[[], nn.Module] = functools.partial(
             small_convnet, width=config.width, norm=config.norm
         )
-    elif config.backbone.startswith("timm:"):
-        build = functools.partial(_timm_model, config.backbone[5:], config.pretrained)
     else:
-        build = functools.partial(_torchvision_model, config.backbone, config.pretrained)
-    default: InputNorm = "none" if config.backbone == "small_convnet" else "imagenet"
+        build = functools.partial(build_model, config.backbone, pretrained=config.pretrained)
+    default: InputNorm = "none" if config.backbone == _SMALL else "imagenet"
     return functools.partial(
         _features,
         build,
-        cut=config.backbone != "small_convnet",
+        cut=config.backbone != _SMALL,
         weights=config.weights,
         input_norm=input_norm or default,
         freeze=config.freeze_batchnorm,
@@ -104,23 +102,12 @@ def _features(
 ) -> nn.Module:
     network = build()
     if weights is not None:
-        _load_weights(network, weights)
-    features = cut_backbone(network).features if cut else network
-    scale = {"imagenet": ImageNetNormalize, "tanh": TanhNormalize}.get(input_norm)
-    if scale is not None:
-        features = nn.Sequential(scale(), features)
+        try:  # keys and shapes checked; the message names `model.weights` and the file
+            load_weights(network, weights, argument="model.weights")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    features = with_input_norm(cut_backbone(network).features if cut else network, input_norm)
     return freeze_batchnorm(features) if freeze else features
-
-
-def _load_weights(network: nn.Module, path: str) -> None:
-    """``model.weights`` into ``network`` (keys and shapes checked; a ConfigError names the key and file)."""
-    from hiercam.explain import load_weights
-
-    try:
-        load_weights(network, path)
-    except ValueError as error:
-        message = str(error).replace(f"`weights` {path!r}", f"{path}")
-        raise ConfigError(f"`model.weights`: {message}") from None
 
 
 def check_weights(config: ModelConfig) -> None:
@@ -144,40 +131,6 @@ def check_weights(config: ModelConfig) -> None:
         )
     with torch.random.fork_rng():
         backbone_factory(config)()
-
-
-class ImageNetNormalize(nn.Module):
-    """``(x - mean) / std`` with ImageNet's statistics: the input convention of torchvision and timm weights.
-
-    The pipeline's images are in ``[0, 1]``; backbones trained on ImageNet get this layer in front.
-    """
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalise ``(B, 3, H, W)`` images in ``[0, 1]``."""
-        return (images - self.mean) / self.std
-
-
-class TanhNormalize(nn.Module):
-    """``2 x - 1``: images in ``[0, 1]`` to ``[-1, 1]``, i.e. ``x / 127.5 - 1`` on 0..255 pixels.
-
-    The input convention of TensorFlow's MobileNets, such as ``../shared/models/mobilenet_v2_imagenet.pth``.
-
-    Example:
-        >>> TanhNormalize()(torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1)).flatten()
-        tensor([-1.,  0.,  1.])
-    """
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Scale ``(B, 3, H, W)`` images in ``[0, 1]`` to ``[-1, 1]``."""
-        return images * 2 - 1
 
 
 class EvalBatchNorm(nn.BatchNorm2d):
@@ -228,23 +181,6 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
         else:
             freeze_batchnorm(child)
     return module
-
-
-def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
-    from torchvision import models
-
-    try:
-        model: nn.Module = models.get_model(name, weights="DEFAULT" if pretrained else None)
-    except ValueError as error:
-        raise ValueError(f"`model.backbone` {name!r} is not a torchvision model: {error}") from None
-    return model
-
-
-def _timm_model(name: str, pretrained: bool) -> nn.Module:
-    import timm
-
-    model: nn.Module = timm.create_model(name, pretrained=pretrained)
-    return model
 
 
 def _channels(features: nn.Module) -> int:

@@ -1,4 +1,7 @@
-"""Named method settings: the paper's, each variant beyond the paper, and the one hiercam recommends.
+"""Named settings: the bundled configs (the demo's, the benchmark's) and the method presets applied on top.
+
+[`demo_config`][hiercam.pipeline.demo_config] and [`bench_config`][hiercam.pipeline.bench_config] are whole
+configs on the bundled FashionScenes data (``hiercam demo``, ``hiercam bench``).
 
 A preset is a set of ``PipelineConfig.method`` settings: the paper's, then the preset's own changes. It
 applies on top of any config (the demo's, a VOC recipe's) and keeps the rest of it (levels, thresholds,
@@ -16,7 +19,88 @@ from typing import Any
 
 from hiercam.pipeline.config import ConfigError, PipelineConfig
 
-__all__ = ["Preset", "PRESETS", "apply_preset"]
+__all__ = ["demo_config", "bench_config", "Preset", "PRESETS", "apply_preset"]
+
+
+#: The demo's sizes (``demo_config``), chosen so that ``make demo`` from a fresh clone, install included,
+#: takes at most 5 minutes on a slow 2-core machine (``benchmarks/demo_time.py`` measures it); the
+#: full-size setting of ``docs/benchmarks.md`` is ``bench_config``.
+DEMO_SIZES: dict[str, Any] = {
+    "data__train_scenes": 4000,
+    "data__val_scenes": 300,
+    "data__test_scenes": 300,
+    "train__epochs": 4,
+    "method__levels": (4,),
+    # MaxBoxAccV2/PxAP's threshold sweep would be a third of the demo's time; deletion/insertion on 32 images
+    "evaluation__wsol": False,
+    "evaluation__faithfulness_images": 32,
+}
+
+#: ``--quick``: tiny images, few scenes, 2 epochs; every stage and every ablation model, in seconds.
+QUICK_SIZES: dict[str, Any] = {
+    "data__image_size": 48,
+    "data__train_scenes": 256,
+    "data__val_scenes": 64,
+    "data__test_scenes": 64,
+    "model__width": 8,
+    "train__epochs": 2,
+    "train__lr": 3e-3,
+}
+
+
+def demo_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
+    """The bundled-data demo: FashionScenes, ``small_convnet``, on the CPU.
+
+    The demo shows a method against the Grad-CAM baseline (the ``demo`` command: the preset ``recommended``).
+    It trains only the models the preset's method needs (``ablation=False``: no extra models for the paper's
+    ablation; ``ensemble=False``: no ensemble control; one group level, 10 -> 4): for ``recommended`` the base
+    classifier and the two-branch models of levels 10 and 4, for ``single_branch`` the base classifier and the
+    single-branch model of the 4 groups. On 4,000 training scenes for 4 epochs; it scores 300
+    validation and 300 test scenes (deletion / insertion on 32 test images; no MaxBoxAccV2 / PxAP, whose
+    threshold sweep would cost a third of the demo's time). The paper's full
+    ablation is ``hiercam bench``, on [`bench_config`][hiercam.pipeline.bench_config]. ``quick`` is a smoke
+    test of every stage, ablation, ensemble control and levels 10 -> 4 -> 2 included (48-pixel images, 256
+    scenes, 2 epochs), in seconds; its numbers mean nothing.
+
+    Args:
+        quick: the smoke-test sizes instead of the demo's.
+        seed: seed of data, initialisation and shuffling.
+
+    Returns:
+        The config. Its method settings other than ``levels`` are the defaults (the paper's); the ``demo``
+        command applies a preset on top.
+
+    Example:
+        >>> config = demo_config()
+        >>> config.data.train_scenes, config.train.epochs, config.method.levels
+        (4000, 4, (4,))
+        >>> config.ablation, config.ensemble, config.evaluation.wsol
+        (False, False, False)
+        >>> demo_config(quick=True).method.levels
+        (4, 2)
+    """
+    config = PipelineConfig(seed=seed, device="cpu")
+    if quick:
+        return config.replace(**QUICK_SIZES)
+    return config.replace(ablation=False, ensemble=False, **DEMO_SIZES)
+
+
+def bench_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
+    """The FashionScenes setting of ``docs/benchmarks.md``: 10,000 training scenes, 6 epochs, every model.
+
+    The default config of ``hiercam bench`` and ``benchmarks/ablation_sweep.py``: the paper's ablation (Table
+    4) with the single-branch level models (``ablation=True``), both controls (the ensemble and the shuffled
+    hierarchy, ``shuffled_control=True``), 500 validation and 500 test scenes, on the CPU. ``quick`` is the
+    same smoke test as ``demo_config(quick=True)``.
+
+    Example:
+        >>> config = bench_config()
+        >>> config.data.train_scenes, config.train.epochs, config.ablation, config.shuffled_control
+        (10000, 6, True, True)
+    """
+    if quick:
+        return demo_config(quick=True, seed=seed)
+    return PipelineConfig(seed=seed, device="cpu", shuffled_control=True)
 
 
 @dataclass(frozen=True)

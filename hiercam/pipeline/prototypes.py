@@ -27,7 +27,9 @@ from hiercam.cam import GradCAM, PrototypeCAM, prototype_cam, sibling_classes
 from hiercam.hierarchy import ClassHierarchy
 from hiercam.maps import normalize_maps
 from hiercam.pipeline.artifacts import digest, load_tensors, read_marker, save_tensors, write_marker
-from hiercam.pipeline.stages import RunContext, TrainedModel
+from hiercam.pipeline.context import RunContext
+from hiercam.pipeline.keys import data_key
+from hiercam.pipeline.stages import TrainedModel
 
 __all__ = ["PROTOTYPE_OPTIONS", "Prototypes", "fit_prototypes", "prototype_context", "prototype_maps"]
 
@@ -51,10 +53,6 @@ class Prototypes:
     context: list[Tensor]
 
 
-def _folder(ctx: RunContext) -> Any:
-    return ctx.models_dir.parent / "cams" if ctx.cache is not None else ctx.out / "cams"
-
-
 def _parts(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], nn.Linear]:
     """The model's ``forward_features`` and its linear ``classifier`` (what LPCAM reads)."""
     forward, classifier = getattr(model, "forward_features", None), getattr(model, "classifier", None)
@@ -73,8 +71,9 @@ def fit_prototypes(ctx: RunContext, base: TrainedModel) -> Prototypes:
     max-normalised; K-means with ``PROTOTYPE_OPTIONS`` and ``random_state`` = the run's seed.
     """
     options = {**PROTOTYPE_OPTIONS, "random_state": ctx.config.seed}
-    key = digest({"base": base.content_key, "options": options, "data": ctx.data_key(), "what": "prototypes"})
-    folder = _folder(ctx)
+    parts = {"base": base.content_key, "options": options, "data": data_key(ctx.config), "what": "prototypes"}
+    key = digest(parts)
+    folder = ctx.maps_dir
     path, marker_path = folder / f"prototypes-{key[:16]}.pt", folder / f"prototypes-{key[:16]}.json"
     if not ctx.force and read_marker(marker_path, key) is not None and path.is_file():
         stored = load_tensors(path)
@@ -151,11 +150,11 @@ def prototype_maps(
         "base": base.content_key,
         "options": {**PROTOTYPE_OPTIONS, "random_state": ctx.config.seed, "context": context_name},
         "hierarchy": hierarchy_key if context_name == "siblings" and hierarchy is not None else None,
-        "data": ctx.data_key(),
+        "data": data_key(ctx.config),
         "split": split,
     }
     key = digest(parts)
-    folder = _folder(ctx)
+    folder = ctx.maps_dir
     stem = f"prototype-{split}-{key[:16]}"
     path, marker_path = folder / f"{stem}.pt", folder / f"{stem}.json"
     if not ctx.force and read_marker(marker_path, key) is not None and path.is_file():

@@ -16,15 +16,14 @@ from hiercam._io import atomic_write_json, atomic_write_text
 from hiercam._progress import print_line
 from hiercam._version import __version__
 from hiercam.pipeline.config import ConfigError, PipelineConfig
+from hiercam.pipeline.context import RunContext
 from hiercam.pipeline.distributed import Distributed
-from hiercam.pipeline.evaluation import evaluate
+from hiercam.pipeline.evaluation import score_run
 from hiercam.pipeline.networks import check_backbone, check_weights
 from hiercam.pipeline.presets import apply_preset
 from hiercam.pipeline.report import bench_markdown, compare_markdown, seed_stats, write_report
 from hiercam.pipeline.results import RunResult, VariantScores, strict_json
 from hiercam.pipeline.stages import (
-    EVAL_SPLITS,
-    RunContext,
     build_hierarchy,
     ensemble_size,
     extract_maps,
@@ -40,90 +39,10 @@ __all__ = [
     "run_bench",
     "run_preset_bench",
     "seed_record_path",
-    "demo_config",
-    "bench_config",
 ]
 
-
-#: The demo's sizes (``demo_config``), chosen so that ``make demo`` from a fresh clone, install included,
-#: takes at most 5 minutes on a slow 2-core machine (``benchmarks/demo_time.py`` measures it); the
-#: full-size setting of ``docs/benchmarks.md`` is ``bench_config``.
-DEMO_SIZES: dict[str, Any] = {
-    "data__train_scenes": 4000,
-    "data__val_scenes": 300,
-    "data__test_scenes": 300,
-    "train__epochs": 4,
-    "method__levels": (4,),
-    # MaxBoxAccV2/PxAP's threshold sweep would be a third of the demo's time; deletion/insertion on 32 images
-    "evaluation__wsol": False,
-    "evaluation__faithfulness_images": 32,
-}
-
-#: ``--quick``: tiny images, few scenes, 2 epochs; every stage and every ablation model, in seconds.
-QUICK_SIZES: dict[str, Any] = {
-    "data__image_size": 48,
-    "data__train_scenes": 256,
-    "data__val_scenes": 64,
-    "data__test_scenes": 64,
-    "model__width": 8,
-    "train__epochs": 2,
-    "train__lr": 3e-3,
-}
-
-
-def demo_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
-    """The bundled-data demo: FashionScenes, ``small_convnet``, on the CPU.
-
-    The demo shows a method against the Grad-CAM baseline (the ``demo`` command: the preset ``recommended``).
-    It trains only the models the preset's method needs (``ablation=False``: no extra models for the paper's
-    ablation; ``ensemble=False``: no ensemble control; one group level, 10 -> 4): for ``recommended`` the base
-    classifier and the two-branch models of levels 10 and 4, for ``single_branch`` the base classifier and the
-    single-branch model of the 4 groups. On 4,000 training scenes for 4 epochs; it scores 300
-    validation and 300 test scenes (deletion / insertion on 32 test images; no MaxBoxAccV2 / PxAP, whose
-    threshold sweep would cost a third of the demo's time). The paper's full
-    ablation is ``hiercam bench``, on [`bench_config`][hiercam.pipeline.bench_config]. ``quick`` is a smoke
-    test of every stage, ablation, ensemble control and levels 10 -> 4 -> 2 included (48-pixel images, 256
-    scenes, 2 epochs), in seconds; its numbers mean nothing.
-
-    Args:
-        quick: the smoke-test sizes instead of the demo's.
-        seed: seed of data, initialisation and shuffling.
-
-    Returns:
-        The config. Its method settings other than ``levels`` are the defaults (the paper's); the ``demo``
-        command applies a preset on top.
-
-    Example:
-        >>> config = demo_config()
-        >>> config.data.train_scenes, config.train.epochs, config.method.levels
-        (4000, 4, (4,))
-        >>> config.ablation, config.ensemble, config.evaluation.wsol
-        (False, False, False)
-        >>> demo_config(quick=True).method.levels
-        (4, 2)
-    """
-    config = PipelineConfig(seed=seed, device="cpu")
-    if quick:
-        return config.replace(**QUICK_SIZES)
-    return config.replace(ablation=False, ensemble=False, **DEMO_SIZES)
-
-
-def bench_config(*, quick: bool = False, seed: int = 0) -> PipelineConfig:
-    """The FashionScenes setting of ``docs/benchmarks.md``: 10,000 training scenes, 6 epochs, every model.
-
-    The default config of ``hiercam bench`` and ``benchmarks/ablation_sweep.py``: the paper's ablation (Table
-    4) with the single-branch level models (``ablation=True``), both controls (the ensemble and the shuffled
-    hierarchy, ``shuffled_control=True``), 500 validation and 500 test scenes, on the CPU. ``quick`` is the
-    same smoke test as ``demo_config(quick=True)``.
-
-    Example:
-        >>> config = bench_config()
-        >>> config.data.train_scenes, config.train.epochs, config.ablation, config.shuffled_control
-        (10000, 6, True, True)
-    """
-    if quick:
-        return demo_config(quick=True, seed=seed)
-    return PipelineConfig(seed=seed, device="cpu", shuffled_control=True)
+#: The splits a run extracts and scores (``test=False``: validation only).
+_EVAL_SPLITS = ("val", "test")
 
 
 def run_pipeline(
@@ -172,7 +91,7 @@ def run_pipeline(
     ctx = RunContext(
         config, out, force=force, progress=progress, log=log, cache=None if cache is None else Path(cache)
     )
-    splits = EVAL_SPLITS if test else ("val",)
+    splits = _EVAL_SPLITS if test else ("val",)
     _preflight(ctx, splits)  # everything that can be checked before work starts
     if distributed.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +150,7 @@ def run_pipeline(
     ctx.timings["stage3_cams"] = time.perf_counter() - stage
 
     log(f"[4/4] evaluation: mIoU and localisation error, M0' = {config.method.rest_reduction!r}")
-    result = evaluate(ctx, models, hierarchy, extracted)
+    result = score_run(ctx, models, hierarchy, extracted)
     ctx.timings["total"] = time.perf_counter() - started
     result.seconds = dict(ctx.timings)
     if distributed.is_main:

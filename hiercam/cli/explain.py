@@ -1,0 +1,285 @@
+"""Class activation maps of image files: the logic of the ``hiercam cam`` command, testable without argparse.
+
+[`explain_images`][hiercam.cli.explain.explain_images] reads image files, builds a torchvision or timm
+classifier with the model factory ([`build_model`][hiercam.models.build_model]: random init, or a local state
+dict read by [`load_weights`][hiercam.models.load_weights] with ``torch.load(weights_only=True)``: nothing is
+downloaded), computes the maps of the requested or top-predicted classes with any method of
+``hiercam.cam.METHODS`` ([`find_method`][hiercam.cli.explain.find_method]), and writes, per image, the raw
+maps (``.pt``), one overlay PNG per class and a ``summary.json``. Every input is checked (all image files
+first) before the model does any work.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+import torch
+from torch import Tensor, nn
+
+from hiercam._io import atomic_write_json
+from hiercam._validation import check_choice, check_int, type_name
+from hiercam.cam import METHODS, BaseCAM
+from hiercam.cli._files import check_images, load_image, unique_stems, write_outputs
+from hiercam.maps import NormalizeMode
+from hiercam.models import InputNorm, build_model, load_weights
+
+__all__ = ["ExplainedImage", "explain_images", "find_method"]
+
+
+@dataclass(frozen=True)
+class ExplainedImage:
+    """What was written for one image.
+
+    Attributes:
+        image: the image file.
+        maps: the ``.pt`` file: ``{"maps": (K', H, W) float32, "classes": (K',) int64, "scores": (K',)
+            float32 logits, "image": str, "model": str, "method": str, "target_layer": str}``.
+        overlays: one PNG per class, in the order of ``classes`` (empty without overlays).
+        classes: the explained class indices (K'), highest score first for ``top``.
+        scores: the logits of those classes.
+    """
+
+    image: str
+    maps: str
+    overlays: list[str]
+    classes: list[int]
+    scores: list[float]
+
+
+def explain_images(
+    images: Sequence[str | os.PathLike[str]],
+    model: str,
+    out: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
+    layer: str | None = None,
+    method: str = "gradcam",
+    classes: Sequence[int] | None = None,
+    top: int | None = None,
+    size: int | Sequence[int] = 224,
+    input_norm: InputNorm = "imagenet",
+    normalize: NormalizeMode | None = "max",
+    overlays: bool = True,
+    device: str | torch.device | None = None,
+) -> list[ExplainedImage]:
+    """Compute and save the class activation maps of image files.
+
+    Each image is read with PIL, turned upright (EXIF orientation), converted to RGB, resized to ``size``
+    (bilinear, no crop), scaled by ``input_norm`` and explained on its own (batch of one): the classes are
+    ``classes`` or the ``top`` highest logits of that image. Written to ``out``: ``<stem>.pt`` (see
+    [`ExplainedImage`][hiercam.cli.explain.ExplainedImage]), ``<stem>_<class>.png`` (the map over the original
+    image, at the image's own size) and ``summary.json``. Images sharing a stem get ``-2``, ``-3``...
+    suffixes.
+
+    Args:
+        images: image files (any format PIL reads).
+        model: a classification model of ``torchvision.models`` (``"resnet50"``) or ``"timm:<name>"``
+            (needs timm), built by [`build_model`][hiercam.models.build_model] with ``pretrained=False``.
+        out: output folder (created if missing).
+        weights: a local state dict file (a ``fit`` checkpoint or ``{"state_dict": ...}`` also work) whose
+            keys and shapes fit the model; ``None`` keeps the random initialisation (with a warning).
+        num_classes: number of classes of the model (default: the library's, 1000 for ImageNet models).
+        layer: dotted name of the target layer; ``None`` lets the engine choose.
+        method: a key of ``hiercam.cam.METHODS`` (case, ``-`` and ``_`` ignored; ``++`` = ``plusplus``).
+        classes: class indices explained in every image; exclusive with ``top``.
+        top: explain the ``top`` highest-scoring classes of each image (default 1).
+        size: network input size, an int (square) or ``(H, W)``.
+        input_norm: pixel scaling, see [`InputNorm`][hiercam.models.InputNorm].
+        normalize: rescaling of the saved maps (``"max"``, ``"minmax"`` or ``None``).
+        overlays: write the overlay PNGs (needs matplotlib: ``pip install 'hiercam[viz]'``).
+        device: where the model runs (default: CUDA if available, else the CPU).
+
+    Returns:
+        One record per image, in the order of ``images``.
+
+    Raises:
+        ValueError: unreadable or missing image files (all listed, before the model is built), an unknown
+            model, method or layer (with close matches), a weights file that is not a fitting state dict,
+            out-of-range ``classes``/``top``, both ``classes`` and ``top``.
+        TypeError: arguments of the wrong type.
+        ImportError: ``overlays=True`` without matplotlib, or a ``timm:`` model without timm.
+
+    Examples:
+        >>> import tempfile, warnings
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (48, 32), "red").save(folder / "red.png")
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")  # no weights: random init
+        ...     done = explain_images([folder / "red.png"], "resnet18", folder / "out",
+        ...                           num_classes=5, size=64, top=2, overlays=False)
+        >>> torch.load(done[0].maps, weights_only=True)["maps"].shape
+        torch.Size([2, 64, 64])
+    """
+    options = _check_options(classes, top, size, input_norm, normalize, overlays)
+    target = _check_device(device)
+    cam_type = find_method(method)
+    files = check_images(images)
+    net = build_model(model, num_classes=num_classes)
+    if weights is not None:
+        load_weights(net, weights)
+    else:
+        warnings.warn(
+            f"no weights given: {model} has random weights and its maps mean nothing",
+            UserWarning,
+            stacklevel=2,
+        )
+    if layer is not None:
+        _check_layer(net, layer)
+    net = net.to(target).eval()
+    out_dir = Path(out)
+    records: list[ExplainedImage] = []
+    extractor: BaseCAM = cam_type(net, layer)
+    with extractor:
+        for path, stem in zip(files, unique_stems(files), strict=True):
+            original, x = load_image(path, options.size, input_norm)
+            chosen, scores = _classes_for(net, x.to(target), options.classes, options.top)
+            maps = extractor(x.to(target), chosen, normalize=normalize)[0].float().cpu()
+            info = {"image": str(path), "model": model, "method": cam_type.__name__}
+            info["target_layer"] = str(extractor.target_layer)
+            maps_file, pictures = write_outputs(out_dir, stem, original, maps, chosen, scores, info, overlays)
+            records.append(ExplainedImage(info["image"], maps_file, pictures, chosen, scores))
+        summary = {
+            "model": model,
+            "weights": None if weights is None else os.fspath(weights),
+            "method": cam_type.__name__,
+            "target_layer": extractor.target_layer,
+            "size": list(options.size),
+            "input_norm": input_norm,
+            "normalize": normalize,
+            "images": [asdict(record) for record in records],
+        }
+    atomic_write_json(out_dir / "summary.json", summary)
+    return records
+
+
+@dataclass(frozen=True)
+class _Options:
+    classes: list[int] | None
+    top: int
+    size: tuple[int, int]
+
+
+def _check_options(
+    classes: Sequence[int] | None,
+    top: int | None,
+    size: int | Sequence[int],
+    input_norm: InputNorm,
+    normalize: NormalizeMode | None,
+    overlays: bool,
+) -> _Options:
+    if classes is not None and top is not None:
+        raise ValueError(f"give either `classes` or `top`, not both (got classes={classes}, top={top})")
+    chosen = None
+    if classes is not None:
+        if not isinstance(classes, (list, tuple)):
+            raise TypeError(f"`classes` must be a sequence of ints, got {type_name(classes)}")
+        chosen = [check_int(k, "classes", minimum=0) for k in classes]
+        if not chosen:
+            raise ValueError("`classes` must name at least one class, got an empty sequence")
+        repeated = sorted({k for k in chosen if chosen.count(k) > 1})
+        if repeated:
+            raise ValueError(f"`classes` must not repeat a class, got {repeated[0]} more than once")
+    top = check_int(1 if top is None else top, "top", minimum=1)
+    given: list[Any] = list(size) if isinstance(size, (list, tuple)) else [size]
+    if len(given) not in (1, 2):
+        raise ValueError(f"`size` must be one int or (H, W), got {len(given)} values")
+    sizes = [check_int(s, "size", minimum=8) for s in given]
+    check_choice(input_norm, "input_norm", get_args(InputNorm))
+    check_choice(normalize, "normalize", ("max", "minmax", None))
+    if overlays:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as error:
+            raise ImportError(
+                "the overlay PNGs need matplotlib: pip install 'hiercam[viz]' (or write only the maps: "
+                "`overlays=False`, option --no-overlay)"
+            ) from error
+    return _Options(chosen, top, (sizes[0], sizes[-1]))
+
+
+def find_method(name: str) -> type[BaseCAM]:
+    """The CAM class ``hiercam.cam.METHODS[name]``, ignoring case, ``-`` and ``_`` (``++`` is ``plusplus``).
+
+    Args:
+        name: a method's name, e.g. ``"gradcam"``, ``"Grad-CAM++"``, ``"layer_cam"``.
+
+    Returns:
+        The CAM class.
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: no method of that name (the close matches are suggested).
+
+    Examples:
+        >>> find_method("Grad-CAM++").__name__
+        'GradCAMPlusPlus'
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"`method` must be a str, got {type_name(name)}")
+    key = name.lower().replace("++", "plusplus").replace("-", "").replace("_", "")
+    if key not in METHODS:
+        close = difflib.get_close_matches(key, list(METHODS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"`method` must be one of {', '.join(METHODS)}, got {name!r}{hint}")
+    return METHODS[key]
+
+
+def _check_layer(model: nn.Module, layer: str) -> None:
+    names = [name for name, _ in model.named_modules() if name]
+    if layer not in names:
+        close = difflib.get_close_matches(layer, names, n=5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ValueError(f"`layer` {layer!r} is not a submodule of the model{hint}")
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return _default_device()
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"`device` must be a torch device such as 'cpu' or 'cuda', got {device!r}"
+        ) from error
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` is {device!r} but CUDA is not available")
+    return target
+
+
+def _classes_for(
+    model: nn.Module, x: Tensor, classes: list[int] | None, top: int
+) -> tuple[list[int], list[float]]:
+    """The classes to explain for one image and their logits, range-checked against the model's output."""
+    with torch.no_grad():
+        logits = model(x)
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        found = tuple(logits.shape) if isinstance(logits, Tensor) else type_name(logits)
+        raise ValueError(f"`model` must return logits (B, K), got {found}")
+    num_classes = logits.shape[1]
+    if classes is None:
+        if top > num_classes:
+            raise ValueError(
+                f"`top` must be <= {num_classes} (the model has {num_classes} classes), got {top}"
+            )
+        values, indices = logits[0].float().topk(top)
+        return indices.tolist(), values.tolist()
+    outside = [k for k in classes if k >= num_classes]
+    if outside:
+        raise ValueError(
+            f"`classes` must be class indices in [0, {num_classes}), got {outside[0]} "
+            f"(the model has {num_classes} classes)"
+        )
+    return classes, logits[0, classes].float().tolist()

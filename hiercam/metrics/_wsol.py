@@ -1,0 +1,31 @@
+"""What MaxBoxAcc and PxAP share of wsolevaluation's protocol: the trials, the normalisation, the grid.
+
+Described in the docstring of ``hiercam.metrics.max_box_acc`` (Choe et al., CVPR 2020;
+clovaai/wsolevaluation): one trial per (image, present class), each map min-max normalised
+(``normalize_scoremap``), and the threshold grid ``np.arange(0, 1, interval)`` (``cam_threshold_list``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hiercam._validation import check_threshold
+from hiercam.maps import normalize_maps
+from hiercam.metrics._inputs import check_maps_and_labels
+
+__all__ = ["scoremaps", "threshold_grid"]
+
+
+def threshold_grid(interval: object) -> np.ndarray:
+    """``np.arange(0, 1, interval)``, wsolevaluation's ``cam_threshold_list``."""
+    step = check_threshold(interval, "interval")
+    return np.arange(0, 1, step)
+
+
+def scoremaps(maps: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Images and classes of the trials, and their min-max normalised maps ``(P, H, W)``."""
+    check_maps_and_labels(maps, labels)
+    images, classes = torch.nonzero(labels.to(device=maps.device, dtype=torch.bool), as_tuple=True)
+    return images, classes, normalize_maps(maps.detach()[images, classes], "minmax", validate_args=False)
