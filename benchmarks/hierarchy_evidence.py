@@ -25,7 +25,9 @@ difference to ``gradcam`` and to its controls. The test split is scored once, af
 validation.
 
 Resumable: models are cached (``--cache``), every (dataset, seed) record is written atomically to
-``<results>/hierarchy/<dataset>/seed_<n>.json`` and skipped when present.
+``<results>/hierarchy/<dataset>/seed_<n>.json`` and skipped when it holds every row asked for; a record is
+scored in one go, so a run naming fewer rows than a record holds stops rather than drop them (`--rescore`
+scores every named row again).
 
     python benchmarks/hierarchy_evidence.py --dataset msrc21 --seeds 0 1 2
     python benchmarks/hierarchy_evidence.py --dataset fashion_scenes --seeds 0 1 2
@@ -515,11 +517,16 @@ def run_seed(
     rescore: bool = False,
 ) -> dict[str, Any]:
     """Score every row on val (choose t*) then test, with paired bootstrap intervals; write the record."""
-    if path.is_file() and not rescore:
+    if path.is_file():
         record: dict[str, Any] = json.loads(path.read_text())
-        if set(rows) <= set(record["rows"]):
+        if not rescore and set(rows) <= set(record["rows"]):
             log(f"{path} has every row: skipped")
             return record
+        dropped = [row for row in record["rows"] if row not in rows]
+        if dropped:
+            # A record is scored in one go (the same models, the same bootstrap resamples): rows of an earlier
+            # record cannot be merged into a new one, so a run that names fewer rows would lose them.
+            raise SystemExit(f"{path} holds rows this run would drop: {dropped}; add them to --rows")
     start = time.perf_counter()
     val = score(ctx, row_makers(ctx, models, rows, "val", log), "val", THRESHOLDS)
     scored = list(ctx.data("val").scored_labels)
