@@ -32,12 +32,12 @@ import hiercam
 from hiercam import (
     GradCAM,
     MeanIoU,
+    SmallConvNet,
     TwoBranchLoss,
     TwoBranchNet,
     TwoBranchOutput,
     mean_iou,
     normalize_maps,
-    small_convnet,
 )
 
 
@@ -75,7 +75,7 @@ def cases(device: torch.device) -> dict[str, Callable[[], object]]:
     loss_labels = (rand(32, 20) < 0.15).float()
 
     torch.manual_seed(0)
-    backbone = functools.partial(small_convnet, width=8, norm="group")
+    backbone = functools.partial(SmallConvNet, width=8, norm="group")
     net = TwoBranchNet(backbone, num_classes=20).to(device).eval()
     cam = GradCAM(net)
     images = rand(4, 3, 96, 96)

@@ -1,6 +1,6 @@
 """FashionScenes baseline: epoch time of the default backbone, val mAP of a small model, hierarchy found.
 
-Trains ``small_convnet + global average pooling + linear`` with :func:`hiercam.fit` on FashionScenes; prints:
+Trains ``SmallConvNet + global average pooling + linear`` with :func:`hiercam.fit` on FashionScenes; prints:
 
 1. the time to draw the scenes of one epoch and the time of one training epoch (scenes drawn in the loader),
    per backbone width, side by side;
@@ -24,12 +24,12 @@ from sklearn.metrics import adjusted_rand_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hiercam import FashionScenes, MeanAveragePrecision, collate_scenes, fit, group_classes, small_convnet
+from hiercam import FashionScenes, MeanAveragePrecision, SmallConvNet, collate_scenes, fit, group_classes
 
 
 def classifier(width: int, seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
-    backbone = small_convnet(width=width)
+    backbone = SmallConvNet(width=width)
     return nn.Sequential(
         backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, 10)
     )

@@ -29,7 +29,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     # 1. A trained multi-label classifier: backbone -> global average pool -> linear.
-    backbone = hiercam.small_convnet(width=16)
+    backbone = hiercam.SmallConvNet(width=16)
     model = nn.Sequential(
         backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, 10)
     )

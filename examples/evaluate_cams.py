@@ -50,7 +50,7 @@ def main() -> None:
     )
     val = DataLoader(FashionScenes("val", num_scenes=scenes // 4, image_size=64), 64, collate_fn=collate)
     test = DataLoader(FashionScenes("test", num_scenes=scenes // 4, image_size=64), 64, collate_fn=collate)
-    backbone = hiercam.small_convnet(width=16)
+    backbone = hiercam.SmallConvNet(width=16)
     model = nn.Sequential(
         backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, 10)
     )

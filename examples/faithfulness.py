@@ -69,7 +69,7 @@ def main() -> None:
         FashionScenes("train", num_scenes=scenes, image_size=64), 32, shuffle=True, collate_fn=collate_scenes
     )
     test = DataLoader(FashionScenes("test", num_scenes=tested, image_size=64), 16, collate_fn=collate_scenes)
-    backbone = hiercam.small_convnet(width=16)
+    backbone = hiercam.SmallConvNet(width=16)
     model = nn.Sequential(
         backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, 10)
     )

@@ -33,7 +33,7 @@ loader = DataLoader(train, batch_size=32, shuffle=True, collate_fn=collate_scene
 
 
 def trained_classifier(num_outputs: int, **fit_options: object) -> nn.Module:
-    backbone = hiercam.small_convnet(width=16)
+    backbone = hiercam.SmallConvNet(width=16)
     model = nn.Sequential(
         backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, num_outputs)
     )

@@ -26,7 +26,7 @@ from hiercam import FashionScenes, collate_scenes
 
 
 def classifier(num_outputs: int) -> nn.Module:
-    backbone = hiercam.small_convnet(width=16)
+    backbone = hiercam.SmallConvNet(width=16)
     return nn.Sequential(
         backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, num_outputs)
     )

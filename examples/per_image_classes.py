@@ -25,7 +25,7 @@ def main() -> None:
     scenes, epochs = (256, 1) if args.quick else (4000, 6)
     torch.manual_seed(0)
 
-    backbone = hiercam.small_convnet(width=16)
+    backbone = hiercam.SmallConvNet(width=16)
     model = nn.Sequential(
         backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, 10)
     )

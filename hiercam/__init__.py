@@ -13,7 +13,8 @@ own ``__all__`` lists, so a name added to a package is exported here without a s
 * ``hiercam.cam``: the CAM engine (section 3.4.2) and every method; ``hiercam.maps``: normalising, resizing
   and boxes of maps; ``hiercam.fusion``: Eq. 6; ``hiercam.protocols``: what the engine reads of a model;
 * ``hiercam.metrics``: mIoU, localisation error, the WSOL and faithfulness metrics;
-* ``hiercam.datasets``: FashionScenes (bundled), MSRC-21, VOC; ``hiercam.training``: ``fit``, ``evaluate``.
+* ``hiercam.datasets``: FashionScenes (bundled), your own folder, MSRC-21, VOC;
+* ``hiercam.training``: ``fit``, ``evaluate``.
 
 ``hiercam.pipeline`` (the resumable experiment runner), ``hiercam.viz`` (matplotlib) and ``hiercam.cli`` are
 imported as modules; they are not re-exported here.

@@ -14,13 +14,14 @@ read at import), a per-call ``validate_args``, and the tensors a caller has chec
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
-from numbers import Integral
-from typing import Any, TypeVar
+from numbers import Integral, Real
+from typing import Any, SupportsFloat, SupportsInt, TypeGuard, TypeVar
 
 import numpy as np
 import torch
@@ -36,8 +37,12 @@ __all__ = [
     "check_tensor",
     "check_finite",
     "check_binary",
+    "check_unit_interval",
     "check_choice",
+    "is_int",
+    "is_real",
     "check_int",
+    "check_float",
     "check_threshold",
     "check_class_names",
     "check_same_shape",
@@ -91,8 +96,9 @@ def set_checks(enabled: bool) -> None:
     """Switch hiercam's value checks on or off for the whole process (kornia-style).
 
     Value checks are those that read tensor values: finite maps, images, features and logits; 0/1 labels
-    and masks; maps in ``[0, 1]``; the negative-feature warning of the orthogonal loss; non-finite outputs
-    of the CAM engine and the fusion; 0/1 labels and finite loss and logits in every step of
+    and masks; maps in ``[0, 1]``; the negative-feature warning of the orthogonal loss and the warning of
+    [`TwoBranchLoss`][hiercam.TwoBranchLoss] when its orthogonal term swamps the classification; non-finite
+    outputs of the CAM engine and the fusion; 0/1 labels and finite loss and logits in every step of
     [`fit`][hiercam.fit]. Each turns a tensor into a Python ``bool``, which on a GPU waits for the device:
     one host synchronisation per check. Checks of types, shapes, dtypes, devices and options, and the
     range of class indices and mask labels (which decide where a count or a gather lands), always run.
@@ -278,6 +284,23 @@ def check_binary(value: Tensor, name: str, *, validate_args: bool | None = None)
     return value
 
 
+def check_unit_interval(
+    value: Tensor, name: str, *, validate_args: bool | None = None, hint: str = ""
+) -> Tensor:
+    """A value check: raise ``ValueError`` unless every entry of ``value`` is in ``[0, 1]`` (NaN refused).
+
+    Skipped as [`should_check`][hiercam._validation.should_check] says (switch, ``validate_args``, marks).
+    ``hint`` is added to the message (e.g. how to bring the values into range).
+    """
+    if value.numel() and should_check(value, validate_args):
+        low, high = (float(v) for v in torch.aminmax(value.detach()))
+        if not 0.0 <= low <= high <= 1.0:  # also refuses NaN
+            raise ValueError(
+                f"`{name}` must hold values in [0, 1]{hint}, got values in [{low:.4g}, {high:.4g}]"
+            )
+    return value
+
+
 def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
     """Raise ``ValueError`` unless two tensors have the same shape."""
     if a.shape != b.shape:
@@ -295,12 +318,64 @@ def check_choice(value: T, name: str, choices: Collection[T]) -> T:
     return value
 
 
+# ------------------------------------------------------------------------------------- the rule for numbers
+# One rule for every public argument that is a number: a Python int (float) is accepted, and so is a NumPy
+# integer (floating) scalar and a 0-d tensor of an integer (floating) dtype; bools (Python, NumPy, bool
+# tensors) are refused. Every check of a number goes through is_int / is_real.
+def _scalar_tensor(value: object) -> Tensor | None:
+    """``value`` when it is a 0-d tensor that is not bool, complex or on the meta device, else ``None``."""
+    if (
+        isinstance(value, Tensor)
+        and value.ndim == 0
+        and value.dtype != torch.bool
+        and not value.is_complex()
+        and not value.is_meta
+    ):
+        return value
+    return None
+
+
+def is_int(value: object) -> TypeGuard[SupportsInt]:
+    """Whether ``value`` is an integer by the rule for numbers: ``int``, ``np.integer``, 0-d integer tensor.
+
+    Bools (``True``, ``np.True_``, bool tensors) are not integers here.
+
+    Examples:
+        >>> import numpy as np, torch
+        >>> is_int(3), is_int(np.int64(3)), is_int(torch.tensor(3)), is_int(True), is_int(3.0)
+        (True, True, True, False, False)
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, Integral):
+        return True
+    scalar = _scalar_tensor(value)
+    return scalar is not None and not scalar.is_floating_point()
+
+
+def is_real(value: object) -> TypeGuard[SupportsFloat]:
+    """Whether ``value`` is a real number by the rule for numbers.
+
+    Real numbers are any :func:`is_int` value, ``float``, ``np.floating`` (``np.float32``, ...) and 0-d
+    floating tensors. Bools are not numbers here.
+
+    Examples:
+        >>> import numpy as np, torch
+        >>> is_real(0.5), is_real(np.float32(0.5)), is_real(torch.tensor(0.5)), is_real(False)
+        (True, True, True, False)
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return isinstance(value, Real) or _scalar_tensor(value) is not None
+
+
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """Check that ``value`` is an integer within ``[minimum, maximum]`` and return it as a Python ``int``.
 
-    Any ``numbers.Integral`` is accepted (``int``, NumPy's ``np.int64`` and friends); bools are refused.
+    Integers follow the rule for numbers (:func:`is_int`): ``int``, NumPy's ``np.int64`` and friends, 0-d
+    integer tensors; bools are refused.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
+    if not is_int(value):
         raise TypeError(f"`{name}` must be an int, got {type_name(value)}")
     number = int(value)
     if minimum is not None and number < minimum:
@@ -310,13 +385,53 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     return number
 
 
-def check_threshold(value: Any, name: str) -> float:
-    """Check that ``value`` is a real number strictly between 0 and 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive: bool = False,
+) -> float:
+    """Check that ``value`` is a finite real number in ``[minimum, maximum]`` and return it as a ``float``.
+
+    Real numbers follow the rule for numbers (:func:`is_real`): ``int``, ``float``, NumPy integer and floating
+    scalars, 0-d tensors; bools are refused. NaN and infinities are refused.
+
+    Args:
+        value: the object to check.
+        name: argument name used in messages.
+        minimum: the smallest accepted value, or ``None``.
+        maximum: the largest accepted value, or ``None``.
+        exclusive: the bounds themselves are refused (an open interval).
+
+    Raises:
+        TypeError: ``value`` is not a real number.
+        ValueError: ``value`` is not finite or outside the bounds.
+    """
+    if not is_real(value):
         raise TypeError(f"`{name}` must be a float, got {type_name(value)}")
-    if not 0.0 < float(value) < 1.0:
-        raise ValueError(f"`{name}` must be between 0 and 1 (exclusive), got {value}")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"`{name}` must be finite, got {number}")
+    below = minimum is not None and (number <= minimum if exclusive else number < minimum)
+    above = maximum is not None and (number >= maximum if exclusive else number > maximum)
+    if below or above:
+        low = "-inf" if minimum is None else minimum
+        high = "inf" if maximum is None else maximum
+        interval = f"({low}, {high})" if exclusive else f"[{low}, {high}]"
+        raise ValueError(f"`{name}` must be in {interval}, got {number}")
+    return number
+
+
+def check_threshold(value: Any, name: str) -> float:
+    """Check that ``value`` is a real number (by :func:`is_real`) strictly between 0 and 1."""
+    if not is_real(value):
+        raise TypeError(f"`{name}` must be a float, got {type_name(value)}")
+    number = float(value)
+    if not 0.0 < number < 1.0:
+        raise ValueError(f"`{name}` must be between 0 and 1 (exclusive), got {number}")
+    return number
 
 
 def check_class_names(names: Sequence[str] | None, count: int) -> tuple[str, ...]:

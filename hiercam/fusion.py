@@ -28,6 +28,7 @@ from hiercam._validation import (
     check_finite,
     check_tensor,
     format_shape,
+    is_real,
     should_check,
     type_name,
 )
@@ -261,12 +262,7 @@ def _check_weights(weights: tuple[float, float, float]) -> tuple[float, float, f
     if not isinstance(weights, (tuple, list)) or len(weights) != 3:
         raise TypeError(f"`weights` must be three numbers (a, b, c), got {weights!r}")
     for value in weights:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
-        ):
+        if not is_real(value) or not math.isfinite(float(value)) or float(value) < 0:
             raise ValueError(f"`weights` must be three finite numbers >= 0, got {tuple(weights)}")
     return float(weights[0]), float(weights[1]), float(weights[2])
 

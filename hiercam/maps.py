@@ -51,9 +51,10 @@ def normalize_maps(
 ) -> Tensor:
     """Rescale every map over its last two dimensions.
 
-    * ``"max"``: divide each map by its maximum (the IRN convention), so the peak is 1. A map whose maximum is
-      not positive (e.g. all zero) becomes all zero: no NaN.
-    * ``"minmax"``: ``(m - min) / (max - min)``. A constant map becomes all zero.
+    * ``"max"``: divide each map by its maximum (the IRN convention), so the peak is 1, also for a subnormal
+      peak. A map whose maximum is not positive (e.g. all zero) becomes all zero: no NaN.
+    * ``"minmax"``: ``(m - min) / (max - min)``. A constant map becomes all zero; a span that overflows the
+      dtype (-3e38 to 3e38 in float32) is computed at half scale, so the result stays in ``[0, 1]``.
     * ``None``: the input is returned unchanged.
 
     NaN and infinite values are refused with a ``ValueError``, never turned into zeros. That check is a value
@@ -72,6 +73,7 @@ def normalize_maps(
 
     Returns:
         A new tensor of the same shape, dtype and device (differentiable), or ``maps`` itself for ``None``.
+        float16 and bfloat16 maps are normalised in float32 and cast back.
 
     Raises:
         TypeError: ``maps`` is not a floating-point tensor.
@@ -97,13 +99,31 @@ def normalize_maps(
     check_finite(maps, "maps", validate_args=validate_args)
     if normalize is None:
         return maps
-    tiny = torch.finfo(maps.dtype).tiny
-    if normalize == "max":
-        peak = maps.amax(dim=(-2, -1), keepdim=True)
-        return torch.where(peak > 0, maps / peak.clamp_min(tiny), torch.zeros_like(maps))
+    # float16 / bfloat16 are computed in float32 (a subnormal float16 peak is an ordinary float32 number)
+    work = maps.float() if torch.finfo(maps.dtype).bits < 32 else maps
+    result = _max(work) if normalize == "max" else _minmax(work)
+    return result.to(maps.dtype)
+
+
+def _max(maps: Tensor) -> Tensor:
+    """Each map divided by its peak; zeros where the peak is not positive."""
+    peak = maps.amax(dim=(-2, -1), keepdim=True)
+    positive = peak > 0
+    return torch.where(positive, maps / torch.where(positive, peak, 1.0), 0.0)
+
+
+def _minmax(maps: Tensor) -> Tensor:
+    """Each map as ``(m - min) / (max - min)``; zeros where the map is constant.
+
+    A map whose span ``max - min`` overflows (values near both ends of the dtype's range, -3e38 and 3e38 in
+    float32) is computed at half scale, which gives the same fractions without an infinite span.
+    """
     low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    return torch.where(span > 0, (maps - low) / span.clamp_min(tiny), torch.zeros_like(maps))
+    high = maps.amax(dim=(-2, -1), keepdim=True)
+    scale = torch.where(torch.isinf(high - low), 0.5, 1.0).to(maps.dtype)
+    low, span = low * scale, high * scale - low * scale
+    varies = span > 0
+    return torch.where(varies, (maps * scale - low) / torch.where(varies, span, 1.0), 0.0)
 
 
 # --------------------------------------------------------------------------------------------- resize

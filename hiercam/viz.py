@@ -8,7 +8,9 @@ pyplot: no GUI backend is touched, nothing global changes, and the caller saves 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hiercam._validation import check_finite, check_int, check_tensor, format_shape, type_name
+from hiercam._io import atomic_write
+from hiercam._validation import check_finite, check_int, check_tensor, format_shape, is_real, type_name
 from hiercam.maps import NormalizeMode, normalize_maps
 
 if TYPE_CHECKING:
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
 
     from hiercam.hierarchy import ClassHierarchy
 
-__all__ = ["show_scenes", "overlay", "hierarchy_figure"]
+__all__ = ["show_scenes", "overlay", "save_overlay", "hierarchy_figure"]
 
 
 def _new_figure(**options: Any) -> Figure:
@@ -94,8 +97,9 @@ def overlay(
     rgb = _image_array(image, "image")
     check_tensor(cam, "cam", dims="h, w", floating=True)
     check_finite(cam, "cam")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    if not is_real(alpha):
         raise TypeError(f"`alpha` must be a float, got {type_name(alpha)}")
+    alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"`alpha` must be between 0 and 1, got {alpha}")
     if colormap not in matplotlib.colormaps:
@@ -107,6 +111,53 @@ def overlay(
     coloured = matplotlib.colormaps[colormap](heat.numpy())[..., :3].astype(np.float32)
     blended: npt.NDArray[np.float32] = ((1 - alpha) * rgb + alpha * coloured).astype(np.float32)
     return blended
+
+
+def save_overlay(
+    path: str | os.PathLike[str],
+    image: Tensor,
+    cam: Tensor,
+    *,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    normalize: NormalizeMode | None = "max",
+) -> Path:
+    """Write a class activation map over an image as a PNG file (the [`overlay`][hiercam.viz.overlay]).
+
+    Args:
+        path: the PNG file to write (atomically: a crash never leaves half a file); its folder must exist.
+        image: ``(3, H, W)`` or ``(1, 3, H, W)`` RGB image in [0, 1] (e.g.
+            ``hiercam.load_image(path, input_norm="none")``), or ``(H, W)`` grey.
+        cam: ``(h, w)`` map, or ``(1, h, w)`` / ``(1, 1, h, w)``, any resolution.
+        alpha: weight of the coloured map, as for [`overlay`][hiercam.viz.overlay].
+        colormap: a matplotlib colormap name.
+        normalize: how the map is rescaled to [0, 1], as for [`overlay`][hiercam.viz.overlay].
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError, ValueError: as for [`overlay`][hiercam.viz.overlay]; a ``path`` of the wrong type.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> out = save_overlay(Path(tempfile.mkdtemp()) / "cam.png", torch.rand(3, 32, 48), torch.rand(4, 6))
+        >>> out.name, out.stat().st_size > 0
+        ('cam.png', True)
+    """
+    from PIL import Image
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a file path, got {type_name(path)}")
+    if isinstance(image, Tensor) and image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if isinstance(cam, Tensor) and cam.ndim in (3, 4) and all(s == 1 for s in cam.shape[:-2]):
+        cam = cam.reshape(cam.shape[-2:])
+    blended = overlay(image, cam, alpha=alpha, colormap=colormap, normalize=normalize)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(blended * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
 def show_scenes(

@@ -88,3 +88,87 @@ def imagenet_mobilenet(shared_dir: Path) -> torch.nn.Module:
     )
     model.load_state_dict(state)
     return model.eval()
+
+
+# ------------------------------------------------------------------------------- a small segmentation folder
+#: The classes of the street folder (ids 0..4), with names of their own.
+STREET_CLASSES = ("road", "car", "person", "bicycle", "sign")
+#: ``(rows, cols)`` of each class's rectangle in the 48 x 64 (H x W, 4:3) images; road first, the others over
+#: it. ``speck`` is a 3 x 3 bicycle (9 pixels) in the void band, in image t7 only.
+STREET_REGIONS = {
+    "road": (slice(24, 48), slice(0, 64)),  # 1536 pixels before the objects cover some
+    "car": (slice(28, 40), slice(4, 20)),  # 192 pixels, all over road
+    "person": (slice(10, 34), slice(30, 38)),  # 192 pixels, 80 of them over road
+    "bicycle": (slice(30, 42), slice(44, 60)),  # 192 pixels, all over road
+    "sign": (slice(4, 12), slice(50, 58)),  # 64 pixels, in the void band
+    "speck": (slice(2, 5), slice(2, 5)),  # 9 bicycle pixels
+}
+#: The classes drawn in each image, by split: road in every training image (near-ubiquitous), sign in none.
+STREET_SPLITS = {
+    "train": {
+        "t0": ("road", "car"),
+        "t1": ("road", "person"),
+        "t2": ("road", "bicycle"),
+        "t3": ("road", "car", "person"),
+        "t4": ("road", "car", "bicycle"),
+        "t5": ("road", "person", "bicycle"),
+        "t6": ("road", "car", "person", "bicycle"),
+        "t7": ("road", "car", "speck"),
+    },
+    "val": {"v0": ("road", "car", "sign"), "v1": ("road", "person"), "v2": ("car", "bicycle"),
+            "v3": ("road", "bicycle", "sign")},
+    "test": {"s0": ("road", "car"), "s1": ("person", "sign"), "s2": ("road", "bicycle", "person"),
+             "s3": ("road", "car", "sign")},
+}  # fmt: skip
+_STREET_COLOURS = {"road": (90, 90, 90), "car": (200, 30, 30), "person": (30, 160, 60),
+                   "bicycle": (30, 60, 200), "sign": (230, 200, 20), "speck": (30, 60, 200)}  # fmt: skip
+
+
+def write_street_folder(root: Path, *, image_labels: bool = False, masks: bool = True) -> Path:
+    """Write the street folder (``STREET_SPLITS``) under ``root``: 16 images of 48 x 64, masks with void 255.
+
+    Even-numbered images are PNG, the others JPEG. ``image_labels`` also writes ``image_labels.json`` (the
+    classes of each mask); ``masks=False`` leaves ``masks/`` out (and writes ``image_labels.json``).
+    """
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "splits", *(("masks",) if masks else ())):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "classes.json").write_text(json.dumps({"classes": list(STREET_CLASSES), "void": 255}))
+    listed: dict[str, list[int]] = {}
+    for split, recipes in STREET_SPLITS.items():
+        (root / "splits" / f"{split}.txt").write_text("\n".join(recipes) + "\n")
+        for number, (image_id, drawn) in enumerate(recipes.items()):
+            image = rng.integers(100, 156, size=(48, 64, 3)).astype(np.uint8)
+            mask = np.full((48, 64), 255, dtype=np.uint8)
+            for name in drawn:
+                rows, cols = STREET_REGIONS[name]
+                cls = STREET_CLASSES.index("bicycle" if name == "speck" else name)
+                mask[rows, cols] = cls
+                noise = rng.integers(-10, 11, size=image[rows, cols].shape)
+                image[rows, cols] = np.clip(np.array(_STREET_COLOURS[name]) + noise, 0, 255)
+            listed[image_id] = sorted(int(c) for c in np.unique(mask) if c != 255)
+            suffix = ".png" if number % 2 == 0 else ".jpg"
+            Image.fromarray(image).save(root / "images" / f"{image_id}{suffix}")
+            if masks:
+                Image.fromarray(mask).save(root / "masks" / f"{image_id}.png")
+    if image_labels or not masks:
+        (root / "image_labels.json").write_text(json.dumps(listed))
+    return root
+
+
+@pytest.fixture
+def street_folder(tmp_path: Path) -> Path:
+    """The street folder (5 classes of their own, 4:3 images, void, road everywhere, sign absent from
+    training) written in ``tmp_path / "street"``; labels from the masks."""
+    return write_street_folder(tmp_path / "street")
+
+
+@pytest.fixture(scope="session")
+def street_writer() -> Callable[..., Path]:
+    """``write_street_folder`` itself, for tests that need another variant or a module-scoped folder."""
+    return write_street_folder

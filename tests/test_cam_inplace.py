@@ -37,7 +37,7 @@ def without_inplace(model: nn.Module) -> nn.Module:
 def small_classifier() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(
-        hiercam.small_convnet(width=4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)
+        hiercam.SmallConvNet(width=4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)
     ).eval()
     for module in model.modules():  # non-trivial running statistics, so that BN outputs have both signs
         if isinstance(module, nn.BatchNorm2d):

@@ -26,6 +26,7 @@ from hiercam import (
     ClassHierarchy,
     GradCAM,
     MeanIoU,
+    SmallConvNet,
     TwoBranchLoss,
     TwoBranchNet,
     TwoBranchOutput,
@@ -36,7 +37,6 @@ from hiercam import (
     mean_iou,
     normalize_maps,
     orthogonal_loss,
-    small_convnet,
 )
 
 NAN = float("nan")
@@ -323,7 +323,8 @@ def test_switched_off_functions_read_no_values() -> None:
     output, labels = two_branch_output(), torch.ones(4, 3)
     features = output.features
     assert host_reads(lambda: normalize_maps(maps)) == 1
-    assert host_reads(lambda: TwoBranchLoss()(output, labels)) == 2  # labels 0/1, negative features
+    # labels 0/1, negative features, and the scale watch of the first training calls (one read for both terms)
+    assert host_reads(lambda: TwoBranchLoss()(output, labels)) == 3
     assert host_reads(lambda: orthogonal_loss(*features)) == 1
     with hiercam.checks(False):
         assert host_reads(lambda: normalize_maps(maps)) == 0
@@ -354,7 +355,7 @@ def test_gradcam_checks_each_value_once_per_batch() -> None:
         off = host_reads(lambda: cam(images))
     assert on - off == 3  # images, logits, maps
 
-    net = TwoBranchNet(functools.partial(small_convnet, width=2, norm="group"), num_classes=3).eval()
+    net = TwoBranchNet(functools.partial(SmallConvNet, width=2, norm="group"), num_classes=3).eval()
     two = GradCAM(net, closed_form=False)
     two(images)
     on = host_reads(lambda: two(images))
@@ -391,10 +392,12 @@ class CountingLoss(TwoBranchLoss):
 
 def test_two_branch_loss_inside_fit_does_not_check_the_labels_again() -> None:
     torch.manual_seed(0)
-    net = TwoBranchNet(functools.partial(small_convnet, width=2, norm="group"), num_classes=3)
+    net = TwoBranchNet(functools.partial(SmallConvNet, width=2, norm="group"), num_classes=3)
     loss = CountingLoss()
     batches = [(torch.rand(2, 3, 16, 16), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))] * 2
     fit(net, batches, epochs=1, loss=loss, val_loader=batches[:1], progress=False, scheduler=None)
-    assert loss.reads == [0, 0, 0]  # two training steps and one validation batch
+    # two training steps and one validation batch: no label check, only the scale watch of the first
+    # training calls (one read each; none in validation)
+    assert loss.reads == [1, 1, 0]
     loss(net(batches[0][0]), batches[0][1].clone())
-    assert loss.reads[-1] == 1  # outside fit: the loss checks its labels
+    assert loss.reads[-1] == 2  # outside fit: the loss checks its labels too

@@ -70,7 +70,7 @@ def test_top_k_maps_equal_gradcam_called_directly(files: dict[str, Path], tmp_pa
     out = tmp_path / "out"
     images = (files["photo"], files["grey"])
     code = run(*images, "--model", "resnet18", "--weights", files["weights"],
-               "--num-classes", "10", "--size", "64", "--top", "3", "--out", out)  # fmt: skip
+               "--num-classes", "10", "--size", "64", "--top-k", "3", "--out", out)  # fmt: skip
     assert code == 0
     model = reference_model(files["weights"])
     summary = json.loads((out / "summary.json").read_text())
@@ -152,7 +152,7 @@ def test_input_norm_none_and_auto_layer_on_another_family(files: dict[str, Path]
     weights = tmp_path / "mnv3.pt"
     torch.save(model.state_dict(), weights)
     records = explain_images([files["photo"]], "mobilenet_v3_small", tmp_path / "out",
-                             weights=weights, num_classes=5, size=64, top=2, input_norm="none",
+                             weights=weights, num_classes=5, size=64, top_k=2, input_norm="none",
                              overlays=False)  # fmt: skip
     x = preprocess(files["photo"], (64, 64), "none")
     best = model(x).detach()[0].topk(2).indices.tolist()
@@ -217,7 +217,7 @@ def test_timm_model_by_name(files: dict[str, Path], tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_device_gives_the_cpu_maps(files: dict[str, Path], tmp_path: Path) -> None:
-    common = dict(weights=files["weights"], num_classes=10, size=64, top=2, overlays=False)
+    common = dict(weights=files["weights"], num_classes=10, size=64, top_k=2, overlays=False)
     on_cpu = explain_images([files["photo"]], "resnet18", tmp_path / "cpu", device="cpu", **common)
     on_gpu = explain_images([files["photo"]], "resnet18", tmp_path / "gpu", device="cuda", **common)
     assert on_gpu[0].classes == on_cpu[0].classes
@@ -359,8 +359,8 @@ def test_missing_weights_file(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--top", "0"], "`top` must be >= 1, got 0"),
-        (["--top", "11"], "`top` must be <= 10 (the model has 10 classes), got 11"),
+        (["--top-k", "0"], "`top_k` must be >= 1, got 0"),
+        (["--top-k", "11"], "`top_k` must be <= 10 (the model has 10 classes), got 11"),
         (["--classes", "3", "10"], "`classes` must be class indices in [0, 10), got 10"),
         (["--classes", "-1"], "`classes` must be >= 0, got -1"),
         (["--classes", "3", "3"], "`classes` must not repeat a class, got 3"),
@@ -392,11 +392,11 @@ def test_classes_and_top_together_are_refused(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as info:
-        run(files["photo"], *resnet_args(files), "--classes", "1", "--top", "2", "--out", tmp_path / "out")
+        run(files["photo"], *resnet_args(files), "--classes", "1", "--top-k", "2", "--out", tmp_path / "out")
     assert info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="either `classes` or `top`"):
-        explain_images([files["photo"]], "resnet18", tmp_path / "out", classes=[1], top=2)
+    with pytest.raises(ValueError, match="either `classes` or `top_k`"):
+        explain_images([files["photo"]], "resnet18", tmp_path / "out", classes=[1], top_k=2)
 
 
 def test_missing_matplotlib_is_a_clear_error(

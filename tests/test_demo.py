@@ -155,7 +155,19 @@ def test_pipeline_log_has_a_line_per_epoch_and_per_step(
         maps = rf"  maps of 4 models \({split}\): {images} images in .* s"
         assert any(re.fullmatch(maps, x) for x in lines)
         assert any(re.fullmatch(rf"  scoring \d+ variants \({split}\): 32 images in .* s", x) for x in lines)
+        assert any(re.fullmatch(rf"  MaxBoxAccV2, PxAP \({split}\): 32 images in .* s", x) for x in lines)
+    # deletion / insertion, the slow pass, on the 32 test images (faithfulness_images = 64): its own step
+    faithful = [x for x in lines if x.startswith("  deletion / insertion")]
+    assert len(faithful) == 1
+    found = re.fullmatch(
+        r"  deletion / insertion, 32 images x (\d+) variants \(test\): (\d+) maps in .* s", faithful[0]
+    )
+    assert found is not None
+    assert int(found[2]) == 32 * int(found[1])
     assert lines[-1].startswith(f"wrote {tmp_path / 'run' / 'report.md'} in ")
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Stage times" in report
+    assert "| 4. of which deletion and insertion | `stage4_faithfulness` |" in report
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -227,3 +239,69 @@ def test_threads_line_hints_at_one_thread_on_a_busy_machine(monkeypatch: pytest.
     assert _threads_line("run", 1, False) == "hiercam run: 1 thread"  # one thread: nothing to wait for
     monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.1, 0.1))
     assert _threads_line("bench", 2, False) == "hiercam bench: 2 threads"
+
+
+# ------------------------------------------------------------------------------- the README's first minutes
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_block(heading: str) -> str:
+    """The first fenced Python block under ``heading`` in the README."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split(f"\n{heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_readme_quick_start_on_a_photo_runs_without_downloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    code = _readme_block("## A map of your photo in 10 lines")
+    assert len([line for line in code.splitlines() if not line.startswith("#")]) <= 10
+    Image.new("RGB", (320, 240), (200, 120, 40)).save(tmp_path / "photo.jpg")
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the README's quick start must not download anything")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(README), "exec"), {})
+    printed = capsys.readouterr().out
+    assert re.fullmatch(r"class (\d+)\n", printed)
+    assert 0 <= int(printed.split()[1]) < 1000  # an ImageNet class index of resnet18's 1000 outputs
+    with Image.open(tmp_path / "photo_cam.png") as overlay:
+        assert overlay.size == (224, 224)
+
+
+def test_readme_install_lines() -> None:
+    text = README.read_text(encoding="utf-8")
+    install = text.split("\n## Install\n", 1)[1].split("\n## ", 1)[0]
+    assert "pip install .  " in install
+    assert "pip install dist/hiercam-*.whl" in install
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in install
+
+
+def test_readme_loss_example_does_not_swamp_the_classification_loss() -> None:
+    """The README's headline loss: its weighted orthogonal term is at most the BCE sum (the paper's: 65x)."""
+    import warnings
+
+    import hiercam
+
+    code = _readme_block("## Usage")
+    line = next(line for line in code.splitlines() if line.startswith("loss = hiercam.TwoBranchLoss("))
+    loss = eval(line.removeprefix("loss = "), {"hiercam": hiercam})
+    # a two-branch net at its start: both branches' features equal (the worst case of the overlap term)
+    generator = torch.Generator().manual_seed(0)
+    features = torch.rand(4, 16, 7, 7, generator=generator)
+    logits = torch.randn(2, 4, 20, generator=generator)
+    output = hiercam.TwoBranchOutput(logits, (features, features), logits.mean(0))
+    labels = torch.randint(0, 2, (4, 20), generator=generator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no swamping warning
+        parts = loss(output, labels)
+    weighted = loss.weight * float(parts.orthogonal)
+    assert weighted == pytest.approx(0.1, rel=1e-5)  # 0.1 x a cosine of 1, whatever the features' size
+    assert weighted <= float(parts.classification_1 + parts.classification_2)

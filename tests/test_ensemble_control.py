@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hiercam import FashionScenes, GradCAM, average_branch_maps, collate_scenes, mean_iou, small_convnet
+from hiercam import FashionScenes, GradCAM, SmallConvNet, average_branch_maps, collate_scenes, mean_iou
 
 
 def _trained_model(seed: int, batch: dict[str, torch.Tensor]) -> nn.Module:
@@ -14,7 +14,7 @@ def _trained_model(seed: int, batch: dict[str, torch.Tensor]) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = nn.Sequential(
-        small_convnet(width=4, norm="group"), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)
+        SmallConvNet(width=4, norm="group"), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(4):

@@ -111,6 +111,17 @@ def _faithfulness(out: str, folder: Path) -> None:
             assert 0 <= float(floor) <= 1
 
 
+def _own_dataset(out: str, folder: Path) -> None:
+    assert (
+        "road    |      8 |  100.0 % |      10240" in out
+    )  # 8 training images of 48 x 64, objects over road
+    assert "warning: train: classes present in no image: sign" in out
+    assert "near-ubiquitous in training (> 90 % of the images): road" in out
+    assert "0 errors, 3 warnings" in out
+    assert "| Grad-CAM baseline (single branch, no grouping) |" in out
+    assert "level 1 group 1 (3 classes): car, person, bicycle" in out  # the folder's names, road kept out
+
+
 CHECKS: dict[str, Callable[[str, Path], None]] = {
     "orthogonal_loss.py": _orthogonal_loss,
     "two_branch_backbone.py": _two_branch_backbone,
@@ -123,6 +134,7 @@ CHECKS: dict[str, Callable[[str, Path], None]] = {
     "transformer_cams.py": _transformer_cams,
     "segmentation_cams.py": _segmentation_cams,
     "faithfulness.py": _faithfulness,
+    "own_dataset.py": _own_dataset,
 }
 
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchvision import models
 
 import hiercam
-from hiercam import ClassHierarchy, GradCAM, fuse_hierarchy, small_convnet
+from hiercam import ClassHierarchy, GradCAM, SmallConvNet, fuse_hierarchy
 from hiercam.cam import level_heads_maps
 from hiercam.losses import LevelHeadsLoss, LevelHeadsLossOutput, level_heads_loss
 from hiercam.models import LevelHeadsNet, LevelHeadsOutput, LevelView
@@ -88,7 +88,7 @@ def test_each_head_is_linear_of_pooled_backbone_features(pool: str) -> None:
 
 
 def test_head_sizes_instead_of_a_hierarchy_and_small_convnet() -> None:
-    net = LevelHeadsNet(small_convnet(width=4), [5, 3, 3]).eval()
+    net = LevelHeadsNet(SmallConvNet(width=4), [5, 3, 3]).eval()
     assert net.num_features == 16
     assert [tuple(x.shape) for x in net(torch.zeros(2, 3, 32, 32))] == [(2, 5), (2, 3), (2, 3)]
 
@@ -225,7 +225,7 @@ def test_no_hook_left_after_an_error() -> None:
 
 # ------------------------------------------------------------------------------------------------- fit
 def test_fit_trains_all_heads_and_scores_level_0() -> None:
-    net = LevelHeadsNet(small_convnet(width=4, norm="group"), HIERARCHY)
+    net = LevelHeadsNet(SmallConvNet(width=4, norm="group"), HIERARCHY)
     images = torch.randn(8, 3, 24, 24)
     labels = labels_for(8)
     batches = [(images, labels)]

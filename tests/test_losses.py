@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -207,6 +208,7 @@ def make_output(b: int = 4, k: int = 3, c: int = 5, dtype: torch.dtype = torch.f
 @pytest.mark.parametrize("reduction", ["sum", "batchmean", "mean"])
 @pytest.mark.parametrize("unit_norm", [False, True])
 @pytest.mark.parametrize("lam", [1e-4, 0.5])
+@pytest.mark.filterwarnings("ignore:TwoBranchLoss: the weighted orthogonal term")  # a large weight on purpose
 def test_two_branch_loss_is_bce_plus_weighted_orthogonal(reduction, unit_norm, lam) -> None:
     output = make_output()
     targets = (torch.rand(4, 3) < 0.5).float()
@@ -287,3 +289,60 @@ def test_two_branch_loss_bad_input() -> None:
         loss(output._replace(features=(torch.zeros(4, 5, 3, 3), torch.zeros(4, 5, 2, 2))), torch.ones(4, 3))
     with pytest.raises(ValueError, match=r"`output.features` must have batch size B = 4"):
         loss(output._replace(features=(torch.zeros(2, 5), torch.zeros(2, 5))), torch.ones(4, 3))
+
+
+# ---------------------------------------------------------------- a weighted orthogonal term swamping the BCE
+def _swamp_case(scale: float = 1.0) -> tuple[TwoBranchOutput, torch.Tensor]:
+    """Zero logits (each BCE = log 2), features of ones (raw-sum L_o = B * C * H * W = 4 * 8 * 4 = 128)."""
+    logits = torch.zeros(2, 4, 3)
+    features = (torch.full((4, 8, 2, 2), scale), torch.full((4, 8, 2, 2), scale))
+    return TwoBranchOutput(logits, features, logits.mean(0)), torch.ones(4, 3)
+
+
+def _swamp_warnings(loss: TwoBranchLoss, calls: int, scale: float = 1.0) -> list[str]:
+    output, labels = _swamp_case(scale)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(calls):
+            loss(output, labels)
+    return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_a_swamping_orthogonal_term_warns_once_naming_weight() -> None:
+    # weight 1: 1 * 128 against 2 log 2 = 1.386, 92 times; the weight that makes them equal is 1.386 / 128
+    loss = TwoBranchLoss(weight=1.0)
+    found = _swamp_warnings(loss, calls=3)
+    assert len(found) == 1  # once per loss object, not once per call
+    message = found[0]
+    assert "`weight` * L_o = 1 * 128 = 128 is 92 times the classification loss L_c1 + L_c2 = 1.386" in message
+    assert f"at most about {2 * math.log(2) / 128:.2g}" in message  # 0.011
+    assert 'reduction="batchmean", unit_norm=True' in message
+    assert _swamp_warnings(loss, calls=3) == []  # the same loss later: never again
+    assert len(_swamp_warnings(TwoBranchLoss(weight=1.0), calls=1)) == 1  # another loss object warns again
+
+
+@pytest.mark.parametrize(
+    ("weight", "warns"),
+    [(0.11, True), (0.1, False), (0.0, False)],  # 14.08 > 13.86 = 10 x 1.386 > 12.8; weight 0: no term
+)
+def test_swamp_warning_fires_above_ten_times_the_classification_loss(weight: float, warns: bool) -> None:
+    assert len(_swamp_warnings(TwoBranchLoss(weight=weight), calls=1)) == int(warns)
+
+
+def test_swamp_warning_only_in_the_first_training_calls() -> None:
+    loss = TwoBranchLoss(weight=1.0)
+    assert _swamp_warnings(loss.eval(), calls=2) == []  # a loss in eval mode: validation
+    loss.train()
+    with torch.no_grad():  # no gradients: not a training step
+        assert _swamp_warnings(loss, calls=2) == []
+    assert _swamp_warnings(loss, calls=10, scale=0.01) == []  # 10 training calls with a small term
+    assert _swamp_warnings(loss, calls=1) == []  # the 11th call is not watched any more
+
+
+def test_swamp_warning_is_a_value_check() -> None:
+    import hiercam
+
+    loss = TwoBranchLoss(weight=1.0)
+    with hiercam.checks(False):  # the values are not read: no host synchronisation, no warning
+        assert _swamp_warnings(loss, calls=1) == []
+    assert len(_swamp_warnings(loss, calls=1)) == 1  # checks back on, within the first 10 calls

@@ -130,8 +130,8 @@ def _threshold_cases(name: str, call: Callable[[object], object]) -> list[Case]:
             r"`thresholds\[1\]` must be a float",
         ),
         (
-            f"{name}-thresholds-tensor",
-            lambda: call(torch.tensor(0.2)),
+            f"{name}-thresholds-tensor",  # a 0-d tensor is a number (the rule for numbers); (1,) is not
+            lambda: call(torch.tensor([0.2])),
             TypeError,
             "`thresholds` must be a float",
         ),

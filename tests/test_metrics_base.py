@@ -65,9 +65,12 @@ def test_state_dict_keys_and_a_state_that_does_not_fit() -> None:
     trained = collection()
     step(trained, data)
     assert set(trained["map"].state_dict()) == {"scores", "labels"}  # a "cat" state: one tensor
-    assert set(trained["miou"].state_dict()) == {"confmat"}
-    with pytest.raises(RuntimeError, match="size mismatch for confmat"):
+    assert set(trained["miou"].state_dict()) == {"confmat", "_options"}  # the options it was made with
+    with pytest.raises(ValueError, match=r"made with thresholds=\[0.1, 0.3, 0.5\]"):
         MeanIoU(4).load_state_dict(trained["miou"].state_dict())  # 3 thresholds do not fit 1
+    without_options = {"confmat": trained["miou"].state_dict()["confmat"]}
+    with pytest.raises(ValueError, match="'confmat' must have shape"):
+        MeanIoU(4).load_state_dict(without_options)
     empty = MeanAveragePrecision()
     empty.load_state_dict(MeanAveragePrecision().state_dict())
     assert empty.scores == []
@@ -95,7 +98,7 @@ def test_non_persistent_states_stay_out_of_a_model_checkpoint() -> None:
     fresh.load_state_dict(model.state_dict())  # strict: loads without the metrics' states
     assert fresh["miou"].confmat.sum() == 0
     assert model["miou"].persistent(True) is model["miou"]
-    assert set(model.state_dict()) == {"head.weight", "head.bias", "miou.confmat"}
+    assert set(model.state_dict()) == {"head.weight", "head.bias", "miou.confmat", "miou._options"}
 
 
 def test_metrics_are_modules_and_move_with_to() -> None:

@@ -181,7 +181,7 @@ def test_modes_of_the_model_are_restored() -> None:
     assert model.training
     assert not model[1].training
     assert model[0].training
-    assert set(metric.state_dict()) == {"sums", "count"}  # the model is not in the state
+    assert set(metric.state_dict()) == {"sums", "count", "_options"}  # the model is not in the state
 
 
 # --------------------------------------------------------------------------------------------- confidence

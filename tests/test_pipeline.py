@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hiercam import ClassHierarchy, HierarchicalKMeans, TwoBranchNet, small_convnet
+from hiercam import ClassHierarchy, HierarchicalKMeans, SmallConvNet, TwoBranchNet
 from hiercam.cli import main
 from hiercam.pipeline import (
     ConfigError,
@@ -265,7 +265,7 @@ def test_hierarchy_command_reads_checkpoints(tmp_path: Path, capsys: pytest.Capt
     assert "ClassHierarchy(12 classes, levels 12 -> 6 -> 3)" in printed
     expected = HierarchicalKMeans((6, 3)).fit(model.fc.weight.detach())
     assert ClassHierarchy.load(tmp_path / "h.json") == expected
-    net = TwoBranchNet(lambda: small_convnet(width=4), num_classes=6)
+    net = TwoBranchNet(lambda: SmallConvNet(width=4), num_classes=6)
     torch.save({"format": "hiercam.fit", "model": net.state_dict()}, tmp_path / "fit.pt")
     names = write(tmp_path / "names.txt", "\n".join(f"c{i}" for i in range(6)))
     assert main(["hierarchy", str(tmp_path / "fit.pt"), "--levels", "2", "--names", str(names)]) == 0

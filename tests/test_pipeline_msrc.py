@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from hiercam import ClassHierarchy, average_branch_maps, mean_iou, small_convnet
+from hiercam import ClassHierarchy, SmallConvNet, average_branch_maps, mean_iou
 from hiercam.cli import main
 from hiercam.datasets import MSRC21_CLASSES, MSRC21_STUFF_CLASSES, write_fake_msrc21
 from hiercam.models import TanhNormalize
@@ -181,7 +181,7 @@ def test_msrc_split_scores_its_classes(fake_root: Path) -> None:
 # ------------------------------------------------------------------------------------------------ weights
 def test_weights_file_starts_every_model(tmp_path: Path) -> None:
     torch.manual_seed(5)
-    source = small_convnet(width=4, norm="batch")
+    source = SmallConvNet(width=4, norm="batch")
     path = tmp_path / "w.pt"
     torch.save(source.state_dict(), path)
     config = PipelineConfig(device="cpu").replace(model__width=4, model__weights=str(path))
@@ -200,7 +200,7 @@ def test_weights_file_starts_every_model(tmp_path: Path) -> None:
 def test_bad_weights_files_are_config_errors_naming_the_file(tmp_path: Path, content: str) -> None:
     path = tmp_path / "w.pt"
     if content == "wrong_width":
-        torch.save(small_convnet(width=8).state_dict(), path)
+        torch.save(SmallConvNet(width=8).state_dict(), path)
     elif content == "list":
         torch.save([1, 2, 3], path)
     elif content == "damaged":

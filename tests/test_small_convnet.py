@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from hiercam import SmallConvNet, group_classes, small_convnet
+from hiercam import SmallConvNet, group_classes
 
 
 @pytest.mark.parametrize("norm", ["batch", "group"])
 @pytest.mark.parametrize(("size", "expected"), [((96, 96), (12, 12)), ((50, 41), (7, 6)), ((8, 8), (1, 1))])
 def test_feature_maps_have_stride_8_and_announced_channels(norm: str, size: tuple, expected: tuple) -> None:
-    net = small_convnet(width=6, norm=norm).eval()
+    net = SmallConvNet(width=6, norm=norm).eval()
     out = net(torch.rand(2, 3, *size))
     assert out.shape == (2, net.out_channels, *expected)
     assert net.out_channels == 24
@@ -18,7 +18,7 @@ def test_feature_maps_have_stride_8_and_announced_channels(norm: str, size: tupl
 
 
 def test_default_is_width_16_with_batchnorm_and_no_classifier() -> None:
-    net = small_convnet()
+    net = SmallConvNet()
     assert isinstance(net, SmallConvNet)
     assert net.out_channels == 64
     assert not any(isinstance(m, nn.Linear) for m in net.modules())
@@ -29,7 +29,7 @@ def test_default_is_width_16_with_batchnorm_and_no_classifier() -> None:
 
 
 def test_group_norm_processes_every_image_independently_and_ignores_mode() -> None:
-    net = small_convnet(width=4, norm="group")
+    net = SmallConvNet(width=4, norm="group")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
     images = torch.rand(5, 3, 32, 32)
     batch = net.train()(images)
@@ -38,7 +38,7 @@ def test_group_norm_processes_every_image_independently_and_ignores_mode() -> No
 
 
 def test_batch_norm_in_eval_mode_is_batch_independent() -> None:
-    net = small_convnet(width=4)
+    net = SmallConvNet(width=4)
     net.train()(torch.rand(8, 3, 32, 32))  # update running statistics
     net.eval()
     images = torch.rand(4, 3, 32, 32)
@@ -46,7 +46,7 @@ def test_batch_norm_in_eval_mode_is_batch_independent() -> None:
 
 
 def test_in_channels_gradients_and_float64() -> None:
-    net = small_convnet(width=2, in_channels=1).double()
+    net = SmallConvNet(width=2, in_channels=1).double()
     images = torch.rand(3, 1, 24, 24, dtype=torch.float64, requires_grad=True)
     net(images).sum().backward()
     assert images.grad is not None
@@ -55,7 +55,7 @@ def test_in_channels_gradients_and_float64() -> None:
 
 
 def test_works_as_backbone_of_a_classifier_whose_class_vectors_can_be_grouped() -> None:
-    backbone = small_convnet(width=4)
+    backbone = SmallConvNet(width=4)
     model = nn.Sequential(
         backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, 10)
     )
@@ -74,4 +74,4 @@ def test_works_as_backbone_of_a_classifier_whose_class_vectors_can_be_grouped() 
 )
 def test_bad_arguments(kwargs: dict, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        small_convnet(**kwargs)
+        SmallConvNet(**kwargs)

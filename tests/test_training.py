@@ -19,6 +19,7 @@ from hiercam import (
     FashionScenes,
     History,
     MeanAveragePrecision,
+    SmallConvNet,
     TwoBranchLoss,
     TwoBranchNet,
     average_precision,
@@ -26,7 +27,6 @@ from hiercam import (
     evaluate,
     fit,
     mean_average_precision,
-    small_convnet,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,7 +110,7 @@ class Cached(torch.utils.data.Dataset):
 
 def classifier(seed: int = 0, dropout: float = 0.0, classes: int = 10, norm: str = "batch") -> nn.Module:
     torch.manual_seed(seed)
-    backbone = small_convnet(width=4, norm=norm)
+    backbone = SmallConvNet(width=4, norm=norm)
     return nn.Sequential(
         backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(16, classes)
     )
@@ -292,7 +292,7 @@ class TwoHeads(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.backbone = small_convnet(width=4)
+        self.backbone = SmallConvNet(width=4)
         self.heads = nn.ModuleList([nn.Linear(16, 10), nn.Linear(16, 10)])
 
     def forward(self, images: Tensor) -> PairOutput:
@@ -341,7 +341,7 @@ def test_two_branch_model_with_named_tuple_loss() -> None:
 def test_real_two_branch_net_trains_and_resumes_with_two_branch_loss(tmp_path: Path) -> None:
     def net() -> TwoBranchNet:
         torch.manual_seed(0)
-        return TwoBranchNet(functools.partial(small_convnet, width=4, norm="group"), num_classes=10)
+        return TwoBranchNet(functools.partial(SmallConvNet, width=4, norm="group"), num_classes=10)
 
     loss = TwoBranchLoss(weight=1e-3, reduction="batchmean")
     train, val = shuffled_loader(seed=5), scene_batches("val", 32, 16)

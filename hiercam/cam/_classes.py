@@ -1,4 +1,8 @@
-"""Parsing of the ``classes`` argument of the CAM extractors."""
+"""Parsing of the ``classes`` and ``top_k`` arguments of the CAM extractors.
+
+Per-image requests (a ``(B,)`` class tensor, or ``top_k``) are held as ``per_image`` ``(B, k)``: column ``j``
+is the class of map ``j`` of each image.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hiercam._validation import check_binary, format_shape, type_name
+from hiercam._validation import check_binary, format_shape, is_int, type_name
 
 __all__ = ["ClassRequest", "ClassesArg", "ResolvedClasses", "parse_classes"]
 
@@ -32,29 +36,39 @@ class ResolvedClasses:
     def scores(self, logits: Tensor) -> Tensor:
         """The scores ``(B, K')`` whose gradients make the maps: one class per image, or ``indices``."""
         if self.per_image is not None:
-            return logits.gather(1, self.per_image.to(logits.device)[:, None])
+            return logits.gather(1, self.per_image.to(logits.device))
         return logits[:, self.indices]
 
     @property
     def count(self) -> int:
-        """``K'``: the number of maps per image this request computes (1 for one class per image)."""
-        return 1 if self.per_image is not None else len(self.indices)
+        """``K'``: the number of maps per image this request computes (``k`` for per-image classes)."""
+        return int(self.per_image.shape[1]) if self.per_image is not None else len(self.indices)
+
+    def class_indices(self, batch: int) -> Tensor:
+        """The class of every map, ``(B, num_outputs)`` int64 on the CPU (what ``BaseCAM.classes`` holds)."""
+        if self.per_image is not None:
+            return self.per_image.clone()
+        every = range(self.num_outputs) if self.mask is not None else self.indices
+        return torch.tensor(list(every), dtype=torch.int64).expand(batch, -1).clone()
 
     def per_image_rows(self, values: Tensor) -> Tensor:
         """Values ``(len(indices), B, ...)`` of every class in ``indices`` as ``(K', B, ...)``.
 
-        With one class per image, the row of each image's own class, ``(1, B, ...)``; else ``values``.
+        With per-image classes ``(B, k)``, row ``j`` holds each image's ``j``-th class, ``(k, B, ...)``;
+        else ``values``.
         """
         if self.per_image is None:
             return values
         position = {k: i for i, k in enumerate(self.indices)}
-        rows = torch.tensor([position[int(k)] for k in self.per_image], device=values.device)
-        return values[rows, torch.arange(values.shape[1], device=values.device)][None]
+        rows = torch.tensor(
+            [[position[int(k)] for k in row] for row in self.per_image.tolist()], device=values.device
+        )  # (B, k)
+        return values[rows.T, torch.arange(values.shape[1], device=values.device)[None]]
 
     def weight_rows(self, weight: Tensor) -> Tensor:
-        """The classifier rows ``(K', B or 1, C)`` of the requested classes (per image: ``(1, B, C)``)."""
+        """The classifier rows ``(K', B or 1, C)`` of the requested classes (per image: ``(k, B, C)``)."""
         if self.per_image is not None:
-            return weight[self.per_image.to(weight.device)][None]
+            return weight[self.per_image.to(weight.device)].transpose(0, 1)
         return weight[self.indices][:, None]
 
     def place(self, maps: Tensor) -> Tensor:
@@ -71,23 +85,38 @@ class ClassRequest:
     """Which maps to compute: ``indices`` (K',) of classes for every image, and an optional per-image mask.
 
     ``mask`` is ``(B, K')`` (bool) when the caller gave a ``(B, K)`` multi-hot mask: maps where it is False
-    are zeroed. ``indices is None`` means all classes (known only after the forward pass).
+    are zeroed. ``indices is None`` means all classes (known only after the forward pass). ``per_image``
+    ``(B, k)`` gives each image its own classes; ``top_k`` asks for each image's ``k`` highest logits
+    (known only after the forward pass).
     """
 
     indices: tuple[int, ...] | None
     mask: Tensor | None = None
     per_image: Tensor | None = None
+    top_k: int | None = None
 
     def planned(self, num_classes: int) -> frozenset[int]:
-        """The classes a call will compute, assuming the model still has ``num_classes`` classes."""
+        """The classes a call will compute, assuming the model still has ``num_classes`` classes.
+
+        For ``top_k`` every class may be chosen: all of them.
+        """
         if self.per_image is not None:
-            return frozenset(self.per_image.tolist())
+            return frozenset(self.per_image.flatten().tolist())
         if self.mask is not None:
             return frozenset(self.mask.any(dim=0).nonzero().flatten().tolist())
         return frozenset(range(num_classes) if self.indices is None else self.indices)
 
-    def resolve(self, num_classes: int) -> ResolvedClasses:
-        """Final class list and mask, once the number of classes ``K`` is known from the logits."""
+    def resolve(self, logits: Tensor) -> ResolvedClasses:
+        """Final class list and mask, once the logits ``(B, K)`` of the forward pass are known."""
+        num_classes = int(logits.shape[1])
+        if self.top_k is not None:
+            if self.top_k > num_classes:
+                raise ValueError(
+                    f"`top_k` must be <= {num_classes} (the model has {num_classes} classes), "
+                    f"got {self.top_k}"
+                )
+            chosen = logits.detach().float().topk(self.top_k, dim=1).indices.cpu()  # highest score first
+            return ResolvedClasses(sorted(set(chosen.flatten().tolist())), None, self.top_k, chosen)
         if self.mask is not None:
             if self.mask.shape[1] != num_classes:
                 raise ValueError(
@@ -103,7 +132,8 @@ class ClassRequest:
                     f"`classes` must be class indices in [0, {num_classes}), got {int(wrong[0])} "
                     f"(the model has {num_classes} classes)"
                 )
-            return ResolvedClasses(sorted(set(self.per_image.tolist())), None, 1, self.per_image)
+            indices = sorted(set(self.per_image.flatten().tolist()))
+            return ResolvedClasses(indices, None, int(self.per_image.shape[1]), self.per_image)
         indices = list(range(num_classes)) if self.indices is None else list(self.indices)
         out_of_range = [k for k in indices if k >= num_classes]
         if out_of_range:
@@ -114,14 +144,26 @@ class ClassRequest:
         return ResolvedClasses(indices, None, len(indices))
 
 
-def parse_classes(classes: Any, batch_size: int) -> ClassRequest:
-    """Validate the form of ``classes`` before any work starts (the range is checked after the forward)."""
+def parse_classes(classes: Any, batch_size: int, top_k: Any = None) -> ClassRequest:
+    """Validate the form of ``classes`` and ``top_k`` before any work starts.
+
+    The range is checked after the forward, against the model's number of classes.
+    """
+    if top_k is not None:
+        if classes is not None:
+            raise ValueError("pass either `classes` or `top_k`, not both")
+        if not is_int(top_k):
+            raise TypeError(f"`top_k` must be an int >= 1 or None, got {type_name(top_k)}")
+        top_k = int(top_k)
+        if top_k < 1:
+            raise ValueError(f"`top_k` must be an int >= 1 or None, got {top_k}")
+        return ClassRequest(None, top_k=top_k)
     if classes is None:
         return ClassRequest(None)
     if isinstance(classes, bool):
         raise TypeError("`classes` must be None, an int, a list of ints or a (B, K) mask, got bool")
-    if isinstance(classes, int):
-        return ClassRequest((_non_negative(classes),))
+    if is_int(classes) and not isinstance(classes, Tensor):
+        return ClassRequest((_non_negative(int(classes)),))
     if isinstance(classes, Tensor):
         if classes.ndim == 2:
             if classes.shape[0] != batch_size:
@@ -146,7 +188,7 @@ def parse_classes(classes: Any, batch_size: int) -> ClassRequest:
             per_image = classes.detach().to(torch.int64)
             if bool((per_image < 0).any()):
                 raise ValueError(f"`classes` must be non-negative class indices, got {int(per_image.min())}")
-            return ClassRequest(None, None, per_image.cpu())
+            return ClassRequest(None, None, per_image.cpu()[:, None])
         raise ValueError(
             "`classes` tensor must be a (B,) tensor of one class index per image or a (B, K) multi-hot "
             f"mask, got shape {format_shape(classes.shape)} and dtype {classes.dtype}"
@@ -155,9 +197,9 @@ def parse_classes(classes: Any, batch_size: int) -> ClassRequest:
         if not classes:
             raise ValueError("`classes` must not be an empty list")
         for k in classes:
-            if isinstance(k, bool) or not isinstance(k, int):
+            if not is_int(k):
                 raise TypeError(f"`classes` must hold ints, got {type_name(k)}")
-        return ClassRequest(tuple(_non_negative(k) for k in classes))
+        return ClassRequest(tuple(_non_negative(int(k)) for k in classes))
     raise TypeError(
         f"`classes` must be None, an int, a list of ints or a (B, K) mask, got {type_name(classes)}"
     )

@@ -10,8 +10,16 @@ import torch
 from torch import Tensor, nn
 
 from hiercam._validation import all_finite, format_shape, should_check, type_name
+from hiercam.cam._checks import check_parameters
 from hiercam.cam._heads import HeadState, translate_forward_error
-from hiercam.cam.reshape import ReshapeArg, TokenReshape, channels_last_to_map, read_as_map
+from hiercam.cam.reshape import (
+    ReshapeArg,
+    TokenReshape,
+    channels_last_to_map,
+    is_channels_first,
+    is_tie,
+    read_as_map,
+)
 from hiercam.cam.targets import TargetsArg
 from hiercam.protocols import MultiHeadModel
 
@@ -21,6 +29,7 @@ __all__ = ["as_map", "call_model", "eval_context", "head_logits", "hooked_forwar
 @contextmanager
 def eval_context(model: nn.Module, images: Tensor) -> Iterator[Tensor]:
     """Eval mode restored per module, inference mode lifted, inputs usable by autograd."""
+    check_parameters(model)
     modes = [(module, module.training) for module in model.modules()]
     with ExitStack() as stack:
         if torch.is_inference_mode_enabled():
@@ -63,13 +72,52 @@ def hooked_forward(
     *,
     with_graph: bool,
 ) -> Any:
-    """``call(inputs)``, each head's target layer hooked for the call only; the heads keep the activations."""
+    """``call(inputs)``, each head's target layer hooked for the call only; the heads keep the activations.
+
+    A head whose output's shape cannot tell its layout (``h == w == C``) and that has no autograd graph to
+    show it (a forward under ``no_grad``: the closed form, gradient-free methods) gets its evidence from one
+    probe forward with a graph, kept per input size.
+    """
+    undecided: list[tuple[HeadState, Tensor]] = []
+    output = _hooked_forward(call, heads, inputs, input_size, reshape, with_graph, undecided)
+    for head, activation in undecided:
+        _probe_layout(call, head, inputs, input_size)
+        _read(head, activation, reshape, input_size, head.channels_first[input_size])
+    return output
+
+
+def _probe_layout(
+    call: Callable[[Tensor], Any], head: HeadState, inputs: Tensor, input_size: tuple[int, int]
+) -> None:
+    """Record ``is_channels_first`` for the head's output from one forward of one image with a graph."""
+    captured: list[tuple[nn.Module, Tensor]] = []
+    if head.layer is None:  # pragma: no cover - checked by _hooked_forward
+        raise RuntimeError("the target layer was not chosen")
+    handle = head.layer.register_forward_hook(lambda module, _i, out: captured.append((module, out)))
+    try:
+        with torch.enable_grad():
+            call(inputs[:1].detach().requires_grad_())
+    finally:
+        handle.remove()
+    head.channels_first[input_size] = bool(captured) and is_channels_first(captured[-1][1], captured[-1][0])
+
+
+def _hooked_forward(
+    call: Callable[[Tensor], Any],
+    heads: Sequence[HeadState],
+    inputs: Tensor,
+    input_size: tuple[int, int],
+    reshape: ReshapeArg,
+    with_graph: bool,
+    undecided: list[tuple[HeadState, Tensor]],
+) -> Any:
     handles = []
     try:
         for head in heads:
             if head.layer is None:  # pragma: no cover - _choose_layer runs first
                 raise RuntimeError("the target layer was not chosen")
-            handles.append(head.layer.register_forward_hook(_capture(head, reshape, input_size, with_graph)))
+            hook = _capture(head, reshape, input_size, with_graph, undecided)
+            handles.append(head.layer.register_forward_hook(hook))
         for head in heads:
             head.activation = None
         with torch.enable_grad() if with_graph else torch.no_grad():
@@ -83,18 +131,53 @@ def hooked_forward(
     return output
 
 
+def _layout_evidence(
+    head: HeadState, module: nn.Module, output: Tensor, reshape: ReshapeArg, input_size: tuple[int, int]
+) -> bool | None:
+    """``is_channels_first`` for an output whose shape is a tie (else False), kept per input size.
+
+    ``None``: a tie without a graph and not known yet (``hooked_forward`` probes for it).
+    """
+    if reshape != "auto" or not is_tie(tuple(output.shape), input_size):
+        return False
+    known = head.channels_first.get(input_size)
+    if known is not None:
+        return known
+    if is_channels_first(output, module):
+        head.channels_first[input_size] = True
+        return True
+    if output.grad_fn is None:
+        return None
+    head.channels_first[input_size] = False
+    return False
+
+
+def _read(
+    head: HeadState, output: Tensor, reshape: ReshapeArg, input_size: tuple[int, int], evidence: bool
+) -> None:
+    head.to_map = read_as_map(output, reshape, input_size, head.name, evidence)
+    head.reading = _reading(head.to_map)
+    if head.to_map is not None:
+        head.state = "general"  # the closed form reads (B, C, h, w) activations only
+
+
 def _capture(
-    head: HeadState, reshape: ReshapeArg, input_size: tuple[int, int], with_graph: bool
+    head: HeadState,
+    reshape: ReshapeArg,
+    input_size: tuple[int, int],
+    with_graph: bool,
+    undecided: list[tuple[HeadState, Tensor]],
 ) -> Callable[[nn.Module, Any, Any], Any]:
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+    def hook(module: nn.Module, _inputs: Any, output: Any) -> Any:
         if not isinstance(output, Tensor):
             raise ValueError(
                 f"`target_layer` {head.name!r} must output a (B, C, H, W) tensor, got {type_name(output)}"
             )
-        head.to_map = read_as_map(output, reshape, input_size, head.name)
-        head.reading = _reading(head.to_map)
-        if head.to_map is not None:
-            head.state = "general"  # the closed form reads (B, C, h, w) activations only
+        evidence = _layout_evidence(head, module, output, reshape, input_size)
+        if evidence is None:
+            undecided.append((head, output))
+        else:
+            _read(head, output, reshape, input_size, evidence)
         if with_graph and not output.requires_grad:
             # Frozen layers upstream: start the graph here so that gradients reach the activation; the
             # model goes on with a copy, which later in-place ops may modify.

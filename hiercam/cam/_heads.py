@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from hiercam._validation import format_shape, type_name
@@ -26,13 +27,18 @@ from hiercam.protocols import CAMHead, MultiHeadModel
 __all__ = [
     "ClosedFormState",
     "HeadState",
+    "LayerArg",
     "MapPlan",
     "build_heads",
     "resolve_layer",
+    "resolve_layers",
     "translate_forward_error",
 ]
 
 ClosedFormState = Literal["unknown", "verified", "general"]
+
+LayerArg = nn.Module | str | Sequence[nn.Module | str] | None
+"""A target layer (a module or its dotted name), several of them, or ``None`` (chosen on the first call)."""
 
 
 @dataclass
@@ -45,7 +51,8 @@ class HeadState:
     ``verified_classes`` and ``verified_size`` record for which classes and which input size ``(H, W)`` the
     closed form was verified; ``copy_activation`` is set once a later in-place op was seen to modify the
     layer's output. ``to_map`` reads the layer's output as ``(B, C, h, w)`` in the current call (``None``:
-    as it is) and ``reading`` says how, for ``repr``.
+    as it is) and ``reading`` says how, for ``repr``. ``channels_first`` keeps, per input size, the evidence
+    of ``hiercam.cam.reshape.is_channels_first`` for an output whose shape cannot tell (``h == w == C``).
     """
 
     name: str | None
@@ -60,6 +67,7 @@ class HeadState:
     version: int = 0
     to_map: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
     reading: str = "map"
+    channels_first: dict[tuple[int, int], bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,13 +87,14 @@ class MapPlan:
 
 def build_heads(
     model: nn.Module,
-    target_layer: nn.Module | str | None,
+    target_layer: LayerArg,
     classifier: nn.Linear | str | None,
     output: OutputArg = None,
 ) -> list[HeadState]:
     """The heads of ``model``: its ``cam_heads()`` for a multi-head model, else one plain head.
 
-    The plain head's scores are the part of the model's output that ``output`` selects.
+    The plain head's scores are the part of the model's output that ``output`` selects; a list of layers
+    gives a plain model one head per layer, all explaining the same scores.
     """
     output = check_output_selector(output)
     if isinstance(model, MultiHeadModel):
@@ -95,18 +104,40 @@ def build_heads(
                 "head's `logits` selects its scores"
             )
         return _multi_heads(model, target_layer, classifier)
-    name, layer = (None, None) if target_layer is None else resolve_layer(model, target_layer, "target_layer")
     fc = None
     if classifier is not None:
         _, module = resolve_layer(model, classifier, "classifier")
         if not isinstance(module, nn.Linear):
             raise TypeError(f"`classifier` must be an nn.Linear, got {type_name(module)}")
         fc = module
-    return [HeadState(name, layer, partial(select_output, selector=output), fc)]
+    logits_of = partial(select_output, selector=output)
+    if isinstance(target_layer, (list, tuple)):
+        return [HeadState(name, layer, logits_of, fc) for name, layer in resolve_layers(model, target_layer)]
+    if target_layer is None:
+        return [HeadState(None, None, logits_of, fc)]
+    if not isinstance(target_layer, (str, nn.Module)):
+        raise TypeError(
+            "`target_layer` must be an nn.Module, a dotted name, a list of them or None, got "
+            f"{type_name(target_layer)}"
+        )
+    name, layer = resolve_layer(model, target_layer, "target_layer")
+    return [HeadState(name, layer, logits_of, fc)]
+
+
+def resolve_layers(model: nn.Module, layers: list[Any] | tuple[Any, ...]) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of several target layers (pytorch-grad-cam's ``target_layers``): distinct, >= 1."""
+    if not layers:
+        raise ValueError("`target_layer` must name at least one layer, got an empty sequence")
+    resolved = [resolve_layer(model, layer, "target_layer") for layer in layers]
+    names = [name for name, _ in resolved]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"`target_layer` must not repeat a layer, got {repeated[0]!r} more than once")
+    return resolved
 
 
 def _multi_heads(
-    model: nn.Module, target_layer: nn.Module | str | None, classifier: nn.Linear | str | None
+    model: nn.Module, target_layer: LayerArg, classifier: nn.Linear | str | None
 ) -> list[HeadState]:
     if classifier is not None:
         raise ValueError(
@@ -156,13 +187,23 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str, argument: str) -> tu
                 f"; did you mean {', '.join(map(repr, close))}?" if close else "; see model.named_modules()"
             )
             raise ValueError(f"`{argument}` {layer!r} is not a submodule of {type_name(model)}{hint}")
-        return layer, names[layer]
+        return layer, _hookable(names[layer], layer, argument)
     if isinstance(layer, nn.Module):
         for name, module in model.named_modules():
             if module is layer and name:
-                return name, module
+                return name, _hookable(module, name, argument)
         raise ValueError(f"`{argument}` ({type_name(layer)}) is not a submodule of `model`")
     raise TypeError(f"`{argument}` must be an nn.Module, a dotted name or None, got {type_name(layer)}")
+
+
+def _hookable(module: nn.Module, name: str, argument: str) -> nn.Module:
+    """``module``, unless it is a TorchScript module, whose outputs cannot be hooked."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError(
+            f"`{argument}` {name!r} is a TorchScript module ({type_name(module)}): its output cannot be "
+            "hooked; choose a layer that is a plain nn.Module (not from torch.jit.script or trace)"
+        )
+    return module
 
 
 _DTYPE_MISMATCH = re.compile(r"should be the same|expected scalar type|must have the same dtype")

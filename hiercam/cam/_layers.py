@@ -13,6 +13,12 @@ the model is a transformer: with ``reshape="auto"`` the last candidate whose cha
 token width (that of the last token output, e.g. the final norm) is taken, e.g. ``blocks.11.norm1`` of a timm
 ViT (its patch tokens feed the class token only through that block's attention) and ``norm`` of a timm Swin;
 otherwise the choice is an error that names ``reshape`` and ``target_layer``.
+
+An output that reads as a map in several ways (``hiercam.cam.reshape.readings``: a token count that fits two
+patch grids, e.g. 26 tokens of an 80 x 80 input are 5 x 5 + 1 or 4 x 4 + 10; a 4-D output with ``h == w ==
+C``) is a candidate too, of unknown reading: when it would be chosen, the choice raises the ambiguity error
+that the same layer gets when passed explicitly, never falling back to an earlier layer (such as a ViT's
+``patch_embed``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from hiercam._validation import format_shape
-from hiercam.cam.reshape import ReshapeArg, stride_mismatch, token_grids
+from hiercam.cam.reshape import ReshapeArg, ambiguity_error, is_channels_first, readings
 
 __all__ = ["choose_layer"]
 
@@ -37,7 +43,7 @@ class _Record:
     name: str
     module: nn.Module
     output: Tensor
-    kind: str = ""  # "map", "channels_last", "tokens" or "" (not a candidate)
+    kind: str = ""  # "map", "channels_last", "tokens", "ambiguous" or "" (not a candidate)
     prefix: int = 0
     channels: int = 0
 
@@ -68,16 +74,20 @@ def choose_layer(
 
         return hook
 
-    handles = [m.register_forward_hook(record(n, m)) for n, m in model.named_modules() if n]
+    handles = [
+        m.register_forward_hook(record(n, m))
+        for n, m in model.named_modules()
+        if n and not isinstance(m, torch.jit.ScriptModule)  # TorchScript modules cannot be hooked
+    ]
     try:
         with torch.enable_grad():
             score = scores_of(call_model(probe)).float().sum()
     finally:
         for handle in handles:
             handle.remove()
-    tokens = {int(r.output.shape[1]) for r in records if r.output.ndim == 3}
+    tokens = frozenset(int(r.output.shape[1]) for r in records if r.output.ndim == 3)
     for item in records:
-        _classify(item, input_size, tokens)
+        _classify(item, input_size, tokens, reshape)
     candidates = [r for r in records if r.kind]
     readable, reached = len(candidates), 0
     if candidates and score.requires_grad:
@@ -111,39 +121,57 @@ def choose_layer(
             "layer can be chosen automatically: pass `reshape='auto'`, or `target_layer` with a `reshape` "
             "callable"
         )
-    width = next(r.channels for r in reversed(records) if r.kind in ("tokens", "channels_last"))
+    width = next(r.channels for r in reversed(records) if r.kind in ("tokens", "channels_last", "ambiguous"))
     chosen = [r for r in candidates if r.kind != "map" and r.channels == width] or [last]
+    if chosen[-1].kind == "ambiguous":
+        raise _ambiguous(chosen[-1], input_size)
     return chosen[-1].name, chosen[-1].module
+
+
+def _ambiguous(item: _Record, input_size: tuple[int, int]) -> ValueError:
+    """The explicit layer's ambiguity error, for the layer the automatic choice would take."""
+    where = f"the automatic choice of `target_layer` would take {item.name!r}, which outputs"
+    return ambiguity_error(tuple(item.output.shape), input_size, where)
 
 
 def _describe(reshape: ReshapeArg) -> str:
     return "None" if reshape is None else "a callable"
 
 
-def _classify(item: _Record, input_size: tuple[int, int], tokens: set[int]) -> None:
+def _classify(
+    item: _Record, input_size: tuple[int, int], tokens: frozenset[int], reshape: ReshapeArg
+) -> None:
     shape = tuple(int(s) for s in item.output.shape)
-    if len(shape) == 4:
-        readings = []
-        for kind, height, width, channels in (
-            ("map", shape[2], shape[3], shape[1]),
-            ("channels_last", shape[1], shape[2], shape[3]),
-        ):
-            mismatch = stride_mismatch(height, width, input_size)
-            # a spatial size equal to a token count is attention: (B, heads, N, N or head_dim)
-            if mismatch is not None and height * width > 1 and not {height, width} & tokens:
-                readings.append((mismatch, kind, channels))
-        if readings:
-            _, item.kind, item.channels = min(readings, key=lambda r: r[0])  # stable: "map" wins ties
+    # a spatial size equal to a token count is attention: (B, heads, N, N or head_dim); 1 x 1 is no grid
+    found = [
+        (layout, grid)
+        for layout, grid in readings(shape, input_size, exclude=tokens if len(shape) == 4 else frozenset())
+        if len(shape) == 3 or (shape[2] * shape[3] if layout == "map" else shape[1] * shape[2]) > 1
+    ]
+    if (
+        len(found) > 1
+        and len(shape) == 4
+        and (reshape is None or is_channels_first(item.output, item.module))
+    ):
+        found = [("map", None)]  # `reshape=None` says so, or the graph shows a convolution, norm or pooling
+    if not found:
         return
-    grids = token_grids(shape[1], input_size)
-    if len(grids) == 1:
-        item.kind, item.prefix, item.channels = "tokens", grids[0].prefix, shape[2]
+    if len(found) > 1:
+        item.kind, item.channels = "ambiguous", shape[2] if len(shape) == 3 else 0
+        item.prefix = min(grid.prefix for _, grid in found if grid is not None) if len(shape) == 3 else 0
+        return
+    layout, grid = found[0]
+    item.kind = layout
+    if grid is not None:
+        item.prefix, item.channels = grid.prefix, shape[2]
+    else:
+        item.channels = shape[1] if layout == "map" else shape[3]
 
 
 def _influences(item: _Record, gradient: Tensor | None) -> bool:
     """Whether the scores depend on the spatial positions (the patch tokens) of this output."""
     if gradient is None:
         return False
-    if item.kind == "tokens":
+    if item.output.ndim == 3:
         gradient = gradient[:, item.prefix :]
     return bool(gradient.detach().abs().amax() > 0)

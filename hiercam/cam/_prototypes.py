@@ -22,6 +22,7 @@ from hiercam._validation import (
     check_finite,
     check_tensor,
     format_shape,
+    is_real,
     should_check,
     type_name,
 )
@@ -87,7 +88,7 @@ def check_score_range(value: Any) -> tuple[float, float]:
     """``context_score``: a pair ``(low, high)`` with ``0 <= low < high <= 1``."""
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
         raise TypeError(f"`context_score` must be a pair (low, high) of floats, got {value!r}")
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+    if not all(is_real(v) for v in value):
         raise TypeError(f"`context_score` must be a pair (low, high) of floats, got {value!r}")
     low, high = float(value[0]), float(value[1])
     if not 0.0 <= low < high <= 1.0:

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hiercam._validation import check_choice, type_name, values_checked
-from hiercam.cam._checks import check_images, check_size
-from hiercam.cam._classes import ClassesArg
+from hiercam._validation import check_choice, is_real, type_name, values_checked
+from hiercam.cam._checks import check_elements, check_images, check_size
+from hiercam.cam._classes import ClassesArg, ClassRequest, parse_classes
 from hiercam.cam._release import Releasable
 from hiercam.cam.engine import BaseCAM, SizeArg
-from hiercam.cam.targets import TargetsArg
+from hiercam.cam.targets import TargetsArg, mirror_targets
 from hiercam.maps import NormalizeMode, normalize_maps
 
 __all__ = ["MultiScaleCAM", "IRN_SCALES"]
@@ -31,10 +31,10 @@ def _check_scales(scales: Any) -> tuple[float, ...]:
         raise ValueError("`scales` must hold at least one scale, got an empty sequence")
     checked = []
     for scale in scales:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        if not is_real(scale):
             raise TypeError(f"`scales` must hold numbers, got {type_name(scale)}")
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"`scales` must be positive and finite, got {scale!r}")
+        if not math.isfinite(float(scale)) or float(scale) <= 0:
+            raise ValueError(f"`scales` must be positive and finite, got {float(scale)!r}")
         checked.append(float(scale))
     return tuple(checked)
 
@@ -103,12 +103,15 @@ class MultiScaleCAM(Releasable):
         check_choice(pass_normalize, "pass_normalize", ("max", "minmax", None))
         self.pass_normalize = pass_normalize
         self.logits: Tensor | None = None
+        self.classes: Tensor | None = None
+        self._top: Tensor | None = None  # the classes ``(B, k)`` chosen by ``top_k`` in the current call
 
     def __call__(
         self,
         images: Tensor,
         classes: ClassesArg = None,
         *,
+        top_k: int | None = None,
         targets: TargetsArg = None,
         size: SizeArg = "input",
         normalize: NormalizeMode | None = "max",
@@ -119,7 +122,12 @@ class MultiScaleCAM(Releasable):
         Args:
             images: input batch ``(B, C, H, W)``.
             classes: as for the wrapped extractor.
-            targets: as for the wrapped extractor (one target per image of ``images``).
+            top_k: each image's ``top_k`` highest-scoring classes, chosen once from the logits of the first
+                scale's unflipped images and explained in every pass; their indices go to ``classes``.
+            targets: as for the wrapped extractor (one target per image of ``images``). With ``flip`` the
+                mirror images are explained by each target's ``mirrored()`` (a
+                [`SemanticSegmentationTarget`][hiercam.SemanticSegmentationTarget] with its mask mirrored); a
+                target without it is refused on a spatial output (``hiercam.cam.targets``).
             size: ``"input"``, an explicit ``(H, W)``, or ``"feature"``: the resolution of the first scale's
                 maps (the target layer's resolution at the input size for the default scales).
             normalize: normalisation of the averaged maps: ``"max"`` (IRN), ``"minmax"`` or ``None``.
@@ -128,13 +136,17 @@ class MultiScaleCAM(Releasable):
 
         Returns:
             Maps ``(B, K', H', W')`` in float32. ``logits`` keeps the logits of the first scale's (unflipped)
-            images.
+            images, ``classes`` the class of every map ``(B, K')`` (as for the wrapped extractor).
 
         Raises:
             TypeError, ValueError: as for the wrapped extractor, and a scale that shrinks the images below
-                one pixel (naming ``scales``).
+                one pixel or makes them hold more than ``MAX_ELEMENTS`` values (``2**31``, 8 GiB of
+                float32, with the mirror images; naming ``scales``).
         """
         check_images(images)
+        parse_classes(classes, images.shape[0], top_k)  # the form of both, before any work
+        if top_k is not None and (targets is not None or softmax_over is not None):
+            raise ValueError("`top_k` explains classes: pass no `targets` and no `softmax_over` with it")
         target = check_size(size, images)
         check_choice(normalize, "normalize", ("max", "minmax", None))
         height, width = int(images.shape[-2]), int(images.shape[-1])
@@ -144,14 +156,18 @@ class MultiScaleCAM(Releasable):
                 raise ValueError(
                     f"`scales` {scale} shrinks {height}x{width} `images` to {h}x{w}: use a larger scale"
                 )
+            copies = images.shape[0] * images.shape[1] * (2 if self.flip else 1)
+            what = f"scale {scale}: the {h}x{w} images{' and their mirror images' if self.flip else ''}"
+            check_elements(copies * h * w, "scales", what, "use a smaller scale")
         total: Tensor | None = None
         passes = 0
+        self._top = None
         for h, w in sizes:
             scaled = images
             if (h, w) != (height, width):
                 scaled = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
             for maps, logits in self._passes(
-                scaled, classes, targets, "feature" if target is None else target, softmax_over
+                scaled, classes, top_k, targets, "feature" if target is None else target, softmax_over
             ):
                 if total is None:
                     total = torch.zeros_like(maps)
@@ -161,12 +177,15 @@ class MultiScaleCAM(Releasable):
                 passes += 1
         if total is None:  # pragma: no cover - scales is never empty
             raise RuntimeError("no pass ran")
+        self.classes = self.cam.classes if self._top is None else self._top
+        self._top = None
         return normalize_maps(total / passes, normalize, validate_args=False)
 
     def _passes(
         self,
         images: Tensor,
         classes: ClassesArg,
+        top_k: int | None,
         targets: TargetsArg,
         size: SizeArg,
         softmax_over: Tensor | None,
@@ -177,6 +196,8 @@ class MultiScaleCAM(Releasable):
         finiteness again (``values_checked``), nor that of their mirror images.
         """
         cam, norm = self.cam, self.pass_normalize
+        if top_k is not None:
+            return self._top_k_passes(images, top_k, size)
         options: dict[str, Any] = {"size": size, "normalize": norm, "softmax_over": softmax_over}
         if not self.flip:
             with values_checked(images):
@@ -188,7 +209,8 @@ class MultiScaleCAM(Releasable):
             with values_checked(images, mirrored):
                 maps = cam(images, classes, targets=targets, **options)
                 logits = self._logits()
-                flipped = cam(mirrored, classes, targets=targets, **options).flip(-1)
+                mirror = mirror_targets(targets)
+                flipped = cam(mirrored, classes, targets=mirror, **options).flip(-1)
             return [(maps, logits), (flipped, logits)]
         batch = images.shape[0]
         if softmax_over is not None:  # the mirror images have the same classes
@@ -198,6 +220,24 @@ class MultiScaleCAM(Releasable):
             both = cam(pair, classes, **options)
         logits = self._logits()[:batch]
         return [(both[:batch], logits), (both[batch:].flip(-1), logits)]
+
+    def _top_k_passes(self, images: Tensor, top_k: int, size: SizeArg) -> list[tuple[Tensor, Tensor]]:
+        """The passes of one scale for ``top_k``: the classes chosen by the first pass, then reused."""
+        cam, out_size = self.cam, check_size(size, images)
+        passes: list[tuple[Tensor, Tensor]] = []
+        for mirror in (False, True) if self.flip else (False,):
+            pixels = images.flip(-1) if mirror else images
+            with values_checked(pixels):
+                if self._top is None:
+                    maps = cam(pixels, top_k=top_k, size=size, normalize=self.pass_normalize)
+                    self._top = cam.classes
+                else:
+                    request = ClassRequest(None, None, self._top)
+                    maps = cam._explain(pixels, request, None, out_size, self.pass_normalize, None)
+            if not passes:
+                logits = self._logits()
+            passes.append((maps.flip(-1) if mirror else maps, logits))
+        return passes
 
     def _logits(self) -> Tensor:
         if self.cam.logits is None:  # pragma: no cover - set by every call

@@ -44,6 +44,7 @@ logit per image (``hiercam.cam._classes``), which the closed form serves too.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -55,23 +56,27 @@ from torch import Tensor, nn
 
 from hiercam._validation import all_finite, check_choice, should_check, type_name
 from hiercam.cam._autograd import batched_gradients
-from hiercam.cam._checks import check_images, check_size, non_finite_origin
+from hiercam.cam._checks import check_elements, check_images, check_model, check_size, non_finite_origin
 from hiercam.cam._classes import ClassesArg, ClassRequest, ResolvedClasses, parse_classes
 from hiercam.cam._closed_form import closed_form_gradients, forward_identity_holds, verify
 from hiercam.cam._forward import as_map, call_model, eval_context, head_logits, hooked_forward
-from hiercam.cam._heads import HeadState, MapPlan, build_heads
+from hiercam.cam._heads import HeadState, LayerArg, MapPlan, build_heads
 from hiercam.cam._layers import choose_layer
 from hiercam.cam._pca import smoothed_maps
 from hiercam.cam._release import Releasable
 from hiercam.cam.contrast import check_softmax_over, softmax_over_gradients
-from hiercam.cam.postprocess import average_branch_maps, normalize_own, resize_heads
+from hiercam.cam.postprocess import average_branch_maps, average_layer_maps, normalize_own, resize_heads
 from hiercam.cam.reshape import ReshapeArg
 from hiercam.cam.targets import OutputArg, TargetsArg, check_targets, target_scores
 from hiercam.maps import NormalizeMode, normalize_maps
+from hiercam.protocols import MultiHeadModel
 
 __all__ = ["BaseCAM", "SizeArg"]
 
 SizeArg = Literal["input", "feature"] | tuple[int, int]
+
+MAPS_WARNING_BYTES = 2**30
+"""An all-class call whose maps would hold more than this many bytes warns once per extractor."""
 
 
 class BaseCAM(Releasable):
@@ -85,7 +90,8 @@ class BaseCAM(Releasable):
             from, or any output explained through ``targets``), unless it is a multi-head model (below).
         target_layer: the layer whose output is explained: a module of ``model``, its dotted name
             (``"layer4"``, ``"features.18"``), or ``None`` to pick it on the first call (below);
-            ``target_layer`` and ``repr`` show the choice.
+            ``target_layer`` and ``repr`` show the choice. A list of layers (``["layer3", "layer4"]``,
+            pytorch-grad-cam's ``target_layers``) explains each and averages the maps (below).
         classifier: the ``nn.Linear`` (or its name) for the closed form; by default the only linear layer of
             shape ``(K, C)``, if there is exactly one.
         closed_form: use the closed form once it has been verified (see the module docstring); ``False``
@@ -111,6 +117,13 @@ class BaseCAM(Releasable):
     inside each head's ``scope``, and ``logits`` holds the mean of the heads' logits. The closed form is
     verified for each head with its own classifier.
 
+    **Several target layers** (a plain model): one forward pass, each layer's maps computed as for one layer
+    (the gradients of all of them from the same graph), then combined in pytorch-grad-cam's order: each
+    layer's ReLU'd maps normalised (``normalize``) at the layer's own resolution, resized to the output size
+    (``size="feature"``: the finest layer's), averaged, and the mean normalised again. ``branch_maps`` keeps
+    the per-layer maps ``(layers, B, K', H', W')``; ``target_layers`` their names. The closed form is used
+    only when every layer is verified for it (rarely: a layer before the last one is not).
+
     With ``target_layer=None`` the layer is chosen on the first call from one probe forward and backward:
     the last layer whose output is a real feature map of the input that the scores depend on, never an
     attention tensor; for a transformer (token or channels-last outputs last) the last block's norm with
@@ -130,7 +143,7 @@ class BaseCAM(Releasable):
     def __init__(
         self,
         model: nn.Module,
-        target_layer: nn.Module | str | None = None,
+        target_layer: LayerArg = None,
         *,
         classifier: nn.Linear | str | None = None,
         closed_form: bool = True,
@@ -138,8 +151,7 @@ class BaseCAM(Releasable):
         output: OutputArg = None,
         eigen_smooth: bool = False,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be an nn.Module, got {type_name(model)}")
+        check_model(model)
         if not (reshape is None or reshape == "auto" or (callable(reshape) and not isinstance(reshape, str))):
             raise TypeError(f"`reshape` must be 'auto', None or a callable, got {reshape!r}")
         if not isinstance(eigen_smooth, bool):
@@ -151,22 +163,34 @@ class BaseCAM(Releasable):
         self._inputs: Tensor | None = None  # the call's images, for perturbation methods (hiercam.cam.score)
         self._softmax_over: Tensor | None = None  # the call's ``softmax_over``, bool, during the call
         self.logits: Tensor | None = None
+        self.classes: Tensor | None = None
         self.branch_maps: Tensor | None = None
         self._removed = False
+        self._warned_memory = False
         self._num_classes: int | None = None
         self._heads: list[HeadState] = build_heads(model, target_layer, classifier, output)
+        self._layer_mean = len(self._heads) > 1 and not isinstance(model, MultiHeadModel)
 
     # ------------------------------------------------------------------------------------------ public API
     @property
     def target_layer(self) -> str | None:
-        """Dotted name of the target layer (``None`` until chosen on the first call when not given)."""
+        """Dotted name of the target layer (``None`` until chosen on the first call when not given).
+
+        With several target layers (or heads), the first; ``target_layers`` lists them all.
+        """
         return self._heads[0].name
+
+    @property
+    def target_layers(self) -> list[str | None]:
+        """Dotted names of every target layer: one per layer given, or per head of a multi-head model."""
+        return [head.name for head in self._heads]
 
     def __call__(
         self,
         images: Tensor,
         classes: ClassesArg = None,
         *,
+        top_k: int | None = None,
         targets: TargetsArg = None,
         size: SizeArg = "input",
         normalize: NormalizeMode | None = "max",
@@ -180,6 +204,10 @@ class BaseCAM(Releasable):
                 image; a ``(B,)`` integer tensor, one class per image (``classes[i]`` for image ``i``, maps
                 ``(B, 1, H', W')``); or a ``(B, K)`` multi-hot / boolean mask of per-image classes (maps of
                 classes absent from an image are zeros; an all-zero mask gives all-zero maps).
+            top_k: instead of ``classes``, each image's ``top_k`` highest-scoring classes (by the logits of
+                this forward pass; ``top_k=1`` is the predicted class, pytorch-grad-cam's ``targets=None``),
+                highest first: maps ``(B, top_k, H', W')``, their classes in ``classes`` ``(B, top_k)``.
+                Memory and backward cost grow with ``top_k``, not with ``K``.
             targets: instead of ``classes``, what to explain in each image: a callable, or one per image,
                 that maps one image's selected output (``(K,)`` logits, a ``(K, H, W)`` segmentation map...)
                 to a scalar score, e.g. [`ClassifierOutputTarget`][hiercam.ClassifierOutputTarget] or
@@ -198,8 +226,15 @@ class BaseCAM(Releasable):
 
         Returns:
             Maps ``(B, K', H', W')`` in float32 on the images' device, ``K'`` the number of requested classes
-            (``K`` for ``None`` or a mask, 1 for a ``(B,)`` tensor or ``targets``). The logits of the forward
-            pass (the selected output) are kept in ``logits``.
+            (``K`` for ``None`` or a mask, 1 for a ``(B,)`` tensor or ``targets``, ``top_k``). The logits of
+            the forward pass (the selected output) are kept in ``logits``, and the class of every map in
+            ``classes``: ``(B, K')`` int64 on the CPU (``classes[i, j]`` is the class of ``maps[i, j]``;
+            ``None`` with ``targets``).
+
+        Warns:
+            UserWarning: once per extractor, when a call for all classes (``classes=None`` or a mask) would
+                hold more than 1 GiB of maps (``B * K * H' * W' * 4`` bytes, e.g. 2 images of a
+                1000-class model at 224 x 224 hold 383 MiB); it names ``top_k``.
 
         Raises:
             TypeError, ValueError: bad images (empty, NaN or Inf, a dtype, channel count, size or device the
@@ -213,14 +248,28 @@ class BaseCAM(Releasable):
         if self._removed:
             raise RuntimeError(f"{type(self).__name__} was removed; create a new one")
         check_images(images)
-        if targets is not None and classes is not None:
-            raise ValueError("pass either `classes` or `targets`, not both")
+        if targets is not None and (classes is not None or top_k is not None):
+            given = "classes" if classes is not None else "top_k"
+            raise ValueError(f"pass either `{given}` or `targets`, not both")
         targets = check_targets(targets, images.shape[0])
         if softmax_over is not None:
-            softmax_over = self._check_softmax_over(softmax_over, images.shape[0], classes, targets)
-        request = parse_classes(classes, images.shape[0])
+            selects = classes if top_k is None else top_k
+            softmax_over = self._check_softmax_over(softmax_over, images.shape[0], selects, targets)
+        request = parse_classes(classes, images.shape[0], top_k)
         out_size = check_size(size, images)
         check_choice(normalize, "normalize", ("max", "minmax", None))
+        return self._explain(images, request, targets, out_size, normalize, softmax_over)
+
+    def _explain(
+        self,
+        images: Tensor,
+        request: ClassRequest,
+        targets: TargetsArg,
+        out_size: tuple[int, int] | None,
+        normalize: NormalizeMode | None,
+        softmax_over: Tensor | None,
+    ) -> Tensor:
+        """The maps of a checked call (``MultiScaleCAM`` passes per-image classes ``(B, k)`` here)."""
         input_size = (int(images.shape[-2]), int(images.shape[-1]))
 
         with self._call_context(images) as inputs:
@@ -248,26 +297,40 @@ class BaseCAM(Releasable):
                     )
                 self._softmax_over = softmax_over
                 if targets is None:
-                    resolved = request.resolve(logits.shape[1])
+                    resolved = request.resolve(logits)
                     self._num_classes = int(logits.shape[1])
                 else:
                     resolved = ResolvedClasses([0], None, 1)
+                if out_size is not None:  # before the backward and the maps are allocated
+                    check_elements(
+                        images.shape[0] * resolved.num_outputs * out_size[0] * out_size[1],
+                        "size" if out_size != input_size else "classes",
+                        f"the {resolved.num_outputs} maps of each of {images.shape[0]} images at "
+                        f"{out_size[0]}x{out_size[1]}",
+                        "explain fewer classes per call (`classes=[...]` or `top_k`), fewer images, or "
+                        "pass a smaller `size`",
+                    )
                 plan = MapPlan(resolved, targets, closed, input_size)
                 # float32 maps; gradients reachable even inside the caller's no_grad()
                 with torch.autocast(images.device.type, enabled=False), torch.enable_grad():
-                    maps = resize_heads(
-                        [
-                            F.relu(self._head_maps(h, lg, plan))
-                            for h, lg in zip(self._heads, head_logits, strict=True)
-                        ],
-                        out_size,
-                    )
+                    raw = [
+                        F.relu(self._head_maps(h, lg, plan))
+                        for h, lg in zip(self._heads, head_logits, strict=True)
+                    ]
+                    if targets is None and request.indices is None and request.per_image is None:
+                        size = out_size or (int(raw[0].shape[-2]), int(raw[0].shape[-1]))
+                        self._warn_memory(images.shape[0], resolved.num_outputs, size)
+                    maps = [] if self._layer_mean else resize_heads(raw, out_size)
             finally:
                 self._inputs = None
                 self._softmax_over = None
                 for head in self._heads:
                     head.activation = None
         self.logits = logits.detach()
+        self.classes = None if targets is not None else resolved.class_indices(images.shape[0])
+        if self._layer_mean:
+            mean, self.branch_maps = average_layer_maps([resolved.place(m) for m in raw], out_size, normalize)
+            return mean
         maps = [resolved.place(m) for m in maps]
         if len(maps) == 1:
             return normalize_own(maps[0], normalize)
@@ -282,6 +345,7 @@ class BaseCAM(Releasable):
         """
         self._removed = True
         self.logits = None
+        self.classes = None
         self.branch_maps = None
         for head in self._heads:
             head.activation = None
@@ -330,6 +394,20 @@ class BaseCAM(Releasable):
         return smoothed_maps(lambda part: self._terms(activations, gradients[part]), gradients.shape[0])
 
     # ------------------------------------------------------------------------------------------ internals
+    def _warn_memory(self, batch: int, count: int, size: tuple[int, int]) -> None:
+        """Warn once when an all-class call holds more than ``MAPS_WARNING_BYTES`` of float32 maps."""
+        needed = batch * count * size[0] * size[1] * 4
+        if self._warned_memory or needed <= MAPS_WARNING_BYTES:
+            return
+        self._warned_memory = True
+        warnings.warn(
+            f"{type(self).__name__}: the maps of all {count} classes of {batch} images at "
+            f"{size[0]}x{size[1]} hold {needed / 2**30:.1f} GiB; pass `top_k=1` (each image's predicted "
+            "class) or `classes=[...]` to explain fewer classes (warned once per extractor)",
+            UserWarning,
+            stacklevel=3,
+        )
+
     @contextmanager
     def _call_context(self, images: Tensor) -> Iterator[Tensor]:
         """Eval mode restored per module, inference mode lifted, inputs usable by autograd."""

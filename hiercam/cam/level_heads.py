@@ -81,10 +81,10 @@ def level_heads_maps(
 
     Examples:
         >>> import torch
-        >>> from hiercam import ClassHierarchy, fuse_hierarchy, small_convnet
+        >>> from hiercam import ClassHierarchy, SmallConvNet, fuse_hierarchy
         >>> from hiercam.models import LevelHeadsNet
         >>> hierarchy = ClassHierarchy([[0, 0, 1, 2], [0, 0, 1, 1]])  # 4 classes -> 3 -> 2 groups
-        >>> net = LevelHeadsNet(small_convnet(width=4), hierarchy)
+        >>> net = LevelHeadsNet(SmallConvNet(width=4), hierarchy)
         >>> images = torch.rand(2, 3, 32, 32)
         >>> base, levels = level_heads_maps(net, images, hierarchy)
         >>> base.shape, [tuple(m.shape) for m in levels]

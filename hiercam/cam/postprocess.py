@@ -15,7 +15,7 @@ from torch import Tensor
 from hiercam._validation import check_tensor, format_shape
 from hiercam.maps import NormalizeMode, normalize_maps, resize_maps
 
-__all__ = ["average_branch_maps", "normalize_own", "resize_heads"]
+__all__ = ["average_branch_maps", "average_layer_maps", "normalize_own", "resize_heads"]
 
 
 def average_branch_maps(
@@ -58,6 +58,24 @@ def average_branch_maps(
         )
     each = normalize_maps(stacked, normalize, validate_args=validate_args)
     return normalize_maps(each.mean(dim=0), normalize, validate_args=False)  # the mean of checked maps
+
+
+def average_layer_maps(
+    maps: list[Tensor], size: tuple[int, int] | None, normalize: NormalizeMode | None
+) -> tuple[Tensor, Tensor]:
+    """The maps of several target layers combined as pytorch-grad-cam combines its ``target_layers``.
+
+    Each layer's ReLU'd maps ``(B, K', h_l, w_l)`` are normalised at their own resolution, resized to
+    ``size`` (``None``: the finest layer's), averaged, and the mean normalised again (pytorch-grad-cam's
+    ``scale_cam_image`` per layer, then ``aggregate_multi_layers``).
+
+    Returns:
+        The mean ``(B, K', H, W)`` and the per-layer maps ``(layers, B, K', H, W)``.
+    """
+    if size is None:
+        size = max(((int(m.shape[-2]), int(m.shape[-1])) for m in maps), key=lambda hw: hw[0] * hw[1])
+    each = torch.stack([resize_maps(normalize_own(m, normalize), size) for m in maps])
+    return normalize_own(each.mean(dim=0), normalize), each
 
 
 def resize_heads(maps: list[Tensor], size: tuple[int, int] | None) -> list[Tensor]:

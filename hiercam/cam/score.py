@@ -9,12 +9,14 @@ from the same passes, so the cost does not grow with the number of classes.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hiercam._progress import Progress
 from hiercam._validation import all_finite, check_int, should_check, type_name
 from hiercam.cam._heads import HeadState, MapPlan
 from hiercam.cam._pca import smoothed_maps
@@ -27,6 +29,8 @@ from hiercam.cam.targets import OutputArg, TargetsArg, target_scores
 __all__ = ["ScoreCAM", "AblationCAM"]
 
 _MINMAX_EPS = 1e-8  # pytorch-grad-cam's and torchcam's guard in the min-max normalisation of the masks
+_LOG = logging.getLogger("hiercam.cam")
+_LOG_INTERVAL = 10.0  # seconds between progress lines in a log
 
 
 class _Perturbation(BaseCAM):
@@ -43,8 +47,12 @@ class _Perturbation(BaseCAM):
         eigen_smooth: bool = False,
         reshape: ReshapeArg = "auto",
         output: OutputArg = None,
+        progress: bool = True,
     ) -> None:
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        if not isinstance(progress, bool):
+            raise TypeError(f"`progress` must be a bool, got {type_name(progress)}")
+        self.progress = progress
         super().__init__(
             model, target_layer, closed_form=False, eigen_smooth=eigen_smooth, reshape=reshape, output=output
         )
@@ -86,6 +94,17 @@ class _Perturbation(BaseCAM):
 
     def _chunks(self, total: int) -> list[tuple[int, int]]:
         return [(start, min(start + self.batch_size, total)) for start in range(0, total, self.batch_size)]
+
+    def _progress(self, head: HeadState, total: int, unit: str) -> Progress:
+        """The progress of one head's perturbed forwards: a bar on a terminal, lines in the log."""
+        return Progress(
+            total,
+            f"{type(self).__name__} {head.name}",
+            enabled=self.progress,
+            log=_LOG.info,
+            unit=unit,
+            interval=_LOG_INTERVAL,
+        )
 
     def _forward_scores(self, head: HeadState, inputs: Tensor, scores: _Scores, images_of: Tensor) -> Tensor:
         """The scores ``(n, K')`` (float32) of one batch of perturbed copies of the images ``images_of``.
@@ -144,9 +163,11 @@ class ScoreCAM(_Perturbation):
         reshape: as for [`BaseCAM`][hiercam.BaseCAM]: token and channels-last outputs are read as maps
             (the masks are their channels).
         output: as for [`BaseCAM`][hiercam.BaseCAM]; ``targets`` work as with Grad-CAM.
+        progress: show the progress of the masked forwards: a bar on a terminal (stderr), and lines on the
+            ``"hiercam.cam"`` logger (INFO: every 10 s and when a call ends); ``False`` shows nothing.
 
     Raises:
-        TypeError, ValueError: ``batch_size`` is not an int ``>= 1`` (and as for
+        TypeError, ValueError: ``batch_size`` is not an int ``>= 1``, ``progress`` not a bool (and as for
             [`BaseCAM`][hiercam.BaseCAM]).
 
     Examples:
@@ -164,18 +185,35 @@ class ScoreCAM(_Perturbation):
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         flat = features.reshape(batch * channels, 1, height, width)
         perturbed = torch.empty(batch * channels, scores.count, device=features.device)
-        for start, stop in self._chunks(batch * channels):
-            masks = flat[start:stop].float()
-            if (height, width) != size:
-                masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-            low = masks.amin(dim=(-2, -1), keepdim=True)
-            masks = (masks - low) / (masks.amax(dim=(-2, -1), keepdim=True) - low + _MINMAX_EPS)
-            images_of = torch.arange(start, stop, device=inputs.device) // channels
-            images = inputs[images_of]
-            perturbed[start:stop] = self._forward_scores(
-                head, images.mul_(masks.to(inputs.dtype)), scores, images_of
-            )
+        with self._progress(head, batch * channels, "masked images") as progress:
+            for start, stop in self._chunks(batch * channels):
+                self._score_chunk(head, flat, inputs, scores, perturbed, (start, stop), channels, size)
+                progress.update(stop - start)
         return torch.softmax(perturbed.view(batch, channels, -1), dim=1).permute(2, 0, 1)
+
+    def _score_chunk(
+        self,
+        head: HeadState,
+        flat: Tensor,
+        inputs: Tensor,
+        scores: _Scores,
+        perturbed: Tensor,
+        rows: tuple[int, int],
+        channels: int,
+        size: tuple[int, int],
+    ) -> None:
+        """The scores of the masked images ``rows`` (one per image and channel), into ``perturbed``."""
+        start, stop = rows
+        masks = flat[start:stop].float()
+        if tuple(masks.shape[-2:]) != size:
+            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        low = masks.amin(dim=(-2, -1), keepdim=True)
+        masks = (masks - low) / (masks.amax(dim=(-2, -1), keepdim=True) - low + _MINMAX_EPS)
+        images_of = torch.arange(start, stop, device=inputs.device) // channels
+        images = inputs[images_of]
+        perturbed[start:stop] = self._forward_scores(
+            head, images.mul_(masks.to(inputs.dtype)), scores, images_of
+        )
 
 
 class AblationCAM(_Perturbation):
@@ -199,9 +237,10 @@ class AblationCAM(_Perturbation):
         reshape: as for [`BaseCAM`][hiercam.BaseCAM]; the channels are zeroed in the layer's own output,
             so it must be ``(B, C, h, w)``: a layer read as tokens or channels-last fails at the call.
         output: as for [`BaseCAM`][hiercam.BaseCAM]; ``targets`` work as with Grad-CAM.
+        progress: show the progress of the ablated forwards, as for [`ScoreCAM`][hiercam.ScoreCAM].
 
     Raises:
-        TypeError, ValueError: ``batch_size`` is not an int ``>= 1`` (and as for
+        TypeError, ValueError: ``batch_size`` is not an int ``>= 1``, ``progress`` not a bool (and as for
             [`BaseCAM`][hiercam.BaseCAM]); at the call, also a target layer that is not ``(B, C, h, w)``
             or a class score of exactly 0.
 
@@ -234,24 +273,41 @@ class AblationCAM(_Perturbation):
             raise RuntimeError("the target layer was not chosen")
         batch, channels = features.shape[:2]
         ablated = torch.empty(batch * channels, scores.count, device=features.device)
-        for start, stop in self._chunks(batch * channels):
-            pairs = torch.arange(start, stop, device=features.device)
-            replaced = features[pairs // channels]  # advanced indexing: a copy
-            replaced[torch.arange(stop - start, device=features.device), pairs % channels] = 0
-
-            def substitute(_module: nn.Module, _inputs: Any, output: Any, value: Tensor = replaced) -> Tensor:
-                if not isinstance(output, Tensor) or output.shape != value.shape:
-                    got = tuple(output.shape) if isinstance(output, Tensor) else type_name(output)
-                    raise ValueError(f"`target_layer` {head.name!r} changed its output shape: {got}")
-                return value
-
-            handle = layer.register_forward_hook(substitute)
-            try:
-                images_of = pairs.to(inputs.device) // channels
-                ablated[start:stop] = self._forward_scores(head, inputs[images_of], scores, images_of)
-            finally:
-                handle.remove()
+        with self._progress(head, batch * channels, "ablated copies") as progress:
+            for start, stop in self._chunks(batch * channels):
+                self._ablate_chunk(head, layer, features, inputs, scores, ablated, (start, stop))
+                progress.update(stop - start)
         image_of = torch.arange(batch * channels, device=ablated.device) // channels
         per_pair = original.to(ablated.device)[image_of]
         weights = (per_pair - ablated) / per_pair
         return weights.view(batch, channels, -1).permute(2, 0, 1)
+
+    def _ablate_chunk(
+        self,
+        head: HeadState,
+        layer: nn.Module,
+        features: Tensor,
+        inputs: Tensor,
+        scores: _Scores,
+        ablated: Tensor,
+        rows: tuple[int, int],
+    ) -> None:
+        """The scores of the ablated copies ``rows`` (one per image and channel), written into ``ablated``."""
+        start, stop = rows
+        channels = features.shape[1]
+        pairs = torch.arange(start, stop, device=features.device)
+        replaced = features[pairs // channels]  # advanced indexing: a copy
+        replaced[torch.arange(stop - start, device=features.device), pairs % channels] = 0
+
+        def substitute(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
+            if not isinstance(output, Tensor) or output.shape != replaced.shape:
+                got = tuple(output.shape) if isinstance(output, Tensor) else type_name(output)
+                raise ValueError(f"`target_layer` {head.name!r} changed its output shape: {got}")
+            return replaced
+
+        handle = layer.register_forward_hook(substitute)
+        try:
+            images_of = pairs.to(inputs.device) // channels
+            ablated[start:stop] = self._forward_scores(head, inputs[images_of], scores, images_of)
+        finally:
+            handle.remove()

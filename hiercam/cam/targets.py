@@ -1,24 +1,32 @@
 """Any model output: choosing the scores (``output=``) and explaining any score of it (``targets=``).
 
 A model may return a tensor, a tuple or list, a dict (torchvision's segmentation models return
-``{"out": ..., "aux": ...}``) or any object. The extractors' ``output`` option picks the tensor that holds
-the scores: a key, an index, or a callable on the whole output. By default the output itself must be a
-tensor.
+``{"out": ..., "aux": ...}``), a namedtuple, a dataclass or any object. The extractors' ``output`` option
+picks the tensor that holds the scores: a key (of a dict, or the field name of a namedtuple or a
+dataclass), an index (of a tuple or list), or a callable on the whole output. By default the output itself
+must be a tensor.
 
 ``targets`` (an argument of the call) explains one score per image, as pytorch-grad-cam's targets do: each
 target is a callable that takes one image's selected output (the batch dimension removed: logits ``(K,)``,
 a segmentation map ``(K, H, W)``) and returns a scalar. The target classes here follow pytorch-grad-cam's.
+
+A target may also define ``mirrored()``: the target that explains the same thing in the horizontal mirror
+image. [`MultiScaleCAM`][hiercam.MultiScaleCAM] with ``flip=True`` explains the mirror images with it
+(``mirror_targets``): [`SemanticSegmentationTarget`][hiercam.SemanticSegmentationTarget] mirrors its mask,
+the classifier targets are their own mirror. A target without it is used as it is on classifier outputs
+``(K,)`` and refused on spatial outputs, whose region it cannot mirror.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hiercam._validation import format_shape, type_name
+from hiercam._validation import format_shape, is_int, type_name
 
 __all__ = [
     "ClassifierOutputSoftmaxTarget",
@@ -27,6 +35,7 @@ __all__ = [
     "SemanticSegmentationTarget",
     "Target",
     "TargetsArg",
+    "mirror_targets",
     "select_output",
 ]
 
@@ -36,9 +45,11 @@ TargetsArg = Target | Sequence[Target] | None
 
 
 def _check_category(category: Any) -> int:
-    if isinstance(category, bool) or not isinstance(category, int) or category < 0:
-        raise ValueError(f"`category` must be a non-negative int, got {category!r}")
-    return category
+    if not is_int(category):
+        raise TypeError(f"`category` must be a non-negative int, got {type_name(category)}")
+    if int(category) < 0:
+        raise ValueError(f"`category` must be a non-negative int, got {int(category)}")
+    return int(category)
 
 
 def _check_output(output: Any, name: str, ndim: int, category: int) -> Tensor:
@@ -59,6 +70,10 @@ class _ClassTarget:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.category})"
+
+    def mirrored(self) -> _ClassTarget:
+        """The target of the mirror image: itself (a class score does not depend on positions)."""
+        return self
 
 
 class ClassifierOutputTarget(_ClassTarget):
@@ -135,13 +150,23 @@ class SemanticSegmentationTarget:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.category}, mask {format_shape(self.mask.shape)})"
 
+    def mirrored(self) -> SemanticSegmentationTarget:
+        """The target of the horizontal mirror image: the same class over the mirrored mask.
+
+        Examples:
+            >>> import torch
+            >>> SemanticSegmentationTarget(0, torch.tensor([[1, 0]])).mirrored().mask
+            tensor([[0, 1]])
+        """
+        return SemanticSegmentationTarget(self.category, self.mask.flip(-1))
+
 
 def check_output_selector(output: Any) -> OutputArg:
     """Validate the ``output`` option when the extractor is built."""
     if output is None or callable(output) or isinstance(output, str):
         return output  # type: ignore[no-any-return]
-    if isinstance(output, int) and not isinstance(output, bool):
-        return output
+    if is_int(output):
+        return int(output)
     raise TypeError(f"`output` must be None, a key, an index or a callable, got {type_name(output)}")
 
 
@@ -155,11 +180,14 @@ def select_output(value: Any, selector: OutputArg) -> Tensor:
         )
     if callable(selector):
         selected = selector(value)
-    elif isinstance(value, Mapping):
-        if selector not in value:
-            keys = ", ".join(map(repr, value))
-            raise ValueError(f"`output` key {selector!r} is not in the output of `model` (its keys: {keys})")
-        selected = value[selector]
+    elif isinstance(value, Mapping) or (isinstance(selector, str) and _fields(value)):
+        keys = list(value) if isinstance(value, Mapping) else _fields(value)
+        if selector not in keys:
+            listed = ", ".join(map(repr, keys))
+            raise ValueError(
+                f"`output` key {selector!r} is not in the output of `model` (its keys: {listed})"
+            )
+        selected = value[selector] if isinstance(value, Mapping) else getattr(value, str(selector))
     elif isinstance(value, Sequence) and isinstance(selector, int):
         if not -len(value) <= selector < len(value):
             raise ValueError(
@@ -173,9 +201,20 @@ def select_output(value: Any, selector: OutputArg) -> Tensor:
     return selected
 
 
+def _fields(value: Any) -> list[str]:
+    """The field names of a namedtuple or dataclass instance (empty for anything else)."""
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return [str(name) for name in value._fields]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [item.name for item in dataclasses.fields(value)]
+    return []
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, Mapping):
         return f"a {type_name(value)} with keys {', '.join(map(repr, value))}"
+    if _fields(value):
+        return f"a {type_name(value)} with fields {', '.join(map(repr, _fields(value)))}"
     if isinstance(value, Sequence) and not isinstance(value, str):
         return f"a {type_name(value)} of {len(value)} items"
     return type_name(value)
@@ -207,3 +246,45 @@ def check_targets(targets: Any, batch: int) -> TargetsArg:
                 raise TypeError(f"`targets[{index}]` must be callable, got {type_name(target)}")
         return targets
     raise TypeError(f"`targets` must be a callable or a sequence of callables, got {type_name(targets)}")
+
+
+class _Unmirrored:
+    """A target without ``mirrored()`` for the mirror images: kept on ``(K,)`` outputs, refused on others."""
+
+    def __init__(self, target: Target, name: str) -> None:
+        self.target, self.name = target, name
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if isinstance(output, Tensor) and output.ndim >= 2:
+            raise ValueError(
+                f"{self.name} ({type_name(self.target)}) explains a spatial output "
+                f"{format_shape(output.shape)}, which `flip=True` mirrors: give the target a `mirrored()` "
+                "method returning the target of the mirror image (as hiercam.SemanticSegmentationTarget "
+                "has), or pass `flip=False`"
+            )
+        return self.target(output)
+
+
+def mirror_targets(targets: TargetsArg) -> TargetsArg:
+    """The checked ``targets`` for the horizontal mirror images (see the module docstring).
+
+    Examples:
+        >>> import torch
+        >>> mirror_targets([SemanticSegmentationTarget(1, torch.tensor([[1.0, 0.0]]))])
+        [SemanticSegmentationTarget(1, mask (1, 2))]
+    """
+    if targets is None:
+        return None
+    if callable(targets):
+        return _mirror(targets, "`targets`")
+    return [_mirror(target, f"`targets[{index}]`") for index, target in enumerate(targets)]
+
+
+def _mirror(target: Target, name: str) -> Target:
+    mirrored = getattr(target, "mirrored", None)
+    if callable(mirrored):
+        result = mirrored()
+        if not callable(result):
+            raise TypeError(f"{name}.mirrored() must return a target (a callable), got {type_name(result)}")
+        return result  # type: ignore[no-any-return]
+    return _Unmirrored(target, name)

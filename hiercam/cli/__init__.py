@@ -1,4 +1,4 @@
-"""The command line: ``hiercam demo | run | bench | hierarchy | cam``.
+"""The command line: ``hiercam demo | run | bench | hierarchy | cam | data check``.
 
 [`main`][hiercam.cli.main] parses the arguments and calls the library: ``hiercam.pipeline`` for ``demo``,
 ``run`` and ``bench``, [`group_classes`][hiercam.group_classes] for ``hierarchy``, and

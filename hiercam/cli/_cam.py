@@ -6,9 +6,11 @@ The logic, testable without argparse, is [`explain_images`][hiercam.cli.explain.
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from pathlib import Path
 from typing import Any
+
+from hiercam.cam import METHODS
 
 __all__ = ["add_cam_parser", "run_cam"]
 
@@ -19,12 +21,18 @@ def add_cam_parser(commands: Any) -> None:
         "cam",
         help="class activation maps of image files: overlay PNGs and raw maps",
         description="Explain image files with a torchvision or timm classifier: writes DIR/<image>.pt (the "
-        "maps, classes and scores), DIR/<image>_<class>.png overlays and DIR/summary.json. Nothing is "
-        "downloaded: "
+        "maps, classes and scores), DIR/<image>_<class>.png overlays (drawn on the image scaled down to at "
+        "most 2048 pixels on its longer side) and DIR/summary.json. Nothing is downloaded: "
         "--weights is a local state dict read with torch.load(weights_only=True); without it the model keeps "
         "its random initialisation (a warning says so).",
     )
-    cam.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    cam.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files (any format PIL reads), folders, or quoted glob patterns such as 'photos/*.jpg'; "
+        "files of a folder or pattern that are not images are skipped and listed",
+    )
     cam.add_argument(
         "--model",
         required=True,
@@ -40,24 +48,41 @@ def add_cam_parser(commands: Any) -> None:
     cam.add_argument(
         "--layer",
         default=None,
+        nargs="+",
         metavar="NAME",
-        help="target layer, a dotted module name (default: automatic)",
+        help="target layer, a dotted module name, or several (their maps averaged) (default: automatic)",
     )
     cam.add_argument(
         "--method",
         default="gradcam",
         metavar="NAME",
-        help="gradcam (default), gradcamplusplus, xgradcam, layercam, hirescam, cam: hiercam.cam.METHODS",
+        help=f"one of {', '.join(METHODS)} (default gradcam; case, '-' and '_' ignored)",
     )
     which = cam.add_mutually_exclusive_group()
     which.add_argument(
         "--classes", type=int, nargs="+", default=None, metavar="K", help="class indices to explain"
     )
     which.add_argument(
-        "--top", type=int, default=None, metavar="K", help="explain the K best classes of each image (1)"
+        "--top-k",
+        dest="top_k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="explain the K highest-scoring classes of each image (default 1)",
     )
     cam.add_argument(
-        "--size", type=int, nargs="+", default=[224], metavar="S", help="input size: S or H W (default 224)"
+        "--class-names",
+        default=None,
+        metavar="FILE",
+        help="the model's class names: a JSON list or one name per line (shown in the output)",
+    )
+    cam.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        default=[224],
+        metavar="S",
+        help="input size: S or H W, 8 to 4096 pixels a side (default 224)",
     )
     cam.add_argument(
         "--input-norm",
@@ -73,37 +98,46 @@ def add_cam_parser(commands: Any) -> None:
     )
     cam.add_argument("--no-overlay", action="store_true", help="write only the maps (no matplotlib needed)")
     cam.add_argument(
-        "--device", default=None, metavar="DEVICE", help="e.g. cpu or cuda (default: cuda if available)"
+        "--device",
+        default=None,
+        metavar="DEVICE",
+        help="cpu, cuda, cuda:N or mps (default: cuda if available)",
     )
     cam.add_argument("--out", required=True, metavar="DIR", help="output directory")
 
 
 def run_cam(args: argparse.Namespace) -> int:
-    """Run ``hiercam cam`` with parsed arguments; 0 on success, 2 for a mistake in the user's input."""
+    """Run ``hiercam cam`` with parsed arguments; 0 on success.
+
+    A mistake in the user's input raises (``TypeError``, ``ValueError``, ``OSError``, ``ImportError``), and
+    ``hiercam.cli.commands.main`` reports it as one line with exit status 2.
+    """
     from hiercam.cli.explain import explain_images
 
-    try:
-        records = explain_images(
-            args.images,
-            args.model,
-            args.out,
-            weights=args.weights,
-            num_classes=args.num_classes,
-            layer=args.layer,
-            method=args.method,
-            classes=args.classes,
-            top=args.top,
-            size=args.size,
-            input_norm=args.input_norm,
-            normalize=None if args.normalize == "none" else args.normalize,
-            overlays=not args.no_overlay,
-            device=args.device,
-        )
-    except (TypeError, ValueError, ImportError) as error:  # the user's files, names and options
-        print(f"hiercam cam: error: {error}", file=sys.stderr)
-        return 2
+    records = explain_images(
+        args.images,
+        args.model,
+        args.out,
+        weights=args.weights,
+        num_classes=args.num_classes,
+        layer=args.layer,
+        method=args.method,
+        classes=args.classes,
+        top_k=args.top_k,
+        size=args.size,
+        input_norm=args.input_norm,
+        normalize=None if args.normalize == "none" else args.normalize,
+        overlays=not args.no_overlay,
+        device=args.device,
+        class_names=args.class_names,
+    )
     for record in records:
-        pairs = ", ".join(f"{k} ({s:.2f})" for k, s in zip(record.classes, record.scores, strict=True))
+        labels = record.names or [str(k) for k in record.classes]
+        pairs = ", ".join(f"{k} ({s:.2f})" for k, s in zip(labels, record.scores, strict=True))
         print(f"{record.image}: classes {pairs} -> {record.maps}")
-    print(f"wrote {Path(args.out) / 'summary.json'}")
+    summary = Path(args.out) / "summary.json"
+    skipped = json.loads(summary.read_text(encoding="utf-8"))["skipped"]
+    if skipped:
+        print(f"skipped {len(skipped)} files that are not images: {', '.join(skipped)}")
+    print(f"wrote {summary}")
     return 0

@@ -1,7 +1,7 @@
 """The ``hiercam`` command: its argument parser and the ``demo``, ``run``, ``bench``, ``hierarchy`` commands.
 
 Each command parses its arguments and calls ``hiercam.pipeline`` (or ``group_classes``); no logic of its own.
-The ``cam`` command is in ``hiercam.cli._cam``.
+The ``cam`` command is in ``hiercam.cli._cam``, ``data check`` in ``hiercam.cli._data``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from hiercam._version import __version__
 from hiercam.cli._cam import add_cam_parser, run_cam
+from hiercam.cli._data import add_data_parser, run_data
 
 __all__ = ["main", "build_parser"]
 
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         + "); default: the config's own method settings",
     )
     add_cam_parser(commands)
+    add_data_parser(commands)
     return parser
 
 
@@ -174,38 +176,65 @@ def _add_threads(command: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
-    0 on success; 2 for a usage error, an invalid config (``ConfigError``, naming the key), missing data, or
-    a damaged data or run file (a ``ValueError`` naming the file), all reported before any work where they
-    can be checked then.
+    0 on success; 2 for a usage error or a mistake in the user's input: an invalid config (``ConfigError``,
+    naming the key), a bad argument (``TypeError``/``ValueError`` naming it), a missing, damaged or misplaced
+    file or folder (``OSError``, ``ValueError`` naming the file), a missing optional package
+    (``ImportError``). Each is reported as one line ``hiercam <command>: error: ...`` on stderr, never a
+    traceback (set the environment variable ``HIERCAM_TRACEBACK=1`` to get one), and is checked before any
+    work where it can be.
     """
     started = time.perf_counter()
     parser = build_parser()
     args = parser.parse_args(argv)
     import torch
 
-    from hiercam.pipeline import ConfigError
-
     threads = torch.get_num_threads()
     try:
-        if args.command in ("demo", "run", "bench"):
-            if args.threads is not None:
-                torch.set_num_threads(args.threads)
-            if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for all the processes
-                print(_threads_line(args.command, torch.get_num_threads(), args.threads is None), flush=True)
-        if args.command == "demo":
-            return _demo(args, started)
-        if args.command == "run":
-            return _run(args, started)
-        if args.command == "hierarchy":
-            return _hierarchy(args)
-        if args.command == "cam":
-            return run_cam(args)
-        return _bench(args, started)
-    except (ConfigError, ValueError, FileNotFoundError) as error:  # the user's config, data or files
-        print(f"hiercam {args.command}: error: {error}", file=sys.stderr)
+        return _dispatch(args, started)
+    except (ValueError, TypeError, OSError, ImportError) as error:  # ConfigError is a ValueError
+        if os.environ.get("HIERCAM_TRACEBACK", "") not in ("", "0"):
+            raise
+        print(f"hiercam {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     finally:  # main() called from Python leaves the process's thread count as it found it
         torch.set_num_threads(threads)
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (an ``OSError`` keeps its file name)."""
+    text = str(error).strip() or type(error).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _dispatch(args: argparse.Namespace, started: float) -> int:
+    """Run the parsed command: the output folder checked first, then the command's own work."""
+    import torch
+
+    from hiercam._io import check_out_dir
+
+    out = getattr(args, "out", None)
+    if out is not None and args.command == "hierarchy":  # a JSON file
+        if Path(out).is_dir():
+            raise ValueError(f"`--out` {out!r} is a folder; a JSON file to write was expected")
+        check_out_dir(Path(out).parent, "--out")
+    elif out is not None:
+        check_out_dir(out, "--out")
+    if args.command in ("demo", "run", "bench"):
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for all the processes
+            print(_threads_line(args.command, torch.get_num_threads(), args.threads is None), flush=True)
+    if args.command == "demo":
+        return _demo(args, started)
+    if args.command == "run":
+        return _run(args, started)
+    if args.command == "hierarchy":
+        return _hierarchy(args)
+    if args.command == "cam":
+        return run_cam(args)
+    if args.command == "data":
+        return run_data(args)
+    return _bench(args, started)
 
 
 def _threads_line(command: str, threads: int, default: bool) -> str:
@@ -266,26 +295,23 @@ def _run(args: argparse.Namespace, started: float) -> int:
 
 
 def _hierarchy(args: argparse.Namespace) -> int:
+    from hiercam._io import read_text_file
     from hiercam.grouping import group_classes
     from hiercam.pipeline.checkpoints import classifier_weight
 
     names = None
     if args.names is not None:
-        lines = Path(args.names).read_text(encoding="utf-8").splitlines()
+        lines = read_text_file(args.names, "--names").splitlines()
         names = [line.strip() for line in lines if line.strip()]
-    try:
-        weight = classifier_weight(args.checkpoint, args.layer)
-        hierarchy = group_classes(
-            weight,
-            args.levels,
-            names,
-            unit_norm=args.normalize,
-            weighted=args.weighted,
-            random_state=args.seed,
-        )
-    except (TypeError, ValueError) as error:  # a bad checkpoint, layer, levels or names: the user's input
-        print(f"hiercam hierarchy: error: {error}", file=sys.stderr)
-        return 2
+    weight = classifier_weight(args.checkpoint, args.layer)
+    hierarchy = group_classes(
+        weight,
+        args.levels,
+        names,
+        unit_norm=args.normalize,
+        weighted=args.weighted,
+        random_state=args.seed,
+    )
     print(hierarchy)
     if args.out is not None:
         print(f"wrote {hierarchy.save(args.out)}")
@@ -293,12 +319,14 @@ def _hierarchy(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace, started: float) -> int:
+    from hiercam._io import check_out_dir
     from hiercam.pipeline import apply_preset, bench_config, load_config, run_bench, run_preset_bench
     from hiercam.pipeline.report import bench_markdown, compare_markdown
 
     if args.seeds < 1:
-        print(f"hiercam bench: error: --seeds must be at least 1, got {args.seeds}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.results is not None:
+        check_out_dir(args.results, "--results")
     config = load_config(args.config) if args.config is not None else bench_config(quick=args.quick)
     seeds = list(range(args.seeds))
     if args.preset is not None and len(args.preset) > 1:

@@ -16,20 +16,31 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
 
-from hiercam._io import atomic_write_json
+from hiercam._io import atomic_write_json, check_out_dir
 from hiercam._validation import check_choice, check_int, type_name
 from hiercam.cam import METHODS, BaseCAM
-from hiercam.cli._files import check_images, load_image, unique_stems, write_outputs
+from hiercam.cli._files import (
+    check_images,
+    expand_images,
+    read_class_names,
+    read_image,
+    unique_stems,
+    write_outputs,
+)
+from hiercam.datasets.images import MAX_IMAGE_SIDE
 from hiercam.maps import NormalizeMode
 from hiercam.models import InputNorm, build_model, load_weights
 
-__all__ = ["ExplainedImage", "explain_images", "find_method"]
+__all__ = ["MAX_OVERLAY_SIDE", "ExplainedImage", "explain_images", "find_method"]
+
+#: The longest side, in pixels, of the image an overlay PNG is drawn on: a larger photo is scaled down first
+#: (aspect ratio kept), since drawing a 10000 x 10000 photo in full takes gigabytes of memory.
+MAX_OVERLAY_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,9 @@ class ExplainedImage:
         maps: the ``.pt`` file: ``{"maps": (K', H, W) float32, "classes": (K',) int64, "scores": (K',)
             float32 logits, "image": str, "model": str, "method": str, "target_layer": str}``.
         overlays: one PNG per class, in the order of ``classes`` (empty without overlays).
-        classes: the explained class indices (K'), highest score first for ``top``.
+        classes: the explained class indices (K'), highest score first for ``top_k``.
         scores: the logits of those classes.
+        names: the names of those classes, from ``class_names`` (``None`` without it).
     """
 
     image: str
@@ -50,6 +62,7 @@ class ExplainedImage:
     overlays: list[str]
     classes: list[int]
     scores: list[float]
+    names: list[str] | None = None
 
 
 def explain_images(
@@ -59,42 +72,53 @@ def explain_images(
     *,
     weights: str | os.PathLike[str] | None = None,
     num_classes: int | None = None,
-    layer: str | None = None,
+    layer: str | Sequence[str] | None = None,
     method: str = "gradcam",
     classes: Sequence[int] | None = None,
-    top: int | None = None,
+    top_k: int | None = None,
     size: int | Sequence[int] = 224,
     input_norm: InputNorm = "imagenet",
     normalize: NormalizeMode | None = "max",
     overlays: bool = True,
     device: str | torch.device | None = None,
+    class_names: str | os.PathLike[str] | Sequence[str] | None = None,
 ) -> list[ExplainedImage]:
     """Compute and save the class activation maps of image files.
 
-    Each image is read with PIL, turned upright (EXIF orientation), converted to RGB, resized to ``size``
-    (bilinear, no crop), scaled by ``input_norm`` and explained on its own (batch of one): the classes are
-    ``classes`` or the ``top`` highest logits of that image. Written to ``out``: ``<stem>.pt`` (see
-    [`ExplainedImage`][hiercam.cli.explain.ExplainedImage]), ``<stem>_<class>.png`` (the map over the original
-    image, at the image's own size) and ``summary.json``. Images sharing a stem get ``-2``, ``-3``...
-    suffixes.
+    ``images`` may name files, folders (their files, not recursive) and glob patterns (``"photos/*.jpg"``,
+    ``"data/**/*.png"``); files of a folder or pattern that are not images (by suffix) are skipped and listed
+    in ``summary.json`` (``"skipped"``); a file named directly must be a readable image. Each image is read
+    by [`load_image`][hiercam.datasets.load_image] (PIL, turned upright by its EXIF orientation, converted to
+    RGB, resized to ``size`` bilinearly, no crop, scaled by ``input_norm``) and explained on its own (batch of
+    one): the classes are ``classes`` or the ``top_k`` highest logits of that image. Written to ``out``:
+    ``<stem>.pt`` (see [`ExplainedImage`][hiercam.cli.explain.ExplainedImage]), ``<stem>_<class>.png``
+    (the map over the original image, at the image's own size, scaled down to at most ``MAX_OVERLAY_SIDE``
+    = 2048 pixels on its longer side) and ``summary.json``. Images sharing a stem
+    get ``-2``, ``-3``... suffixes.
 
     Args:
-        images: image files (any format PIL reads).
+        images: image files (any format PIL reads), folders or glob patterns.
         model: a classification model of ``torchvision.models`` (``"resnet50"``) or ``"timm:<name>"``
             (needs timm), built by [`build_model`][hiercam.models.build_model] with ``pretrained=False``.
         out: output folder (created if missing).
         weights: a local state dict file (a ``fit`` checkpoint or ``{"state_dict": ...}`` also work) whose
             keys and shapes fit the model; ``None`` keeps the random initialisation (with a warning).
         num_classes: number of classes of the model (default: the library's, 1000 for ImageNet models).
-        layer: dotted name of the target layer; ``None`` lets the engine choose.
+        layer: dotted name of the target layer, several names (their maps averaged, as pytorch-grad-cam's
+            ``target_layers``), or ``None`` to let the engine choose.
         method: a key of ``hiercam.cam.METHODS`` (case, ``-`` and ``_`` ignored; ``++`` = ``plusplus``).
-        classes: class indices explained in every image; exclusive with ``top``.
-        top: explain the ``top`` highest-scoring classes of each image (default 1).
-        size: network input size, an int (square) or ``(H, W)``.
+        classes: class indices explained in every image; exclusive with ``top_k``.
+        top_k: explain the ``top_k`` highest-scoring classes of each image (default 1).
+        size: network input size, an int (square) or ``(H, W)``, 8 to 4096 pixels a side
+            (``hiercam.datasets.images.MAX_IMAGE_SIDE``); the model must accept it (a ViT of fixed size only
+            takes its own).
         input_norm: pixel scaling, see [`InputNorm`][hiercam.models.InputNorm].
         normalize: rescaling of the saved maps (``"max"``, ``"minmax"`` or ``None``).
         overlays: write the overlay PNGs (needs matplotlib: ``pip install 'hiercam[viz]'``).
-        device: where the model runs (default: CUDA if available, else the CPU).
+        device: where the model runs: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``, available on this
+            machine (default: CUDA if available, else the CPU).
+        class_names: the model's class names, one per class: a list, or a file holding a JSON list or one
+            name per line; they go to the records and ``summary.json``.
 
     Returns:
         One record per image, in the order of ``images``.
@@ -102,7 +126,8 @@ def explain_images(
     Raises:
         ValueError: unreadable or missing image files (all listed, before the model is built), an unknown
             model, method or layer (with close matches), a weights file that is not a fitting state dict,
-            out-of-range ``classes``/``top``, both ``classes`` and ``top``.
+            out-of-range ``classes``/``top_k``/``size``, both ``classes`` and ``top_k``, a ``size`` the model
+            cannot take, an unknown or unavailable ``device``, an ``out`` that is a file or inside one.
         TypeError: arguments of the wrong type.
         ImportError: ``overlays=True`` without matplotlib, or a ``timm:`` model without timm.
 
@@ -115,14 +140,17 @@ def explain_images(
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore")  # no weights: random init
         ...     done = explain_images([folder / "red.png"], "resnet18", folder / "out",
-        ...                           num_classes=5, size=64, top=2, overlays=False)
+        ...                           num_classes=5, size=64, top_k=2, overlays=False)
         >>> torch.load(done[0].maps, weights_only=True)["maps"].shape
         torch.Size([2, 64, 64])
     """
-    options = _check_options(classes, top, size, input_norm, normalize, overlays)
+    options = _check_options(classes, top_k, size, input_norm, normalize, overlays)
+    out_dir = check_out_dir(out, "out")
     target = _check_device(device)
     cam_type = find_method(method)
-    files = check_images(images)
+    names = _check_class_names(class_names)
+    files, skipped = expand_images(images)
+    check_images(files)
     net = build_model(model, num_classes=num_classes)
     if weights is not None:
         load_weights(net, weights)
@@ -132,30 +160,33 @@ def explain_images(
             UserWarning,
             stacklevel=2,
         )
-    if layer is not None:
-        _check_layer(net, layer)
+    layers: list[str] = [] if layer is None else [layer] if isinstance(layer, str) else list(layer)
+    for name in layers:
+        _check_layer(net, name)
     net = net.to(target).eval()
-    out_dir = Path(out)
     records: list[ExplainedImage] = []
-    extractor: BaseCAM = cam_type(net, layer)
+    extractor: BaseCAM = cam_type(net, None if not layers else layers[0] if len(layers) == 1 else layers)
     with extractor:
         for path, stem in zip(files, unique_stems(files), strict=True):
-            original, x = load_image(path, options.size, input_norm)
-            chosen, scores = _classes_for(net, x.to(target), options.classes, options.top)
+            original, x = read_image(path, options.size, input_norm, MAX_OVERLAY_SIDE)
+            chosen, scores = _classes_for(net, x.to(target), options.classes, options.top_k, names)
             maps = extractor(x.to(target), chosen, normalize=normalize)[0].float().cpu()
             info = {"image": str(path), "model": model, "method": cam_type.__name__}
             info["target_layer"] = str(extractor.target_layer)
             maps_file, pictures = write_outputs(out_dir, stem, original, maps, chosen, scores, info, overlays)
-            records.append(ExplainedImage(info["image"], maps_file, pictures, chosen, scores))
+            named = None if names is None else [names[k] for k in chosen]
+            records.append(ExplainedImage(info["image"], maps_file, pictures, chosen, scores, named))
         summary = {
             "model": model,
             "weights": None if weights is None else os.fspath(weights),
             "method": cam_type.__name__,
             "target_layer": extractor.target_layer,
+            "target_layers": extractor.target_layers,
             "size": list(options.size),
             "input_norm": input_norm,
             "normalize": normalize,
             "images": [asdict(record) for record in records],
+            "skipped": [os.fspath(path) for path in skipped],
         }
     atomic_write_json(out_dir / "summary.json", summary)
     return records
@@ -164,20 +195,20 @@ def explain_images(
 @dataclass(frozen=True)
 class _Options:
     classes: list[int] | None
-    top: int
+    top_k: int
     size: tuple[int, int]
 
 
 def _check_options(
     classes: Sequence[int] | None,
-    top: int | None,
+    top_k: int | None,
     size: int | Sequence[int],
     input_norm: InputNorm,
     normalize: NormalizeMode | None,
     overlays: bool,
 ) -> _Options:
-    if classes is not None and top is not None:
-        raise ValueError(f"give either `classes` or `top`, not both (got classes={classes}, top={top})")
+    if classes is not None and top_k is not None:
+        raise ValueError(f"give either `classes` or `top_k`, not both (got classes={classes}, top_k={top_k})")
     chosen = None
     if classes is not None:
         if not isinstance(classes, (list, tuple)):
@@ -188,11 +219,11 @@ def _check_options(
         repeated = sorted({k for k in chosen if chosen.count(k) > 1})
         if repeated:
             raise ValueError(f"`classes` must not repeat a class, got {repeated[0]} more than once")
-    top = check_int(1 if top is None else top, "top", minimum=1)
+    top_k = check_int(1 if top_k is None else top_k, "top_k", minimum=1)
     given: list[Any] = list(size) if isinstance(size, (list, tuple)) else [size]
     if len(given) not in (1, 2):
         raise ValueError(f"`size` must be one int or (H, W), got {len(given)} values")
-    sizes = [check_int(s, "size", minimum=8) for s in given]
+    sizes = [check_int(s, "size", minimum=8, maximum=MAX_IMAGE_SIDE) for s in given]
     check_choice(input_norm, "input_norm", get_args(InputNorm))
     check_choice(normalize, "normalize", ("max", "minmax", None))
     if overlays:
@@ -203,7 +234,7 @@ def _check_options(
                 "the overlay PNGs need matplotlib: pip install 'hiercam[viz]' (or write only the maps: "
                 "`overlays=False`, option --no-overlay)"
             ) from error
-    return _Options(chosen, top, (sizes[0], sizes[-1]))
+    return _Options(chosen, top_k, (sizes[0], sizes[-1]))
 
 
 def find_method(name: str) -> type[BaseCAM]:
@@ -254,27 +285,61 @@ def _check_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(
             f"`device` must be a torch device such as 'cpu' or 'cuda', got {device!r}"
         ) from error
+    if target.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"`device` must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
     if target.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"`device` is {device!r} but CUDA is not available")
+    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"`device` is {device!r} but this machine has {count} CUDA devices")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"`device` is {device!r} but MPS is not available")
     return target
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _check_class_names(class_names: str | os.PathLike[str] | Sequence[str] | None) -> list[str] | None:
+    if class_names is None:
+        return None
+    if isinstance(class_names, (str, os.PathLike)):
+        return read_class_names(class_names)
+    if not isinstance(class_names, Sequence) or not all(isinstance(n, str) for n in class_names):
+        raise TypeError(f"`class_names` must be a file or a sequence of str, got {type_name(class_names)}")
+    return list(class_names)
+
+
 def _classes_for(
-    model: nn.Module, x: Tensor, classes: list[int] | None, top: int
+    model: nn.Module, x: Tensor, classes: list[int] | None, top_k: int, names: list[str] | None = None
 ) -> tuple[list[int], list[float]]:
     """The classes to explain for one image and their logits, range-checked against the model's output."""
-    with torch.no_grad():
-        logits = model(x)
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    except (AssertionError, RuntimeError) as error:  # e.g. timm's ViT of fixed size: "Input height (80) ..."
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            raise
+        size = " x ".join(map(str, x.shape[-2:]))
+        raise ValueError(
+            f"`size`: the model cannot take {size} images (it raised {type(error).__name__}: "
+            f"{_one_line(error)}); pass a size it accepts"
+        ) from error
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         found = tuple(logits.shape) if isinstance(logits, Tensor) else type_name(logits)
         raise ValueError(f"`model` must return logits (B, K), got {found}")
     num_classes = logits.shape[1]
+    if names is not None and len(names) != num_classes:
+        raise ValueError(
+            f"`class_names` must hold one name per class of the model ({num_classes}), got {len(names)}"
+        )
     if classes is None:
-        if top > num_classes:
+        if top_k > num_classes:
             raise ValueError(
-                f"`top` must be <= {num_classes} (the model has {num_classes} classes), got {top}"
+                f"`top_k` must be <= {num_classes} (the model has {num_classes} classes), got {top_k}"
             )
-        values, indices = logits[0].float().topk(top)
+        values, indices = logits[0].float().topk(top_k)
         return indices.tolist(), values.tolist()
     outside = [k for k in classes if k >= num_classes]
     if outside:

@@ -1,15 +1,19 @@
-"""The MSRC-21 folder: its classes and void label, and the checked readers of its files."""
+"""The MSRC-21 folder: its classes and void label, and the checked readers of its files.
+
+The segmentation folder (``hiercam.datasets.folder``) generalises this layout and shares these readers.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+from hiercam._io import read_json_file, read_text_file
 from hiercam._validation import check_int, format_shape, type_name
+from hiercam.datasets.images import MAX_IMAGE_SIDE
 
 __all__ = [
     "MSRC21_CLASSES",
@@ -47,18 +51,19 @@ def check_image_size(size: Any) -> tuple[int, int] | None:
     if isinstance(size, (tuple, list)):
         if len(size) != 2:
             raise ValueError(f"`image_size` must be an int, an (H, W) pair or None, got {size!r}")
-        return check_int(size[0], "image_size[0]", minimum=1), check_int(size[1], "image_size[1]", minimum=1)
-    side = check_int(size, "image_size", minimum=1)
+        return (
+            check_int(size[0], "image_size[0]", minimum=1, maximum=MAX_IMAGE_SIDE),
+            check_int(size[1], "image_size[1]", minimum=1, maximum=MAX_IMAGE_SIDE),
+        )
+    side = check_int(size, "image_size", minimum=1, maximum=MAX_IMAGE_SIDE)
     return side, side
 
 
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (is this an MSRC-21 folder?)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+def read_json(path: Path, what: str = "an MSRC-21 folder") -> Any:
+    """The JSON of a folder's file (``hiercam._io.read_json_file``); a missing file asks if it is ``what``."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found (is this {what}?)")
+    return read_json_file(path)
 
 
 def read_classes(path: Path) -> tuple[str, ...]:
@@ -92,9 +97,9 @@ def class_indices(given: Any, names: tuple[str, ...]) -> tuple[int, ...]:
 
 
 def read_split(path: Path) -> list[str]:
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"split file {path} not found")
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [line.strip() for line in read_text_file(path).splitlines() if line.strip()]
     if not ids:
         raise ValueError(f"split file {path} lists no image")
     for image_id in ids:
@@ -105,8 +110,10 @@ def read_split(path: Path) -> list[str]:
     return ids
 
 
-def read_image_labels(path: Path, ids: list[str], num_classes: int) -> dict[str, list[int]]:
-    data = read_json(path)
+def read_image_labels(
+    path: Path, ids: list[str], num_classes: int, what: str = "an MSRC-21 folder"
+) -> dict[str, list[int]]:
+    data = read_json(path, what)
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object {{id: [class ids]}}")
     out: dict[str, list[int]] = {}

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from hiercam._validation import check_choice, check_int, type_name
+from hiercam._validation import check_choice, check_int, is_int, type_name
 from hiercam.datasets.fashion_mnist import FASHION_MNIST_CLASSES, GarmentPool, SplitName, load_garments
 from hiercam.hierarchy import ClassHierarchy
 
@@ -151,7 +151,7 @@ class FashionScenes(Dataset[SceneSample]):
         return self.num_scenes
 
     def __getitem__(self, index: int) -> SceneSample:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        if not is_int(index):
             raise TypeError(f"scene index must be an int, got {type_name(index)}")
         if not -self.num_scenes <= index < self.num_scenes:
             raise IndexError(f"scene index {index} is out of range for {self.num_scenes} scenes")

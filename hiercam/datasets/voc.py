@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from hiercam._io import open_image, read_text_file
 from hiercam._validation import check_int, type_name
 
 __all__ = ["VOC_CLASSES", "VOCMultiLabel", "VOCSample", "VOCTransform", "collate_voc"]
@@ -201,7 +202,7 @@ class VOCMultiLabel(Dataset[VOCSample]):
         if not set_file.is_file():
             hint = " (the SBD augmentation: put train_aug.txt there)" if split == "train_aug" else ""
             raise FileNotFoundError(f"image set file {set_file} not found{hint}")
-        self.ids = [line.split()[0] for line in set_file.read_text().splitlines() if line.strip()]
+        self.ids = [line.split()[0] for line in read_text_file(set_file).splitlines() if line.strip()]
         if not self.ids:
             raise ValueError(f"image set file {set_file} lists no image")
         for image_id in self.ids:
@@ -225,15 +226,13 @@ class VOCMultiLabel(Dataset[VOCSample]):
         return len(self.ids)
 
     def __getitem__(self, index: int) -> VOCSample:
-        from PIL import Image
-
         image_id = self.ids[index]
-        with Image.open(self.root / "JPEGImages" / f"{image_id}.jpg") as photo:
+        with open_image(self.root / "JPEGImages" / f"{image_id}.jpg") as photo:
             image = torch.from_numpy(np.asarray(photo.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
         pixels = image.float() / 255
         mask = None
         if self.with_masks:
-            with Image.open(self._mask_path(image_id)) as png:
+            with open_image(self._mask_path(image_id)) as png:
                 mask = torch.from_numpy(np.asarray(png, dtype=np.uint8).copy()).long()
         boxes: Tensor | None = torch.tensor(self._objects[index], dtype=torch.float32).reshape(-1, 5)
         if self.transform is not None:

@@ -27,8 +27,9 @@ from hiercam._validation import (
     check_choice,
     check_finite,
     check_tensor,
+    check_unit_interval,
     format_shape,
-    should_check,
+    is_real,
     type_name,
 )
 
@@ -284,15 +285,12 @@ def _check_prototype_inputs(features: Tensor, maps: Tensor, labels: Tensor) -> N
             f"got {format_shape(labels.shape)}"
         )
     check_finite(features, "features")
-    if maps.numel() and should_check(maps):
-        low, high = (float(v) for v in torch.aminmax(maps.detach()))
-        if not 0.0 <= low <= high <= 1.0:  # also refuses NaN
-            raise ValueError(f"`maps` must hold values in [0, 1], got values in [{low:.4g}, {high:.4g}]")
+    check_unit_interval(maps, "maps")
     check_binary(labels, "labels")
 
 
 def _check_unit_interval(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise TypeError(f"`{name}` must be a float, got {type_name(value)}")
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"`{name}` must be between 0 and 1 (inclusive), got {value}")

@@ -19,6 +19,7 @@ from hiercam._validation import (
     check_same_shape,
     check_tensor,
     format_shape,
+    is_real,
     should_check,
     type_name,
 )
@@ -321,8 +322,9 @@ def check_features(f1: Tensor, f2: Tensor) -> None:
 
 def check_weight(value: object, name: str) -> float:
     """``value`` as a float, a finite real number >= 0 (``name`` is the argument in messages)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise TypeError(f"`{name}` must be a float, got {type_name(value)}")
+    value = float(value)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"`{name}` must be a finite number >= 0, got {value}")
     return float(value)

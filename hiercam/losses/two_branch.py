@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hiercam._validation import check_binary, check_choice, check_tensor, format_shape, type_name
+from hiercam._validation import (
+    check_binary,
+    check_choice,
+    check_tensor,
+    format_shape,
+    should_check,
+    type_name,
+)
 from hiercam.losses.orthogonal import (
     OrthogonalLoss,
     OrthogonalMode,
@@ -19,6 +27,11 @@ from hiercam.losses.orthogonal import (
 from hiercam.protocols import TwoBranchOutput
 
 __all__ = ["TwoBranchLoss", "TwoBranchLossOutput"]
+
+#: The weighted orthogonal term "swamps" the classification loss above this many times the two BCE terms.
+SWAMP_RATIO = 10.0
+#: How many training calls (module in training mode, gradients on) of a loss are watched for a swamping term.
+SWAMP_CALLS = 10
 
 
 class TwoBranchLossOutput(NamedTuple):
@@ -48,6 +61,13 @@ class TwoBranchLoss(nn.Module):
     batch size, the feature size and the backbone; ``reduction="batchmean"`` and ``unit_norm=True`` make it
     scale-free, and ``weight`` should then be chosen on validation data. With ``weight=0`` the branches train
     independently and ``orthogonal`` is only logged.
+
+    In its first 10 training calls (the loss module in training mode, gradients enabled), the loss warns
+    once (a ``UserWarning``, once per loss object) when ``weight * L_o`` exceeds 10 times
+    ``L_c1 + L_c2``: the orthogonal term then swamps the classification loss (the paper's ``1e-4`` on a
+    ResNet-18 at 96 px, batch 8, gives ``weight * L_o`` = 6.1 against 1.4), and the message gives the largest
+    ``weight`` that keeps the two about equal. Reading the two values costs a host synchronisation on an
+    accelerator, so it is a value check: off with [`hiercam.set_checks(False)`][hiercam.set_checks].
 
     Under ``DistributedDataParallel`` (gradients averaged over ``W`` processes, equal shards) the BCE terms
     and the ``"batchmean"``/``"mean"`` orthogonal term match one process on the concatenated batch; ``"sum"``
@@ -110,6 +130,8 @@ class TwoBranchLoss(nn.Module):
                 raise TypeError(f"`heads` must be two nn.Linear classifiers, got {type_name(heads)}")
         # a plain tuple: the heads belong to the network, not to the loss (no parameters registered here)
         self._heads: tuple[nn.Linear, ...] = tuple(heads) if heads is not None else ()
+        self._watched = 0  # training calls watched for a swamping orthogonal term (up to SWAMP_CALLS)
+        self._warned = False
 
     def forward(self, output: TwoBranchOutput, labels: Tensor) -> TwoBranchLossOutput:
         """Loss of a two-branch output against multi-hot image labels.
@@ -156,7 +178,30 @@ class TwoBranchLoss(nn.Module):
         else:
             orthogonal = self.orthogonal(f1, f2, **extra)
             total = bce_1 + bce_2 + self.weight * orthogonal
+            self._watch_scale(bce_1 + bce_2, orthogonal)
         return TwoBranchLossOutput(total, bce_1, bce_2, orthogonal)
+
+    def _watch_scale(self, classification: Tensor, orthogonal: Tensor) -> None:
+        """Warn once when ``weight * orthogonal`` swamps ``classification`` in the first training calls."""
+        if self._warned or self._watched >= SWAMP_CALLS or not (self.training and torch.is_grad_enabled()):
+            return
+        self._watched += 1
+        if not should_check():  # reading the values waits for the device
+            return
+        bce, term = torch.stack([classification.detach(), orthogonal.detach()]).tolist()  # one device read
+        weighted = self.weight * term
+        if not weighted > SWAMP_RATIO * bce:  # NaN never warns here (fit refuses a non-finite loss)
+            return
+        self._warned = True
+        warnings.warn(
+            f"TwoBranchLoss: the weighted orthogonal term `weight` * L_o = {self.weight:g} * {term:.4g} = "
+            f"{weighted:.4g} is {weighted / bce:.0f} times the classification loss L_c1 + L_c2 = {bce:.4g}: "
+            f"it swamps the classification and the branches learn little of their classes. Lower `weight` "
+            f"(at most about {self.weight * bce / term:.2g} makes the two equal here), or use the scale-free "
+            '`TwoBranchLoss(weight=0.1, reduction="batchmean", unit_norm=True)`. Shown once per loss.',
+            UserWarning,
+            stacklevel=5,  # the line calling loss(...), past forward and Module.__call__
+        )
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"weight={self.weight}, mode={self.orthogonal.mode!r}, rectify={self.orthogonal.rectify}"

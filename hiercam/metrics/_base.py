@@ -18,6 +18,7 @@ process with no data takes part in the sync (an empty rank never raises while it
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from hiercam._distributed import sync_cat, sync_sum, world_size
+from hiercam._validation import all_finite
 
 __all__ = ["Metric", "Reduction"]
 
@@ -201,6 +203,74 @@ class Metric(nn.Module):
                 self._defaults[name] = fn(self._defaults[name])
         return self
 
+    # ----------------------------------------------------------------------------------------- loading
+    def _options(self) -> dict[str, Any]:
+        """The options a state is made with (JSON values), saved beside it and compared on loading.
+
+        A state summed under other options (ROAD's percentages, mIoU's thresholds, the score) would give a
+        wrong figure with the right shape: subclasses list every such option here. None by default.
+        """
+        return {}
+
+    def _check_loaded(self, states: dict[str, Tensor], prefix: str) -> None:
+        """Consistency of a state about to be loaded, beyond shape, dtype and range (e.g. hits <= trials).
+
+        Subclasses raise ``ValueError`` naming the key (``prefix + name``); nothing is loaded then.
+        """
+
+    def _check_state(self, name: str, key: str, value: object) -> Tensor:
+        """One state about to be loaded, checked against its declaration.
+
+        A tensor of the default's shape (``"sum"`` states) and dtype kind; counts (integer states)
+        non-negative, sums (floating states) finite.
+        """
+        if not isinstance(value, Tensor):
+            raise ValueError(f"state {key!r} must be a tensor, got {type(value).__name__}")
+        default = self._defaults.get(name)
+        integral = value.dtype != torch.bool and not value.is_floating_point() and not value.is_complex()
+        if default is not None:
+            if value.shape != default.shape:
+                raise ValueError(
+                    f"state {key!r} must have shape {tuple(default.shape)} for this metric's options, got "
+                    f"{tuple(value.shape)}"
+                )
+            if default.is_floating_point() != value.is_floating_point() or not (
+                value.is_floating_point() or integral
+            ):
+                kind = "floating-point" if default.is_floating_point() else "integer"
+                raise ValueError(f"state {key!r} must be an {kind} tensor, got dtype {value.dtype}")
+        elif value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"state {key!r} must be a real tensor, got dtype {value.dtype}")
+        if value.numel() == 0:
+            return value
+        if value.is_floating_point():
+            if not all_finite(value):
+                raise ValueError(f"state {key!r} must be finite, got NaN or infinite values")
+        elif int(value.min()) < 0:
+            raise ValueError(f"state {key!r} holds counts, which must be >= 0, got {int(value.min())}")
+        return value
+
+    def _check_options(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """Refuse a state saved under other options than this metric's (``prefix + "_options"``)."""
+        key = prefix + _OPTIONS
+        if key not in state_dict:  # a state saved before options were recorded: nothing to compare
+            return
+        value = state_dict[key]
+        try:
+            if not isinstance(value, Tensor) or value.dtype != torch.uint8 or value.ndim != 1:
+                raise TypeError
+            saved = json.loads(bytes(value.tolist()).decode("utf-8"))
+            if not isinstance(saved, dict):
+                raise TypeError
+        except (TypeError, ValueError):
+            raise ValueError(f"state {key!r} must be the options a metric saved, got {value!r}") from None
+        for name, current in self._options().items():
+            if name in saved and saved[name] != _json(current):
+                raise ValueError(
+                    f"state {key!r}: the state was made with {name}={saved[name]!r}, this metric has "
+                    f"{name}={_json(current)!r}; build the metric with the options of the state"
+                )
+
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         for name, reduce in self._reductions.items():
@@ -208,6 +278,10 @@ class Metric(nn.Module):
                 pieces: list[Tensor] = getattr(self, name)
                 value = torch.cat(pieces) if pieces else torch.empty(0)
                 destination[prefix + name] = value if keep_vars else value.detach()
+        options = self._options()
+        if options and self._persistent:
+            text = json.dumps(_json(options), sort_keys=True).encode("utf-8")
+            destination[prefix + _OPTIONS] = torch.tensor(list(text), dtype=torch.uint8)
 
     def _load_from_state_dict(
         self,
@@ -219,20 +293,38 @@ class Metric(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        if not self._persistent:
+            return super()._load_from_state_dict(
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
+        # every state is checked before any is loaded: a refused state leaves the metric as it was
+        self._check_options(state_dict, prefix)
+        checked = {
+            name: self._check_state(name, prefix + name, state_dict[prefix + name])
+            for name in self._reductions
+            if prefix + name in state_dict
+        }
+        self._check_loaded(checked, prefix)
         for name, reduce in self._reductions.items():
-            if reduce != "cat" or not self._persistent:
+            if reduce != "cat":
                 continue
-            key = prefix + name
-            if key not in state_dict:
-                missing_keys.append(key)
+            if name not in checked:
+                missing_keys.append(prefix + name)
                 continue
-            value = state_dict[key]
-            if not isinstance(value, Tensor):
-                error_msgs.append(f"{key!r} must be a tensor, got {type(value).__name__}")
-                continue
+            value = checked[name]
             setattr(self, name, [value.detach().clone()] if value.numel() else [])
-        cat_keys = {prefix + name for name, reduce in self._reductions.items() if reduce == "cat"}
-        rest = {key: value for key, value in state_dict.items() if key not in cat_keys}
+        skipped = {prefix + name for name, reduce in self._reductions.items() if reduce == "cat"}
+        skipped.add(prefix + _OPTIONS)
+        rest = {key: value for key, value in state_dict.items() if key not in skipped}
         super()._load_from_state_dict(
             rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+_OPTIONS = "_options"  # the state_dict key of the options, a UTF-8 JSON text as a uint8 tensor
+
+
+def _json(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples as lists), so saved and current options compare equal."""
+    result: Any = json.loads(json.dumps(value))
+    return result

@@ -15,7 +15,10 @@ from torch import Tensor
 from hiercam._validation import check_same_shape, check_tensor, format_shape
 
 __all__ = [
+    "MAX_TABLE",
     "Rows",
+    "check_table_size",
+    "check_target_values",
     "check_label_maps",
     "check_mask_dtype",
     "check_pred_range",
@@ -46,6 +49,26 @@ def check_mask_dtype(value: Tensor, name: str) -> None:
         raise TypeError(f"`{name}` must be an integer label map, got dtype {value.dtype}")
 
 
+MAX_TABLE = 2**27
+"""The most entries a confusion state ``(T, C, C)`` may have: 1 GiB of int64 counts."""
+
+_DIRECT_ROWS = 1024  # an ignore_index this far from the classes gets a row of its own, not a table up to it
+
+
+def check_table_size(num_classes: int, thresholds: int = 1) -> None:
+    """Refuse a confusion state ``(T, C, C)`` of more than ``MAX_TABLE`` entries before allocating it.
+
+    Raises:
+        ValueError: ``thresholds * num_classes**2 > MAX_TABLE``, naming ``num_classes``.
+    """
+    if thresholds * num_classes * num_classes > MAX_TABLE:
+        raise ValueError(
+            f"`num_classes` = {num_classes} gives confusion matrices ({thresholds}, {num_classes}, "
+            f"{num_classes}) of {thresholds * num_classes**2} counts, more than the {MAX_TABLE} allowed "
+            "(1 GiB of int64)"
+        )
+
+
 class Rows(NamedTuple):
     """Target pixels as row offsets into a count table with one row per possible target value."""
 
@@ -58,11 +81,21 @@ class Rows(NamedTuple):
 def target_rows(target: Tensor, num_classes: int, ignore_index: int | None) -> Rows:
     """Validate the range of ``target`` and turn it into row offsets for ``confmat_update``.
 
+    The count table has a row per value from ``min(0, ignore_index)`` to ``max(C - 1, ignore_index)``
+    when ``ignore_index`` is within ``_DIRECT_ROWS`` of the classes (VOC's 255, -1, -100: no pixel is
+    copied); a farther ``ignore_index`` (``10**9``) gets the single row ``C`` instead, so the table's size
+    never depends on it.
+
     Raises:
         ValueError: a target value is neither a class nor ``ignore_index`` (values between the classes and a
             large ``ignore_index`` are found later, by ``confmat_update``).
     """
     low, high = (int(v) for v in torch.stack(torch.aminmax(target)).tolist())
+    if ignore_index is not None and not -_DIRECT_ROWS <= ignore_index < num_classes + _DIRECT_ROWS:
+        check_target_values(target, num_classes, ignore_index)
+        values = target.reshape(-1).long()
+        rows = torch.where(values == ignore_index, num_classes, values)
+        return Rows(rows, 0, num_classes + 1, False)
     allowed_low = 0 if ignore_index is None else min(0, ignore_index)
     allowed_high = num_classes - 1 if ignore_index is None else max(num_classes - 1, ignore_index)
     if low < allowed_low or high > allowed_high:
@@ -73,6 +106,26 @@ def target_rows(target: Tensor, num_classes: int, ignore_index: int | None) -> R
     if shift:
         rows = rows + shift
     return Rows(rows, shift, allowed_high + shift + 1, low < 0 or high >= num_classes)
+
+
+def check_target_values(target: Tensor, num_classes: int, ignore_index: int | None) -> None:
+    """Refuse a target (mask) value that is neither a class in ``[0, C)`` nor ``ignore_index``.
+
+    Raises:
+        ValueError: naming ``masks`` and the first such value.
+    """
+    if target.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.stack(torch.aminmax(target)).tolist())
+    if low >= 0 and high < num_classes:
+        return
+    values = target.reshape(-1).long()
+    stray = (values < 0) | (values >= num_classes)
+    if ignore_index is not None:
+        stray &= values != ignore_index
+    bad = values[stray]
+    if bad.numel():
+        raise ValueError(_bad_target_message(int(bad[0]), num_classes, ignore_index))
 
 
 def _bad_target_message(value: int, num_classes: int, ignore_index: int | None) -> str:

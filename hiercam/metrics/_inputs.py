@@ -13,6 +13,7 @@ from hiercam._validation import (
     check_tensor,
     check_threshold,
     format_shape,
+    is_real,
     type_name,
 )
 
@@ -49,7 +50,7 @@ def check_thresholds(thresholds: object) -> tuple[list[float], bool]:
         TypeError: neither a number nor a sequence of numbers.
         ValueError: an empty sequence, or a value outside (0, 1).
     """
-    if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
+    if is_real(thresholds):
         return [check_threshold(thresholds, "thresholds")], True
     if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
         raise TypeError(

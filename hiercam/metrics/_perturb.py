@@ -15,7 +15,16 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from hiercam._validation import check_choice, check_finite, check_int, check_tensor, format_shape, type_name
+from hiercam._validation import (
+    all_finite,
+    check_choice,
+    check_finite,
+    check_int,
+    check_tensor,
+    format_shape,
+    should_check,
+    type_name,
+)
 from hiercam.metrics._base import Metric
 from hiercam.metrics._inputs import check_maps_and_labels
 
@@ -41,11 +50,16 @@ _SCORES: tuple[ScoreMode, ...] = ("softmax", "sigmoid", "logit")
 
 
 class Trials(NamedTuple):
-    """The (image, class) pairs with ``labels[b, k] = 1``, in row-major order."""
+    """The (image, map) pairs with ``labels[b, k] = 1``, in row-major order, and the model's class of each.
+
+    ``num_classes`` is the number of scores the model must return (``K``, the maps' count), or ``None`` when
+    ``classes`` gave each map its class among the model's outputs (any count that holds them).
+    """
 
     images: Tensor  # (P,) int64, on the images' device
-    classes: Tensor  # (P,) int64
+    classes: Tensor  # (P,) int64: the model's output index of each trial's class
     maps: Tensor  # (P, H, W), detached, on the images' device
+    num_classes: int | None
 
 
 def check_images(images: Tensor, maps: Tensor) -> Tensor:
@@ -69,14 +83,28 @@ def check_common(model: object, score: ScoreMode, batch_size: int) -> tuple[Scor
     return mode, check_int(batch_size, "batch_size", minimum=1)
 
 
-def trials(maps: Tensor, labels: Tensor, images: Tensor) -> Trials:
-    """Check ``maps``, ``labels`` and ``images`` together and list the trials."""
+def trials(maps: Tensor, labels: Tensor, images: Tensor, classes: Tensor | None = None) -> Trials:
+    """Check ``maps``, ``labels``, ``images`` and ``classes`` together and list the trials."""
     check_maps_and_labels(maps, labels)
     check_images(images, maps)
+    if classes is not None:
+        check_tensor(classes, "classes", dims="B, K")
+        if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool:
+            raise TypeError(f"`classes` must hold integer class indices, got dtype {classes.dtype}")
+        if classes.shape != maps.shape[:2]:
+            raise ValueError(
+                f"`classes` must give the model's class of every map, shape (B, K) = "
+                f"{format_shape(maps.shape[:2])}, got {format_shape(classes.shape)}"
+            )
+        if classes.numel() and int(classes.min()) < 0:
+            raise ValueError(f"`classes` must be non-negative class indices, got {int(classes.min())}")
     present = labels.to(device=images.device, dtype=torch.bool)
     index_b, index_k = torch.nonzero(present, as_tuple=True)
     chosen = maps.detach().to(images.device)[index_b, index_k]
-    return Trials(index_b, index_k, chosen)
+    if classes is None:
+        return Trials(index_b, index_k, chosen, int(maps.shape[1]))
+    model_classes = classes.to(device=images.device, dtype=torch.int64)[index_b, index_k]
+    return Trials(index_b, model_classes, chosen, None)
 
 
 @contextmanager
@@ -94,8 +122,11 @@ def _eval_mode(model: object) -> Iterator[None]:
             module.training = flag
 
 
-def _logits(model: Model, inputs: Tensor, num_classes: int) -> Tensor:
-    """The model's ``(N, K)`` output (a tensor, or an object with ``mean_logits`` as ``TwoBranchNet``'s)."""
+def _logits(model: Model, inputs: Tensor, num_classes: int | None, classes: Tensor) -> Tensor:
+    """The model's ``(N, K)`` output (a tensor, or an object with ``mean_logits`` as ``TwoBranchNet``'s).
+
+    ``num_classes`` is the ``K`` it must have, or ``None``: any ``K`` that holds every index of ``classes``.
+    """
     output = model(inputs)
     if not isinstance(output, Tensor):
         output = getattr(output, "mean_logits", output)
@@ -104,7 +135,17 @@ def _logits(model: Model, inputs: Tensor, num_classes: int) -> Tensor:
             f"`model` must return class scores (B, K) as a tensor, got {type_name(output)}; "
             "wrap it, e.g. `lambda x: net(x).logits`"
         )
-    if output.shape != (inputs.shape[0], num_classes):
+    if num_classes is None:
+        if output.ndim != 2 or output.shape[0] != inputs.shape[0]:
+            raise ValueError(
+                f"`model` must return class scores (B, K) for a batch of {inputs.shape[0]} images, got "
+                f"{format_shape(output.shape)}"
+            )
+        if classes.numel() and int(classes.max()) >= output.shape[1]:
+            raise ValueError(
+                f"`classes` holds class {int(classes.max())} but `model` returns {output.shape[1]} scores"
+            )
+    elif output.shape != (inputs.shape[0], num_classes):
         raise ValueError(
             f"`model` must return class scores (B, K) = ({inputs.shape[0]}, {num_classes}) for a batch of "
             f"{inputs.shape[0]} images and K = {num_classes} maps, got {format_shape(output.shape)}"
@@ -112,20 +153,32 @@ def _logits(model: Model, inputs: Tensor, num_classes: int) -> Tensor:
     return output
 
 
-def _to_scores(logits: Tensor, score: ScoreMode) -> Tensor:
+def _to_scores(logits: Tensor, score: ScoreMode, images: str) -> Tensor:
+    """The ``score`` of ``logits`` ``(N, K)`` as float32, refused when not finite (a value check).
+
+    ``images`` names the model's inputs in the message (``"the original images"``, ``"the perturbed
+    images"``): a model that divides by an image's spread gives NaN on a fully deleted (constant) image.
+    """
     logits = logits.float()
     if score == "softmax":
-        return logits.softmax(dim=1)
-    if score == "sigmoid":
-        return logits.sigmoid()
-    return logits
+        scores = logits.softmax(dim=1)
+    elif score == "sigmoid":
+        scores = logits.sigmoid()
+    else:
+        scores = logits
+    if should_check(logits) and not all_finite(scores):
+        raise ValueError(
+            f"`model` returned non-finite class scores (NaN or infinite, score={score!r}) on {images}; "
+            "a model that normalises an image by its own spread gives NaN on a constant (fully deleted) image"
+        )
+    return scores
 
 
 def class_scores(
     model: Model,
     make_inputs: Callable[[Tensor], Tensor],
     classes: Tensor,
-    num_classes: int,
+    num_classes: int | None,
     score: ScoreMode,
     batch_size: int,
 ) -> Tensor:
@@ -140,24 +193,23 @@ def class_scores(
         for start in range(0, total, batch_size):
             rows = torch.arange(start, min(start + batch_size, total), device=classes.device)
             inputs = make_inputs(rows)
-            scores = _to_scores(_logits(model, inputs, num_classes), score)
+            scores = _to_scores(
+                _logits(model, inputs, num_classes, classes[rows]), score, "the perturbed images"
+            )
             result[rows] = scores.gather(1, classes[rows, None].to(scores.device))[:, 0].to(result.device)
     return result
 
 
-def trial_scores(
-    model: Model, images: Tensor, found: Trials, num_classes: int, score: ScoreMode, batch_size: int
-) -> Tensor:
+def trial_scores(model: Model, images: Tensor, found: Trials, score: ScoreMode, batch_size: int) -> Tensor:
     """Scores ``(P,)`` float32 of every trial's class on its unchanged image (one forward per image)."""
     batch = int(images.shape[0])
-    result = torch.empty((batch, num_classes), dtype=torch.float32, device=images.device)
+    parts = []
     with _eval_mode(model), torch.no_grad():
         for start in range(0, batch, batch_size):
             chunk = images.detach()[start : start + batch_size]
-            result[start : start + batch_size] = _to_scores(_logits(model, chunk, num_classes), score).to(
-                result.device
-            )
-    return result[found.images, found.classes]
+            logits = _logits(model, chunk, found.num_classes, found.classes)
+            parts.append(_to_scores(logits, score, "the original images").to(images.device))
+    return torch.cat(parts)[found.images, found.classes]
 
 
 def reduce_trials(values: Tensor, reduction: Reduction) -> Tensor:

@@ -7,6 +7,8 @@ clovaai/wsolevaluation): one trial per (image, present class), each map min-max 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -15,12 +17,26 @@ from hiercam._validation import check_threshold
 from hiercam.maps import normalize_maps
 from hiercam.metrics._inputs import check_maps_and_labels
 
-__all__ = ["scoremaps", "threshold_grid"]
+__all__ = ["MAX_THRESHOLDS", "scoremaps", "threshold_grid"]
+
+MAX_THRESHOLDS = 10_000
+"""The most thresholds a grid may have (``interval >= 1e-4``): each costs a pass over the maps."""
 
 
 def threshold_grid(interval: object) -> np.ndarray:
-    """``np.arange(0, 1, interval)``, wsolevaluation's ``cam_threshold_list``."""
+    """``np.arange(0, 1, interval)``, wsolevaluation's ``cam_threshold_list``, at most ``MAX_THRESHOLDS``.
+
+    Raises:
+        TypeError: ``interval`` is not a real number.
+        ValueError: ``interval`` is outside (0, 1) or gives more than ``MAX_THRESHOLDS`` thresholds.
+    """
     step = check_threshold(interval, "interval")
+    size = math.ceil(1 / step)
+    if size > MAX_THRESHOLDS:
+        raise ValueError(
+            f"`interval` {step} gives {size} thresholds, more than the {MAX_THRESHOLDS} allowed; "
+            f"use an interval >= {1 / MAX_THRESHOLDS}"
+        )
     return np.arange(0, 1, step)
 
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from hiercam._validation import check_choice
+from hiercam._validation import check_choice, check_unit_interval
 from hiercam.maps import NormalizeMode, normalize_maps
 from hiercam.metrics._perturb import (
     MeanMetric,
@@ -54,18 +54,22 @@ def _confidence_update(
     normalize: NormalizeMode | None,
     score: ScoreMode,
     batch_size: int,
+    classes: Tensor | None = None,
 ) -> Tensor:
     """Per-trial ``(P, 3)`` float64 on the CPU: drop, increase, change."""
-    found = trials(maps, labels, images)
+    found = trials(maps, labels, images, classes)
+    if normalize is None:  # the maps multiply the images as they are: they must be weights in [0, 1]
+        check_unit_interval(maps, "maps", hint=" with `normalize=None` (pass normalize='minmax' or 'max')")
     if found.images.shape[0] == 0:
         return torch.zeros((0, 3), dtype=torch.float64)
     weights = normalize_maps(found.maps, normalize, validate_args=False).to(images.dtype)  # checked
-    before = trial_scores(model, images, found, maps.shape[1], score, batch_size).cpu().double()
+    before = trial_scores(model, images, found, score, batch_size).cpu().double()
 
     def make_inputs(rows: Tensor) -> Tensor:
         return images.detach()[found.images[rows]] * weights[rows, None]
 
-    after = class_scores(model, make_inputs, found.classes, maps.shape[1], score, batch_size).cpu().double()
+    after = class_scores(model, make_inputs, found.classes, found.num_classes, score, batch_size)
+    after = after.cpu().double()
     # A class whose score is exactly 0 (a softmax that underflowed) has no confidence to drop: 0, not 0 / 0
     # (torchcam's ``/ (Y + 1e-7)`` gives the same 0 there).
     drop = torch.where(before != 0, (before - after).clamp_min(0) / before, torch.zeros_like(before))
@@ -86,6 +90,7 @@ def confidence_change(
     score: ScoreMode = "softmax",
     batch_size: int = 64,
     reduction: Reduction = "mean",
+    classes: Tensor | None = None,
 ) -> ConfidenceChangeResult:
     r"""Average Drop, Increase in Confidence (Grad-CAM++) and the confidence change on map-masked images.
 
@@ -115,14 +120,18 @@ def confidence_change(
         normalize: how maps are brought to ``[0, 1]`` with [`normalize_maps`][hiercam.normalize_maps]:
             ``"minmax"`` (the peers' convention, default), ``"max"``, or ``None`` for maps already in
             ``[0, 1]``.
+        classes: ``(B, K)`` integer indices into the model's outputs, one per map (``classes[b, k]`` is the
+            class that map ``k`` of image ``b`` explains, e.g. an extractor's ``cam.classes`` after a
+            ``top_k`` call), for maps of chosen classes of a big model; ``None`` (default): map ``k`` is class
+            ``k`` and the model returns ``K`` scores.
 
     Returns:
         ``ConfidenceChangeResult(average_drop, increase, change)``, float64 on the CPU: 0-dim means (NaN
         without any trial) or ``(P,)``.
 
     Raises:
-        TypeError, ValueError: as [`deletion_insertion`][hiercam.deletion_insertion], and an unknown
-            ``normalize``.
+        TypeError, ValueError: as [`deletion_insertion`][hiercam.deletion_insertion], an unknown
+            ``normalize``, and with ``normalize=None`` maps outside ``[0, 1]`` (a value check).
 
     Examples:
         >>> import torch
@@ -137,7 +146,7 @@ def confidence_change(
     normalize = _check_normalize(normalize)
     reduction = check_reduction(reduction)
     values = reduce_trials(
-        _confidence_update(model, maps, labels, images, normalize, mode, batch_size), reduction
+        _confidence_update(model, maps, labels, images, normalize, mode, batch_size, classes), reduction
     )
     return ConfidenceChangeResult(values[..., 0], values[..., 1], values[..., 2])
 
@@ -176,15 +185,16 @@ class ConfidenceChange(MeanMetric):
         self._add_states(3)
         self.normalize = _check_normalize(normalize)
 
-    def update(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> None:
+    def update(self, maps: Tensor, labels: Tensor, *, images: Tensor, classes: Tensor | None = None) -> None:
         """Add a batch; arguments as in [`confidence_change`][hiercam.confidence_change]."""
-        self._add(
-            _confidence_update(self.model, maps, labels, images, self.normalize, self.score, self.batch_size)
-        )
+        options = (self.normalize, self.score, self.batch_size, classes)
+        self._add(_confidence_update(self.model, maps, labels, images, *options))
 
-    def forward(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> ConfidenceChangeResult:
+    def forward(
+        self, maps: Tensor, labels: Tensor, *, images: Tensor, classes: Tensor | None = None
+    ) -> ConfidenceChangeResult:
         """The figures of this batch alone, which is also added to the state."""
-        result: ConfidenceChangeResult = super().forward(maps, labels, images=images)
+        result: ConfidenceChangeResult = super().forward(maps, labels, images=images, classes=classes)
         return result
 
     def _compute(self) -> ConfidenceChangeResult:
@@ -195,6 +205,9 @@ class ConfidenceChange(MeanMetric):
         """Means over every trial since ``reset`` (NaN before any), float64 0-dim tensors."""
         result: ConfidenceChangeResult = super().compute()
         return result
+
+    def _options(self) -> dict[str, object]:
+        return {"normalize": self.normalize, "score": self.score}
 
     def extra_repr(self) -> str:
         """The options, shown by ``repr``."""

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hiercam._validation import check_int, format_shape
+from hiercam._validation import check_finite, check_int, format_shape
 from hiercam.metrics._perturb import (
     MeanMetric,
     Model,
@@ -70,7 +70,9 @@ def _blur(images: Tensor) -> Tensor:
 
 def _check_baseline(baseline: object) -> Baseline:
     if isinstance(baseline, Tensor):
-        return baseline
+        if baseline.is_complex():
+            raise TypeError(f"`baseline` must be a real tensor, got dtype {baseline.dtype}")
+        return check_finite(baseline, "baseline")
     if isinstance(baseline, str) and baseline in ("zeros", "blur"):
         return baseline  # type: ignore[return-value]
     raise ValueError(f"`baseline` must be 'zeros', 'blur' or a tensor, got {baseline!r}")
@@ -106,9 +108,10 @@ def _deletion_insertion_update(
     baseline: Baseline,
     score: ScoreMode,
     batch_size: int,
+    classes: Tensor | None = None,
 ) -> Tensor:
     """Per-trial areas ``(P, 2)`` float64 (columns: deletion, insertion), on the CPU."""
-    found = trials(maps, labels, images)
+    found = trials(maps, labels, images, classes)
     substrate = _baseline_images(images.detach(), baseline)  # checked even without trials
     count = int(found.images.shape[0])
     if count == 0:
@@ -144,9 +147,9 @@ def _deletion_insertion_update(
         mixed = torch.where(original[:, None], flat_images[image], flat_substrate[image])
         return mixed.reshape(-1, channels, height, width)
 
-    original_scores = trial_scores(model, images, found, maps.shape[1], score, batch_size)
+    original_scores = trial_scores(model, images, found, score, batch_size)
     perturbed = class_scores(
-        model, make_inputs, found.classes[job_trial], maps.shape[1], score, batch_size
+        model, make_inputs, found.classes[job_trial], found.num_classes, score, batch_size
     ).reshape(count, jobs)
     deletion = torch.cat([original_scores[:, None], perturbed[:, : points - 1]], dim=1)
     insertion = torch.cat([deletion[:, -1:], perturbed[:, points - 1 :], original_scores[:, None]], dim=1)
@@ -170,6 +173,7 @@ def deletion_insertion(
     score: ScoreMode = "softmax",
     batch_size: int = 64,
     reduction: Reduction = "mean",
+    classes: Tensor | None = None,
 ) -> DeletionInsertionResult:
     r"""Deletion and insertion areas (RISE, Petsiuk et al. 2018) for every present class of a batch.
 
@@ -205,6 +209,10 @@ def deletion_insertion(
         batch_size: perturbed images per forward pass (memory: ``batch_size`` images at a time).
         reduction: ``"mean"`` over trials, or ``"none"`` for one value per trial in the row-major order of
             ``labels.nonzero()``.
+        classes: ``(B, K)`` integer indices into the model's outputs, one per map (``classes[b, k]`` is the
+            class that map ``k`` of image ``b`` explains, e.g. an extractor's ``cam.classes`` after a
+            ``top_k`` call), for maps of chosen classes of a big model; ``None`` (default): map ``k`` is class
+            ``k`` and the model returns ``K`` scores.
 
     Returns:
         ``DeletionInsertionResult(deletion, insertion)``, float64 on the CPU: 0-dim means (NaN without any
@@ -213,7 +221,9 @@ def deletion_insertion(
     Raises:
         TypeError: a tensor of the wrong type, a ``model`` that is not callable or does not return a tensor.
         ValueError: shapes disagree (``maps`` / ``images`` / ``labels``), an empty batch or class set, values
-            that are not finite, a model output that is not ``(N, K)``, or an option out of range.
+            that are not finite (``maps``, ``images``, a ``baseline`` tensor), a model output that is not
+            ``(N, K)`` or whose scores are not finite (e.g. NaN on a fully deleted image; a value check), or
+            an option out of range.
 
     Examples:
         >>> import torch
@@ -228,7 +238,9 @@ def deletion_insertion(
     mode, batch_size = check_common(model, score, batch_size)
     steps, baseline = _check_deletion_options(steps, baseline)
     reduction = check_reduction(reduction)
-    areas = _deletion_insertion_update(model, maps, labels, images, steps, baseline, mode, batch_size)
+    areas = _deletion_insertion_update(
+        model, maps, labels, images, steps, baseline, mode, batch_size, classes
+    )
     values = reduce_trials(areas, reduction)
     return DeletionInsertionResult(values[..., 0], values[..., 1])
 
@@ -271,17 +283,27 @@ class DeletionInsertion(MeanMetric):
         self._add_states(2)
         self.steps, self.baseline = _check_deletion_options(steps, baseline)
 
-    def update(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> None:
+    def update(self, maps: Tensor, labels: Tensor, *, images: Tensor, classes: Tensor | None = None) -> None:
         """Add a batch; arguments as in [`deletion_insertion`][hiercam.deletion_insertion]."""
         self._add(
             _deletion_insertion_update(
-                self.model, maps, labels, images, self.steps, self.baseline, self.score, self.batch_size
+                self.model,
+                maps,
+                labels,
+                images,
+                self.steps,
+                self.baseline,
+                self.score,
+                self.batch_size,
+                classes,
             )
         )
 
-    def forward(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> DeletionInsertionResult:
+    def forward(
+        self, maps: Tensor, labels: Tensor, *, images: Tensor, classes: Tensor | None = None
+    ) -> DeletionInsertionResult:
         """The areas of this batch alone, which is also added to the state."""
-        result: DeletionInsertionResult = super().forward(maps, labels, images=images)
+        result: DeletionInsertionResult = super().forward(maps, labels, images=images, classes=classes)
         return result
 
     def _compute(self) -> DeletionInsertionResult:
@@ -292,6 +314,10 @@ class DeletionInsertion(MeanMetric):
         """Mean areas over every trial since ``reset`` (NaN before any), float64 0-dim tensors."""
         result: DeletionInsertionResult = super().compute()
         return result
+
+    def _options(self) -> dict[str, object]:
+        kind = "tensor" if isinstance(self.baseline, Tensor) else self.baseline
+        return {"steps": self.steps, "baseline": kind, "score": self.score}
 
     def extra_repr(self) -> str:
         """The options, shown by ``repr``."""

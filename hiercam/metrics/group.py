@@ -14,10 +14,12 @@ from hiercam.metrics._base import Metric
 __all__ = ["MetricGroup"]
 
 
-def _keywords(metric: Metric) -> frozenset[str]:
-    """The keyword-only arguments of ``metric.update`` (``masks``, ``boxes``, ``images``...)."""
+def _keywords(metric: Metric) -> tuple[frozenset[str], frozenset[str]]:
+    """The keyword-only arguments of ``metric.update``: required (``masks``, ``images``...), optional."""
     parameters = inspect.signature(metric.update).parameters.values()
-    return frozenset(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    keywords = [p for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    required = frozenset(p.name for p in keywords if p.default is inspect.Parameter.empty)
+    return required, frozenset(p.name for p in keywords) - required
 
 
 def _flatten(name: str, value: object, into: dict[str, float | list[float]]) -> None:
@@ -78,18 +80,20 @@ class MetricGroup(nn.Module):
         Args:
             maps: class activation maps ``(B, K, H, W)``.
             labels: multi-hot labels ``(B, K)``.
-            **truth: what the metrics read by keyword: ``masks``, ``boxes``, ``images``.
+            **truth: what the metrics read by keyword: ``masks``, ``boxes``, ``images``, and optional ones
+                such as ``classes`` (given only to the metrics that take them).
 
         Raises:
             ValueError: a metric needs a keyword that was not given (checked for all before any update).
         """
         needs = {name: _keywords(metric) for name, metric in self._items()}
-        for name, wanted in needs.items():
+        for name, (wanted, _) in needs.items():
             missing = sorted(wanted - truth.keys())
             if missing:
                 raise ValueError(f"metric {name!r} needs {', '.join(f'`{key}=`' for key in missing)}")
         for name, metric in self._items():
-            metric.update(maps, labels, **{key: truth[key] for key in needs[name]})
+            required, optional = needs[name]
+            metric.update(maps, labels, **{key: truth[key] for key in required | (optional & truth.keys())})
 
     def compute(self) -> dict[str, float | list[float]]:
         """Every metric's figure over everything seen, as floats (lists for per-threshold figures)."""

@@ -205,6 +205,20 @@ class LocalizationError(Metric):
         result: Tensor = super().compute()
         return result
 
+    def _options(self) -> dict[str, object]:
+        return {"thresholds": self._values, "iou": self.iou, "components": self.components}
+
+    def _check_loaded(self, states: dict[str, Tensor], prefix: str) -> None:
+        counts = states.get("counts")
+        if counts is None:
+            return
+        trials = counts[:, 1:]
+        if bool((counts[:, :1] > trials).any()) or bool((trials != trials[:1]).any()):
+            raise ValueError(
+                f"state {prefix + 'counts'!r} must hold [errors, trials] rows with errors <= trials and the "
+                "same trials in every row"
+            )
+
     def extra_repr(self) -> str:
         """The options, shown by ``repr``."""
         return f"thresholds={self.thresholds}, iou={self.iou}, components={self.components!r}"

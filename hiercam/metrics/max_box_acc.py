@@ -181,7 +181,7 @@ def max_box_acc(
     Raises:
         TypeError: wrong argument types.
         ValueError: shapes disagree, an empty batch or class set, non-finite maps, malformed boxes, or an
-            option out of range.
+            option out of range (an ``interval`` finer than ``1e-4``: more than 10,000 thresholds).
 
     Examples:
         >>> import torch
@@ -257,6 +257,24 @@ class MaxBoxAcc(Metric):
         """MaxBoxAcc over every trial since ``reset`` (NaN before any)."""
         result: MaxBoxAccResult = super().compute()
         return result
+
+    def _options(self) -> dict[str, object]:
+        return {
+            "iou_thresholds": list(self.iou_thresholds),
+            "interval": self.interval,
+            "components": self.components,
+        }
+
+    def _check_loaded(self, states: dict[str, Tensor], prefix: str) -> None:
+        counts = states.get("counts")
+        if counts is None:
+            return
+        trials = counts[:, -1:]
+        if bool((counts[:, :-1] > trials).any()) or bool((trials != trials[:1]).any()):
+            raise ValueError(
+                f"state {prefix + 'counts'!r} must count correct trials (columns before the last) no larger "
+                "than the trials (the last column, the same in every row)"
+            )
 
     def extra_repr(self) -> str:
         """The options, shown by ``repr``."""

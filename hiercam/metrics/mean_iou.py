@@ -26,6 +26,7 @@ from hiercam.metrics._confusion import (
     check_label_maps,
     check_mask_dtype,
     check_pred_range,
+    check_table_size,
     confmat_update,
     sweep_update,
     target_rows,
@@ -171,6 +172,7 @@ def _maps_update(
     """
     check_maps_and_labels(maps, labels)
     num_classes = _check_num_classes(num_classes, maps)
+    check_table_size(num_classes, len(thresholds))
     check_mask_dtype(masks, "masks")
     expected = (maps.shape[0], *maps.shape[2:])
     if masks.shape != expected or masks.device != maps.device:
@@ -225,7 +227,9 @@ def mean_iou(
     Raises:
         TypeError: a non-tensor or wrongly typed input (float masks, integer maps), or a non-number option.
         ValueError: shapes or devices disagree, the batch is empty, ``labels`` is not 0/1, ``maps`` is not
-            finite, a mask value is out of range, or a threshold is not in (0, 1).
+            finite, a mask value is out of range, a threshold is not in (0, 1), or the confusion matrices
+            ``(T, C, C)`` would hold more than ``2**27`` counts (1 GiB). A large ``ignore_index``
+            (``10**9``) costs nothing: it gets one row of the count table, not a table up to it.
 
     Examples:
         >>> import torch
@@ -268,7 +272,8 @@ def mean_iou_from_masks(
 
     Raises:
         TypeError: inputs are not integer tensors, or ``num_classes`` / ``ignore_index`` are not ints.
-        ValueError: shapes or devices differ, the batch is empty, or labels are out of range.
+        ValueError: shapes or devices differ, the batch is empty, labels are out of range, or
+            ``num_classes**2`` is over ``2**27`` (a confusion matrix of more than 1 GiB).
 
     Examples:
         >>> import torch
@@ -281,6 +286,7 @@ def mean_iou_from_masks(
         0.5
     """
     num_classes = check_int(num_classes, "num_classes", minimum=1)
+    check_table_size(num_classes)
     ignore_index = _check_ignore_index(ignore_index)
     check_label_maps(pred_masks, masks)
     check_pred_range(pred_masks, num_classes)
@@ -314,7 +320,8 @@ class MeanIoU(Metric):
             one per threshold (``T = 1`` for a float threshold).
 
     Raises:
-        TypeError, ValueError: bad ``num_classes``, ``ignore_index`` or ``thresholds``.
+        TypeError, ValueError: bad ``num_classes``, ``ignore_index`` or ``thresholds``, or a state
+            ``(T, C, C)`` of more than ``2**27`` counts (1 GiB), refused before it is allocated.
 
     Examples:
         >>> import torch
@@ -341,6 +348,7 @@ class MeanIoU(Metric):
         values, self._scalar = check_thresholds(thresholds)
         self.thresholds: float | tuple[float, ...] = values[0] if self._scalar else tuple(values)
         self._values = values
+        check_table_size(self.num_classes, len(values))
         shape = (len(values), self.num_classes, self.num_classes)
         self.add_state("confmat", torch.zeros(shape, dtype=torch.long), "sum")
 
@@ -371,6 +379,9 @@ class MeanIoU(Metric):
         """
         result: MeanIoUResult = super().compute()
         return result
+
+    def _options(self) -> dict[str, object]:
+        return {"thresholds": self._values, "ignore_index": self.ignore_index}
 
     def extra_repr(self) -> str:
         """The options, shown by ``repr``."""

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from hiercam._validation import check_int, check_tensor, format_shape
 from hiercam.metrics._base import Metric
+from hiercam.metrics._confusion import check_target_values
 from hiercam.metrics._wsol import scoremaps, threshold_grid
 
 __all__ = ["pxap", "PxAP"]
@@ -42,6 +43,7 @@ def _pxap_update(
     """Histograms ``(2, T + 2)`` int64 of the scores of foreground (row 0) and background (row 1) pixels."""
     images, classes, scores = scoremaps(maps, labels)
     _check_masks(masks, maps)
+    check_target_values(masks, int(maps.shape[1]) + 1, ignore_index)
     if scores.device.type == "mps":  # no float64 there
         scores, images, classes = scores.cpu(), images.cpu(), classes.cpu()
     edges = torch.from_numpy(np.append(grid, [1.0, 2.0, 3.0])).to(scores.device)
@@ -105,8 +107,9 @@ def pxap(
 
     Raises:
         TypeError: wrong argument types (``masks`` not integer).
-        ValueError: shapes disagree, an empty batch or class set, non-finite maps, or ``interval`` out of
-            range.
+        ValueError: shapes disagree, an empty batch or class set, non-finite maps, a mask value that is
+            neither a class label in ``[0, K]`` nor ``ignore_index`` (as in [`mean_iou`][hiercam.mean_iou]),
+            or ``interval`` out of range or finer than ``1e-4`` (more than 10,000 thresholds).
 
     Examples:
         >>> import torch
@@ -169,6 +172,9 @@ class PxAP(Metric):
         """PxAP over every pixel seen since ``reset`` (NaN before any foreground pixel)."""
         result: Tensor = super().compute()
         return result
+
+    def _options(self) -> dict[str, object]:
+        return {"interval": self.interval, "ignore_index": self.ignore_index}
 
     def extra_repr(self) -> str:
         """The options, shown by ``repr``."""

@@ -17,6 +17,7 @@ one block-diagonal system for a chunk). The solve runs on the CPU; the rest runs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hiercam._validation import check_tensor, type_name
+from hiercam._validation import check_finite, check_float, check_tensor, is_real, type_name
 from hiercam.metrics._perturb import (
     MeanMetric,
     Model,
@@ -81,7 +82,8 @@ def noisy_linear_impute(
 
     Raises:
         TypeError: ``images`` is not floating point or ``removed`` not boolean.
-        ValueError: shapes disagree or ``noise`` is negative.
+        ValueError: shapes disagree, ``noise`` is negative or not finite, ``images`` hold NaN or infinite
+            values (a value check), or an image has every pixel removed (nothing to impute from).
 
     Examples:
         >>> import torch
@@ -98,9 +100,14 @@ def noisy_linear_impute(
             f"`removed` must have shape (N, H, W) = {tuple(images.shape[:1] + images.shape[2:])}, "
             f"got {tuple(removed.shape)}"
         )
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-        raise ValueError(f"`noise` must be a number >= 0, got {noise!r}")
-    return _impute(images, removed, float(noise), generator)
+    noise_value = _check_noise(noise)
+    check_finite(images, "images")
+    if removed.numel() and bool(removed.flatten(1).all(dim=1).any()):
+        raise ValueError(
+            "`removed` must keep at least one pixel of every image: the imputation starts from kept pixels, "
+            "got an image with every pixel removed"
+        )
+    return _impute(images, removed, noise_value, generator)
 
 
 def _impute(images: Tensor, removed: Tensor, noise: float, generator: torch.Generator | None) -> Tensor:
@@ -155,22 +162,35 @@ def _solve(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- kernels
-def _percentile(values: Tensor, q: float) -> Tensor:
-    """NumPy's ``percentile(values, q, axis=1)`` (linear interpolation) of ``(P, N)`` rows, float64."""
-    ordered = values.double().sort(dim=1).values
-    position = q / 100 * (values.shape[1] - 1)
-    low = int(np.floor(position))
-    high = min(low + 1, values.shape[1] - 1)
-    fraction = position - low
-    return ordered[:, low] + (ordered[:, high] - ordered[:, low]) * fraction
+def _removed_count(percentage: float, pixels: int) -> int:
+    """The number of pixels removed at ``percentage`` of ``pixels``: ``p / 100 * H W`` rounded half up."""
+    return math.floor(percentage / 100 * pixels + 0.5)
 
 
 def _removed(maps: Tensor, percentage: float, order: Order) -> Tensor:
-    """Pixels removed at ``percentage``: at or above the ``100 - p`` percentile of ``m`` (MoRF) or ``-m``."""
+    """Pixels removed at ``percentage`` from maps ``(P, H, W)``: exactly ``_removed_count`` per map.
+
+    One ranking per map, most relevant first, ties in raster order (a stable sort): MoRF removes its first
+    ``n`` pixels, LeRF its last ``n``.
+    """
     flat = maps.reshape(maps.shape[0], -1).double()
-    ranked = flat if order == "morf" else -flat
-    threshold = _percentile(ranked, 100 - percentage)
-    return (ranked >= threshold[:, None]).reshape(maps.shape)
+    pixels = flat.shape[1]
+    count = _removed_count(percentage, pixels)
+    ranking = torch.argsort(flat, dim=1, descending=True, stable=True)
+    chosen = ranking[:, :count] if order == "morf" else ranking[:, pixels - count :]
+    removed = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+    return removed.scatter_(1, chosen, True).reshape(maps.shape)
+
+
+def _check_leaves_pixels(percentages: list[float], height: int, width: int) -> None:
+    """Refuse a percentage that removes every pixel: the imputation has no kept pixel to start from."""
+    for index, percentage in enumerate(percentages):
+        if _removed_count(percentage, height * width) >= height * width:
+            raise ValueError(
+                f"`percentages` value {percentage} removes all {height * width} pixels of the {height} x "
+                f"{width} maps (percentages[{index}]): ROAD imputes removed pixels from kept ones; use a "
+                "smaller percentage or larger maps"
+            )
 
 
 def _road_update(
@@ -183,9 +203,11 @@ def _road_update(
     generator: torch.Generator | None,
     score: ScoreMode,
     batch_size: int,
+    classes: Tensor | None = None,
 ) -> Tensor:
     """Per-trial class scores ``(P, 2, T)`` float64 on the CPU (MoRF, LeRF) after imputation."""
-    found = trials(maps, labels, images)
+    found = trials(maps, labels, images, classes)
+    _check_leaves_pixels(percentages, int(maps.shape[2]), int(maps.shape[3]))
     count = int(found.images.shape[0])
     steps = len(percentages)
     if count == 0:
@@ -206,12 +228,12 @@ def _road_update(
             masks[chosen] = _removed(local_maps[local_trial[chosen]], percentage, order)
         return _impute(images.detach()[found.images[trial]], masks, noise, generator)
 
-    scores = class_scores(model, make_inputs, found.classes[job_trial], maps.shape[1], score, batch_size)
+    scores = class_scores(model, make_inputs, found.classes[job_trial], found.num_classes, score, batch_size)
     return scores.cpu().double().reshape(count, 2, steps)
 
 
 def _check_percentages(percentages: object) -> tuple[list[float], bool]:
-    single = isinstance(percentages, (int, float)) and not isinstance(percentages, bool)
+    single = is_real(percentages)
     values: object = [percentages] if single else percentages
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(
@@ -221,18 +243,16 @@ def _check_percentages(percentages: object) -> tuple[list[float], bool]:
         raise ValueError("`percentages` must hold at least one value, got an empty sequence")
     checked = []
     for index, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"`percentages[{index}]` must be a number, got {type_name(value)}")
-        if not 0 < float(value) < 100:
-            raise ValueError(f"`percentages[{index}]` must be between 0 and 100 (exclusive), got {value}")
-        checked.append(float(value))
+        name = "percentages" if single else f"percentages[{index}]"
+        number = check_float(value, name)
+        if not 0 < number < 100:
+            raise ValueError(f"`{name}` must be between 0 and 100 (exclusive), got {number}")
+        checked.append(number)
     return checked, single
 
 
 def _check_noise(noise: object) -> float:
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-        raise ValueError(f"`noise` must be a number >= 0, got {noise!r}")
-    return float(noise)
+    return check_float(noise, "noise", minimum=0.0)
 
 
 def road(
@@ -247,21 +267,27 @@ def road(
     score: ScoreMode = "softmax",
     batch_size: int = 64,
     reduction: Reduction = "mean",
+    classes: Tensor | None = None,
 ) -> ROADResult:
     r"""ROAD (Rong et al., ICML 2022): class scores after removing and imputing a share of the pixels.
 
-    For a trial (image ``x``, class ``k``, map ``m``) and a percentage ``p``, MoRF removes the pixels with
-    ``m >= q_{100-p}(m)`` (``q`` NumPy's linear-interpolated percentile, so about ``p`` % of the pixels, the
-    most relevant) and LeRF those with ``-m >= q_{100-p}(-m)`` (the ``p`` % least relevant); the removed
-    pixels are imputed (module docstring) and the score ``f_k`` of the imputed image is reported. The paper
+    For a trial (image ``x``, class ``k``, map ``m``) and a percentage ``p``, the ``H W`` pixels are ranked by
+    ``m``, most relevant first, **ties in raster order** (a stable sort); MoRF removes the first
+    ``n = floor(p / 100 * H W + 1/2)`` pixels of that ranking and LeRF the last ``n``, so exactly ``n`` pixels
+    go whatever the ties (a constant map at 20 % loses 20 % of its pixels, and MoRF and LeRF remove
+    different ones). The removed pixels are imputed (module docstring) and the score ``f_k`` of the imputed
+    image is reported. The paper
     plots these against ``p``; ``(mean LeRF - mean MoRF) / 2`` over the percentages is pytorch-grad-cam's
     ``ROADCombined`` up to the subtraction of the original score, which cancels.
 
     **pytorch-grad-cam.** Its ``ROADMostRelevantFirst(percentile=q)`` removes the pixels at or above the
-    ``q``-th percentile, i.e. ``100 - q`` % of them: it equals MoRF here at ``p = 100 - q`` (and
-    ``ROADLeastRelevantFirst(q)`` LeRF at ``p = 100 - q``), and it returns the score *change* against the
-    original image where this returns the score itself (the paper's quantity). Here ``p`` is always the
-    share removed, as on the paper's axes.
+    ``q``-th percentile of the map (a threshold rule), i.e. about ``100 - q`` % of them: on maps without
+    ties it removes the same pixels as MoRF here at ``p = 100 - q`` (its interpolated percentile can count
+    one pixel more or less than ``n``), and ``ROADLeastRelevantFirst(q)`` those of LeRF. On tied values the
+    threshold rule removes every pixel at the threshold: a constant map loses all its pixels at any
+    percentile, and MoRF equals LeRF; the ranking here removes exactly ``n``. It also returns the score
+    *change* against the original image where this returns the score itself (the paper's quantity). Here
+    ``p`` is always the share removed, as on the paper's axes.
 
     Args:
         maps: class activation maps ``(B, K, H, W)`` at the image size, floating point, finite; used as
@@ -276,6 +302,8 @@ def road(
         noise: standard deviation of the imputation noise (the ROAD default 0.01; 0 for none).
         generator: CPU random generator of the noise, for reproducible figures.
         reduction: ``"mean"`` over trials, or ``"none"`` per trial (row-major order of ``labels.nonzero()``).
+        classes: ``(B, K)`` integer indices into the model's outputs, one per map, as in
+            [`deletion_insertion`][hiercam.deletion_insertion] (maps of chosen classes of a big model).
 
     Returns:
         ``ROADResult(morf, lerf)``, float64 on the CPU, each ``(T,)`` (mean) or ``(P, T)`` (none), without
@@ -283,7 +311,8 @@ def road(
 
     Raises:
         TypeError, ValueError: as [`deletion_insertion`][hiercam.deletion_insertion], and percentages
-            outside (0, 100), an empty sequence of them, or a negative ``noise``.
+            outside (0, 100), an empty sequence of them, one that removes every pixel (``n = H W``, e.g. any
+            ``p >= 50`` on 1 x 1 maps), or a negative or non-finite ``noise``.
 
     Examples:
         >>> import torch
@@ -299,7 +328,8 @@ def road(
     noise = _check_noise(noise)
     reduction = check_reduction(reduction)
     scores = reduce_trials(
-        _road_update(model, maps, labels, images, values, noise, generator, mode, batch_size), reduction
+        _road_update(model, maps, labels, images, values, noise, generator, mode, batch_size, classes),
+        reduction,
     )
     if single:
         scores = scores[..., 0]
@@ -352,7 +382,7 @@ class ROAD(MeanMetric):
         self.generator = generator
         self._add_states(2, len(self._values))
 
-    def update(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> None:
+    def update(self, maps: Tensor, labels: Tensor, *, images: Tensor, classes: Tensor | None = None) -> None:
         """Add a batch; arguments as in [`road`][hiercam.road]."""
         scores = _road_update(
             self.model,
@@ -364,12 +394,15 @@ class ROAD(MeanMetric):
             self.generator,
             self.score,
             self.batch_size,
+            classes,
         )
         self._add(scores)
 
-    def forward(self, maps: Tensor, labels: Tensor, *, images: Tensor) -> ROADResult:
+    def forward(
+        self, maps: Tensor, labels: Tensor, *, images: Tensor, classes: Tensor | None = None
+    ) -> ROADResult:
         """The figures of this batch alone, which are also added to the state."""
-        result: ROADResult = super().forward(maps, labels, images=images)
+        result: ROADResult = super().forward(maps, labels, images=images, classes=classes)
         return result
 
     def _compute(self) -> ROADResult:
@@ -382,6 +415,9 @@ class ROAD(MeanMetric):
         """Mean scores per percentage since ``reset`` (NaN before any trial), float64."""
         result: ROADResult = super().compute()
         return result
+
+    def _options(self) -> dict[str, object]:
+        return {"percentages": self._values, "noise": self.noise, "score": self.score}
 
     def extra_repr(self) -> str:
         """The options, shown by ``repr``."""

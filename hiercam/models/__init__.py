@@ -18,7 +18,7 @@ from hiercam.models.input_norm import (
     with_input_norm,
 )
 from hiercam.models.level_heads import LevelHeadsNet, LevelHeadsOutput, LevelView
-from hiercam.models.small import SmallConvNet, small_convnet
+from hiercam.models.small import SmallConvNet
 from hiercam.models.two_branch import Branch, GlobalPool, TwoBranchNet
 from hiercam.protocols import TwoBranchOutput
 
@@ -37,7 +37,6 @@ __all__ = [
     "with_input_norm",
     # a small CPU backbone
     "SmallConvNet",
-    "small_convnet",
     # cutting classifiers into feature extractors
     "BackboneCut",
     "cut_backbone",

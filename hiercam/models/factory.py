@@ -10,7 +10,7 @@ One spelling of model names, taken by the pipeline's ``model.backbone`` and by `
 A torchvision name has no prefix: ``"torchvision:resnet50"`` is refused with a pointer to ``"resnet50"``.
 torchvision is imported only when a torchvision name is checked or built; timm only for a ``timm:`` name.
 The pipeline also takes ``"small_convnet"``, its own CPU backbone
-([`small_convnet`][hiercam.small_convnet]), which has no classifier and so is not a name of this factory.
+([`SmallConvNet`][hiercam.SmallConvNet]), which has no classifier and so is not a name of this factory.
 """
 
 from __future__ import annotations

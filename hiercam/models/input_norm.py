@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | ``"imagenet"`` | ``(x - mean) / std`` with ``IMAGENET_MEAN`` and ``IMAGENET_STD`` | torchvision, timm |
 | ``"tanh"`` | ``2 x - 1``, i.e. ``x / 127.5 - 1`` on 0..255 pixels | TensorFlow's MobileNets |
-| ``"none"`` | ``x`` | hiercam's own [`small_convnet`][hiercam.small_convnet] |
+| ``"none"`` | ``x`` | hiercam's own [`SmallConvNet`][hiercam.SmallConvNet] |
 """
 
 from __future__ import annotations

@@ -89,9 +89,9 @@ class LevelHeadsNet(nn.Module):
 
     Examples:
         >>> import torch
-        >>> from hiercam import ClassHierarchy, small_convnet
+        >>> from hiercam import ClassHierarchy, SmallConvNet
         >>> hierarchy = ClassHierarchy([[0, 0, 1, 2], [0, 0, 1, 1]])  # 4 classes -> 3 -> 2 groups
-        >>> net = LevelHeadsNet(small_convnet(width=4), hierarchy)
+        >>> net = LevelHeadsNet(SmallConvNet(width=4), hierarchy)
         >>> output = net(torch.zeros(2, 3, 32, 32))
         >>> [tuple(logits.shape) for logits in output]
         [(2, 4), (2, 3), (2, 2)]

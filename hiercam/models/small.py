@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from hiercam._validation import check_choice, check_int
 
-__all__ = ["SmallConvNet", "small_convnet"]
+__all__ = ["SmallConvNet"]
 
 Norm = Literal["batch", "group"]
 
@@ -40,7 +40,7 @@ class SmallConvNet(nn.Module):
 
     Examples:
         >>> import torch
-        >>> net = small_convnet(width=8).eval()
+        >>> net = SmallConvNet(width=8).eval()
         >>> net.out_channels, net(torch.zeros(2, 3, 96, 96)).shape
         (32, torch.Size([2, 32, 12, 12]))
     """
@@ -72,26 +72,3 @@ class SmallConvNet(nn.Module):
         """Feature maps ``(B, C, ceil(H / 8), ceil(W / 8))`` of images ``(B, in_channels, H, W)``."""
         features: Tensor = self.features(images)
         return features
-
-
-def small_convnet(width: int = 16, in_channels: int = 3, norm: Norm = "batch") -> SmallConvNet:
-    """The default CPU backbone: a ``SmallConvNet`` giving ``(B, 4 * width, H / 8, W / 8)`` feature maps.
-
-    Args:
-        width: channels of the first convolution (the output has ``4 * width``).
-        in_channels: channels of the input images.
-        norm: ``"batch"`` (BatchNorm, default) or ``"group"`` (GroupNorm, batch-independent); see
-            [`SmallConvNet`][hiercam.SmallConvNet].
-
-    Returns:
-        A freshly initialised [`SmallConvNet`][hiercam.SmallConvNet] (no classifier: add pooling and a linear
-        layer, or wrap it in a two-branch model).
-
-    Raises:
-        TypeError, ValueError: ``width`` or ``in_channels`` is not a positive int, or ``norm`` is unknown.
-
-    Examples:
-        >>> small_convnet().out_channels
-        64
-    """
-    return SmallConvNet(width=width, in_channels=in_channels, norm=norm)

@@ -7,6 +7,7 @@ evaluation). It loads each split on first use and keeps it, and records how long
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hiercam._progress import print_line
+from hiercam._progress import Progress, is_terminal, print_line
 from hiercam.pipeline.adaptation import GroupingAdaptation
 from hiercam.pipeline.config import PipelineConfig
 from hiercam.pipeline.data import DataSplit, load_split
@@ -71,6 +72,23 @@ class RunContext:
         if name == "cuda" and self.dist.world > 1:
             name = f"cuda:{self.dist.local_rank}"
         return torch.device(name)
+
+    def step_progress(self, total: int, desc: str, unit: str, *, enabled: bool = True) -> Progress:
+        """The progress of one long step of a stage, as a context manager (``update(n)`` as work is done).
+
+        A tqdm bar on a terminal (rank 0 only), else a line in ``log`` every 30 s while the step runs; then
+        one closing line ``"  <desc>: <done> <unit> in <seconds> s"``. With ``progress=False`` only the
+        closing line is written; ``enabled=False`` writes nothing (a step with nothing to do).
+        """
+        return Progress(
+            total,
+            f"  {desc}",
+            enabled=enabled,
+            log=self.log,
+            unit=unit,
+            interval=30.0 if self.progress else math.inf,
+            terminal=self.progress and self.dist.is_main and is_terminal(),
+        )
 
     def data(self, split: str) -> DataSplit:
         """One split, drawn or read on first use."""

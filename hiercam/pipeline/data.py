@@ -1,4 +1,4 @@
-"""The pipeline's data: one interface over FashionScenes, PASCAL VOC and MSRC-21 for training and evaluation.
+"""The pipeline's data: one interface over FashionScenes, PASCAL VOC, MSRC-21 and your own folder.
 
 FashionScenes are drawn once and kept in memory; VOC is read from disk by loader workers. Evaluation batches
 can be restricted to a shard of the images, and training loaders follow ``torchrun``'s processes.
@@ -6,7 +6,9 @@ can be restricted to a shard of the images, and training loaders follow ``torchr
 FashionScenes are drawn once per run and kept as uint8 images (what real photos are): a scene's pixels are
 the drawn ones rounded to 1/255. VOC images are read and transformed by DataLoader workers; training uses the
 paper's preprocessing with a random crop and flip, evaluation the centre crop. MSRC-21 photos are read by
-loader workers too, resized (stretched) to ``data.image_size``; training adds a random horizontal flip.
+loader workers too, resized (stretched) to ``data.image_size``; training adds a random horizontal flip. A
+segmentation folder (``data.dataset = "folder"``) is read as MSRC-21 is, with the folder's own class names; a
+class present in none of its training images is refused (``ConfigError`` naming it) before any training.
 
 Every split says which mask labels its mIoU averages (``scored_labels``): all ``K + 1`` labels with the
 background for FashionScenes and VOC, the dataset's own choice for MSRC-21 (which has no background class
@@ -24,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from hiercam.datasets import FashionScenes, collate_scenes
-from hiercam.pipeline.config import PipelineConfig, background_class_names
+from hiercam.pipeline.config import ConfigError, PipelineConfig, background_class_names
 from hiercam.pipeline.distributed import Distributed
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "InMemorySplit",
     "VOCSplit",
     "MSRC21Split",
+    "FolderSplit",
     "load_split",
     "class_names",
     "train_loader",
@@ -57,6 +60,11 @@ class DataSplit(Protocol):
     @property
     def scored_labels(self) -> tuple[int, ...]:
         """The mask labels whose IoUs the mIoU averages (``0`` is the background, ``k + 1`` class ``k``)."""
+        ...
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the split has ground-truth masks and boxes (``False``: mask and box figures skipped)."""
         ...
 
     def training_set(self, augment: bool) -> Dataset[Any]:
@@ -91,6 +99,11 @@ class InMemorySplit:
     def scored_labels(self) -> tuple[int, ...]:
         """Every label, the background (0) and the ``K`` classes."""
         return tuple(range(self.labels.shape[1] + 1))
+
+    @property
+    def has_masks(self) -> bool:
+        """Always: the scenes are drawn with exact masks and boxes."""
+        return True
 
     def training_set(self, augment: bool) -> Dataset[Any]:
         """The scenes as training samples (FashionScenes need no augmentation: every scene is new)."""
@@ -152,6 +165,11 @@ class _FolderSplit:
         return len(self.evaluation)
 
     @property
+    def has_masks(self) -> bool:
+        """Whether the dataset has masks (VOC and MSRC-21 always have; a segmentation folder may not)."""
+        return bool(getattr(self.evaluation, "has_masks", True))
+
+    @property
     def labels(self) -> Tensor:
         """``(N, K)`` labels of the full images, from the annotations."""
         labels: Tensor = self.evaluation.labels
@@ -178,7 +196,7 @@ class VOCSplit(_FolderSplit):
         root = config.data.root
         if root is None:  # pragma: no cover - the config validation requires it
             raise ValueError("`data.root` is required for VOC")
-        size = config.data.image_size
+        size = _side(config)
         self.config = config
         self.image_set = "train_aug" if split == "train" else "val"
         self.evaluation = VOCMultiLabel(root, self.image_set, transform=VOCTransform(size, size))
@@ -190,6 +208,21 @@ class VOCSplit(_FolderSplit):
     def scored_labels(self) -> tuple[int, ...]:
         """Every label, the background (0) and the 20 classes (the paper's VOC mIoU)."""
         return tuple(range(self.labels.shape[1] + 1))
+
+
+def _split_size(config: PipelineConfig, split: str) -> int | tuple[int, int]:
+    """The image size of a split read from a folder: ``data.eval_image_size`` (when set) or ``image_size``."""
+    if split != "train" and config.data.eval_image_size is not None:
+        return config.data.eval_image_size
+    return config.data.image_size
+
+
+def _side(config: PipelineConfig) -> int:
+    """The one side of the square images of FashionScenes and VOC (the config refuses ``[H, W]`` for them)."""
+    size = config.data.image_size
+    if isinstance(size, tuple):  # pragma: no cover - the config validation refuses it
+        raise ConfigError(f"`data.image_size` must be one side for {config.data.dataset!r}, got {list(size)}")
+    return size
 
 
 def _flip(image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -215,7 +248,7 @@ class MSRC21Split(_FolderSplit):
         if root is None:  # pragma: no cover - the config validation requires it
             raise ValueError("`data.root` is required for MSRC-21")
         options: dict[str, Any] = {
-            "image_size": config.data.image_size,
+            "image_size": _split_size(config, split),
             "min_box_area": config.data.min_box_area,
             "background_classes": background_class_names(config.data),
         }
@@ -225,7 +258,54 @@ class MSRC21Split(_FolderSplit):
 
     @property
     def scored_labels(self) -> tuple[int, ...]:
-        """The dataset's [`scored_labels`][hiercam.datasets.MSRC21.scored_labels]."""
+        """The dataset's [`scored_labels`][hiercam.datasets.SegmentationFolder.scored_labels]."""
+        scored: tuple[int, ...] = self.evaluation.scored_labels
+        return scored
+
+
+class FolderSplit(_FolderSplit):
+    """A split of your own folder ([`SegmentationFolder`][hiercam.datasets.SegmentationFolder]), resized.
+
+    Images are resized (stretched) to ``data.image_size``.
+    Training images get a random horizontal flip. The training split must hold every scored class: a class
+    present in none of its images could not be learnt, and grouping it would be arbitrary, so it is refused
+    with its name (make it a background class, ``data.background_classes``, or add images with it).
+    """
+
+    def __init__(self, config: PipelineConfig, split: str) -> None:
+        from hiercam.datasets import SegmentationFolder
+
+        root = config.data.root
+        if root is None:  # pragma: no cover - the config validation requires it
+            raise ValueError("`data.root` is required for a folder dataset")
+        options: dict[str, Any] = {
+            "image_size": _split_size(config, split),
+            "min_box_area": config.data.min_box_area,
+            "background_classes": background_class_names(config.data),
+            "min_pixels": config.data.min_pixels,
+            "min_fraction": config.data.min_fraction,
+        }
+        self.config = config
+        self.evaluation = SegmentationFolder(root, split, **options)
+        self._train = SegmentationFolder(root, split, transform=_flip, **options)
+        if split == "train":
+            counts = self.evaluation.labels.sum(0)
+            names = self.evaluation.classes
+            absent = [name for name, n in zip(names, counts.tolist(), strict=True) if n == 0]
+            if absent:
+                which = f"class {absent[0]!r} is"
+                if len(absent) > 1:
+                    which = f"classes {', '.join(map(repr, absent))} are"
+                raise ConfigError(
+                    f"{root}: the {which} present in no training image: "
+                    "a model cannot learn them and the grouping would place them at random; list them in "
+                    "`data.background_classes` or add training images with them (`hiercam data check` "
+                    "shows the presence of every class)"
+                )
+
+    @property
+    def scored_labels(self) -> tuple[int, ...]:
+        """The dataset's [`scored_labels`][hiercam.datasets.SegmentationFolder.scored_labels]."""
         scored: tuple[int, ...] = self.evaluation.scored_labels
         return scored
 
@@ -250,7 +330,15 @@ def _loader_batches(
 
 
 def class_names(config: PipelineConfig) -> tuple[str, ...]:
-    """The ``K`` class names of the configured dataset (MSRC-21: without its background classes)."""
+    """The ``K`` class names of the configured dataset (MSRC-21, folders: without their background classes).
+
+    A folder's names are those of its ``classes.json``: every table, figure and hierarchy file uses them.
+    """
+    if config.data.dataset == "folder":
+        from hiercam.pipeline.config import folder_classes
+
+        background = background_class_names(config.data)
+        return tuple(name for name in folder_classes(config.data) if name not in background)
     if config.data.dataset == "voc":
         from hiercam.datasets.voc import VOC_CLASSES
 
@@ -274,6 +362,8 @@ def load_split(config: PipelineConfig, split: str) -> DataSplit:
         return VOCSplit(config, split)
     if config.data.dataset == "msrc21":
         return MSRC21Split(config, split)
+    if config.data.dataset == "folder":
+        return FolderSplit(config, split)
     sizes = {
         "train": config.data.train_scenes,
         "val": config.data.val_scenes,
@@ -282,7 +372,7 @@ def load_split(config: PipelineConfig, split: str) -> DataSplit:
     scenes = FashionScenes(
         split,  # type: ignore[arg-type]
         num_scenes=sizes[split],
-        image_size=config.data.image_size,
+        image_size=_side(config),
         items=config.data.items,
         seed=config.seed,
         root=config.data.root,

@@ -18,6 +18,11 @@ model, the one the baseline explains) for every variant, fused maps included: a 
 it points at what that classifier uses, with its sigmoid class score, ``evaluation.faithfulness_steps``
 intervals and a black (zeros) baseline image.
 
+A split without masks (a segmentation folder without ``masks/``, ``DataSplit.has_masks``) has no figure
+that needs masks or boxes: its mIoU, localisation error, t*, MaxBoxAccV2 and PxAP are NaN (``n/a`` in the
+report, ``null`` in ``metrics.json``) and are not computed; the fusion weights are not tuned (no mIoU to
+tune them on); the deletion and insertion areas, which need no masks, are measured as usual.
+
 ``score_run`` returns the finished
 [`RunResult`][hiercam.pipeline.RunResult]: the report only renders it.
 """
@@ -28,11 +33,11 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-from hiercam._progress import Progress, is_terminal
 from hiercam.cam import average_branch_maps
 from hiercam.fusion import RestReduction, fuse_hierarchy
 from hiercam.hierarchy import ClassHierarchy
@@ -68,6 +73,9 @@ __all__ = [
     "variant_maps",
     "score_split",
     "score_maps",
+    "wsol_scores",
+    "faithfulness_scores",
+    "faithfulness_images",
     "choose_fusion_weights",
     "choose_thresholds",
     "classification_map",
@@ -86,6 +94,8 @@ Weights = Mapping[Variant, tuple[float, float, float]]
 _BASE, _TWO_BRANCH_0 = ModelKey("base"), ModelKey("two_branch", 0)
 _HEADS, _SHUFFLED_HEADS = ModelKey("level_heads"), ModelKey("shuffled_level_heads")
 _FIGURE_SCENES = 8
+#: Images per batch of the deletion / insertion pass: small, so that its progress moves every few images.
+_FAITHFULNESS_BATCH = 8
 
 
 def variants_of(config: PipelineConfig, hierarchy: ClassHierarchy | None) -> list[Variant]:
@@ -243,10 +253,14 @@ def score_split(
     ``torchrun`` the metrics sum their states over the processes, so every process gets the figures of
     the whole split.
     ``localization=False`` skips the localisation error (mIoU only, faster). ``on_batch`` is called with the
-    number of images of every batch scored (progress).
+    number of images of every batch scored (progress). A split without masks (``data.has_masks`` false) is
+    not read: every figure is NaN.
     """
     method = config.method
     thresholds = list(method.thresholds)
+    if not data.has_masks:
+        nan = (math.nan,) * len(thresholds)
+        return {variant: ThresholdCurve(nan, nan if localization else ()) for variant in variants}
     num_classes = extracted.labels.shape[1]
     shuffled = shuffled_control_hierarchy(config, hierarchy)
     iou = {v: MeanIoU(num_classes + 1, thresholds=thresholds, ignore_index=255) for v in variants}
@@ -283,62 +297,135 @@ def score_maps(
     model: nn.Module | None = None,
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
+    on_map: Callable[[int], None] | None = None,
 ) -> dict[Variant, MapScores]:
     """The threshold-free figures of every variant: MaxBoxAccV2, PxAP, deletion and insertion (fractions).
 
     MaxBoxAccV2 and PxAP (with their defaults: IoUs 0.3 / 0.5 / 0.7, threshold grid step 0.01, void pixels
-    ignored) cover the images ``indices`` (all by default) when ``config.evaluation.wsol`` is set. The
-    deletion and insertion areas cover those of them among the first ``config.evaluation.faithfulness_images``
-    images of the split, scored by ``model`` (the base classifier; ``None``: not measured) with its sigmoid
-    class score on ``device``. Under ``torchrun`` the metrics sum their states over the processes.
-    ``on_batch`` is called with the number of images of every batch scored, in both passes (progress).
+    ignored) cover the images ``indices`` (all by default) when ``config.evaluation.wsol`` is set and the
+    split has masks (``data.has_masks``). The deletion and insertion areas cover those of them among the
+    first ``config.evaluation.faithfulness_images`` images of the split, scored by ``model`` (the base
+    classifier; ``None``: not measured) with its sigmoid class score on ``device``. Under ``torchrun`` the
+    metrics sum their states over the processes. The two passes are
+    ``wsol_scores`` (``on_batch``: called with the number of images
+    of every batch) and ``faithfulness_scores``
+    (``on_map``: called after each variant's maps of a batch), progress hooks.
     """
-    evaluation = config.evaluation
-    shard = list(range(len(data))) if indices is None else list(indices)
+    wsol = wsol_scores(config, data, extracted, hierarchy, variants, indices, weights, on_batch=on_batch)
+    faithful = faithfulness_scores(
+        config,
+        data,
+        extracted,
+        hierarchy,
+        variants,
+        indices,
+        weights,
+        model=model,
+        device=device,
+        on_map=on_map,
+    )
+    return {variant: _merged(wsol.get(variant), faithful.get(variant)) for variant in variants}
+
+
+def _merged(wsol: MapScores | None, faithful: MapScores | None) -> MapScores:
+    """One variant's MapScores: the WSOL figures of one pass and the faithfulness areas of the other."""
+    figures = wsol or MapScores()
+    if faithful is not None:
+        figures = dataclasses.replace(figures, deletion=faithful.deletion, insertion=faithful.insertion)
+    return figures
+
+
+def wsol_scores(
+    config: PipelineConfig,
+    data: DataSplit,
+    extracted: ExtractedMaps,
+    hierarchy: ClassHierarchy | None,
+    variants: Sequence[Variant],
+    indices: list[int] | None = None,
+    weights: Weights | None = None,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[Variant, MapScores]:
+    """MaxBoxAccV2 and PxAP of every variant on the images ``indices`` (all by default), as fractions.
+
+    Empty (nothing measured) unless ``config.evaluation.wsol`` is set and the split has masks
+    (``data.has_masks``). ``on_batch`` is called with the number of images of every batch scored.
+    """
+    if not (config.evaluation.wsol and data.has_masks):
+        return {}
     shuffled = shuffled_control_hierarchy(config, hierarchy)
     box = {v: MaxBoxAcc() for v in variants}
     pixel = {v: PxAP(ignore_index=255) for v in variants}
-    if evaluation.wsol:
-        for rows, images, labels, masks, boxes in data.batches(64, shard):
-            size = (int(images.shape[-2]), int(images.shape[-1]))
-            for variant, maps in variant_maps(
-                extracted, rows, hierarchy, labels, size, variants, _rest(config), weights, shuffled=shuffled
-            ):
-                box[variant].update(maps, labels, boxes=boxes)
-                pixel[variant].update(maps, labels, masks=masks)
-            if on_batch is not None:
-                on_batch(len(rows))
-    faithful = None
-    if model is not None and evaluation.faithfulness_images > 0:
-        steps = evaluation.faithfulness_steps
-        faithful = {v: DeletionInsertion(model, steps=steps, score="sigmoid") for v in variants}
-        subset = [i for i in shard if i < evaluation.faithfulness_images]
-        for rows, images, labels, _, _ in data.batches(64, subset):
-            size = (int(images.shape[-2]), int(images.shape[-1]))
-            images = images.to(device)
-            for variant, maps in variant_maps(
-                extracted, rows, hierarchy, labels, size, variants, _rest(config), weights, shuffled=shuffled
-            ):
-                faithful[variant].update(maps, labels, images=images)
-            if on_batch is not None:
-                on_batch(len(rows))
+    for rows, images, labels, masks, boxes in data.batches(64, indices):
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        for variant, maps in variant_maps(
+            extracted, rows, hierarchy, labels, size, variants, _rest(config), weights, shuffled=shuffled
+        ):
+            box[variant].update(maps, labels, boxes=boxes)
+            pixel[variant].update(maps, labels, masks=masks)
+        if on_batch is not None:
+            on_batch(len(rows))
     scores = {}
     for variant in variants:
-        figures = MapScores()
-        if evaluation.wsol:
-            boxes_result = box[variant].compute()
-            figures = dataclasses.replace(
-                figures,
-                max_box_acc=float(boxes_result.value),
-                max_box_acc_per_iou=tuple(float(v) for v in boxes_result.per_iou),
-                pxap=float(pixel[variant].compute()),
-            )
-        if faithful is not None:
-            areas = faithful[variant].compute()
-            figures = dataclasses.replace(
-                figures, deletion=float(areas.deletion), insertion=float(areas.insertion)
-            )
-        scores[variant] = figures
+        found = box[variant].compute()
+        scores[variant] = MapScores(
+            max_box_acc=float(found.value),
+            max_box_acc_per_iou=tuple(float(v) for v in found.per_iou),
+            pxap=float(pixel[variant].compute()),
+        )
+    return scores
+
+
+def faithfulness_images(config: PipelineConfig, indices: Sequence[int]) -> list[int]:
+    """Those of the images ``indices`` whose deletion and insertion areas are measured.
+
+    They are the split's first ``config.evaluation.faithfulness_images`` images.
+    """
+    return [i for i in indices if i < config.evaluation.faithfulness_images]
+
+
+def faithfulness_scores(
+    config: PipelineConfig,
+    data: DataSplit,
+    extracted: ExtractedMaps,
+    hierarchy: ClassHierarchy | None,
+    variants: Sequence[Variant],
+    indices: list[int] | None = None,
+    weights: Weights | None = None,
+    *,
+    model: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    on_map: Callable[[int], None] | None = None,
+) -> dict[Variant, MapScores]:
+    """The deletion and insertion areas of every variant (fractions; the other MapScores fields NaN).
+
+    They cover the images of ``indices`` (all by default) among the split's first
+    ``config.evaluation.faithfulness_images``, scored by ``model`` (the base classifier) with its sigmoid
+    class score on ``device``, in batches of 8 images. Empty when ``model`` is ``None`` or no image is
+    chosen. ``on_map`` is called with the number of images after each variant's maps of a batch are scored
+    (the pass's progress, in images x variants: this is the slow pass, ``faithfulness_steps`` forward
+    passes per image and present class).
+    """
+    evaluation = config.evaluation
+    subset = faithfulness_images(config, range(len(data)) if indices is None else indices)
+    if model is None or not subset:
+        return {}
+    shuffled = shuffled_control_hierarchy(config, hierarchy)
+    steps = evaluation.faithfulness_steps
+    faithful = {v: DeletionInsertion(model, steps=steps, score="sigmoid") for v in variants}
+    for rows, images, labels, _, _ in data.batches(_FAITHFULNESS_BATCH, subset):
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        images = images.to(device)
+        for variant, maps in variant_maps(
+            extracted, rows, hierarchy, labels, size, variants, _rest(config), weights, shuffled=shuffled
+        ):
+            faithful[variant].update(maps, labels, images=images)
+            if on_map is not None:
+                on_map(len(rows))
+    scores = {}
+    for variant in variants:
+        areas = faithful[variant].compute()
+        scores[variant] = MapScores(deletion=float(areas.deletion), insertion=float(areas.insertion))
     return scores
 
 
@@ -348,11 +435,18 @@ def choose_fusion_weights(
     extracted: ExtractedMaps,
     hierarchy: ClassHierarchy,
     indices: list[int] | None = None,
+    *,
+    on_candidate: Callable[[int], None] | None = None,
 ) -> FusionWeights:
     """The fusion weights of ``full_tuned``: those of ``FUSION_GRID`` with the best validation mIoU.
 
-    Only validation data is used; every candidate is scored at its best threshold.
+    Only validation data is used; every candidate is scored at its best threshold. Without masks
+    (``data.has_masks`` false) there is no mIoU to choose by: nothing is tuned (``tuned`` is ``None``, and
+    ``full_tuned`` uses the configured weights). ``on_candidate`` is called with 1 after each candidate
+    (progress).
     """
+    if not data.has_masks:
+        return FusionWeights(config.method.fusion_weights)
     tried: dict[str, float] = {}
     best: tuple[float, tuple[float, float, float]] = (-1.0, FUSION_GRID[0])
     full = Variant("full")
@@ -364,6 +458,8 @@ def choose_fusion_weights(
         tried[",".join(f"{w:g}" for w in candidate)] = value
         if value > best[0]:
             best = (value, candidate)
+        if on_candidate is not None:
+            on_candidate(1)
     return FusionWeights(config.method.fusion_weights, best[1], tried)
 
 
@@ -375,7 +471,8 @@ def choose_thresholds(
     """Per variant: figures at the paper's threshold and at t*, the threshold with the best validation mIoU.
 
     ``curves`` is ``{split: score_split(...)}`` with ``"val"`` (and ``"test"``); ``map_scores``
-    ``{split: score_maps(...)}``, whose threshold-free figures are copied (NaN where absent).
+    ``{split: score_maps(...)}``, whose threshold-free figures are copied (NaN where absent). When every
+    validation mIoU is NaN (no masks), t* and the figures at t* are NaN: nothing chose them.
     """
     map_scores = map_scores or {}
     thresholds = list(config.method.thresholds)
@@ -385,6 +482,7 @@ def choose_thresholds(
         best = max(
             range(len(thresholds)), key=lambda i: -math.inf if math.isnan(val.miou[i]) else val.miou[i]
         )
+        chosen = not all(math.isnan(v) for v in val.miou)
         splits = {}
         for split, by_variant in curves.items():
             curve = by_variant[variant]
@@ -393,15 +491,15 @@ def choose_thresholds(
             splits[split] = SplitScores(
                 curve.miou[paper],
                 loc[paper],
-                curve.miou[best],
-                loc[best],
+                curve.miou[best] if chosen else math.nan,
+                loc[best] if chosen else math.nan,
                 extra.max_box_acc,
                 extra.max_box_acc_per_iou,
                 extra.pxap,
                 extra.deletion,
                 extra.insertion,
             )
-        scores[variant] = VariantScores(variant, thresholds[best], splits)
+        scores[variant] = VariantScores(variant, thresholds[best] if chosen else math.nan, splits)
     return scores
 
 
@@ -504,56 +602,82 @@ def score_run(
         for v in variants
         if v.kind in ("grouping", "heads", "full", "shuffled")
     }
+    has_masks = all(ctx.data(split).has_masks for split in extracted)
+    if not has_masks:
+        ctx.log("  the dataset has no masks: mask metrics skipped (mIoU, LocErr, MaxBoxAccV2, PxAP)")
     fusion = FusionWeights(config.method.fusion_weights)
-    if config.method.choose_fusion_weights and hierarchy is not None:  # on validation data only
+    if config.method.choose_fusion_weights and hierarchy is not None and has_masks:  # on validation data
         val = ctx.data("val")
-        fusion = choose_fusion_weights(config, val, extracted["val"], hierarchy, ctx.dist.shard(len(val)))
+        with (
+            _timed(ctx, "stage4_fusion_weights"),
+            ctx.step_progress(len(FUSION_GRID), "fusion weights (val)", "candidates") as progress,
+        ):
+            fusion = choose_fusion_weights(
+                config,
+                val,
+                extracted["val"],
+                hierarchy,
+                ctx.dist.shard(len(val)),
+                on_candidate=progress.update,
+            )
         weights[Variant("full_tuned")] = fusion.tuned or fusion.configured
         ctx.log(f"  fusion weights chosen on val: (a, b, c) = {fusion.tuned}")
+    elif config.method.choose_fusion_weights:
+        weights[Variant("full_tuned")] = fusion.configured
     curves = {}
-    for split, maps in extracted.items():
-        shard = ctx.dist.shard(len(ctx.data(split)))
-        progress = Progress(
-            len(shard),
-            f"  scoring {len(variants)} variants ({split})",
-            log=ctx.log,
-            unit="images",
-            terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
-        )
-        with progress:
-            curves[split] = score_split(
-                config, ctx.data(split), maps, hierarchy, variants, shard, weights, on_batch=progress.update
-            )
+    with _timed(ctx, "stage4_scoring"):
+        for split, maps in extracted.items():
+            data = ctx.data(split)
+            shard = ctx.dist.shard(len(data))
+            with ctx.step_progress(
+                len(shard), f"scoring {len(variants)} variants ({split})", "images", enabled=has_masks
+            ) as progress:
+                curves[split] = score_split(
+                    config, data, maps, hierarchy, variants, shard, weights, on_batch=progress.update
+                )
     figure_split = "test" if "test" in extracted else "val"
     base = models.get(_BASE)
-    map_scores = {}
-    for split, maps in extracted.items():
-        shard = ctx.dist.shard(len(ctx.data(split)))
-        model = base.model if base is not None and split == figure_split else None
-        faithful = config.evaluation.faithfulness_images if model is not None else 0
-        total = len(shard) * config.evaluation.wsol + sum(i < faithful for i in shard)
-        figures = ["MaxBoxAccV2, PxAP"] * config.evaluation.wsol + ["deletion / insertion"] * bool(faithful)
-        progress = Progress(
-            total,
-            f"  {', '.join(figures)} ({split})",
-            enabled=total > 0,
-            log=ctx.log,
-            unit="images",
-            terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
-        )
-        with progress:
-            map_scores[split] = score_maps(
-                config,
-                ctx.data(split),
-                maps,
-                hierarchy,
-                variants,
-                shard,
-                weights,
-                model=model,
-                device=ctx.device,
-                on_batch=progress.update,
-            )
+    wsol: dict[str, dict[Variant, MapScores]] = {}
+    faithful: dict[str, dict[Variant, MapScores]] = {}
+    with _timed(ctx, "stage4_wsol"):
+        for split, maps in extracted.items():
+            data = ctx.data(split)
+            shard = ctx.dist.shard(len(data))
+            enabled = config.evaluation.wsol and has_masks
+            with ctx.step_progress(
+                len(shard), f"MaxBoxAccV2, PxAP ({split})", "images", enabled=enabled
+            ) as bar:
+                wsol[split] = wsol_scores(
+                    config, data, maps, hierarchy, variants, shard, weights, on_batch=bar.update
+                )
+    with _timed(ctx, "stage4_faithfulness"):
+        for split, maps in extracted.items():
+            data = ctx.data(split)
+            shard = ctx.dist.shard(len(data))
+            model = base.model if base is not None and split == figure_split else None
+            count = len(faithfulness_images(config, shard)) if model is not None else 0
+            with ctx.step_progress(
+                count * len(variants),
+                f"deletion / insertion, {count} images x {len(variants)} variants ({split})",
+                "maps",
+                enabled=count > 0,
+            ) as bar:
+                faithful[split] = faithfulness_scores(
+                    config,
+                    data,
+                    maps,
+                    hierarchy,
+                    variants,
+                    shard,
+                    weights,
+                    model=model,
+                    device=ctx.device,
+                    on_map=bar.update,
+                )
+    map_scores = {
+        split: {v: _merged(wsol[split].get(v), faithful[split].get(v)) for v in variants}
+        for split in extracted
+    }
     scenes = (
         figure_scenes(config, ctx.data(figure_split), extracted[figure_split], hierarchy, figure_split)
         if ctx.dist.is_main
@@ -580,4 +704,15 @@ def score_run(
         figure_scenes=scenes,
         scored_labels=ctx.data("val").scored_labels,
         grouping=ctx.grouping,
+        has_masks=has_masks,
     )
+
+
+@contextmanager
+def _timed(ctx: RunContext, step: str) -> Iterator[None]:
+    """Add the block's seconds to ``ctx.timings[step]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        ctx.timings[step] = ctx.timings.get(step, 0.0) + time.perf_counter() - start

@@ -235,7 +235,14 @@ class Variant:
 #: Config fields added after models were first cached: left out of the keys while at their defaults, so that
 #: the models and maps of earlier runs stay valid.
 _ADDED_FIELDS: dict[type[Any], tuple[str, ...]] = {
-    DataConfig: ("min_box_area", "background_classes", "input_norm"),
+    DataConfig: (
+        "min_box_area",
+        "background_classes",
+        "input_norm",
+        "min_pixels",
+        "min_fraction",
+        "eval_image_size",
+    ),
     ModelConfig: ("weights", "freeze_batchnorm"),
 }
 

@@ -19,12 +19,12 @@ from torch import nn
 from hiercam.models import (
     Branch,
     InputNorm,
+    SmallConvNet,
     TwoBranchNet,
     build_model,
     check_model_name,
     cut_backbone,
     load_weights,
-    small_convnet,
     with_input_norm,
 )
 from hiercam.pipeline.config import ConfigError, ModelConfig
@@ -76,9 +76,7 @@ def backbone_factory(config: ModelConfig, input_norm: InputNorm | None = None) -
     """
     check_backbone(config)
     if config.backbone == _SMALL:
-        build: Callable[[], nn.Module] = functools.partial(
-            small_convnet, width=config.width, norm=config.norm
-        )
+        build: Callable[[], nn.Module] = functools.partial(SmallConvNet, width=config.width, norm=config.norm)
     else:
         build = functools.partial(build_model, config.backbone, pretrained=config.pretrained)
     default: InputNorm = "none" if config.backbone == _SMALL else "imagenet"
@@ -115,7 +113,7 @@ def check_weights(config: ModelConfig) -> None:
 
     The file is a state dict of the network ``config.backbone`` names before it is cut: for a torchvision
     name the whole classifier, head included (the default 1000 ImageNet classes); for ``small_convnet``
-    the network of ``small_convnet(width, norm)``. It is read with ``torch.load(weights_only=True)``; a
+    the network of ``SmallConvNet(width, norm)``. It is read with ``torch.load(weights_only=True)``; a
     [`fit`][hiercam.fit] checkpoint or ``{"state_dict": ...}`` is unwrapped.
 
     Raises:

@@ -89,13 +89,18 @@ def fit_prototypes(ctx: RunContext, base: TrainedModel) -> Prototypes:
         **options,
     )
     extractor = GradCAM(base.model)
+    train = ctx.data("train")
     try:
-        for _, images, labels, *_ in ctx.data("train").batches(_BATCH):
-            images = images.to(ctx.device)
-            maps = normalize_maps(extractor(images, size="feature", normalize=None).float())
-            with torch.inference_mode():
-                features = forward(images).float()
-            cam.update(features, maps, labels)
+        with ctx.step_progress(
+            len(train), "LPCAM prototypes: maps and features (train)", "images"
+        ) as progress:
+            for _, images, labels, *_ in train.batches(_BATCH):
+                images = images.to(ctx.device)
+                maps = normalize_maps(extractor(images, size="feature", normalize=None).float())
+                with torch.inference_mode():
+                    features = forward(images).float()
+                cam.update(features, maps, labels)
+                progress.update(len(images))
     finally:
         extractor.remove()
     with warnings.catch_warnings(record=True) as caught:
@@ -164,10 +169,13 @@ def prototype_maps(
     context = prototype_context(prototypes, context_name, hierarchy)
     forward, _ = _parts(base.model)
     pieces = []
-    for _, images, *_ in ctx.data(split).batches(_BATCH):
-        with torch.inference_mode():
-            features = forward(images.to(ctx.device)).float().cpu()
-        pieces.append(prototype_cam(features, prototypes.own, context, normalize=None).to(torch.float16))
+    data = ctx.data(split)
+    with ctx.step_progress(len(data), f"LPCAM maps ({split})", "images") as progress:
+        for _, images, *_ in data.batches(_BATCH):
+            with torch.inference_mode():
+                features = forward(images.to(ctx.device)).float().cpu()
+            pieces.append(prototype_cam(features, prototypes.own, context, normalize=None).to(torch.float16))
+            progress.update(len(images))
     result = torch.cat(pieces)
     if ctx.dist.is_main:
         save_tensors(path, {"maps": result})

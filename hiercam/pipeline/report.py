@@ -25,6 +25,7 @@ __all__ = [
     "compare_markdown",
     "ablation_rows",
     "map_score_rows",
+    "stage_time_rows",
     "seed_stats",
 ]
 
@@ -142,6 +143,16 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
+def _evaluated_at(size: int | tuple[int, int] | None) -> str:
+    """``"; evaluated at H x W"`` for a run with ``data.eval_image_size``, else nothing."""
+    return "" if size is None else f"; evaluated at {_size_text(size)} px"
+
+
+def _size_text(size: int | tuple[int, int]) -> str:
+    """``80`` or ``48 x 64`` (H x W)."""
+    return f"{size[0]} x {size[1]}" if isinstance(size, tuple) else str(size)
+
+
 def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> Path:
     """Write ``report.md`` and ``figures/*.png`` (when matplotlib is installed) into ``out``.
 
@@ -163,7 +174,8 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
     lines = [
         "# hiercam run report",
         "",
-        f"Dataset `{data.dataset}` ({sizes} of {data.image_size} px), backbone "
+        f"Dataset `{data.dataset}`{f' at `{data.root}`' if data.dataset == 'folder' else ''} "
+        f"({sizes} of {_size_text(data.image_size)} px{_evaluated_at(data.eval_image_size)}), backbone "
         f"`{config.model.backbone}`, {config.train.epochs} epochs per model, seed {config.seed}. "
         f"Levels {(len(names),) if hierarchy is None else hierarchy.level_sizes}"
         f"{' (no group level: see below)' if hierarchy is None else ''}, orthogonal loss weight "
@@ -173,6 +185,7 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
         "of the other classes present in the image; the paper does not define it). "
         "Full config: `config.json`.",
         "",
+        *_no_masks_note(result),
         *_grouping_section(result),
         "## Ablation (the paper's Table 4)" if config.ablation else "## The method against Grad-CAM",
         "",
@@ -196,7 +209,7 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
         "",
         _map_score_note(config, result),
         "",
-        *(_map_score_section(result) if config.evaluation.wsol else []),
+        *(_map_score_section(result) if config.evaluation.wsol and result.has_masks else []),
         "## Class hierarchy",
         "",
         *(
@@ -242,9 +255,74 @@ def write_report(config: PipelineConfig, result: RunResult, out: str | Path) -> 
         lines += [f"![{caption}](figures/{file})\n\n{caption}\n" for file, caption in figures]
     else:
         lines.append("matplotlib is not installed (`pip install hiercam[viz]`), so no figures were drawn.")
-    lines += ["", "## Timings", "", "| step | seconds |", "| --- | ---: |"]
-    lines += [f"| {step} | {seconds:.1f} |" for step, seconds in result.seconds.items()]
+    lines += ["", "## Stage times", "", *stage_time_rows(result.seconds)]
     return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+#: The report's words for the steps timed in ``RunResult.seconds`` (``run.json``), in the run's order.
+_STAGES = {
+    "stage1_base_and_hierarchy": "1. base classifier and class hierarchy",
+    "stage2_levels": "2. level models",
+    "stage3_cams": "3. class activation maps",
+    "prototypes": "3. of which LPCAM prototypes",
+    "stage4_evaluation": "4. evaluation",
+    "stage4_fusion_weights": "4. of which fusion weights chosen on val",
+    "stage4_scoring": "4. of which mIoU and localisation error",
+    "stage4_wsol": "4. of which MaxBoxAccV2 and PxAP",
+    "stage4_faithfulness": "4. of which deletion and insertion",
+}
+
+
+def stage_time_rows(seconds: dict[str, float]) -> list[str]:
+    """Markdown rows: the time of each stage and of its timed steps, with their share of the whole run.
+
+    ``seconds`` is [`RunResult.seconds`][hiercam.pipeline.RunResult] (as in ``run.json``): the four stages
+    first, then the other steps (reading a split, ``data_<split>``; training a model, ``train_<model>``),
+    then the total. A run that read its models or maps from the cache shows short stages.
+
+    Example:
+        >>> for row in stage_time_rows({"train_base": 1.0, "stage3_cams": 3.0, "total": 6.0})[2:]:
+        ...     print(row)
+        | 3. class activation maps | `stage3_cams` | 3.0 | 50% |
+        | training base | `train_base` | 1.0 | 17% |
+        | whole run | `total` | 6.0 | 100% |
+    """
+    total = seconds.get("total", math.nan)
+    ordered = [step for step in _STAGES if step in seconds]
+    ordered += [step for step in seconds if step not in _STAGES and step != "total"]
+    ordered += ["total"] * ("total" in seconds)
+    lines = ["| stage | step (`run.json`) | seconds | share of the run |", "| --- | --- | ---: | ---: |"]
+    for step in ordered:
+        value = seconds[step]
+        share = "n/a" if not total or math.isnan(total) else f"{100 * value / total:.0f}%"
+        lines.append(f"| {_step_words(step)} | `{step}` | {value:.1f} | {share} |")
+    return lines
+
+
+def _step_words(step: str) -> str:
+    """A timed step in words: ``train_base`` is "training base", ``data_val`` "reading the val split"."""
+    if step in _STAGES:
+        return _STAGES[step]
+    if step == "total":
+        return "whole run"
+    if step.startswith("train_"):
+        return f"training {step.removeprefix('train_')}"
+    if step.startswith("data_"):
+        return f"reading the {step.removeprefix('data_')} split"
+    return step
+
+
+def _no_masks_note(result: RunResult) -> list[str]:
+    """The report's one note that the data had no masks, so every mask and box figure reads n/a."""
+    if result.has_masks:
+        return []
+    return [
+        "**The dataset has no masks: mask metrics skipped.** The mIoU, the localisation error, the threshold "
+        "t* chosen on validation mIoU, MaxBoxAccV2 and PxAP need ground-truth masks or boxes, so they read "
+        "n/a below (they were not measured, and the fusion weights were not tuned); the deletion and "
+        "insertion areas need none and are measured.",
+        "",
+    ]
 
 
 def _grouping_section(result: RunResult) -> list[str]:
@@ -291,7 +369,9 @@ def _map_score_note(config: PipelineConfig, result: RunResult) -> str:
     evaluation = config.evaluation
     last = result.splits[-1]
     wsol = (
-        "MaxBoxAccV2 and PxAP: threshold-free localisation (see below). "
+        "MaxBoxAccV2 and PxAP were not measured (no masks). "
+        if not result.has_masks
+        else "MaxBoxAccV2 and PxAP: threshold-free localisation (see below). "
         if evaluation.wsol
         else "MaxBoxAccV2 and PxAP were not measured (`evaluation.wsol = false`). "
     )

@@ -187,7 +187,7 @@ class VariantScores:
 
     Attributes:
         variant: which maps.
-        threshold: t*, the threshold with the best validation mIoU.
+        threshold: t*, the threshold with the best validation mIoU (NaN when no mIoU was measured: no masks).
         splits: ``{"val": ..., "test": ...}`` (no ``"test"`` in validation-only runs).
     """
 
@@ -252,6 +252,9 @@ class RunResult:
             ``k``); ``None`` in files written before it was recorded (every label).
         grouping: how the grouping adapted to frequent classes and saturated groups, and whether it fell
             back to the baseline; ``None`` in files written before it was recorded.
+        has_masks: whether the data had masks and boxes; without them every mask and box figure (mIoU,
+            localisation error, t*, MaxBoxAccV2, PxAP) is NaN, not measured (``True`` in files written
+            before it was recorded).
     """
 
     thresholds: tuple[float, ...]
@@ -269,6 +272,7 @@ class RunResult:
     figure_scenes: FigureScenes | None = None
     scored_labels: tuple[int, ...] | None = None
     grouping: GroupingAdaptation | None = None
+    has_masks: bool = True
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -344,6 +348,7 @@ class RunResult:
             "histories": {key.name: history for key, history in self.histories.items()},
             "scored_labels": None if self.scored_labels is None else list(self.scored_labels),
             "grouping": None if self.grouping is None else self.grouping.to_json(),
+            "has_masks": self.has_masks,
         }
         cleaned: dict[str, Any] = strict_json(data)
         return cleaned
@@ -379,7 +384,7 @@ class RunResult:
                     for split, figures in entry.items()
                     if split != "threshold"
                 }
-                variants[variant] = VariantScores(variant, float(entry["threshold"]), splits)
+                variants[variant] = VariantScores(variant, _float(entry["threshold"]), splits)
             for split, by_name in data["scores"].items():
                 curves[split] = {
                     Variant.from_name(name): ThresholdCurve(
@@ -409,6 +414,7 @@ class RunResult:
                 grouping=None
                 if data.get("grouping") is None
                 else GroupingAdaptation.from_json(data["grouping"]),
+                has_masks=_flag(data.get("has_masks", True), "has_masks"),
             )
         except KeyError as error:
             raise ValueError(f"{source}: missing key {error}") from None
@@ -455,6 +461,13 @@ def _float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"a figure must be a number or null, got {value!r}")
     return float(value)
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean read from JSON."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be true or false, got {value!r}")
+    return value
 
 
 def _labels(value: Any) -> tuple[int, ...] | None:

@@ -27,7 +27,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from hiercam._distributed import barrier, is_main
 from hiercam._progress import is_terminal
-from hiercam._validation import check_int, type_name
+from hiercam._validation import check_int, is_real, type_name
 from hiercam.training._checkpoint import (
     check_fits,
     load_checkpoint,
@@ -213,8 +213,9 @@ def fit(
     check_int(epochs, "epochs", minimum=1)
     check_int(seed, "seed", minimum=0)
     run_device, use_amp = _device_and_amp(model, device, amp, amp_dtype)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+    if not is_real(lr):
         raise TypeError(f"`lr` must be a float, got {type_name(lr)}")
+    lr = float(lr)
     if not lr > 0:
         raise ValueError(f"`lr` must be > 0, got {lr}")
     if loss is not None and not callable(loss):

@@ -15,6 +15,7 @@ from hiercam.pipeline.config.sections import (
     ModelConfig,
     TrainConfig,
     background_class_names,
+    folder_classes,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "ConfigError",
     "load_config",
     "background_class_names",
+    "folder_classes",
 ]

@@ -7,53 +7,94 @@ The rules read the sections (``hiercam.pipeline.config.sections``) and raise the
 from __future__ import annotations
 
 import math
+import re
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from hiercam.pipeline.config.sections import ConfigError, DataConfig, ModelConfig, background_class_names
+from hiercam.datasets.images import MAX_IMAGE_SIDE  # the largest side of `data.image_size`, 4096
+from hiercam.pipeline.config.sections import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    background_class_names,
+    folder_classes,
+)
 
 if TYPE_CHECKING:
     from hiercam.pipeline.config.core import PipelineConfig
 
-__all__ = ["MAX_SEED", "validate"]
+__all__ = ["MAX_IMAGE_SIDE", "MAX_SEED", "MAX_WIDTH", "validate"]
 
 
 #: The largest `seed`: every seed derived from it (per model, per epoch) stays in torch's and NumPy's range.
 MAX_SEED = 2**32 - 1
 
+#: The largest ``model.width``: ``small_convnet`` then has 2048 output channels (a 3 x 3 convolution of
+#: 2048 x 2048 channels holds 38 M weights).
+MAX_WIDTH = 512
 
-def _num_classes(data: DataConfig) -> int:
+#: The devices a config may name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def _dataset_classes(data: DataConfig) -> tuple[str, ...]:
+    """Every class name of the dataset, before background classes are taken out (a folder's from its file)."""
     from hiercam.datasets import MSRC21_CLASSES, VOC_CLASSES, FashionScenes
 
+    if data.dataset == "folder":
+        return folder_classes(data)
     if data.dataset == "msrc21":
-        return len(MSRC21_CLASSES) - len(background_class_names(data))
-    return len(VOC_CLASSES if data.dataset == "voc" else FashionScenes.classes)
+        return MSRC21_CLASSES
+    return VOC_CLASSES if data.dataset == "voc" else FashionScenes.classes
 
 
-def _validate_msrc(data: DataConfig) -> None:
-    """The MSRC-21 keys: a root, known distinct background classes, a box size >= 0."""
-    from hiercam.datasets import MSRC21_CLASSES
+def _num_classes(data: DataConfig) -> int:
+    return len(_dataset_classes(data)) - len(background_class_names(data))
 
-    if data.dataset != "msrc21":
+
+def _validate_folder_data(data: DataConfig) -> None:
+    """The keys of the datasets read from a folder (MSRC-21, your own): a root, known background classes."""
+    if data.dataset not in ("msrc21", "folder"):
         if data.background_classes:
             raise ConfigError(
-                f"`data.background_classes` applies to 'msrc21' only, got it with {data.dataset!r}"
+                "`data.background_classes` applies to 'msrc21' only, and to 'folder'; got it with "
+                f"{data.dataset!r}"
+            )
+        if isinstance(data.image_size, tuple):
+            raise ConfigError(
+                f"`data.image_size` [H, W] applies to 'msrc21' and 'folder' only; {data.dataset!r} takes one "
+                f"side, got {list(data.image_size)}"
+            )
+        if data.eval_image_size is not None:
+            raise ConfigError(
+                f"`data.eval_image_size` applies to 'msrc21' and 'folder' only; got it with {data.dataset!r}"
             )
         return
     if data.root is None:
-        raise ConfigError("`data.root` must name the MSRC-21 folder when `data.dataset` is 'msrc21'")
+        what = "the MSRC-21 folder" if data.dataset == "msrc21" else "your dataset folder"
+        raise ConfigError(f"`data.root` must name {what} when `data.dataset` is {data.dataset!r}")
     if data.min_box_area < 0:
         raise ConfigError(f"`data.min_box_area` must be >= 0, got {data.min_box_area}")
+    if data.min_pixels < 1:
+        raise ConfigError(f"`data.min_pixels` must be >= 1, got {data.min_pixels}")
+    if not 0 <= data.min_fraction < 1:
+        raise ConfigError(f"`data.min_fraction` must be in [0, 1), got {data.min_fraction}")
+    if data.dataset == "folder" and data.background_classes == "stuff":
+        raise ConfigError(
+            "`data.background_classes` = 'stuff' names MSRC-21's classes: list your folder's own classes"
+        )
+    classes = _dataset_classes(data)
     names = background_class_names(data)
-    unknown = [name for name in names if name not in MSRC21_CLASSES]
+    unknown = [name for name in names if name not in classes]
     if unknown:
+        stuff = " (or 'stuff')" if data.dataset == "msrc21" else ""
         raise ConfigError(
             f"`data.background_classes`: unknown class(es) {', '.join(map(repr, unknown))}; the classes are "
-            f"{', '.join(MSRC21_CLASSES)} (or 'stuff')"
+            f"{', '.join(classes)}{stuff}"
         )
     if len(set(names)) != len(names):
         raise ConfigError(f"`data.background_classes` names a class twice, got {list(names)}")
-    if len(names) >= len(MSRC21_CLASSES) - 1:
+    if len(names) >= len(classes) - 1:
         raise ConfigError("`data.background_classes` must leave at least two classes to score")
 
 
@@ -69,7 +110,7 @@ def _validate_data(data: DataConfig) -> None:
     most, smallest = FashionScenes.MAX_ITEMS, FashionScenes.MIN_IMAGE_SIZE
     if high > most:
         raise ConfigError(f"`data.items` allows at most {most} garments per scene, got {list(data.items)}")
-    if data.image_size < smallest:
+    if isinstance(data.image_size, int) and data.image_size < smallest:
         raise ConfigError(
             f"`data.image_size` must be >= {smallest} for FashionScenes (a garment is at least 12 pixels "
             f"wide), got {data.image_size}"
@@ -115,13 +156,7 @@ def _validate_inference(config: PipelineConfig) -> None:
             "but `method.branches` = 1 trains none: set one of them"
         )
     _validate_level_heads(config)
-    scales = config.method.multiscale
-    if scales is not None:
-        if not scales:
-            raise ConfigError("`method.multiscale` must list at least one scale, or be left out")
-        for i, scale in enumerate(scales):
-            if not (math.isfinite(scale) and scale > 0):
-                raise ConfigError(f"`method.multiscale[{i}]` must be a positive number, got {scale}")
+    _validate_scales(config)
     evaluation = config.evaluation
     if evaluation.faithfulness_images < 0:
         raise ConfigError(
@@ -131,6 +166,30 @@ def _validate_inference(config: PipelineConfig) -> None:
         raise ConfigError(
             f"`evaluation.faithfulness_steps` must be >= 1, got {evaluation.faithfulness_steps}"
         )
+
+
+def _validate_scales(config: PipelineConfig) -> None:
+    """``method.multiscale``: positive scales that make images of 1 to ``MAX_IMAGE_SIDE`` pixels a side.
+
+    The images of scale ``s`` are ``round(H s) x round(W s)`` (``MultiScaleCAM``), so a scale is refused
+    here, before any training, when it would shrink ``data.image_size`` below one pixel or past the limit.
+    """
+    scales = config.method.multiscale
+    if scales is None:
+        return
+    if not scales:
+        raise ConfigError("`method.multiscale` must list at least one scale, or be left out")
+    image_size = config.data.image_size
+    sides = image_size if isinstance(image_size, tuple) else (image_size, image_size)
+    for i, scale in enumerate(scales):
+        if not (math.isfinite(scale) and scale > 0):
+            raise ConfigError(f"`method.multiscale[{i}]` must be a positive number, got {scale}")
+        scaled = [round(side * scale) for side in sides]
+        if min(scaled) < 1 or max(scaled) > MAX_IMAGE_SIDE:
+            raise ConfigError(
+                f"`method.multiscale[{i}]` = {scale} turns `data.image_size` {list(sides)} into "
+                f"{scaled[0]} x {scaled[1]} images; each side must be 1..{MAX_IMAGE_SIDE} pixels"
+            )
 
 
 def _validate_level_heads(config: PipelineConfig) -> None:
@@ -164,7 +223,6 @@ def validate(config: PipelineConfig) -> None:
     """Check every rule of a built config; raise a ``ConfigError`` naming the key of the first broken one."""
     data, train, method = config.data, config.train, config.method
     positive = {
-        "data.image_size": data.image_size,
         "data.train_scenes": data.train_scenes,
         "data.val_scenes": data.val_scenes,
         "data.test_scenes": data.test_scenes,
@@ -179,8 +237,19 @@ def validate(config: PipelineConfig) -> None:
         raise ConfigError("`data.num_workers` and `train.patience` must be >= 0")
     if not 0 <= config.seed <= MAX_SEED:
         raise ConfigError(f"`seed` must be between 0 and {MAX_SEED} (2**32 - 1), got {config.seed}")
+    if config.model.width > MAX_WIDTH:
+        raise ConfigError(f"`model.width` must be at most {MAX_WIDTH}, got {config.model.width}")
+    for key, size in (("image_size", data.image_size), ("eval_image_size", data.eval_image_size)):
+        if size is None:
+            continue
+        sides = size if isinstance(size, tuple) else (size,)
+        shown = list(size) if isinstance(size, tuple) else size
+        if any(side < 1 for side in sides):
+            raise ConfigError(f"`data.{key}` must be >= 1, got {shown}")
+        if any(side > MAX_IMAGE_SIDE for side in sides):
+            raise ConfigError(f"`data.{key}` must be at most {MAX_IMAGE_SIDE} pixels a side, got {shown}")
     _validate_data(data)
-    _validate_msrc(data)
+    _validate_folder_data(data)
     _validate_model(config.model)
     if not (train.lr > 0 and math.isfinite(train.lr)):
         raise ConfigError(f"`train.lr` must be a positive number, got {train.lr}")
@@ -226,7 +295,9 @@ def validate(config: PipelineConfig) -> None:
     if data.dataset == "voc" and data.root is None:
         raise ConfigError("`data.root` must name the VOCdevkit folder when `data.dataset` is 'voc'")
     device = config.device
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-        raise ConfigError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if not _DEVICE.fullmatch(device):
+        raise ConfigError(
+            f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N a device number), got {device!r}"
+        )
     if train.amp and device == "cpu":
         raise ConfigError("`train.amp` (mixed precision) needs CUDA, but `device` is 'cpu'")

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from hiercam._io import read_json_file, read_text_file
 from hiercam.pipeline.config._rules import validate
 from hiercam.pipeline.config.sections import (
     ConfigError,
@@ -58,7 +59,8 @@ class PipelineConfig:
 
     Attributes:
         seed: seed of data generation, initialisation and shuffling.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or ``"auto"`` (CUDA when available).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (``N`` a device number: ``"cuda:1"``) or ``"auto"`` (CUDA
+            when available); any other spelling is refused when the config is built.
         ablation: also train the single-branch level models and report the paper's Table 4 rows.
         ensemble: also train more base classifiers (other seeds) and report the ensemble control: the
             Grad-CAMs of the base classifier and of these averaged, as many single-branch models as the method
@@ -131,14 +133,35 @@ def load_config(path: str | Path, **changes: Any) -> PipelineConfig:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ConfigError: unknown keys, wrong types or invalid values (the message names the key).
+        ConfigError: a folder or an unreadable file, text that is not UTF-8, TOML or JSON, a JSON value that
+            is not an object, unknown keys, wrong types or invalid values (the message names the file and
+            the key).
     """
     source = Path(path)
-    text = source.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if source.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"{source}: cannot parse: {error}") from None
+    if source.suffix == ".json":
+        try:
+            data = read_json_file(source)
+        except FileNotFoundError:
+            raise
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    else:
+        try:
+            text = read_text_file(source)
+        except FileNotFoundError:
+            raise
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{source}: cannot parse: {error}") from None
+        except RecursionError:
+            raise ConfigError(f"{source}: cannot parse: nested too deeply to be read") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source} must hold a table of settings (a JSON object), got a {type(data).__name__}"
+        )
     try:
         return PipelineConfig.from_dict(_apply(data, changes))
     except ConfigError as error:

@@ -17,6 +17,7 @@ __all__ = [
     "EvaluationConfig",
     "ConfigError",
     "background_class_names",
+    "folder_classes",
 ]
 
 
@@ -29,28 +30,43 @@ class DataConfig:
     """Which data, and how much of it.
 
     Attributes:
-        dataset: ``"fashion_scenes"`` (bundled), ``"voc"`` (PASCAL VOC 2012 under ``root``) or ``"msrc21"``
-            (MSRC-21 under ``root``, see [`MSRC21`][hiercam.datasets.MSRC21]).
-        root: data folder: full Fashion-MNIST IDX files (optional), ``VOCdevkit`` (required for VOC) or the
-            MSRC-21 folder (required for MSRC-21). A relative path is relative to the working directory.
-        image_size: side of the square images fed to the models.
-        train_scenes, val_scenes, test_scenes: FashionScenes sizes (ignored for VOC and MSRC-21).
+        dataset: ``"fashion_scenes"`` (bundled), ``"voc"`` (PASCAL VOC 2012 under ``root``), ``"msrc21"``
+            (MSRC-21 under ``root``, see [`MSRC21`][hiercam.datasets.MSRC21]) or ``"folder"`` (your own
+            segmentation folder under ``root``, see
+            [`SegmentationFolder`][hiercam.datasets.SegmentationFolder] and ``docs/howto/own-dataset.md``).
+        root: data folder: full Fashion-MNIST IDX files (optional), ``VOCdevkit`` (required for VOC), the
+            MSRC-21 folder or your own folder (required for them). A relative path is relative to the working
+            directory.
+        image_size: the size of the images fed to the models: a side ``S`` (square), or ``[H, W]`` for
+            ``"msrc21"`` and ``"folder"`` (e.g. ``[240, 320]`` for 4:3 photos: stretching them to a square
+            shrinks small objects). At most 4096 pixels a side (``MAX_IMAGE_SIDE``).
+        eval_image_size: ``"msrc21"`` and ``"folder"``: the size of the validation and test images (and so
+            of their masks and maps), a side or ``[H, W]``; unset: ``image_size``. A larger size than the
+            training one gives a fully convolutional backbone's CAMs more feature-map cells for small objects
+            (the models are trained at ``image_size`` and see the same scene larger).
+        train_scenes, val_scenes, test_scenes: FashionScenes sizes (ignored for the other datasets).
         items: FashionScenes garments per scene, ``(min, max)``.
         num_workers: DataLoader workers.
-        min_box_area: MSRC-21: the smallest connected component, in pixels at ``image_size``, that gets a
-            ground-truth box (``MSRC21(min_box_area=...)``).
-        background_classes: MSRC-21: ``[]`` (default: all 21 classes are scored, label 0 left out of the
-            mean), ``"stuff"`` (building, grass, tree, sky, water and road are the background, the 15 object
-            classes are scored) or a list of class names to treat as background.
+        min_box_area: MSRC-21 and folders: the smallest connected component, in pixels at ``image_size``, that
+            gets a ground-truth box (``MSRC21(min_box_area=...)``).
+        background_classes: MSRC-21 and folders: class names to treat as background (label 0; they are
+            neither trained nor scored); ``[]`` (default: every class is scored, label 0 left out of the
+            mean); for MSRC-21 also ``"stuff"`` (building, grass, tree, sky, water and road are the
+            background, the 15 object classes are scored). A folder's names are those of its
+            ``classes.json``.
+        min_pixels, min_fraction: folders without ``image_labels.json``: a class is present in an image when
+            its mask holds at least ``min_pixels`` pixels and ``min_fraction`` of the image of it; smaller
+            regions are void (``SegmentationFolder(min_pixels=..., min_fraction=...)``).
         input_norm: how images in ``[0, 1]`` are scaled before the backbone: ``"imagenet"`` (mean/std of
             torchvision's weights), ``"tanh"`` (``2 x - 1``, i.e. ``x / 127.5 - 1`` on 0..255: TensorFlow's
             MobileNets) or ``"none"``; unset: ``"imagenet"`` for torchvision and timm backbones, ``"none"``
             for ``small_convnet``.
     """
 
-    dataset: Literal["fashion_scenes", "voc", "msrc21"] = "fashion_scenes"
+    dataset: Literal["fashion_scenes", "voc", "msrc21", "folder"] = "fashion_scenes"
     root: str | None = None
-    image_size: int = 80
+    image_size: int | tuple[int, int] = 80
+    eval_image_size: int | tuple[int, int] | None = None
     train_scenes: int = 10000
     val_scenes: int = 500
     test_scenes: int = 500
@@ -59,6 +75,8 @@ class DataConfig:
     min_box_area: int = 100
     background_classes: Literal["stuff"] | tuple[str, ...] = ()
     input_norm: Literal["imagenet", "tanh", "none"] | None = None
+    min_pixels: int = 1
+    min_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,7 @@ class ModelConfig:
             ([`build_model`][hiercam.models.build_model]): a torchvision classification model (``"resnet50"``,
             ``"vgg16"``...) or ``"timm:<name>"``. An unknown name is refused before any work, with its close
             matches.
-        width: channel width of ``small_convnet``.
+        width: channel width of ``small_convnet``, 1..512 (``MAX_WIDTH``).
         norm: normalisation of ``small_convnet``: ``"batch"`` or ``"group"`` (batch-independent).
         pretrained: start torchvision and timm backbones from their ImageNet weights (they must already be in
             the library's cache, torch hub's or Hugging Face's: nothing is downloaded unless the user allowed
@@ -154,7 +172,9 @@ class MethodConfig:
         iou: box IoU needed for a correct localisation.
         multiscale: the image scales of multi-scale CAM aggregation at inference (IRN, e.g.
             ``[1.0, 0.5, 1.5, 2.0]``): every model's Grad-CAMs are averaged over the rescaled images (see
-            [`MultiScaleCAM`][hiercam.MultiScaleCAM]); ``None`` (default): one pass at the input size.
+            [`MultiScaleCAM`][hiercam.MultiScaleCAM]); ``None`` (default): one pass at the input size. Each
+            scale must turn ``data.image_size`` into images of 1 to 4096 pixels a side (checked when the
+            config is built, before any training).
         flip: also average over the horizontally mirrored images (with ``multiscale`` unset: at scale 1).
             With ``multiscale`` or ``flip`` the maps are kept at the feature resolution of the largest
             scale (IRN keeps them finer than one pass's, at a quarter of the input size).
@@ -239,8 +259,22 @@ class EvaluationConfig:
 
 
 def background_class_names(data: DataConfig) -> tuple[str, ...]:
-    """The MSRC-21 classes that ``data.background_classes`` makes the background (``"stuff"`` expanded)."""
+    """The classes that ``data.background_classes`` makes the background (MSRC-21's ``"stuff"`` expanded)."""
     from hiercam.datasets import MSRC21_STUFF_CLASSES
 
     given = data.background_classes
     return MSRC21_STUFF_CLASSES if given == "stuff" else tuple(given)
+
+
+def folder_classes(data: DataConfig) -> tuple[str, ...]:
+    """The class names of ``data.root/classes.json`` (checked); a ``ConfigError`` when it cannot be read."""
+    from pathlib import Path
+
+    from hiercam.datasets import read_folder_classes
+
+    if data.root is None:
+        raise ConfigError("`data.root` must name your dataset folder when `data.dataset` is 'folder'")
+    try:
+        return read_folder_classes(Path(data.root) / "classes.json").names
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"`data.root`: {error}") from None
