@@ -305,3 +305,50 @@ def test_a_confusion_state_too_big_is_refused_naming_num_classes() -> None:
         )
     with pytest.raises(ValueError, match="`num_classes`"):
         MeanIoU(num_classes=5000, thresholds=[0.1 * i for i in range(1, 10)])
+
+
+# ------------------------------------------------------------------ item 10: obscure errors named
+
+
+def _tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()
+
+
+@pytest.mark.parametrize("metric", ["deletion_insertion", "confidence_change", "road"])
+def test_float64_images_with_a_float32_model_name_both(metric: str) -> None:
+    """torch's "Input type (double) and bias type (float)" becomes an error naming `images` and `model`."""
+    import hiercam
+
+    maps, labels = torch.rand(2, 3, 16, 16), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    images = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"`images` are torch.float64 but `model`'s parameters are torch.float32"
+    ):
+        getattr(hiercam, metric)(maps, labels, images=images, model=_tiny_model())
+    getattr(hiercam, metric)(maps, labels, images=images.float(), model=_tiny_model())  # the same, converted
+
+
+def test_road_generator_must_be_a_generator() -> None:
+    import hiercam
+
+    maps, labels = torch.rand(1, 3, 8, 8), torch.tensor([[1.0, 0.0, 0.0]])
+    images = torch.rand(1, 3, 8, 8)
+    with pytest.raises(TypeError, match="`generator` must be a torch.Generator or None, got int"):
+        hiercam.road(maps, labels, images=images, model=_tiny_model(), generator=42)
+    with pytest.raises(TypeError, match="`generator` must be a torch.Generator"):
+        hiercam.ROAD(_tiny_model(), generator=42)
+    with pytest.raises(TypeError, match="`generator` must be a torch.Generator"):
+        hiercam.noisy_linear_impute(images, torch.zeros(1, 8, 8, dtype=torch.bool), generator=42)
+    first = hiercam.road(
+        maps, labels, images=images, model=_tiny_model(), generator=torch.Generator().manual_seed(0)
+    )
+    again = hiercam.road(
+        maps, labels, images=images, model=_tiny_model(), generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(first.morf, again.morf)

@@ -127,6 +127,13 @@ def _logits(model: Model, inputs: Tensor, num_classes: int | None, classes: Tens
 
     ``num_classes`` is the ``K`` it must have, or ``None``: any ``K`` that holds every index of ``classes``.
     """
+    if isinstance(model, nn.Module):
+        weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+        if weight is not None and weight.dtype != inputs.dtype and not torch.is_autocast_enabled():
+            raise ValueError(
+                f"`images` are {inputs.dtype} but `model`'s parameters are {weight.dtype}: convert one to "
+                f"the other (e.g. images.to({weight.dtype}))"
+            )
     output = model(inputs)
     if not isinstance(output, Tensor):
         output = getattr(output, "mean_logits", output)
