@@ -411,3 +411,33 @@ def test_load_image_max_side(photos: dict[str, Path]) -> None:
         load_image(photos["png"], 32, max_side=16)
     with pytest.raises(ValueError, match=r"`size` must be <= 4096, got 5000"):
         load_image(photos["png"], 5000)
+
+
+# -------------------------------------------- the library's own JSON files: nested too deeply, not UTF-8
+
+
+def _deep(path: Path) -> Path:
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    return path
+
+
+def test_the_librarys_own_json_files_nested_too_deeply_are_named(tmp_path: Path) -> None:
+    """History, metrics.json, a step marker and a bench seed record: a RecursionError inside `json` becomes a
+    ValueError naming the file (the readers that do not go through `hiercam._io.read_json_file`)."""
+    from hiercam import History
+    from hiercam.pipeline.artifacts import read_marker
+    from hiercam.pipeline.results import RunResult
+    from hiercam.pipeline.run import _read_seed_record
+
+    with pytest.raises(ValueError, match="history.json' is not a JSON file"):
+        History.load(_deep(tmp_path / "history.json"))
+    with pytest.raises(ValueError, match="metrics.json: not JSON"):
+        RunResult.load(_deep(tmp_path / "metrics.json"))
+    with pytest.raises(ValueError, match="marker.json: the step marker is not JSON"):
+        read_marker(_deep(tmp_path / "marker.json"), "key")
+    with pytest.raises(ValueError, match="seed_0.json: not JSON"):
+        _read_seed_record(_deep(tmp_path / "seed_0.json"), PipelineConfig())
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('{"caf\xe9": 1}'.encode("latin-1"))
+    with pytest.raises(ValueError, match="latin.json: not JSON"):
+        RunResult.load(latin)

@@ -44,7 +44,7 @@ def read_marker(path: Path, key: str) -> dict[str, Any] | None:
         raise ValueError(f"{path}: the step marker is not UTF-8 text; delete it to redo the step") from None
     try:
         marker = json.loads(text)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, RecursionError) as error:
         raise ValueError(
             f"{path}: the step marker is not JSON ({error}); delete it to redo the step"
         ) from None

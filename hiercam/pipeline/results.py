@@ -433,10 +433,9 @@ class RunResult:
             FileNotFoundError: no such file.
             ValueError: naming the file, when it is not JSON or not this version's layout.
         """
-        text = Path(path).read_text(encoding="utf-8")
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             raise ValueError(f"{path}: not JSON: {error}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: must hold a JSON object, got {type(data).__name__}")

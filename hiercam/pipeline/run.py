@@ -337,7 +337,7 @@ def _read_seed_record(path: Path, config: PipelineConfig) -> RunResult | None:
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ValueError(f"{path}: not JSON ({error}); delete it to run the seed again") from None
     if not isinstance(data, dict) or data.get("record_version") != _RECORD_VERSION:
         raise ValueError(f"{path}: not a bench seed record of this version; delete it to run the seed again")

@@ -71,8 +71,8 @@ class History:
         name = os.fspath(path)
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"`path` {name!r} is not a JSON file: {error}") from error
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+            raise ValueError(f"`path` {name!r} is not a JSON file: {error}") from None
         if not isinstance(data, list) or not all(
             isinstance(r, dict)
             and all(
