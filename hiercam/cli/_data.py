@@ -9,29 +9,9 @@ import argparse
 import sys
 from typing import Any
 
+from hiercam.cli._args import fraction, positive_int
+
 __all__ = ["add_data_parser", "run_data"]
-
-
-def _fraction(text: str) -> float:
-    """An argparse type: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
 
 
 def add_data_parser(commands: Any) -> None:
@@ -53,21 +33,21 @@ def add_data_parser(commands: Any) -> None:
     check.add_argument("root", metavar="ROOT", help="the dataset folder (holding classes.json, images/)")
     check.add_argument(
         "--min-pixels",
-        type=_count,
+        type=positive_int,
         default=1,
         metavar="N",
         help="labels from masks: fewest pixels that make a class present (default: 1)",
     )
     check.add_argument(
         "--min-fraction",
-        type=_fraction,
+        type=fraction,
         default=0.0,
         metavar="F",
         help="labels from masks: smallest share of the image a present class covers (default: 0)",
     )
     check.add_argument(
         "--ubiquitous",
-        type=_fraction,
+        type=fraction,
         default=0.9,
         metavar="F",
         help="flag classes present in more than this share of the training images (default: 0.9)",

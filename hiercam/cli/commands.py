@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hiercam._version import __version__
+from hiercam.cli._args import one_line, positive_int
 from hiercam.cli._cam import add_cam_parser, run_cam
 from hiercam.cli._data import add_data_parser, run_data
 
@@ -151,21 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
-
-
 def _add_threads(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="PyTorch CPU threads (torch.set_num_threads); default: PyTorch's own (OMP_NUM_THREADS, or one "
@@ -194,16 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, ImportError) as error:  # ConfigError is a ValueError
         if os.environ.get("HIERCAM_TRACEBACK", "") not in ("", "0"):
             raise
-        print(f"hiercam {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"hiercam {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     finally:  # main() called from Python leaves the process's thread count as it found it
         torch.set_num_threads(threads)
-
-
-def _one_line(error: BaseException) -> str:
-    """The message of ``error`` on one line (an ``OSError`` keeps its file name)."""
-    text = str(error).strip() or type(error).__name__
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _dispatch(args: argparse.Namespace, started: float) -> int:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from hiercam._io import atomic_write_json, check_out_dir
 from hiercam._validation import check_choice, check_int, type_name
 from hiercam.cam import METHODS, BaseCAM
+from hiercam.cli._args import one_line
 from hiercam.cli._files import (
     check_images,
     expand_images,
@@ -297,10 +298,6 @@ def _check_device(device: str | torch.device | None) -> torch.device:
     return target
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
 def _check_class_names(class_names: str | os.PathLike[str] | Sequence[str] | None) -> list[str] | None:
     if class_names is None:
         return None
@@ -324,7 +321,7 @@ def _classes_for(
         size = " x ".join(map(str, x.shape[-2:]))
         raise ValueError(
             f"`size`: the model cannot take {size} images (it raised {type(error).__name__}: "
-            f"{_one_line(error)}); pass a size it accepts"
+            f"{one_line(error)}); pass a size it accepts"
         ) from error
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         found = tuple(logits.shape) if isinstance(logits, Tensor) else type_name(logits)
