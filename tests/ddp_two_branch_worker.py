@@ -66,6 +66,10 @@ def _worker(rank: int, out_dir: str) -> None:
             ddp = DistributedDataParallel(net, find_unused_parameters=False)
             train(ddp, TwoBranchLoss(weight=lam, reduction=reduction), (rank, WORLD_SIZE))
             torch.save(net.state_dict(), Path(out_dir) / f"{name}_rank{rank}.pt")
+        # Both ranks leave their last collective before either tears the group down: destroying a gloo group
+        # while the other rank's transport threads are still busy has aborted a process at exit ("terminate
+        # called without an active exception") on a loaded 2-core machine.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
