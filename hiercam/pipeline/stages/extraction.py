@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hiercam._progress import Progress, is_terminal
 from hiercam.cam import GradCAM, MultiScaleCAM, level_heads_maps
 from hiercam.hierarchy import ClassHierarchy
 from hiercam.pipeline.artifacts import load_tensors, read_marker, save_tensors, write_marker
@@ -80,12 +79,8 @@ def extract_maps(
     shuffled = shuffled_control_hierarchy(ctx.config, hierarchy)
     enlarge = 1.0 if scales is None else max(1.0, *scales)  # maps at the largest scale's feature size
     extracted: dict[ModelKey, ModelMaps] = {}
-    progress = Progress(
-        len(models) * len(shard),
-        f"  maps of {len(models)} models ({split})",
-        log=ctx.log,
-        unit="images",
-        terminal=ctx.progress and ctx.dist.is_main and is_terminal(),
+    progress = ctx.step_progress(
+        len(models) * len(shard), f"maps of {len(models)} models ({split})", "images"
     )
     for identity, trained in models.items():
         if identity.kind in _HEADS_KINDS:
