@@ -36,9 +36,22 @@ Peak memory: for each contender alone in a fresh subprocess, the growth of the p
 resident set size at that point. (``ru_maxrss`` would be wrong: Linux keeps it across ``exec``, so a child
 reports its parent's peak.) Linux only.
 
+The score family (issue 27), on one CPU thread (``torch.set_num_threads(1)``): ResNet-18 (random init,
+``--family-classes`` classes), ``--family-batch`` images of ``--family-size`` pixels, target ``layer4``
+(512 channels; ``--quick``: ``layer3``, 256 channels, and fewer samples). For ScoreCAM, SSCAM, ISCAM and
+AblationCAM it prints seconds per image (hiercam: all classes from one call; a peer: one class, its call
+per class) and per image and class, against pytorch-grad-cam (ScoreCAM, AblationCAM) and torchcam (ScoreCAM,
+SSCAM, ISCAM) on the same model, side by side in one run, each also as a ratio to the bare forwards the
+method needs: ``rows = C x samples`` forwards per image of the model alone (under ``inference_mode``, at the
+same batch size, 64). ``hiercam max_channels=64`` is the Faster Score-CAM variant (64 channels per image);
+its ratio is to the forwards of all channels. The peers' SSCAM and ISCAM run the same ``--family-samples``.
+Each figure is the best of ``--family-rounds`` interleaved rounds (rotating order), the least disturbed by
+other work on the machine.
+
 Run: ``python benchmarks/cam_speed.py [--rounds 5] [--classes 20] [--batch 8] [--size 224]
-[--scorecam-batch 1] [--scorecam-peer-classes 2] [--no-gradient-free]``
-(a quick check that it runs: ``--rounds 1 --classes 3 --batch 1 --size 64 --scorecam-peer-classes 1``)
+[--scorecam-batch 1] [--scorecam-peer-classes 2] [--no-gradient-free] [--no-score-family]``
+(a quick check that it runs: ``--rounds 1 --classes 3 --batch 1 --size 64 --scorecam-peer-classes 1``);
+only the score family: ``python benchmarks/cam_speed.py --score-family-only [--quick]``
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -238,7 +252,18 @@ def main() -> None:
     parser.add_argument("--no-gradient-free", action="store_true", help="skip ScoreCAM and multi-scale")
     parser.add_argument("--vit-batch", type=int, default=8, help="images for ViT-Tiny; 0 skips it")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-contender memory subprocesses")
+    parser.add_argument("--no-score-family", action="store_true", help="skip the score family")
+    parser.add_argument("--score-family-only", action="store_true", help="run only the score family section")
+    parser.add_argument("--quick", action="store_true", help="score family: layer3 and 2 samples")
+    parser.add_argument("--family-classes", type=int, default=10)
+    parser.add_argument("--family-batch", type=int, default=1, help="images per call in the score family")
+    parser.add_argument("--family-size", type=int, default=64, help="input side in the score family")
+    parser.add_argument("--family-samples", type=int, default=4, help="SSCAM / ISCAM samples")
+    parser.add_argument("--family-rounds", type=int, default=2, help="score family: best of these rounds")
     args = parser.parse_args()
+    if args.score_family_only:
+        score_family(args)
+        return
     model, images = setup(args.batch, args.classes, args.size)
     all_classes = list(range(args.classes))
     threads = torch.get_num_threads()
@@ -260,6 +285,8 @@ def main() -> None:
         vit(args, all_classes)
     if not args.no_gradient_free:
         gradient_free(args, all_classes)
+    if not args.no_score_family:
+        score_family(args)
 
 
 def vit_contenders(batch: int, classes: list[int], size: int) -> dict[str, Callable[[], object]]:
@@ -326,6 +353,121 @@ def gradient_free(args: argparse.Namespace, all_classes: list[int]) -> None:
         for name in runs:
             mib = peak_memory(name, args.scorecam_batch, args.classes, all_classes, args.size, peer_classes)
             print(f"  {name:26s} {mib:9.0f}")
+
+
+FAMILY_BATCH = 64  # masked images per forward, for every library and for the bare forwards
+
+
+def family_contenders(
+    model: torch.nn.Module, images: torch.Tensor, layer: str, classes: list[int], samples: int
+) -> dict[str, tuple[Callable[[], object], int, int]]:
+    """``name: (run, classes it explains, rows per image)`` for the score family on ``model``."""
+    import pytorch_grad_cam
+    import torchcam.methods
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    import hiercam
+
+    batch = len(images)
+    channels = {"layer3": 256, "layer4": 512}[layer]  # ResNet-18
+    size, quiet = FAMILY_BATCH, False
+    ours: dict[str, hiercam.BaseCAM] = {
+        "ScoreCAM": hiercam.ScoreCAM(model, layer, batch_size=size, progress=quiet),
+        "SSCAM": hiercam.SSCAM(model, layer, num_samples=samples, batch_size=size, progress=quiet),
+        "ISCAM": hiercam.ISCAM(model, layer, num_samples=samples, batch_size=size, progress=quiet),
+        "AblationCAM": hiercam.AblationCAM(model, layer, batch_size=size, progress=quiet),
+    }
+    fast = hiercam.ScoreCAM(model, layer, max_channels=64, batch_size=size, progress=quiet)
+    k = classes[0]
+
+    def torchcam_run(method: str, **options: int) -> Callable[[], object]:
+        def run() -> object:
+            extractor = getattr(torchcam.methods, method)(model, layer, batch_size=FAMILY_BATCH, **options)
+            try:
+                with torch.no_grad():
+                    scores = model(images)
+                return extractor(k, scores)
+            finally:
+                extractor.remove_hooks()
+
+        return run
+
+    def pgc_run(method: str) -> Callable[[], object]:
+        def run() -> object:
+            layers = [model.get_submodule(layer)]
+            peer_type = getattr(pytorch_grad_cam, method)
+            options = {"batch_size": FAMILY_BATCH} if method == "AblationCAM" else {}
+            with peer_type(model, target_layers=layers, **options) as cam:
+                cam.batch_size = FAMILY_BATCH
+                return cam(images, targets=[ClassifierOutputTarget(k)] * batch)
+
+        return run
+
+    runs: dict[str, tuple[Callable[[], object], int, int]] = {}
+    for name, cam in ours.items():
+        rows = channels * (samples if name in ("SSCAM", "ISCAM") else 1)
+        runs[f"{name} hiercam"] = (partial(cam, images, classes), len(classes), rows)
+        if name != "AblationCAM":
+            extra = {"num_samples": samples} if name != "ScoreCAM" else {}
+            runs[f"{name} torchcam"] = (torchcam_run(name, **extra), 1, rows)
+        if name in ("ScoreCAM", "AblationCAM"):
+            runs[f"{name} pytorch-grad-cam"] = (pgc_run(name), 1, rows)
+        if name == "ScoreCAM":
+            runs["ScoreCAM hiercam max_channels=64"] = (partial(fast, images, classes), len(classes), rows)
+    return runs
+
+
+def bare_forwards(model: torch.nn.Module, images: torch.Tensor, rows: int) -> float:
+    """Seconds for ``rows`` forwards per image of ``images``, ``FAMILY_BATCH`` at a time (inference mode)."""
+    total = rows * len(images)
+    chunk = images[:1].expand(FAMILY_BATCH, -1, -1, -1).contiguous()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for first in range(0, total, FAMILY_BATCH):
+            model(chunk[: min(FAMILY_BATCH, total - first)])
+    return time.perf_counter() - start
+
+
+def score_family(args: argparse.Namespace) -> None:
+    """ScoreCAM, SSCAM, ISCAM, AblationCAM against both peers: seconds per image and class, x forwards."""
+    from torchvision.models import resnet18
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = resnet18(num_classes=args.family_classes).eval()
+    images = torch.randn(args.family_batch, 3, args.family_size, args.family_size)
+    layer, samples = ("layer3", 2) if args.quick else ("layer4", args.family_samples)
+    classes = list(range(args.family_classes))
+    runs = family_contenders(model, images, layer, classes, samples)
+    row_counts = sorted({rows for _, _, rows in runs.values()})
+    timed: dict[str, Callable[[], object]] = {
+        f"bare forwards ({rows} per image)": partial(bare_forwards, model, images, rows)
+        for rows in row_counts
+    }
+    timed.update({name: run for name, (run, _, _) in runs.items()})
+    with torch.inference_mode():
+        model(images)  # warm-up
+    best = {name: float("inf") for name in timed}
+    names = list(timed)
+    for r in range(args.family_rounds):  # rotating order; the best of the rounds (least disturbed)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            timed[name]()
+            best[name] = min(best[name], (time.perf_counter() - start) / len(images))
+    size = f"{args.family_size}x{args.family_size}"
+    print(
+        f"\nscore family: torch {torch.__version__}, 1 thread, ResNet-18 {layer}, {args.family_classes} "
+        f"classes, batch {args.family_batch}, {size}, {samples} samples (SSCAM, ISCAM), "
+        f"{FAMILY_BATCH} images per forward, best of {args.family_rounds} interleaved rounds"
+    )
+    print(f"  {'contender':34s} {'s/image':>9s} {'s/image/class':>14s} {'x forwards':>11s}")
+    for rows in row_counts:
+        label = f"bare forwards ({rows} per image)"
+        print(f"  {label:34s} {best[label]:9.3f}")
+    for name, (_, count, rows) in runs.items():
+        floor = best[f"bare forwards ({rows} per image)"]
+        seconds = best[name]
+        print(f"  {name:34s} {seconds:9.3f} {seconds / count:14.4f} {seconds / floor:10.2f}x")
 
 
 if __name__ == "__main__":

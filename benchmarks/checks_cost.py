@@ -4,8 +4,8 @@ Value checks (finite maps and images, 0/1 labels, the negative-feature warning..
 Python ``bool``; ``hiercam.set_checks(False)`` skips them, shape and type checks stay on. For each function
 the script prints the median time per call with the checks on and off (interleaved repeat by repeat, in
 alternating order, so both see the same machine load) and the number of host reads per call (tensor values
-turned into Python objects: ``bool``, ``int``, ``float``, ``item``, ``tolist``), counted with a
-``TorchFunctionMode``.
+turned into Python objects: ``bool``, ``int``, ``float``, ``item``, ``tolist``; copies to the host;
+outputs whose shape depends on the values), counted with ``hiercam._host_reads.HostReads``.
 
 On the CPU the difference is small (a check is one reduction, a few percent of the call, and a read costs
 nothing more). The point is the GPU: each host read waits for every kernel queued before it (a host
@@ -23,10 +23,8 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 import hiercam
 from hiercam import (
@@ -39,21 +37,7 @@ from hiercam import (
     mean_iou,
     normalize_maps,
 )
-
-
-class HostReads(TorchFunctionMode):
-    """Counts the reads of tensor values into Python objects (host synchronisations on an accelerator)."""
-
-    READS = frozenset({"__bool__", "__int__", "__float__", "__index__", "item", "tolist"})
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if getattr(func, "__name__", "") in self.READS:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
+from hiercam._host_reads import host_reads
 
 
 def cases(device: torch.device) -> dict[str, Callable[[], object]]:
@@ -100,13 +84,6 @@ def per_call(call: Callable[[], object], number: int, device: torch.device) -> f
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / number
-
-
-def host_reads(call: Callable[[], object]) -> int:
-    reads = HostReads()
-    with reads:
-        call()
-    return reads.count
 
 
 def main() -> None:

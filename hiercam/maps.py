@@ -6,8 +6,9 @@ The CAM engine, fusion, the metrics, the datasets and the pipeline all call thes
 * [`normalize_maps`][hiercam.maps.normalize_maps] rescales maps to ``[0, 1]`` (``"max"``, the IRN convention
   behind mIoU at threshold 0.15, or ``"minmax"``);
 * [`resize_maps`][hiercam.maps.resize_maps] resizes maps with one batched bilinear ``interpolate``;
-* [`mask_boxes`][hiercam.maps.mask_boxes] boxes the 8-connected regions of a boolean mask, and
-  [`cam_boxes`][hiercam.maps.cam_boxes] those of a map above a threshold.
+* [`mask_boxes`][hiercam.maps.mask_boxes] boxes the 8-connected regions of a boolean mask,
+  [`cam_boxes`][hiercam.maps.cam_boxes] those of a map above a threshold, and
+  [`level_boxes`][hiercam.maps.level_boxes] those of the nested masks of many thresholds in one pass.
 
 **Box convention.** Boxes are ``(x1, y1, x2, y2)`` in continuous pixel coordinates with *exclusive* far
 edges: pixel ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``, so a region spanning columns ``3..7``
@@ -20,7 +21,7 @@ were resized.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -37,7 +38,16 @@ from hiercam._validation import (
     type_name,
 )
 
-__all__ = ["BoxComponents", "NormalizeMode", "cam_boxes", "mask_boxes", "normalize_maps", "resize_maps"]
+__all__ = [
+    "BoxComponents",
+    "LevelBoxes",
+    "NormalizeMode",
+    "cam_boxes",
+    "level_boxes",
+    "mask_boxes",
+    "normalize_maps",
+    "resize_maps",
+]
 
 NormalizeMode = Literal["max", "minmax"]
 BoxComponents = Literal["largest", "all"]
@@ -289,3 +299,176 @@ def cam_boxes(map: Tensor, threshold: float = 0.15, components: BoxComponents = 
     check_choice(components, "components", ("largest", "all"))
     mask = normalize_maps(map.detach(), "max", validate_args=False) > threshold
     return mask_boxes(mask, components)
+
+
+# --------------------------------------------------------------------------------------------- level boxes
+class LevelBoxes(NamedTuple):
+    """The regions found by [`level_boxes`][hiercam.maps.level_boxes], one row each.
+
+    Rows are sorted by map, then level, then the region's first pixel in row-major order.
+
+    Attributes:
+        boxes: int64 ``(M, 4)`` as ``(x1, y1, x2, y2)`` with exclusive far edges (module docstring).
+        maps: int64 ``(M,)``: the map ``n`` of each region.
+        levels: int64 ``(M,)``: the level ``i`` of each region (a region of the mask ``levels[n] > i``).
+        areas: int64 ``(M,)``: pixels of each region.
+    """
+
+    boxes: Tensor
+    maps: Tensor
+    levels: Tensor
+    areas: Tensor
+
+
+_RADIX_KEYS = 2**16  # (map, level) keys below this sort as uint16: NumPy's radix sort, linear time
+_CHUNK_PIXELS = 2**18  # pixels per pass: the run arrays of a pass stay small (measured fastest)
+
+
+def level_boxes(levels: Tensor, components: BoxComponents = "all") -> LevelBoxes:
+    """Boxes of the 8-connected regions of the nested masks ``levels[n] > i``, every map and level at once.
+
+    Thresholding a map at ``t_0 < t_1 < ...`` gives nested masks; with ``levels[n, y, x]`` the number of
+    thresholds below the pixel's value, the mask of ``t_i`` is ``levels[n] > i``. Labelling every mask
+    separately (``scipy.ndimage.label``, about 0.2 ms per 224 x 224 mask) costs a full pass over the pixels
+    per threshold; here every mask of every map is labelled in one pass over its *runs* (the maximal
+    horizontal stretches of a row inside a mask, about two per row and level for a CAM), which are connected
+    to the overlapping runs of the next row (8-connectivity: touching by a side or a corner) and grouped with
+    one ``scipy.sparse.csgraph.connected_components``. The regions and boxes are those of
+    [`mask_boxes`][hiercam.maps.mask_boxes] of each mask (checked against it in the tests); for 100
+    thresholds of 224 x 224 CAMs, MaxBoxAccV2 built on it was measured about 6 times faster than with one
+    labelling per mask, and faster than wsolevaluation's OpenCV loop (``benchmarks/faithfulness_speed.py``).
+    The work is on the CPU, in chunks of maps that keep the run arrays small.
+
+    Args:
+        levels: integer level maps ``(N, H, W)``, values in ``[0, 32767]``, any device (copied to the CPU).
+        components: ``"all"`` regions, or the ``"largest"`` of each (map, level): the one with the most
+            pixels, the first in row-major order of its first pixel on ties.
+
+    Returns:
+        [`LevelBoxes`][hiercam.maps.LevelBoxes] on the CPU: every region of ``levels[n] > i`` for
+        ``0 <= i < levels[n].max()``; none for a mask without pixels.
+
+    Raises:
+        TypeError: ``levels`` is not an integer tensor.
+        ValueError: ``levels`` is not 3-D, a value is outside ``[0, 32767]``, or ``components`` is unknown.
+
+    Examples:
+        >>> import torch
+        >>> levels = torch.tensor([[[0, 2, 0, 1], [0, 1, 0, 0]]])  # mask 0: 3 pixels, mask 1: 1 pixel
+        >>> found = level_boxes(levels)
+        >>> found.boxes.tolist(), found.levels.tolist(), found.areas.tolist()
+        ([[1, 0, 2, 2], [3, 0, 4, 1], [1, 0, 2, 1]], [0, 0, 1], [2, 1, 1])
+    """
+    check_tensor(levels, "levels", dims="N, H, W")
+    if levels.is_floating_point() or levels.is_complex() or levels.dtype == torch.bool:
+        raise TypeError(f"`levels` must be an integer tensor, got dtype {levels.dtype}")
+    check_choice(components, "components", ("largest", "all"))
+    array = levels.detach().cpu().numpy()
+    if array.size and (int(array.min()) < 0 or int(array.max()) > np.iinfo(np.int16).max):
+        raise ValueError(f"`levels` must hold values in [0, 32767], got [{array.min()}, {array.max()}]")
+    count, height, width = array.shape
+    per_chunk = max(1, _CHUNK_PIXELS // max(1, height * width))
+    parts = []
+    for start in range(0, count, per_chunk):
+        chunk = array[start : start + per_chunk].astype(np.int16)
+        depth = int(chunk.max()) if chunk.size else 0
+        step = max(1, min(len(chunk), _RADIX_KEYS // max(1, depth)))
+        for offset in range(0, len(chunk), step):
+            found = _chunk_regions(chunk[offset : offset + step], components)
+            parts.append(found._replace(maps=found.maps + start + offset))
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return LevelBoxes(empty.reshape(0, 4), empty, empty, empty)
+    return LevelBoxes(*(torch.cat(values) for values in zip(*parts, strict=True)))
+
+
+def _expand(positions: np.ndarray, low: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each position repeated ``count`` times, with the levels ``low, low + 1, ..., low + count - 1``."""
+    ends = np.cumsum(count, dtype=np.int64)
+    levels = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+    levels -= np.repeat(ends - count - low, count)
+    return np.repeat(positions, count), levels
+
+
+def _runs(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of every (map, level, row), sorted: keys ``map * D + level``, start and end positions.
+
+    Positions index the ``(N, H, W + 1)`` grid of the gaps between pixels (gap ``j`` is left of column
+    ``j``), so a run from column ``s`` to the column before ``e`` has the positions of gaps ``s`` and ``e``.
+    """
+    count, height, width = levels.shape
+    depth = max(1, int(levels.max()))
+    padded = np.zeros((count, height, width + 2), dtype=np.int16)
+    padded[..., 1:-1] = levels
+    left, right = padded[..., :-1].reshape(-1), padded[..., 1:].reshape(-1)
+    rise = np.flatnonzero(right > left)  # runs of the levels left[p] .. right[p] - 1 start here
+    fall = np.flatnonzero(right < left)  # runs of the levels right[p] .. left[p] - 1 end here
+    start, start_level = _expand(rise, left[rise], right[rise].astype(np.int64) - left[rise])
+    end, end_level = _expand(fall, right[fall], left[fall].astype(np.int64) - right[fall])
+    per_map = height * (width + 1)
+    # generated in (map, row, column) order: a stable sort by (map, level) gives (map, level, row, column),
+    # in which the k-th start and the k-th end of a (map, level, row) belong to the same run
+    start_key = (start // per_map) * depth + start_level
+    end_key = (end // per_map) * depth + end_level
+    order = np.argsort(start_key.astype(np.uint16), kind="stable")
+    end_order = np.argsort(end_key.astype(np.uint16), kind="stable")
+    return start_key[order], start[order], end[end_order]
+
+
+def _chunk_regions(levels: np.ndarray, components: BoxComponents) -> LevelBoxes:
+    """[`level_boxes`][hiercam.maps.level_boxes] of a chunk with fewer than 2**16 (map, level) keys."""
+    from scipy.sparse import csr_matrix  # imported here: SciPy is slow to import
+    from scipy.sparse.csgraph import connected_components
+
+    count, height, width = levels.shape
+    depth = max(1, int(levels.max()) if levels.size else 0)
+    key, start, end = _runs(levels)
+    total = len(key)
+    gaps = width + 1
+    per_map = height * gaps
+    row = (start // gaps) % height
+    # a run touches the runs of the next row (same map and level) that start at or before its end gap and
+    # end at or after its start gap; in the sorted order those are the consecutive runs lo .. hi - 1
+    within = key * per_map
+    start_at, end_at = within + start % per_map, within + end % per_map
+    lo = np.searchsorted(end_at, start_at + gaps, "left")
+    hi = np.searchsorted(start_at, end_at + gaps, "right")
+    hi[row == height - 1] = 0  # the last row has no next row
+    touches = hi > lo
+    # edges: each run to the first run it touches, and each of those runs to the next one it touches
+    wide = hi - lo >= 2
+    cover = np.bincount(lo[wide], minlength=total) - np.bincount(hi[wide] - 1, minlength=total)
+    chained = np.cumsum(cover[:-1]) > 0
+    degree = touches.astype(np.int64)
+    degree[:-1] += chained
+    indptr = np.zeros(total + 1, dtype=np.int64)
+    np.cumsum(degree, out=indptr[1:])
+    indices = np.empty(int(indptr[-1]), dtype=np.int64)
+    indices[indptr[:-1][touches]] = lo[touches]
+    links = np.flatnonzero(chained)
+    indices[indptr[links] + touches[links]] = links + 1
+    graph = csr_matrix((np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(total, total))
+    regions, label = connected_components(graph, directed=True, connection="weak")
+    # regions are numbered in the order of their first run: (map, level, row-major first pixel)
+    label_t = torch.from_numpy(label.astype(np.int64))
+
+    def reduce(values: np.ndarray, how: str) -> Tensor:
+        empty = torch.zeros(regions, dtype=torch.int64)
+        return empty.scatter_reduce_(0, label_t, torch.from_numpy(values), how, include_self=False)
+
+    columns, end_columns = start % gaps, end % gaps
+    boxes = torch.stack(
+        [reduce(columns, "amin"), reduce(row, "amin"), reduce(end_columns, "amax"), reduce(row + 1, "amax")],
+        1,
+    )
+    first = reduce(np.arange(total, dtype=np.int64), "amin")
+    areas = torch.zeros(regions, dtype=torch.int64).scatter_add_(0, label_t, torch.from_numpy(end - start))
+    keys = torch.from_numpy(key)[first]
+    if components == "largest" and regions:
+        best = torch.zeros(count * depth, dtype=torch.int64).scatter_reduce_(0, keys, areas, "amax")
+        candidates = torch.where(areas == best[keys], torch.arange(regions), regions)
+        chosen = torch.full((count * depth,), regions, dtype=torch.int64)
+        chosen = chosen.scatter_reduce_(0, keys, candidates, "amin")
+        keep = chosen[chosen < regions]
+        boxes, areas, keys = boxes[keep], areas[keep], keys[keep]
+    return LevelBoxes(boxes, keys // depth, keys % depth, areas)

@@ -34,7 +34,17 @@ def _extractor(name: str, model: nn.Module, layer: object = "layer4") -> hiercam
     method = METHODS[name]
     if name in ("scorecam", "ablationcam"):
         return method(model, layer, batch_size=512, progress=False)  # type: ignore[call-arg]
+    if name in ("sscam", "iscam"):  # 2 samples of 32 channels: the test is about classes, not samples
+        return method(model, layer, num_samples=2, max_channels=32, batch_size=512, progress=False)  # type: ignore[call-arg]
+    if name in ("fullgrad", "guidedbackprop"):  # no target layer: they explain the input
+        return method(model)
     return method(model, layer)
+
+
+def _reseed(extractor: hiercam.BaseCAM) -> None:
+    """The same random draws for the next call (RandomCAM's weights, SmoothGradCAMPlusPlus's noise)."""
+    if isinstance(extractor, (hiercam.RandomCAM, hiercam.SmoothGradCAMPlusPlus)):
+        extractor.generator = torch.Generator().manual_seed(0)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -51,8 +61,10 @@ def _slice(maps: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 def test_top_k_equals_slicing_the_all_class_maps(name: str) -> None:
     model, images = _model(), _images()
     extractor = _extractor(name, model)
+    _reseed(extractor)
     every = extractor(images, normalize=None)
     assert torch.equal(extractor.classes, torch.arange(6).expand(2, -1))
+    _reseed(extractor)
     top = extractor(images, top_k=3, normalize=None)
     expected = extractor.logits.topk(3, dim=1).indices
     assert top.shape == (2, 3, 64, 64)

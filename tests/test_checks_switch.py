@@ -2,8 +2,8 @@
 
 Value checks read tensor values (finite, 0/1, in [0, 1]) and so cost a host synchronisation on a GPU; with
 the switch off they are skipped, while type and shape checks still run. The counting tests count the reads
-of tensor values into Python (``bool``, ``int``, ``float``, ``item``, ``tolist``: what synchronises on a GPU)
-with a ``TorchFunctionMode``.
+of tensor values into Python (``bool``, ``int``, ``float``, ``item``, ``tolist``...) and the other operations
+that synchronise on a GPU with ``hiercam._host_reads.HostReads`` (a ``TorchFunctionMode``).
 """
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 import hiercam
 from hiercam import (
     ClassHierarchy,
     GradCAM,
+    GradCAMPlusPlus,
+    LayerCAM,
     MeanIoU,
+    MultiScaleCAM,
+    ScoreCAM,
     SmallConvNet,
     TwoBranchLoss,
     TwoBranchNet,
@@ -38,6 +41,7 @@ from hiercam import (
     normalize_maps,
     orthogonal_loss,
 )
+from hiercam._host_reads import HostReads, host_reads
 
 NAN = float("nan")
 
@@ -49,28 +53,6 @@ def checks_on() -> Iterator[None]:
     hiercam.set_checks(True)
     yield
     hiercam.set_checks(previous)
-
-
-class HostReads(TorchFunctionMode):
-    """Counts the reads of tensor values into Python objects (host synchronisations on an accelerator)."""
-
-    READS = frozenset({"__bool__", "__int__", "__float__", "__index__", "item", "tolist"})
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if getattr(func, "__name__", "") in self.READS:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def host_reads(call: Callable[[], object]) -> int:
-    reads = HostReads()
-    with reads:
-        call()
-    return reads.count
 
 
 def two_branch_output(batch: int = 4, classes: int = 3, *, negative: bool = False) -> TwoBranchOutput:
@@ -401,3 +383,139 @@ def test_two_branch_loss_inside_fit_does_not_check_the_labels_again() -> None:
     assert loss.reads == [1, 1, 0]
     loss(net(batches[0][0]), batches[0][1].clone())
     assert loss.reads[-1] == 2  # outside fit: the loss checks its labels too
+
+
+# ------------------------------------------------ the CAM engine's per-batch path: no host synchronisation
+def closed_form_cnn() -> nn.Sequential:
+    """Conv, ReLU, global average pool, linear: the closed form holds at the ReLU (layer "1")."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+
+
+def two_branch_net() -> nn.Module:
+    torch.manual_seed(0)
+    return TwoBranchNet(functools.partial(SmallConvNet, width=2, norm="group"), num_classes=3).eval()
+
+
+ENGINE_CASES: dict[str, tuple[Callable[[], Any], dict[str, Any]]] = {
+    "GradCAM general path": (lambda: GradCAM(closed_form_cnn(), "1", closed_form=False), {}),
+    "GradCAM closed form": (lambda: GradCAM(closed_form_cnn(), "1"), {}),
+    "GradCAM closed form, classes list": (lambda: GradCAM(closed_form_cnn(), "1"), {"classes": [2, 0]}),
+    "GradCAM general path, classes run": (
+        lambda: GradCAM(closed_form_cnn(), "1", closed_form=False),
+        {"classes": [1, 2], "size": "feature", "normalize": "minmax"},
+    ),
+    "GradCAM chosen layer": (lambda: GradCAM(closed_form_cnn()), {}),
+    "GradCAMPlusPlus general path": (lambda: GradCAMPlusPlus(closed_form_cnn(), "1", closed_form=False), {}),
+    "GradCAMPlusPlus closed form": (lambda: GradCAMPlusPlus(closed_form_cnn(), "1"), {}),
+    "LayerCAM general path": (lambda: LayerCAM(closed_form_cnn(), "0", closed_form=False), {}),
+    "LayerCAM closed form": (lambda: LayerCAM(closed_form_cnn(), "1"), {}),
+    "ScoreCAM": (lambda: ScoreCAM(closed_form_cnn(), "1", batch_size=4, progress=False), {}),
+    "MultiScaleCAM GradCAM": (
+        lambda: MultiScaleCAM(GradCAM(closed_form_cnn(), "1"), scales=(1.0, 0.5), flip=True),
+        {},
+    ),
+    "GradCAM TwoBranchNet": (lambda: GradCAM(two_branch_net()), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(ENGINE_CASES))
+def test_cam_calls_after_the_first_do_not_synchronise_with_checks_off(case: str) -> None:
+    """Counted per call, checks off: no read, no data-dependent shape, no list index (0 on a GPU too).
+
+    The first call may synchronise: it chooses the layer and verifies the closed form.
+    """
+    build, options = ENGINE_CASES[case]
+    cam = build()
+    images = torch.rand(2, 3, 16, 16)
+    with hiercam.checks(False):
+        first = cam(images, **options)
+        with HostReads() as reads:
+            again = cam(images, **options)
+    assert reads.count == 0, "\n".join(map(str, reads.events))
+    torch.testing.assert_close(again, first)
+    if "closed form" in case:
+        assert "closed_form=verified" in repr(cam)
+
+
+@pytest.mark.parametrize("method", [GradCAM, GradCAMPlusPlus, LayerCAM], ids=lambda m: m.__name__)
+def test_closed_form_with_checks_off_equals_the_general_path(method: type[hiercam.BaseCAM]) -> None:
+    model, images = closed_form_cnn(), torch.rand(3, 3, 16, 16)
+    expected = method(model, "1", closed_form=False)(images, normalize=None)
+    cam = method(model, "1")
+    with hiercam.checks(False):
+        cam(images)  # the general path, and the verification
+        got = cam(images, normalize=None)
+    assert "closed_form=verified" in repr(cam)
+    torch.testing.assert_close(got, expected)
+
+
+class ScaledLogits(nn.Module):
+    """Logits times ``scale``: a change of the forward that the list of modules does not show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = closed_form_cnn()
+        self.scale = 1.0
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits: Tensor = self.net(images) * self.scale
+        return logits
+
+
+def test_closed_form_whose_identity_breaks_gives_nan_maps_with_checks_off() -> None:
+    """Checks on: the call falls back to the general path. Off: no host read decides, the maps are NaN."""
+    model, images = ScaledLogits(), torch.rand(2, 3, 16, 16)
+    cam = GradCAM(model, "net.1")
+    cam(images)
+    assert "closed_form=verified" in repr(cam)
+    model.scale = 2.0  # the gradients double: W / (h * w) no longer gives them
+    expected = GradCAM(model, "net.1", closed_form=False)(images, normalize=None)
+    with hiercam.checks(False):
+        poisoned = cam(images, normalize=None)
+    assert torch.isnan(poisoned).all()
+    torch.testing.assert_close(cam(images, normalize=None), expected)  # checks on: the general path
+    assert "closed_form=general" in repr(cam)  # the scaled logits are not W @ mean(A) + b
+
+
+def test_a_replaced_module_sends_the_closed_form_back_to_the_general_path_with_checks_off() -> None:
+    model, images = closed_form_cnn(), torch.rand(2, 3, 16, 16)
+    cam = GradCAM(model, "1")
+    with hiercam.checks(False):
+        cam(images)
+        cam(images)
+        assert "closed_form=verified" in repr(cam)
+        model[4] = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3))  # no longer GAP + linear
+        got = cam(images, normalize=None)
+    expected = GradCAM(model, "1", closed_form=False)(images, normalize=None)
+    torch.testing.assert_close(got, expected)
+    assert "closed_form=general" in repr(cam)
+
+
+def test_host_reads_counts_each_kind_of_synchronisation() -> None:
+    """The counter itself, on hand-made calls: what it counts and what it leaves alone."""
+    x = torch.arange(6.0)
+    counted: dict[str, Callable[[], object]] = {
+        "read": lambda: x.sum().item(),
+        "bool": lambda: bool(x.any()),
+        "host copy": lambda: x.to("cpu"),
+        "nonzero": lambda: x.nonzero(),
+        "boolean mask": lambda: x[x > 2],
+        "one-argument where": lambda: torch.where(x > 2),
+        "unique": lambda: torch.unique(x),
+        "repeat_interleave": lambda: x.repeat_interleave(torch.ones(6, dtype=torch.long)),
+        "list index": lambda: x[[0, 2]],
+    }
+    free: dict[str, Callable[[], object]] = {
+        "where": lambda: torch.where(x > 2, x, 0.0),
+        "index tensor": lambda: x.index_select(0, torch.tensor([0, 2])),
+        "slice": lambda: x[1:3],
+        "repeat_interleave sized": lambda: x.repeat_interleave(
+            torch.ones(6, dtype=torch.long), output_size=6
+        ),
+        "device of another tensor": lambda: x.to(x.device),
+    }
+    assert {name: host_reads(call) for name, call in counted.items()} == dict.fromkeys(counted, 1)
+    assert {name: host_reads(call) for name, call in free.items()} == dict.fromkeys(free, 0)

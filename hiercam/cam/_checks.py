@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from hiercam._validation import all_finite, check_finite, check_tensor, format_shape, is_int, type_name
-from hiercam.cam._heads import HeadState
+from hiercam.cam._heads import HeadState, LayerArg
 
 __all__ = [
     "MAX_ELEMENTS",
@@ -17,7 +17,9 @@ __all__ = [
     "check_model",
     "check_parameters",
     "check_size",
+    "is_compiled",
     "non_finite_origin",
+    "uncompiled",
 ]
 
 MAX_ELEMENTS = 2**31
@@ -37,6 +39,40 @@ def check_model(model: Any) -> nn.Module:
             "allow; pass the original nn.Module"
         )
     return model
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether ``module`` is the wrapper that ``torch.compile`` returns (``OptimizedModule``).
+
+    Read by its type's name and its ``_orig_mod``, so that ``torch._dynamo`` (slow to import) is not loaded.
+    """
+    return type(module).__name__ == "OptimizedModule" and isinstance(
+        getattr(module, "_orig_mod", None), nn.Module
+    )
+
+
+def uncompiled(
+    model: nn.Module, target_layer: LayerArg, classifier: nn.Linear | str | None
+) -> tuple[nn.Module, LayerArg, nn.Linear | str | None]:
+    """``model``, ``target_layer`` and ``classifier``, the ``torch.compile`` wrapper taken off.
+
+    A forward hook inside a compiled graph records a tensor that autograd cannot differentiate the logits
+    by: CAMs of a compiled model run its original module (``_orig_mod``: the same parameters and the same
+    function, without the compilation). Dotted names may be given with the wrapper's ``"_orig_mod."`` prefix
+    or without (a list of them too); modules are the original's own.
+    """
+    if not is_compiled(model):
+        return model, target_layer, classifier
+    original: nn.Module = model._orig_mod  # type: ignore[assignment]
+    return original, _strip_prefix(target_layer), _strip_prefix(classifier)
+
+
+def _strip_prefix(name: Any) -> Any:
+    if isinstance(name, str):
+        return name.removeprefix("_orig_mod.")
+    if isinstance(name, (list, tuple)):
+        return type(name)(_strip_prefix(item) for item in name)
+    return name
 
 
 def check_parameters(model: nn.Module) -> None:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from hiercam._validation import check_binary, format_shape, is_int, type_name
 
-__all__ = ["ClassRequest", "ClassesArg", "ResolvedClasses", "parse_classes"]
+__all__ = ["ClassRequest", "ClassesArg", "ResolvedClasses", "parse_classes", "take", "to_device"]
 
 ClassesArg = int | Sequence[int] | Tensor | None
 
@@ -36,8 +36,8 @@ class ResolvedClasses:
     def scores(self, logits: Tensor) -> Tensor:
         """The scores ``(B, K')`` whose gradients make the maps: one class per image, or ``indices``."""
         if self.per_image is not None:
-            return logits.gather(1, self.per_image.to(logits.device))
-        return logits[:, self.indices]
+            return logits.gather(1, to_device(self.per_image, logits.device))
+        return take(logits, 1, self.indices)
 
     @property
     def count(self) -> int:
@@ -60,24 +60,26 @@ class ResolvedClasses:
         if self.per_image is None:
             return values
         position = {k: i for i, k in enumerate(self.indices)}
-        rows = torch.tensor(
-            [[position[int(k)] for k in row] for row in self.per_image.tolist()], device=values.device
+        rows = to_device(
+            torch.tensor([[position[int(k)] for k in row] for row in self.per_image.tolist()]), values.device
         )  # (B, k)
         return values[rows.T, torch.arange(values.shape[1], device=values.device)[None]]
 
     def weight_rows(self, weight: Tensor) -> Tensor:
         """The classifier rows ``(K', B or 1, C)`` of the requested classes (per image: ``(k, B, C)``)."""
         if self.per_image is not None:
-            return weight[self.per_image.to(weight.device)].transpose(0, 1)
-        return weight[self.indices][:, None]
+            return weight[to_device(self.per_image, weight.device)].transpose(0, 1)
+        return take(weight, 0, self.indices)[:, None]
 
     def place(self, maps: Tensor) -> Tensor:
         """Arrange maps ``(B, K', h, w)`` of ``indices`` into the output ``(B, num_outputs, h, w)``."""
         if self.mask is None:
             return maps
         full = maps.new_zeros(maps.shape[0], self.num_outputs, *maps.shape[2:])
-        full[:, self.indices] = maps * self.mask.to(device=maps.device, dtype=maps.dtype)[:, :, None, None]
-        return full
+        masked = maps * self.mask.to(device=maps.device, dtype=maps.dtype)[:, :, None, None]
+        return full.index_copy_(
+            1, to_device(torch.tensor(self.indices, dtype=torch.int64), maps.device), masked
+        )
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class ClassRequest:
                     f"classes, got {format_shape(self.mask.shape)}"
                 )
             present = self.mask.any(dim=0).nonzero().flatten().tolist()
-            return ResolvedClasses(present, self.mask[:, present], num_classes)
+            return ResolvedClasses(present, take(self.mask, 1, present), num_classes)
         if self.per_image is not None:
             wrong = self.per_image[self.per_image >= num_classes]
             if wrong.numel():
@@ -142,6 +144,29 @@ class ClassRequest:
                 f"(the model has {num_classes} classes)"
             )
         return ResolvedClasses(indices, None, len(indices))
+
+
+def to_device(indices: Tensor, device: torch.device) -> Tensor:
+    """Host ``indices`` on ``device``, copied without waiting for the device (``non_blocking``).
+
+    A blocking copy from the host waits for every kernel queued before it; a non-blocking one from ordinary
+    (pageable) memory is staged by the driver before the call returns, so ``indices`` may be freed at once.
+    """
+    return indices.to(device, non_blocking=True)
+
+
+def take(values: Tensor, dim: int, indices: Sequence[int]) -> Tensor:
+    """The slices ``indices`` of ``values`` along ``dim``, without a host synchronisation.
+
+    All of them in order is ``values`` itself, a run of consecutive indices a view (``narrow``); any other
+    list goes to the device as an index tensor, copied without blocking (``to_device``), where indexing with
+    a Python list would copy it with a wait.
+    """
+    count = len(indices)
+    if count and list(indices) == list(range(indices[0], indices[0] + count)):
+        return values if count == values.shape[dim] else values.narrow(dim, indices[0], count)
+    index = to_device(torch.tensor(list(indices), dtype=torch.int64), values.device)
+    return values.index_select(dim, index)
 
 
 def parse_classes(classes: Any, batch_size: int, top_k: Any = None) -> ClassRequest:
@@ -185,10 +210,10 @@ def parse_classes(classes: Any, batch_size: int, top_k: Any = None) -> ClassRequ
                     f"`classes` (B,) tensor must hold one class per image (B = {batch_size}), got shape "
                     f"{format_shape(classes.shape)}; for the same classes in every image pass a list"
                 )
-            per_image = classes.detach().to(torch.int64)
+            per_image = classes.detach().to("cpu", torch.int64)  # one copy to the host: checked there
             if bool((per_image < 0).any()):
                 raise ValueError(f"`classes` must be non-negative class indices, got {int(per_image.min())}")
-            return ClassRequest(None, None, per_image.cpu()[:, None])
+            return ClassRequest(None, None, per_image[:, None])
         raise ValueError(
             "`classes` tensor must be a (B,) tensor of one class index per image or a (B, K) multi-hot "
             f"mask, got shape {format_shape(classes.shape)} and dtype {classes.dtype}"

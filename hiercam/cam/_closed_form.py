@@ -13,7 +13,16 @@ from hiercam.cam._autograd import is_affine_path
 from hiercam.cam._classes import ResolvedClasses
 from hiercam.cam._heads import HeadState
 
-__all__ = ["classifier_for", "closed_form_gradients", "forward_identity_holds", "verify"]
+__all__ = [
+    "classifier_for",
+    "closed_form_gradients",
+    "forward_identity_holds",
+    "same_modules",
+    "unless_identity_holds",
+    "verify",
+]
+
+_VERIFIED_SIZES = 32  # input sizes whose verified classes a head keeps
 
 
 def verify(
@@ -35,9 +44,13 @@ def verify(
     if not holds:
         head.state = "general"
         return
-    same_size = head.state == "verified" and head.verified_size == input_size
-    head.verified_classes = (head.verified_classes if same_size else frozenset()) | set(resolved.indices)
-    head.verified_size = input_size
+    if head.state != "verified" or not same_modules(model, head):
+        head.verified = {}
+    known = head.verified.pop(input_size, frozenset())
+    while len(head.verified) >= _VERIFIED_SIZES:  # the oldest size goes
+        head.verified.pop(next(iter(head.verified)))
+    head.verified[input_size] = known | set(resolved.indices)
+    head.modules = tuple(model.modules())
     head.state = "verified"
 
 
@@ -66,17 +79,52 @@ def closed_form_gradients(
 
 
 def forward_identity_holds(model: nn.Module, head: HeadState, logits: Tensor) -> bool:
-    """Whether ``logits == W @ mean_hw(A) + b`` for this head's classifier, within the dtype tolerance."""
+    """Whether ``logits == W @ mean_hw(A) + b`` for this head's classifier, within the dtype tolerance.
+
+    One host read (a value check of every closed-form call while the checks are on).
+    """
+    holds = _identity_per_image(model, head, logits)
+    return holds is not None and bool(holds.all())
+
+
+def unless_identity_holds(model: nn.Module, head: HeadState, logits: Tensor, maps: Tensor) -> Tensor:
+    """``maps (B, K', h, w)``, NaN for the images whose logits break ``W @ mean_hw(A) + b``; no host read.
+
+    The closed form's check of every call with the value checks off: the host cannot fall back to the
+    general path without reading the check, so an image whose closed-form maps may be wrong gets NaN maps
+    (never a normal-looking one).
+    """
+    holds = _identity_per_image(model, head, logits)
+    if holds is None:  # pragma: no cover - verified heads have a classifier and an activation
+        return torch.full_like(maps, torch.nan)
+    return torch.where(holds[:, None, None, None], maps, torch.nan)
+
+
+def same_modules(model: nn.Module, head: HeadState) -> bool:
+    """Whether ``model`` has the very modules it had when the head's closed form was verified (host only).
+
+    A module replaced, added or removed since (a new classifier head, say) sends the next call back to the
+    general path and its verification, also with the value checks off.
+    """
+    modules = tuple(model.modules())
+    return len(modules) == len(head.modules) and all(
+        a is b for a, b in zip(modules, head.modules, strict=True)
+    )
+
+
+def _identity_per_image(model: nn.Module, head: HeadState, logits: Tensor) -> Tensor | None:
+    """``(B,)`` bool on the device: each image's logits equal ``W @ mean_hw(A) + b`` within the tolerance."""
     activation = head.activation
     if activation is None:
-        return False
+        return None
     classifier = classifier_for(model, head, logits, activation)
     if classifier is None:
-        return False
+        return None
     pooled = activation.detach().float().mean(dim=(-2, -1))
     predicted = F.linear(pooled, classifier.weight.detach().float(), _float_or_none(classifier.bias))
-    error = (predicted - logits.detach().float()).abs().amax()
-    return bool(error <= _tolerance(activation) * logits.detach().float().abs().amax().clamp_min(1.0))
+    observed = logits.detach().float()
+    error = (predicted - observed).abs().amax(dim=1)
+    return error <= _tolerance(activation) * observed.abs().amax().clamp_min(1.0)
 
 
 def _gradients_match(

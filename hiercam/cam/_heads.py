@@ -48,10 +48,11 @@ class HeadState:
     Built from a model's [`CAMHead`][hiercam.CAMHead] (or, for a plain model, from the extractor's
     arguments); a plain model has one head, a multi-head model several.
 
-    ``verified_classes`` and ``verified_size`` record for which classes and which input size ``(H, W)`` the
-    closed form was verified; ``copy_activation`` is set once a later in-place op was seen to modify the
-    layer's output. ``to_map`` reads the layer's output as ``(B, C, h, w)`` in the current call (``None``:
-    as it is) and ``reading`` says how, for ``repr``. ``channels_first`` keeps, per input size, the evidence
+    ``verified`` records for which classes the closed form was verified, per input size ``(H, W)`` (a few
+    sizes: ``MultiScaleCAM`` alternates them), ``modules`` the model's modules at that time;
+    ``copy_activation`` is set once a later in-place op was seen to modify the layer's output. ``to_map``
+    reads the layer's output as ``(B, C, h, w)`` in the current call (``None``: as it is) and ``reading``
+    says how, for ``repr``. ``channels_first`` keeps, per input size, the evidence
     of ``hiercam.cam.reshape.is_channels_first`` for an output whose shape cannot tell (``h == w == C``).
     """
 
@@ -60,14 +61,14 @@ class HeadState:
     logits_of: Callable[[Any], Tensor]
     classifier: nn.Linear | None = None
     state: ClosedFormState = "unknown"
-    verified_classes: frozenset[int] = frozenset()
-    verified_size: tuple[int, int] | None = None
+    verified: dict[tuple[int, int], frozenset[int]] = field(default_factory=dict)
     copy_activation: bool = False
     activation: Tensor | None = field(default=None, repr=False)
     version: int = 0
     to_map: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
     reading: str = "map"
     channels_first: dict[tuple[int, int], bool] = field(default_factory=dict)
+    modules: tuple[nn.Module, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,15 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str, argument: str) -> tu
 
 
 def _hookable(module: nn.Module, name: str, argument: str) -> nn.Module:
-    """``module``, unless it is a TorchScript module, whose outputs cannot be hooked."""
+    """``module``, unless its outputs cannot be hooked: a TorchScript module, or one inside a compiled one."""
+    if "_orig_mod" in name.split("."):
+        compiled = name[: name.index("_orig_mod")].rstrip(".")
+        raise ValueError(
+            f"`{argument}` {name!r} is inside {compiled!r}, a module compiled with torch.compile: a hook "
+            "inside a compiled graph gives autograd no gradient at the layer; explain the uncompiled module "
+            "(its `_orig_mod`), or compile the whole model instead (CAMs of torch.compile(model) run "
+            "model's own modules)"
+        )
     if isinstance(module, torch.jit.ScriptModule):
         raise TypeError(
             f"`{argument}` {name!r} is a TorchScript module ({type_name(module)}): its output cannot be "

@@ -27,8 +27,11 @@ How a call works:
    GELU, max pool or any unknown op fails), so the gradients do not depend on the input; (b) the gradients
    equal ``W[k] / (h * w)``; and (c) ``logits == W @ mean(A) + b``. Later calls with those classes and that
    size use a forward under ``no_grad`` plus an ``einsum``; each re-checks (c) and falls back to the
-   general path if it fails. Other classes or another input size are verified first. ``repr`` shows the
-   state; pass ``closed_form=False`` to always use the general path.
+   general path if it fails. Other classes or another input size are verified first (the verified classes
+   are kept per input size, for the last 32 sizes), and so is a model whose modules changed (one replaced,
+   added or removed). ``repr`` shows the state; pass ``closed_form=False`` to always use the general path.
+   The re-check (c) is a value check: with the checks off the host does not read it, and the images for
+   which it fails get NaN maps instead of a fallback (no wrong map that looks normal).
 5. Maps are computed in float32 (also under autocast), checked to be finite once per head (non-finite
    logits, target activations or gradients are a ``ValueError`` that says which; these, and the finiteness
    of ``images``, are value checks that [`hiercam.set_checks`][hiercam.set_checks] switches off), ReLU'd,
@@ -56,9 +59,22 @@ from torch import Tensor, nn
 
 from hiercam._validation import all_finite, check_choice, should_check, type_name
 from hiercam.cam._autograd import batched_gradients
-from hiercam.cam._checks import check_elements, check_images, check_model, check_size, non_finite_origin
+from hiercam.cam._checks import (
+    check_elements,
+    check_images,
+    check_model,
+    check_size,
+    non_finite_origin,
+    uncompiled,
+)
 from hiercam.cam._classes import ClassesArg, ClassRequest, ResolvedClasses, parse_classes
-from hiercam.cam._closed_form import closed_form_gradients, forward_identity_holds, verify
+from hiercam.cam._closed_form import (
+    closed_form_gradients,
+    forward_identity_holds,
+    same_modules,
+    unless_identity_holds,
+    verify,
+)
 from hiercam.cam._forward import as_map, call_model, eval_context, head_logits, hooked_forward
 from hiercam.cam._heads import HeadState, LayerArg, MapPlan, build_heads
 from hiercam.cam._layers import choose_layer
@@ -151,7 +167,7 @@ class BaseCAM(Releasable):
         output: OutputArg = None,
         eigen_smooth: bool = False,
     ) -> None:
-        check_model(model)
+        model, target_layer, classifier = uncompiled(check_model(model), target_layer, classifier)
         if not (reshape is None or reshape == "auto" or (callable(reshape) and not isinstance(reshape, str))):
             raise TypeError(f"`reshape` must be 'auto', None or a callable, got {reshape!r}")
         if not isinstance(eigen_smooth, bool):
@@ -280,10 +296,14 @@ class BaseCAM(Releasable):
             self._inputs = inputs
             try:
                 head_logits = [self._head_logits(head, output, targets) for head in self._heads]
-                if closed and not all(
-                    forward_identity_holds(self.model, h, lg)
-                    for h, lg in zip(self._heads, head_logits, strict=True)
-                ):
+                if (
+                    closed
+                    and should_check()
+                    and not all(
+                        forward_identity_holds(self.model, h, lg)
+                        for h, lg in zip(self._heads, head_logits, strict=True)
+                    )
+                ):  # checks off: no host read, unless_identity_holds in _head_maps instead
                     for head in self._heads:
                         head.state = "unknown"
                     closed = False
@@ -381,6 +401,16 @@ class BaseCAM(Releasable):
     def _extra_repr(self) -> str:
         return ""
 
+    def _scores(self, logits: Tensor, plan: MapPlan) -> Tensor:
+        """The scores ``(B, K')`` explained: the targets, or the classes' logits (FinerCAM: others)."""
+        if plan.targets is not None:
+            return target_scores(logits, plan.targets)
+        return plan.resolved.scores(logits)
+
+    def _gradients(self, scores: Tensor, activation: Tensor, head: HeadState) -> Tensor:
+        """Gradients ``(K', B, ...)`` of the columns of ``scores`` w.r.t. ``activation`` (ShapleyCAM: +)."""
+        return batched_gradients(scores, activation, head.name)
+
     def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
         """The weighted activations ``(B, K', C, h, w)`` whose sum over ``C`` is ``_combine``'s maps."""
         raise NotImplementedError(f"{type(self).__name__} does not support `eigen_smooth`")
@@ -420,7 +450,9 @@ class BaseCAM(Releasable):
             return False
         wanted = request.planned(self._num_classes)
         return all(
-            h.state == "verified" and h.verified_size == input_size and wanted <= h.verified_classes
+            h.state == "verified"
+            and wanted <= h.verified.get(input_size, frozenset())
+            and same_modules(self.model, h)
             for h in self._heads
         )
 
@@ -471,8 +503,7 @@ class BaseCAM(Releasable):
         if plan.closed:
             gradients = closed_form_gradients(self.model, head, features, logits, resolved)
         else:
-            scores = target_scores(logits, targets) if targets is not None else resolved.scores(logits)
-            raw = batched_gradients(scores, activation, head.name)
+            raw = self._gradients(self._scores(logits, plan), activation, head)
             gradients = self._as_map(head, raw.flatten(0, 1)).unflatten(0, raw.shape[:2]).float()
             if targets is None and (
                 not self._uses_gradients or (self.closed_form and head.state != "general")
@@ -489,6 +520,8 @@ class BaseCAM(Releasable):
         if self._softmax_over is not None:  # every class was requested (checked): rows in class order
             gradients = softmax_over_gradients(gradients.detach(), logits.detach(), self._softmax_over)
         maps = self._maps(features, gradients)
+        if plan.closed and not should_check():
+            maps = unless_identity_holds(self.model, head, logits, maps)
         if should_check() and not all_finite(maps):
             raise ValueError(non_finite_origin(head, features, gradients))
         return maps

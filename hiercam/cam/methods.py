@@ -10,11 +10,25 @@ by pytorch-grad-cam (``pytorch_grad_cam``) and torchcam; the tests check agreeme
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from hiercam._validation import all_finite, should_check
+from hiercam.cam._heads import LayerArg
+from hiercam.cam._pca import smoothed_maps
 from hiercam.cam.engine import BaseCAM
+from hiercam.cam.reshape import ReshapeArg
+from hiercam.cam.targets import OutputArg
 
-__all__ = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "LayerCAM", "HiResCAM", "CAM"]
+__all__ = [
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "XGradCAM",
+    "LayerCAM",
+    "HiResCAM",
+    "CAM",
+    "EigenGradCAM",
+    "GradCAMElementWise",
+]
 
 # Guards against zero denominators, as in pytorch-grad-cam (they matter only when gradients are tiny).
 _XGRAD_EPS = 1e-7
@@ -173,3 +187,77 @@ class CAM(_ChannelWeighted):
     def _weights(activations: Tensor, gradients: Tensor) -> Tensor:
         # the closed-form gradient is W / (h * w); CAM's weights are W itself
         return _spatial_mean(gradients) * activations.shape[-2] * activations.shape[-1]
+
+
+class GradCAMElementWise(BaseCAM):
+    """Element-wise Grad-CAM (pytorch-grad-cam's ``GradCAMElementWise``): ``ReLU(sum_c ReLU(G_c * A_c))``.
+
+    Like HiResCAM, but every product of gradient and activation is clipped at zero before the channel sum,
+    so negative evidence in one channel cannot cancel positive evidence in another. With ``eigen_smooth``
+    the clipped products ``ReLU(G * A)`` are the weighted activations.
+
+    Examples:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> GradCAMElementWise(resnet18(num_classes=3), "layer4")(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 3, 64, 64])
+    """
+
+    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return (gradients * activations).relu_().sum(dim=2).transpose(0, 1)
+
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return (gradients * activations).relu_().transpose(0, 1)
+
+
+class EigenGradCAM(BaseCAM):
+    """EigenGrad-CAM (pytorch-grad-cam's ``EigenGradCAM``): the first principal component of ``G * A``.
+
+    EigenCAM (Muhammad & Yeasin, 2020) applied to the gradient-weighted activations ``G_c * A_c`` of each
+    image and class instead of the activations, so the map depends on the class: the ``h * w`` positions
+    of ``G * A (C, h, w)`` are centred and projected on their first principal component
+    ([`principal_component_maps`][hiercam.principal_component_maps], oriented to correlate non-negatively
+    with HiResCAM's ``sum_c G_c * A_c``; pytorch-grad-cam keeps LAPACK's arbitrary sign), then ReLU'd.
+    It is HiResCAM with ``eigen_smooth=True``; the option is therefore not taken.
+
+    Args:
+        model: the classifier (see [`BaseCAM`][hiercam.BaseCAM]).
+        target_layer: the layer explained, as for [`BaseCAM`][hiercam.BaseCAM].
+        classifier: as for [`BaseCAM`][hiercam.BaseCAM].
+        closed_form: as for [`BaseCAM`][hiercam.BaseCAM].
+        reshape: as for [`BaseCAM`][hiercam.BaseCAM].
+        output: as for [`BaseCAM`][hiercam.BaseCAM].
+
+    Examples:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> EigenGradCAM(resnet18(num_classes=3), "layer3")(torch.randn(2, 3, 64, 64), [0, 2]).shape
+        torch.Size([2, 2, 64, 64])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayerArg = None,
+        *,
+        classifier: nn.Linear | str | None = None,
+        closed_form: bool = True,
+        reshape: ReshapeArg = "auto",
+        output: OutputArg = None,
+    ) -> None:
+        super().__init__(
+            model,
+            target_layer,
+            classifier=classifier,
+            closed_form=closed_form,
+            reshape=reshape,
+            output=output,
+        )
+
+    def _combine(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        if should_check() and not (all_finite(activations) and all_finite(gradients)):
+            return self._terms(activations, gradients).sum(dim=2)  # non-finite: the engine names them
+        return smoothed_maps(lambda part: self._terms(activations, gradients[part]), gradients.shape[0])
+
+    def _terms(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return (gradients * activations).transpose(0, 1)

@@ -1,141 +1,33 @@
-"""Perturbation methods: ScoreCAM and AblationCAM, every requested class from the same batched forwards.
+"""The Score-CAM family: channels weighted by the class scores of the images masked with them.
 
-Both weight the channels of the target activation ``A (B, C, h, w)`` by how the class scores react when the
-model sees one channel at a time: ScoreCAM masks the *input* with each upsampled channel, AblationCAM zeroes
-each channel of the *activation*. That takes ``B * C`` extra forward passes, run ``batch_size`` at a time
-under ``no_grad``. The peers run all of them once per class; here the logits of every requested class come
-from the same passes, so the cost does not grow with the number of classes.
+ScoreCAM (Wang et al., 2020), SSCAM (smoothed: noise on the masks) and ISCAM (integrated: masks scaled along
+a path) mask each image with each upsampled, min-max normalised channel ``M_bc`` of the target activation
+``A (B, C, h, w)`` and weight the channel by the softmax over channels of the masked images' class scores.
+The ``B * S * N`` masked images (``S`` samples, ``N`` scored channels) go through the model ``batch_size`` at
+a time under ``torch.inference_mode`` (``hiercam.cam._perturbation``); the peers run all of them once per
+class, here the logits of every requested class come from the same forwards.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hiercam._progress import Progress
-from hiercam._validation import all_finite, check_int, should_check, type_name
-from hiercam.cam._heads import HeadState, MapPlan
-from hiercam.cam._pca import smoothed_maps
-from hiercam.cam.eigen import non_finite_activation
-from hiercam.cam.engine import BaseCAM
-from hiercam.cam.methods import _weighted_sum, _weighted_terms
+from hiercam._validation import check_float, check_int, type_name
+from hiercam.cam._heads import HeadState
+from hiercam.cam._perturbation import PerturbationCAM, ScoreReader, row_parts
 from hiercam.cam.reshape import ReshapeArg
-from hiercam.cam.targets import OutputArg, TargetsArg, target_scores
+from hiercam.cam.targets import OutputArg
 
-__all__ = ["ScoreCAM", "AblationCAM"]
+__all__ = ["ScoreCAM", "SSCAM", "ISCAM"]
 
 _MINMAX_EPS = 1e-8  # pytorch-grad-cam's and torchcam's guard in the min-max normalisation of the masks
-_LOG = logging.getLogger("hiercam.cam")
-_LOG_INTERVAL = 10.0  # seconds between progress lines in a log
 
 
-class _Perturbation(BaseCAM):
-    """Shared engine of the perturbation methods: channel weights ``(K', B, C)`` from batched forwards."""
-
-    _needs_graph: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        model: nn.Module,
-        target_layer: nn.Module | str | None = None,
-        *,
-        batch_size: int = 32,
-        eigen_smooth: bool = False,
-        reshape: ReshapeArg = "auto",
-        output: OutputArg = None,
-        progress: bool = True,
-    ) -> None:
-        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
-        if not isinstance(progress, bool):
-            raise TypeError(f"`progress` must be a bool, got {type_name(progress)}")
-        self.progress = progress
-        super().__init__(
-            model, target_layer, closed_form=False, eigen_smooth=eigen_smooth, reshape=reshape, output=output
-        )
-        self._autocast: tuple[str, bool, torch.dtype] = ("cpu", False, torch.bfloat16)
-
-    def _run(self, inputs: Tensor, input_size: tuple[int, int], *, with_graph: bool) -> Any:
-        # the caller's autocast state, for the perturbed forwards (the engine turns it off for the maps)
-        device = inputs.device.type
-        self._autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        return super()._run(inputs, input_size, with_graph=with_graph)
-
-    def _extra_repr(self) -> str:
-        return f"batch_size={self.batch_size}"
-
-    def _weights(
-        self, head: HeadState, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
-    ) -> Tensor:
-        raise NotImplementedError
-
-    def _head_maps(self, head: HeadState, logits: Tensor, plan: MapPlan) -> Tensor:
-        activation, features = self._features(head)
-        inputs = self._inputs
-        if inputs is None:  # pragma: no cover - the engine sets it
-            raise RuntimeError("no images kept for the perturbations")
-        resolved, targets = plan.resolved, plan.targets
-        if not resolved.indices:
-            return features.new_zeros(features.shape[0], 0, *features.shape[-2:])
-        if should_check() and not all_finite(features):
-            raise non_finite_activation(head)
-        scores = _Scores(resolved.indices, targets)
-        with torch.no_grad():
-            weights = self._weights(
-                head, features.to(activation.dtype), inputs.detach(), logits.detach(), scores
-            )
-        weights = weights if targets is not None else resolved.per_image_rows(weights)
-        if not self.eigen_smooth:
-            return _weighted_sum(weights, features)
-        return smoothed_maps(lambda part: _weighted_terms(weights[part], features), weights.shape[0])
-
-    def _chunks(self, total: int) -> list[tuple[int, int]]:
-        return [(start, min(start + self.batch_size, total)) for start in range(0, total, self.batch_size)]
-
-    def _progress(self, head: HeadState, total: int, unit: str) -> Progress:
-        """The progress of one head's perturbed forwards: a bar on a terminal, lines in the log."""
-        return Progress(
-            total,
-            f"{type(self).__name__} {head.name}",
-            enabled=self.progress,
-            log=_LOG.info,
-            unit=unit,
-            interval=_LOG_INTERVAL,
-        )
-
-    def _forward_scores(self, head: HeadState, inputs: Tensor, scores: _Scores, images_of: Tensor) -> Tensor:
-        """The scores ``(n, K')`` (float32) of one batch of perturbed copies of the images ``images_of``.
-
-        The forward runs under the caller's autocast state, like the first forward whose scores it is compared
-        with.
-        """
-        device, enabled, dtype = self._autocast
-        with torch.autocast(device, dtype=dtype, enabled=enabled):
-            output = self._call_model(inputs)
-        return scores(self._head_logits(head, output, scores.targets), images_of)
-
-
-class _Scores:
-    """What the perturbation methods score: the logits of ``indices`` (columns), or each image's target."""
-
-    def __init__(self, indices: list[int], targets: TargetsArg) -> None:
-        self.indices, self.targets = indices, targets
-        self.count = 1 if targets is not None else len(indices)
-        self.names = ["`targets`"] if targets is not None else [f"{k} (`classes`)" for k in indices]
-
-    def __call__(self, selected: Tensor, images_of: Tensor) -> Tensor:
-        """Scores ``(n, count)`` of outputs ``selected`` whose rows belong to the images ``images_of``."""
-        if self.targets is None:
-            return selected[:, self.indices].float()
-        per_image = [self.targets] * (int(images_of.max()) + 1) if callable(self.targets) else self.targets
-        rows = [per_image[int(b)] for b in images_of.tolist()]
-        return target_scores(selected, rows).float()
-
-
-class ScoreCAM(_Perturbation):
+class ScoreCAM(PerturbationCAM):
     """Score-CAM (Wang et al., 2020): channels weighted by the score of the input masked with them.
 
     For image ``b`` and channel ``c``, the mask ``M_bc`` is the channel ``A_bc`` upsampled to the input size
@@ -143,7 +35,7 @@ class ScoreCAM(_Perturbation):
     1e-8)``, so a constant channel gives an all-zero mask); the model scores ``images[b] * M_bc``. The
     weight of channel ``c`` for class ``k`` is ``softmax_c(score_k(images[b] * M_bc))``, and the map is
     ``ReLU(sum_c w_bkc * A_bc)`` on the raw activations. ``B * C`` masked images in all, ``batch_size`` per
-    forward, every requested class read from the same logits.
+    forward under ``torch.inference_mode``, every requested class read from the same logits.
 
     Against the peers (tests/test_cam_gradient_free.py gives the agreement):
 
@@ -158,7 +50,10 @@ class ScoreCAM(_Perturbation):
             scored with its own logits).
         target_layer: the layer explained, as for [`BaseCAM`][hiercam.BaseCAM].
         batch_size: masked images per forward pass, ``>= 1`` (memory: ``batch_size`` images through the model
-            without an autograd graph).
+            without an autograd graph, plus their masks).
+        max_channels: score only each image's ``max_channels`` channels whose activation map has the largest
+            standard deviation over positions (Faster Score-CAM, Tabayashi 2020; the softmax runs over
+            them and the other channels get weight 0); ``None`` scores every channel.
         eigen_smooth: as for [`BaseCAM`][hiercam.BaseCAM].
         reshape: as for [`BaseCAM`][hiercam.BaseCAM]: token and channels-last outputs are read as maps
             (the masks are their channels).
@@ -167,8 +62,8 @@ class ScoreCAM(_Perturbation):
             ``"hiercam.cam"`` logger (INFO: every 10 s and when a call ends); ``False`` shows nothing.
 
     Raises:
-        TypeError, ValueError: ``batch_size`` is not an int ``>= 1``, ``progress`` not a bool (and as for
-            [`BaseCAM`][hiercam.BaseCAM]).
+        TypeError, ValueError: ``batch_size`` or ``max_channels`` is not an int ``>= 1``, ``progress`` not a
+            bool (and as for [`BaseCAM`][hiercam.BaseCAM]).
 
     Examples:
         >>> import torch
@@ -176,138 +71,238 @@ class ScoreCAM(_Perturbation):
         >>> cam = ScoreCAM(resnet18(num_classes=3), "layer4", batch_size=64)
         >>> cam(torch.randn(1, 3, 64, 64)).shape  # 512 masked images, all 3 classes from them
         torch.Size([1, 3, 64, 64])
+        >>> fast = ScoreCAM(resnet18(num_classes=3), "layer4", max_channels=32)  # 32 masked images
+        >>> fast(torch.randn(1, 3, 64, 64), 0).shape
+        torch.Size([1, 1, 64, 64])
     """
 
-    def _weights(
-        self, head: HeadState, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
-    ) -> Tensor:
-        batch, channels, height, width = features.shape
-        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
-        flat = features.reshape(batch * channels, 1, height, width)
-        perturbed = torch.empty(batch * channels, scores.count, device=features.device)
-        with self._progress(head, batch * channels, "masked images") as progress:
-            for start, stop in self._chunks(batch * channels):
-                self._score_chunk(head, flat, inputs, scores, perturbed, (start, stop), channels, size)
-                progress.update(stop - start)
-        return torch.softmax(perturbed.view(batch, channels, -1), dim=1).permute(2, 0, 1)
+    def _samples(self) -> int:
+        """Masked copies per image and channel (``S``)."""
+        return 1
 
-    def _score_chunk(
+    def _start(self, device: torch.device, per_image: int) -> None:
+        """Set up a call's state (SSCAM: the noise generator); ``per_image`` rows belong to each image."""
+
+    def _perturb(self, images: Tensor, masks: Tensor, sample: Tensor, rows: tuple[int, int]) -> Tensor:
+        """The masked images of ``rows``: ``images (n, C, H, W)`` (a copy) times ``masks (n, 1, H, W)``."""
+        return images.mul_(masks.to(images.dtype))
+
+    def _weights(
         self,
         head: HeadState,
-        flat: Tensor,
+        features: Tensor,
         inputs: Tensor,
-        scores: _Scores,
-        perturbed: Tensor,
-        rows: tuple[int, int],
-        channels: int,
-        size: tuple[int, int],
-    ) -> None:
-        """The scores of the masked images ``rows`` (one per image and channel), into ``perturbed``."""
-        start, stop = rows
-        masks = flat[start:stop].float()
-        if tuple(masks.shape[-2:]) != size:
-            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-        low = masks.amin(dim=(-2, -1), keepdim=True)
-        masks = (masks - low) / (masks.amax(dim=(-2, -1), keepdim=True) - low + _MINMAX_EPS)
-        images_of = torch.arange(start, stop, device=inputs.device) // channels
-        images = inputs[images_of]
-        perturbed[start:stop] = self._forward_scores(
-            head, images.mul_(masks.to(inputs.dtype)), scores, images_of
-        )
+        logits: Tensor,
+        scores: ScoreReader,
+        channels: Tensor | None,
+    ) -> Tensor:
+        batch, total = features.shape[:2]
+        count = total if channels is None else channels.shape[1]
+        samples = self._samples()
+        rows = batch * samples * count
+        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        flat = features.flatten(0, 1)  # (B * C, h, w)
+        self._start(inputs.device, samples * count)
+        perturbed = torch.empty(rows, scores.count, device=features.device)
+        with self._progress(head, rows, "masked images") as progress:
+            for start, stop in self._chunks(rows):
+                image, sample, channel = row_parts(start, stop, samples, count, channels, features.device)
+                masks = _masks(flat[image * total + channel].unsqueeze(1), size)
+                masked = self._perturb(inputs[image], masks, sample, (start, stop))
+                perturbed[start:stop] = self._forward_scores(head, masked, scores, image)
+                progress.update(stop - start)
+        mean = perturbed.view(batch, samples, count, -1).mean(dim=1)
+        return torch.softmax(mean, dim=1).permute(2, 0, 1)
 
 
-class AblationCAM(_Perturbation):
-    """Ablation-CAM (Desai & Ramaswamy, 2020): channels weighted by the score drop when they are zeroed.
+def _masks(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Channels ``(n, 1, h, w)`` upsampled to ``size`` and min-max normalised: masks ``(n, 1, H, W)``."""
+    masks = maps.float()
+    if tuple(masks.shape[-2:]) != size:
+        masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+    low = masks.amin(dim=(-2, -1), keepdim=True)
+    return (masks - low) / (masks.amax(dim=(-2, -1), keepdim=True) - low + _MINMAX_EPS)
 
-    For image ``b`` and channel ``c``, the target layer's output is replaced (by a forward hook that exists
-    only during the call) with ``A_b`` where channel ``c`` is set to zero, and the weight of class ``k`` is
-    pytorch-grad-cam's ``(score_k - ablated_k) / score_k``; the map is ``ReLU(sum_c w_bkc * A_bc)``. ``B * C``
-    ablated passes, ``batch_size`` per forward, every requested class from the same logits.
 
-    Against pytorch-grad-cam 1.5.7: the same weights and maps where the activation's minimum is 0 (after a
-    ReLU: ResNet's ``layer4``, VGG's ``features``). Where it holds negative values, pytorch-grad-cam sets the
-    ablated channel to ``min - 1e7`` instead of 0 (and its running minimum changes within a batch); hiercam
-    keeps the paper's zero. A class score of exactly 0 cannot be divided by: a ``ValueError``.
+class SSCAM(ScoreCAM):
+    """SS-CAM (Wang, Naidu et al., 2020): Score-CAM with its masks smoothed by Gaussian noise.
+
+    For each of ``num_samples`` samples ``s``, the model scores ``images[b] * (M_bc + std * E_sbc)``,
+    ``M_bc`` the Score-CAM mask (upsampled, min-max normalised) and ``E_sbc`` standard normal noise at the
+    input resolution; the weight of channel ``c`` is ``softmax_c(mean_s(score_k))``, the map
+    ``ReLU(sum_c w_c A_c)``.
+    ``B * num_samples * C`` masked images (``N`` instead of ``C`` with ``max_channels``), ``batch_size`` per
+    forward whatever sample they belong to.
+
+    torchcam 0.5's ``SSCAM`` (the defaults ``num_samples=35``, ``std=2.0`` are its) adds the same noise to
+    masks normalised at the feature resolution and then upsampled (as its ScoreCAM); with the same noise
+    and a target layer at the input resolution the maps agree to float precision
+    (tests/test_cam_score_family.py).
+
+    **Noise.** The noise of image ``b`` is drawn one ``(H, W)`` plane per row, in the order ``(s, c)``, from a
+    generator on the images' device seeded with ``seed`` at the image's first row: an image's maps do not
+    depend on the other images of the batch, on ``batch_size``, on the classes asked for or on earlier calls.
+    ``seed=None`` draws from torch's global generator instead (torchcam's way: every call differs).
 
     Args:
-        model: the classifier (see [`BaseCAM`][hiercam.BaseCAM]).
+        model: the classifier, as for [`ScoreCAM`][hiercam.ScoreCAM].
         target_layer: the layer explained, as for [`BaseCAM`][hiercam.BaseCAM].
-        batch_size: ablated copies per forward pass, ``>= 1``.
+        num_samples: noisy copies per image and channel, ``>= 1``.
+        std: standard deviation of the noise added to the ``[0, 1]`` masks, ``>= 0`` (0: Score-CAM).
+        seed: the seed of each image's noise, or ``None`` for torch's global generator.
+        batch_size: masked images per forward pass, ``>= 1``.
+        max_channels: as for [`ScoreCAM`][hiercam.ScoreCAM] (the channels are chosen once, before the noise).
         eigen_smooth: as for [`BaseCAM`][hiercam.BaseCAM].
-        reshape: as for [`BaseCAM`][hiercam.BaseCAM]; the channels are zeroed in the layer's own output,
-            so it must be ``(B, C, h, w)``: a layer read as tokens or channels-last fails at the call.
-        output: as for [`BaseCAM`][hiercam.BaseCAM]; ``targets`` work as with Grad-CAM.
-        progress: show the progress of the ablated forwards, as for [`ScoreCAM`][hiercam.ScoreCAM].
+        reshape: as for [`ScoreCAM`][hiercam.ScoreCAM].
+        output: as for [`BaseCAM`][hiercam.BaseCAM].
+        progress: as for [`ScoreCAM`][hiercam.ScoreCAM].
 
     Raises:
-        TypeError, ValueError: ``batch_size`` is not an int ``>= 1``, ``progress`` not a bool (and as for
-            [`BaseCAM`][hiercam.BaseCAM]); at the call, also a target layer that is not ``(B, C, h, w)``
-            or a class score of exactly 0.
+        TypeError, ValueError: a bad ``num_samples``, ``std`` or ``seed``, and as for
+            [`ScoreCAM`][hiercam.ScoreCAM].
 
     Examples:
         >>> import torch
         >>> from torchvision.models import resnet18
-        >>> AblationCAM(resnet18(num_classes=3), "layer4", batch_size=128)(torch.randn(1, 3, 64, 64), 1).shape
-        torch.Size([1, 1, 64, 64])
+        >>> cam = SSCAM(resnet18(num_classes=3), "layer4", num_samples=4, max_channels=16)
+        >>> x = torch.randn(1, 3, 64, 64)
+        >>> maps = cam(x)  # 4 x 16 masked images, all 3 classes from them
+        >>> maps.shape, torch.equal(maps, cam(x))  # the same noise at every call
+        (torch.Size([1, 3, 64, 64]), True)
     """
 
-    def _weights(
-        self, head: HeadState, features: Tensor, inputs: Tensor, logits: Tensor, scores: _Scores
-    ) -> Tensor:
-        if head.to_map is not None:
-            raise ValueError(
-                f"AblationCAM zeroes channels of the target layer's output, which must be (B, C, h, w); "
-                f"`target_layer` {head.name!r} is read as {head.reading}: choose a (B, C, h, w) layer or "
-                "another method"
-            )
-        original = scores(logits, torch.arange(logits.shape[0], device=logits.device))  # (B, K')
-        zero = (original == 0).nonzero()
-        if len(zero):
-            b, k = zero[0].tolist()
-            raise ValueError(
-                f"AblationCAM divides by the class score, which is exactly 0 for image {b}, class "
-                f"{scores.names[k]}"
-            )
-        layer = head.layer
-        if layer is None:  # pragma: no cover - chosen before the forward
-            raise RuntimeError("the target layer was not chosen")
-        batch, channels = features.shape[:2]
-        ablated = torch.empty(batch * channels, scores.count, device=features.device)
-        with self._progress(head, batch * channels, "ablated copies") as progress:
-            for start, stop in self._chunks(batch * channels):
-                self._ablate_chunk(head, layer, features, inputs, scores, ablated, (start, stop))
-                progress.update(stop - start)
-        image_of = torch.arange(batch * channels, device=ablated.device) // channels
-        per_pair = original.to(ablated.device)[image_of]
-        weights = (per_pair - ablated) / per_pair
-        return weights.view(batch, channels, -1).permute(2, 0, 1)
-
-    def _ablate_chunk(
+    def __init__(
         self,
-        head: HeadState,
-        layer: nn.Module,
-        features: Tensor,
-        inputs: Tensor,
-        scores: _Scores,
-        ablated: Tensor,
-        rows: tuple[int, int],
+        model: nn.Module,
+        target_layer: nn.Module | str | None = None,
+        *,
+        num_samples: int = 35,
+        std: float = 2.0,
+        seed: int | None = 0,
+        batch_size: int = 32,
+        max_channels: int | None = None,
+        eigen_smooth: bool = False,
+        reshape: ReshapeArg = "auto",
+        output: OutputArg = None,
+        progress: bool = True,
     ) -> None:
-        """The scores of the ablated copies ``rows`` (one per image and channel), written into ``ablated``."""
-        start, stop = rows
-        channels = features.shape[1]
-        pairs = torch.arange(start, stop, device=features.device)
-        replaced = features[pairs // channels]  # advanced indexing: a copy
-        replaced[torch.arange(stop - start, device=features.device), pairs % channels] = 0
+        self.num_samples = check_int(num_samples, "num_samples", minimum=1)
+        self.std = check_float(std, "std", minimum=0.0)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"`seed` must be an int or None, got {type_name(seed)}")
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._per_image = 1
+        super().__init__(
+            model,
+            target_layer,
+            batch_size=batch_size,
+            max_channels=max_channels,
+            eigen_smooth=eigen_smooth,
+            reshape=reshape,
+            output=output,
+            progress=progress,
+        )
 
-        def substitute(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
-            if not isinstance(output, Tensor) or output.shape != replaced.shape:
-                got = tuple(output.shape) if isinstance(output, Tensor) else type_name(output)
-                raise ValueError(f"`target_layer` {head.name!r} changed its output shape: {got}")
-            return replaced
+    def _extra_repr(self) -> str:
+        return f"{super()._extra_repr()}, num_samples={self.num_samples}, std={self.std:g}, seed={self.seed}"
 
-        handle = layer.register_forward_hook(substitute)
-        try:
-            images_of = pairs.to(inputs.device) // channels
-            ablated[start:stop] = self._forward_scores(head, inputs[images_of], scores, images_of)
-        finally:
-            handle.remove()
+    def _samples(self) -> int:
+        return self.num_samples
+
+    def _start(self, device: torch.device, per_image: int) -> None:
+        self._generator = None if self.seed is None else torch.Generator(device=device)
+        self._per_image = per_image
+
+    def _perturb(self, images: Tensor, masks: Tensor, sample: Tensor, rows: tuple[int, int]) -> Tensor:
+        return images.mul_(masks.add_(self._noise(torch.empty_like(masks), rows)).to(images.dtype))
+
+    def _noise(self, noise: Tensor, rows: tuple[int, int]) -> Tensor:
+        """``std`` times standard normal planes, one per row, into ``noise (n, 1, H, W)``."""
+        generator, seed = self._generator, self.seed
+        for i, row in enumerate(range(*rows)):
+            if generator is not None and seed is not None and row % self._per_image == 0:
+                generator.manual_seed(seed)
+            noise[i].normal_(generator=generator)
+        return noise.mul_(self.std)
+
+
+class ISCAM(ScoreCAM):
+    """IS-CAM (Naidu et al., 2020): Score-CAM with the scores integrated over scaled masked images.
+
+    For ``s = 1 .. N`` (``N = num_samples``) the model scores ``a_s * images[b] * M_bc`` with the cumulative
+    coefficient ``a_s = sum_{j<=s} j / N = s (s + 1) / (2 N)``, ``M_bc`` the Score-CAM mask; the weight of
+    channel ``c`` is ``softmax_c(mean_s(score_k))`` and the map ``ReLU(sum_c w_c A_c)``. ``B * N * C``
+    masked images (``N`` samples times the scored channels), ``batch_size`` per forward.
+
+    The coefficients are torchcam 0.5's (validated by the paper's authors, torch-cam issue #154): the
+    paper's ``M_i = sum_{j<i} (j / N) X * A_k``, its index shifted by one, so the last copy is
+    ``(N + 1) / 2`` times the masked image, not the image itself. With a target layer at the input
+    resolution the maps equal torchcam's to float precision (its masks are normalised before upsampling,
+    as for [`ScoreCAM`][hiercam.ScoreCAM]).
+
+    Args:
+        model: the classifier, as for [`ScoreCAM`][hiercam.ScoreCAM].
+        target_layer: the layer explained, as for [`BaseCAM`][hiercam.BaseCAM].
+        num_samples: integration steps ``N``, ``>= 1`` (torchcam's default 10).
+        batch_size: masked images per forward pass, ``>= 1``.
+        max_channels: as for [`ScoreCAM`][hiercam.ScoreCAM].
+        eigen_smooth: as for [`BaseCAM`][hiercam.BaseCAM].
+        reshape: as for [`ScoreCAM`][hiercam.ScoreCAM].
+        output: as for [`BaseCAM`][hiercam.BaseCAM].
+        progress: as for [`ScoreCAM`][hiercam.ScoreCAM].
+
+    Raises:
+        TypeError, ValueError: a bad ``num_samples``, and as for [`ScoreCAM`][hiercam.ScoreCAM].
+
+    Examples:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> cam = ISCAM(resnet18(num_classes=3), "layer4", num_samples=4, max_channels=16)
+        >>> cam(torch.randn(1, 3, 64, 64), [0, 2]).shape  # 4 x 16 masked images
+        torch.Size([1, 2, 64, 64])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: nn.Module | str | None = None,
+        *,
+        num_samples: int = 10,
+        batch_size: int = 32,
+        max_channels: int | None = None,
+        eigen_smooth: bool = False,
+        reshape: ReshapeArg = "auto",
+        output: OutputArg = None,
+        progress: bool = True,
+    ) -> None:
+        self.num_samples = check_int(num_samples, "num_samples", minimum=1)
+        super().__init__(
+            model,
+            target_layer,
+            batch_size=batch_size,
+            max_channels=max_channels,
+            eigen_smooth=eigen_smooth,
+            reshape=reshape,
+            output=output,
+            progress=progress,
+        )
+        self._coefficients: Tensor | None = None
+
+    def _extra_repr(self) -> str:
+        return f"{super()._extra_repr()}, num_samples={self.num_samples}"
+
+    def _samples(self) -> int:
+        return self.num_samples
+
+    def _start(self, device: torch.device, per_image: int) -> None:
+        values, total = [], 0.0
+        for step in range(1, self.num_samples + 1):
+            total += step / self.num_samples
+            values.append(total)
+        self._coefficients = torch.tensor(values, device=device)
+
+    def _perturb(self, images: Tensor, masks: Tensor, sample: Tensor, rows: tuple[int, int]) -> Tensor:
+        coefficients: Any = self._coefficients
+        scale = coefficients[sample].to(images.dtype).view(-1, 1, 1, 1)
+        return images.mul_(masks.to(images.dtype)).mul_(scale)

@@ -2,8 +2,8 @@
 
 The faithfulness metrics score the model on modified images: every (image, present class) pair of a batch is
 one *trial*, and the perturbed images of all trials go through the model in chunks of ``batch_size``
-(never one class at a time). The model runs in eval mode under ``torch.no_grad()``; the ``training`` flags of
-its modules are restored afterwards.
+(never one class at a time). The model runs in eval mode under ``torch.inference_mode()``; the ``training``
+flags of its modules are restored afterwards.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ __all__ = [
     "trials",
     "class_scores",
     "trial_scores",
+    "as_float64",
 ]
 
 Model = Callable[[Tensor], object]
@@ -196,7 +197,7 @@ def class_scores(
     """
     total = int(classes.shape[0])
     result = torch.empty(total, dtype=torch.float32, device=classes.device)
-    with _eval_mode(model), torch.no_grad():
+    with _eval_mode(model), torch.inference_mode():
         for start in range(0, total, batch_size):
             rows = torch.arange(start, min(start + batch_size, total), device=classes.device)
             inputs = make_inputs(rows)
@@ -207,16 +208,31 @@ def class_scores(
     return result
 
 
-def trial_scores(model: Model, images: Tensor, found: Trials, score: ScoreMode, batch_size: int) -> Tensor:
-    """Scores ``(P,)`` float32 of every trial's class on its unchanged image (one forward per image)."""
+def trial_scores(
+    model: Model,
+    images: Tensor,
+    found: Trials,
+    score: ScoreMode,
+    batch_size: int,
+    name: str = "the original images",
+) -> Tensor:
+    """Scores ``(P,)`` float32 of every trial's class on its image of ``images`` (one forward per image).
+
+    ``name`` says what the images are in the message of non-finite scores.
+    """
     batch = int(images.shape[0])
     parts = []
-    with _eval_mode(model), torch.no_grad():
+    with _eval_mode(model), torch.inference_mode():
         for start in range(0, batch, batch_size):
             chunk = images.detach()[start : start + batch_size]
             logits = _logits(model, chunk, found.num_classes, found.classes)
-            parts.append(_to_scores(logits, score, "the original images").to(images.device))
+            parts.append(_to_scores(logits, score, name).to(images.device))
     return torch.cat(parts)[found.images, found.classes]
+
+
+def as_float64(values: Tensor) -> Tensor:
+    """``values`` as float64 on their device (no copy to the host), on the CPU for MPS (no float64 there)."""
+    return values.cpu().double() if values.device.type == "mps" else values.double()
 
 
 def reduce_trials(values: Tensor, reduction: Reduction) -> Tensor:

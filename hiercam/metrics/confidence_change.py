@@ -21,6 +21,7 @@ from hiercam.metrics._perturb import (
     Model,
     Reduction,
     ScoreMode,
+    as_float64,
     check_common,
     check_reduction,
     class_scores,
@@ -56,20 +57,20 @@ def _confidence_update(
     batch_size: int,
     classes: Tensor | None = None,
 ) -> Tensor:
-    """Per-trial ``(P, 3)`` float64 on the CPU: drop, increase, change."""
+    """Per-trial ``(P, 3)`` float64 on the images' device (CPU for MPS): drop, increase, change."""
     found = trials(maps, labels, images, classes)
     if normalize is None:  # the maps multiply the images as they are: they must be weights in [0, 1]
         check_unit_interval(maps, "maps", hint=" with `normalize=None` (pass normalize='minmax' or 'max')")
     if found.images.shape[0] == 0:
         return torch.zeros((0, 3), dtype=torch.float64)
     weights = normalize_maps(found.maps, normalize, validate_args=False).to(images.dtype)  # checked
-    before = trial_scores(model, images, found, score, batch_size).cpu().double()
+    before = as_float64(trial_scores(model, images, found, score, batch_size))
 
     def make_inputs(rows: Tensor) -> Tensor:
         return images.detach()[found.images[rows]] * weights[rows, None]
 
     after = class_scores(model, make_inputs, found.classes, found.num_classes, score, batch_size)
-    after = after.cpu().double()
+    after = as_float64(after)
     # A class whose score is exactly 0 (a softmax that underflowed) has no confidence to drop: 0, not 0 / 0
     # (torchcam's ``/ (Y + 1e-7)`` gives the same 0 there).
     drop = torch.where(before != 0, (before - after).clamp_min(0) / before, torch.zeros_like(before))
@@ -147,7 +148,7 @@ def confidence_change(
     reduction = check_reduction(reduction)
     values = reduce_trials(
         _confidence_update(model, maps, labels, images, normalize, mode, batch_size, classes), reduction
-    )
+    ).cpu()
     return ConfidenceChangeResult(values[..., 0], values[..., 1], values[..., 2])
 
 

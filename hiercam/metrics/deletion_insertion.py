@@ -30,6 +30,7 @@ from hiercam.metrics._perturb import (
     Model,
     Reduction,
     ScoreMode,
+    as_float64,
     check_common,
     check_reduction,
     class_scores,
@@ -110,7 +111,10 @@ def _deletion_insertion_update(
     batch_size: int,
     classes: Tensor | None = None,
 ) -> Tensor:
-    """Per-trial areas ``(P, 2)`` float64 (columns: deletion, insertion), on the CPU."""
+    """Per-trial areas ``(P, 2)`` float64 (columns: deletion, insertion), on the images' device (CPU for MPS).
+
+    Nothing is read back to the host but the number of trials (``trials``: it sizes the work).
+    """
     found = trials(maps, labels, images, classes)
     substrate = _baseline_images(images.detach(), baseline)  # checked even without trials
     count = int(found.images.shape[0])
@@ -124,9 +128,10 @@ def _deletion_insertion_update(
     ranks = torch.empty_like(order, dtype=torch.int32).scatter_(  # int32: half the memory of (P, H * W)
         1, order, torch.arange(pixels, device=order.device, dtype=torch.int32).expand_as(order)
     )
-    # jobs, trial-major: deletion at points 1..n-1, then insertion at points 1..n-2 (the ends are shared)
+    # jobs, trial-major: deletion, then insertion, at the points 1..n-2; the ends are the unchanged image and
+    # the baseline image, scored once per image for all its trials
     device = images.device
-    deleted = torch.tensor(counts[1:], device=device)
+    deleted = torch.tensor(counts[1:-1], device=device, dtype=torch.long)
     inserted = torch.tensor(counts[1:-1], device=device, dtype=torch.long)
     per_trial = torch.cat([deleted, inserted])
     kinds = torch.cat([torch.zeros_like(deleted), torch.ones_like(inserted)]).bool()
@@ -148,13 +153,15 @@ def _deletion_insertion_update(
         return mixed.reshape(-1, channels, height, width)
 
     original_scores = trial_scores(model, images, found, score, batch_size)
+    baseline_scores = trial_scores(model, substrate, found, score, batch_size, "the perturbed images")
     perturbed = class_scores(
         model, make_inputs, found.classes[job_trial], found.num_classes, score, batch_size
     ).reshape(count, jobs)
-    deletion = torch.cat([original_scores[:, None], perturbed[:, : points - 1]], dim=1)
-    insertion = torch.cat([deletion[:, -1:], perturbed[:, points - 1 :], original_scores[:, None]], dim=1)
-    fractions = torch.tensor(counts, dtype=torch.float64) / pixels
-    curves = torch.stack([deletion, insertion], dim=1).cpu().double()  # float64 on the CPU (not on MPS)
+    first, last = original_scores[:, None], baseline_scores[:, None]
+    deletion = torch.cat([first, perturbed[:, : points - 2], last], dim=1)
+    insertion = torch.cat([last, perturbed[:, points - 2 :], first], dim=1)
+    curves = as_float64(torch.stack([deletion, insertion], dim=1))
+    fractions = torch.tensor(counts, dtype=torch.float64).to(curves.device) / pixels
     return torch.trapezoid(curves, fractions, dim=2)
 
 
@@ -201,7 +208,7 @@ def deletion_insertion(
             device where the model runs; ``maps`` are moved there.
         model: a classifier mapping ``(N, C, H, W)`` to ``(N, K)`` scores (an ``nn.Module``, any callable, or
             a hiercam ``TwoBranchNet``, whose ``mean_logits`` are used). It runs in eval mode under
-            ``torch.no_grad()``; the modules' ``training`` flags are restored after.
+            ``torch.inference_mode()``; the modules' ``training`` flags are restored after.
         steps: number of intervals of the curves (``>= 1``); ``steps + 1`` points when ``N`` is a multiple.
         baseline: ``"zeros"``, ``"blur"`` (RISE's: 11x11 Gaussian of sigma 5, zero padding) or a tensor that
             broadcasts to ``images`` (e.g. the per-channel mean ``(C, 1, 1)``).
@@ -241,7 +248,7 @@ def deletion_insertion(
     areas = _deletion_insertion_update(
         model, maps, labels, images, steps, baseline, mode, batch_size, classes
     )
-    values = reduce_trials(areas, reduction)
+    values = reduce_trials(areas, reduction).cpu()
     return DeletionInsertionResult(values[..., 0], values[..., 1])
 
 

@@ -25,8 +25,9 @@ formula is used here on the given boxes, and a predicted box ``(x, y, x + w, y +
 clamped to ``W - 1`` and ``H - 1`` as there; a map with no kept pixel predicts the box ``(0, 0, 0, 0)``.
 
 **Contours versus connected components.** OpenCV's outer contours are the borders of 8-connected regions,
-so their bounding rectangles are the regions' boxes, found here with
-[`mask_boxes`][hiercam.maps.mask_boxes] (``scipy.ndimage``, no OpenCV). With ``RETR_TREE`` OpenCV also lists
+so their bounding rectangles are the regions' boxes, found here for every threshold at once with
+[`level_boxes`][hiercam.maps.level_boxes] (the regions of [`mask_boxes`][hiercam.maps.mask_boxes], no
+OpenCV). With ``RETR_TREE`` OpenCV also lists
 the border of each hole as a contour; such a box lies inside its region's box and is not produced here, so
 a trial differs only where a hole's box matches a ground-truth box better than every region's box. For
 ``components="largest"``, wsolevaluation picks the contour of largest polygon area (``cv2.contourArea``),
@@ -43,7 +44,7 @@ import torch
 from torch import Tensor
 
 from hiercam._validation import check_choice, check_threshold, type_name
-from hiercam.maps import BoxComponents, mask_boxes
+from hiercam.maps import BoxComponents, level_boxes
 from hiercam.metrics._base import Metric
 from hiercam.metrics._inputs import BoxesArg, check_boxes
 from hiercam.metrics._wsol import scoremaps, threshold_grid
@@ -79,38 +80,74 @@ def _check_components(components: BoxComponents) -> BoxComponents:
 
 
 # --------------------------------------------------------------------------------------------- kernels
-def _wsol_iou(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Wsolevaluation's ``calculate_multiple_iou``: ``(M, G)`` IoUs with the +1 pixel on every side."""
-    low = np.maximum(boxes[:, None, :2], truth[None, :, :2])
-    high = np.minimum(boxes[:, None, 2:], truth[None, :, 2:])
-    inter = np.prod(np.maximum(0.0, high - low + 1), axis=2)
-    area_a = np.prod(boxes[:, 2:] - boxes[:, :2] + 1, axis=1)
-    area_b = np.prod(truth[:, 2:] - truth[:, :2] + 1, axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def _best_ious(
     score: np.ndarray, truth: np.ndarray, grid: np.ndarray, components: BoxComponents
 ) -> np.ndarray:
-    """The best IoU ``(T,)`` of the boxes at every threshold with the ground-truth boxes ``(G, 4)``."""
-    height, width = score.shape
-    quantised = (score * 255).astype(np.uint8)
-    cutoffs = (grid * quantised.max()).astype(np.int64)
-    best = np.zeros(len(grid))
-    if truth.shape[0] == 0:
-        return best
-    cache: dict[int, float] = {}
-    for index, cutoff in enumerate(cutoffs.tolist()):
-        if cutoff not in cache:
-            boxes = mask_boxes(torch.from_numpy(quantised > cutoff), components).numpy().astype(np.float64)
-            if boxes.shape[0] == 0:
-                boxes = np.zeros((1, 4))
-            boxes[:, 2] = np.minimum(boxes[:, 2], width - 1)
-            boxes[:, 3] = np.minimum(boxes[:, 3], height - 1)
-            cache[cutoff] = float(_wsol_iou(boxes, truth).max())
-        best[index] = cache[cutoff]
-    return best
+    """The best IoU ``(T,)`` of one normalised map ``(H, W)`` at every threshold with the boxes ``(G, 4)``."""
+    scores = torch.from_numpy(np.ascontiguousarray(score, dtype=np.float32))[None]
+    return _trial_ious(scores, [torch.from_numpy(truth).double()], grid, components)[0].numpy()
+
+
+def _levels(quantised: Tensor, grid: np.ndarray) -> tuple[Tensor, np.ndarray]:
+    """Level maps of the quantised maps ``(P, H, W)`` and the level ``(P, T)`` of every grid threshold.
+
+    Trial ``p`` keeps ``u > c`` at the cutoffs ``c = int(t * max(u))``; with its distinct cutoffs
+    ``c_0 < c_1 < ...``, the level of a pixel is the number of them below ``u``, so the mask of cutoff
+    ``c_i`` is ``level > i`` and thresholds with the same cutoff share a level.
+    """
+    maxima = quantised.amax(dim=(1, 2)).numpy()
+    cutoffs = (grid[None, :] * maxima[:, None]).astype(np.int64)  # (P, T), as int(t * max(u)) per map
+    present = np.zeros((len(maxima), 257), dtype=np.int64)
+    np.put_along_axis(present, cutoffs, 1, axis=1)
+    below = np.zeros((len(maxima), 256), dtype=np.int16)  # below[p, v]: distinct cutoffs of p under v
+    np.cumsum(present[:, :255], axis=1, out=below[:, 1:])
+    table = torch.from_numpy(below)
+    levels = table.gather(1, quantised.reshape(len(maxima), -1).long()).reshape(quantised.shape)
+    return levels, np.take_along_axis(below, cutoffs, axis=1).astype(np.int64)
+
+
+def _pair_iou(boxes: Tensor, truth: Tensor) -> Tensor:
+    """``_wsol_iou`` of the boxes ``(..., 4)`` and ``truth`` ``(..., 4)`` pair by pair, float64."""
+    low = torch.maximum(boxes[..., :2], truth[..., :2])
+    high = torch.minimum(boxes[..., 2:], truth[..., 2:])
+    sides = (high - low + 1).clamp_min(0.0)
+    inter = sides[..., 0] * sides[..., 1]
+    area_a = (boxes[..., 2] - boxes[..., 0] + 1) * (boxes[..., 3] - boxes[..., 1] + 1)
+    area_b = (truth[..., 2] - truth[..., 0] + 1) * (truth[..., 3] - truth[..., 1] + 1)
+    union = area_a + area_b - inter
+    return torch.where(union > 0, inter / torch.where(union > 0, union, 1.0), 0.0)
+
+
+def _trial_ious(scores: Tensor, truth: list[Tensor], grid: np.ndarray, components: BoxComponents) -> Tensor:
+    """The best IoU ``(P, T)`` of the boxes of every trial at every threshold with its boxes ``truth[p]``.
+
+    All thresholds of all trials in one labelling ([`level_boxes`][hiercam.maps.level_boxes]: the runs of
+    the nested masks, grouped once) instead of one ``scipy.ndimage.label`` per trial and threshold: about 6
+    times faster than labelling every mask, and 1.2 to 1.5 times faster than wsolevaluation's OpenCV loop
+    (``benchmarks/faithfulness_speed.py``, one thread). The figures are those of labelling every mask
+    (tested).
+    """
+    count, height, width = scores.shape
+    quantised = (scores.float() * 255).to(torch.uint8).cpu()  # wsolevaluation's uint8(255 s), truncated
+    levels, at = _levels(quantised, grid)
+    found = level_boxes(levels, components)
+    # the ground-truth boxes of each trial, padded to the same number with boxes that score 0
+    most = max(1, max(len(t) for t in truth))
+    padded = torch.full((count, most, 4), -2.0, dtype=torch.float64)  # outside the image: IoU 0
+    for index, boxes in enumerate(truth):
+        padded[index, : len(boxes)] = boxes
+    predicted = found.boxes.double()
+    predicted[:, 2].clamp_(max=width - 1)  # wsolevaluation's min(x + w, W - 1), min(y + h, H - 1)
+    predicted[:, 3].clamp_(max=height - 1)
+    ious = _pair_iou(predicted[:, None, :], padded[found.maps]).amax(dim=1)
+    depth = int(at.max()) + 1
+    best = torch.full((count * depth,), -1.0, dtype=torch.float64)
+    best.scatter_reduce_(0, found.maps * depth + found.levels, ious, "amax")
+    # a mask without a region predicts the box (0, 0, 0, 0)
+    empty = _pair_iou(torch.zeros(1, 1, 4, dtype=torch.float64), padded).amax(dim=1)
+    best = best.reshape(count, depth)
+    best = torch.where(best < 0, empty[:, None], best)
+    return best.gather(1, torch.from_numpy(at))
 
 
 def _box_update(
@@ -124,16 +161,20 @@ def _box_update(
     """``(I, T + 1)`` int64: correct trials per IoU and map threshold; the last column counts trials."""
     images, classes, scores = scoremaps(maps, labels)
     truth = check_boxes(boxes, maps.shape[0], maps.shape[1])
-    counts = np.zeros((len(ious), len(grid) + 1), dtype=np.int64)
-    counts[:, -1] = int(images.shape[0])
-    limits = np.asarray(ious)[:, None]
-    for score, image, cls in zip(
-        scores.float().cpu().numpy(), images.tolist(), classes.tolist(), strict=True
-    ):
-        coords, owners = truth[image]
-        best = _best_ious(score, coords[owners == cls].numpy(), grid, components)
-        counts[:, :-1] += best[None, :] >= limits
-    return torch.from_numpy(counts)
+    counts = torch.zeros((len(ious), len(grid) + 1), dtype=torch.int64)
+    counts[:, -1] = images.shape[0]
+    if images.shape[0] == 0:
+        return counts
+    wanted = [
+        coords[owners == cls]
+        for coords, owners, cls in (
+            (*truth[image], cls) for image, cls in zip(images.tolist(), classes.tolist(), strict=True)
+        )
+    ]
+    best = _trial_ious(scores, wanted, grid, components)
+    limits = torch.tensor(ious, dtype=torch.float64)
+    counts[:, :-1] = (best[None, :, :] >= limits[:, None, None]).sum(dim=1)
+    return counts
 
 
 def _box_compute(counts: Tensor, grid: np.ndarray) -> MaxBoxAccResult:
