@@ -48,6 +48,11 @@ its ratio is to the forwards of all channels. The peers' SSCAM and ISCAM run the
 Each figure is the best of ``--family-rounds`` interleaved rounds (rotating order), the least disturbed by
 other work on the machine.
 
+The other methods of issue 27 (EigenGradCAM, GradCAMElementWise, ShapleyCAM, FinerCAM, FullGrad, guided
+backpropagation and Guided Grad-CAM, Smooth Grad-CAM++, KPCA-CAM, FEM, RandomCAM, Deep Feature
+Factorization), against the peer that has each, on ResNet-18 and one thread: ``peer_methods_speed.py``
+(``--peer-methods-only`` runs only that section, ``--no-peer-methods`` skips it).
+
 Run: ``python benchmarks/cam_speed.py [--rounds 5] [--classes 20] [--batch 8] [--size 224]
 [--scorecam-batch 1] [--scorecam-peer-classes 2] [--no-gradient-free] [--no-score-family]``
 (a quick check that it runs: ``--rounds 1 --classes 3 --batch 1 --size 64 --scorecam-peer-classes 1``);
@@ -68,6 +73,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from peer_methods_speed import peer_methods
 from torchvision.models import resnet50
 
 logging.getLogger("torchcam").setLevel(logging.ERROR)
@@ -260,9 +266,14 @@ def main() -> None:
     parser.add_argument("--family-size", type=int, default=64, help="input side in the score family")
     parser.add_argument("--family-samples", type=int, default=4, help="SSCAM / ISCAM samples")
     parser.add_argument("--family-rounds", type=int, default=2, help="score family: best of these rounds")
+    parser.add_argument("--no-peer-methods", action="store_true", help="skip the methods of issue 27")
+    parser.add_argument("--peer-methods-only", action="store_true", help="run only the methods of issue 27")
     args = parser.parse_args()
     if args.score_family_only:
         score_family(args)
+        return
+    if args.peer_methods_only:
+        peer_methods(rounds=args.family_rounds + 1)
         return
     model, images = setup(args.batch, args.classes, args.size)
     all_classes = list(range(args.classes))
@@ -287,6 +298,8 @@ def main() -> None:
         gradient_free(args, all_classes)
     if not args.no_score_family:
         score_family(args)
+    if not args.no_peer_methods:
+        peer_methods(rounds=args.family_rounds + 1)
 
 
 def vit_contenders(batch: int, classes: list[int], size: int) -> dict[str, Callable[[], object]]:
