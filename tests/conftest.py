@@ -10,6 +10,12 @@ import os
 # of machine). Set before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import sys
+
+# The helpers shared by test files (cam_test_helpers.py) are imported by name: --import-mode=importlib does
+# not put this folder on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
+from cam_test_helpers import activation_of, pearson, small_net
+from torch import nn
 from torchvision import models
 
 import hiercam
@@ -24,36 +25,6 @@ pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore:Maximum number of iterations:sklearn.exceptions.ConvergenceWarning"),
 ]
-
-
-def small_net(num_classes: int = 4) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, num_classes),
-    ).eval()
-
-
-def pearson(a: Tensor, b: Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
-
-
-def activation_of(model: nn.Module, layer: str, images: Tensor) -> Tensor:
-    store: dict[str, Tensor] = {}
-    handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        handle.remove()
-    return store["a"]
 
 
 def test_factorization_equals_pytorch_grad_cams_dff() -> None:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from cam_test_helpers import activation_of, pearson, small_net
 from torch import Tensor, nn
 from torchvision import models
 
@@ -16,36 +17,6 @@ from hiercam.cam import FEM, fem_weights
 pgc = pytest.importorskip("pytorch_grad_cam")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def small_net(num_classes: int = 4) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, num_classes),
-    ).eval()
-
-
-def pearson(a: Tensor, b: Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
-
-
-def activation_of(model: nn.Module, layer: str, images: Tensor) -> Tensor:
-    store: dict[str, Tensor] = {}
-    handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        handle.remove()
-    return store["a"]
 
 
 def peer_raw(activations: Tensor, k: float = 2.0) -> Tensor:

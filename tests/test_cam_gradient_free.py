@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from cam_test_helpers import activation_of, pearson
 from torch import nn
 from torchvision import models
 
@@ -63,23 +64,6 @@ def strided_net(num_classes: int = 4) -> nn.Module:
         nn.Flatten(),
         nn.Linear(8, num_classes),
     ).eval()
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
-
-
-def activation_of(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
-    store: dict[str, torch.Tensor] = {}
-    handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        handle.remove()
-    return store["a"]
 
 
 def pgc_maps(

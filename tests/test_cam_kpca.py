@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cam_test_helpers import activation_of, pearson
 from torch import Tensor, nn
 from torchvision import models
 
@@ -37,23 +38,6 @@ def full_res_net(num_classes: int = 4) -> nn.Module:
         nn.Flatten(),
         nn.Linear(8, num_classes),
     ).eval()
-
-
-def pearson(a: Tensor, b: Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
-
-
-def activation_of(model: nn.Module, layer: str, images: Tensor) -> Tensor:
-    store: dict[str, Tensor] = {}
-    handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        handle.remove()
-    return store["a"]
 
 
 def sklearn_projection(activations: Tensor, kernel: str, gamma: float | None = None) -> Tensor:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from cam_test_helpers import pearson
 from torch import nn
 from torchvision import models
 
@@ -22,12 +23,6 @@ pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils import model_targets as peer_targets  # noqa: E402
 
 PER_IMAGE = [3, 1, 4, 1]
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 def agree(ours: torch.Tensor, theirs: torch.Tensor) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cam_test_helpers import pearson
 from torch import nn
 from torchvision import models
 
@@ -79,12 +80,6 @@ def case(request: pytest.FixtureRequest) -> tuple[nn.Module, str, torch.Tensor]:
                 module.running_var.uniform_(0.5, 1.5)
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     return model, layer, images
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 def peer_maps(peer: Callable[..., np.ndarray], images: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from cam_test_helpers import pearson
 from torch import nn
 from torchvision import models
 
@@ -79,12 +80,6 @@ def model_case(request: pytest.FixtureRequest) -> tuple[str, nn.Module, torch.Te
     model = MODELS[request.param][0]().eval()
     images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
     return request.param, model, images
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 @pytest.mark.parametrize("method", list(PYTORCH_GRAD_CAM))

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from cam_test_helpers import pearson, small_net
 from torch import Tensor, nn
 from torchvision import models
 
@@ -24,25 +25,6 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CLASSES = [1, 3]
-
-
-def small_net(num_classes: int = 4) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, num_classes),
-    ).eval()
-
-
-def pearson(a: Tensor, b: Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 def weights_of(seed: int, shape: tuple[int, int, int]) -> Tensor:

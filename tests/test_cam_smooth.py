@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
+from cam_test_helpers import pearson
 from torch import Tensor, nn
 from torchvision import models
 
@@ -56,12 +57,6 @@ def strided_net(num_classes: int = 4) -> nn.Module:
 def resnet() -> nn.Module:
     torch.manual_seed(0)
     return models.resnet18(num_classes=5).eval()
-
-
-def pearson(a: Tensor, b: Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 def draws(shape: Sequence[int], count: int, seed: int) -> list[Tensor]:

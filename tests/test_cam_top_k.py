@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from cam_test_helpers import pearson
 from torch import nn
 from torchvision import models
 
@@ -45,12 +46,6 @@ def _reseed(extractor: hiercam.BaseCAM) -> None:
     """The same random draws for the next call (RandomCAM's weights, SmoothGradCAMPlusPlus's noise)."""
     if isinstance(extractor, (hiercam.RandomCAM, hiercam.SmoothGradCAMPlusPlus)):
         extractor.generator = torch.Generator().manual_seed(0)
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 def _slice(maps: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

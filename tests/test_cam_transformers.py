@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from cam_test_helpers import pearson
 from torch import nn
 from torchvision import models
 from torchvision.models.vision_transformer import VisionTransformer
@@ -25,12 +26,6 @@ pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 CLASSES = [3, 1]
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
 
 
 def vit_reshape(prefix: int, height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
