@@ -146,6 +146,66 @@ def test_trial_ious_match_the_per_threshold_loop(interval: float, components: st
         np.testing.assert_array_equal(got[index].numpy(), want)  # identical, not close
 
 
+@pytest.mark.parametrize("components", ["all", "largest"])
+@pytest.mark.parametrize("seed", range(6))
+def test_mask_boxes_are_the_boxes_of_scipy_ndimage(seed: int, components: str) -> None:
+    mask = random_levels(seed)[0] > 0
+    for min_area in (0, 2, 5):
+        regions = [(box, area) for box, area in scipy_regions(mask.numpy(), "all") if area >= min_area]
+        if components == "largest" and regions:
+            regions = [max(regions, key=lambda region: region[1])]  # max keeps the first of equals
+        got = hiercam.maps.mask_boxes(mask, components, min_area)  # type: ignore[arg-type]
+        assert got.dtype == torch.float32
+        assert got.tolist() == [[float(v) for v in box] for box, _ in regions]
+
+
+def naive_localization_counts(
+    maps: Tensor, labels: Tensor, boxes: list[Tensor], thresholds: list[float], iou: float, components: str
+) -> list[list[int]]:
+    """The localisation error's counts, one ``scipy.ndimage`` labelling per pair and threshold."""
+    from torchvision.ops import box_iou
+
+    counts = []
+    for threshold in thresholds:
+        errors = pairs = 0
+        for image, cls in torch.nonzero(labels).tolist():
+            pairs += 1
+            map = maps[image, cls]
+            kept = (map / map.max()) > threshold
+            found = torch.tensor(scipy_boxes(kept.numpy(), components), dtype=torch.float64).reshape(-1, 4)
+            target = boxes[image][boxes[image][:, 0] == cls][:, 1:]
+            hit = len(found) and len(target) and bool((box_iou(found, target) >= iou).any())
+            errors += not hit
+        counts.append([errors, pairs])
+    return counts
+
+
+@pytest.mark.parametrize("iou", [0.1, 0.3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("components", ["all", "largest"])
+def test_localization_error_of_all_thresholds_matches_one_labelling_per_threshold(
+    components: str, dtype: torch.dtype, iou: float
+) -> None:
+    from hiercam.metrics.localization_error import _localization_update
+
+    generator = torch.Generator().manual_seed(3)
+    coarse = torch.rand(4, 3, 3, 3, generator=generator)
+    maps = torch.nn.functional.interpolate(coarse, size=(17, 17), mode="bilinear").to(dtype)
+    maps[3, 0] = torch.where(maps[3, 0] > 0.5, 1.0, 0.25).to(dtype)  # ties at exactly the thresholds
+    labels = torch.rand(4, 3, generator=generator) > 0.3
+    labels[0] = False  # an image without a present class
+    boxes = []
+    for image in range(4):  # 0 to 3 boxes, of classes 0-2, some for absent classes
+        corners = torch.randint(0, 17, (image, 2, 2), generator=generator).sort(dim=1).values
+        classes = torch.randint(0, 3, (image, 1), generator=generator).double()
+        boxes.append(torch.cat([classes, corners[:, 0, [1, 0]], corners[:, 1, [1, 0]] + 1], dim=1).double())
+    thresholds = [0.5, 0.15, 0.25, 0.15, 0.9, 0.05]  # unsorted, a duplicate, one at the tie value
+    got = _localization_update(maps, labels, boxes, thresholds, iou, components)  # type: ignore[arg-type]
+    want = naive_localization_counts(maps, labels, boxes, thresholds, iou, components)
+    assert got.tolist() == want
+    assert 0 < sum(errors for errors, _ in want) < sum(pairs for _, pairs in want)  # hits and misses
+
+
 def test_max_box_acc_streams_like_one_call_on_random_maps() -> None:
     generator = torch.Generator().manual_seed(0)
     maps = torch.rand(3, 4, 12, 12, generator=generator) ** 3

@@ -18,11 +18,13 @@ import torch
 from torch import Tensor
 
 from hiercam._validation import check_choice, check_threshold
-from hiercam.maps import BoxComponents, mask_boxes, normalize_maps
+from hiercam.maps import BoxComponents, level_boxes, normalize_maps
 from hiercam.metrics._base import Metric
 from hiercam.metrics._inputs import BoxesArg, check_boxes, check_maps_and_labels, check_thresholds
 
 __all__ = ["localization_error", "LocalizationError"]
+
+_MAX_LEVELS = 32767  # thresholds labelled in one pass: the largest level that level_boxes takes
 
 
 # --------------------------------------------------------------------------------------------- kernels
@@ -37,7 +39,9 @@ def _localization_update(
     """``[[errors, pairs], ...]`` (int64 ``(T, 2)``, CPU) per threshold over the (image, present class) pairs.
 
     Inputs are checked and the maps of the present classes normalised once, whatever the number of
-    thresholds; only the thresholding and the connected components are done per threshold.
+    thresholds. The masks of all thresholds are nested, so every threshold of every map is boxed in one
+    labelling ([`level_boxes`][hiercam.maps.level_boxes] of the number of thresholds below each pixel) and
+    every box is compared with the ground truth of its pair in one ``box_iou``.
     """
     check_maps_and_labels(maps, labels)
     truth = check_boxes(boxes, maps.shape[0], maps.shape[1])
@@ -45,22 +49,30 @@ def _localization_update(
 
     images, classes = torch.nonzero(labels.to(device=maps.device, dtype=torch.bool), as_tuple=True)
     present = normalize_maps(maps[images, classes].detach(), "max", validate_args=False).cpu()  # checked
+    counts = torch.zeros(len(thresholds), 2, dtype=torch.long)
+    counts[:, 1] = len(present)
+    if not len(present):
+        return counts
     targets = [
         truth[image][0][truth[image][1] == cls]
         for image, cls in zip(images.tolist(), classes.tolist(), strict=True)
     ]
-    counts = torch.zeros(len(thresholds), 2, dtype=torch.long)
-    counts[:, 1] = len(present)
-    for row, threshold in enumerate(thresholds):
-        kept = present > threshold
-        for mask, target in zip(kept, targets, strict=True):
-            predicted = mask_boxes(mask, components).to(torch.float64)
-            hit = (
-                target.numel() > 0
-                and predicted.numel() > 0
-                and bool((box_iou(predicted, target) >= iou).any())
-            )
-            counts[row, 0] += int(not hit)
+    target_boxes = torch.cat(targets)
+    target_pairs = torch.repeat_interleave(torch.tensor([len(t) for t in targets]))
+    values = present if present.dtype in (torch.float32, torch.float64) else present.float()
+    unique = sorted(set(thresholds))
+    hits = torch.zeros(len(present), len(unique), dtype=torch.bool)
+    for first in range(0, len(unique), _MAX_LEVELS):
+        # ``present > t`` compares in the maps' dtype: the edges are the thresholds rounded to it
+        edges = torch.tensor(unique[first : first + _MAX_LEVELS], dtype=present.dtype).to(values.dtype)
+        found = level_boxes(torch.bucketize(values, edges), components)  # level i: the mask ``> edges[i]``
+        same_pair = found.maps[:, None] == target_pairs[None, :]
+        overlaps = box_iou(found.boxes.to(torch.float64), target_boxes) >= iou
+        hit = (overlaps & same_pair).any(dim=1)
+        hits[found.maps[hit], first + found.levels[hit]] = True
+    errors = (~hits).sum(dim=0)
+    column = {threshold: index for index, threshold in enumerate(unique)}
+    counts[:, 0] = errors[[column[threshold] for threshold in thresholds]]
     return counts
 
 
