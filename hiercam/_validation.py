@@ -424,6 +424,26 @@ def check_float(
     return number
 
 
+def check_generator(generator: object) -> torch.Generator | None:
+    """``generator`` itself, refused unless a CPU ``torch.Generator`` or ``None`` (an int seed is not one).
+
+    The library's random draws (ROAD's noise, RandomCAM's weights, the noise of SmoothGradCAMPlusPlus and
+    SSCAM) are made on the CPU, so a seeded generator gives the same draws on every device.
+    """
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"`generator` must be a torch.Generator or None, got {type_name(generator)} "
+            "(for a seed: torch.Generator().manual_seed(seed))"
+        )
+    if generator.device.type != "cpu":
+        raise ValueError(
+            f"`generator` must be a CPU generator (draws are made on the CPU), got {generator.device}"
+        )
+    return generator
+
+
 def check_threshold(value: Any, name: str) -> float:
     """Check that ``value`` is a real number (by :func:`is_real`) strictly between 0 and 1."""
     if not is_real(value):

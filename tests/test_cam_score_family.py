@@ -32,9 +32,12 @@ PERTURBATION = [hiercam.ScoreCAM, hiercam.SSCAM, hiercam.ISCAM, hiercam.Ablation
 
 
 def make(method: type[BaseCAM], model: nn.Module, **options: Any) -> BaseCAM:
-    """``method(model, "3", ...)``: ``num_samples`` (default 2) only for SSCAM and ISCAM."""
+    """``method(model, "3", ...)``: ``num_samples`` (default 2) only for SSCAM and ISCAM; SSCAM's noise from
+    a generator seeded with 0 (so that two extractors made alike draw the same noise)."""
     if method in (hiercam.SSCAM, hiercam.ISCAM):
         options.setdefault("num_samples", 2)
+    if method is hiercam.SSCAM:
+        options.setdefault("generator", seeded(0))
     else:
         options.pop("num_samples", None)
     constructor: Any = method
@@ -83,14 +86,18 @@ def activation_of(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return store[0]
 
 
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 def reference_noise(
     batch: int, samples: int, channels: int, size: tuple[int, int], std: float, seed: int
 ) -> torch.Tensor:
-    """SSCAM's documented noise ``(B, S, N, 1, H, W)``: per image, a generator seeded with ``seed``, one
-    plane per (sample, channel) in that order."""
+    """SSCAM's documented noise ``(B, S, N, 1, H, W)``: from one CPU generator seeded with ``seed``, one
+    plane per (image, sample, channel) in that order."""
+    generator = torch.Generator().manual_seed(seed)
     noise = torch.empty(batch, samples, channels, 1, *size)
     for b in range(batch):
-        generator = torch.Generator().manual_seed(seed)
         for s in range(samples):
             for c in range(channels):
                 noise[b, s, c] = torch.randn(1, *size, generator=generator)
@@ -162,7 +169,7 @@ def torchcam_maps(peer: object, model: nn.Module, images: torch.Tensor) -> torch
 def test_sscam_equals_torchcam_with_the_same_noise() -> None:
     model = full_res_net()
     images = torch.randn(2, 3, 16, 16)
-    ours = hiercam.SSCAM(model, "3", num_samples=3, seed=5, batch_size=7)(
+    ours = hiercam.SSCAM(model, "3", num_samples=3, generator=seeded(5), batch_size=7)(
         images, CLASSES, size="feature", normalize=None
     )
     peer = torchcam_methods.SSCAM(model, "3", batch_size=64, num_samples=3, std=2.0)
@@ -199,7 +206,7 @@ def test_sscam_and_iscam_equal_naive_loops_on_a_strided_layer() -> None:
     model = strided_net()
     images = torch.randn(2, 3, 16, 16)
     noise = reference_noise(2, 3, 8, (16, 16), 0.7, 11)
-    ours = hiercam.SSCAM(model, "3", num_samples=3, std=0.7, seed=11)(
+    ours = hiercam.SSCAM(model, "3", num_samples=3, std=0.7, generator=seeded(11))(
         images, CLASSES, size="feature", normalize=None
     )
     expected = torch.stack([naive_score_family(model, images, k, samples=3, noise=noise) for k in CLASSES], 1)
@@ -250,7 +257,7 @@ def test_scorecam_family_on_a_channel_subset_equals_a_naive_reference() -> None:
     expected = torch.stack([naive_score_family(model, images, k, channels=kept) for k in CLASSES], 1)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
     noise = reference_noise(2, 2, 3, (16, 16), 2.0, 0)  # the noise follows the kept channels
-    ours = hiercam.SSCAM(model, "3", num_samples=2, max_channels=3)(
+    ours = hiercam.SSCAM(model, "3", num_samples=2, max_channels=3, generator=seeded(0))(
         images, CLASSES, size="feature", normalize=None
     )
     expected = torch.stack(
@@ -324,13 +331,15 @@ def test_masked_forwards_run_under_inference_mode() -> None:
         handle.remove()
 
 
-def test_sscam_noise_comes_from_the_seed_or_the_global_generator() -> None:
+def test_sscam_noise_comes_from_the_generator_or_the_global_generator() -> None:
     model = strided_net()
     images = torch.randn(2, 3, 16, 16)
-    seeded = hiercam.SSCAM(model, "3", num_samples=2, seed=1)
-    torch.testing.assert_close(seeded(images), seeded(images), rtol=0, atol=0)
-    assert not torch.allclose(seeded(images), hiercam.SSCAM(model, "3", num_samples=2, seed=2)(images))
-    free = hiercam.SSCAM(model, "3", num_samples=2, seed=None)
+    first = hiercam.SSCAM(model, "3", num_samples=2, generator=seeded(1))(images)
+    cam = hiercam.SSCAM(model, "3", num_samples=2, generator=seeded(1), batch_size=3)
+    torch.testing.assert_close(cam(images), first, rtol=0, atol=0)  # same seed, other batches: same maps
+    assert not torch.allclose(cam(images), first)  # the generator advanced
+    assert not torch.allclose(hiercam.SSCAM(model, "3", num_samples=2, generator=seeded(2))(images), first)
+    free = hiercam.SSCAM(model, "3", num_samples=2)
     torch.manual_seed(7)
     first = free(images)
     torch.manual_seed(7)
@@ -342,7 +351,7 @@ def test_sscam_noise_comes_from_the_seed_or_the_global_generator() -> None:
 def test_repr_shows_the_settings() -> None:
     model = strided_net()
     assert repr(hiercam.SSCAM(model, "3")) == (
-        "SSCAM(target_layer='3', batch_size=32, num_samples=35, std=2, seed=0)"
+        "SSCAM(target_layer='3', batch_size=32, num_samples=35, std=2)"
     )
     assert repr(hiercam.ISCAM(model, "3", max_channels=4, batch_size=8)) == (
         "ISCAM(target_layer='3', batch_size=8, max_channels=4, num_samples=10)"
@@ -354,8 +363,8 @@ BAD: list[tuple[Callable[[nn.Module], object], type[Exception], str]] = [
     (lambda m: hiercam.SSCAM(m, "3", num_samples=0), ValueError, "num_samples"),
     (lambda m: hiercam.SSCAM(m, "3", std=-1.0), ValueError, "std"),
     (lambda m: hiercam.SSCAM(m, "3", std=float("nan")), ValueError, "std"),
-    (lambda m: hiercam.SSCAM(m, "3", seed=1.5), TypeError, "seed"),  # type: ignore[arg-type]
-    (lambda m: hiercam.SSCAM(m, "3", seed=True), TypeError, "seed"),
+    (lambda m: hiercam.SSCAM(m, "3", generator=5), TypeError, "generator"),  # type: ignore[arg-type]
+    (lambda m: hiercam.SSCAM(m, "3", generator=torch.Generator().get_state()), TypeError, "generator"),  # type: ignore[arg-type]
     (lambda m: hiercam.ISCAM(m, "3", num_samples=2.0), TypeError, "num_samples"),  # type: ignore[arg-type]
     (lambda m: hiercam.ScoreCAM(m, "3", max_channels=0), ValueError, "max_channels"),
     (lambda m: hiercam.AblationCAM(m, "3", max_channels="4"), TypeError, "max_channels"),  # type: ignore[arg-type]
@@ -374,11 +383,10 @@ def test_bad_arguments_name_themselves(
 def test_targets_one_class_per_image_and_eigen_smooth(method: type[BaseCAM]) -> None:
     model = strided_net()
     images = torch.randn(2, 3, 16, 16)
-    cam = make(method, model)
-    every = cam(images, normalize=None)
-    per_image = cam(images, torch.tensor([2, 0]), normalize=None)
+    every = make(method, model)(images, normalize=None)
+    per_image = make(method, model)(images, torch.tensor([2, 0]), normalize=None)
     torch.testing.assert_close(per_image[:, 0], torch.stack([every[0, 2], every[1, 0]]))
     targets = [hiercam.ClassifierOutputTarget(2), hiercam.ClassifierOutputTarget(0)]
-    torch.testing.assert_close(cam(images, targets=targets, normalize=None), per_image)
+    torch.testing.assert_close(make(method, model)(images, targets=targets, normalize=None), per_image)
     smooth = make(method, model, eigen_smooth=True)(images, CLASSES)
     assert smooth.shape == (2, 2, 16, 16)

@@ -43,8 +43,9 @@ def _extractor(name: str, model: nn.Module, layer: object = "layer4") -> hiercam
 
 
 def _reseed(extractor: hiercam.BaseCAM) -> None:
-    """The same random draws for the next call (RandomCAM's weights, SmoothGradCAMPlusPlus's noise)."""
-    if isinstance(extractor, (hiercam.RandomCAM, hiercam.SmoothGradCAMPlusPlus)):
+    """The same random draws for the next call (RandomCAM's weights, the noise of SmoothGradCAMPlusPlus and
+    SSCAM)."""
+    if isinstance(extractor, (hiercam.RandomCAM, hiercam.SmoothGradCAMPlusPlus, hiercam.SSCAM)):
         extractor.generator = torch.Generator().manual_seed(0)
 
 

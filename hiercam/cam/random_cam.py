@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from hiercam._validation import all_finite, should_check, type_name
+from hiercam._validation import all_finite, check_generator, should_check
 from hiercam.cam._heads import HeadState, MapPlan
 from hiercam.cam._pca import smoothed_maps
 from hiercam.cam.eigen import non_finite_activation
@@ -17,22 +17,6 @@ from hiercam.cam.reshape import ReshapeArg
 from hiercam.cam.targets import OutputArg
 
 __all__ = ["RandomCAM"]
-
-
-def check_generator(generator: object) -> torch.Generator | None:
-    """``generator`` itself, refused unless a CPU ``torch.Generator`` or ``None`` (an int seed is not one)."""
-    if generator is None:
-        return None
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"`generator` must be a torch.Generator or None, got {type_name(generator)} "
-            "(for a seed: torch.Generator().manual_seed(seed))"
-        )
-    if generator.device.type != "cpu":
-        raise ValueError(
-            f"`generator` must be a CPU generator (draws are made on the CPU), got {generator.device}"
-        )
-    return generator
 
 
 class RandomCAM(BaseCAM):

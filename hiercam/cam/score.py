@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hiercam._validation import check_float, check_int, type_name
+from hiercam._validation import check_float, check_generator, check_int
 from hiercam.cam._heads import HeadState
 from hiercam.cam._perturbation import PerturbationCAM, ScoreReader, row_parts
 from hiercam.cam.reshape import ReshapeArg
@@ -139,17 +139,18 @@ class SSCAM(ScoreCAM):
     and a target layer at the input resolution the maps agree to float precision
     (tests/test_cam_score_family.py).
 
-    **Noise.** The noise of image ``b`` is drawn one ``(H, W)`` plane per row, in the order ``(s, c)``, from a
-    generator on the images' device seeded with ``seed`` at the image's first row: an image's maps do not
-    depend on the other images of the batch, on ``batch_size``, on the classes asked for or on earlier calls.
-    ``seed=None`` draws from torch's global generator instead (torchcam's way: every call differs).
+    **Noise.** One ``(H, W)`` standard normal plane per masked image, in the order ``(b, s, c)``, drawn on the
+    CPU in float32 from ``generator`` (torch's global generator when ``None``, as torchcam) and moved to the
+    images' device: the same draws on every device, and the same maps for every ``batch_size``. Like every
+    random draw of the library (RandomCAM, SmoothGradCAMPlusPlus, ROAD), a generator advances with each
+    call: pass a freshly seeded one for repeatable maps.
 
     Args:
         model: the classifier, as for [`ScoreCAM`][hiercam.ScoreCAM].
         target_layer: the layer explained, as for [`BaseCAM`][hiercam.BaseCAM].
         num_samples: noisy copies per image and channel, ``>= 1``.
         std: standard deviation of the noise added to the ``[0, 1]`` masks, ``>= 0`` (0: Score-CAM).
-        seed: the seed of each image's noise, or ``None`` for torch's global generator.
+        generator: the CPU ``torch.Generator`` of the noise, or ``None`` for torch's global generator.
         batch_size: masked images per forward pass, ``>= 1``.
         max_channels: as for [`ScoreCAM`][hiercam.ScoreCAM] (the channels are chosen once, before the noise).
         eigen_smooth: as for [`BaseCAM`][hiercam.BaseCAM].
@@ -158,16 +159,18 @@ class SSCAM(ScoreCAM):
         progress: as for [`ScoreCAM`][hiercam.ScoreCAM].
 
     Raises:
-        TypeError, ValueError: a bad ``num_samples``, ``std`` or ``seed``, and as for
+        TypeError, ValueError: a bad ``num_samples``, ``std`` or ``generator``, and as for
             [`ScoreCAM`][hiercam.ScoreCAM].
 
     Examples:
         >>> import torch
         >>> from torchvision.models import resnet18
-        >>> cam = SSCAM(resnet18(num_classes=3), "layer4", num_samples=4, max_channels=16)
-        >>> x = torch.randn(1, 3, 64, 64)
+        >>> model, x = resnet18(num_classes=3), torch.randn(1, 3, 64, 64)
+        >>> seeded = torch.Generator().manual_seed(0)
+        >>> cam = SSCAM(model, "layer4", num_samples=4, max_channels=16, generator=seeded)
         >>> maps = cam(x)  # 4 x 16 masked images, all 3 classes from them
-        >>> maps.shape, torch.equal(maps, cam(x))  # the same noise at every call
+        >>> cam.generator = torch.Generator().manual_seed(0)  # the same seed: the same noise
+        >>> maps.shape, torch.equal(maps, cam(x))
         (torch.Size([1, 3, 64, 64]), True)
     """
 
@@ -178,7 +181,7 @@ class SSCAM(ScoreCAM):
         *,
         num_samples: int = 35,
         std: float = 2.0,
-        seed: int | None = 0,
+        generator: torch.Generator | None = None,
         batch_size: int = 32,
         max_channels: int | None = None,
         eigen_smooth: bool = False,
@@ -188,11 +191,7 @@ class SSCAM(ScoreCAM):
     ) -> None:
         self.num_samples = check_int(num_samples, "num_samples", minimum=1)
         self.std = check_float(std, "std", minimum=0.0)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"`seed` must be an int or None, got {type_name(seed)}")
-        self.seed = seed
-        self._generator: torch.Generator | None = None
-        self._per_image = 1
+        self.generator = check_generator(generator)
         super().__init__(
             model,
             target_layer,
@@ -205,25 +204,22 @@ class SSCAM(ScoreCAM):
         )
 
     def _extra_repr(self) -> str:
-        return f"{super()._extra_repr()}, num_samples={self.num_samples}, std={self.std:g}, seed={self.seed}"
+        seeded = ", seeded" if self.generator is not None else ""
+        return f"{super()._extra_repr()}, num_samples={self.num_samples}, std={self.std:g}{seeded}"
 
     def _samples(self) -> int:
         return self.num_samples
-
-    def _start(self, device: torch.device, per_image: int) -> None:
-        self._generator = None if self.seed is None else torch.Generator(device=device)
-        self._per_image = per_image
 
     def _perturb(self, images: Tensor, masks: Tensor, sample: Tensor, rows: tuple[int, int]) -> Tensor:
         return images.mul_(masks.add_(self._noise(torch.empty_like(masks), rows)).to(images.dtype))
 
     def _noise(self, noise: Tensor, rows: tuple[int, int]) -> Tensor:
-        """``std`` times standard normal planes, one per row, into ``noise (n, 1, H, W)``."""
-        generator, seed = self._generator, self.seed
-        for i, row in enumerate(range(*rows)):
-            if generator is not None and seed is not None and row % self._per_image == 0:
-                generator.manual_seed(seed)
-            noise[i].normal_(generator=generator)
+        """``std`` times standard normal planes, one per row, into ``noise (n, 1, H, W)``.
+
+        Drawn plane by plane on the CPU, so that the stream does not depend on how rows are batched.
+        """
+        for i in range(rows[1] - rows[0]):
+            noise[i].copy_(torch.randn(noise.shape[1:], generator=self.generator))
         return noise.mul_(self.std)
 
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from hiercam._validation import all_finite, check_float, check_int, should_check
+from hiercam._validation import all_finite, check_float, check_generator, check_int, should_check
 from hiercam.cam._autograd import batched_gradients
 from hiercam.cam._checks import non_finite_origin
 from hiercam.cam._classes import ClassesArg
@@ -17,7 +17,6 @@ from hiercam.cam._heads import HeadState, MapPlan
 from hiercam.cam._pca import smoothed_maps
 from hiercam.cam.engine import BaseCAM
 from hiercam.cam.methods import _weighted_sum, _weighted_terms
-from hiercam.cam.random_cam import check_generator
 from hiercam.cam.reshape import ReshapeArg
 from hiercam.cam.targets import OutputArg, TargetsArg, target_scores
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hiercam._validation import check_finite, check_float, check_tensor, is_real, type_name
+from hiercam._validation import check_finite, check_float, check_generator, check_tensor, is_real, type_name
 from hiercam.metrics._perturb import (
     MeanMetric,
     Model,
@@ -101,7 +101,7 @@ def noisy_linear_impute(
             f"got {tuple(removed.shape)}"
         )
     noise_value = _check_noise(noise)
-    generator = _check_generator(generator)
+    generator = check_generator(generator)
     check_finite(images, "images")
     if removed.numel() and bool(removed.flatten(1).all(dim=1).any()):
         raise ValueError(
@@ -109,16 +109,6 @@ def noisy_linear_impute(
             "got an image with every pixel removed"
         )
     return _impute(images, removed, noise_value, generator)
-
-
-def _check_generator(generator: object) -> torch.Generator | None:
-    """``generator`` itself, refused unless a ``torch.Generator`` or ``None`` (an int seed is not one)."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"`generator` must be a torch.Generator or None, got {type_name(generator)} "
-            "(e.g. torch.Generator().manual_seed(0))"
-        )
-    return generator
 
 
 def _impute(images: Tensor, removed: Tensor, noise: float, generator: torch.Generator | None) -> Tensor:
@@ -337,7 +327,7 @@ def road(
     mode, batch_size = check_common(model, score, batch_size)
     values, single = _check_percentages(percentages)
     noise = _check_noise(noise)
-    generator = _check_generator(generator)
+    generator = check_generator(generator)
     reduction = check_reduction(reduction)
     scores = reduce_trials(
         _road_update(model, maps, labels, images, values, noise, generator, mode, batch_size, classes),
@@ -391,7 +381,7 @@ class ROAD(MeanMetric):
         self._values, self._single = _check_percentages(percentages)
         self.percentages: float | tuple[float, ...] = self._values[0] if self._single else tuple(self._values)
         self.noise = _check_noise(noise)
-        self.generator = _check_generator(generator)
+        self.generator = check_generator(generator)
         self._add_states(2, len(self._values))
 
     def update(self, maps: Tensor, labels: Tensor, *, images: Tensor, classes: Tensor | None = None) -> None:
