@@ -1,4 +1,4 @@
-"""Helpers shared by the CAM tests: a small random-init CNN, Pearson's r and a layer's activation.
+"""Helpers shared by the CAM tests: small random-init CNNs, Pearson's r and a layer's activation.
 
 Importable from any test file (``tests/conftest.py`` puts this folder on ``sys.path``).
 """
@@ -37,3 +37,34 @@ def activation_of(model: nn.Module, layer: str, images: Tensor) -> Tensor:
     finally:
         handle.remove()
     return store["a"]
+
+
+def full_res_net(num_classes: int = 4) -> nn.Module:
+    """Target layer "3" keeps the input's resolution: no upsampling of ScoreCAM's masks."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    ).eval()
+
+
+def strided_net(num_classes: int = 4) -> nn.Module:
+    """Target layer "3" at a quarter of the input's resolution (ScoreCAM upsamples its masks)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    ).eval()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from cam_test_helpers import activation_of, pearson
+from cam_test_helpers import activation_of, full_res_net, pearson, strided_net
 from torch import nn
 from torchvision import models
 
@@ -33,37 +33,6 @@ logging.getLogger("torchcam").setLevel(logging.ERROR)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CLASSES = [1, 3]
-
-
-def full_res_net(num_classes: int = 4) -> nn.Module:
-    """Target layer "3" keeps the input's resolution: no upsampling of ScoreCAM's masks."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, num_classes),
-    ).eval()
-
-
-def strided_net(num_classes: int = 4) -> nn.Module:
-    """Target layer "3" at a quarter of the input's resolution (ScoreCAM upsamples its masks)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 8, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, num_classes),
-    ).eval()
 
 
 def pgc_maps(

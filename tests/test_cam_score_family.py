@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from cam_test_helpers import full_res_net, strided_net
 from torch import nn
 
 import hiercam
@@ -42,37 +43,6 @@ def make(method: type[BaseCAM], model: nn.Module, **options: Any) -> BaseCAM:
         options.pop("num_samples", None)
     constructor: Any = method
     return constructor(model, "3", **options)  # type: ignore[no-any-return]
-
-
-def full_res_net() -> nn.Sequential:
-    """Target layer "3" keeps the input's resolution: no upsampling of the masks."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    ).eval()
-
-
-def strided_net() -> nn.Sequential:
-    """Target layer "3" at a quarter of the input's resolution (the masks are upsampled)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 8, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    ).eval()
 
 
 def activation_of(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

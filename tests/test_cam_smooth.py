@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
-from cam_test_helpers import pearson
+from cam_test_helpers import pearson, strided_net
 from torch import Tensor, nn
 from torchvision import models
 
@@ -37,20 +37,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CLASSES = [1, 3]
 STD = 0.3
 EPS = 1e-8
-
-
-def strided_net(num_classes: int = 4) -> nn.Module:
-    """Target layer "1" is followed by a convolution: its gradients vary over the positions."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 8, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, num_classes),
-    ).eval()
 
 
 @pytest.fixture(scope="module")

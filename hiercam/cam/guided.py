@@ -14,8 +14,9 @@ each (pytorch-grad-cam's guided ReLU allocates as much).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -126,12 +127,8 @@ class GuidedBackprop(InputGradientCAM):
         normalize: NormalizeMode | None,
         softmax_over: Tensor | None,
     ) -> Tensor:
-        self._pieces = []
-        try:
-            maps = super()._explain(images, request, targets, out_size, normalize, softmax_over)
-            self.gradients = _placed_mean(self._pieces)
-        finally:
-            self._pieces = []
+        explain = partial(super()._explain, images, request, targets, out_size, normalize, softmax_over)
+        maps, self.gradients = _collecting(self._pieces, explain)
         return maps
 
     def remove(self) -> None:
@@ -213,12 +210,10 @@ class GuidedGradCAM(GradCAM):
         normalize: NormalizeMode | None,
         softmax_over: Tensor | None,
     ) -> Tensor:
-        self._pieces = []
+        explain = partial(super()._explain, images, request, targets, out_size, normalize, softmax_over)
         try:
-            maps = super()._explain(images, request, targets, out_size, normalize, softmax_over)
-            self.guided = _placed_mean(self._pieces)
+            maps, self.guided = _collecting(self._pieces, explain)
         finally:
-            self._pieces = []
             self._tracked = None
         return maps
 
@@ -231,6 +226,17 @@ class GuidedGradCAM(GradCAM):
         """Release the extractor (as ``BaseCAM.remove``) and drop ``guided``."""
         super().remove()
         self.guided = None
+
+
+def _collecting(
+    pieces: list[tuple[Tensor, ResolvedClasses]], explain: Callable[[], Tensor]
+) -> tuple[Tensor, Tensor | None]:
+    """``explain()``'s maps and the mean of the per-head images it put in ``pieces`` (emptied around it)."""
+    pieces.clear()
+    try:
+        return explain(), _placed_mean(pieces)
+    finally:
+        pieces.clear()
 
 
 def _placed_mean(pieces: list[tuple[Tensor, ResolvedClasses]]) -> Tensor | None:
