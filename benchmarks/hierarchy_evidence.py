@@ -41,6 +41,7 @@ scores every named row again).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -102,6 +103,8 @@ ROWS_ORDER = (
     "prototype_distant",
     "prototype_distant_shuffled",
     "prototype_distant_prototypes",
+    "subcategory",
+    "subcategory_shuffled",
 )
 ROWS_ORDER = tuple(row + suffix for suffix in ("", "_ms") for row in ROWS_ORDER)
 ROWS = ROWS_ORDER[: len(ROWS_ORDER) // 2]
@@ -122,6 +125,7 @@ class SeedModels:
     hierarchies: dict[str, ClassHierarchy]
     level_models: dict[str, list[TrainedModel]]
     heads: dict[str, TrainedModel]
+    subcategory: dict[str, TrainedModel]
 
 
 def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None]) -> SeedModels:
@@ -165,12 +169,86 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         heads["shuffled"] = train_level_heads(
             ctx, hierarchies["shuffled"], digest(hierarchies["shuffled"].to_dict())
         )
+    subcategory = {}
+    if wanted & {"subcategory", "subcategory_shuffled"}:
+        subcategory = subcategory_models(ctx, base, wanted, log)
     partners = []
     if "ensemble" in wanted:
         # as many single models as `grouping` trains: the base and one per level
         for index in range(1, hierarchy.num_levels):
             partners.append(train_ensemble(ctx, index=index))
-    return SeedModels(base, partners, hierarchies, level_models, heads)
+    return SeedModels(base, partners, hierarchies, level_models, heads, subcategory)
+
+
+#: SC-CAM's settings (its public code: 10 sub-categories per class, sub-category loss weight 5), with fewer
+#: clusters for a class seen in few images (at least 5 images per cluster); fixed before any figure was seen.
+SUBCATEGORY_OPTIONS: dict[str, Any] = {"clusters": 10, "min_size": 5, "unit_norm": False, "random_state": 0}
+
+
+def pooled_features(ctx: RunContext, base: TrainedModel, split: str) -> tuple[Tensor, str]:
+    """``(N, D)`` globally pooled features of a split, and their source's name (cached).
+
+    The frozen pretrained backbone when the config has weights (seed-independent), else the trained base
+    classifier (SC-CAM's own choice: the features of the classifier of the previous round).
+    """
+    from hiercam.pipeline.networks import build_classifier
+
+    if ctx.config.model.weights is not None:
+        source = "pretrained"
+        model = build_classifier(
+            ctx.config.model, len(ctx.data("train").labels[0]), 0, input_norm=ctx.config.data.input_norm
+        ).eval()
+    else:
+        source, model = f"base{base.content_key[:16]}", base.model
+
+    def compute() -> Tensor:
+        pieces = []
+        with torch.inference_mode():
+            for _, images, *_ in ctx.data(split).batches(64):
+                pieces.append(model.forward_features(images).float().mean((2, 3)))
+        return torch.cat(pieces)
+
+    return cached(ctx, f"pooled-{split}-{source}", compute), source
+
+
+def subcategory_models(
+    ctx: RunContext, base: TrainedModel, wanted: set[str], log: Callable[[str], None]
+) -> dict[str, TrainedModel]:
+    """SC-CAM's models: the sub-categories of the pooled features, and the shuffled control's."""
+    from hiercam.grouping import cluster_subcategories, shuffle_subcategories
+    from hiercam.pipeline.stages import train_subcategory_model
+
+    train_features, source = pooled_features(ctx, base, "train")
+    val_features, _ = pooled_features(ctx, base, "val")
+    train_labels, val_labels = ctx.data("train").labels, ctx.data("val").labels
+    begin = time.perf_counter()
+    sub = cluster_subcategories(train_features, train_labels, **SUBCATEGORY_OPTIONS)
+    ctx.timings["subcategories"] = time.perf_counter() - begin
+    log(f"sub-categories of the {source} features: {sub.counts} in {ctx.timings['subcategories']:.0f}s")
+    assignments = {"": (sub.assign(train_features, train_labels), sub.assign(val_features, val_labels))}
+    if "subcategory_shuffled" in wanted:
+        real_train, real_val = assignments[""]
+        seed = ctx.config.seed
+        assignments["shuffled"] = (
+            shuffle_subcategories(real_train, seed),
+            shuffle_subcategories(real_val, seed),
+        )
+    trained = {}
+    for name, (train_assign, val_assign) in assignments.items():
+        key = digest(
+            {
+                "source": source,
+                **SUBCATEGORY_OPTIONS,
+                "train": train_assign.tolist(),
+                "val": val_assign.tolist(),
+            }
+        )
+        model = train_subcategory_model(
+            ctx, sub, (sub.targets(train_assign), sub.targets(val_assign)), key, shuffled=bool(name)
+        )
+        # the class head as a plain (B, K) classifier: its Grad-CAM is SC-CAM's map
+        trained[name or "real"] = dataclasses.replace(model, model=model.model.classes())
+    return trained
 
 
 def embedding_hierarchy(ctx: RunContext, base: TrainedModel, fc: ClassHierarchy) -> ClassHierarchy:
@@ -333,6 +411,9 @@ def row_makers(
                 return fuse_hierarchy(base, levels, h, labels, rest_reduction=rest)
 
             makers[row] = fused
+        elif name.startswith("subcategory"):
+            sc = models.subcategory["shuffled" if name.endswith("_shuffled") else "real"]
+            makers[row] = lambda index, labels, size, up=up, sc=sc: up(sc, index, size)
         elif name.startswith("prototype"):
             makers[row] = prototype_maker(ctx, models, name, split, multiscale, log)
         elif name.startswith("heads"):
@@ -523,6 +604,7 @@ CONTROLS = {
     ),
     "prototype_distant": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "prototype_distant_prototypes": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
+    "subcategory": ("gradcam", "ensemble", "subcategory_shuffled", "prototype_others"),
 }
 
 
@@ -645,6 +727,7 @@ METHOD_ROWS = (
     "prototype_others",
     "prototype_distant",
     "prototype_distant_prototypes",
+    "subcategory",
 )
 
 

@@ -22,7 +22,8 @@ exactly as one process on the whole batch, while ``"sum"`` gives ``1 / world_siz
 gradient of the orthogonal term (multiply its weight by the world size to compensate).
 
 The level-heads loss (not in the paper) trains one head per hierarchy level on a shared backbone: the sum
-(or weighted mean) of every level's BCE on the labels remapped to that level's groups.
+(or weighted mean) of every level's BCE on the labels remapped to that level's groups. The sub-category loss
+(SC-CAM, not in the paper) adds to the classes' BCE a weighted BCE over K-means sub-categories of each class.
 """
 
 from hiercam.losses.level_heads import (
@@ -32,6 +33,7 @@ from hiercam.losses.level_heads import (
     level_heads_loss,
 )
 from hiercam.losses.orthogonal import OrthogonalLoss, OrthogonalMode, Reduction, orthogonal_loss
+from hiercam.losses.subcategory import SubCategoryLoss, SubCategoryLossOutput, subcategory_loss
 from hiercam.losses.two_branch import TwoBranchLoss, TwoBranchLossOutput
 
 __all__ = [
@@ -45,4 +47,7 @@ __all__ = [
     "level_heads_loss",
     "LevelHeadsLoss",
     "LevelHeadsLossOutput",
+    "subcategory_loss",
+    "SubCategoryLoss",
+    "SubCategoryLossOutput",
 ]

@@ -19,6 +19,7 @@ from hiercam.models.input_norm import (
 )
 from hiercam.models.level_heads import LevelHeadsNet, LevelHeadsOutput, LevelView
 from hiercam.models.small import SmallConvNet
+from hiercam.models.subcategory import SubCategoryNet
 from hiercam.models.two_branch import Branch, GlobalPool, TwoBranchNet
 from hiercam.protocols import TwoBranchOutput
 
@@ -49,4 +50,6 @@ __all__ = [
     "LevelHeadsNet",
     "LevelHeadsOutput",
     "LevelView",
+    # an auxiliary sub-category head (SC-CAM)
+    "SubCategoryNet",
 ]

@@ -43,6 +43,8 @@ ModelKind = Literal[
     "shuffled_single",
     "level_heads",
     "shuffled_level_heads",
+    "subcategory",
+    "shuffled_subcategory",
 ]
 VariantKind = Literal[
     "baseline",
@@ -58,8 +60,15 @@ VariantKind = Literal[
 ]
 
 #: The models named by their kind alone (level 0: the base classifier, its ensemble partners, and the
-#: level-heads nets, whose level-0 head classifies the ``K`` classes).
-_LEVEL_ZERO_KINDS = ("base", "ensemble", "level_heads", "shuffled_level_heads")
+#: level-heads and sub-category nets, whose first head classifies the ``K`` classes).
+_LEVEL_ZERO_KINDS = (
+    "base",
+    "ensemble",
+    "level_heads",
+    "shuffled_level_heads",
+    "subcategory",
+    "shuffled_subcategory",
+)
 
 _MODEL_NAME = re.compile(r"(shuffled_two_branch|shuffled_single|two_branch|single)_L(\d+)")
 _ENSEMBLE_NAME = re.compile(r"ensemble_(\d+)")
@@ -77,9 +86,12 @@ class ModelKey:
             shuffled-hierarchy control: trained on groups of the same sizes with the classes placed at
             random, see ``PipelineConfig.shuffled_control``), or ``"level_heads"`` /
             ``"shuffled_level_heads"`` (one [`LevelHeadsNet`][hiercam.models.LevelHeadsNet] with a head per
-            level of the hierarchy, or of the shuffled one: ``method.level_heads``).
+            level of the hierarchy, or of the shuffled one: ``method.level_heads``), or ``"subcategory"`` /
+            ``"shuffled_subcategory"`` (a [`SubCategoryNet`][hiercam.models.SubCategoryNet] on K-means
+            sub-categories of each class, or on the same sub-categories with the images permuted).
         level: hierarchy level whose groups the model classifies (0: the classes; always 0 for ``"base"``,
-            ``"ensemble"`` and the level-heads kinds, whose logits in a run are their level-0 head's).
+            ``"ensemble"``, the level-heads and the sub-category kinds, whose logits in a run are their
+            level-0 head's).
         member: which ensemble member (``>= 1``; ``1`` is the pipeline's first ``ensemble`` model); always 1
             for the other kinds.
 
@@ -142,8 +154,8 @@ class ModelKey:
         if match is None:
             raise ValueError(
                 f"{name!r} is not a model name ('base', 'ensemble', 'ensemble_<m>', 'two_branch_L<n>', "
-                "'single_L<n>', 'shuffled_two_branch_L<n>', 'shuffled_single_L<n>', 'level_heads' or "
-                "'shuffled_level_heads')"
+                "'single_L<n>', 'shuffled_two_branch_L<n>', 'shuffled_single_L<n>', 'level_heads', "
+                "'shuffled_level_heads', 'subcategory' or 'shuffled_subcategory')"
             )
         return cls(match[1], int(match[2]))  # type: ignore[arg-type]
 

@@ -23,6 +23,7 @@ from hiercam.pipeline.stages.training import (
     train_level_models,
     train_levels,
     train_shuffled_levels,
+    train_subcategory_model,
 )
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "train_levels",
     "train_level_models",
     "train_level_heads",
+    "train_subcategory_model",
     "shuffled_control_hierarchy",
     "train_shuffled_levels",
     "extract_maps",

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.utils.data import Dataset
 
-from hiercam.grouping import shuffled_hierarchy
+from hiercam.grouping import SubCategories, shuffled_hierarchy
 from hiercam.hierarchy import ClassHierarchy
-from hiercam.losses import LevelHeadsLoss, TwoBranchLoss
-from hiercam.models import LevelHeadsNet
+from hiercam.losses import LevelHeadsLoss, SubCategoryLoss, TwoBranchLoss
+from hiercam.models import LevelHeadsNet, SubCategoryNet
 from hiercam.pipeline.artifacts import digest, load_tensors, read_marker, save_tensors, write_marker
 from hiercam.pipeline.config import PipelineConfig
 from hiercam.pipeline.context import RunContext
@@ -39,6 +40,7 @@ __all__ = [
     "train_levels",
     "train_level_models",
     "train_level_heads",
+    "train_subcategory_model",
     "shuffled_control_hierarchy",
     "train_shuffled_levels",
 ]
@@ -70,10 +72,12 @@ def _train(
     loss: Callable[..., Any] | None = None,
     hierarchy: ClassHierarchy | None = None,
     shuffle_seed: int | None = None,
+    extra_targets: tuple[Tensor, Tensor] | None = None,
 ) -> TrainedModel:
     """Train one model with [`fit`][hiercam.fit], or load it when a completed run with the same key exists.
 
     ``shuffle_seed`` seeds the sample order and the training's random state (default: the run's ``seed``).
+    ``extra_targets`` (``(N_train, S)``, ``(N_val, S)``) are appended to every sample's labels, by index.
     """
     config = ctx.config
     name, level = identity.name, identity.level
@@ -128,6 +132,9 @@ def _train(
         scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=train.patience)
     training_set = ctx.data("train").training_set(augment=True)
     validation_set = ctx.data("val").training_set(augment=False)
+    if extra_targets is not None:
+        training_set = _WithTargets(training_set, extra_targets[0])
+        validation_set = _WithTargets(validation_set, extra_targets[1])
     history = fit(
         trainee,
         train_loader(training_set, train.batch_size, seed, ctx.dist, num_workers=workers),
@@ -334,6 +341,50 @@ def train_level_heads(ctx: RunContext, hierarchy: ClassHierarchy, hierarchy_key:
         net = LevelHeadsNet(features, hierarchy)
     key = {"kind": "level_heads", "hierarchy": hierarchy_key}
     return _train(ctx, ModelKey("level_heads"), net, key, loss=LevelHeadsLoss(hierarchy), hierarchy=hierarchy)
+
+
+def train_subcategory_model(
+    ctx: RunContext, subcategories: SubCategories, targets: tuple[Tensor, Tensor], key: str, *, shuffled: bool
+) -> TrainedModel:
+    """One [`SubCategoryNet`][hiercam.models.SubCategoryNet]: the classes and their sub-categories (SC-CAM).
+
+    Trained on the base classifier's recipe with [`SubCategoryLoss`][hiercam.losses.SubCategoryLoss]
+    (SC-CAM's weight 5), on the class labels followed by ``targets`` (the training and validation images'
+    ``SubCategories.targets``, in split order): the training cost of one model. ``key`` identifies the
+    targets in the cache key; ``shuffled`` names the model ``ModelKey("shuffled_subcategory")`` (the
+    control whose assignments are permuted) instead of ``ModelKey("subcategory")``.
+    """
+    config = ctx.config
+    with torch.random.fork_rng():
+        torch.manual_seed(_model_seed(config, 50))
+        features = backbone_factory(config.model, config.data.input_norm)()
+        net = SubCategoryNet(features, subcategories.num_classes, subcategories.num_subcategories)
+    identity = ModelKey("shuffled_subcategory" if shuffled else "subcategory")
+    return _train(
+        ctx,
+        identity,
+        net,
+        {"kind": "subcategory", "targets": key, "weight": 5.0},
+        loss=SubCategoryLoss(subcategories.num_classes),
+        extra_targets=targets,
+    )
+
+
+class _WithTargets(Dataset[dict[str, Tensor]]):
+    """Another dataset's samples with ``extra[index]`` appended to their labels."""
+
+    def __init__(self, dataset: Dataset[Any], extra: Tensor) -> None:
+        if len(dataset) != len(extra):  # type: ignore[arg-type]
+            raise ValueError(f"{len(extra)} rows of targets for {len(dataset)} samples")  # type: ignore[arg-type]
+        self.dataset, self.extra = dataset, extra.float().cpu()
+
+    def __len__(self) -> int:
+        return len(self.extra)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        sample = self.dataset[index]
+        labels = torch.cat([sample["labels"].float(), self.extra[index]])
+        return {"image": sample["image"], "labels": labels}
 
 
 def shuffled_control_hierarchy(
