@@ -135,7 +135,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
     hierarchies = {"fc": hierarchy}
     level_models: dict[str, list[TrainedModel]] = {}
     wanted = {row.removesuffix("_ms") for row in rows}
-    if wanted & {"grouping", "ensemble"}:
+    if "grouping" in wanted:
         level_models["fc"] = train_level_models(ctx, hierarchy, key)
     if wanted & {
         "grouping_shuffled",

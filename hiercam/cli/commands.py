@@ -36,6 +36,7 @@ PRESET_NAMES = (
     "prototype",
     "prototype_siblings",
     "level_heads",
+    "subcategory",
     "recommended",
 )
 PRESET_HELP = f"method settings: {', '.join(PRESET_NAMES)} (default: paper; see docs/benchmarks.md)"

@@ -93,6 +93,11 @@ Weights = Mapping[Variant, tuple[float, float, float]]
 
 _BASE, _TWO_BRANCH_0 = ModelKey("base"), ModelKey("two_branch", 0)
 _HEADS, _SHUFFLED_HEADS = ModelKey("level_heads"), ModelKey("shuffled_level_heads")
+#: The sub-category rows' models (``method.subcategories``): SC-CAM's net and its shuffled control's.
+_SUBCATEGORY = {
+    "subcategory": ModelKey("subcategory"),
+    "subcategory_shuffled": ModelKey("shuffled_subcategory"),
+}
 _FIGURE_SCENES = 8
 #: Images per batch of the deletion / insertion pass: small, so that its progress moves every few images.
 _FAITHFULNESS_BATCH = 8
@@ -103,7 +108,8 @@ def variants_of(config: PipelineConfig, hierarchy: ClassHierarchy | None) -> lis
 
     The single-branch rows need ``config.ablation``, the ensemble control ``config.ensemble``, the
     shuffled-hierarchy control (``shuffled``, after the method's rows) ``config.shuffled_control``, the
-    prototype row a ``method.prototype_context`` other than ``"none"``; with ``method.branches = 1`` the
+    prototype row a ``method.prototype_context`` other than ``"none"``, the sub-category rows
+    ``method.subcategories`` (and ``shuffled_control`` for their control); with ``method.branches = 1`` the
     method is ``grouping`` (there is no two-branch model), and with ``method.level_heads`` it is ``heads``
     (Eq. 6 over one ``LevelHeadsNet``'s heads; no ``grouping`` row: no single-branch level model). Without
     a hierarchy (the grouping fell back: no level model) there is no ``two_branch`` row and no level row,
@@ -128,6 +134,10 @@ def variants_of(config: PipelineConfig, hierarchy: ClassHierarchy | None) -> lis
         variants.append(Variant("shuffled"))
     if config.method.prototype_context != "none":
         variants.append(Variant("prototype"))
+    if config.method.subcategories:
+        variants.append(Variant("subcategory"))
+        if config.shuffled_control:
+            variants.append(Variant("subcategory_shuffled"))
     return variants + [Variant("level", level) for level in range(1, _num_levels(hierarchy))]
 
 
@@ -209,6 +219,8 @@ def variant_maps(
             if extracted.prototype is None:
                 raise ValueError("the `prototype` variant needs `extracted.prototype` (LPCAM maps)")
             yield variant, _upsample(extracted.prototype[rows], size)
+        elif variant.kind in ("subcategory", "subcategory_shuffled"):
+            yield variant, get(_SUBCATEGORY[variant.kind])
         elif variant.kind == "shuffled" and hierarchy is not None:
             if shuffled is None:
                 raise ValueError("the `shuffled` variant needs the shuffled hierarchy (`shuffled`)")

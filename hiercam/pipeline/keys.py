@@ -56,6 +56,8 @@ VariantKind = Literal[
     "full_tuned",
     "shuffled",
     "prototype",
+    "subcategory",
+    "subcategory_shuffled",
     "level",
 ]
 
@@ -170,6 +172,8 @@ _DESCRIPTIONS = {
     "full_tuned": "both, fusion weights chosen on val",
     "shuffled": "shuffled-hierarchy control: the method's Eq. 6, groups of the same sizes, classes at random",
     "prototype": "prototype CAM (LPCAM) of the base classifier",
+    "subcategory": "sub-category CAM (SC-CAM): the class head of a net trained on K-means sub-categories too",
+    "subcategory_shuffled": "SC-CAM control: the same sub-category sizes, the images assigned at random",
 }
 
 
@@ -194,6 +198,9 @@ class Variant:
       (the same group sizes, the classes at random: the control that tells whether the grouping's content
       matters, ``PipelineConfig.shuffled_control``);
     * ``prototype``: LPCAM maps of the base classifier (``method.prototype_context``);
+    * ``subcategory``: the class head's maps of a [`SubCategoryNet`][hiercam.models.SubCategoryNet] (SC-CAM,
+      ``method.subcategories``); ``subcategory_shuffled``: the same net trained on shuffled sub-categories
+      (its control, with ``shuffled_control``);
     * ``level`` (with ``level`` >= 1): the level model's map of each class's group, alone (a diagnostic).
 
     Example:

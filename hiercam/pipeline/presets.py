@@ -168,6 +168,8 @@ PRESETS: dict[str, Preset] = {
             "branches": 2,
             "prototype_context": "none",
             "level_heads": False,
+            "subcategories": 0,
+            "subcategory_min_size": 5,
         },
     ),
     "spatial": Preset(
@@ -233,6 +235,13 @@ PRESETS: dict[str, Preset] = {
         "level, and Eq. 6 over its heads (row `heads`); the base classifier still builds the hierarchy "
         "and is the baseline",
         {**_SINGLE_BRANCH, "level_heads": True},
+    ),
+    "subcategory": Preset(
+        "`single_branch` and also sub-category CAMs (row `subcategory`; SC-CAM, Chang et al., CVPR 2020): "
+        "every class split into at most 10 sub-categories by K-means of pooled image features (of the "
+        "frozen pretrained backbone when there is one), one net trained on the classes and the "
+        "sub-categories, the maps of its class head",
+        {**_SINGLE_BRANCH, "subcategories": 10},
     ),
     "recommended": Preset(
         "chosen on validation data only, by setting (docs/benchmarks.md, 'Does the hierarchy earn its "

@@ -122,6 +122,18 @@ def _controls_note(config: PipelineConfig, result: RunResult) -> str:
             "The prototype row is LPCAM of the base classifier (prototypes from the training split), each "
             f"class's context set holding {context}."
         )
+    if Variant("subcategory") in result.variants:
+        notes.append(
+            "The sub-category row is SC-CAM: the Grad-CAMs of the class head of one net trained on the "
+            "classes and on K-means sub-categories of each class (pooled image features), one model's "
+            "training."
+            + (
+                " Its control trains the same net on the sub-categories permuted over each class's images "
+                "(the same sizes): the row's gain over it is what the sub-categories' content adds."
+                if Variant("subcategory_shuffled") in result.variants
+                else ""
+            )
+        )
     return " ".join(notes)
 
 
@@ -454,7 +466,12 @@ SINGLE_BRANCH_FUSED = (Variant("grouping"), Variant("heads"))
 CONTROLS = (Variant("ensemble"),)
 
 #: The rows of a preset's own controls and alternatives, shown after its method in ``compare_markdown``.
-PRESET_CONTROLS = (Variant("shuffled"), Variant("prototype"))
+PRESET_CONTROLS = (
+    Variant("shuffled"),
+    Variant("prototype"),
+    Variant("subcategory"),
+    Variant("subcategory_shuffled"),
+)
 
 
 def compare_markdown(result: dict[str, Any]) -> str:
@@ -527,6 +544,8 @@ def compare_markdown(result: dict[str, Any]) -> str:
                 # the level-heads method's shuffled control is a level-heads net of its own
                 Variant("shuffled"): "shuffled_level_heads" if fused_model == "level_heads" else fused_model,
                 Variant("prototype"): "base",  # LPCAM of the base classifier
+                Variant("subcategory"): "subcategory",
+                Variant("subcategory_shuffled"): "shuffled_subcategory",
             }.get(variant, fused_model)
             correlation = bench["branch_cam_correlation"]["test"].get(model)  # none for the base
             cells += [

@@ -124,6 +124,7 @@ def run_pipeline(
             else ""
         )
         + (", the shuffled-hierarchy control's level models" if config.shuffled_control and hierarchy else "")
+        + (", SC-CAM's sub-category net" if config.method.subcategories else "")
     )
     stage = time.perf_counter()
     models = {base.identity: base}
@@ -133,6 +134,10 @@ def run_pipeline(
             models[partner.identity] = partner
     models.update(train_levels(ctx, hierarchy, hierarchy_key))
     models.update(train_shuffled_levels(ctx, hierarchy))
+    if config.method.subcategories:  # SC-CAM's net (row `subcategory`) and its control's
+        from hiercam.pipeline.subcategories import train_subcategories
+
+        models.update(train_subcategories(ctx, base))
     ctx.timings["stage2_levels"] = time.perf_counter() - stage
 
     log(f"[3/4] class activation maps of every model ({', '.join(splits)})")

@@ -235,6 +235,10 @@ def validate(config: PipelineConfig) -> None:
             raise ConfigError(f"`{key}` must be >= 1, got {value}")
     if data.num_workers < 0 or train.patience < 0:
         raise ConfigError("`data.num_workers` and `train.patience` must be >= 0")
+    if method.subcategories < 0:
+        raise ConfigError(f"`method.subcategories` must be >= 0 (0: off), got {method.subcategories}")
+    if method.subcategory_min_size < 1:
+        raise ConfigError(f"`method.subcategory_min_size` must be >= 1, got {method.subcategory_min_size}")
     if not 0 <= config.seed <= MAX_SEED:
         raise ConfigError(f"`seed` must be between 0 and {MAX_SEED} (2**32 - 1), got {config.seed}")
     if config.model.width > MAX_WIDTH:

@@ -211,6 +211,17 @@ class MethodConfig:
             base classifier, which stays the baseline. Its maps are one Grad-CAM pass per image
             ([`level_heads_maps`][hiercam.cam.level_heads_maps]), so ``multiscale``, ``flip`` and
             ``softmax_over_labels`` are refused with it.
+        subcategories: also evaluate sub-category CAMs (row ``subcategory``; SC-CAM, Chang et al., CVPR
+            2020): every class split into at most this many sub-categories by K-means of the pooled image
+            features of its training images (of the frozen pretrained backbone when the model has
+            pretrained weights, else of the base classifier), and one
+            [`SubCategoryNet`][hiercam.models.SubCategoryNet] trained on the classes and the sub-categories;
+            its class head's maps make the row. ``0`` (default): off; SC-CAM's setting is 10. With
+            ``shuffled_control`` the net is also trained on the sub-categories permuted over each class's
+            images (row ``subcategory_shuffled``). The inference refinements (``multiscale``, ``flip``,
+            ``softmax_over_labels``) apply to it as to every model.
+        subcategory_min_size: a class held by ``n`` training images gets ``min(subcategories, n //
+            subcategory_min_size)`` sub-categories (at least one), ``>= 1``.
     """
 
     levels: tuple[int, ...] = (4, 2)
@@ -236,6 +247,8 @@ class MethodConfig:
     hierarchy_file: str | None = None
     prototype_context: Literal["none", "own", "siblings", "others"] = "none"
     level_heads: bool = False
+    subcategories: int = 0
+    subcategory_min_size: int = 5
 
 
 @dataclass(frozen=True)
