@@ -105,6 +105,9 @@ ROWS_ORDER = (
     "prototype_distant_prototypes",
     "subcategory",
     "subcategory_shuffled",
+    "recam",
+    "recam_siblings",
+    "recam_siblings_shuffled",
 )
 ROWS_ORDER = tuple(row + suffix for suffix in ("", "_ms") for row in ROWS_ORDER)
 ROWS = ROWS_ORDER[: len(ROWS_ORDER) // 2]
@@ -126,6 +129,7 @@ class SeedModels:
     level_models: dict[str, list[TrainedModel]]
     heads: dict[str, TrainedModel]
     subcategory: dict[str, TrainedModel]
+    recam: dict[str, TrainedModel]
 
 
 def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None]) -> SeedModels:
@@ -172,12 +176,121 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
     subcategory = {}
     if wanted & {"subcategory", "subcategory_shuffled"}:
         subcategory = subcategory_models(ctx, base, wanted, log)
+    recam = {}
+    if any(row.startswith("recam") for row in wanted):
+        recam = recam_models(ctx, base, hierarchies, wanted, log)
     partners = []
     if "ensemble" in wanted:
         # as many single models as `grouping` trains: the base and one per level
         for index in range(1, hierarchy.num_levels):
             partners.append(train_ensemble(ctx, index=index))
-    return SeedModels(base, partners, hierarchies, level_models, heads, subcategory)
+    return SeedModels(base, partners, hierarchies, level_models, heads, subcategory, recam)
+
+
+#: ReCAM's settings (its public code: re-activation weight 1, the backbone at 0.1 times the predictor's rate),
+#: on the base classifier's recipe (Adam at its rate for the backbone, 8 epochs); fixed before any figure.
+RECAM_OPTIONS: dict[str, Any] = {"weight": 1.0, "predictor_lr_factor": 10.0}
+
+
+def recam_models(
+    ctx: RunContext,
+    base: TrainedModel,
+    hierarchies: dict[str, ClassHierarchy],
+    wanted: set[str],
+    log: Callable[[str], None],
+) -> dict[str, TrainedModel]:
+    """ReCAM fine-tunings of the base classifier: every class as negatives, the siblings, shuffled siblings.
+
+    The siblings are those of the frozen backbone's prototype hierarchy when there is a pretrained backbone
+    (seed-stable groups of classes that look alike), else of the FC-weight hierarchy. Each returned model is
+    ``ReCAMNet.recam_classifier()``, whose Grad-CAM is ReCAM's re-activated map.
+    """
+    from hiercam.grouping import shuffled_hierarchy
+    from hiercam.losses import sibling_candidates
+
+    source = "fc"
+    if ctx.config.model.weights is not None:
+        source = "prototypes"
+        if source not in hierarchies:
+            hierarchies[source] = embedding_hierarchy(ctx, base, hierarchies["fc"])
+    hierarchy = hierarchies[source]
+    candidates: dict[str, Tensor | None] = {"": None}
+    if "recam_siblings" in wanted:
+        candidates["siblings"] = sibling_candidates(hierarchy, 1)
+    if "recam_siblings_shuffled" in wanted:
+        shuffled = shuffled_hierarchy(hierarchy, seed=ctx.config.seed)
+        hierarchies[f"{source}_shuffled"] = shuffled
+        candidates["siblings_shuffled"] = sibling_candidates(shuffled, 1)
+    return {
+        name or "all": recam_model(ctx, base, name or "all", allowed, log)
+        for name, allowed in candidates.items()
+    }
+
+
+def recam_model(
+    ctx: RunContext, base: TrainedModel, name: str, candidates: Tensor | None, log: Callable[[str], None]
+) -> TrainedModel:
+    """One ReCAM fine-tuning of the base classifier (cached by content key under ``<cache>/recam``)."""
+    from hiercam import fit
+    from hiercam.losses import ReActivationLoss
+    from hiercam.models import ReCAMNet
+    from hiercam.pipeline.data import train_loader
+
+    if ctx.cache is None:
+        raise ValueError("the evidence runs need a model cache")
+    config = ctx.config
+    train = config.train
+    key = digest(
+        {
+            "base": base.content_key,
+            "candidates": None if candidates is None else candidates.int().tolist(),
+            "train": dataclasses.asdict(train),
+            **RECAM_OPTIONS,
+        }
+    )
+    folder = ctx.cache / "recam"
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{name}-{key[:16]}.pt"
+    net = ReCAMNet(base.model.features, base.model.classifier)
+    if weights.is_file():
+        net.load_state_dict(torch.load(weights, weights_only=True))
+        log(f"recam {name}: loaded")
+    else:
+        begin = time.perf_counter()
+        backbone = [*net.features.parameters(), *net.classifier.parameters()]
+        optimizer = torch.optim.Adam(
+            [
+                {"params": [p for p in backbone if p.requires_grad], "lr": train.lr},
+                {"params": net.predictor.parameters(), "lr": train.lr * RECAM_OPTIONS["predictor_lr_factor"]},
+            ],
+            weight_decay=train.weight_decay,
+        )
+        history = fit(
+            net,
+            train_loader(
+                ctx.data("train").training_set(augment=True), train.batch_size, config.seed, ctx.dist
+            ),
+            epochs=train.epochs,
+            loss=ReActivationLoss(weight=RECAM_OPTIONS["weight"], candidates=candidates),
+            optimizer=optimizer,
+            val_loader=train_loader(
+                ctx.data("val").training_set(augment=False), 64, config.seed, ctx.dist, shuffle=False
+            ),
+            scheduler=None,
+            checkpoint=weights.with_suffix(".ckpt"),
+            progress=False,
+            seed=config.seed,
+        )
+        tmp = weights.with_suffix(".tmp")
+        torch.save(net.state_dict(), tmp)
+        tmp.replace(weights)
+        weights.with_suffix(".ckpt").unlink(missing_ok=True)
+        ctx.timings[f"train_recam_{name}"] = time.perf_counter() - begin
+        log(
+            f"recam {name}: trained in {ctx.timings[f'train_recam_{name}']:.0f}s, val mAP "
+            f"{history['val_map'][-1]:.3f}, re-activation {history['train_reactivation'][-1]:.3f}"
+        )
+    return dataclasses.replace(base, model=net.eval().recam_classifier().eval(), content_key=key)
 
 
 #: SC-CAM's settings (its public code: 10 sub-categories per class, sub-category loss weight 5), with fewer
@@ -411,6 +524,9 @@ def row_makers(
                 return fuse_hierarchy(base, levels, h, labels, rest_reduction=rest)
 
             makers[row] = fused
+        elif name.startswith("recam"):
+            rc = models.recam[name.removeprefix("recam").removeprefix("_") or "all"]
+            makers[row] = lambda index, labels, size, up=up, rc=rc: up(rc, index, size)
         elif name.startswith("subcategory"):
             sc = models.subcategory["shuffled" if name.endswith("_shuffled") else "real"]
             makers[row] = lambda index, labels, size, up=up, sc=sc: up(sc, index, size)
@@ -605,6 +721,8 @@ CONTROLS = {
     "prototype_distant": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "prototype_distant_prototypes": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "subcategory": ("gradcam", "ensemble", "subcategory_shuffled", "prototype_others"),
+    "recam": ("gradcam", "ensemble"),
+    "recam_siblings": ("gradcam", "ensemble", "recam", "recam_siblings_shuffled"),
 }
 
 
@@ -728,6 +846,8 @@ METHOD_ROWS = (
     "prototype_distant",
     "prototype_distant_prototypes",
     "subcategory",
+    "recam",
+    "recam_siblings",
 )
 
 

@@ -23,7 +23,9 @@ gradient of the orthogonal term (multiply its weight by the world size to compen
 
 The level-heads loss (not in the paper) trains one head per hierarchy level on a shared backbone: the sum
 (or weighted mean) of every level's BCE on the labels remapped to that level's groups. The sub-category loss
-(SC-CAM, not in the paper) adds to the classes' BCE a weighted BCE over K-means sub-categories of each class.
+(SC-CAM, not in the paper) adds to the classes' BCE a weighted BCE over K-means sub-categories of each class;
+ReCAM's re-activation loss adds a softmax cross-entropy over CAM-weighted features, optionally with a
+hierarchy's siblings as the only negatives.
 """
 
 from hiercam.losses.level_heads import (
@@ -33,6 +35,12 @@ from hiercam.losses.level_heads import (
     level_heads_loss,
 )
 from hiercam.losses.orthogonal import OrthogonalLoss, OrthogonalMode, Reduction, orthogonal_loss
+from hiercam.losses.reactivation import (
+    ReActivationLoss,
+    ReActivationLossOutput,
+    reactivation_loss,
+    sibling_candidates,
+)
 from hiercam.losses.subcategory import SubCategoryLoss, SubCategoryLossOutput, subcategory_loss
 from hiercam.losses.two_branch import TwoBranchLoss, TwoBranchLossOutput
 
@@ -50,4 +58,8 @@ __all__ = [
     "subcategory_loss",
     "SubCategoryLoss",
     "SubCategoryLossOutput",
+    "reactivation_loss",
+    "ReActivationLoss",
+    "ReActivationLossOutput",
+    "sibling_candidates",
 ]

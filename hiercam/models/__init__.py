@@ -18,6 +18,7 @@ from hiercam.models.input_norm import (
     with_input_norm,
 )
 from hiercam.models.level_heads import LevelHeadsNet, LevelHeadsOutput, LevelView
+from hiercam.models.recam import ReCAMNet, ReCAMOutput
 from hiercam.models.small import SmallConvNet
 from hiercam.models.subcategory import SubCategoryNet
 from hiercam.models.two_branch import Branch, GlobalPool, TwoBranchNet
@@ -52,4 +53,7 @@ __all__ = [
     "LevelView",
     # an auxiliary sub-category head (SC-CAM)
     "SubCategoryNet",
+    # ReCAM's re-activation predictor on a trained classifier
+    "ReCAMNet",
+    "ReCAMOutput",
 ]
