@@ -815,12 +815,16 @@ def cost(row: str, levels: int) -> tuple[int, int]:
     """(models trained, forward + backward passes per image at inference) of a row, ``levels`` group levels.
 
     The prototype rows add, once, the base classifier's Grad-CAMs and features of the training split and a
-    K-means per class (the record's ``prototypes`` timing); at inference they need one forward pass.
+    K-means per class (the record's ``prototypes`` timing); at inference they need one forward pass. The
+    sub-category rows train one net (on FashionScenes their K-means runs on the base classifier's features,
+    which adds its training); the ReCAM rows fine-tune the base classifier for as many epochs (two).
     """
     name = row.removesuffix("_ms")
     scale = 4 if row.endswith("_ms") else 1  # IRN's four scales
     if name in ("ensemble", "grouping", "grouping_shuffled", "grouping_cooccurrence"):
         return 1 + levels, (1 + levels) * scale
+    if name.startswith("recam"):  # the base classifier, then its fine-tuning for as many epochs
+        return 2, scale
     return 1, scale
 
 
