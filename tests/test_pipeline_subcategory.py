@@ -139,3 +139,50 @@ def test_preset_is_single_branch_with_scams_ten_subcategories(
     assert method.branches == 1
     on = tiny_config(method__subcategories=7)
     assert apply_preset(on, "single_branch").method.subcategories == 0  # every other preset turns it off
+
+
+def test_compare_table_shows_the_sub_category_rows_after_the_method_with_their_nets_map() -> None:
+    from hiercam.pipeline.report import compare_markdown, seed_stats
+
+    def bench(values: dict[str, list[float]]) -> dict[str, object]:
+        zeros = seed_stats([0.0, 0.0])
+        variants = {
+            name: {
+                "test": {"miou": seed_stats(v), "miou_at_val_threshold": seed_stats(v), "loc_error": zeros}
+            }
+            for name, v in values.items()
+        }
+        maps = {
+            "base": zeros,
+            "subcategory": seed_stats([0.9, 0.8]),
+            "shuffled_subcategory": seed_stats([0.7, 0.6]),
+        }
+        return {
+            "variants": variants,
+            "classification_map": {"test": maps},
+            "branch_cam_correlation": {"test": {}},
+        }
+
+    result = {
+        "seeds": [0, 1],
+        "presets": {
+            "subcategory": bench(
+                {
+                    "baseline": [0.50, 0.52],
+                    "grouping": [0.51, 0.53],
+                    "subcategory": [0.45, 0.44],
+                    "subcategory_shuffled": [0.44, 0.42],
+                }
+            )
+        },
+    }
+    rows = compare_markdown(result).splitlines()[4:]
+    assert [row.split(" | ")[1] for row in rows] == [
+        Variant("baseline").description,
+        Variant("grouping").description,
+        Variant("subcategory").description,
+        Variant("subcategory_shuffled").description,
+    ]
+    assert "| -6.50 ± 2.12 [-8.00, -5.00] | yes |" in rows[2]  # (45 - 50, 44 - 52)
+    assert "| 85.00 ± 7.07 [80.00, 90.00] |" in rows[2]  # the sub-category net's own mAP
+    assert "| 65.00 ± 7.07 [60.00, 70.00] |" in rows[3]
