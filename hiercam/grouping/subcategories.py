@@ -236,9 +236,7 @@ def shuffle_subcategories(assignments: Tensor, seed: int) -> Tensor:
         >>> (shuffled == -1).equal(assignments == -1)
         True
     """
-    check_tensor(assignments, "assignments", dims="N, K")
-    if assignments.is_floating_point() or assignments.is_complex() or assignments.dtype == torch.bool:
-        raise TypeError(f"`assignments` must be an integer tensor, got dtype {assignments.dtype}")
+    _check_integer_assignments(assignments)
     seed = check_int(seed, "seed", minimum=0)
     generator = torch.Generator().manual_seed(seed)
     shuffled = assignments.detach().to("cpu", torch.long).clone()
@@ -269,9 +267,7 @@ def _check_inputs(features: Tensor, labels: Tensor, num_classes: int | None) -> 
 
 
 def _check_assignments(assignments: Tensor, sub: SubCategories) -> None:
-    check_tensor(assignments, "assignments", dims="N, K")
-    if assignments.is_floating_point() or assignments.is_complex() or assignments.dtype == torch.bool:
-        raise TypeError(f"`assignments` must be an integer tensor, got dtype {assignments.dtype}")
+    _check_integer_assignments(assignments)
     if assignments.shape[1] != sub.num_classes:
         raise ValueError(
             f"`assignments` must have K = {sub.num_classes} columns, got {format_shape(assignments.shape)}"
@@ -284,3 +280,9 @@ def _check_assignments(assignments: Tensor, sub: SubCategories) -> None:
     wrong = (index >= 0) & (parents[index] != columns)
     if bool(wrong.any()):
         raise ValueError("`assignments` holds a sub-category of another class (column k must hold class k's)")
+
+
+def _check_integer_assignments(assignments: Tensor) -> None:
+    check_tensor(assignments, "assignments", dims="N, K")
+    if assignments.is_floating_point() or assignments.is_complex() or assignments.dtype == torch.bool:
+        raise TypeError(f"`assignments` must be an integer tensor, got dtype {assignments.dtype}")

@@ -110,14 +110,7 @@ def reactivation_loss(
     check_binary(labels, "labels")
     weight = check_weight(weight, "weight")
     if candidates is not None:
-        check_tensor(candidates, "candidates", dims="K, K")
-        if candidates.shape != (classes, classes) or candidates.dtype != torch.bool:
-            raise ValueError(
-                f"`candidates` must be a bool ({classes}, {classes}) tensor, got {candidates.dtype} "
-                f"{format_shape(candidates.shape)}"
-            )
-        if not bool(candidates.diagonal().all()):
-            raise ValueError("`candidates` must hold every class in its own row (the diagonal must be True)")
+        _check_candidates(candidates, classes)
     dtype = torch.promote_types(logits.dtype, torch.float32)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         values = reactivation.to(dtype)
@@ -159,19 +152,23 @@ class ReActivationLoss(nn.Module):
         super().__init__()
         self.weight = check_weight(weight, "weight")
         if candidates is not None:
-            check_tensor(candidates, "candidates", dims="K, K")
-            if candidates.dtype != torch.bool or candidates.shape[0] != candidates.shape[1]:
-                raise ValueError(
-                    f"`candidates` must be a square bool tensor, got {candidates.dtype} "
-                    f"{format_shape(candidates.shape)}"
-                )
-            if not bool(candidates.diagonal().all()):
-                raise ValueError(
-                    "`candidates` must hold every class in its own row (the diagonal must be True)"
-                )
-            candidates = candidates.clone()
+            candidates = _check_candidates(candidates, None).clone()
         self.candidates = candidates
 
     def forward(self, output: tuple[Tensor, Tensor], labels: Tensor) -> ReActivationLossOutput:
         """The loss of a ``ReCAMNet``'s output against labels ``(B, K)``."""
         return reactivation_loss(output, labels, weight=self.weight, candidates=self.candidates)
+
+
+def _check_candidates(candidates: Tensor, classes: int | None) -> Tensor:
+    """A square bool ``(K, K)`` tensor (``K = classes`` when given) whose diagonal is all True."""
+    check_tensor(candidates, "candidates", dims="K, K")
+    size = candidates.shape[0] if classes is None else classes
+    if candidates.dtype != torch.bool or candidates.shape != (size, size):
+        expected = "a square bool tensor" if classes is None else f"a bool ({size}, {size}) tensor"
+        raise ValueError(
+            f"`candidates` must be {expected}, got {candidates.dtype} {format_shape(candidates.shape)}"
+        )
+    if not bool(candidates.diagonal().all()):
+        raise ValueError("`candidates` must hold every class in its own row (the diagonal must be True)")
+    return candidates
