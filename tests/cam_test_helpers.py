@@ -1,10 +1,12 @@
-"""Helpers shared by the CAM tests: small random-init CNNs, Pearson's r and a layer's activation.
+"""Helpers shared by the CAM tests: small random-init CNNs, Pearson's r, a layer's activation, and
+pytorch-grad-cam's principal-axis projection with hiercam's sign (the corrected EigenCAM oracle).
 
 Importable from any test file (``tests/conftest.py`` puts this folder on ``sys.path``).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -68,3 +70,31 @@ def strided_net(num_classes: int = 4) -> nn.Module:
         nn.Flatten(),
         nn.Linear(8, num_classes),
     ).eval()
+
+
+def oriented_projection(batch: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's ``get_2d_projection``, each map's sign chosen as hiercam chooses it.
+
+    pytorch-grad-cam keeps LAPACK's arbitrary sign of the principal axis (its issue #315), which changes with
+    the LAPACK build; hiercam orients each map to correlate non-negatively with the centred sum over channels
+    ([`principal_component_maps`][hiercam.principal_component_maps]; where that correlation is rounding noise,
+    the entry of largest magnitude made positive). Patched over the peer's module-level
+    name (``monkeypatch.setattr(pytorch_grad_cam.eigen_cam, "get_2d_projection", oriented_projection)``), it
+    makes the peer an oracle for every image rather than for those whose sign happens to agree.
+    """
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    projections = get_2d_projection(batch)
+    for i, values in enumerate(batch):
+        positions = values.reshape(len(values), -1).T.astype(np.float64)  # (hw, C)
+        centred = positions - positions.mean(axis=0)
+        p = projections[i].astype(np.float64).ravel()
+        direction = float(p @ centred.sum(axis=1))
+        bound = np.linalg.norm(p) * np.sqrt(centred.shape[1]) * np.linalg.norm(centred)
+        if abs(direction) > np.finfo(projections.dtype).eps ** 0.5 * bound:
+            flip = direction < 0
+        else:  # no correlation to speak of (LayerNorm outputs): the entry of largest magnitude made positive
+            flip = p[np.abs(p).argmax()] < 0
+        if flip:
+            projections[i] = -projections[i]
+    return projections

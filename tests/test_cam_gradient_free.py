@@ -192,6 +192,20 @@ def test_principal_component_maps_equal_pytorch_grad_cam_up_to_the_sign() -> Non
     assert bool(((ours * summed).sum(dim=(-2, -1)) >= 0).all())
 
 
+def test_zero_channel_sums_take_the_sign_of_the_largest_entry() -> None:
+    """LayerNorm outputs: the channels sum to zero at every position, so the sum rule has nothing to read."""
+    activations = torch.randn(6, 16, 5, 7, generator=torch.Generator().manual_seed(3))
+    activations = activations - activations.mean(dim=1, keepdim=True)  # every position's channels sum to 0
+    ours = hiercam.principal_component_maps(activations)
+    theirs = torch.from_numpy(get_2d_projection(activations.numpy()))
+    for mine, peer in zip(ours, theirs, strict=True):
+        largest = peer.flatten()[peer.abs().argmax()]  # scikit-learn's svd_flip: that entry positive
+        torch.testing.assert_close(mine, torch.sign(largest) * peer, rtol=1e-4, atol=1e-4)
+        assert mine.flatten()[mine.abs().argmax()] > 0
+    # -X has the same axes with LAPACK free to flip them: the map still comes out the same
+    torch.testing.assert_close(hiercam.principal_component_maps(-activations), ours, rtol=1e-4, atol=1e-4)
+
+
 def test_eigencam_matches_pytorch_grad_cam_where_the_signs_agree(
     resnet: tuple[nn.Module, torch.Tensor],
 ) -> None:

@@ -96,6 +96,17 @@ def test_orientation_correlates_with_the_channel_sum() -> None:
     assert bool(((projection * summed).sum(dim=(-2, -1)) >= 0).all())
 
 
+def test_zero_channel_sums_orient_as_eigencam() -> None:
+    """Channels summing to zero at every position (LayerNorm): the linear kernel gives EigenCAM's map."""
+    activations = torch.randn(6, 8, 4, 4, generator=torch.Generator().manual_seed(5))
+    activations = activations - activations.mean(dim=1, keepdim=True)
+    projection = kernel_principal_component_maps(activations, "linear")
+    eigen = hiercam.principal_component_maps(activations)
+    torch.testing.assert_close(projection, eigen, rtol=1e-4, atol=1e-4)
+    flat = projection.flatten(1)
+    assert bool((flat.gather(1, flat.abs().argmax(1, keepdim=True)) > 0).all())
+
+
 def test_leading_dimensions_and_degenerate_maps() -> None:
     activations = torch.randn(2, 3, 5, 4, 4).relu()
     batched = kernel_principal_component_maps(activations, "rbf")

@@ -120,6 +120,8 @@ def test_sub_categories_are_kmeans_of_the_base_classifiers_pooled_features(subca
         ({"method__subcategories": -1}, "`method.subcategories` must be >= 0"),
         ({"method__subcategory_min_size": 0}, "`method.subcategory_min_size` must be >= 1"),
         ({"method__subcategories": 2.0}, "method.subcategories"),
+        ({"method__subcategory_weight": -1.0}, "`method.subcategory_weight` must be finite and >= 0"),
+        ({"method__subcategory_weight": float("nan")}, "`method.subcategory_weight` must be finite and >= 0"),
     ],
 )
 def test_bad_settings_name_the_key(
@@ -129,6 +131,22 @@ def test_bad_settings_name_the_key(
         tiny_config(**changes)
 
 
+def test_the_weight_reaches_the_loss_and_the_model_key(subcategory_run, monkeypatch) -> None:
+    """``method.subcategory_weight`` is the loss's weight and part of the net's content key."""
+    from hiercam.pipeline.stages import training
+
+    config, out, _ = subcategory_run
+    calls = []
+    monkeypatch.setattr(training, "_train", lambda ctx, identity, net, parts, **kw: calls.append((parts, kw)))
+    sub = cluster_subcategories(torch.randn(8, 4), torch.eye(2).repeat(4, 1), clusters=2, min_size=2)
+    targets = (torch.zeros(1, sub.num_subcategories), torch.zeros(1, sub.num_subcategories))
+    for weight in (5.0, 0.5):
+        ctx = RunContext(config.replace(method__subcategory_weight=weight), out, progress=False, log=print)
+        training.train_subcategory_model(ctx, sub, targets, "key", shuffled=False)
+    assert [parts["weight"] for parts, _ in calls] == [5.0, 0.5]
+    assert [kw["loss"].weight for _, kw in calls] == [5.0, 0.5]
+
+
 def test_preset_is_single_branch_with_scams_ten_subcategories(
     tiny_config: Callable[..., PipelineConfig],
 ) -> None:
@@ -136,6 +154,7 @@ def test_preset_is_single_branch_with_scams_ten_subcategories(
     method = apply_preset(tiny_config(), "subcategory").method
     assert method.subcategories == 10
     assert method.subcategory_min_size == 5
+    assert method.subcategory_weight == 5.0  # SC-CAM's
     assert method.branches == 1
     on = tiny_config(method__subcategories=7)
     assert apply_preset(on, "single_branch").method.subcategories == 0  # every other preset turns it off

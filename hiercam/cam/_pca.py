@@ -28,6 +28,9 @@ def principal_component_maps(activations: Tensor) -> Tensor:
     entries sum to a non-negative number, which is the same as asking the map to correlate non-negatively
     with the plain sum over channels (the map of the method without smoothing, or the mean activation for
     EigenCAM): ``p . centred(X.sum(C)) = s1^2 * sum(v)``. Where LAPACK's sign agrees, the maps are equal.
+    Where that correlation is zero to rounding (``|p . r| <= sqrt(eps) |p| sqrt(C) |X|``; e.g. the outputs
+    of a LayerNorm, whose channels sum to the same value at every position), the entry of largest magnitude
+    is made positive, as scikit-learn's ``svd_flip`` does.
 
     Args:
         activations: ``(..., C, h, w)``, floating point, finite.
@@ -59,10 +62,27 @@ def principal_component_maps(activations: Tensor) -> Tensor:
     if centred.numel() == 0:
         return centred.new_zeros(*lead, height, width)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    axis = vh[:, 0, :]  # (N, C)
-    axis = torch.where(axis.sum(dim=-1, keepdim=True) < 0, -axis, axis)
-    projection = (centred @ axis[:, :, None]).squeeze(-1)
-    return projection.reshape(*lead, height, width)
+    projection = (centred @ vh[:, 0, :, None]).squeeze(-1)  # (N, hw)
+    return orient_projections(projection, centred).reshape(*lead, height, width)
+
+
+def orient_projections(projections: Tensor, centred: Tensor) -> Tensor:
+    """Projections ``(N, n)`` of centred positions ``(N, n, C)``, signed to correlate with the channel sum.
+
+    Each projection correlates non-negatively with the sum over channels of its positions.
+
+    Where that correlation is zero to rounding (``|p . r| <= sqrt(eps) * |p| * sqrt(C) * |X|``, ``r`` the
+    channel sum, which ``sqrt(C) * |X|`` bounds: e.g. LayerNorm outputs, whose channels sum to the same value
+    at every position, so that ``r`` is rounding noise), its sign would change with the LAPACK build; the
+    entry of largest magnitude is made positive instead (scikit-learn's ``svd_flip`` rule).
+    """
+    reference = centred.sum(dim=-1)
+    direction = (projections * reference).sum(dim=-1)
+    bound = projections.norm(dim=-1) * centred.shape[-1] ** 0.5 * centred.flatten(1).norm(dim=-1)
+    decided = direction.abs() > torch.finfo(projections.dtype).eps ** 0.5 * bound
+    largest = projections.gather(-1, projections.abs().argmax(dim=-1, keepdim=True)).squeeze(-1)
+    flip = torch.where(decided, direction < 0, largest < 0)
+    return torch.where(flip[:, None], -projections, projections)
 
 
 def smoothed_maps(terms_of: Callable[[slice], Tensor], count: int) -> Tensor:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from hiercam._validation import all_finite, check_choice, check_float, check_int, check_tensor, should_check
 from hiercam.cam._heads import HeadState, MapPlan
+from hiercam.cam._pca import orient_projections
 from hiercam.cam.eigen import non_finite_activation
 from hiercam.cam.engine import BaseCAM
 from hiercam.cam.reshape import ReshapeArg
@@ -57,7 +58,8 @@ def kernel_principal_component_maps(
     **Sign.** An eigenvector has no sign of its own. scikit-learn makes the entry of largest magnitude
     positive; hiercam orients ``u`` as [`principal_component_maps`][hiercam.principal_component_maps]
     orients its axis, so that the map correlates non-negatively with the sum over channels of the centred
-    positions. With the linear kernel the result is then exactly ``principal_component_maps`` (EigenCAM).
+    positions (where that sum carries no sign, the entry of largest magnitude is made positive). With the
+    linear kernel the result is then exactly ``principal_component_maps`` (EigenCAM).
 
     Cost: one ``n x n`` kernel and one symmetric eigendecomposition (``O(n^3)``) per map; fine for a last
     convolutional layer (``7 x 7`` to ``28 x 28`` positions), slow for early, large layers (``56 x 56``
@@ -105,9 +107,7 @@ def kernel_principal_component_maps(
     matrix = matrix - matrix.mean(dim=2, keepdim=True)  # K - 1K - K1 + 1K1
     values, vectors = torch.linalg.eigh((matrix + matrix.transpose(-1, -2)) / 2)
     top, vector = values[:, -1].clamp_min(0), vectors[:, :, -1]  # (N,), (N, n)
-    direction = (vector * centred.sum(dim=-1)).sum(dim=-1, keepdim=True)
-    vector = torch.where(direction < 0, -vector, vector)
-    projection: Tensor = vector * top.sqrt()[:, None]
+    projection: Tensor = orient_projections(vector, centred) * top.sqrt()[:, None]
     return projection.reshape(*lead, height, width)
 
 
