@@ -113,10 +113,18 @@ ROWS_ORDER = tuple(row + suffix for suffix in ("", "_ms") for row in ROWS_ORDER)
 ROWS = ROWS_ORDER[: len(ROWS_ORDER) // 2]
 
 
-def config_for(dataset: str, seed: int) -> PipelineConfig:
-    """The dataset's benchmark config with the ``single_branch`` preset (no two-branch model)."""
+def config_for(dataset: str, seed: int, subcategory_weight: float = 5.0) -> PipelineConfig:
+    """The dataset's benchmark config with the ``single_branch`` preset (no two-branch model).
+
+    ``subcategory_weight`` is SC-CAM's auxiliary weight (``method.subcategory_weight``; its paper's 5).
+    """
     config = apply_preset(CONFIGS[dataset](seed), "single_branch")
-    return config.replace(device="cpu", evaluation__faithfulness_images=0, evaluation__wsol=False)
+    return config.replace(
+        device="cpu",
+        evaluation__faithfulness_images=0,
+        evaluation__wsol=False,
+        method__subcategory_weight=subcategory_weight,
+    )
 
 
 @dataclass
@@ -733,8 +741,13 @@ def run_seed(
     log: Callable[[str], None],
     path: Path,
     rescore: bool = False,
+    validation_only: bool = False,
 ) -> dict[str, Any]:
-    """Score every row on val (choose t*) then test, with paired bootstrap intervals; write the record."""
+    """Score every row on val (choose t*) then test, with paired bootstrap intervals; write the record.
+
+    ``validation_only``: score the validation split alone (a choice among settings, made before the test split
+    is read for the chosen one); the record holds each row's ``val_*`` figures and no ``test_*`` ones.
+    """
     if path.is_file():
         record: dict[str, Any] = json.loads(path.read_text())
         if not rescore and set(rows) <= set(record["rows"]):
@@ -765,6 +778,28 @@ def run_seed(
             "t_star_at_edge": best in (0, len(THRESHOLDS) - 1),
         }
     log(f"val scored in {time.perf_counter() - start:.0f}s; t*: {chosen}")
+    if validation_only:
+        for row, confusion in val.items():
+            at = {"paper": THRESHOLDS.index(PAPER_THRESHOLD), "t_star": THRESHOLDS.index(chosen[row])}
+            for tag, t in at.items():
+                for metric, value in figures(confusion[t].sum(0), scored).items():
+                    result[row][f"val_{metric}_{tag}"] = float(value) * 100
+        record = {
+            "dataset": ctx.config.data.dataset,
+            "seed": ctx.config.seed,
+            "split": "val",
+            "rows": list(rows),
+            "subcategory_weight": ctx.config.method.subcategory_weight,
+            "thresholds": list(THRESHOLDS),
+            "results": result,
+            "timings": dict(ctx.timings),
+            "seconds": time.perf_counter() - start,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "summary": {row: round(result[row]["val_miou_paper"], 2) for row in rows},
+        }
+        _write(path, record)
+        return record
     test = score(ctx, row_makers(ctx, models, rows, "test", log), "test", THRESHOLDS)
     paper = THRESHOLDS.index(PAPER_THRESHOLD)
     for row, confusion in test.items():
@@ -804,11 +839,16 @@ def run_seed(
         "threads": torch.get_num_threads(),
         "summary": {row: round(result[row]["test_miou_paper"], 2) for row in rows},
     }
+    _write(path, record)
+    return record
+
+
+def _write(path: Path, record: dict[str, Any]) -> None:
+    """Write a record atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)
-    return record
 
 
 def cost(row: str, levels: int) -> tuple[int, int]:
@@ -955,9 +995,11 @@ def print_tables(folder: Path) -> None:
                     print(f"- {source} ({len(trees)} seeds): " + ", ".join(f"{v:.2f}" for v in pairs))
 
 
-def context(dataset: str, seed: int, cache: Path, log: Callable[[str], None]) -> RunContext:
+def context(
+    dataset: str, seed: int, cache: Path, log: Callable[[str], None], subcategory_weight: float = 5.0
+) -> RunContext:
     """A pipeline run context of the seed, with the shared model cache."""
-    config = config_for(dataset, seed)
+    config = config_for(dataset, seed, subcategory_weight)
     out = cache / "runs" / dataset / f"seed_{seed}"
     out.mkdir(parents=True, exist_ok=True)
     return RunContext(config, out, progress=False, log=log, cache=cache)
@@ -976,6 +1018,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rescore", action="store_true", help="score again even if a record has every row")
     parser.add_argument("--table", action="store_true", help="print the tables from the committed records")
+    parser.add_argument(
+        "--subcategory-weight", type=float, default=5.0, help="SC-CAM's auxiliary weight (its paper's 5)"
+    )
+    parser.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="score the validation split alone (records validation_seed_<n>.json): a choice among settings",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.table:
@@ -990,12 +1040,13 @@ def main() -> None:
                 f"[{args.dataset} seed {seed} {time.perf_counter() - start:7.1f}s] {line.strip()}", flush=True
             )
 
-        ctx = context(args.dataset, seed, args.cache, log)
+        ctx = context(args.dataset, seed, args.cache, log, args.subcategory_weight)
         models = train_models(ctx, rows, log)
         if args.stage == "train":
             continue
-        path = args.results / "hierarchy" / args.dataset / f"seed_{seed}.json"
-        record = run_seed(ctx, models, rows, log, path, args.rescore)
+        stem = "validation_seed" if args.validation_only else "seed"
+        path = args.results / "hierarchy" / args.dataset / f"{stem}_{seed}.json"
+        record = run_seed(ctx, models, rows, log, path, args.rescore, args.validation_only)
         log(f"written {path}: {json.dumps(record['summary'])}")
 
 

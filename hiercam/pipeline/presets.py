@@ -170,6 +170,7 @@ PRESETS: dict[str, Preset] = {
             "level_heads": False,
             "subcategories": 0,
             "subcategory_min_size": 5,
+            "subcategory_weight": 5.0,
         },
     ),
     "spatial": Preset(

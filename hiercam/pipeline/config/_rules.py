@@ -239,6 +239,10 @@ def validate(config: PipelineConfig) -> None:
         raise ConfigError(f"`method.subcategories` must be >= 0 (0: off), got {method.subcategories}")
     if method.subcategory_min_size < 1:
         raise ConfigError(f"`method.subcategory_min_size` must be >= 1, got {method.subcategory_min_size}")
+    if not (math.isfinite(method.subcategory_weight) and method.subcategory_weight >= 0):
+        raise ConfigError(
+            f"`method.subcategory_weight` must be finite and >= 0, got {method.subcategory_weight}"
+        )
     if not 0 <= config.seed <= MAX_SEED:
         raise ConfigError(f"`seed` must be between 0 and {MAX_SEED} (2**32 - 1), got {config.seed}")
     if config.model.width > MAX_WIDTH:

@@ -222,6 +222,8 @@ class MethodConfig:
             ``softmax_over_labels``) apply to it as to every model.
         subcategory_min_size: a class held by ``n`` training images gets ``min(subcategories, n //
             subcategory_min_size)`` sub-categories (at least one), ``>= 1``.
+        subcategory_weight: the sub-category term's weight in
+            [`SubCategoryLoss`][hiercam.losses.SubCategoryLoss], finite and ``>= 0`` (SC-CAM's 5 by default).
     """
 
     levels: tuple[int, ...] = (4, 2)
@@ -249,6 +251,7 @@ class MethodConfig:
     level_heads: bool = False
     subcategories: int = 0
     subcategory_min_size: int = 5
+    subcategory_weight: float = 5.0
 
 
 @dataclass(frozen=True)

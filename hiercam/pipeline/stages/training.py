@@ -349,10 +349,11 @@ def train_subcategory_model(
     """One [`SubCategoryNet`][hiercam.models.SubCategoryNet]: the classes and their sub-categories (SC-CAM).
 
     Trained on the base classifier's recipe with [`SubCategoryLoss`][hiercam.losses.SubCategoryLoss]
-    (SC-CAM's weight 5), on the class labels followed by ``targets`` (the training and validation images'
-    ``SubCategories.targets``, in split order): the training cost of one model. ``key`` identifies the
-    targets in the cache key; ``shuffled`` names the model ``ModelKey("shuffled_subcategory")`` (the
-    control whose assignments are permuted) instead of ``ModelKey("subcategory")``.
+    (weight ``method.subcategory_weight``, SC-CAM's 5 by default), on the class labels followed by
+    ``targets`` (the training and validation images' ``SubCategories.targets``, in split order): the
+    training cost of one model. ``key`` identifies the targets in the cache key; ``shuffled`` names the
+    model ``ModelKey("shuffled_subcategory")`` (the control whose assignments are permuted) instead of
+    ``ModelKey("subcategory")``.
     """
     config = ctx.config
     with torch.random.fork_rng():
@@ -364,8 +365,8 @@ def train_subcategory_model(
         ctx,
         identity,
         net,
-        {"kind": "subcategory", "targets": key, "weight": 5.0},
-        loss=SubCategoryLoss(subcategories.num_classes),
+        {"kind": "subcategory", "targets": key, "weight": float(config.method.subcategory_weight)},
+        loss=SubCategoryLoss(subcategories.num_classes, weight=config.method.subcategory_weight),
         extra_targets=targets,
     )
 
