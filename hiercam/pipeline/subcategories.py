@@ -4,10 +4,11 @@ SC-CAM (Chang et al., CVPR 2020) splits every class into sub-categories by K-mea
 features of the training images that hold it
 ([`cluster_subcategories`][hiercam.grouping.cluster_subcategories]) and trains one
 [`SubCategoryNet`][hiercam.models.SubCategoryNet] on the classes and the sub-categories
-([`SubCategoryLoss`][hiercam.losses.SubCategoryLoss], weight 5); the row's maps are the Grad-CAMs of its class
-head. The features are those of the **frozen pretrained backbone** when the model has pretrained weights (no
-training seed changes them), else those of the trained base classifier (SC-CAM's own first round). With
-``shuffled_control`` the same net is trained again on the sub-categories permuted over each class's images
+([`SubCategoryLoss`][hiercam.losses.SubCategoryLoss], weight ``method.subcategory_weight``, SC-CAM's 5); the
+row's maps are the Grad-CAMs of its class head. The features are those of the **frozen pretrained backbone**
+when the model has pretrained weights (no training seed changes them), else those of the trained base
+classifier (SC-CAM's own first round). With ``shuffled_control`` the same net is trained again on the
+sub-categories permuted over each class's images
 ([`shuffle_subcategories`][hiercam.grouping.shuffle_subcategories], the same sizes): row
 ``subcategory_shuffled``.
 
