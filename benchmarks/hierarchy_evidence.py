@@ -995,6 +995,40 @@ def print_tables(folder: Path) -> None:
                     print(f"- {source} ({len(trees)} seeds): " + ", ".join(f"{v:.2f}" for v in pairs))
 
 
+def print_validation(folders: Sequence[Path], dataset: str) -> None:
+    """A choice among settings, on validation alone: each folder's rows, validation mIoU@0.15 per seed.
+
+    Each folder is a ``--results`` root whose ``hierarchy/<dataset>`` holds ``validation_seed_<n>.json``
+    (``--validation-only``) or full ``seed_<n>.json`` records (their validation figures are read, nothing
+    else). The difference to Grad-CAM is paired by seed (each record's own base classifier).
+    """
+    print(
+        "| records | SC-CAM weight | row | seeds | val mIoU@0.15 | Δ vs gradcam per seed | "
+        "precision / recall @0.15 |"
+    )
+    print("| --- | ---: | --- | --- | ---: | --- | ---: |")
+    for folder in folders:
+        where = folder / "hierarchy" / dataset
+        paths = sorted(where.glob("validation_seed_*.json")) or sorted(where.glob("seed_*.json"))
+        records = [json.loads(path.read_text()) for path in paths]
+        if not records:
+            continue
+        weight = records[0].get("subcategory_weight", 5.0)
+        for row in ROWS_ORDER:
+            have = [r for r in records if row in r["results"]]
+            if not have:
+                continue
+            val = [r["results"][row]["val_miou_paper"] for r in have]
+            deltas = [v - r["results"]["gradcam"]["val_miou_paper"] for v, r in zip(val, have, strict=True)]
+            precision = sum(r["results"][row]["val_precision_paper"] for r in have) / len(have)
+            recall = sum(r["results"][row]["val_recall_paper"] for r in have) / len(have)
+            shown = "" if row == "gradcam" else ", ".join(f"{d:+.2f}" for d in deltas)
+            print(
+                f"| {folder.name} | {weight:g} | {row} | {', '.join(str(r['seed']) for r in have)} | "
+                f"{_spread(val)} | {shown} | {precision:.1f} / {recall:.1f} |"
+            )
+
+
 def context(
     dataset: str, seed: int, cache: Path, log: Callable[[str], None], subcategory_weight: float = 5.0
 ) -> RunContext:
@@ -1019,6 +1053,13 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true", help="score again even if a record has every row")
     parser.add_argument("--table", action="store_true", help="print the tables from the committed records")
     parser.add_argument(
+        "--validation-table",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the validation figures of these --results roots (a choice among settings) and stop",
+    )
+    parser.add_argument(
         "--subcategory-weight", type=float, default=5.0, help="SC-CAM's auxiliary weight (its paper's 5)"
     )
     parser.add_argument(
@@ -1030,6 +1071,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.table:
         print_tables(args.results / "hierarchy")
+        return
+    if args.validation_table:
+        print_validation(args.validation_table, args.dataset)
         return
     rows = args.rows or list(ROWS)
     for seed in args.seeds:
