@@ -303,73 +303,31 @@ def recam_model(
 
 #: SC-CAM's settings (its public code: 10 sub-categories per class, sub-category loss weight 5), with fewer
 #: clusters for a class seen in few images (at least 5 images per cluster); fixed before any figure was seen.
-SUBCATEGORY_OPTIONS: dict[str, Any] = {"clusters": 10, "min_size": 5, "unit_norm": False, "random_state": 0}
-
-
-def pooled_features(ctx: RunContext, base: TrainedModel, split: str) -> tuple[Tensor, str]:
-    """``(N, D)`` globally pooled features of a split, and their source's name (cached).
-
-    The frozen pretrained backbone when the config has weights (seed-independent), else the trained base
-    classifier (SC-CAM's own choice: the features of the classifier of the previous round).
-    """
-    from hiercam.pipeline.networks import build_classifier
-
-    if ctx.config.model.weights is not None:
-        source = "pretrained"
-        model = build_classifier(
-            ctx.config.model, len(ctx.data("train").labels[0]), 0, input_norm=ctx.config.data.input_norm
-        ).eval()
-    else:
-        source, model = f"base{base.content_key[:16]}", base.model
-
-    def compute() -> Tensor:
-        pieces = []
-        with torch.inference_mode():
-            for _, images, *_ in ctx.data(split).batches(64):
-                pieces.append(model.forward_features(images).float().mean((2, 3)))
-        return torch.cat(pieces)
-
-    return cached(ctx, f"pooled-{split}-{source}", compute), source
+SUBCATEGORY_OPTIONS: dict[str, Any] = {"subcategories": 10, "subcategory_min_size": 5}
 
 
 def subcategory_models(
     ctx: RunContext, base: TrainedModel, wanted: set[str], log: Callable[[str], None]
 ) -> dict[str, TrainedModel]:
-    """SC-CAM's models: the sub-categories of the pooled features, and the shuffled control's."""
-    from hiercam.grouping import cluster_subcategories, shuffle_subcategories
-    from hiercam.pipeline.stages import train_subcategory_model
+    """SC-CAM's nets from the pipeline's own stage, and the shuffled control's when it is wanted.
 
-    train_features, source = pooled_features(ctx, base, "train")
-    val_features, _ = pooled_features(ctx, base, "val")
-    train_labels, val_labels = ctx.data("train").labels, ctx.data("val").labels
+    [`train_subcategories`][hiercam.pipeline.subcategories.train_subcategories] with SC-CAM's settings: the
+    sub-categories of the frozen pretrained backbone's pooled features (the base classifier's for a network
+    trained from scratch), K-means seed 0, the weight of ``method.subcategory_weight``.
+    """
+    from hiercam.pipeline.keys import ModelKey
+    from hiercam.pipeline.subcategories import train_subcategories
+
+    config = ctx.config.replace(
+        shuffled_control="subcategory_shuffled" in wanted,
+        **{f"method__{name}": value for name, value in SUBCATEGORY_OPTIONS.items()},
+    )
     begin = time.perf_counter()
-    sub = cluster_subcategories(train_features, train_labels, **SUBCATEGORY_OPTIONS)
+    trained = train_subcategories(dataclasses.replace(ctx, config=config), base)
     ctx.timings["subcategories"] = time.perf_counter() - begin
-    log(f"sub-categories of the {source} features: {sub.counts} in {ctx.timings['subcategories']:.0f}s")
-    assignments = {"": (sub.assign(train_features, train_labels), sub.assign(val_features, val_labels))}
-    if "subcategory_shuffled" in wanted:
-        real_train, real_val = assignments[""]
-        seed = ctx.config.seed
-        assignments["shuffled"] = (
-            shuffle_subcategories(real_train, seed),
-            shuffle_subcategories(real_val, seed),
-        )
-    trained = {}
-    for name, (train_assign, val_assign) in assignments.items():
-        key = digest(
-            {
-                "source": source,
-                **SUBCATEGORY_OPTIONS,
-                "train": train_assign.tolist(),
-                "val": val_assign.tolist(),
-            }
-        )
-        model = train_subcategory_model(
-            ctx, sub, (sub.targets(train_assign), sub.targets(val_assign)), key, shuffled=bool(name)
-        )
-        # the class head as a plain (B, K) classifier: its Grad-CAM is SC-CAM's map
-        trained[name or "real"] = dataclasses.replace(model, model=model.model.classes())
-    return trained
+    log(f"sub-category nets ready in {ctx.timings['subcategories']:.0f}s")
+    names = {"real": ModelKey("subcategory"), "shuffled": ModelKey("shuffled_subcategory")}
+    return {name: trained[key] for name, key in names.items() if key in trained}
 
 
 def embedding_hierarchy(ctx: RunContext, base: TrainedModel, fc: ClassHierarchy) -> ClassHierarchy:
