@@ -736,38 +736,18 @@ def run_seed(
             "t_star_at_edge": best in (0, len(THRESHOLDS) - 1),
         }
     log(f"val scored in {time.perf_counter() - start:.0f}s; t*: {chosen}")
-    if validation_only:
-        for row, confusion in val.items():
-            at = {"paper": THRESHOLDS.index(PAPER_THRESHOLD), "t_star": THRESHOLDS.index(chosen[row])}
-            for tag, t in at.items():
-                for metric, value in figures(confusion[t].sum(0), scored).items():
-                    result[row][f"val_{metric}_{tag}"] = float(value) * 100
-        record = {
-            "dataset": ctx.config.data.dataset,
-            "seed": ctx.config.seed,
-            "split": "val",
-            "rows": list(rows),
-            "subcategory_weight": ctx.config.method.subcategory_weight,
-            "thresholds": list(THRESHOLDS),
-            "results": result,
-            "timings": dict(ctx.timings),
-            "seconds": time.perf_counter() - start,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "summary": {row: round(result[row]["val_miou_paper"], 2) for row in rows},
-        }
-        _write(path, record)
-        return record
-    test = score(ctx, row_makers(ctx, models, rows, "test", log), "test", THRESHOLDS)
     paper = THRESHOLDS.index(PAPER_THRESHOLD)
+    for row, confusion in val.items():
+        for tag, t in (("paper", paper), ("t_star", THRESHOLDS.index(chosen[row]))):
+            for metric, value in figures(confusion[t].sum(0), scored).items():
+                result[row][f"val_{metric}_{tag}"] = float(value) * 100
+    if validation_only:
+        return _write_record(path, ctx, rows, result, start, split="val")
+    test = score(ctx, row_makers(ctx, models, rows, "test", log), "test", THRESHOLDS)
     for row, confusion in test.items():
         for tag, t in (("paper", paper), ("t_star", THRESHOLDS.index(chosen[row]))):
-            values = figures(confusion[t].sum(0), scored)
-            for metric, value in values.items():
+            for metric, value in figures(confusion[t].sum(0), scored).items():
                 result[row][f"test_{metric}_{tag}"] = float(value) * 100
-            val_values = figures(val[row][t].sum(0), scored)
-            for metric, value in val_values.items():
-                result[row][f"val_{metric}_{tag}"] = float(value) * 100
     comparisons: dict[str, dict[str, Any]] = {}
     for row in rows:
         others = ["gradcam", *CONTROLS.get(row.removesuffix("_ms"), ())]
@@ -783,30 +763,41 @@ def run_seed(
                 entry[tag] = paired_bootstrap(test[row][ta], test[other][tb], scored, seed=ctx.config.seed)
             comparisons[f"{row} - {other}"] = entry
     hierarchies = {name: h.to_dict() for name, h in models.hierarchies.items()}
+    return _write_record(
+        path, ctx, rows, result, start, split="test", comparisons=comparisons, hierarchies=hierarchies
+    )
+
+
+def _write_record(
+    path: Path,
+    ctx: RunContext,
+    rows: Sequence[str],
+    result: dict[str, Any],
+    start: float,
+    split: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write a seed's record atomically (a temporary file, then a rename); ``split``: the last scored."""
     record = {
         "dataset": ctx.config.data.dataset,
         "seed": ctx.config.seed,
+        "split": split,
         "rows": list(rows),
+        "subcategory_weight": ctx.config.method.subcategory_weight,
         "thresholds": list(THRESHOLDS),
         "results": result,
-        "comparisons": comparisons,
-        "hierarchies": hierarchies,
+        **extra,
         "timings": dict(ctx.timings),
         "seconds": time.perf_counter() - start,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "summary": {row: round(result[row]["test_miou_paper"], 2) for row in rows},
+        "summary": {row: round(result[row][f"{split}_miou_paper"], 2) for row in rows},
     }
-    _write(path, record)
-    return record
-
-
-def _write(path: Path, record: dict[str, Any]) -> None:
-    """Write a record atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)
+    return record
 
 
 def cost(row: str, levels: int) -> tuple[int, int]:
