@@ -113,18 +113,16 @@ ROWS_ORDER = tuple(row + suffix for suffix in ("", "_ms") for row in ROWS_ORDER)
 ROWS = ROWS_ORDER[: len(ROWS_ORDER) // 2]
 
 
-def config_for(dataset: str, seed: int, subcategory_weight: float = 5.0) -> PipelineConfig:
+def config_for(dataset: str, seed: int, subcategory_weight: float | None = None) -> PipelineConfig:
     """The dataset's benchmark config with the ``single_branch`` preset (no two-branch model).
 
-    ``subcategory_weight`` is SC-CAM's auxiliary weight (``method.subcategory_weight``; its paper's 5).
+    ``subcategory_weight`` replaces SC-CAM's auxiliary weight (``method.subcategory_weight``, 5 by default).
     """
     config = apply_preset(CONFIGS[dataset](seed), "single_branch")
-    return config.replace(
-        device="cpu",
-        evaluation__faithfulness_images=0,
-        evaluation__wsol=False,
-        method__subcategory_weight=subcategory_weight,
-    )
+    config = config.replace(device="cpu", evaluation__faithfulness_images=0, evaluation__wsol=False)
+    if subcategory_weight is not None:
+        config = config.replace(method__subcategory_weight=subcategory_weight)
+    return config
 
 
 @dataclass
@@ -301,8 +299,9 @@ def recam_model(
     return dataclasses.replace(base, model=net.eval().recam_classifier().eval(), content_key=key)
 
 
-#: SC-CAM's settings (its public code: 10 sub-categories per class, sub-category loss weight 5), with fewer
-#: clusters for a class seen in few images (at least 5 images per cluster); fixed before any figure was seen.
+#: SC-CAM's settings (its public code: 10 sub-categories per class), with fewer clusters for a class seen in
+#: few images (at least 5 images per cluster); fixed before any figure was seen. The loss weight is the
+#: config's ``method.subcategory_weight`` (SC-CAM's 5 unless ``--subcategory-weight`` replaces it).
 SUBCATEGORY_OPTIONS: dict[str, Any] = {"subcategories": 10, "subcategory_min_size": 5}
 
 
@@ -979,7 +978,7 @@ def print_validation(folders: Sequence[Path], dataset: str) -> None:
 
 
 def context(
-    dataset: str, seed: int, cache: Path, log: Callable[[str], None], subcategory_weight: float = 5.0
+    dataset: str, seed: int, cache: Path, log: Callable[[str], None], subcategory_weight: float | None = None
 ) -> RunContext:
     """A pipeline run context of the seed, with the shared model cache."""
     config = config_for(dataset, seed, subcategory_weight)
@@ -1009,7 +1008,7 @@ def main() -> None:
         help="print the validation figures of these --results roots (a choice among settings) and stop",
     )
     parser.add_argument(
-        "--subcategory-weight", type=float, default=5.0, help="SC-CAM's auxiliary weight (its paper's 5)"
+        "--subcategory-weight", type=float, default=None, help="SC-CAM's auxiliary weight (default: its 5)"
     )
     parser.add_argument(
         "--validation-only",

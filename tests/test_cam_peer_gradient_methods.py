@@ -96,7 +96,7 @@ def in_float64(model: nn.Module, images: torch.Tensor) -> tuple[nn.Module, torch
     pytorch-grad-cam's guided backpropagation explains one image per call, hiercam's a whole batch; in float32
     the convolutions of a batch of two and of one image differ in rounding, which guided gradients through
     resnet18 amplify to 0.12 % of the scale (measured: hiercam's own batched and per-image gradients differ
-    that much, its per-image ones equal the peer's exactly). In float64 both agree to 1e-7 of the scale.
+    that much, its per-image ones equal the peer's exactly). In float64 they agree to 3e-7 of the scale.
     """
     return copy.deepcopy(model).double(), images.double()
 
@@ -109,15 +109,7 @@ def assert_agrees(ours: torch.Tensor, theirs: torch.Tensor, atol: float = 1e-5) 
 
 # ---------------------------------------------------------------------------------------- peer oracles
 @pytest.mark.parametrize(
-    "name",
-    [
-        "GradCAMElementWise",
-        "EigenGradCAM",
-        "ShapleyCAM",
-        "FinerCAM",
-        "FullGrad",
-        "GuidedGradCAM",
-    ],
+    "name", ["GradCAMElementWise", "EigenGradCAM", "ShapleyCAM", "FinerCAM", "FullGrad", "GuidedGradCAM"]
 )
 def test_matches_pytorch_grad_cam(case, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model, layer_name, images = case
