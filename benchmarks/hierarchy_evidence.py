@@ -20,6 +20,10 @@ masks:
   ``prototype_distant`` / ``_shuffled`` / ``_prototypes``: every other class *but* the siblings of the
   FC-weight / shuffled / frozen-backbone prototype hierarchy (the hierarchy names the classes too alike to be
   context; added after seeds 0-4 showed siblings as context doing worse than every other class);
+* ``prototype_groups`` / ``_shuffled``: Eq. 6 with training-free maps: ``prototype_others``' class map plus
+  the mean of its groups' maps (a group's map: the class prototypes of all its classes against every class
+  outside it), over the frozen backbone's prototype hierarchy (the FC-weight one without a pretrained
+  backbone) or its shuffled control;
 * with ``--multiscale``: every row whose maps come from Grad-CAM also with IRN's multi-scale aggregation.
 
 Figures: mIoU at 0.15 and at t* (the threshold with the best validation mIoU, from a grid wide enough that t*
@@ -103,6 +107,8 @@ ROWS_ORDER = (
     "prototype_distant",
     "prototype_distant_shuffled",
     "prototype_distant_prototypes",
+    "prototype_groups",
+    "prototype_groups_shuffled",
     "subcategory",
     "subcategory_shuffled",
     "recam",
@@ -172,6 +178,11 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
             level_models["cooccurrence"] = train_level_models(ctx, cooc, digest(cooc.to_dict()))
     if any(row.startswith("prototype") for row in wanted) and ctx.config.model.weights is not None:
         hierarchies["prototypes"] = embedding_hierarchy(ctx, base, hierarchy)
+    if "prototype_groups_shuffled" in wanted:
+        from hiercam.grouping import shuffled_hierarchy
+
+        source = group_source(ctx)
+        hierarchies[f"{source}_shuffled"] = shuffled_hierarchy(hierarchies[source], seed=ctx.config.seed)
     heads = {}
     if "heads" in wanted:
         heads["fc"] = train_level_heads(ctx, hierarchy, key)
@@ -198,6 +209,15 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
 RECAM_OPTIONS: dict[str, Any] = {"weight": 1.0, "predictor_lr_factor": 10.0}
 
 
+def group_source(ctx: RunContext) -> str:
+    """The hierarchy of the ``prototype_groups`` and ``recam_siblings`` rows: seed-stable where possible.
+
+    The frozen pretrained backbone's prototype hierarchy when there is a pretrained backbone (groups that do
+    not depend on the training seed), else the FC-weight hierarchy.
+    """
+    return "prototypes" if ctx.config.model.weights is not None else "fc"
+
+
 def recam_models(
     ctx: RunContext,
     base: TrainedModel,
@@ -214,11 +234,9 @@ def recam_models(
     from hiercam.grouping import shuffled_hierarchy
     from hiercam.losses import sibling_candidates
 
-    source = "fc"
-    if ctx.config.model.weights is not None:
-        source = "prototypes"
-        if source not in hierarchies:
-            hierarchies[source] = embedding_hierarchy(ctx, base, hierarchies["fc"])
+    source = group_source(ctx)
+    if source not in hierarchies:
+        hierarchies[source] = embedding_hierarchy(ctx, base, hierarchies["fc"])
     hierarchy = hierarchies[source]
     candidates: dict[str, Tensor | None] = {"": None}
     if "recam_siblings" in wanted:
@@ -583,16 +601,55 @@ def prototype_maker(
         source = name.removeprefix("prototype_distant").removeprefix("_") or "fc"
         near = sibling_classes(models.hierarchies[source], 1)
         siblings = [[j for j in range(len(own)) if j != k and j not in near[k]] for k in range(len(own))]
-    elif name != "prototype":
+    elif name.startswith("prototype_siblings"):
         source = name.removeprefix("prototype_siblings").removeprefix("_") or "fc"
         siblings = sibling_classes(models.hierarchies[source], 1)
+    features = base_features(ctx, models.base, split)
+    if name.startswith("prototype_groups"):
+        source = group_source(ctx) + ("_shuffled" if name.endswith("_shuffled") else "")
+        maps = torch.cat(
+            [
+                group_prototype_maps(chunk.float(), own, context, models.hierarchies[source])
+                for chunk in features.split(64)
+            ]
+        )
+        return lambda index, labels, size: upsample(maps[index], size)
     if name != "prototype":
         context = [torch.cat([context[k], *(own[j] for j in siblings[k])]) for k in range(len(own))]
-    features = base_features(ctx, models.base, split)
     maps = torch.cat(
         [prototype_cam(chunk.float(), own, context, normalize=None) for chunk in features.split(64)]
     )
     return lambda index, labels, size: upsample(maps[index], size)
+
+
+def group_prototype_maps(
+    features: Tensor, own: Sequence[Tensor], context: Sequence[Tensor], hierarchy: ClassHierarchy
+) -> Tensor:
+    """Eq. 6 with prototype maps in place of trained classifiers: ``M_k = P_k + mean_i G_i(k)``.
+
+    ``P_k`` is ``prototype_others``' map of class ``k`` (its class prototypes against its own context
+    prototypes and every other class's class prototypes). ``G_i(k)`` is the map of ``k``'s group at level
+    ``i``: the class prototypes of every class of the group against ``k``'s own context prototypes and the
+    class prototypes of every class outside the group (a group-level LPCAM, the training-free counterpart of a
+    level classifier's Grad-CAM). Each term is max-normalised per image and class before the sum, as Eq. 6's
+    maps are. Fixed before any figure of it was seen; ``(B, C, h, w)`` features give ``(B, K, h, w)`` maps.
+    """
+    from hiercam.cam import prototype_cam, sibling_classes
+
+    classes = range(len(own))
+    others = [torch.cat([context[k], *(own[j] for j in classes if j != k)]) for k in classes]
+    fused = prototype_cam(features, own, others)
+    groups = []
+    for level in range(1, hierarchy.num_levels):
+        members = [{k, *near} for k, near in enumerate(sibling_classes(hierarchy, level))]
+        positives = [torch.cat([own[j] for j in sorted(members[k])]) for k in classes]
+        negatives = [
+            torch.cat([context[k], *(own[j] for j in classes if j not in members[k])]) for k in classes
+        ]
+        groups.append(prototype_cam(features, positives, negatives))
+    if groups:
+        fused = fused + torch.stack(groups).mean(0)
+    return fused
 
 
 def heads_maker(
@@ -685,6 +742,7 @@ CONTROLS = {
     ),
     "prototype_distant": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "prototype_distant_prototypes": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
+    "prototype_groups": ("gradcam", "prototype_others", "prototype_groups_shuffled", "ensemble"),
     "subcategory": ("gradcam", "ensemble", "subcategory_shuffled", "prototype_others"),
     "recam": ("gradcam", "ensemble"),
     "recam_siblings": ("gradcam", "ensemble", "recam", "recam_siblings_shuffled"),
@@ -837,6 +895,7 @@ METHOD_ROWS = (
     "prototype_others",
     "prototype_distant",
     "prototype_distant_prototypes",
+    "prototype_groups",
     "subcategory",
     "recam",
     "recam_siblings",

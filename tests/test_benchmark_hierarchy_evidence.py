@@ -63,3 +63,48 @@ def test_tables_print_the_records(records) -> None:
     ours, base = (val["results"][row]["val_miou_paper"] for row in ("subcategory", "gradcam"))
     assert f"| val | 0.5 | subcategory | 0 | {ours:.2f} | {ours - base:+.2f} |" in shown
     assert "| full | 0.5 | subcategory_shuffled | 0 |" in shown
+
+
+def _script():
+    """The script as a module (registered in ``sys.modules``: its dataclasses look their module up)."""
+    import importlib.util
+
+    if "hierarchy_evidence" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("hierarchy_evidence", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["hierarchy_evidence"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["hierarchy_evidence"]
+
+
+def test_group_prototype_maps_follow_eq6_with_prototype_maps() -> None:
+    import torch
+
+    from hiercam import ClassHierarchy
+    from hiercam.cam import prototype_cam
+    from hiercam.maps import normalize_maps
+
+    script = _script()
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 6, 5, 5, generator=generator)
+    own = [torch.randn(n, 6, generator=generator) for n in (2, 3, 1, 2)]
+    context = [torch.randn(n, 6, generator=generator) for n in (1, 0, 2, 1)]
+    others = [torch.cat([context[k], *(own[j] for j in range(4) if j != k)]) for k in range(4)]
+    class_maps = prototype_cam(features, own, others)
+    # groups {0, 2} and {1, 3}, written out by hand: each class's map plus its group's map, the group's class
+    # prototypes against the class's own context prototypes and the class prototypes of the other group
+    paired = script.group_prototype_maps(features, own, context, ClassHierarchy([[0, 1, 0, 1]]))
+    for k, (group, outside) in enumerate(
+        [((0, 2), (1, 3)), ((1, 3), (0, 2)), ((0, 2), (1, 3)), ((1, 3), (0, 2))]
+    ):
+        group_map = prototype_cam(
+            features,
+            [torch.cat([own[j] for j in group])],
+            [torch.cat([context[k], *(own[j] for j in outside)])],
+        )
+        torch.testing.assert_close(paired[:, k : k + 1], class_maps[:, k : k + 1] + group_map)
+    # the maps the rows score are max-normalised: a two-level hierarchy averages its levels' group maps
+    nested = script.group_prototype_maps(features, own, context, ClassHierarchy([[0, 1, 0, 1], [0, 0, 0, 0]]))
+    everything = prototype_cam(features, [torch.cat(own)], [context[1]])
+    expected = class_maps[:, 1:2] + (paired[:, 1:2] - class_maps[:, 1:2] + everything) / 2
+    torch.testing.assert_close(normalize_maps(nested[:, 1:2]), normalize_maps(expected))
