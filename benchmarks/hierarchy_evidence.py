@@ -170,9 +170,9 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
 
         labels = ctx.data("train").labels
         levels = tuple(hierarchy.level_sizes[1:])
-        cooc = HierarchicalKMeans(
-            levels, singletons=hierarchy.singletons, unit_norm=True, random_state=0
-        ).fit(cooccurrence_embeddings(labels), hierarchy.class_names)
+        cooc = HierarchicalKMeans(levels, singletons=hierarchy.singletons, unit_norm=True, seed=0).fit(
+            cooccurrence_embeddings(labels), hierarchy.class_names
+        )
         hierarchies["cooccurrence"] = cooc
         if "grouping_cooccurrence" in wanted:
             level_models["cooccurrence"] = train_level_models(ctx, cooc, digest(cooc.to_dict()))
@@ -369,9 +369,9 @@ def embedding_hierarchy(ctx: RunContext, base: TrainedModel, fc: ClassHierarchy)
             features = frozen.forward_features(images)
             embeddings.update(features, regions[start : start + len(images)], labels)
             start += len(images)
-    return HierarchicalKMeans(
-        fc.level_sizes[1:], singletons=fc.singletons, unit_norm=True, random_state=0
-    ).fit(embeddings.compute(), fc.class_names)
+    return HierarchicalKMeans(fc.level_sizes[1:], singletons=fc.singletons, unit_norm=True, seed=0).fit(
+        embeddings.compute(), fc.class_names
+    )
 
 
 def gradcam_maps(
@@ -564,7 +564,7 @@ def prototypes(ctx: RunContext, base: TrainedModel, log: Callable[[str], None]) 
         cam = PrototypeCAM(
             base.model.classifier.weight.detach(),
             classifier_bias=base.model.classifier.bias.detach(),
-            random_state=ctx.config.seed,
+            seed=ctx.config.seed,
             **PROTOTYPE_OPTIONS,
         )
         with warnings.catch_warnings(record=True) as caught:

@@ -165,8 +165,8 @@ def test_bad_arguments_are_named() -> None:
         deep_feature_factorization(torch.full((1, 2, 2, 2), float("nan")))
     with pytest.raises(ValueError, match=r"`activations` must have shape \(B, C, h, w\)"):
         deep_feature_factorization(torch.ones(2, 2, 2))
-    with pytest.raises(ValueError, match="`random_state` must be >= 0"):
-        DeepFeatureFactorization(model, "3", random_state=-1)
+    with pytest.raises(ValueError, match="`seed` must be >= 0"):
+        DeepFeatureFactorization(model, "3", seed=-1)
     with pytest.raises(TypeError, match="images"):
         DeepFeatureFactorization(model, "3")(np.zeros((1, 3, 8, 8)))  # type: ignore[arg-type]
 

@@ -142,7 +142,7 @@ def make_cam(weight: torch.Tensor, **changes: object) -> PrototypeCAM:
         foreground_threshold=settings["threshold"],
         class_score=settings["class_score"],
         context_score=settings["context_score"],
-        random_state=settings["seed"],
+        seed=settings["seed"],
         context_classes=settings.get("context_classes"),
     )
 
@@ -400,7 +400,7 @@ def test_normalize_none_keeps_the_similarity_differences() -> None:
         (dict(context_classes=[[1.0], []]), TypeError, r"`context_classes\[0\]` must hold ints"),
         (dict(context_classes="ab"), TypeError, "`context_classes` must be None or a sequence"),
         (dict(max_points=0), ValueError, "`max_points` must be >= 1"),
-        (dict(random_state=-1), ValueError, "`random_state` must be >= 0"),
+        (dict(seed=-1), ValueError, "`seed` must be >= 0"),
     ],
 )
 def test_constructor_errors(kwargs: dict, error: type[Exception], match: str) -> None:

@@ -43,9 +43,7 @@ def planted(seed: int) -> tuple[torch.Tensor, list[list[list[int]]]]:
 def test_planted_hierarchy_is_recovered_at_every_level(seed: int, unit_norm: bool, weighted: bool) -> None:
     vectors, truth = planted(seed)
     levels = (len(truth[0]), len(truth[1]))
-    hierarchy = HierarchicalKMeans(levels, unit_norm=unit_norm, weighted=weighted, random_state=seed).fit(
-        vectors
-    )
+    hierarchy = HierarchicalKMeans(levels, unit_norm=unit_norm, weighted=weighted, seed=seed).fit(vectors)
     assert hierarchy.level_sizes == (len(vectors), *levels)
     for level, expected in enumerate(truth, start=1):
         assert partition(hierarchy.groups(level)) == partition(expected)
@@ -74,8 +72,8 @@ def is_nested(hierarchy: ClassHierarchy) -> bool:
 @pytest.mark.parametrize("options", [{}, {"unit_norm": True}, {"weighted": True}])
 def test_random_vectors_give_nested_deterministic_hierarchies(seed: int, options: dict) -> None:
     vectors = torch.randn(20, 16, generator=torch.Generator().manual_seed(seed))
-    first = HierarchicalKMeans((12, 8, 5), random_state=seed, **options).fit(vectors)
-    second = HierarchicalKMeans((12, 8, 5), random_state=seed, **options).fit(vectors.clone())
+    first = HierarchicalKMeans((12, 8, 5), seed=seed, **options).fit(vectors)
+    second = HierarchicalKMeans((12, 8, 5), seed=seed, **options).fit(vectors.clone())
     assert first == second
     assert first.level_sizes == (20, 12, 8, 5)
     assert is_nested(first)

@@ -50,7 +50,7 @@ def tree(seed: int = 0) -> ClassHierarchy:
     """20 classes, levels 20 -> 8 -> 4 -> 2, class 7 kept out of the grouping."""
     vectors = torch.randn(20, 6, generator=torch.Generator().manual_seed(seed))
     names = [f"c{i}" for i in range(20)]
-    return HierarchicalKMeans((8, 4, 2), singletons=[7], n_init=2, random_state=seed).fit(vectors, names)
+    return HierarchicalKMeans((8, 4, 2), singletons=[7], n_init=2, seed=seed).fit(vectors, names)
 
 
 # --------------------------------------------------------------------------------------------- co-occurrence

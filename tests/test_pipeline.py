@@ -305,7 +305,7 @@ def test_beyond_the_paper_options_run_and_are_chosen_on_validation(
     from hiercam.pipeline.data import load_split
 
     base = torch.load(next((tmp_path / "models").glob("base-*.pt")), weights_only=True)
-    full = HierarchicalKMeans((4, 2), random_state=0).fit(
+    full = HierarchicalKMeans((4, 2), seed=0).fit(
         base["classifier.weight"].float(), class_names=hierarchy.class_names
     )
     targets = load_split(config, "train").labels

@@ -168,7 +168,7 @@ def test_prototype_maps_are_lpcam_of_the_saved_base_classifier(single_run) -> No
     cam = hiercam.PrototypeCAM(
         model.classifier.weight.detach(),
         classifier_bias=model.classifier.bias.detach(),
-        random_state=config.seed,
+        seed=config.seed,
         **PROTOTYPE_OPTIONS,
     )
     cam.fit(torch.cat(features), torch.cat(maps), torch.cat(labels))

@@ -108,7 +108,7 @@ def test_sub_categories_are_kmeans_of_the_base_classifiers_pooled_features(subca
     )
     torch.testing.assert_close(features, by_hand.detach(), rtol=1e-5, atol=1e-5)
     labels = ctx.data("train").labels
-    sub = cluster_subcategories(by_hand.detach(), labels, clusters=3, min_size=4, random_state=0)
+    sub = cluster_subcategories(by_hand.detach(), labels, clusters=3, min_size=4, seed=0)
     models = train_subcategories(ctx, base)
     for model in models.values():
         assert model.model.net.level_sizes == (10, sub.num_subcategories)  # the class view of the net

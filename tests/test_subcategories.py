@@ -42,7 +42,7 @@ def blobs(seed: int = 0) -> tuple[Tensor, Tensor]:
 @pytest.mark.parametrize(("clusters", "min_size"), [(10, 5), (3, 1), (1, 5), (4, 7)])
 def test_clusters_are_sklearn_kmeans_of_each_class(clusters: int, min_size: int) -> None:
     features, labels = blobs()
-    sub = cluster_subcategories(features, labels, clusters=clusters, min_size=min_size, random_state=3)
+    sub = cluster_subcategories(features, labels, clusters=clusters, min_size=min_size, seed=3)
     counts = [max(1, min(clusters, int(n) // min_size)) for n in labels.sum(0)]
     assert sub.counts == tuple(counts)
     assert sub.parents == tuple(k for k, c in enumerate(counts) for _ in range(c))

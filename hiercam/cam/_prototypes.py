@@ -144,7 +144,7 @@ def check_prototypes(value: Any, name: str, num_classes: int | None, channels: i
     return list(value)
 
 
-def cluster_points(points: Tensor, num_clusters: int, n_init: int, random_state: int) -> Tensor:
+def cluster_points(points: Tensor, num_clusters: int, n_init: int, seed: int) -> Tensor:
     """Cosine K-means centres ``(N', C)`` of ``points (n, C)``, ``N' <= num_clusters`` (empty for ``n = 0``).
 
     The points are L2-normalised and clustered by scikit-learn's Euclidean ``KMeans`` (for unit vectors
@@ -161,7 +161,7 @@ def cluster_points(points: Tensor, num_clusters: int, n_init: int, random_state:
     count = min(num_clusters, points.shape[0])
     with warnings.catch_warnings():  # fewer distinct points than clusters: the empty ones are dropped below
         warnings.simplefilter("ignore", ConvergenceWarning)
-        assigned = KMeans(n_clusters=count, n_init=n_init, random_state=random_state).fit_predict(unit)
+        assigned = KMeans(n_clusters=count, n_init=n_init, random_state=seed).fit_predict(unit)
     _, first = np.unique(assigned, return_index=True)
     order = assigned[np.sort(first)]  # clusters in order of their first point: canonical, seed-free order
     labels = torch.from_numpy(assigned)

@@ -63,14 +63,14 @@ class FeatureFactorization:
 
 
 def deep_feature_factorization(
-    activations: Tensor, n_components: int = 5, *, max_iter: int = 200, random_state: int = 0
+    activations: Tensor, n_components: int = 5, *, max_iter: int = 200, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
     """Non-negative matrix factorization of a batch of activations into concepts and their maps.
 
     As pytorch-grad-cam's ``dff``: the activations ``A (B, C, h, w)`` are arranged as a ``(C, B * h * w)``
     matrix (every position of every image is a sample, so the concepts are shared by the batch), each
     channel is shifted by its minimum ``o_c`` to be non-negative, and scikit-learn's
-    ``NMF(n_components, init="random", random_state=random_state, max_iter=max_iter)`` factorizes it into
+    ``NMF(n_components, init="random", random_state=seed, max_iter=max_iter)`` factorizes it into
     ``W (C, N)`` and ``H (N, B * h * w)``. The concepts are ``W + o`` (each column moved back by the
     channel offsets) and the maps are ``H`` as ``(B, N, h, w)``. scikit-learn runs on the CPU in float32
     (the factorization is an iterative solver, called once per batch); the results come back to the
@@ -80,7 +80,7 @@ def deep_feature_factorization(
         activations: ``(B, C, h, w)``, floating point, finite.
         n_components: the number of concepts ``N``, ``>= 1``.
         max_iter: NMF's iteration limit (a ``ConvergenceWarning`` says when it was reached).
-        random_state: the seed of NMF's random initialisation.
+        seed: the seed of NMF's random initialisation.
 
     Returns:
         ``(concepts (N, C), maps (B, N, h, w))``, float32 on the activations' device; the maps are the raw
@@ -105,7 +105,7 @@ def deep_feature_factorization(
     check_tensor(activations, "activations", dims="B, C, h, w", floating=True)
     n_components = check_int(n_components, "n_components", minimum=1)
     max_iter = check_int(max_iter, "max_iter", minimum=1)
-    random_state = check_int(random_state, "random_state", minimum=0)
+    seed = check_int(seed, "seed", minimum=0)
     if should_check() and not all_finite(activations):
         raise ValueError("`activations` must be finite, got NaN or infinite values")
     from sklearn.decomposition import NMF  # imported here: scikit-learn is slow to import
@@ -118,7 +118,7 @@ def deep_feature_factorization(
         weights = np.zeros((channels, n_components), dtype=np.float32)
         coefficients = np.zeros((n_components, matrix.shape[1]), dtype=np.float32)
     else:
-        nmf = NMF(n_components=n_components, init="random", random_state=random_state, max_iter=max_iter)
+        nmf = NMF(n_components=n_components, init="random", random_state=seed, max_iter=max_iter)
         weights = nmf.fit_transform(shifted)
         coefficients = nmf.components_
     concepts = torch.from_numpy(np.ascontiguousarray((weights + offset[:, None]).T, dtype=np.float32))
@@ -170,7 +170,7 @@ class DeepFeatureFactorization(Releasable):
         reshape: as for [`BaseCAM`][hiercam.BaseCAM] (token and channels-last outputs are read as maps).
         output: as for [`BaseCAM`][hiercam.BaseCAM]; only used for the automatic choice of the layer.
         max_iter: NMF's iteration limit, ``>= 1``.
-        random_state: NMF's seed, ``>= 0``.
+        seed: NMF's seed, ``>= 0``.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or ``classifier`` is neither ``"auto"``, ``None``, a
@@ -198,7 +198,7 @@ class DeepFeatureFactorization(Releasable):
         reshape: ReshapeArg = "auto",
         output: OutputArg = None,
         max_iter: int = 200,
-        random_state: int = 0,
+        seed: int = 0,
     ) -> None:
         if isinstance(model, MultiHeadModel):
             raise ValueError(
@@ -208,7 +208,7 @@ class DeepFeatureFactorization(Releasable):
         if isinstance(target_layer, (list, tuple)):
             raise ValueError("DeepFeatureFactorization reads one layer: `target_layer` must not be a list")
         self.max_iter = check_int(max_iter, "max_iter", minimum=1)
-        self.random_state = check_int(random_state, "random_state", minimum=0)
+        self.seed = check_int(seed, "seed", minimum=0)
         self._reader = _ActivationReader(model, target_layer, reshape=reshape, output=output)
         self.model = model
         self.classifier = self._check_classifier(model, classifier)
@@ -252,7 +252,7 @@ class DeepFeatureFactorization(Releasable):
         if features is None:  # pragma: no cover - the reader sets it
             raise RuntimeError("no activation captured")
         concepts, maps = deep_feature_factorization(
-            features, n_components, max_iter=self.max_iter, random_state=self.random_state
+            features, n_components, max_iter=self.max_iter, seed=self.seed
         )
         maps = normalize_maps(resize_maps(maps, out_size), normalize)
         return FeatureFactorization(maps, concepts, self._scores(concepts))

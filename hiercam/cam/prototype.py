@@ -131,7 +131,7 @@ class PrototypeCAM:
     1. For class ``k``, the positions of images with ``labels[:, k] = 1`` are split into foreground
        (``maps[:, k] > foreground_threshold``) and background (``<=``).
     2. Each set is clustered into ``num_clusters`` centres by cosine K-means (scikit-learn's ``KMeans`` on
-       L2-normalised features, ``random_state`` fixed, so the result is deterministic; each centre is the mean
+       L2-normalised features, ``seed`` fixed, so the result is deterministic; each centre is the mean
        of its cluster's raw features).
     3. Centres are scored by the classifier, ``p = softmax(classifier_weight @ centre + classifier_bias)``.
        Class prototypes: foreground centres with ``p_k > class_score`` (if none passes, the best-scored one).
@@ -164,10 +164,10 @@ class PrototypeCAM:
         context_score: the context-prototype score range ``(low, high)``, ``0 <= low < high <= 1``.
             LPCAM: ``(0.05, 0.9)`` (VOC), ``(0, 0.5)`` (COCO).
         context_classes: ``None`` or ``K`` sequences of class indices (see above).
-        max_points: if set, at most this many points (drawn with ``random_state``) per class and set are
+        max_points: if set, at most this many points (drawn with ``seed``) per class and set are
             clustered, to bound K-means' time and memory; ``None`` clusters all (as LPCAM does).
         n_init: K-means restarts.
-        random_state: seed of K-means (and of the ``max_points`` draw).
+        seed: seed of K-means (and of the ``max_points`` draw).
 
     Attributes:
         class_prototypes_: after ``cluster``, ``K`` tensors ``(N_k, C)``, the selected class prototypes.
@@ -208,7 +208,7 @@ class PrototypeCAM:
         context_classes: Sequence[Sequence[int]] | None = None,
         max_points: int | None = None,
         n_init: int = 1,
-        random_state: int = 0,
+        seed: int = 0,
     ) -> None:
         check_tensor(classifier_weight, "classifier_weight", dims="K, C", floating=True)
         if classifier_weight.numel() == 0:
@@ -235,7 +235,7 @@ class PrototypeCAM:
         self.context_classes = check_context_classes(context_classes, self.num_classes)
         self.max_points = None if max_points is None else check_int(max_points, "max_points", minimum=1)
         self.n_init = check_int(n_init, "n_init", minimum=1)
-        self.random_state = check_int(random_state, "random_state", minimum=0)
+        self.seed = check_int(seed, "seed", minimum=0)
         self.reset()
 
     @property
@@ -389,7 +389,7 @@ class PrototypeCAM:
 
     def _centers(self, points: Tensor) -> Tensor:
         if self.max_points is not None and points.shape[0] > self.max_points:
-            generator = torch.Generator().manual_seed(self.random_state)
+            generator = torch.Generator().manual_seed(self.seed)
             drawn = torch.randperm(points.shape[0], generator=generator)[: self.max_points]
             points = points[drawn.sort().values]
-        return cluster_points(points, self.num_clusters, self.n_init, self.random_state)
+        return cluster_points(points, self.num_clusters, self.n_init, self.seed)

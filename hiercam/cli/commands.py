@@ -295,7 +295,7 @@ def _hierarchy(args: argparse.Namespace) -> int:
         names,
         unit_norm=args.normalize,
         weighted=args.weighted,
-        random_state=args.seed,
+        seed=args.seed,
     )
     print(hierarchy)
     if args.out is not None:

@@ -52,7 +52,7 @@ class HierarchicalKMeans:
         weighted: weight each centre by the number of classes it holds when clustering centres, so that a
             centre is the mean of all its classes' vectors rather than the mean of its sub-centres.
         n_init: K-means restarts per level.
-        random_state: seed of K-means; the result is deterministic for a fixed seed.
+        seed: seed of K-means; the result is deterministic for a fixed seed.
 
     Attributes:
         centers_: after [`fit`][hiercam.HierarchicalKMeans.fit], the group centres of each level,
@@ -82,7 +82,7 @@ class HierarchicalKMeans:
         unit_norm: bool = False,
         weighted: bool = False,
         n_init: int = 10,
-        random_state: int = 0,
+        seed: int = 0,
     ) -> None:
         self.levels = check_levels(levels)
         self.singletons = _check_singletons(singletons)
@@ -94,7 +94,7 @@ class HierarchicalKMeans:
         self.unit_norm = _check_bool(unit_norm, "unit_norm")
         self.weighted = _check_bool(weighted, "weighted")
         self.n_init = check_int(n_init, "n_init", minimum=1)
-        self.random_state = check_int(random_state, "random_state", minimum=0)
+        self.seed = check_int(seed, "seed", minimum=0)
         self.centers_: list[Tensor] = []
 
     def fit(self, embeddings: Tensor, class_names: Sequence[str] | None = None) -> ClassHierarchy:
@@ -160,7 +160,7 @@ class HierarchicalKMeans:
                     f"`levels` asks for {count} groups at level {depth}, but there are only {distinct} "
                     "distinct points to cluster there"
                 )
-            kmeans = KMeans(n_clusters=count, n_init=self.n_init, random_state=self.random_state)
+            kmeans = KMeans(n_clusters=count, n_init=self.n_init, random_state=self.seed)
             labels = kmeans.fit_predict(points, sample_weight=weights if self.weighted else None)
             sizes = np.bincount(labels, minlength=count)
             if (sizes == 0).any():
@@ -180,7 +180,7 @@ class HierarchicalKMeans:
         alone = f"singletons={self.singletons}, " if self.singletons else ""
         return (
             f"HierarchicalKMeans(levels={self.levels}, {alone}unit_norm={self.unit_norm}, "
-            f"weighted={self.weighted}, n_init={self.n_init}, random_state={self.random_state})"
+            f"weighted={self.weighted}, n_init={self.n_init}, seed={self.seed})"
         )
 
 
@@ -194,7 +194,7 @@ def group_classes(
     unit_norm: bool = False,
     weighted: bool = False,
     n_init: int = 10,
-    random_state: int = 0,
+    seed: int = 0,
 ) -> ClassHierarchy:
     """Class vectors of a trained classifier, clustered into a hierarchy: the one-liner for notebooks.
 
@@ -212,7 +212,7 @@ def group_classes(
         weighted: weight centres by their class counts (see
             [`HierarchicalKMeans`][hiercam.HierarchicalKMeans]).
         n_init: K-means restarts per level.
-        random_state: K-means seed.
+        seed: K-means seed.
 
     Returns:
         The [`ClassHierarchy`][hiercam.ClassHierarchy].
@@ -228,7 +228,7 @@ def group_classes(
         unit_norm=unit_norm,
         weighted=weighted,
         n_init=n_init,
-        random_state=random_state,
+        seed=seed,
     )
     return clusterer.fit(class_embeddings(model_or_weights, layer), class_names)
 

@@ -145,12 +145,12 @@ def cluster_subcategories(
     clusters: int = 10,
     min_size: int = 5,
     unit_norm: bool = False,
-    random_state: int = 0,
+    seed: int = 0,
 ) -> SubCategories:
     """K-means of each class's image features into sub-categories (SC-CAM's pseudo sub-category labels).
 
     For class ``k`` held by ``n_k`` of the images, scikit-learn's ``KMeans(n_clusters=c_k, n_init=10,
-    random_state=random_state)`` clusters their features into ``c_k = max(1, min(clusters, n_k // min_size))``
+    random_state=seed)`` clusters their features into ``c_k = max(1, min(clusters, n_k // min_size))``
     sub-categories (so that no sub-category is expected to hold fewer than about ``min_size`` images; the
     authors' VOC setting is ``clusters=10``). An image holding several classes is clustered once per class.
 
@@ -161,7 +161,7 @@ def cluster_subcategories(
         clusters: the most sub-categories of a class, ``>= 1``.
         min_size: images per sub-category below which a class gets fewer clusters, ``>= 1``.
         unit_norm: L2-normalise the features first (cosine geometry).
-        random_state: K-means seed.
+        seed: K-means seed.
 
     Returns:
         [`SubCategories`][hiercam.grouping.SubCategories]; its ``assign(features, labels)`` gives back the
@@ -186,7 +186,7 @@ def cluster_subcategories(
 
     clusters = check_int(clusters, "clusters", minimum=1)
     min_size = check_int(min_size, "min_size", minimum=1)
-    random_state = check_int(random_state, "random_state", minimum=0)
+    seed = check_int(seed, "seed", minimum=0)
     if not isinstance(unit_norm, bool):
         raise TypeError(f"`unit_norm` must be a bool, got {type_name(unit_norm)}")
     features, labels = _check_inputs(features, labels, None)
@@ -201,7 +201,7 @@ def cluster_subcategories(
         rows = points[held[:, k].numpy()]
         count = max(1, min(clusters, len(rows) // min_size))
         # the centres are ordered by the cluster's first image, so that equal data give equal indices
-        fit = KMeans(n_clusters=count, n_init=10, random_state=random_state).fit(rows)
+        fit = KMeans(n_clusters=count, n_init=10, random_state=seed).fit(rows)
         order = list(dict.fromkeys(fit.labels_.tolist()))
         order += [c for c in range(count) if c not in order]
         centers.append(torch.as_tensor(fit.cluster_centers_[order], dtype=torch.float32))

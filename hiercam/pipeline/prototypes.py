@@ -68,9 +68,9 @@ def fit_prototypes(ctx: RunContext, base: TrainedModel) -> Prototypes:
     """The base classifier's LPCAM prototypes from the training split (cached).
 
     The features are ``base.model.forward_features``; the maps its plain Grad-CAMs at the feature resolution,
-    max-normalised; K-means with ``PROTOTYPE_OPTIONS`` and ``random_state`` = the run's seed.
+    max-normalised; K-means with ``PROTOTYPE_OPTIONS`` and ``seed`` = the run's seed.
     """
-    options = {**PROTOTYPE_OPTIONS, "random_state": ctx.config.seed}
+    options = {**PROTOTYPE_OPTIONS, "seed": ctx.config.seed}
     parts = {"base": base.content_key, "options": options, "data": data_key(ctx.config), "what": "prototypes"}
     key = digest(parts)
     folder = ctx.maps_dir
@@ -153,7 +153,7 @@ def prototype_maps(
     context_name = ctx.config.method.prototype_context
     parts = {
         "base": base.content_key,
-        "options": {**PROTOTYPE_OPTIONS, "random_state": ctx.config.seed, "context": context_name},
+        "options": {**PROTOTYPE_OPTIONS, "seed": ctx.config.seed, "context": context_name},
         "hierarchy": hierarchy_key if context_name == "siblings" and hierarchy is not None else None,
         "data": data_key(ctx.config),
         "split": split,

@@ -105,7 +105,7 @@ def train_subcategories(ctx: RunContext, base: TrainedModel) -> dict[ModelKey, T
         train_labels,
         clusters=method.subcategories,
         min_size=method.subcategory_min_size,
-        random_state=0,  # the same sub-categories for every seed when the features are a frozen backbone's
+        seed=0,  # the same sub-categories for every seed when the features are a frozen backbone's
     )
     ctx.log(
         f"  sub-categories of the {source} features: {subcategories.num_subcategories} "

@@ -122,7 +122,7 @@ def _group(
     """Hierarchical K-means of the class vectors of ``method.grouping_source`` (``"fc"`` or co-occurrence)."""
     config, method = ctx.config, ctx.config.method
     if method.grouping_source == "cooccurrence":
-        kmeans = HierarchicalKMeans(levels, singletons=singletons, unit_norm=True, random_state=config.seed)
+        kmeans = HierarchicalKMeans(levels, singletons=singletons, unit_norm=True, seed=config.seed)
         return kmeans.fit(cooccurrence_embeddings(targets), names)
     return group_classes(
         base.model,
@@ -130,7 +130,7 @@ def _group(
         names,
         unit_norm=method.grouping_unit_norm,
         weighted=method.grouping_weighted,
-        random_state=config.seed,
+        seed=config.seed,
         singletons=singletons,
     )
 
