@@ -112,6 +112,7 @@ ROWS_ORDER = (
     "subcategory",
     "subcategory_shuffled",
     "recam",
+    "recam_plain",
     "recam_siblings",
     "recam_siblings_shuffled",
 )
@@ -229,7 +230,9 @@ def recam_models(
 
     The siblings are those of the frozen backbone's prototype hierarchy when there is a pretrained backbone
     (seed-stable groups of classes that look alike), else of the FC-weight hierarchy. Each returned model is
-    ``ReCAMNet.recam_classifier()``, whose Grad-CAM is ReCAM's re-activated map.
+    ``ReCAMNet.recam_classifier()``, whose Grad-CAM is ReCAM's re-activated map; ``plain`` (row
+    ``recam_plain``) is the all-class fine-tuning's ``ReCAMNet.plain_classifier()``, the fine-tuned net's own
+    classifier ``W`` (ReCAM's training without its ``W' * W`` map).
     """
     from hiercam.grouping import shuffled_hierarchy
     from hiercam.losses import sibling_candidates
@@ -245,16 +248,24 @@ def recam_models(
         shuffled = shuffled_hierarchy(hierarchy, seed=ctx.config.seed)
         hierarchies[f"{source}_shuffled"] = shuffled
         candidates["siblings_shuffled"] = sibling_candidates(shuffled, 1)
-    return {
-        name or "all": recam_model(ctx, base, name or "all", allowed, log)
-        for name, allowed in candidates.items()
-    }
+    models = {}
+    for name, allowed in candidates.items():
+        net, key = recam_model(ctx, base, name or "all", allowed, log)
+        models[name or "all"] = dataclasses.replace(
+            base, model=net.recam_classifier().eval(), content_key=key
+        )
+        if not name and "recam_plain" in wanted:
+            plain_key = digest({"recam": key, "classifier": "plain"})
+            models["plain"] = dataclasses.replace(
+                base, model=net.plain_classifier().eval(), content_key=plain_key
+            )
+    return models
 
 
 def recam_model(
     ctx: RunContext, base: TrainedModel, name: str, candidates: Tensor | None, log: Callable[[str], None]
-) -> TrainedModel:
-    """One ReCAM fine-tuning of the base classifier (cached by content key under ``<cache>/recam``)."""
+) -> tuple[Any, str]:
+    """One ReCAM fine-tuning of the base classifier (cached under ``<cache>/recam``): the net and its key."""
     from hiercam import fit
     from hiercam.losses import ReActivationLoss
     from hiercam.models import ReCAMNet
@@ -314,7 +325,7 @@ def recam_model(
             f"recam {name}: trained in {ctx.timings[f'train_recam_{name}']:.0f}s, val mAP "
             f"{history['val_map'][-1]:.3f}, re-activation {history['train_reactivation'][-1]:.3f}"
         )
-    return dataclasses.replace(base, model=net.eval().recam_classifier().eval(), content_key=key)
+    return net.eval(), key
 
 
 #: SC-CAM's settings (its public code: 10 sub-categories per class), with fewer clusters for a class seen in
@@ -745,6 +756,7 @@ CONTROLS = {
     "prototype_groups": ("gradcam", "prototype_others", "prototype_groups_shuffled", "ensemble"),
     "subcategory": ("gradcam", "ensemble", "subcategory_shuffled", "prototype_others"),
     "recam": ("gradcam", "ensemble"),
+    "recam_plain": ("gradcam", "recam"),
     "recam_siblings": ("gradcam", "ensemble", "recam", "recam_siblings_shuffled"),
 }
 

@@ -122,6 +122,27 @@ def test_recam_classifier_gradcam_is_the_authors_forward2_map() -> None:
     assert all(torch.equal(before[name], value) for name, value in classifier.state_dict().items())
 
 
+def test_plain_classifier_is_the_nets_own_classifier_copied() -> None:
+    classifier = trained_classifier()
+    net = ReCAMNet(classifier.features, classifier.classifier).eval()
+    images = torch.randn(2, 3, 12, 12)
+    plain = net.plain_classifier()
+    assert not plain.training
+    torch.testing.assert_close(plain(images), net(images).class_logits)
+    extractor = GradCAM(plain, "features")
+    maps = extractor(images, size="feature", normalize="max")
+    extractor.remove()
+    weights = net.classifier.weight[:, :, None, None]  # a linear head over average pooling: CAM = ReLU(W . F)
+    expected = F.relu(F.conv2d(net.features(images), weights))
+    expected = expected / expected.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12)
+    torch.testing.assert_close(maps, expected.detach(), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # a copy: changing the net afterwards leaves it as it was
+        net.classifier.weight.add_(1.0)
+        next(net.features.parameters()).add_(1.0)
+    torch.testing.assert_close(plain.classifier.weight, classifier.classifier.weight)
+    torch.testing.assert_close(plain(images), classifier(images))
+
+
 def test_fit_trains_the_predictor_and_logs_both_terms() -> None:
     backbone = SmallConvNet(width=4, norm="group")
     start = Branch(backbone, num_features=16, num_classes=3)

@@ -50,7 +50,8 @@ class ReCAMNet(nn.Module):
     (global average pooling, then ``classifier``) and, for every class ``k``, the predictor's logits of
     ``mean_positions(a_k * F)`` with ``a_k`` the class's max-normalised ReLU CAM (module docstring). Train it
     with [`ReActivationLoss`][hiercam.losses.ReActivationLoss]; explain
-    [`recam_classifier`][hiercam.models.ReCAMNet.recam_classifier].
+    [`recam_classifier`][hiercam.models.ReCAMNet.recam_classifier] (or, for the fine-tuned classifier's own
+    maps, [`plain_classifier`][hiercam.models.ReCAMNet.plain_classifier]).
 
     The backbone is cut like [`TwoBranchNet`][hiercam.TwoBranchNet]'s and deep-copied, and ``classifier`` is
     copied: the trained model passed in is not modified. The predictor ``nn.Linear(C, K, bias=False)`` is
@@ -118,6 +119,17 @@ class ReCAMNet(nn.Module):
         cams = cams / (cams.amax(dim=2, keepdim=True) + 1e-5)  # ReCAM's max-normalisation, eps 1e-5
         weighted = torch.einsum("bkn,bcn->bkc", cams, flat) / flat.shape[2]  # (B, K, C)
         return ReCAMOutput(logits, self.predictor(weighted))
+
+    def plain_classifier(self) -> Branch:
+        """A copy of the net as a plain classifier with its own ``W`` and bias: the fine-tuned classifier.
+
+        Its Grad-CAM is the CAM of ReCAM's training without the re-activated ``W' * W`` map, and its logits
+        are ``forward(x).class_logits``. The features are copied, so training the net further does not change
+        it.
+        """
+        branch = Branch(copy.deepcopy(self.features), self.num_features, self.num_classes)
+        branch.classifier.load_state_dict(self.classifier.state_dict())
+        return branch.train(self.training)
 
     def recam_classifier(self) -> Branch:
         """A copy of the net as a plain classifier whose weights are ``W' * W``, no bias: ReCAM's maps.
