@@ -100,6 +100,32 @@ def test_top_k_maps_equal_gradcam_called_directly(files: dict[str, Path], tmp_pa
                 assert picture.mode == "RGB"
 
 
+@pytest.mark.parametrize(
+    ("options", "scales"),
+    [(["--multiscale"], hiercam.cam.IRN_SCALES), (["--multiscale", "1", "0.5"], (1.0, 0.5)), ([], None)],
+)
+@pytest.mark.parametrize("eigen_smooth", [False, True])
+def test_eigen_smooth_and_multiscale_equal_the_classes_called_directly(
+    files: dict[str, Path], tmp_path: Path, options: list[str], scales: tuple[float, ...] | None,
+    eigen_smooth: bool,
+) -> None:  # fmt: skip
+    out = tmp_path / "out"
+    smooth = ["--eigen-smooth"] if eigen_smooth else []
+    code = run(files["photo"], *resnet_args(files), "--size", "64", "--layer", "layer4",
+               "--classes", "2", "7", *smooth, *options, "--out", out)  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eigen_smooth"] is eigen_smooth
+    assert summary["scales"] == (None if scales is None else list(scales))
+    x = preprocess(files["photo"], (64, 64))
+    with GradCAM(reference_model(files["weights"]), "layer4", eigen_smooth=eigen_smooth) as cam:
+        explain = cam if scales is None else hiercam.cam.MultiScaleCAM(cam, scales)
+        expected = explain(x, [2, 7])[0]
+    saved = torch.load(out / "photo.pt", weights_only=True)
+    torch.testing.assert_close(saved["maps"], expected, rtol=1e-4, atol=1e-5)
+    assert saved["classes"].tolist() == [2, 7]
+
+
 def test_overlay_png_is_viz_overlay_on_the_original(files: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from hiercam.viz import overlay
@@ -385,6 +411,10 @@ def test_missing_weights_file(
         (["--size", "32", "32", "32"], "`size` must be one int or (H, W), got 3 values"),
         (["--size", "4"], "`size` must be >= 8, got 4"),
         (["--device", "tpu9"], "`device` must be a torch device such as 'cpu' or 'cuda', got 'tpu9'"),
+        (["--method", "fullgrad", "--eigen-smooth"], "`eigen_smooth` is not taken by FullGrad; the methods"),
+        (["--method", "eigencam", "--eigen-smooth"], "`eigen_smooth` is not taken by EigenCAM"),
+        (["--multiscale", "1", "0"], "`scales` must be positive and finite, got 0.0"),
+        (["--multiscale", "nan"], "`scales` must be positive and finite, got nan"),
     ],
 )
 def test_bad_options_exit_2_naming_the_argument(

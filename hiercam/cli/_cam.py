@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hiercam.cam import METHODS
+from hiercam.cam import IRN_SCALES, METHODS
 
 __all__ = ["add_cam_parser", "run_cam"]
 
@@ -96,6 +96,21 @@ def add_cam_parser(commands: Any) -> None:
         choices=("max", "minmax", "none"),
         help="rescaling of the saved maps (default: max)",
     )
+    cam.add_argument(
+        "--eigen-smooth",
+        action="store_true",
+        help="the first principal component of the method's weighted activations (pytorch-grad-cam's "
+        "eigen_smooth; not taken by eigencam, eigengradcam, kpcacam, fullgrad and the guided methods)",
+    )
+    cam.add_argument(
+        "--multiscale",
+        type=float,
+        nargs="*",
+        default=None,
+        metavar="S",
+        help="IRN's test-time augmentation: the maps of the image at these scales and of its mirror images, "
+        f"averaged (no value: {' '.join(f'{s:g}' for s in IRN_SCALES)})",
+    )
     cam.add_argument("--no-overlay", action="store_true", help="write only the maps (no matplotlib needed)")
     cam.add_argument(
         "--device",
@@ -130,6 +145,8 @@ def run_cam(args: argparse.Namespace) -> int:
         overlays=not args.no_overlay,
         device=args.device,
         class_names=args.class_names,
+        eigen_smooth=args.eigen_smooth,
+        scales=None if args.multiscale is None else args.multiscale or IRN_SCALES,
     )
     for record in records:
         labels = record.names or [str(k) for k in record.classes]

@@ -12,6 +12,7 @@ first) before the model does any work.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import warnings
 from collections.abc import Sequence
@@ -23,7 +24,8 @@ from torch import Tensor, nn
 
 from hiercam._io import atomic_write_json, check_out_dir
 from hiercam._validation import check_choice, check_int, type_name
-from hiercam.cam import METHODS, BaseCAM
+from hiercam.cam import METHODS, BaseCAM, MultiScaleCAM
+from hiercam.cam.augment import _check_scales as check_scales
 from hiercam.cli._args import one_line
 from hiercam.cli._files import (
     check_images,
@@ -83,6 +85,8 @@ def explain_images(
     overlays: bool = True,
     device: str | torch.device | None = None,
     class_names: str | os.PathLike[str] | Sequence[str] | None = None,
+    eigen_smooth: bool = False,
+    scales: Sequence[float] | None = None,
 ) -> list[ExplainedImage]:
     """Compute and save the class activation maps of image files.
 
@@ -120,6 +124,13 @@ def explain_images(
             machine (default: CUDA if available, else the CPU).
         class_names: the model's class names, one per class: a list, or a file holding a JSON list or one
             name per line; they go to the records and ``summary.json``.
+        eigen_smooth: the method's ``eigen_smooth`` (the first principal component of its weighted
+            activations; see [`BaseCAM`][hiercam.BaseCAM]); refused by the methods that do not take it
+            (EigenCAM, EigenGradCAM, KPCA-CAM, FullGrad, the guided methods).
+        scales: ``None`` for one pass, or image scales for IRN's test-time augmentation
+            ([`MultiScaleCAM`][hiercam.MultiScaleCAM]: each scale with its mirror image, the raw maps
+            averaged), e.g. ``IRN_SCALES`` ``(1.0, 0.5, 1.5, 2.0)``; the classes are chosen on the unscaled
+            image as without it.
 
     Returns:
         One record per image, in the order of ``images``.
@@ -128,7 +139,8 @@ def explain_images(
         ValueError: unreadable or missing image files (all listed, before the model is built), an unknown
             model, method or layer (with close matches), a weights file that is not a fitting state dict,
             out-of-range ``classes``/``top_k``/``size``, both ``classes`` and ``top_k``, a ``size`` the model
-            cannot take, an unknown or unavailable ``device``, an ``out`` that is a file or inside one.
+            cannot take, an unknown or unavailable ``device``, an ``out`` that is a file or inside one,
+            ``eigen_smooth`` with a method that does not take it, empty or non-positive ``scales``.
         TypeError: arguments of the wrong type.
         ImportError: ``overlays=True`` without matplotlib, or a ``timm:`` model without timm.
 
@@ -149,6 +161,8 @@ def explain_images(
     out_dir = check_out_dir(out, "out")
     target = _check_device(device)
     cam_type = find_method(method)
+    smoothing = _check_eigen_smooth(eigen_smooth, cam_type)
+    passes = None if scales is None else check_scales(scales)
     names = _check_class_names(class_names)
     files, skipped = expand_images(images)
     check_images(files)
@@ -166,12 +180,16 @@ def explain_images(
         _check_layer(net, name)
     net = net.to(target).eval()
     records: list[ExplainedImage] = []
-    extractor: BaseCAM = cam_type(net, None if not layers else layers[0] if len(layers) == 1 else layers)
+    chosen_layers = None if not layers else layers[0] if len(layers) == 1 else layers
+    extractor: BaseCAM = (
+        cam_type(net, chosen_layers, eigen_smooth=True) if smoothing else cam_type(net, chosen_layers)
+    )
+    explain = extractor if passes is None else MultiScaleCAM(extractor, passes)
     with extractor:
         for path, stem in zip(files, unique_stems(files), strict=True):
             original, x = read_image(path, options.size, input_norm, MAX_OVERLAY_SIDE)
             chosen, scores = _classes_for(net, x.to(target), options.classes, options.top_k, names)
-            maps = extractor(x.to(target), chosen, normalize=normalize)[0].float().cpu()
+            maps = explain(x.to(target), chosen, normalize=normalize)[0].float().cpu()
             info = {"image": str(path), "model": model, "method": cam_type.__name__}
             info["target_layer"] = str(extractor.target_layer)
             maps_file, pictures = write_outputs(out_dir, stem, original, maps, chosen, scores, info, overlays)
@@ -186,11 +204,28 @@ def explain_images(
             "size": list(options.size),
             "input_norm": input_norm,
             "normalize": normalize,
+            "eigen_smooth": eigen_smooth,
+            "scales": None if passes is None else list(passes),
             "images": [asdict(record) for record in records],
             "skipped": [os.fspath(path) for path in skipped],
         }
     atomic_write_json(out_dir / "summary.json", summary)
     return records
+
+
+def _check_eigen_smooth(eigen_smooth: bool, cam_type: type[BaseCAM]) -> bool:
+    """``eigen_smooth``, checked: a bool, refused with a method whose constructor does not take it."""
+    if not isinstance(eigen_smooth, bool):
+        raise TypeError(f"`eigen_smooth` must be a bool, got {type_name(eigen_smooth)}")
+    if not eigen_smooth:
+        return False
+    if "eigen_smooth" not in inspect.signature(cam_type).parameters:
+        takes = [name for name, cls in METHODS.items() if "eigen_smooth" in inspect.signature(cls).parameters]
+        raise ValueError(
+            f"`eigen_smooth` is not taken by {cam_type.__name__}; the methods that take it: "
+            f"{', '.join(takes)}"
+        )
+    return True
 
 
 @dataclass(frozen=True)
