@@ -24,6 +24,10 @@ masks:
   the mean of its groups' maps (a group's map: the class prototypes of all its classes against every class
   outside it), over the frozen backbone's prototype hierarchy (the FC-weight one without a pretrained
   backbone) or its shuffled control;
+* ``recam`` / ``recam_siblings`` / ``recam_siblings_shuffled``: ReCAM fine-tunings of the base classifier
+  (every class, the siblings, shuffled siblings as the softmax's negatives), explained by their ``W' * W``
+  maps; with ``_plain`` (``recam_plain``, ...) by the fine-tuned net's own classifier ``W``; ``finetune``
+  (their control): the same training with the re-activation weight 0;
 * with ``--multiscale``: every row whose maps come from Grad-CAM also with IRN's multi-scale aggregation.
 
 Figures: mIoU at 0.15 and at t* (the threshold with the best validation mIoU, from a grid wide enough that t*
@@ -112,9 +116,12 @@ ROWS_ORDER = (
     "subcategory",
     "subcategory_shuffled",
     "recam",
-    "recam_plain",
     "recam_siblings",
     "recam_siblings_shuffled",
+    "finetune",
+    "recam_plain",
+    "recam_siblings_plain",
+    "recam_siblings_shuffled_plain",
 )
 ROWS_ORDER = tuple(row + suffix for suffix in ("", "_ms") for row in ROWS_ORDER)
 ROWS = ROWS_ORDER[: len(ROWS_ORDER) // 2]
@@ -195,7 +202,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
     if wanted & {"subcategory", "subcategory_shuffled"}:
         subcategory = subcategory_models(ctx, base, wanted, log)
     recam = {}
-    if any(row.startswith("recam") for row in wanted):
+    if any(row.startswith("recam") or row == "finetune" for row in wanted):
         recam = recam_models(ctx, base, hierarchies, wanted, log)
     partners = []
     if "ensemble" in wanted:
@@ -229,10 +236,12 @@ def recam_models(
     """ReCAM fine-tunings of the base classifier: every class as negatives, the siblings, shuffled siblings.
 
     The siblings are those of the frozen backbone's prototype hierarchy when there is a pretrained backbone
-    (seed-stable groups of classes that look alike), else of the FC-weight hierarchy. Each returned model is
-    ``ReCAMNet.recam_classifier()``, whose Grad-CAM is ReCAM's re-activated map; ``plain`` (row
-    ``recam_plain``) is the all-class fine-tuning's ``ReCAMNet.plain_classifier()``, the fine-tuned net's own
-    classifier ``W`` (ReCAM's training without its ``W' * W`` map).
+    (seed-stable groups of classes that look alike), else of the FC-weight hierarchy. The models ``all``,
+    ``siblings`` and ``siblings_shuffled`` are ``ReCAMNet.recam_classifier()``, whose Grad-CAM is ReCAM's
+    re-activated map; with the suffix ``_plain`` (``plain`` for ``all``) they are the same fine-tuning's
+    ``ReCAMNet.plain_classifier()``, the fine-tuned net's own classifier ``W`` (ReCAM's training without its
+    ``W' * W`` map). ``finetune`` is the same training with the re-activation term's weight 0: the base
+    classifier trained as long again with its BCE alone, the control of the ``_plain`` rows.
     """
     from hiercam.grouping import shuffled_hierarchy
     from hiercam.losses import sibling_candidates
@@ -241,31 +250,45 @@ def recam_models(
     if source not in hierarchies:
         hierarchies[source] = embedding_hierarchy(ctx, base, hierarchies["fc"])
     hierarchy = hierarchies[source]
-    candidates: dict[str, Tensor | None] = {"": None}
-    if "recam_siblings" in wanted:
-        candidates["siblings"] = sibling_candidates(hierarchy, 1)
-    if "recam_siblings_shuffled" in wanted:
+    fine_tunings: dict[str, tuple[Tensor | None, float]] = {}
+    if wanted & {"recam", "recam_plain"}:
+        fine_tunings["all"] = (None, RECAM_OPTIONS["weight"])
+    if wanted & {"recam_siblings", "recam_siblings_plain"}:
+        fine_tunings["siblings"] = (sibling_candidates(hierarchy, 1), RECAM_OPTIONS["weight"])
+    if wanted & {"recam_siblings_shuffled", "recam_siblings_shuffled_plain"}:
         shuffled = shuffled_hierarchy(hierarchy, seed=ctx.config.seed)
         hierarchies[f"{source}_shuffled"] = shuffled
-        candidates["siblings_shuffled"] = sibling_candidates(shuffled, 1)
+        fine_tunings["siblings_shuffled"] = (sibling_candidates(shuffled, 1), RECAM_OPTIONS["weight"])
+    if "finetune" in wanted:
+        fine_tunings["finetune"] = (None, 0.0)
     models = {}
-    for name, allowed in candidates.items():
-        net, key = recam_model(ctx, base, name or "all", allowed, log)
-        models[name or "all"] = dataclasses.replace(
-            base, model=net.recam_classifier().eval(), content_key=key
+    for name, (allowed, weight) in fine_tunings.items():
+        net, key = recam_model(ctx, base, name, allowed, log, weight)
+        plain = dataclasses.replace(
+            base,
+            model=net.plain_classifier().eval(),
+            content_key=digest({"recam": key, "classifier": "plain"}),
         )
-        if not name and "recam_plain" in wanted:
-            plain_key = digest({"recam": key, "classifier": "plain"})
-            models["plain"] = dataclasses.replace(
-                base, model=net.plain_classifier().eval(), content_key=plain_key
-            )
+        if name == "finetune":
+            models[name] = plain
+            continue
+        models[name] = dataclasses.replace(base, model=net.recam_classifier().eval(), content_key=key)
+        models["plain" if name == "all" else f"{name}_plain"] = plain
     return models
 
 
 def recam_model(
-    ctx: RunContext, base: TrainedModel, name: str, candidates: Tensor | None, log: Callable[[str], None]
+    ctx: RunContext,
+    base: TrainedModel,
+    name: str,
+    candidates: Tensor | None,
+    log: Callable[[str], None],
+    weight: float = RECAM_OPTIONS["weight"],
 ) -> tuple[Any, str]:
-    """One ReCAM fine-tuning of the base classifier (cached under ``<cache>/recam``): the net and its key."""
+    """One ReCAM fine-tuning of the base classifier (cached under ``<cache>/recam``): the net and its key.
+
+    ``weight`` is the re-activation term's (0: the base classifier trained on with its BCE alone).
+    """
     from hiercam import fit
     from hiercam.losses import ReActivationLoss
     from hiercam.models import ReCAMNet
@@ -280,7 +303,7 @@ def recam_model(
             "base": base.content_key,
             "candidates": None if candidates is None else candidates.int().tolist(),
             "train": dataclasses.asdict(train),
-            **RECAM_OPTIONS,
+            **{**RECAM_OPTIONS, "weight": weight},
         }
     )
     folder = ctx.cache / "recam"
@@ -306,7 +329,7 @@ def recam_model(
                 ctx.data("train").training_set(augment=True), train.batch_size, config.seed, ctx.dist
             ),
             epochs=train.epochs,
-            loss=ReActivationLoss(weight=RECAM_OPTIONS["weight"], candidates=candidates),
+            loss=ReActivationLoss(weight=weight, candidates=candidates),
             optimizer=optimizer,
             val_loader=train_loader(
                 ctx.data("val").training_set(augment=False), 64, config.seed, ctx.dist, shuffle=False
@@ -518,8 +541,11 @@ def row_makers(
                 return fuse_hierarchy(base, levels, h, labels, rest_reduction=rest)
 
             makers[row] = fused
-        elif name.startswith("recam"):
-            rc = models.recam[name.removeprefix("recam").removeprefix("_") or "all"]
+        elif name.startswith("recam") or name == "finetune":
+            which = (
+                "finetune" if name == "finetune" else name.removeprefix("recam").removeprefix("_") or "all"
+            )
+            rc = models.recam[which]
             makers[row] = lambda index, labels, size, up=up, rc=rc: up(rc, index, size)
         elif name.startswith("subcategory"):
             sc = models.subcategory["shuffled" if name.endswith("_shuffled") else "real"]
@@ -756,7 +782,14 @@ CONTROLS = {
     "prototype_groups": ("gradcam", "prototype_others", "prototype_groups_shuffled", "ensemble"),
     "subcategory": ("gradcam", "ensemble", "subcategory_shuffled", "prototype_others"),
     "recam": ("gradcam", "ensemble"),
-    "recam_plain": ("gradcam", "recam"),
+    "recam_plain": ("gradcam", "ensemble", "finetune", "recam"),
+    "recam_siblings_plain": (
+        "gradcam",
+        "ensemble",
+        "finetune",
+        "recam_plain",
+        "recam_siblings_shuffled_plain",
+    ),
     "recam_siblings": ("gradcam", "ensemble", "recam", "recam_siblings_shuffled"),
 }
 
@@ -881,7 +914,7 @@ def cost(row: str, levels: int) -> tuple[int, int]:
     scale = 4 if row.endswith("_ms") else 1  # IRN's four scales
     if name in ("ensemble", "grouping", "grouping_shuffled", "grouping_cooccurrence"):
         return 1 + levels, (1 + levels) * scale
-    if name.startswith("recam"):  # the base classifier, then its fine-tuning for as many epochs
+    if name.startswith("recam") or name == "finetune":  # the base classifier, then a fine-tuning as long
         return 2, scale
     return 1, scale
 
