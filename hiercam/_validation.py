@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_scales",
     "checks",
     "checks_enabled",
     "set_checks",
@@ -463,3 +464,19 @@ def check_class_names(names: Sequence[str] | None, count: int) -> tuple[str, ...
     if len(names) != count:
         raise ValueError(f"`class_names` must have {count} entries, got {len(names)}")
     return tuple(names)
+
+
+def check_scales(scales: Any) -> tuple[float, ...]:
+    """Image scales for multi-scale inference: a non-empty sequence of positive finite numbers, as floats."""
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
+        raise TypeError(f"`scales` must be a sequence of positive numbers, got {type_name(scales)}")
+    if not scales:
+        raise ValueError("`scales` must hold at least one scale, got an empty sequence")
+    checked = []
+    for scale in scales:
+        if not is_real(scale):
+            raise TypeError(f"`scales` must hold numbers, got {type_name(scale)}")
+        if not math.isfinite(float(scale)) or float(scale) <= 0:
+            raise ValueError(f"`scales` must be positive and finite, got {float(scale)!r}")
+        checked.append(float(scale))
+    return tuple(checked)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hiercam._validation import check_choice, is_real, type_name, values_checked
+from hiercam._validation import check_choice, check_scales, type_name, values_checked
 from hiercam.cam._checks import check_elements, check_images, check_size
 from hiercam.cam._classes import ClassesArg, ClassRequest, parse_classes
 from hiercam.cam._release import Releasable
@@ -22,21 +21,6 @@ __all__ = ["MultiScaleCAM", "IRN_SCALES"]
 
 IRN_SCALES: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
 """The scales of IRN's ``make_cam.py`` (``--cam_scales``, Ahn et al., 2019)."""
-
-
-def _check_scales(scales: Any) -> tuple[float, ...]:
-    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
-        raise TypeError(f"`scales` must be a sequence of positive numbers, got {type_name(scales)}")
-    if not scales:
-        raise ValueError("`scales` must hold at least one scale, got an empty sequence")
-    checked = []
-    for scale in scales:
-        if not is_real(scale):
-            raise TypeError(f"`scales` must hold numbers, got {type_name(scale)}")
-        if not math.isfinite(float(scale)) or float(scale) <= 0:
-            raise ValueError(f"`scales` must be positive and finite, got {float(scale)!r}")
-        checked.append(float(scale))
-    return tuple(checked)
 
 
 class MultiScaleCAM(Releasable):
@@ -98,7 +82,7 @@ class MultiScaleCAM(Releasable):
         if not isinstance(flip, bool):
             raise TypeError(f"`flip` must be a bool, got {type_name(flip)}")
         self.cam = cam
-        self.scales = _check_scales(scales)
+        self.scales = check_scales(scales)
         self.flip = flip
         check_choice(pass_normalize, "pass_normalize", ("max", "minmax", None))
         self.pass_normalize = pass_normalize

@@ -23,9 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from hiercam._io import atomic_write_json, check_out_dir
-from hiercam._validation import check_choice, check_int, type_name
+from hiercam._validation import check_choice, check_int, check_scales, type_name
 from hiercam.cam import METHODS, BaseCAM, MultiScaleCAM
-from hiercam.cam.augment import _check_scales as check_scales
 from hiercam.cli._args import one_line
 from hiercam.cli._files import (
     check_images,
