@@ -184,9 +184,11 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         hierarchies["cooccurrence"] = cooc
         if "grouping_cooccurrence" in wanted:
             level_models["cooccurrence"] = train_level_models(ctx, cooc, digest(cooc.to_dict()))
-    if any(row.startswith("prototype") for row in wanted) and ctx.config.model.weights is not None:
+    if ctx.config.model.weights is not None and (
+        any(row.startswith("prototype") for row in wanted) or wanted & GROUP_SOURCE_ROWS
+    ):
         hierarchies["prototypes"] = embedding_hierarchy(ctx, base, hierarchy)
-    if "prototype_groups_shuffled" in wanted:
+    if wanted & GROUP_SOURCE_SHUFFLED_ROWS:
         from hiercam.grouping import shuffled_hierarchy
 
         source = group_source(ctx)
@@ -217,6 +219,20 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
 RECAM_OPTIONS: dict[str, Any] = {"weight": 1.0, "predictor_lr_factor": 10.0}
 
 
+#: The rows whose groups are ``group_source``'s hierarchy, and those on its shuffled copy.
+GROUP_SOURCE_SHUFFLED_ROWS = {
+    "prototype_groups_shuffled",
+    "recam_siblings_shuffled",
+    "recam_siblings_shuffled_plain",
+}
+GROUP_SOURCE_ROWS = {
+    "prototype_groups",
+    "recam_siblings",
+    "recam_siblings_plain",
+    *GROUP_SOURCE_SHUFFLED_ROWS,
+}
+
+
 def group_source(ctx: RunContext) -> str:
     """The hierarchy of the ``prototype_groups`` and ``recam_siblings`` rows: seed-stable where possible.
 
@@ -235,29 +251,25 @@ def recam_models(
 ) -> dict[str, TrainedModel]:
     """ReCAM fine-tunings of the base classifier: every class as negatives, the siblings, shuffled siblings.
 
-    The siblings are those of the frozen backbone's prototype hierarchy when there is a pretrained backbone
-    (seed-stable groups of classes that look alike), else of the FC-weight hierarchy. The models ``all``,
+    The siblings are those of ``group_source``'s hierarchy (and of its shuffled copy), which ``train_models``
+    puts in ``hierarchies``: the frozen backbone's prototype hierarchy when there is a pretrained backbone
+    (seed-stable groups of classes that look alike), else the FC-weight hierarchy. The models ``all``,
     ``siblings`` and ``siblings_shuffled`` are ``ReCAMNet.recam_classifier()``, whose Grad-CAM is ReCAM's
     re-activated map; with the suffix ``_plain`` (``plain`` for ``all``) they are the same fine-tuning's
     ``ReCAMNet.plain_classifier()``, the fine-tuned net's own classifier ``W`` (ReCAM's training without its
     ``W' * W`` map). ``finetune`` is the same training with the re-activation term's weight 0: the base
     classifier trained as long again with its BCE alone, the control of the ``_plain`` rows.
     """
-    from hiercam.grouping import shuffled_hierarchy
     from hiercam.losses import sibling_candidates
 
     source = group_source(ctx)
-    if source not in hierarchies:
-        hierarchies[source] = embedding_hierarchy(ctx, base, hierarchies["fc"])
-    hierarchy = hierarchies[source]
     fine_tunings: dict[str, tuple[Tensor | None, float]] = {}
     if wanted & {"recam", "recam_plain"}:
         fine_tunings["all"] = (None, RECAM_OPTIONS["weight"])
     if wanted & {"recam_siblings", "recam_siblings_plain"}:
-        fine_tunings["siblings"] = (sibling_candidates(hierarchy, 1), RECAM_OPTIONS["weight"])
+        fine_tunings["siblings"] = (sibling_candidates(hierarchies[source], 1), RECAM_OPTIONS["weight"])
     if wanted & {"recam_siblings_shuffled", "recam_siblings_shuffled_plain"}:
-        shuffled = shuffled_hierarchy(hierarchy, seed=ctx.config.seed)
-        hierarchies[f"{source}_shuffled"] = shuffled
+        shuffled = hierarchies[f"{source}_shuffled"]
         fine_tunings["siblings_shuffled"] = (sibling_candidates(shuffled, 1), RECAM_OPTIONS["weight"])
     if "finetune" in wanted:
         fine_tunings["finetune"] = (None, 0.0)
@@ -309,7 +321,9 @@ def recam_model(
     folder = ctx.cache / "recam"
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{name}-{key[:16]}.pt"
-    net = ReCAMNet(base.model.features, base.model.classifier)
+    with torch.random.fork_rng():  # the predictor's initialisation follows the seed, not what ran before
+        torch.manual_seed(config.seed)
+        net = ReCAMNet(base.model.features, base.model.classifier)
     if weights.is_file():
         net.load_state_dict(torch.load(weights, weights_only=True))
         log(f"recam {name}: loaded")
@@ -671,21 +685,23 @@ def group_prototype_maps(
     level classifier's Grad-CAM). Each term is max-normalised per image and class before the sum, as Eq. 6's
     maps are. Fixed before any figure of it was seen; ``(B, C, h, w)`` features give ``(B, K, h, w)`` maps.
     """
-    from hiercam.cam import prototype_cam, sibling_classes
+    from hiercam.cam import prototype_cam
 
     classes = range(len(own))
-    others = [torch.cat([context[k], *(own[j] for j in classes if j != k)]) for k in classes]
-    fused = prototype_cam(features, own, others)
-    groups = []
-    for level in range(1, hierarchy.num_levels):
-        members = [{k, *near} for k, near in enumerate(sibling_classes(hierarchy, level))]
+
+    def group_map(level: int) -> Tensor:
+        """Each class's group at ``level`` (level 0: the class alone, ``P_k``) against everything else."""
+        groups, assigned = hierarchy.groups(level), hierarchy.assignments(level).tolist()
+        members = [set(groups[assigned[k]]) for k in classes]
         positives = [torch.cat([own[j] for j in sorted(members[k])]) for k in classes]
         negatives = [
             torch.cat([context[k], *(own[j] for j in classes if j not in members[k])]) for k in classes
         ]
-        groups.append(prototype_cam(features, positives, negatives))
-    if groups:
-        fused = fused + torch.stack(groups).mean(0)
+        return prototype_cam(features, positives, negatives)
+
+    fused = group_map(0)
+    if hierarchy.num_levels > 1:
+        fused = fused + torch.stack([group_map(level) for level in range(1, hierarchy.num_levels)]).mean(0)
     return fused
 
 
