@@ -24,6 +24,10 @@ masks:
   the mean of its groups' maps (a group's map: the class prototypes of all its classes against every class
   outside it), over the frozen backbone's prototype hierarchy (the FC-weight one without a pretrained
   backbone) or its shuffled control;
+* ``prototype_groups_absent`` / ``_shuffled``: the same, but a group's map borrows only the class prototypes
+  of the group's classes *absent* from the image; a group-mate present in the image is a negative, as in
+  ``prototype_others`` (labels-aware group maps: added after ``prototype_groups`` lost to ``prototype_others``
+  where group-mates share the image);
 * ``recam`` / ``recam_siblings`` / ``recam_siblings_shuffled``: ReCAM fine-tunings of the base classifier
   (every class, the siblings, shuffled siblings as the softmax's negatives), explained by their ``W' * W``
   maps; with ``_plain`` (``recam_plain``, ...) by the fine-tuned net's own classifier ``W``; ``finetune``
@@ -113,6 +117,8 @@ ROWS_ORDER = (
     "prototype_distant_prototypes",
     "prototype_groups",
     "prototype_groups_shuffled",
+    "prototype_groups_absent",
+    "prototype_groups_absent_shuffled",
     "subcategory",
     "subcategory_shuffled",
     "recam",
@@ -222,11 +228,13 @@ RECAM_OPTIONS: dict[str, Any] = {"weight": 1.0, "predictor_lr_factor": 10.0}
 #: The rows whose groups are ``group_source``'s hierarchy, and those on its shuffled copy.
 GROUP_SOURCE_SHUFFLED_ROWS = {
     "prototype_groups_shuffled",
+    "prototype_groups_absent_shuffled",
     "recam_siblings_shuffled",
     "recam_siblings_shuffled_plain",
 }
 GROUP_SOURCE_ROWS = {
     "prototype_groups",
+    "prototype_groups_absent",
     "recam_siblings",
     "recam_siblings_plain",
     *GROUP_SOURCE_SHUFFLED_ROWS,
@@ -658,12 +666,19 @@ def prototype_maker(
     features = base_features(ctx, models.base, split)
     if name.startswith("prototype_groups"):
         source = group_source(ctx) + ("_shuffled" if name.endswith("_shuffled") else "")
-        maps = torch.cat(
-            [
-                group_prototype_maps(chunk.float(), own, context, models.hierarchies[source])
-                for chunk in features.split(64)
-            ]
-        )
+        hierarchy = models.hierarchies[source]
+        if name.startswith("prototype_groups_absent"):  # group maps borrow the absent group-mates alone
+            present = ctx.data(split).labels
+            maps = torch.cat(
+                [
+                    group_prototype_maps(feature[None].float(), own, context, hierarchy, labels[None])
+                    for feature, labels in zip(features, present, strict=True)
+                ]
+            )
+        else:
+            maps = torch.cat(
+                [group_prototype_maps(chunk.float(), own, context, hierarchy) for chunk in features.split(64)]
+            )
         return lambda index, labels, size: upsample(maps[index], size)
     if name != "prototype":
         context = [torch.cat([context[k], *(own[j] for j in siblings[k])]) for k in range(len(own))]
@@ -674,7 +689,11 @@ def prototype_maker(
 
 
 def group_prototype_maps(
-    features: Tensor, own: Sequence[Tensor], context: Sequence[Tensor], hierarchy: ClassHierarchy
+    features: Tensor,
+    own: Sequence[Tensor],
+    context: Sequence[Tensor],
+    hierarchy: ClassHierarchy,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """Eq. 6 with prototype maps in place of trained classifiers: ``M_k = P_k + mean_i G_i(k)``.
 
@@ -684,15 +703,25 @@ def group_prototype_maps(
     class prototypes of every class outside the group (a group-level LPCAM, the training-free counterpart of a
     level classifier's Grad-CAM). Each term is max-normalised per image and class before the sum, as Eq. 6's
     maps are. Fixed before any figure of it was seen; ``(B, C, h, w)`` features give ``(B, K, h, w)`` maps.
+
+    With ``labels`` (``(B, K)`` 0/1, the image labels; the same for every image of the batch), a group's map
+    borrows only the class prototypes of the group's classes absent from the image: a group-mate that is in
+    the image joins the negatives, as every other class does in ``P_k`` (``prototype_groups_absent``, fixed
+    before any figure of it was seen).
     """
     from hiercam.cam import prototype_cam
 
     classes = range(len(own))
+    present: set[int] = set()
+    if labels is not None:
+        if bool((labels != labels[:1]).any()):
+            raise ValueError("`labels` must be the same for every image of the batch")
+        present = {int(j) for j in labels[0].nonzero().flatten()}
 
     def group_map(level: int) -> Tensor:
         """Each class's group at ``level`` (level 0: the class alone, ``P_k``) against everything else."""
         groups, assigned = hierarchy.groups(level), hierarchy.assignments(level).tolist()
-        members = [set(groups[assigned[k]]) for k in classes]
+        members = [{j for j in groups[assigned[k]] if j == k or j not in present} for k in classes]
         positives = [torch.cat([own[j] for j in sorted(members[k])]) for k in classes]
         negatives = [
             torch.cat([context[k], *(own[j] for j in classes if j not in members[k])]) for k in classes
@@ -796,6 +825,13 @@ CONTROLS = {
     "prototype_distant": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "prototype_distant_prototypes": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "prototype_groups": ("gradcam", "prototype_others", "prototype_groups_shuffled", "ensemble"),
+    "prototype_groups_absent": (
+        "gradcam",
+        "prototype_others",
+        "prototype_groups_absent_shuffled",
+        "prototype_groups",
+        "ensemble",
+    ),
     "subcategory": ("gradcam", "ensemble", "subcategory_shuffled", "prototype_others"),
     "recam": ("gradcam", "ensemble"),
     "recam_plain": ("gradcam", "ensemble", "finetune", "recam"),
@@ -957,6 +993,7 @@ METHOD_ROWS = (
     "prototype_distant",
     "prototype_distant_prototypes",
     "prototype_groups",
+    "prototype_groups_absent",
     "subcategory",
     "recam",
     "recam_siblings",

@@ -108,3 +108,41 @@ def test_group_prototype_maps_follow_eq6_with_prototype_maps() -> None:
     everything = prototype_cam(features, [torch.cat(own)], [context[1]])
     expected = class_maps[:, 1:2] + (paired[:, 1:2] - class_maps[:, 1:2] + everything) / 2
     torch.testing.assert_close(normalize_maps(nested[:, 1:2]), normalize_maps(expected))
+
+
+def test_group_prototype_maps_with_labels_borrow_only_absent_group_mates() -> None:
+    import pytest
+    import torch
+
+    from hiercam import ClassHierarchy
+    from hiercam.cam import prototype_cam
+
+    script = _script()
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(1, 6, 5, 5, generator=generator)
+    own = [torch.randn(n, 6, generator=generator) for n in (2, 3, 1, 2, 2)]
+    context = [torch.randn(n, 6, generator=generator) for n in (1, 0, 2, 1, 1)]
+    hierarchy = ClassHierarchy([[0, 1, 0, 1, 0]])  # groups {0, 2, 4} and {1, 3}
+    others = [torch.cat([context[k], *(own[j] for j in range(5) if j != k)]) for k in range(5)]
+    class_maps = prototype_cam(features, own, others)
+    labels = torch.tensor([[1, 0, 1, 1, 0]])  # classes 0, 2, 3 in the image
+    borrowed = script.group_prototype_maps(features, own, context, hierarchy, labels)
+    # written out by hand: class 0 borrows absent 4 (2 is present: a negative); 2 borrows 4 (0 is a negative);
+    # 3 borrows absent 1; 1 and 4 (absent themselves) borrow their absent mates: 1 has 3 present, so none
+    positives = {0: (0, 4), 1: (1,), 2: (2, 4), 3: (3, 1), 4: (4,)}
+    for k, group in positives.items():
+        outside = [j for j in range(5) if j not in group]
+        group_map = prototype_cam(
+            features,
+            [torch.cat([own[j] for j in group])],
+            [torch.cat([context[k], *(own[j] for j in outside)])],
+        )
+        torch.testing.assert_close(borrowed[:, k : k + 1], class_maps[:, k : k + 1] + group_map)
+    # no group-mate present: the same maps as without labels
+    alone = torch.tensor([[1, 1, 0, 0, 0]])
+    torch.testing.assert_close(
+        script.group_prototype_maps(features, own, context, hierarchy, alone)[:, :2],
+        script.group_prototype_maps(features, own, context, hierarchy)[:, :2],
+    )
+    with pytest.raises(ValueError, match="same for every image"):
+        script.group_prototype_maps(features.expand(2, -1, -1, -1), own, context, hierarchy, torch.eye(2, 5))
