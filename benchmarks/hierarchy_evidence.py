@@ -997,6 +997,8 @@ METHOD_ROWS = (
     "subcategory",
     "recam",
     "recam_siblings",
+    "recam_plain",
+    "recam_siblings_plain",
 )
 
 
