@@ -27,7 +27,8 @@ masks:
 * ``prototype_groups_absent`` / ``_shuffled``: the same, but a group's map borrows only the class prototypes
   of the group's classes *absent* from the image; a group-mate present in the image is a negative, as in
   ``prototype_others`` (labels-aware group maps: added after ``prototype_groups`` lost to ``prototype_others``
-  where group-mates share the image);
+  where group-mates share the image); ``prototype_groups_gated`` / ``_shuffled``: the same group maps as a
+  gate, ``P_k * mean_i G_i(k)`` (added after ``prototype_groups_absent`` failed its rule);
 * ``recam`` / ``recam_siblings`` / ``recam_siblings_shuffled``: ReCAM fine-tunings of the base classifier
   (every class, the siblings, shuffled siblings as the softmax's negatives), explained by their ``W' * W``
   maps; with ``_plain`` (``recam_plain``, ...) by the fine-tuned net's own classifier ``W``; ``finetune``
@@ -119,6 +120,8 @@ ROWS_ORDER = (
     "prototype_groups_shuffled",
     "prototype_groups_absent",
     "prototype_groups_absent_shuffled",
+    "prototype_groups_gated",
+    "prototype_groups_gated_shuffled",
     "subcategory",
     "subcategory_shuffled",
     "recam",
@@ -228,12 +231,14 @@ RECAM_OPTIONS: dict[str, Any] = {"weight": 1.0, "predictor_lr_factor": 10.0}
 #: The rows whose groups are ``group_source``'s hierarchy, and those on its shuffled copy.
 GROUP_SOURCE_SHUFFLED_ROWS = {
     "prototype_groups_shuffled",
+    "prototype_groups_gated_shuffled",
     "prototype_groups_absent_shuffled",
     "recam_siblings_shuffled",
     "recam_siblings_shuffled_plain",
 }
 GROUP_SOURCE_ROWS = {
     "prototype_groups",
+    "prototype_groups_gated",
     "prototype_groups_absent",
     "recam_siblings",
     "recam_siblings_plain",
@@ -667,11 +672,12 @@ def prototype_maker(
     if name.startswith("prototype_groups"):
         source = group_source(ctx) + ("_shuffled" if name.endswith("_shuffled") else "")
         hierarchy = models.hierarchies[source]
-        if name.startswith("prototype_groups_absent"):  # group maps borrow the absent group-mates alone
+        if name.startswith(("prototype_groups_absent", "prototype_groups_gated")):  # the absent mates alone
             present = ctx.data(split).labels
+            fusion = "product" if name.startswith("prototype_groups_gated") else "sum"
             maps = torch.cat(
                 [
-                    group_prototype_maps(feature[None].float(), own, context, hierarchy, labels[None])
+                    group_prototype_maps(feature[None].float(), own, context, hierarchy, labels[None], fusion)
                     for feature, labels in zip(features, present, strict=True)
                 ]
             )
@@ -694,6 +700,7 @@ def group_prototype_maps(
     context: Sequence[Tensor],
     hierarchy: ClassHierarchy,
     labels: Tensor | None = None,
+    fusion: str = "sum",
 ) -> Tensor:
     """Eq. 6 with prototype maps in place of trained classifiers: ``M_k = P_k + mean_i G_i(k)``.
 
@@ -708,8 +715,15 @@ def group_prototype_maps(
     borrows only the class prototypes of the group's classes absent from the image: a group-mate that is in
     the image joins the negatives, as every other class does in ``P_k`` (``prototype_groups_absent``, fixed
     before any figure of it was seen).
+
+    ``fusion="product"`` gates the class map by the group term instead, ``M_k = P_k * mean_i G_i(k)`` (the
+    group map as a soft mask of where ``k``'s kind of object is; ``prototype_groups_gated``, labels-aware,
+    fixed before any figure of it was seen); a hierarchy without group levels gives ``P_k``.
     """
     from hiercam.cam import prototype_cam
+
+    if fusion not in ("sum", "product"):
+        raise ValueError(f"`fusion` must be 'sum' or 'product', got {fusion!r}")
 
     classes = range(len(own))
     present: set[int] = set()
@@ -730,7 +744,8 @@ def group_prototype_maps(
 
     fused = group_map(0)
     if hierarchy.num_levels > 1:
-        fused = fused + torch.stack([group_map(level) for level in range(1, hierarchy.num_levels)]).mean(0)
+        groups = torch.stack([group_map(level) for level in range(1, hierarchy.num_levels)]).mean(0)
+        fused = fused * groups if fusion == "product" else fused + groups
     return fused
 
 
@@ -830,6 +845,13 @@ CONTROLS = {
         "prototype_others",
         "prototype_groups_absent_shuffled",
         "prototype_groups",
+        "ensemble",
+    ),
+    "prototype_groups_gated": (
+        "gradcam",
+        "prototype_others",
+        "prototype_groups_gated_shuffled",
+        "prototype_groups_absent",
         "ensemble",
     ),
     "subcategory": ("gradcam", "ensemble", "subcategory_shuffled", "prototype_others"),
@@ -994,6 +1016,7 @@ METHOD_ROWS = (
     "prototype_distant_prototypes",
     "prototype_groups",
     "prototype_groups_absent",
+    "prototype_groups_gated",
     "subcategory",
     "recam",
     "recam_siblings",

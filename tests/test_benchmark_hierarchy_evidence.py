@@ -146,3 +146,8 @@ def test_group_prototype_maps_with_labels_borrow_only_absent_group_mates() -> No
     )
     with pytest.raises(ValueError, match="same for every image"):
         script.group_prototype_maps(features.expand(2, -1, -1, -1), own, context, hierarchy, torch.eye(2, 5))
+    # the gate: the class map times the same group term
+    gated = script.group_prototype_maps(features, own, context, hierarchy, labels, fusion="product")
+    torch.testing.assert_close(gated, class_maps * (borrowed - class_maps))
+    with pytest.raises(ValueError, match="fusion"):
+        script.group_prototype_maps(features, own, context, hierarchy, labels, fusion="max")
