@@ -1130,20 +1130,25 @@ def print_validation(folders: Sequence[Path], dataset: str) -> None:
 
     Each folder is a ``--results`` root whose ``hierarchy/<dataset>`` holds ``validation_seed_<n>.json``
     (``--validation-only``) or full ``seed_<n>.json`` records (their validation figures are read, nothing
-    else). The difference to Grad-CAM is paired by seed (each record's own base classifier).
+    else). The difference to Grad-CAM is paired by seed (each record's own base classifier). The SC-CAM
+    weight column is shown when a record holds a sub-category row.
     """
-    print(
-        "| records | SC-CAM weight | row | seeds | val mIoU@0.15 | Δ vs gradcam per seed | "
-        "precision / recall @0.15 |"
-    )
-    print("| --- | ---: | --- | --- | ---: | --- | ---: |")
+    sets = []
     for folder in folders:
         where = folder / "hierarchy" / dataset
         paths = sorted(where.glob("validation_seed_*.json")) or sorted(where.glob("seed_*.json"))
         records = [json.loads(path.read_text()) for path in paths]
-        if not records:
-            continue
-        weight = records[0].get("subcategory_weight", 5.0)
+        if records:
+            sets.append((folder, records))
+    weighted = any(row.startswith("subcategory") for _, records in sets for r in records for row in r["rows"])
+    weight_head, weight_rule = ("SC-CAM weight | ", "---: | ") if weighted else ("", "")
+    print(
+        f"| records | {weight_head}row | seeds | val mIoU@0.15 | Δ vs gradcam per seed | "
+        "precision / recall @0.15 |"
+    )
+    print(f"| --- | {weight_rule}--- | --- | ---: | --- | ---: |")
+    for folder, records in sets:
+        weight = f"{records[0].get('subcategory_weight', 5.0):g} | " if weighted else ""
         for row in ROWS_ORDER:
             have = [r for r in records if row in r["results"]]
             if not have:
@@ -1154,7 +1159,7 @@ def print_validation(folders: Sequence[Path], dataset: str) -> None:
             recall = sum(r["results"][row]["val_recall_paper"] for r in have) / len(have)
             shown = "" if row == "gradcam" else ", ".join(f"{d:+.2f}" for d in deltas)
             print(
-                f"| {folder.name} | {weight:g} | {row} | {', '.join(str(r['seed']) for r in have)} | "
+                f"| {folder.name} | {weight}{row} | {', '.join(str(r['seed']) for r in have)} | "
                 f"{_spread(val)} | {shown} | {precision:.1f} / {recall:.1f} |"
             )
 

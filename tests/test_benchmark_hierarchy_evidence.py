@@ -65,6 +65,26 @@ def test_tables_print_the_records(records) -> None:
     assert "| full | 0.5 | subcategory_shuffled | 0 |" in shown
 
 
+def test_validation_table_shows_the_sc_cam_weight_only_with_sub_category_rows(tmp_path, capsys) -> None:
+    import json
+
+    script = _script()
+    figures = {"val_miou_paper": 50.0, "val_precision_paper": 60.0, "val_recall_paper": 70.0}
+    record = {
+        "seed": 0,
+        "rows": ["gradcam", "prototype_others"],
+        "subcategory_weight": 5.0,
+        "results": {"gradcam": figures, "prototype_others": {**figures, "val_miou_paper": 52.5}},
+    }
+    where = tmp_path / "plain" / "hierarchy" / "msrc21"
+    where.mkdir(parents=True)
+    (where / "validation_seed_0.json").write_text(json.dumps(record))
+    script.print_validation([tmp_path / "plain"], "msrc21")
+    shown = capsys.readouterr().out
+    assert shown.splitlines()[0].startswith("| records | row | seeds |")
+    assert "| plain | prototype_others | 0 | 52.50 | +2.50 | 60.0 / 70.0 |" in shown
+
+
 def _script():
     """The script as a module (registered in ``sys.modules``: its dataclasses look their module up)."""
     import importlib.util
