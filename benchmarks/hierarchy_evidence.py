@@ -29,6 +29,9 @@ masks:
   ``prototype_others`` (labels-aware group maps: added after ``prototype_groups`` lost to ``prototype_others``
   where group-mates share the image); ``prototype_groups_gated`` / ``_shuffled``: the same group maps as a
   gate, ``P_k * mean_i G_i(k)`` (added after ``prototype_groups_absent`` failed its rule);
+  ``prototype_groups_apart`` / ``_shuffled``: ``prototype_groups_absent`` over a hierarchy that groups the
+  frozen backbone's class prototypes by similarity while keeping classes that share images apart
+  (``apart_hierarchy``);
 * ``recam`` / ``recam_siblings`` / ``recam_siblings_shuffled``: ReCAM fine-tunings of the base classifier
   (every class, the siblings, shuffled siblings as the softmax's negatives), explained by their ``W' * W``
   maps; with ``_plain`` (``recam_plain``, ...) by the fine-tuned net's own classifier ``W``; ``finetune``
@@ -122,6 +125,8 @@ ROWS_ORDER = (
     "prototype_groups_absent_shuffled",
     "prototype_groups_gated",
     "prototype_groups_gated_shuffled",
+    "prototype_groups_apart",
+    "prototype_groups_apart_shuffled",
     "subcategory",
     "subcategory_shuffled",
     "recam",
@@ -197,6 +202,19 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         any(row.startswith("prototype") for row in wanted) or wanted & GROUP_SOURCE_ROWS
     ):
         hierarchies["prototypes"] = embedding_hierarchy(ctx, base, hierarchy)
+    if wanted & {"prototype_groups_apart", "prototype_groups_apart_shuffled"}:
+        from hiercam.grouping import shuffled_hierarchy
+
+        if ctx.config.model.weights is None:
+            raise SystemExit(
+                "the prototype_groups_apart rows need a pretrained backbone (its class prototypes)"
+            )
+
+        hierarchies["apart"] = apart_hierarchy(
+            prototype_embeddings(ctx, base), ctx.data("train").labels, hierarchy, APART_RATE
+        )
+        hierarchies["apart_shuffled"] = shuffled_hierarchy(hierarchies["apart"], seed=ctx.config.seed)
+        log(f"apart hierarchy: {hierarchies['apart'].groups(1)}")
     if wanted & GROUP_SOURCE_SHUFFLED_ROWS:
         from hiercam.grouping import shuffled_hierarchy
 
@@ -408,31 +426,90 @@ def subcategory_models(
     return {name: trained[key] for name, key in names.items() if key in trained}
 
 
-def embedding_hierarchy(ctx: RunContext, base: TrainedModel, fc: ClassHierarchy) -> ClassHierarchy:
-    """A hierarchy from class prototypes of the frozen pretrained backbone (recorded for its seed agreement).
+def prototype_embeddings(ctx: RunContext, base: TrainedModel) -> Tensor:
+    """``(K, C)`` class prototypes of the frozen pretrained backbone (cached).
 
     Per class, the mean feature of the pretrained (not fine-tuned) backbone inside its region (the base
     classifier's max-normalised Grad-CAM >= 0.5) over the training images holding it
-    ([`PrototypeEmbeddings`][hiercam.PrototypeEmbeddings]), grouped like the FC-weight hierarchy (same levels,
-    same kept-out classes, L2-normalised, K-means seed 0).
+    ([`PrototypeEmbeddings`][hiercam.PrototypeEmbeddings]).
     """
-    from hiercam.grouping import HierarchicalKMeans, PrototypeEmbeddings
+    from hiercam.grouping import PrototypeEmbeddings
     from hiercam.pipeline.networks import build_classifier
 
-    frozen = build_classifier(
-        ctx.config.model, fc.num_classes, 0, input_norm=ctx.config.data.input_norm
-    ).eval()
-    regions = normalize_maps(gradcam_maps(ctx, base, "train", None).float())
-    embeddings = PrototypeEmbeddings(0.5)
-    start = 0
-    with torch.inference_mode():
-        for _, images, labels, *_ in ctx.data("train").batches(64):
-            features = frozen.forward_features(images)
-            embeddings.update(features, regions[start : start + len(images)], labels)
-            start += len(images)
+    def compute() -> Tensor:
+        labels = ctx.data("train").labels
+        frozen = build_classifier(
+            ctx.config.model, int(labels.shape[1]), 0, input_norm=ctx.config.data.input_norm
+        ).eval()
+        regions = normalize_maps(gradcam_maps(ctx, base, "train", None).float())
+        embeddings = PrototypeEmbeddings(0.5)
+        start = 0
+        with torch.inference_mode():
+            for _, images, batch_labels, *_ in ctx.data("train").batches(64):
+                features = frozen.forward_features(images)
+                embeddings.update(features, regions[start : start + len(images)], batch_labels)
+                start += len(images)
+        return embeddings.compute()
+
+    return cached(ctx, f"prototype-embeddings-{base.content_key[:16]}", compute)
+
+
+def embedding_hierarchy(ctx: RunContext, base: TrainedModel, fc: ClassHierarchy) -> ClassHierarchy:
+    """A hierarchy from class prototypes of the frozen pretrained backbone (recorded for its seed agreement).
+
+    The [`prototype_embeddings`][hierarchy_evidence.prototype_embeddings] grouped like the FC-weight hierarchy
+    (same levels, same kept-out classes, L2-normalised, K-means seed 0).
+    """
+    from hiercam.grouping import HierarchicalKMeans
+
     return HierarchicalKMeans(fc.level_sizes[1:], singletons=fc.singletons, unit_norm=True, seed=0).fit(
-        embeddings.compute(), fc.class_names
+        prototype_embeddings(ctx, base), fc.class_names
     )
+
+
+#: Two classes share images when either is in at least this fraction of the other's training images.
+APART_RATE = 0.1
+
+
+def apart_hierarchy(
+    embeddings: Tensor, labels: Tensor, reference: ClassHierarchy, rate: float = APART_RATE
+) -> ClassHierarchy:
+    """Similar classes grouped, classes sharing images kept apart: the groups of ``prototype_groups_apart``.
+
+    The cosine distance between the L2-normalised ``embeddings`` ``(K, C)``, set to 10 (beyond any cosine
+    distance) for every pair of classes where either is in at least ``rate`` of the other's images in
+    ``labels`` ``(N, K)``; complete linkage (scipy), so no group holds such a pair while the level's group
+    count can be met without one; the tree cut at ``reference``'s group counts (its kept-out classes alone).
+    Fixed before any figure of it was seen.
+    """
+    import numpy as np
+    from scipy.cluster.hierarchy import cut_tree, linkage
+    from scipy.spatial.distance import squareform
+
+    unit = F.normalize(embeddings.double(), dim=1)
+    distance = (1 - unit @ unit.T).clamp_min(0)
+    present = labels.double()
+    together = present.T @ present
+    share = together / present.sum(0).clamp_min(1)[:, None]  # share[k, j]: of k's images, the part with j
+    shared = share >= rate
+    distance[shared | shared.T] = 10.0
+    distance.fill_diagonal_(0)
+    alone = set(reference.singletons)
+    grouped = [k for k in range(reference.num_classes) if k not in alone]
+    square = distance[grouped][:, grouped].numpy()
+    tree = linkage(squareform((square + square.T) / 2, checks=False), method="complete")
+    counts = [size - len(alone) for size in reference.level_sizes[1:]]
+    cuts = cut_tree(tree, n_clusters=counts)
+    levels = []
+    for column, count in enumerate(counts):
+        assignment = np.empty(reference.num_classes, dtype=np.int64)
+        order: dict[int, int] = {}
+        for index, k in enumerate(grouped):  # groups numbered by first appearance, kept-out classes last
+            assignment[k] = order.setdefault(int(cuts[index, column]), len(order))
+        for offset, k in enumerate(sorted(alone)):
+            assignment[k] = count + offset
+        levels.append(assignment.tolist())
+    return ClassHierarchy(levels, reference.class_names, singletons=sorted(alone))
 
 
 def gradcam_maps(
@@ -670,9 +747,9 @@ def prototype_maker(
         siblings = sibling_classes(models.hierarchies[source], 1)
     features = base_features(ctx, models.base, split)
     if name.startswith("prototype_groups"):
-        source = group_source(ctx) + ("_shuffled" if name.endswith("_shuffled") else "")
-        hierarchy = models.hierarchies[source]
-        if name.startswith(("prototype_groups_absent", "prototype_groups_gated")):  # the absent mates alone
+        source = "apart" if name.startswith("prototype_groups_apart") else group_source(ctx)
+        hierarchy = models.hierarchies[source + ("_shuffled" if name.endswith("_shuffled") else "")]
+        if name.startswith(("prototype_groups_absent", "prototype_groups_gated", "prototype_groups_apart")):
             present = ctx.data(split).labels
             fusion = "product" if name.startswith("prototype_groups_gated") else "sum"
             maps = torch.cat(
@@ -847,6 +924,13 @@ CONTROLS = {
         "prototype_groups",
         "ensemble",
     ),
+    "prototype_groups_apart": (
+        "gradcam",
+        "prototype_others",
+        "prototype_groups_apart_shuffled",
+        "prototype_groups_absent",
+        "ensemble",
+    ),
     "prototype_groups_gated": (
         "gradcam",
         "prototype_others",
@@ -1017,6 +1101,7 @@ METHOD_ROWS = (
     "prototype_groups",
     "prototype_groups_absent",
     "prototype_groups_gated",
+    "prototype_groups_apart",
     "subcategory",
     "recam",
     "recam_siblings",

@@ -65,6 +65,29 @@ def test_tables_print_the_records(records) -> None:
     assert "| full | 0.5 | subcategory_shuffled | 0 |" in shown
 
 
+def test_apart_hierarchy_groups_similar_classes_that_do_not_share_images() -> None:
+    import torch
+
+    from hiercam import ClassHierarchy
+
+    script = _script()
+    # classes 0 and 1 point nearly the same way but share images; class 4 is kept out of the grouping
+    embeddings = torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.9, 0.1], [0.95, 0.2], [0.0, 1.0]])
+    labels = torch.tensor(
+        [[1, 1, 0, 0, 0], [1, 0, 0, 0, 1], [0, 0, 1, 0, 0], [0, 1, 0, 1, 0], [0, 0, 1, 0, 1]]
+    )
+    reference = ClassHierarchy([[0, 0, 1, 1, 2]], [f"c{k}" for k in range(5)], singletons=[4])
+    apart = script.apart_hierarchy(embeddings, labels, reference, rate=0.5)
+    # worked by hand: cosine distances d01 .00125, d12 .00185, d23 .00469, d02 .00612, d13 .01239, d03 .02145;
+    # 0-1 share an image (half of each one's images) and so do 1-3 (all of 3's): both pairs are forbidden.
+    # Complete linkage merges 1-2 (.00185); {1, 2} is then 10 from 0 and from 3, so 0-3 merge (.02145)
+    assert apart.groups(1) == [[0, 3], [1, 2], [4]]
+    assert apart.singletons == (4,)
+    # without images shared: 0-1 (.00125), then 2-3 (.00469, below {0, 1}'s complete distances .00612, .02145)
+    free = script.apart_hierarchy(embeddings, torch.eye(5, dtype=torch.long), reference, rate=0.5)
+    assert free.groups(1) == [[0, 1], [2, 3], [4]]
+
+
 def test_validation_table_shows_the_sc_cam_weight_only_with_sub_category_rows(tmp_path, capsys) -> None:
     import json
 
