@@ -1210,6 +1210,39 @@ def print_tables(folder: Path) -> None:
                     print(f"- {source} ({len(trees)} seeds): " + ", ".join(f"{v:.2f}" for v in pairs))
 
 
+def group_mates(hierarchy: ClassHierarchy, labels: Tensor, level: int = 1) -> tuple[float, float]:
+    """What the labels-aware group maps see: per (image, present class) pair of ``labels`` ``(N, K)``.
+
+    Returns the mean number of the class's group-mates at ``level`` that are absent from the image (the
+    class prototypes its group map borrows) and the percentage of pairs with a group-mate in the image.
+    """
+    groups, assigned = hierarchy.groups(level), hierarchy.assignments(level).tolist()
+    borrowed = together = pairs = 0
+    for row in labels.bool():
+        here = set(row.nonzero().flatten().tolist())
+        for k in here:
+            mates = [j for j in groups[assigned[k]] if j != k]
+            borrowed += sum(j not in here for j in mates)
+            together += any(j in here for j in mates)
+            pairs += 1
+    return borrowed / max(pairs, 1), 100 * together / max(pairs, 1)
+
+
+def print_group_mates(folder: Path, dataset: str, cache: Path) -> None:
+    """Each record's hierarchies against the test labels of its seed (``group_mates``), one line each."""
+    print("| seed | hierarchy | mates borrowed per (image, class) | pairs with a mate in the image |")
+    print("| ---: | --- | ---: | ---: |")
+    for path in sorted((folder / "hierarchy" / dataset).glob("seed_*.json")):
+        record = json.loads(path.read_text())
+        labels = context(dataset, record["seed"], cache, lambda line: None).data("test").labels
+        for name, stored in record.get("hierarchies", {}).items():
+            hierarchy = ClassHierarchy.from_dict(stored)
+            if hierarchy.num_levels < 2:
+                continue
+            borrowed, together = group_mates(hierarchy, labels)
+            print(f"| {record['seed']} | {name} | {borrowed:.2f} | {together:.1f} % |")
+
+
 def print_validation(folders: Sequence[Path], dataset: str) -> None:
     """A choice among settings, on validation alone: each folder's rows, validation mIoU@0.15 per seed.
 
@@ -1287,8 +1320,16 @@ def main() -> None:
         action="store_true",
         help="score the validation split alone (records validation_seed_<n>.json): a choice among settings",
     )
+    parser.add_argument(
+        "--group-mates",
+        action="store_true",
+        help="print, per record of --results, what its hierarchies' labels-aware group maps see on test",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.group_mates:
+        print_group_mates(args.results, args.dataset, args.cache)
+        return
     if args.table:
         print_tables(args.results / "hierarchy")
         return

@@ -88,6 +88,21 @@ def test_apart_hierarchy_groups_similar_classes_that_do_not_share_images() -> No
     assert free.groups(1) == [[0, 1], [2, 3], [4]]
 
 
+def test_group_mates_count_borrowed_and_present_mates_by_hand() -> None:
+    import torch
+
+    from hiercam import ClassHierarchy
+
+    script = _script()
+    hierarchy = ClassHierarchy([[0, 0, 0, 1, 1]])  # groups {0, 1, 2} and {3, 4}
+    labels = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 1, 0]])
+    # image 0: class 0 borrows 2 (1 is present), class 1 borrows 2; image 1: class 3 borrows 4
+    # three (image, class) pairs, 3 mates borrowed, two pairs with a mate in the image
+    borrowed, together = script.group_mates(hierarchy, labels)
+    assert borrowed == 1.0
+    assert together == 200 / 3
+
+
 def test_validation_table_shows_the_sc_cam_weight_only_with_sub_category_rows(tmp_path, capsys) -> None:
     import json
 
