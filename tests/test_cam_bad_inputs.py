@@ -56,6 +56,19 @@ def nan_weights() -> nn.Module:
     return model
 
 
+def sqrt_at_zero_model() -> nn.Module:
+    """On zero images every value before ``Sqrt`` is exactly 0: finite logits, infinite input gradients."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        Sqrt(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+
+
 def sqrt_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -226,6 +239,21 @@ BAD: dict[str, tuple[Call, type[Exception], str]] = {
         lambda: hiercam.GradCAM(sqrt_model(), "1")(torch.randn(2, 3, 8, 8)),
         ValueError,
         r"the gradients of the logits with respect to `target_layer` '1' hold NaN or infinite values",
+    ),
+    "infinite derivative: FullGrad": (
+        lambda: hiercam.FullGrad(sqrt_at_zero_model())(torch.zeros(2, 3, 8, 8)),
+        ValueError,
+        r"FullGrad: the gradients of the scores are NaN or infinite for finite `images`",
+    ),
+    "infinite derivative: FullGrad, eigen_smooth": (
+        lambda: hiercam.FullGrad(sqrt_at_zero_model(), eigen_smooth=True)(torch.zeros(2, 3, 16, 16)),
+        ValueError,
+        r"FullGrad: the gradients of the scores are NaN or infinite for finite `images`",
+    ),
+    "infinite derivative: GuidedBackprop": (
+        lambda: hiercam.GuidedBackprop(sqrt_at_zero_model())(torch.zeros(2, 3, 8, 8)),
+        ValueError,
+        r"GuidedBackprop: the gradients of the scores are NaN or infinite for finite `images`",
     ),
     "overflowing layer: activations": (
         lambda: hiercam.GradCAM(overflow_model(), "1")(torch.randn(2, 3, 8, 8)),

@@ -143,6 +143,37 @@ def test_matches_pytorch_grad_cam(case, name: str, monkeypatch: pytest.MonkeyPat
     assert_agrees(ours, theirs)
 
 
+def test_full_grad_eigen_smooth_matches_pytorch_grad_cam(case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytorch-grad-cam's FullGrad with ``eigen_smooth``, its projection oriented as hiercam orients it."""
+    from pytorch_grad_cam import fullgrad_cam
+
+    model, _, images = case
+    ours = hiercam.FullGrad(model, eigen_smooth=True)(images, CLASSES, normalize="minmax")
+    monkeypatch.setattr(fullgrad_cam, "get_2d_projection", oriented_projection)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peer = pgc.FullGrad(model, [])
+        theirs = torch.stack(
+            [
+                torch.from_numpy(
+                    peer(images, targets=[ClassifierOutputTarget(k)] * len(images), eigen_smooth=True)
+                )
+                for k in CLASSES
+            ],
+            dim=1,
+        )
+    assert_agrees(ours, theirs)
+    # not the plain sum: the smoothed maps are a different map
+    plain = hiercam.FullGrad(model)(images, CLASSES, normalize="minmax")
+    assert (plain - ours).abs().amax() > 0.05
+
+
+def test_full_grad_eigen_smooth_checks_its_flag_and_names_itself() -> None:
+    with pytest.raises(TypeError, match="`eigen_smooth` must be a bool, got str"):
+        hiercam.FullGrad(small_cnn(), eigen_smooth="yes")  # type: ignore[arg-type]
+    assert "eigen_smooth=True" in repr(hiercam.FullGrad(small_cnn(), eigen_smooth=True))
+
+
 def peer_guided_backprop(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """pytorch-grad-cam's guided gradients ``(B, K', C, H, W)``, on a copy (it replaces the ReLUs).
 

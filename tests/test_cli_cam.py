@@ -411,7 +411,7 @@ def test_missing_weights_file(
         (["--size", "32", "32", "32"], "`size` must be one int or (H, W), got 3 values"),
         (["--size", "4"], "`size` must be >= 8, got 4"),
         (["--device", "tpu9"], "`device` must be a torch device such as 'cpu' or 'cuda', got 'tpu9'"),
-        (["--method", "fullgrad", "--eigen-smooth"], "`eigen_smooth` is not taken by FullGrad; the methods"),
+        (["--method", "guidedbackprop", "--eigen-smooth"], "`eigen_smooth` is not taken by GuidedBackprop"),
         (["--method", "eigencam", "--eigen-smooth"], "`eigen_smooth` is not taken by EigenCAM"),
         (["--multiscale", "1", "0"], "`scales` must be positive and finite, got 0.0"),
         (["--multiscale", "nan"], "`scales` must be positive and finite, got nan"),

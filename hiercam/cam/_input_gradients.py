@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hiercam._validation import all_finite, should_check
 from hiercam.cam._classes import ClassesArg, ClassRequest
 from hiercam.cam._heads import HeadState, MapPlan
 from hiercam.cam.engine import BaseCAM
@@ -88,7 +89,13 @@ class InputGradientCAM(BaseCAM):
             raise RuntimeError("no input tracked")
         if not plan.resolved.indices:
             return tracked.new_zeros(tracked.shape[0], 0, *tracked.shape[-2:]).float()
-        return self._input_maps(head, self._scores(logits, plan), tracked, plan)
+        maps = self._input_maps(head, self._scores(logits, plan), tracked, plan)
+        if should_check() and not all_finite(maps):
+            raise ValueError(
+                f"{type(self).__name__}: the gradients of the scores are NaN or infinite for finite `images` "
+                "and finite logits (an operation of `model` with an infinite derivative, e.g. sqrt at 0)"
+            )
+        return maps
 
     def _check_softmax_over(
         self, value: Tensor, batch: int, classes: ClassesArg, targets: TargetsArg

@@ -11,6 +11,11 @@ with ``z_l`` the output of layer ``l`` (the gradient with respect to a bias is t
 its output, broadcast). FullGrad has no target layer: it reads every ``nn.Conv2d`` with a bias and every
 ``nn.BatchNorm2d`` (subclasses included), whose bias in eval mode is ``beta - mu * gamma / sqrt(var +
 eps)``.
+
+With ``eigen_smooth`` (pytorch-grad-cam's option for FullGrad) the terms are not summed: each input channel's
+map and each layer's map (its channels summed) is rescaled to ``[0, 1]`` and shrunk to an eighth of the
+input's size, and the map is the first principal component of those maps (the layers as the features, the
+positions as the samples), rescaled to ``[0, 1]`` and enlarged back.
 """
 
 from __future__ import annotations
@@ -23,16 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hiercam._validation import type_name
+from hiercam._validation import all_finite, type_name
 from hiercam.cam._autograd import is_batching_failure
 from hiercam.cam._heads import HeadState, MapPlan
 from hiercam.cam._input_gradients import InputGradientCAM
+from hiercam.cam._pca import principal_component_maps
 from hiercam.cam.targets import OutputArg
 
 __all__ = ["FullGrad"]
 
 _RESCALE_EPS = 1e-7  # pytorch-grad-cam's guard in the [0, 1] rescaling (scale_cam_image)
 _GRADIENT_BYTES = 256 * 2**20  # memory budget of the gradients of one chunk of classes
+_EIGEN_SHRINK = 8  # pytorch-grad-cam's FullGrad projects its eigen_smooth maps at 1/8 of the input's size
 
 
 class FullGrad(InputGradientCAM):
@@ -45,9 +52,16 @@ class FullGrad(InputGradientCAM):
     twice in the forward pass counts twice. The map is at the input's resolution (``size="feature"`` too).
 
     All requested classes take part in one batched backward to the input and to every bias layer's output
-    (by chunks of classes that bound the memory of those gradients). There is no target layer, no
-    ``eigen_smooth`` (pytorch-grad-cam's ``eigen_smooth`` for FullGrad is not provided) and no
+    (by chunks of classes that bound the memory of those gradients). There is no target layer and no
     ``softmax_over``; a model without a bias layer gets the input term alone.
+
+    ``eigen_smooth=True`` replaces the sum by the first principal component of the terms, as
+    pytorch-grad-cam's ``eigen_smooth`` for FullGrad does: every input channel's term and every layer's term
+    (its channels summed), each rescaled to ``[0, 1]`` and shrunk bilinearly to ``(H // 8, W // 8)`` (at least
+    1 x 1), are the features of each position; the map is the centred positions' projection on the first
+    principal axis ([`principal_component_maps`][hiercam.principal_component_maps], oriented to correlate
+    with the terms' sum where pytorch-grad-cam keeps LAPACK's arbitrary sign), rescaled to ``[0, 1]`` and
+    enlarged bilinearly to the input size.
 
     Against the peers: pytorch-grad-cam 1.5.7 is the same computation (test
     ``tests/test_cam_peer_gradient_methods.py``). The authors' implementation (``fullgrad-saliency``) rescales
@@ -71,14 +85,24 @@ class FullGrad(InputGradientCAM):
         torch.Size([2, 1, 32, 32])
     """
 
-    def __init__(self, model: nn.Module, target_layer: None = None, *, output: OutputArg = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: None = None,
+        *,
+        eigen_smooth: bool = False,
+        output: OutputArg = None,
+    ) -> None:
+        if not isinstance(eigen_smooth, bool):
+            raise TypeError(f"`eigen_smooth` must be a bool, got {type_name(eigen_smooth)}")
         super().__init__(model, target_layer, output=output)
+        self.eigen_smooth = eigen_smooth
         # (gradient edge of a layer's output, its bias, the output's number of values)
         self._captured: list[tuple[Any, Tensor, int]] = []
 
     def _extra_repr(self) -> str:
         count = sum(1 for m in self.model.modules() if _bias_of(m, check=False) is not None)
-        return f"bias_layers={count}"
+        return f"bias_layers={count}" + (", eigen_smooth=True" if self.eigen_smooth else "")
 
     def _hooks(self) -> Any:
         return self._capture()
@@ -130,9 +154,12 @@ class FullGrad(InputGradientCAM):
         input_gradient = gradients[0]
         if input_gradient is None:
             raise ValueError("the scores of `model` do not depend on `images` through autograd")
-        total = _rescaled(input_gradient.float().mul(inputs.detach().float()).abs_()).sum(
-            dim=2
-        )  # (n, B, H, W)
+        channels = _rescaled(input_gradient.float().mul(inputs.detach().float()).abs_())  # (n, B, C, H, W)
+        small = (max(1, size[0] // _EIGEN_SHRINK), max(1, size[1] // _EIGEN_SHRINK))
+        total = channels.sum(dim=2)  # (n, B, H, W)
+        shrunk = (
+            [_shrunk(channels[:, :, c], small) for c in range(channels.shape[2])] if self.eigen_smooth else []
+        )
         for gradient, (_, bias, _) in zip(gradients[1:], self._captured, strict=True):
             if gradient is None:  # a layer that does not reach the scores
                 continue
@@ -140,8 +167,22 @@ class FullGrad(InputGradientCAM):
             layer = _rescaled(terms).sum(dim=2)  # rescaled per channel, summed: resizing is linear
             if layer.shape[-2:] != total.shape[-2:]:
                 layer = F.interpolate(layer, size=size, mode="bilinear", align_corners=False)
-            total += layer
+            if self.eigen_smooth:
+                shrunk.append(_shrunk(layer, small))
+            else:
+                total += layer
+        if self.eigen_smooth:
+            stacked = torch.stack(shrunk, dim=2)  # (n, B, terms, h / 8, w / 8)
+            if not all_finite(stacked):  # no projection of non-finite terms: the caller names them
+                return stacked.sum(dim=2).transpose(0, 1)
+            projection = _rescaled(principal_component_maps(stacked))
+            total = F.interpolate(projection, size=size, mode="bilinear", align_corners=False)
         return total.transpose(0, 1)
+
+
+def _shrunk(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Maps ``(n, B, H, W)`` rescaled to ``[0, 1]`` each, then resized bilinearly to ``size``."""
+    return F.interpolate(_rescaled(maps), size=size, mode="bilinear", align_corners=False)
 
 
 def _rescaled(values: Tensor) -> Tensor:
