@@ -173,9 +173,10 @@ class FullGrad(InputGradientCAM):
                 total += layer
         if self.eigen_smooth:
             stacked = torch.stack(shrunk, dim=2)  # (n, B, terms, h / 8, w / 8)
-            if not all_finite(stacked):  # no projection of non-finite terms: the caller names them
-                return stacked.sum(dim=2).transpose(0, 1)
-            projection = _rescaled(principal_component_maps(stacked))
+            # no projection of non-finite terms: their sum keeps them, and the caller names them
+            projection = (
+                _rescaled(principal_component_maps(stacked)) if all_finite(stacked) else stacked.sum(dim=2)
+            )
             total = F.interpolate(projection, size=size, mode="bilinear", align_corners=False)
         return total.transpose(0, 1)
 
