@@ -31,7 +31,8 @@ masks:
   gate, ``P_k * mean_i G_i(k)`` (added after ``prototype_groups_absent`` failed its rule);
   ``prototype_groups_apart`` / ``_shuffled``: ``prototype_groups_absent`` over a hierarchy that groups the
   frozen backbone's class prototypes by similarity while keeping classes that share images apart
-  (``apart_hierarchy``);
+  (``apart_hierarchy``); ``prototype_groups_uncertain`` / ``_shuffled``: ``prototype_groups_absent``'s group
+  term only where the class maps leave a pixel's class uncertain;
 * ``recam`` / ``recam_siblings`` / ``recam_siblings_shuffled``: ReCAM fine-tunings of the base classifier
   (every class, the siblings, shuffled siblings as the softmax's negatives), explained by their ``W' * W``
   maps; with ``_plain`` (``recam_plain``, ...) by the fine-tuned net's own classifier ``W``; ``finetune``
@@ -127,6 +128,8 @@ ROWS_ORDER = (
     "prototype_groups_gated_shuffled",
     "prototype_groups_apart",
     "prototype_groups_apart_shuffled",
+    "prototype_groups_uncertain",
+    "prototype_groups_uncertain_shuffled",
     "subcategory",
     "subcategory_shuffled",
     "recam",
@@ -249,6 +252,7 @@ RECAM_OPTIONS: dict[str, Any] = {"weight": 1.0, "predictor_lr_factor": 10.0}
 #: The rows whose groups are ``group_source``'s hierarchy, and those on its shuffled copy.
 GROUP_SOURCE_SHUFFLED_ROWS = {
     "prototype_groups_shuffled",
+    "prototype_groups_uncertain_shuffled",
     "prototype_groups_gated_shuffled",
     "prototype_groups_absent_shuffled",
     "recam_siblings_shuffled",
@@ -256,6 +260,7 @@ GROUP_SOURCE_SHUFFLED_ROWS = {
 }
 GROUP_SOURCE_ROWS = {
     "prototype_groups",
+    "prototype_groups_uncertain",
     "prototype_groups_gated",
     "prototype_groups_absent",
     "recam_siblings",
@@ -749,9 +754,10 @@ def prototype_maker(
     if name.startswith("prototype_groups"):
         source = "apart" if name.startswith("prototype_groups_apart") else group_source(ctx)
         hierarchy = models.hierarchies[source + ("_shuffled" if name.endswith("_shuffled") else "")]
-        if name.startswith(("prototype_groups_absent", "prototype_groups_gated", "prototype_groups_apart")):
+        labels_aware = ("absent", "gated", "apart", "uncertain")
+        if name.startswith(tuple(f"prototype_groups_{kind}" for kind in labels_aware)):
             present = ctx.data(split).labels
-            fusion = "product" if name.startswith("prototype_groups_gated") else "sum"
+            fusion = {"gated": "product", "uncertain": "uncertain"}.get(name.split("_")[2], "sum")
             maps = torch.cat(
                 [
                     group_prototype_maps(feature[None].float(), own, context, hierarchy, labels[None], fusion)
@@ -793,14 +799,21 @@ def group_prototype_maps(
     the image joins the negatives, as every other class does in ``P_k`` (``prototype_groups_absent``, fixed
     before any figure of it was seen).
 
+    ``fusion="uncertain"`` (labels needed) adds the group term only where the class maps leave the pixel's
+    class uncertain: ``M_k = P_k + (1 - (p1 - p2)) * mean_i G_i(k)``, with ``p1 >= p2`` the two largest
+    ``P_j`` over the image's classes at the pixel (``p2 = 0`` with one class): a pixel that one class owns
+    keeps its class maps (``prototype_groups_uncertain``, fixed before any figure of it was seen).
+
     ``fusion="product"`` gates the class map by the group term instead, ``M_k = P_k * mean_i G_i(k)`` (the
     group map as a soft mask of where ``k``'s kind of object is; ``prototype_groups_gated``, labels-aware,
     fixed before any figure of it was seen); a hierarchy without group levels gives ``P_k``.
     """
     from hiercam.cam import prototype_cam
 
-    if fusion not in ("sum", "product"):
-        raise ValueError(f"`fusion` must be 'sum' or 'product', got {fusion!r}")
+    if fusion not in ("sum", "product", "uncertain"):
+        raise ValueError(f"`fusion` must be 'sum', 'product' or 'uncertain', got {fusion!r}")
+    if fusion == "uncertain" and labels is None:
+        raise ValueError("`fusion='uncertain'` needs `labels`")
 
     classes = range(len(own))
     present: set[int] = set()
@@ -822,7 +835,13 @@ def group_prototype_maps(
     fused = group_map(0)
     if hierarchy.num_levels > 1:
         groups = torch.stack([group_map(level) for level in range(1, hierarchy.num_levels)]).mean(0)
-        fused = fused * groups if fusion == "product" else fused + groups
+        if fusion == "product":
+            return fused * groups
+        if fusion == "uncertain" and present:
+            top = fused[:, sorted(present)].topk(min(2, len(present)), dim=1).values  # (B, 1 or 2, h, w)
+            margin = top[:, 0] - (top[:, 1] if top.shape[1] > 1 else 0)
+            groups = groups * (1 - margin)[:, None]
+        fused = fused + groups
     return fused
 
 
@@ -928,6 +947,13 @@ CONTROLS = {
         "gradcam",
         "prototype_others",
         "prototype_groups_apart_shuffled",
+        "prototype_groups_absent",
+        "ensemble",
+    ),
+    "prototype_groups_uncertain": (
+        "gradcam",
+        "prototype_others",
+        "prototype_groups_uncertain_shuffled",
         "prototype_groups_absent",
         "ensemble",
     ),
@@ -1102,6 +1128,7 @@ METHOD_ROWS = (
     "prototype_groups_absent",
     "prototype_groups_gated",
     "prototype_groups_apart",
+    "prototype_groups_uncertain",
     "subcategory",
     "recam",
     "recam_siblings",

@@ -209,3 +209,16 @@ def test_group_prototype_maps_with_labels_borrow_only_absent_group_mates() -> No
     torch.testing.assert_close(gated, class_maps * (borrowed - class_maps))
     with pytest.raises(ValueError, match="fusion"):
         script.group_prototype_maps(features, own, context, hierarchy, labels, fusion="max")
+    # where the class maps leave the pixel uncertain: the group term weighted by 1 - (p1 - p2) over the
+    # image's classes 0, 2, 3, written out pixel by pixel
+    uncertain = script.group_prototype_maps(features, own, context, hierarchy, labels, fusion="uncertain")
+    term = borrowed - class_maps
+    for y in range(5):
+        for x in range(5):
+            values = sorted((float(class_maps[0, k, y, x]) for k in (0, 2, 3)), reverse=True)
+            weight = 1 - (values[0] - values[1])
+            torch.testing.assert_close(
+                uncertain[0, :, y, x], class_maps[0, :, y, x] + weight * term[0, :, y, x]
+            )
+    with pytest.raises(ValueError, match="needs `labels`"):
+        script.group_prototype_maps(features, own, context, hierarchy, fusion="uncertain")
