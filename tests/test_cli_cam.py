@@ -431,7 +431,12 @@ def test_help_lists_the_cam_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "class activation maps of image files" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["cam", "--help"])
-    assert "--weights FILE" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "--weights FILE" in shown
+    # the methods --eigen-smooth refuses, as the CAM classes' constructors say (FullGrad takes it)
+    assert "not taken by eigencam, eigengradcam, guidedbackprop, guidedgradcam, kpcacam)" in " ".join(
+        shown.split()
+    )
 
 
 def test_classes_and_top_together_are_refused(

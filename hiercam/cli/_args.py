@@ -1,10 +1,22 @@
-"""What the command modules share: argparse types and the one-line form of an error."""
+"""What the command modules share: argparse types, the one-line form of an error, the CAM methods' options."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 
-__all__ = ["fraction", "one_line", "positive_int"]
+__all__ = ["eigen_smooth_methods", "fraction", "one_line", "positive_int"]
+
+
+def eigen_smooth_methods(takes: bool = True) -> list[str]:
+    """The keys of ``hiercam.cam.METHODS`` whose class takes ``eigen_smooth`` (``takes=False``: lacks it)."""
+    from hiercam.cam import METHODS
+
+    return [
+        name
+        for name, cls in METHODS.items()
+        if ("eigen_smooth" in inspect.signature(cls).parameters) == takes
+    ]
 
 
 def fraction(text: str) -> float:

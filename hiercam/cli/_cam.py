@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hiercam.cam import IRN_SCALES, METHODS
+from hiercam.cli._args import eigen_smooth_methods
 
 __all__ = ["add_cam_parser", "run_cam"]
 
@@ -100,7 +101,7 @@ def add_cam_parser(commands: Any) -> None:
         "--eigen-smooth",
         action="store_true",
         help="the first principal component of the method's weighted activations (pytorch-grad-cam's "
-        "eigen_smooth; not taken by eigencam, eigengradcam, kpcacam, fullgrad and the guided methods)",
+        f"eigen_smooth; not taken by {', '.join(eigen_smooth_methods(takes=False))})",
     )
     cam.add_argument(
         "--multiscale",

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from hiercam._io import atomic_write_json, check_out_dir
 from hiercam._validation import check_choice, check_int, check_scales, type_name
 from hiercam.cam import METHODS, BaseCAM, MultiScaleCAM
-from hiercam.cli._args import one_line
+from hiercam.cli._args import eigen_smooth_methods, one_line
 from hiercam.cli._files import (
     check_images,
     expand_images,
@@ -125,7 +125,7 @@ def explain_images(
             name per line; they go to the records and ``summary.json``.
         eigen_smooth: the method's ``eigen_smooth`` (the first principal component of its weighted
             activations; see [`BaseCAM`][hiercam.BaseCAM]); refused by the methods that do not take it
-            (EigenCAM, EigenGradCAM, KPCA-CAM, FullGrad, the guided methods).
+            (EigenCAM, EigenGradCAM, KPCA-CAM, the guided methods).
         scales: ``None`` for one pass, or image scales for IRN's test-time augmentation
             ([`MultiScaleCAM`][hiercam.MultiScaleCAM]: each scale with its mirror image, the raw maps
             averaged), e.g. ``IRN_SCALES`` ``(1.0, 0.5, 1.5, 2.0)``; the classes are chosen on the unscaled
@@ -219,10 +219,9 @@ def _check_eigen_smooth(eigen_smooth: bool, cam_type: type[BaseCAM]) -> bool:
     if not eigen_smooth:
         return False
     if "eigen_smooth" not in inspect.signature(cam_type).parameters:
-        takes = [name for name, cls in METHODS.items() if "eigen_smooth" in inspect.signature(cls).parameters]
         raise ValueError(
             f"`eigen_smooth` is not taken by {cam_type.__name__}; the methods that take it: "
-            f"{', '.join(takes)}"
+            f"{', '.join(eigen_smooth_methods())}"
         )
     return True
 
