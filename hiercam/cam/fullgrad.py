@@ -150,35 +150,41 @@ class FullGrad(InputGradientCAM):
 
     def _chunk_maps(self, part: Tensor, inputs: Tensor, size: tuple[int, int]) -> Tensor:
         """The maps ``(B, n, H, W)`` of the columns of ``part (B, n)``."""
+        terms = self._terms_of(part, inputs, size)
+        if not self.eigen_smooth:
+            total = next(terms).sum(dim=2)
+            for layer in terms:
+                total += layer
+            return total.transpose(0, 1)
+        small = (max(1, size[0] // _EIGEN_SHRINK), max(1, size[1] // _EIGEN_SHRINK))
+        channels = next(terms)
+        shrunk = [_shrunk(channels[:, :, c], small) for c in range(channels.shape[2])]
+        stacked = torch.stack(shrunk + [_shrunk(layer, small) for layer in terms], dim=2)  # (n, B, T, h, w)
+        # no projection of non-finite terms: their sum keeps them, and the caller names them
+        projection = (
+            _rescaled(principal_component_maps(stacked)) if all_finite(stacked) else stacked.sum(dim=2)
+        )
+        return F.interpolate(projection, size=size, mode="bilinear", align_corners=False).transpose(0, 1)
+
+    def _terms_of(self, part: Tensor, inputs: Tensor, size: tuple[int, int]) -> Iterator[Tensor]:
+        """FullGrad's terms of the columns of ``part (B, n)``, each rescaled per channel, at the input's size.
+
+        First the input term per channel ``(n, B, C, H, W)``, then each bias layer's term, its channels
+        summed, ``(n, B, H, W)`` (a layer that does not reach the scores gives none).
+        """
         gradients = _batched_gradients(part, [inputs, *(edge for edge, _, _ in self._captured)])
         input_gradient = gradients[0]
         if input_gradient is None:
             raise ValueError("the scores of `model` do not depend on `images` through autograd")
-        channels = _rescaled(input_gradient.float().mul(inputs.detach().float()).abs_())  # (n, B, C, H, W)
-        small = (max(1, size[0] // _EIGEN_SHRINK), max(1, size[1] // _EIGEN_SHRINK))
-        total = channels.sum(dim=2)  # (n, B, H, W)
-        shrunk = (
-            [_shrunk(channels[:, :, c], small) for c in range(channels.shape[2])] if self.eigen_smooth else []
-        )
+        yield _rescaled(input_gradient.float().mul(inputs.detach().float()).abs_())
         for gradient, (_, bias, _) in zip(gradients[1:], self._captured, strict=True):
             if gradient is None:  # a layer that does not reach the scores
                 continue
             terms = gradient.float().mul(bias.float()[:, None, None]).abs_()  # (n, B, C, h, w)
             layer = _rescaled(terms).sum(dim=2)  # rescaled per channel, summed: resizing is linear
-            if layer.shape[-2:] != total.shape[-2:]:
+            if layer.shape[-2:] != size:
                 layer = F.interpolate(layer, size=size, mode="bilinear", align_corners=False)
-            if self.eigen_smooth:
-                shrunk.append(_shrunk(layer, small))
-            else:
-                total += layer
-        if self.eigen_smooth:
-            stacked = torch.stack(shrunk, dim=2)  # (n, B, terms, h / 8, w / 8)
-            # no projection of non-finite terms: their sum keeps them, and the caller names them
-            projection = (
-                _rescaled(principal_component_maps(stacked)) if all_finite(stacked) else stacked.sum(dim=2)
-            )
-            total = F.interpolate(projection, size=size, mode="bilinear", align_corners=False)
-        return total.transpose(0, 1)
+            yield layer
 
 
 def _shrunk(maps: Tensor, size: tuple[int, int]) -> Tensor:
