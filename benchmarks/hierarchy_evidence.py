@@ -205,7 +205,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         any(row.startswith("prototype") for row in wanted) or wanted & GROUP_SOURCE_ROWS
     ):
         hierarchies["prototypes"] = embedding_hierarchy(ctx, base, hierarchy)
-    if wanted & {"prototype_groups_apart", "prototype_groups_apart_shuffled"}:
+    if wanted & {group_map_row("apart"), group_map_row("apart", shuffled=True)}:
         from hiercam.grouping import shuffled_hierarchy
 
         if ctx.config.model.weights is None:
@@ -249,20 +249,50 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
 RECAM_OPTIONS: dict[str, Any] = {"weight": 1.0, "predictor_lr_factor": 10.0}
 
 
+@dataclass(frozen=True)
+class GroupMapDesign:
+    """How the rows ``prototype_groups[_<kind>][_shuffled]`` build their maps with ``group_prototype_maps``.
+
+    ``labels_aware``: the group maps are written per image from its labels (the absent group-mates alone);
+    ``fusion``: how the group term joins the class map; ``hierarchy``: the key of the hierarchy in
+    ``SeedModels.hierarchies`` (``None``: ``group_source``'s), its ``_shuffled`` copy for the control.
+    """
+
+    labels_aware: bool = False
+    fusion: str = "sum"
+    hierarchy: str | None = None
+
+
+#: Each group-map design by its ``<kind>`` (``""``: ``prototype_groups`` itself).
+GROUP_MAP_DESIGNS = {
+    "": GroupMapDesign(),
+    "absent": GroupMapDesign(labels_aware=True),
+    "gated": GroupMapDesign(labels_aware=True, fusion="product"),
+    "apart": GroupMapDesign(labels_aware=True, hierarchy="apart"),
+    "uncertain": GroupMapDesign(labels_aware=True, fusion="uncertain"),
+}
+
+
+def group_map_row(kind: str, shuffled: bool = False) -> str:
+    """The row name of a group-map design (``kind`` a key of ``GROUP_MAP_DESIGNS``)."""
+    return "prototype_groups" + (f"_{kind}" if kind else "") + ("_shuffled" if shuffled else "")
+
+
+def group_map_design(row: str) -> tuple[GroupMapDesign, bool]:
+    """The design of a ``prototype_groups...`` row, and whether the row is its shuffled control."""
+    kind = row.removeprefix("prototype_groups").removesuffix("_shuffled").removeprefix("_")
+    return GROUP_MAP_DESIGNS[kind], row.endswith("_shuffled")
+
+
 #: The rows whose groups are ``group_source``'s hierarchy, and those on its shuffled copy.
+_SOURCE_KINDS = [kind for kind, design in GROUP_MAP_DESIGNS.items() if design.hierarchy is None]
 GROUP_SOURCE_SHUFFLED_ROWS = {
-    "prototype_groups_shuffled",
-    "prototype_groups_uncertain_shuffled",
-    "prototype_groups_gated_shuffled",
-    "prototype_groups_absent_shuffled",
+    *(group_map_row(kind, shuffled=True) for kind in _SOURCE_KINDS),
     "recam_siblings_shuffled",
     "recam_siblings_shuffled_plain",
 }
 GROUP_SOURCE_ROWS = {
-    "prototype_groups",
-    "prototype_groups_uncertain",
-    "prototype_groups_gated",
-    "prototype_groups_absent",
+    *(group_map_row(kind) for kind in _SOURCE_KINDS),
     "recam_siblings",
     "recam_siblings_plain",
     *GROUP_SOURCE_SHUFFLED_ROWS,
@@ -752,15 +782,16 @@ def prototype_maker(
         siblings = sibling_classes(models.hierarchies[source], 1)
     features = base_features(ctx, models.base, split)
     if name.startswith("prototype_groups"):
-        source = "apart" if name.startswith("prototype_groups_apart") else group_source(ctx)
-        hierarchy = models.hierarchies[source + ("_shuffled" if name.endswith("_shuffled") else "")]
-        labels_aware = ("absent", "gated", "apart", "uncertain")
-        if name.startswith(tuple(f"prototype_groups_{kind}" for kind in labels_aware)):
+        design, shuffled = group_map_design(name)
+        source = design.hierarchy or group_source(ctx)
+        hierarchy = models.hierarchies[source + ("_shuffled" if shuffled else "")]
+        if design.labels_aware:  # one image at a time: its labels decide the group maps
             present = ctx.data(split).labels
-            fusion = {"gated": "product", "uncertain": "uncertain"}.get(name.split("_")[2], "sum")
             maps = torch.cat(
                 [
-                    group_prototype_maps(feature[None].float(), own, context, hierarchy, labels[None], fusion)
+                    group_prototype_maps(
+                        feature[None].float(), own, context, hierarchy, labels[None], design.fusion
+                    )
                     for feature, labels in zip(features, present, strict=True)
                 ]
             )
@@ -936,34 +967,17 @@ CONTROLS = {
     "prototype_distant": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "prototype_distant_prototypes": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "prototype_groups": ("gradcam", "prototype_others", "prototype_groups_shuffled", "ensemble"),
-    "prototype_groups_absent": (
-        "gradcam",
-        "prototype_others",
-        "prototype_groups_absent_shuffled",
-        "prototype_groups",
-        "ensemble",
-    ),
-    "prototype_groups_apart": (
-        "gradcam",
-        "prototype_others",
-        "prototype_groups_apart_shuffled",
-        "prototype_groups_absent",
-        "ensemble",
-    ),
-    "prototype_groups_uncertain": (
-        "gradcam",
-        "prototype_others",
-        "prototype_groups_uncertain_shuffled",
-        "prototype_groups_absent",
-        "ensemble",
-    ),
-    "prototype_groups_gated": (
-        "gradcam",
-        "prototype_others",
-        "prototype_groups_gated_shuffled",
-        "prototype_groups_absent",
-        "ensemble",
-    ),
+    **{  # each later design against the labels-aware form it builds on, which is against prototype_groups
+        group_map_row(kind): (
+            "gradcam",
+            "prototype_others",
+            group_map_row(kind, shuffled=True),
+            group_map_row("" if kind == "absent" else "absent"),
+            "ensemble",
+        )
+        for kind in GROUP_MAP_DESIGNS
+        if kind
+    },
     "subcategory": ("gradcam", "ensemble", "subcategory_shuffled", "prototype_others"),
     "recam": ("gradcam", "ensemble"),
     "recam_plain": ("gradcam", "ensemble", "finetune", "recam"),

@@ -103,6 +103,26 @@ def test_group_mates_count_borrowed_and_present_mates_by_hand() -> None:
     assert together == 200 / 3
 
 
+def test_every_group_map_row_names_its_design() -> None:
+    script = _script()
+    design = script.GroupMapDesign
+    assert script.group_map_design("prototype_groups") == (design(), False)
+    assert script.group_map_design("prototype_groups_gated_shuffled") == (
+        design(labels_aware=True, fusion="product"),
+        True,
+    )
+    assert script.group_map_design("prototype_groups_apart") == (design(True, hierarchy="apart"), False)
+    rows = [row for row in script.ROWS if row.startswith("prototype_groups")]
+    assert sorted(rows) == sorted(
+        script.group_map_row(kind, shuffled)
+        for kind in script.GROUP_MAP_DESIGNS
+        for shuffled in (False, True)
+    )
+    # the rows on group_source's hierarchy: every design but apart, which builds its own
+    assert "prototype_groups_apart" not in script.GROUP_SOURCE_ROWS
+    assert {"prototype_groups_uncertain", "prototype_groups_gated_shuffled"} <= script.GROUP_SOURCE_ROWS
+
+
 def test_validation_table_shows_the_sc_cam_weight_only_with_sub_category_rows(tmp_path, capsys) -> None:
     import json
 
