@@ -17,6 +17,10 @@ masks:
   ``prototype_siblings_shuffled``: LPCAM whose context also holds the class prototypes of the class's
   siblings in the hierarchy (its shuffled control);
 * ``prototype_others``: LPCAM whose context holds the class prototypes of every other class (no hierarchy);
+  ``prototype_others_ensemble``: ``prototype_others`` of each of ``ensemble``'s models (the prototypes of
+  each model clustered from its own features and Grad-CAMs), the maps averaged as ``ensemble`` averages its
+  Grad-CAMs (no hierarchy; added after the finalists' five seeds, with ``ensemble`` as its same-compute
+  control);
   ``prototype_distant`` / ``_shuffled`` / ``_prototypes``: every other class *but* the siblings of the
   FC-weight / shuffled / frozen-backbone prototype hierarchy (the hierarchy names the classes too alike to be
   context; added after seeds 0-4 showed siblings as context doing worse than every other class);
@@ -117,6 +121,7 @@ ROWS_ORDER = (
     "prototype_siblings_cooccurrence",
     "prototype_siblings_prototypes",
     "prototype_others",
+    "prototype_others_ensemble",
     "prototype_distant",
     "prototype_distant_shuffled",
     "prototype_distant_prototypes",
@@ -237,7 +242,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
     if any(row.startswith("recam") or row == "finetune" for row in wanted):
         recam = recam_models(ctx, base, hierarchies, wanted, log)
     partners = []
-    if "ensemble" in wanted:
+    if wanted & {"ensemble", "prototype_others_ensemble"}:
         # as many single models as `grouping` trains: the base and one per level
         for index in range(1, hierarchy.num_levels):
             partners.append(train_ensemble(ctx, index=index))
@@ -714,7 +719,7 @@ def cached(ctx: RunContext, name: str, compute: Callable[[], Tensor]) -> Tensor:
 
 
 def base_features(ctx: RunContext, base: TrainedModel, split: str) -> Tensor:
-    """``(N, C, h, w)`` float16 feature maps of the base classifier (the layer its Grad-CAM explains)."""
+    """``(N, C, h, w)`` float16 feature maps of a model (the layer its Grad-CAM explains), cached."""
 
     def compute() -> Tensor:
         pieces = []
@@ -731,7 +736,7 @@ PROTOTYPE_OPTIONS: dict[str, Any] = {"num_clusters": 12, "foreground_threshold":
 
 
 def prototypes(ctx: RunContext, base: TrainedModel, log: Callable[[str], None]) -> list[list[Tensor]]:
-    """LPCAM's class and context prototypes of the base classifier, from the training split (cached)."""
+    """LPCAM's class and context prototypes of a model, from the training split (cached)."""
     from hiercam.cam import PrototypeCAM
 
     def compute() -> list[list[Tensor]]:
@@ -761,7 +766,8 @@ def prototype_maker(
 ) -> Callable[[Tensor, Tensor, tuple[int, int]], Tensor]:
     """LPCAM maps of the base classifier; ``_siblings`` adds the siblings of level 1 to the context.
 
-    ``prototype_others`` adds every other class instead (hard negatives without a hierarchy).
+    ``prototype_others`` adds every other class instead (hard negatives without a hierarchy);
+    ``prototype_others_ensemble`` averages ``prototype_others`` over ``ensemble``'s models.
 
     The prototypes are clustered once per seed; the siblings' class prototypes join each class's own context
     prototypes (``PrototypeCAM(context_classes=sibling_classes(hierarchy, 1))``, without clustering again).
@@ -770,10 +776,14 @@ def prototype_maker(
 
     if multiscale:
         raise ValueError("prototype rows have no multi-scale form here")
-    own, context = prototypes(ctx, models.base, log)
+    if name == "prototype_others_ensemble":  # each model's own prototypes; averaged as `ensemble` averages
+        each = [others_maps(ctx, trained, split, log) for trained in [models.base, *models.partners]]
+        return lambda index, labels, size: average_branch_maps([upsample(m[index], size) for m in each])
     if name == "prototype_others":  # every other class's prototypes: hard negatives without a hierarchy
-        siblings = [[j for j in range(len(own)) if j != k] for k in range(len(own))]
-    elif name.startswith("prototype_distant"):  # every other class but the siblings: the hierarchy excludes
+        maps = others_maps(ctx, models.base, split, log)
+        return lambda index, labels, size: upsample(maps[index], size)
+    own, context = prototypes(ctx, models.base, log)
+    if name.startswith("prototype_distant"):  # every other class but the siblings: the hierarchy excludes
         source = name.removeprefix("prototype_distant").removeprefix("_") or "fc"
         near = sibling_classes(models.hierarchies[source], 1)
         siblings = [[j for j in range(len(own)) if j != k and j not in near[k]] for k in range(len(own))]
@@ -806,6 +816,20 @@ def prototype_maker(
         [prototype_cam(chunk.float(), own, context, normalize=None) for chunk in features.split(64)]
     )
     return lambda index, labels, size: upsample(maps[index], size)
+
+
+def others_maps(ctx: RunContext, trained: TrainedModel, split: str, log: Callable[[str], None]) -> Tensor:
+    """``prototype_others``' maps ``(N, K, h, w)`` of ``trained`` on ``split``, from its own prototypes."""
+    from hiercam.cam import prototype_cam
+
+    own, context = prototypes(ctx, trained, log)
+    context = [torch.cat([context[k], *(own[j] for j in range(len(own)) if j != k)]) for k in range(len(own))]
+    return torch.cat(
+        [
+            prototype_cam(chunk.float(), own, context, normalize=None)
+            for chunk in base_features(ctx, trained, split).split(64)
+        ]
+    )
 
 
 def group_prototype_maps(
@@ -964,6 +988,7 @@ CONTROLS = {
         "prototype_siblings_shuffled",
         "ensemble",
     ),
+    "prototype_others_ensemble": ("gradcam", "ensemble", "prototype_others"),
     "prototype_distant": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "prototype_distant_prototypes": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "prototype_groups": ("gradcam", "prototype_others", "prototype_groups_shuffled", "ensemble"),
@@ -1100,6 +1125,16 @@ def _write_record(
     return record
 
 
+#: The rows that train and run as many models as ``ensemble``.
+ENSEMBLE_COST_ROWS = (
+    "ensemble",
+    "grouping",
+    "grouping_shuffled",
+    "grouping_cooccurrence",
+    "prototype_others_ensemble",
+)
+
+
 def cost(row: str, levels: int) -> tuple[int, int]:
     """(models trained, forward + backward passes per image at inference) of a row, ``levels`` group levels.
 
@@ -1110,7 +1145,7 @@ def cost(row: str, levels: int) -> tuple[int, int]:
     """
     name = row.removesuffix("_ms")
     scale = 4 if row.endswith("_ms") else 1  # IRN's four scales
-    if name in ("ensemble", "grouping", "grouping_shuffled", "grouping_cooccurrence"):
+    if name in ENSEMBLE_COST_ROWS:
         return 1 + levels, (1 + levels) * scale
     if name.startswith("recam") or name == "finetune":  # the base classifier, then a fine-tuning as long
         return 2, scale
@@ -1136,6 +1171,7 @@ METHOD_ROWS = (
     "prototype_siblings_cooccurrence",
     "prototype_siblings_prototypes",
     "prototype_others",
+    "prototype_others_ensemble",
     "prototype_distant",
     "prototype_distant_prototypes",
     "prototype_groups",
