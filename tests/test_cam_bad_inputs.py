@@ -255,6 +255,12 @@ BAD: dict[str, tuple[Call, type[Exception], str]] = {
         ValueError,
         r"GuidedBackprop: the gradients of the scores are NaN or infinite for finite `images`",
     ),
+    "infinite derivative: GuidedGradCAM's guided gradients": (
+        # the target layer is after the square root: its Grad-CAM is finite, the input gradients are not
+        lambda: hiercam.GuidedGradCAM(sqrt_at_zero_model(), "2")(torch.zeros(2, 3, 8, 8)),
+        ValueError,
+        r"GuidedGradCAM: the guided gradients of the scores are NaN or infinite for finite `images`",
+    ),
     "overflowing layer: activations": (
         lambda: hiercam.GradCAM(overflow_model(), "1")(torch.randn(2, 3, 8, 8)),
         ValueError,

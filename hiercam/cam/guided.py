@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hiercam._validation import all_finite, should_check
 from hiercam.cam._autograd import batched_gradients
 from hiercam.cam._classes import ClassesArg, ClassRequest, ResolvedClasses
 from hiercam.cam._heads import HeadState, LayerArg, MapPlan
@@ -197,6 +198,11 @@ class GuidedGradCAM(GradCAM):
         cam = normalize_maps(F.interpolate(cam, size=size, mode="bilinear", align_corners=False), "minmax")
         with _active(self._switch):
             gradients = batched_gradients(self._scores(logits, plan), tracked, head.name)
+        if should_check() and not all_finite(gradients):
+            raise ValueError(
+                "GuidedGradCAM: the guided gradients of the scores are NaN or infinite for finite `images` "
+                "and finite logits (an operation of `model` with an infinite derivative, e.g. sqrt at 0)"
+            )
         guided = cam[:, :, None] * gradients.transpose(0, 1)
         self._pieces.append((guided, plan.resolved))
         return guided.abs().amax(dim=2)
