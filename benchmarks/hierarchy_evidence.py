@@ -122,6 +122,8 @@ ROWS_ORDER = (
     "prototype_siblings_prototypes",
     "prototype_others",
     "prototype_others_ensemble",
+    "prototype_grouping",
+    "prototype_grouping_shuffled",
     "prototype_distant",
     "prototype_distant_shuffled",
     "prototype_distant_prototypes",
@@ -228,6 +230,13 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
 
         source = group_source(ctx)
         hierarchies[f"{source}_shuffled"] = shuffled_hierarchy(hierarchies[source], seed=ctx.config.seed)
+    for row in wanted & {"prototype_grouping", "prototype_grouping_shuffled"}:
+        from hiercam.grouping import shuffled_hierarchy
+
+        key = group_source(ctx) + ("_shuffled" if row.endswith("_shuffled") else "")
+        if key not in hierarchies:
+            hierarchies[key] = shuffled_hierarchy(hierarchies[group_source(ctx)], seed=ctx.config.seed)
+        level_models[key] = train_level_models(ctx, hierarchies[key], digest(hierarchies[key].to_dict()))
     heads = {}
     if "heads" in wanted:
         heads["fc"] = train_level_heads(ctx, hierarchy, key)
@@ -735,8 +744,17 @@ def base_features(ctx: RunContext, base: TrainedModel, split: str) -> Tensor:
 PROTOTYPE_OPTIONS: dict[str, Any] = {"num_clusters": 12, "foreground_threshold": 0.1, "max_points": 20000}
 
 
-def prototypes(ctx: RunContext, base: TrainedModel, log: Callable[[str], None]) -> list[list[Tensor]]:
-    """LPCAM's class and context prototypes of a model, from the training split (cached)."""
+def prototypes(
+    ctx: RunContext,
+    base: TrainedModel,
+    log: Callable[[str], None],
+    level: tuple[ClassHierarchy, int] | None = None,
+) -> list[list[Tensor]]:
+    """LPCAM's class and context prototypes of a model, from the training split (cached).
+
+    ``level=(hierarchy, i)`` for a classifier of the groups of level ``i``: the prototypes of its groups, from
+    the training images' group labels.
+    """
     from hiercam.cam import PrototypeCAM
 
     def compute() -> list[list[Tensor]]:
@@ -750,7 +768,10 @@ def prototypes(ctx: RunContext, base: TrainedModel, log: Callable[[str], None]) 
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cam.fit(base_features(ctx, base, "train").float(), train_maps, ctx.data("train").labels)
+            labels = ctx.data("train").labels
+            if level is not None:
+                labels = level[0].remap_labels(labels, level[1])
+            cam.fit(base_features(ctx, base, "train").float(), train_maps, labels)
         for warning in caught:
             log(f"prototypes: {warning.message}")
         ctx.timings["prototypes"] = time.perf_counter() - begin
@@ -768,6 +789,9 @@ def prototype_maker(
 
     ``prototype_others`` adds every other class instead (hard negatives without a hierarchy);
     ``prototype_others_ensemble`` averages ``prototype_others`` over ``ensemble``'s models.
+    ``prototype_grouping[_shuffled]`` is ``grouping``'s Eq. 6 with each model's ``prototype_others`` maps in
+    place of its Grad-CAMs: the base classifier's class maps and each level model's group maps (its own group
+    prototypes), on ``group_source``'s hierarchy (or its shuffled copy, the control).
 
     The prototypes are clustered once per seed; the siblings' class prototypes join each class's own context
     prototypes (``PrototypeCAM(context_classes=sibling_classes(hierarchy, 1))``, without clustering again).
@@ -779,6 +803,22 @@ def prototype_maker(
     if name == "prototype_others_ensemble":  # each model's own prototypes; averaged as `ensemble` averages
         each = [others_maps(ctx, trained, split, log) for trained in [models.base, *models.partners]]
         return lambda index, labels, size: average_branch_maps([upsample(m[index], size) for m in each])
+    if name.startswith("prototype_grouping"):  # Eq. 6 over the level models, LPCAM in place of Grad-CAM
+        key = group_source(ctx) + ("_shuffled" if name.endswith("_shuffled") else "")
+        hierarchy, level_models = models.hierarchies[key], models.level_models[key]
+        base = others_maps(ctx, models.base, split, log)
+        levels = [
+            others_maps(ctx, trained, split, log, (hierarchy, level))
+            for level, trained in enumerate(level_models, start=1)
+        ]
+
+        def fused(index: Tensor, labels: Tensor, size: tuple[int, int]) -> Tensor:
+            group_maps = [upsample(m[index], size) for m in levels]
+            return fuse_hierarchy(
+                upsample(base[index], size), group_maps, hierarchy, labels, rest_reduction="max"
+            )
+
+        return fused
     if name == "prototype_others":  # every other class's prototypes: hard negatives without a hierarchy
         maps = others_maps(ctx, models.base, split, log)
         return lambda index, labels, size: upsample(maps[index], size)
@@ -818,11 +858,21 @@ def prototype_maker(
     return lambda index, labels, size: upsample(maps[index], size)
 
 
-def others_maps(ctx: RunContext, trained: TrainedModel, split: str, log: Callable[[str], None]) -> Tensor:
-    """``prototype_others``' maps ``(N, K, h, w)`` of ``trained`` on ``split``, from its own prototypes."""
+def others_maps(
+    ctx: RunContext,
+    trained: TrainedModel,
+    split: str,
+    log: Callable[[str], None],
+    level: tuple[ClassHierarchy, int] | None = None,
+) -> Tensor:
+    """``prototype_others``' maps ``(N, K, h, w)`` of ``trained`` on ``split``, from its own prototypes.
+
+    ``level=(hierarchy, i)`` for a classifier of the groups of level ``i``: maps ``(N, N_i, h, w)`` of its
+    groups, each against its own context and every other group's prototypes.
+    """
     from hiercam.cam import prototype_cam
 
-    own, context = prototypes(ctx, trained, log)
+    own, context = prototypes(ctx, trained, log, level)
     context = [torch.cat([context[k], *(own[j] for j in range(len(own)) if j != k)]) for k in range(len(own))]
     return torch.cat(
         [
@@ -989,6 +1039,12 @@ CONTROLS = {
         "ensemble",
     ),
     "prototype_others_ensemble": ("gradcam", "ensemble", "prototype_others"),
+    "prototype_grouping": (
+        "gradcam",
+        "prototype_others",
+        "prototype_others_ensemble",
+        "prototype_grouping_shuffled",
+    ),
     "prototype_distant": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "prototype_distant_prototypes": ("gradcam", "prototype_others", "prototype_distant_shuffled"),
     "prototype_groups": ("gradcam", "prototype_others", "prototype_groups_shuffled", "ensemble"),
@@ -1132,6 +1188,8 @@ ENSEMBLE_COST_ROWS = (
     "grouping_shuffled",
     "grouping_cooccurrence",
     "prototype_others_ensemble",
+    "prototype_grouping",
+    "prototype_grouping_shuffled",
 )
 
 
@@ -1172,6 +1230,7 @@ METHOD_ROWS = (
     "prototype_siblings_prototypes",
     "prototype_others",
     "prototype_others_ensemble",
+    "prototype_grouping",
     "prototype_distant",
     "prototype_distant_prototypes",
     "prototype_groups",
