@@ -398,6 +398,65 @@ def test_missing_weights_file(
     assert "nope.pt': no such file" in err
 
 
+def test_method_options_equal_finercam_called_directly(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = run(files["photo"], *resnet_args(files), "--size", "64", "--layer", "layer4",
+               "--method", "finercam", "--classes", "2", "7", "--method-option", "comparisons=[1, 2]",
+               "--method-option", "alpha=0.8", "--method-option", "method=gradcamplusplus",
+               "--out", out)  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method_options"] == {"comparisons": [1, 2], "alpha": 0.8, "method": "gradcamplusplus"}
+    x = preprocess(files["photo"], (64, 64))
+    model = reference_model(files["weights"])
+    with hiercam.cam.FinerCAM(
+        model, "layer4", method=hiercam.cam.GradCAMPlusPlus, comparisons=(1, 2), alpha=0.8
+    ) as cam:
+        expected = cam(x, [2, 7])[0]
+    with hiercam.cam.FinerCAM(model, "layer4") as cam:
+        default = cam(x, [2, 7])[0]
+    saved = torch.load(out / "photo.pt", weights_only=True)
+    torch.testing.assert_close(saved["maps"], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(saved["maps"], default, rtol=1e-4, atol=1e-5)
+
+
+def test_method_options_of_the_function_record_a_class_by_its_name(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    options = {"method": hiercam.cam.GradCAMPlusPlus, "comparisons": (1,)}
+    explain_images([files["photo"]], "resnet18", out, weights=files["weights"], num_classes=10, size=64,
+                   method="finercam", classes=[3], overlays=False, method_options=options)  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method_options"] == {"method": "GradCAMPlusPlus", "comparisons": [1]}
+    assert options == {"method": hiercam.cam.GradCAMPlusPlus, "comparisons": (1,)}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method-option", "beta=1"], "FinerCAM takes no option 'beta'; its options: alpha, comparisons,"),
+        (["--method-option", "eigen_smooth=true"], "cannot set 'eigen_smooth': use `eigen_smooth`"),
+        (["--method-option", "target_layer=layer3"], "cannot set 'target_layer': use `layer`"),
+        (["--method-option", "alpha"], "--method-option must be NAME=VALUE, got 'alpha'"),
+        (["--method-option", "alpha=1", "--method-option", "alpha=2"], "'alpha' is given twice"),
+        (["--method-option", "alpha=nan"], "`alpha` must be a finite number"),
+        (["--method-option", "method=gradcma"], "did you mean gradcam"),
+    ],
+)
+def test_bad_method_options_exit_2_naming_the_option(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    err = fail(capsys, tmp_path / "out", files["photo"], *resnet_args(files), "--method", "finercam", *args)
+    assert message in err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_method_options_must_be_a_mapping(files: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="`method_options` must be a mapping"):
+        explain_images([files["photo"]], "resnet18", tmp_path / "out", method_options=[("alpha", 1.0)])  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

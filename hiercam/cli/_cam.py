@@ -13,7 +13,7 @@ from typing import Any
 from hiercam.cam import IRN_SCALES, METHODS
 from hiercam.cli._args import eigen_smooth_methods
 
-__all__ = ["add_cam_parser", "run_cam"]
+__all__ = ["add_cam_parser", "parse_method_options", "run_cam"]
 
 
 def add_cam_parser(commands: Any) -> None:
@@ -112,6 +112,14 @@ def add_cam_parser(commands: Any) -> None:
         help="IRN's test-time augmentation: the maps of the image at these scales and of its mirror images, "
         f"averaged (no value: {' '.join(f'{s:g}' for s in IRN_SCALES)})",
     )
+    cam.add_argument(
+        "--method-option",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="a keyword argument of the method's constructor, repeatable; VALUE is read as JSON, else kept "
+        "as text (e.g. --method-option comparisons=[1,2] --method-option alpha=0.8 for finercam)",
+    )
     cam.add_argument("--no-overlay", action="store_true", help="write only the maps (no matplotlib needed)")
     cam.add_argument(
         "--device",
@@ -120,6 +128,27 @@ def add_cam_parser(commands: Any) -> None:
         help="cpu, cuda, cuda:N or mps (default: cuda if available)",
     )
     cam.add_argument("--out", required=True, metavar="DIR", help="output directory")
+
+
+def parse_method_options(pairs: list[str]) -> dict[str, Any]:
+    """``--method-option NAME=VALUE`` pairs as a dict; each VALUE read as JSON, else kept as text.
+
+    Raises:
+        ValueError: a pair without ``=`` or with an empty name, or a name given twice.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, equals, text = pair.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise ValueError(f"--method-option must be NAME=VALUE, got {pair!r}")
+        if name in options:
+            raise ValueError(f"--method-option {name!r} is given twice")
+        try:
+            options[name] = json.loads(text)
+        except json.JSONDecodeError:
+            options[name] = text
+    return options
 
 
 def run_cam(args: argparse.Namespace) -> int:
@@ -148,6 +177,7 @@ def run_cam(args: argparse.Namespace) -> int:
         class_names=args.class_names,
         eigen_smooth=args.eigen_smooth,
         scales=None if args.multiscale is None else args.multiscale or IRN_SCALES,
+        method_options=parse_method_options(args.method_option or []),
     )
     for record in records:
         labels = record.names or [str(k) for k in record.classes]

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, get_args
 
@@ -86,6 +87,7 @@ def explain_images(
     class_names: str | os.PathLike[str] | Sequence[str] | None = None,
     eigen_smooth: bool = False,
     scales: Sequence[float] | None = None,
+    method_options: Mapping[str, Any] | None = None,
 ) -> list[ExplainedImage]:
     """Compute and save the class activation maps of image files.
 
@@ -130,6 +132,11 @@ def explain_images(
             ([`MultiScaleCAM`][hiercam.MultiScaleCAM]: each scale with its mirror image, the raw maps
             averaged), e.g. ``IRN_SCALES`` ``(1.0, 0.5, 1.5, 2.0)``; the classes are chosen on the unscaled
             image as without it.
+        method_options: more keyword arguments of the method's constructor, by name, e.g.
+            ``{"comparisons": [1, 2], "alpha": 0.8}`` for FinerCAM or ``{"batch_size": 16}`` for Score-CAM;
+            a string for an option named ``method`` (FinerCAM's base method) is a method's name, looked up
+            as ``method`` is. The constructor checks the values. Recorded in ``summary.json`` (a value that
+            JSON cannot hold as its ``repr``, a class as its name).
 
     Returns:
         One record per image, in the order of ``images``.
@@ -139,7 +146,10 @@ def explain_images(
             model, method or layer (with close matches), a weights file that is not a fitting state dict,
             out-of-range ``classes``/``top_k``/``size``, both ``classes`` and ``top_k``, a ``size`` the model
             cannot take, an unknown or unavailable ``device``, an ``out`` that is a file or inside one,
-            ``eigen_smooth`` with a method that does not take it, empty or non-positive ``scales``.
+            ``eigen_smooth`` with a method that does not take it, empty or non-positive ``scales``, a
+            ``method_options`` name the method's constructor does not take (or one with its own argument:
+            ``model``, ``target_layer``, ``eigen_smooth``); a value the constructor refuses raises its
+            error once the model is built, before any image is read.
         TypeError: arguments of the wrong type.
         ImportError: ``overlays=True`` without matplotlib, or a ``timm:`` model without timm.
 
@@ -161,6 +171,9 @@ def explain_images(
     target = _check_device(device)
     cam_type = find_method(method)
     smoothing = _check_eigen_smooth(eigen_smooth, cam_type)
+    constructor_options = _check_method_options(method_options, cam_type)
+    if smoothing:
+        constructor_options["eigen_smooth"] = True
     passes = None if scales is None else check_scales(scales)
     names = _check_class_names(class_names)
     files, skipped = expand_images(images)
@@ -180,9 +193,7 @@ def explain_images(
     net = net.to(target).eval()
     records: list[ExplainedImage] = []
     chosen_layers = None if not layers else layers[0] if len(layers) == 1 else layers
-    extractor: BaseCAM = (
-        cam_type(net, chosen_layers, eigen_smooth=True) if smoothing else cam_type(net, chosen_layers)
-    )
+    extractor: BaseCAM = cam_type(net, chosen_layers, **constructor_options)
     explain = extractor if passes is None else MultiScaleCAM(extractor, passes)
     with extractor:
         for path, stem in zip(files, unique_stems(files), strict=True):
@@ -204,6 +215,7 @@ def explain_images(
             "input_norm": input_norm,
             "normalize": normalize,
             "eigen_smooth": eigen_smooth,
+            "method_options": _recordable(method_options or {}),
             "scales": None if passes is None else list(passes),
             "images": [asdict(record) for record in records],
             "skipped": [os.fspath(path) for path in skipped],
@@ -224,6 +236,56 @@ def _check_eigen_smooth(eigen_smooth: bool, cam_type: type[BaseCAM]) -> bool:
             f"{', '.join(eigen_smooth_methods())}"
         )
     return True
+
+
+#: The constructor arguments that ``explain_images`` sets itself.
+_OWN_ARGUMENTS = {
+    "model": "model",
+    "target_layer": "layer",
+    "target_layers": "layer",
+    "eigen_smooth": "eigen_smooth",
+}
+
+
+def _check_method_options(options: Mapping[str, Any] | None, cam_type: type[BaseCAM]) -> dict[str, Any]:
+    """``method_options`` checked against the constructor of ``cam_type``; a ``method`` name looked up."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"`method_options` must be a mapping of option names to values, got {type_name(options)}"
+        )
+    parameters = inspect.signature(cam_type).parameters
+    accepted = sorted(name for name in parameters if name not in _OWN_ARGUMENTS)
+    checked: dict[str, Any] = {}
+    for name, value in options.items():
+        if not isinstance(name, str):
+            raise TypeError(f"`method_options` names must be str, got {type_name(name)}")
+        if name in _OWN_ARGUMENTS:
+            raise ValueError(f"`method_options` cannot set {name!r}: use `{_OWN_ARGUMENTS[name]}`")
+        if name not in parameters:
+            raise ValueError(
+                f"`method_options`: {cam_type.__name__} takes no option {name!r}; its options: "
+                f"{', '.join(accepted) or 'none'}"
+            )
+        checked[name] = find_method(value) if name == "method" and isinstance(value, str) else value
+    return checked
+
+
+def _recordable(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` as ``summary.json`` records them: JSON values kept, a class by its name, else its repr."""
+    recorded: dict[str, Any] = {}
+    for name, value in options.items():
+        if isinstance(value, type):
+            recorded[name] = value.__name__
+            continue
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            recorded[name] = repr(value)
+        else:
+            recorded[name] = value
+    return recorded
 
 
 @dataclass(frozen=True)
