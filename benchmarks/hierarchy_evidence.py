@@ -1271,16 +1271,17 @@ def choose_recommended(records: Sequence[dict[str, Any]], rows: Sequence[str]) -
     )
 
 
-def print_tables(folder: Path) -> None:
+def print_tables(folder: Path, only_seeds: Sequence[int] | None = None) -> None:
     """The evidence tables (Markdown) from the committed seed records, one section per dataset.
 
     A row is shown over the seeds whose records hold it (the seeds are named); its difference to Grad-CAM is
-    paired by seed.
+    paired by seed. ``only_seeds``: only the records of these seeds (default: every record).
     """
     from hiercam.grouping import hierarchy_agreement
 
     for dataset_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
         records = [json.loads(p.read_text()) for p in sorted(dataset_folder.glob("seed_*.json"))]
+        records = [r for r in records if only_seeds is None or r["seed"] in only_seeds]
         if not records:
             continue
         seeds = [r["seed"] for r in records]
@@ -1442,6 +1443,9 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true", help="score again even if a record has every row")
     parser.add_argument("--table", action="store_true", help="print the tables from the committed records")
     parser.add_argument(
+        "--table-seeds", type=int, nargs="+", default=None, help="with --table: only these seeds' records"
+    )
+    parser.add_argument(
         "--validation-table",
         type=Path,
         nargs="+",
@@ -1467,7 +1471,7 @@ def main() -> None:
         print_group_mates(args.results, args.dataset, args.cache)
         return
     if args.table:
-        print_tables(args.results / "hierarchy")
+        print_tables(args.results / "hierarchy", args.table_seeds)
         return
     if args.validation_table:
         print_validation(args.validation_table, args.dataset)
