@@ -743,6 +743,10 @@ def base_features(ctx: RunContext, base: TrainedModel, split: str) -> Tensor:
 #: LPCAM's settings for PASCAL VOC (its public code), used unchanged: nothing is tuned on these datasets.
 PROTOTYPE_OPTIONS: dict[str, Any] = {"num_clusters": 12, "foreground_threshold": 0.1, "max_points": 20000}
 
+#: LPCAM's K-means seed when ``--prototype-seed`` is given (default: the training seed), to measure how much
+#: of a row's spread comes from the clustering rather than from the trained model.
+PROTOTYPE_SEED: int | None = None
+
 
 def prototypes(
     ctx: RunContext,
@@ -763,7 +767,7 @@ def prototypes(
         cam = PrototypeCAM(
             base.model.classifier.weight.detach(),
             classifier_bias=base.model.classifier.bias.detach(),
-            seed=ctx.config.seed,
+            seed=ctx.config.seed if PROTOTYPE_SEED is None else PROTOTYPE_SEED,
             **PROTOTYPE_OPTIONS,
         )
         with warnings.catch_warnings(record=True) as caught:
@@ -779,6 +783,8 @@ def prototypes(
         return [list(cam.class_prototypes_), list(cam.context_prototypes_)]
 
     name = f"prototypes-{base.content_key[:16]}-{digest(PROTOTYPE_OPTIONS)[:8]}"
+    if PROTOTYPE_SEED is not None:
+        name += f"-kmeans{PROTOTYPE_SEED}"
     return cached(ctx, name, compute)  # type: ignore[arg-type, return-value]
 
 
@@ -1165,6 +1171,7 @@ def _write_record(
         "split": split,
         "rows": list(rows),
         "subcategory_weight": ctx.config.method.subcategory_weight,
+        "prototype_seed": ctx.config.seed if PROTOTYPE_SEED is None else PROTOTYPE_SEED,
         "thresholds": list(THRESHOLDS),
         "results": result,
         **extra,
@@ -1380,6 +1387,37 @@ def print_group_mates(folder: Path, dataset: str, cache: Path) -> None:
             print(f"| {record['seed']} | {name} | {borrowed:.2f} | {together:.1f} % |")
 
 
+def print_clustering_spread(folders: Sequence[Path], dataset: str) -> None:
+    """How much LPCAM's K-means seed moves each row on validation, the trained models fixed.
+
+    Each folder is a ``--results`` root of ``--validation-only`` records made with another
+    ``--prototype-seed`` on the same training seeds (the same cached models). Per training seed and row: the
+    validation mIoU@0.15 over the folders (``mean ± std [min, max]``); then, per training seed, in how many
+    of the folders each pair of rows is ordered one way (the every-seed rules' comparisons).
+    """
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for folder in folders:
+        for path in sorted((folder / "hierarchy" / dataset).glob("validation_seed_*.json")):
+            record = json.loads(path.read_text())
+            by_seed.setdefault(record["seed"], []).append(record)
+    rows = [row for row in ROWS_ORDER if any(row in r["results"] for rs in by_seed.values() for r in rs)]
+    print("| training seed | K-means seeds | " + " | ".join(rows) + " |")
+    print("| ---: | ---: | " + " | ".join("---:" for _ in rows) + " |")
+    for seed, records in sorted(by_seed.items()):
+        cells = [_spread([r["results"][row]["val_miou_paper"] for r in records]) for row in rows]
+        print(f"| {seed} | {len(records)} | " + " | ".join(cells) + " |")
+    pairs = [(a, b) for a in rows for b in rows if a != b and a.startswith("prototype") and b != "gradcam"]
+    pairs = [(a, b) for a, b in pairs if rows.index(a) > rows.index(b)]
+    print("\n| training seed | " + " | ".join(f"{a} > {b}" for a, b in pairs) + " |")
+    print("| ---: | " + " | ".join("---:" for _ in pairs) + " |")
+    for seed, records in sorted(by_seed.items()):
+        wins = [
+            sum(r["results"][a]["val_miou_paper"] > r["results"][b]["val_miou_paper"] for r in records)
+            for a, b in pairs
+        ]
+        print(f"| {seed} | " + " | ".join(f"{w} of {len(records)}" for w in wins) + " |")
+
+
 def print_validation(folders: Sequence[Path], dataset: str) -> None:
     """A choice among settings, on validation alone: each folder's rows, validation mIoU@0.15 per seed.
 
@@ -1456,6 +1494,19 @@ def main() -> None:
         "--subcategory-weight", type=float, default=None, help="SC-CAM's auxiliary weight (default: its 5)"
     )
     parser.add_argument(
+        "--clustering-spread",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print how LPCAM's K-means seed moves the rows of these --validation-only roots and stop",
+    )
+    parser.add_argument(
+        "--prototype-seed",
+        type=int,
+        default=None,
+        help="LPCAM's K-means seed (default: the training seed); the models stay those of --seeds",
+    )
+    parser.add_argument(
         "--validation-only",
         action="store_true",
         help="score the validation split alone (records validation_seed_<n>.json): a choice among settings",
@@ -1467,11 +1518,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global PROTOTYPE_SEED
+    PROTOTYPE_SEED = args.prototype_seed
     if args.group_mates:
         print_group_mates(args.results, args.dataset, args.cache)
         return
     if args.table:
         print_tables(args.results / "hierarchy", args.table_seeds)
+        return
+    if args.clustering_spread:
+        print_clustering_spread(args.clustering_spread, args.dataset)
         return
     if args.validation_table:
         print_validation(args.validation_table, args.dataset)
