@@ -122,6 +122,7 @@ ROWS_ORDER = (
     "prototype_siblings_prototypes",
     "prototype_others",
     "prototype_others_ensemble",
+    "prototype_others_restarts",
     "prototype_grouping",
     "prototype_grouping_shuffled",
     "prototype_distant",
@@ -743,6 +744,9 @@ def base_features(ctx: RunContext, base: TrainedModel, split: str) -> Tensor:
 #: LPCAM's settings for PASCAL VOC (its public code), used unchanged: nothing is tuned on these datasets.
 PROTOTYPE_OPTIONS: dict[str, Any] = {"num_clusters": 12, "foreground_threshold": 0.1, "max_points": 20000}
 
+#: ``prototype_others_restarts``' second K-means seed: the training seed plus this (the first is the seed).
+RESTART_SEED_OFFSET = 1000
+
 #: LPCAM's K-means seed when ``--prototype-seed`` is given (default: the training seed), to measure how much
 #: of a row's spread comes from the clustering rather than from the trained model.
 PROTOTYPE_SEED: int | None = None
@@ -753,13 +757,18 @@ def prototypes(
     base: TrainedModel,
     log: Callable[[str], None],
     level: tuple[ClassHierarchy, int] | None = None,
+    kmeans_seed: int | None = None,
 ) -> list[list[Tensor]]:
     """LPCAM's class and context prototypes of a model, from the training split (cached).
 
     ``level=(hierarchy, i)`` for a classifier of the groups of level ``i``: the prototypes of its groups, from
-    the training images' group labels.
+    the training images' group labels. ``kmeans_seed`` replaces the K-means seed (default:
+    ``--prototype-seed``, else the training seed).
     """
     from hiercam.cam import PrototypeCAM
+
+    seed = kmeans_seed if kmeans_seed is not None else PROTOTYPE_SEED
+    seed = ctx.config.seed if seed is None else seed
 
     def compute() -> list[list[Tensor]]:
         begin = time.perf_counter()
@@ -767,7 +776,7 @@ def prototypes(
         cam = PrototypeCAM(
             base.model.classifier.weight.detach(),
             classifier_bias=base.model.classifier.bias.detach(),
-            seed=ctx.config.seed if PROTOTYPE_SEED is None else PROTOTYPE_SEED,
+            seed=seed,
             **PROTOTYPE_OPTIONS,
         )
         with warnings.catch_warnings(record=True) as caught:
@@ -783,8 +792,8 @@ def prototypes(
         return [list(cam.class_prototypes_), list(cam.context_prototypes_)]
 
     name = f"prototypes-{base.content_key[:16]}-{digest(PROTOTYPE_OPTIONS)[:8]}"
-    if PROTOTYPE_SEED is not None:
-        name += f"-kmeans{PROTOTYPE_SEED}"
+    if seed != ctx.config.seed:
+        name += f"-kmeans{seed}"
     return cached(ctx, name, compute)  # type: ignore[arg-type, return-value]
 
 
@@ -808,6 +817,10 @@ def prototype_maker(
         raise ValueError("prototype rows have no multi-scale form here")
     if name == "prototype_others_ensemble":  # each model's own prototypes; averaged as `ensemble` averages
         each = [others_maps(ctx, trained, split, log) for trained in [models.base, *models.partners]]
+        return lambda index, labels, size: average_branch_maps([upsample(m[index], size) for m in each])
+    if name == "prototype_others_restarts":  # one model, two K-means seeds: what the clustering adds
+        seeds = (ctx.config.seed, ctx.config.seed + RESTART_SEED_OFFSET)
+        each = [others_maps(ctx, models.base, split, log, kmeans_seed=k) for k in seeds]
         return lambda index, labels, size: average_branch_maps([upsample(m[index], size) for m in each])
     if name.startswith("prototype_grouping"):  # Eq. 6 over the level models, LPCAM in place of Grad-CAM
         key = group_source(ctx) + ("_shuffled" if name.endswith("_shuffled") else "")
@@ -870,6 +883,7 @@ def others_maps(
     split: str,
     log: Callable[[str], None],
     level: tuple[ClassHierarchy, int] | None = None,
+    kmeans_seed: int | None = None,
 ) -> Tensor:
     """``prototype_others``' maps ``(N, K, h, w)`` of ``trained`` on ``split``, from its own prototypes.
 
@@ -878,7 +892,7 @@ def others_maps(
     """
     from hiercam.cam import prototype_cam
 
-    own, context = prototypes(ctx, trained, log, level)
+    own, context = prototypes(ctx, trained, log, level, kmeans_seed)
     context = [torch.cat([context[k], *(own[j] for j in range(len(own)) if j != k)]) for k in range(len(own))]
     return torch.cat(
         [
@@ -1045,6 +1059,7 @@ CONTROLS = {
         "ensemble",
     ),
     "prototype_others_ensemble": ("gradcam", "ensemble", "prototype_others"),
+    "prototype_others_restarts": ("gradcam", "prototype_others", "prototype_others_ensemble"),
     "prototype_grouping": (
         "gradcam",
         "prototype_others",
