@@ -232,11 +232,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         source = group_source(ctx)
         hierarchies[f"{source}_shuffled"] = shuffled_hierarchy(hierarchies[source], seed=ctx.config.seed)
     for row in wanted & {"prototype_grouping", "prototype_grouping_shuffled"}:
-        from hiercam.grouping import shuffled_hierarchy
-
         key = group_source(ctx) + ("_shuffled" if row.endswith("_shuffled") else "")
-        if key not in hierarchies:
-            hierarchies[key] = shuffled_hierarchy(hierarchies[group_source(ctx)], seed=ctx.config.seed)
         level_models[key] = train_level_models(ctx, hierarchies[key], digest(hierarchies[key].to_dict()))
     heads = {}
     if "heads" in wanted:
@@ -305,11 +301,13 @@ GROUP_SOURCE_SHUFFLED_ROWS = {
     *(group_map_row(kind, shuffled=True) for kind in _SOURCE_KINDS),
     "recam_siblings_shuffled",
     "recam_siblings_shuffled_plain",
+    "prototype_grouping_shuffled",
 }
 GROUP_SOURCE_ROWS = {
     *(group_map_row(kind) for kind in _SOURCE_KINDS),
     "recam_siblings",
     "recam_siblings_plain",
+    "prototype_grouping",
     *GROUP_SOURCE_SHUFFLED_ROWS,
 }
 
@@ -752,6 +750,14 @@ RESTART_SEED_OFFSET = 1000
 PROTOTYPE_SEED: int | None = None
 
 
+def kmeans_seed_of(ctx: RunContext, kmeans_seed: int | None = None) -> int:
+    """LPCAM's K-means seed: ``kmeans_seed``, else ``--prototype-seed``, else the training seed."""
+    for seed in (kmeans_seed, PROTOTYPE_SEED):
+        if seed is not None:
+            return seed
+    return ctx.config.seed
+
+
 def prototypes(
     ctx: RunContext,
     base: TrainedModel,
@@ -767,8 +773,7 @@ def prototypes(
     """
     from hiercam.cam import PrototypeCAM
 
-    seed = kmeans_seed if kmeans_seed is not None else PROTOTYPE_SEED
-    seed = ctx.config.seed if seed is None else seed
+    seed = kmeans_seed_of(ctx, kmeans_seed)
 
     def compute() -> list[list[Tensor]]:
         begin = time.perf_counter()
@@ -797,6 +802,11 @@ def prototypes(
     return cached(ctx, name, compute)  # type: ignore[arg-type, return-value]
 
 
+def averaged(maps: Sequence[Tensor]) -> Callable[[Tensor, Tensor, tuple[int, int]], Tensor]:
+    """A row maker averaging several ``(N, K, h, w)`` maps, each upsampled first, as ``ensemble`` averages."""
+    return lambda index, labels, size: average_branch_maps([upsample(m[index], size) for m in maps])
+
+
 def prototype_maker(
     ctx: RunContext, models: SeedModels, name: str, split: str, multiscale: bool, log: Callable[[str], None]
 ) -> Callable[[Tensor, Tensor, tuple[int, int]], Tensor]:
@@ -816,12 +826,10 @@ def prototype_maker(
     if multiscale:
         raise ValueError("prototype rows have no multi-scale form here")
     if name == "prototype_others_ensemble":  # each model's own prototypes; averaged as `ensemble` averages
-        each = [others_maps(ctx, trained, split, log) for trained in [models.base, *models.partners]]
-        return lambda index, labels, size: average_branch_maps([upsample(m[index], size) for m in each])
+        return averaged([others_maps(ctx, model, split, log) for model in [models.base, *models.partners]])
     if name == "prototype_others_restarts":  # one model, two K-means seeds: what the clustering adds
         seeds = (ctx.config.seed, ctx.config.seed + RESTART_SEED_OFFSET)
-        each = [others_maps(ctx, models.base, split, log, kmeans_seed=k) for k in seeds]
-        return lambda index, labels, size: average_branch_maps([upsample(m[index], size) for m in each])
+        return averaged([others_maps(ctx, models.base, split, log, kmeans_seed=k) for k in seeds])
     if name.startswith("prototype_grouping"):  # Eq. 6 over the level models, LPCAM in place of Grad-CAM
         key = group_source(ctx) + ("_shuffled" if name.endswith("_shuffled") else "")
         hierarchy, level_models = models.hierarchies[key], models.level_models[key]
@@ -1186,7 +1194,7 @@ def _write_record(
         "split": split,
         "rows": list(rows),
         "subcategory_weight": ctx.config.method.subcategory_weight,
-        "prototype_seed": ctx.config.seed if PROTOTYPE_SEED is None else PROTOTYPE_SEED,
+        "prototype_seed": kmeans_seed_of(ctx),
         "thresholds": list(THRESHOLDS),
         "results": result,
         **extra,
@@ -1421,8 +1429,9 @@ def print_clustering_spread(folders: Sequence[Path], dataset: str) -> None:
     for seed, records in sorted(by_seed.items()):
         cells = [_spread([r["results"][row]["val_miou_paper"] for r in records]) for row in rows]
         print(f"| {seed} | {len(records)} | " + " | ".join(cells) + " |")
-    pairs = [(a, b) for a in rows for b in rows if a != b and a.startswith("prototype") and b != "gradcam"]
-    pairs = [(a, b) for a, b in pairs if rows.index(a) > rows.index(b)]
+    pairs = [
+        (a, b) for i, a in enumerate(rows) for b in rows[:i] if a.startswith("prototype") and b != "gradcam"
+    ]
     print("\n| training seed | " + " | ".join(f"{a} > {b}" for a, b in pairs) + " |")
     print("| ---: | " + " | ".join("---:" for _ in pairs) + " |")
     for seed, records in sorted(by_seed.items()):
