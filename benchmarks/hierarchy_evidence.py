@@ -37,6 +37,10 @@ masks:
   frozen backbone's class prototypes by similarity while keeping classes that share images apart
   (``apart_hierarchy``); ``prototype_groups_uncertain`` / ``_shuffled``: ``prototype_groups_absent``'s group
   term only where the class maps leave a pixel's class uncertain;
+* ``prototype_routed`` / ``_shuffled``: the frozen backbone's prototype hierarchy (or its shuffled copy)
+  routes the decision: the image's classes in one level-1 group compete by their contrast with each other, the
+  group's best one carrying the group's ``prototype_others`` evidence (``routed_maps``);
+  ``prototype_present``: the same with one group of all the image's classes (no hierarchy);
 * ``recam`` / ``recam_siblings`` / ``recam_siblings_shuffled``: ReCAM fine-tunings of the base classifier
   (every class, the siblings, shuffled siblings as the softmax's negatives), explained by their ``W' * W``
   maps; with ``_plain`` (``recam_plain``, ...) by the fine-tuned net's own classifier ``W``; ``finetune``
@@ -138,6 +142,9 @@ ROWS_ORDER = (
     "prototype_groups_apart_shuffled",
     "prototype_groups_uncertain",
     "prototype_groups_uncertain_shuffled",
+    "prototype_present",
+    "prototype_routed",
+    "prototype_routed_shuffled",
     "subcategory",
     "subcategory_shuffled",
     "recam",
@@ -302,12 +309,14 @@ GROUP_SOURCE_SHUFFLED_ROWS = {
     "recam_siblings_shuffled",
     "recam_siblings_shuffled_plain",
     "prototype_grouping_shuffled",
+    "prototype_routed_shuffled",
 }
 GROUP_SOURCE_ROWS = {
     *(group_map_row(kind) for kind in _SOURCE_KINDS),
     "recam_siblings",
     "recam_siblings_plain",
     "prototype_grouping",
+    "prototype_routed",
     *GROUP_SOURCE_SHUFFLED_ROWS,
 }
 
@@ -849,6 +858,21 @@ def prototype_maker(
     if name == "prototype_others":  # every other class's prototypes: hard negatives without a hierarchy
         maps = others_maps(ctx, models.base, split, log)
         return lambda index, labels, size: upsample(maps[index], size)
+    if name.startswith(("prototype_routed", "prototype_present")):  # the hierarchy routes the decision
+        others = others_maps(ctx, models.base, split, log)
+        own = prototypes(ctx, models.base, log)[0]
+        groups = None
+        if name.startswith("prototype_routed"):
+            key = group_source(ctx) + ("_shuffled" if name.endswith("_shuffled") else "")
+            groups = models.hierarchies[key].assignments(1)
+        features, present = base_features(ctx, models.base, split), ctx.data(split).labels
+        maps = torch.cat(
+            [
+                routed_maps(feature[None].float(), others[i][None].float(), own, labels[None], groups)
+                for i, (feature, labels) in enumerate(zip(features, present, strict=True))
+            ]
+        )
+        return lambda index, labels, size: upsample(maps[index], size)
     own, context = prototypes(ctx, models.base, log)
     if name.startswith("prototype_distant"):  # every other class but the siblings: the hierarchy excludes
         source = name.removeprefix("prototype_distant").removeprefix("_") or "fc"
@@ -908,6 +932,52 @@ def others_maps(
             for chunk in base_features(ctx, trained, split).split(64)
         ]
     )
+
+
+def routed_maps(
+    features: Tensor, others: Tensor, own: Sequence[Tensor], labels: Tensor, groups: Tensor | None
+) -> Tensor:
+    """The hierarchy routes the decision: groups by ``prototype_others``, siblings against each other.
+
+    For one image (``features (1, C, h, w)``, ``prototype_others``' maps ``others (1, K, h, w)``, its labels
+    ``(1, K)``), ``P`` the max-normalised ``others``. Its classes are split by their level-1 group
+    (``groups (K,)``; ``None``: one group of every class in the image, the control without a hierarchy).
+    A class alone in its group keeps ``P_k``. In a group ``m`` of two or more of the image's classes, the
+    group's evidence is ``G = max_{j in m} P_j`` and the classes compete by their sibling contrast
+    ``D_k = ReLU(cos(x, u_k - mean_{j in m, j != k} u_j))`` (``u``: the mean unit class prototype),
+    max-normalised: ``M_k = G * (D_k + e) / (max_{j in m} D_j + e)``, ``e = 1e-6``, so the group's best
+    sibling at a pixel carries the group's evidence there. Absent classes get zero maps. Fixed, with its
+    rule, before any figure of it was seen.
+    """
+    eps = 1e-6
+    unit = F.normalize(features, dim=1)
+    directions = torch.stack([F.normalize(p.float(), dim=1).mean(0) for p in own])  # (K, C)
+    scaled = normalize_maps(others)
+    out = torch.zeros_like(others)
+    present = labels[0].nonzero().flatten().tolist()
+    members: dict[int, list[int]] = {}
+    for k in present:
+        members.setdefault(0 if groups is None else int(groups[k]), []).append(k)
+    for group in members.values():
+        if len(group) == 1:
+            out[:, group[0]] = scaled[:, group[0]]
+            continue
+        evidence = scaled[:, group].amax(dim=1)  # (1, h, w)
+        contrast = torch.stack(
+            [
+                torch.einsum(
+                    "bchw,c->bhw",
+                    unit,
+                    directions[k] - directions[[j for j in group if j != k]].mean(0),
+                ).clamp_min(0)
+                for k in group
+            ],
+            dim=1,
+        )  # (1, m, h, w)
+        contrast = normalize_maps(contrast)
+        ratio = (contrast + eps) / (contrast.amax(dim=1, keepdim=True) + eps)
+        out[:, group] = evidence[:, None] * ratio
+    return out
 
 
 def group_prototype_maps(
@@ -1088,6 +1158,8 @@ CONTROLS = {
         for kind in GROUP_MAP_DESIGNS
         if kind
     },
+    "prototype_present": ("gradcam", "prototype_others"),
+    "prototype_routed": ("gradcam", "prototype_others", "prototype_present", "prototype_routed_shuffled"),
     "subcategory": ("gradcam", "ensemble", "subcategory_shuffled", "prototype_others"),
     "recam": ("gradcam", "ensemble"),
     "recam_plain": ("gradcam", "ensemble", "finetune", "recam"),
@@ -1195,6 +1267,7 @@ def _write_record(
         "rows": list(rows),
         "subcategory_weight": ctx.config.method.subcategory_weight,
         "prototype_seed": kmeans_seed_of(ctx),
+        "prototype_n_init": PROTOTYPE_OPTIONS.get("n_init", 1),
         "thresholds": list(THRESHOLDS),
         "results": result,
         **extra,
@@ -1268,6 +1341,8 @@ METHOD_ROWS = (
     "prototype_groups_gated",
     "prototype_groups_apart",
     "prototype_groups_uncertain",
+    "prototype_present",
+    "prototype_routed",
     "subcategory",
     "recam",
     "recam_siblings",
@@ -1410,6 +1485,94 @@ def print_group_mates(folder: Path, dataset: str, cache: Path) -> None:
             print(f"| {record['seed']} | {name} | {borrowed:.2f} | {together:.1f} % |")
 
 
+def print_error_pairs(dataset: str, seeds: Sequence[int], cache: Path) -> None:
+    """Where the errors are, against each hierarchy: validation split and training features only.
+
+    Under this benchmark's protocol a pixel takes one of its image's classes, so every class-to-class error
+    is between two classes of the same image. Per seed: the share of ``gradcam``'s and ``prototype_others``'
+    class-to-class error pixels at 0.15 whose (truth, prediction) pair are siblings at level 1 of each
+    hierarchy (a hierarchy can only act on those). Then LPCAM's class-score filter on the training split:
+    the foreground centres it keeps (``p_k > 0.9``), and of those it rejects, the share whose best other
+    class shares images with ``k`` (``APART_RATE``) or is a sibling in each hierarchy.
+    """
+    from hiercam.cam import PrototypeCAM
+
+    step = list(THRESHOLDS).index(0.15)
+    names = {"fc": "FC-weight", "shuffled": "FC-weight, shuffled", "cooccurrence": "co-occurrence"}
+    rows = ["gradcam", "prototype_others", "prototype_siblings_shuffled", "prototype_siblings_cooccurrence"]
+    if config_for(dataset, seeds[0], None).model.weights is not None:
+        rows += [group_map_row(kind, shuffled) for kind in ("", "apart") for shuffled in (False, True)]
+        names.update(
+            {
+                "prototypes": "backbone prototypes",
+                "prototypes_shuffled": "backbone prototypes, shuffled",
+                "apart": "apart",
+                "apart_shuffled": "apart, shuffled",
+            }
+        )
+    print("| seed | row | class-to-class errors | " + " | ".join(names.values()) + " |")
+    print("| ---: | --- | ---: | " + " | ".join("---:" for _ in names) + " |")
+    lines = []
+    for seed in seeds:
+        ctx = context(dataset, seed, cache, lambda line: None)
+        models = train_models(ctx, rows, lambda line: None)
+        siblings = {}
+        for name in names:
+            groups = models.hierarchies[name].assignments(1)
+            siblings[name] = (groups[:, None] == groups[None, :]).fill_diagonal_(False)
+        makers = row_makers(ctx, models, rows[:2], "val", lambda line: None)
+        for row, confusion in score(ctx, makers, "val", THRESHOLDS).items():
+            matrix = confusion[step].sum(0).double()[1:, 1:]
+            wrong = matrix.clone().fill_diagonal_(0)
+            shares = [100 * float(wrong[siblings[name]].sum() / wrong.sum()) for name in names]
+            print(
+                f"| {seed} | {row} | {100 * float(wrong.sum() / matrix.sum()):.1f} % | "
+                + " | ".join(f"{share:.0f} %" for share in shares)
+                + " |"
+            )
+        base = models.base
+        weight, bias = base.model.classifier.weight.detach(), base.model.classifier.bias.detach()
+        cam = PrototypeCAM(weight, classifier_bias=bias, seed=kmeans_seed_of(ctx), **PROTOTYPE_OPTIONS)
+        labels = ctx.data("train").labels
+        cam.update(
+            base_features(ctx, base, "train").float(),
+            normalize_maps(gradcam_maps(ctx, base, "train", None).float()),
+            labels,
+        )
+        present = labels.double()
+        share = (present.T @ present) / present.sum(0).clamp_min(1)[:, None]
+        together = (share >= APART_RATE) | (share >= APART_RATE).T
+        kept = rejected = 0
+        counts = dict.fromkeys(["together", *names], 0)
+        for cls in range(cam.num_classes):
+            foreground, _ = cam._class_points(cls)
+            if foreground.shape[0] == 0:
+                continue
+            centres = cam._centers(foreground).double()
+            probability = torch.softmax(centres @ weight.double().T + bias.double(), dim=1)
+            out = probability[:, cls] <= cam.class_score
+            kept += int((~out).sum())
+            rejected += int(out.sum())
+            others = probability[out].clone()
+            others[:, cls] = -1.0
+            best = others.argmax(dim=1)
+            counts["together"] += int(together[cls, best].sum())
+            for name in names:
+                counts[name] += int(siblings[name][cls, best].sum())
+        lines.append(
+            f"| {seed} | {kept} | {rejected} | "
+            + " | ".join(f"{100 * counts[key] / max(rejected, 1):.0f} %" for key in counts)
+            + " |"
+        )
+    print(
+        "\n| seed | centres kept | rejected | best other class shares images | "
+        + " | ".join(names.values())
+        + " |"
+    )
+    print("| ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in names) + " |")
+    print("\n".join(lines))
+
+
 def print_clustering_spread(folders: Sequence[Path], dataset: str) -> None:
     """How much LPCAM's K-means seed moves each row on validation, the trained models fixed.
 
@@ -1432,6 +1595,8 @@ def print_clustering_spread(folders: Sequence[Path], dataset: str) -> None:
     pairs = [
         (a, b) for i, a in enumerate(rows) for b in rows[:i] if a.startswith("prototype") and b != "gradcam"
     ]
+    if not pairs:
+        return
     print("\n| training seed | " + " | ".join(f"{a} > {b}" for a, b in pairs) + " |")
     print("| ---: | " + " | ".join("---:" for _ in pairs) + " |")
     for seed, records in sorted(by_seed.items()):
@@ -1531,9 +1696,20 @@ def main() -> None:
         help="LPCAM's K-means seed (default: the training seed); the models stay those of --seeds",
     )
     parser.add_argument(
+        "--prototype-n-init",
+        type=int,
+        default=1,
+        help="LPCAM's K-means restarts (scikit-learn keeps the lowest-inertia one; default: 1, as published)",
+    )
+    parser.add_argument(
         "--validation-only",
         action="store_true",
         help="score the validation split alone (records validation_seed_<n>.json): a choice among settings",
+    )
+    parser.add_argument(
+        "--error-pairs",
+        action="store_true",
+        help="print, per --seeds, between which class pairs the validation errors fall, per hierarchy",
     )
     parser.add_argument(
         "--group-mates",
@@ -1544,6 +1720,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     global PROTOTYPE_SEED
     PROTOTYPE_SEED = args.prototype_seed
+    if args.prototype_n_init != 1:  # only then in the options: the cache keys of n_init=1 stay as they were
+        PROTOTYPE_OPTIONS["n_init"] = args.prototype_n_init
+    if args.error_pairs:
+        print_error_pairs(args.dataset, args.seeds, args.cache)
+        return
     if args.group_mates:
         print_group_mates(args.results, args.dataset, args.cache)
         return

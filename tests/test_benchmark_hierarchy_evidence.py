@@ -242,3 +242,43 @@ def test_group_prototype_maps_with_labels_borrow_only_absent_group_mates() -> No
             )
     with pytest.raises(ValueError, match="needs `labels`"):
         script.group_prototype_maps(features, own, context, hierarchy, fusion="uncertain")
+
+
+def test_routed_maps_route_by_group_and_rank_siblings_by_their_contrast() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    script = _script()
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(1, 6, 4, 4, generator=generator)
+    own = [torch.randn(n, 6, generator=generator) for n in (2, 3, 1, 2, 2)]
+    others = torch.rand(1, 5, 4, 4, generator=generator)
+    labels = torch.tensor([[1, 1, 1, 1, 0]])  # classes 0-3 in the image
+    groups = torch.tensor([0, 1, 0, 0, 1])  # {0, 2, 3, 4} and {1, 3}: present siblings {0, 2, 3}, {1} alone
+    routed = script.routed_maps(features, others, own, labels, groups)
+    scaled = others / others.amax(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(routed[:, 1], scaled[:, 1])  # alone in its group: prototype_others' map
+    assert not routed[:, 4].any()  # absent
+    u = [F.normalize(p, dim=1).mean(0) for p in own]
+    siblings = (0, 2, 3)
+    contrast = {}
+    for k in siblings:
+        direction = u[k] - torch.stack([u[j] for j in siblings if j != k]).mean(0)
+        values = torch.tensor(
+            [
+                [max(float(F.normalize(features[0, :, y, x], dim=0) @ direction), 0.0) for x in range(4)]
+                for y in range(4)
+            ]
+        )
+        contrast[k] = values / values.max()
+    for y in range(4):
+        for x in range(4):
+            evidence = max(float(scaled[0, k, y, x]) for k in siblings)
+            best = max(float(contrast[k][y, x]) for k in siblings)
+            for k in siblings:
+                expected = evidence * (float(contrast[k][y, x]) + 1e-6) / (best + 1e-6)
+                assert abs(float(routed[0, k, y, x]) - expected) < 1e-5
+    # without a hierarchy every class of the image is a sibling of every other
+    flat = script.routed_maps(features, others, own, labels, None)
+    assert flat[:, 1].ne(scaled[:, 1]).any()
+    torch.testing.assert_close(flat.amax(dim=1), scaled[:, :4].amax(dim=1))
