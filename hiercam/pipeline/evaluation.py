@@ -52,7 +52,7 @@ from hiercam.metrics import (
 )
 from hiercam.pipeline.config import PipelineConfig
 from hiercam.pipeline.context import RunContext
-from hiercam.pipeline.data import DataSplit
+from hiercam.pipeline.data import DataSplit, EvalBatch
 from hiercam.pipeline.keys import ModelKey, ModelKind, Variant
 from hiercam.pipeline.results import (
     ExtractedMaps,
@@ -246,6 +246,27 @@ def variant_maps(
             yield variant, get(model)[:, hierarchy.assignments(level)]
 
 
+def _batches_with_maps(
+    config: PipelineConfig,
+    data: DataSplit,
+    extracted: ExtractedMaps,
+    hierarchy: ClassHierarchy | None,
+    variants: Sequence[Variant],
+    indices: Sequence[int] | None,
+    weights: Weights | None,
+    batch_size: int = 64,
+) -> Iterator[tuple[EvalBatch, Iterator[tuple[Variant, Tensor]]]]:
+    """Each batch of the images ``indices`` with the (lazy) maps of every variant, at the images' size."""
+    shuffled = shuffled_control_hierarchy(config, hierarchy)
+    for batch in data.batches(batch_size, indices):
+        rows, images, labels = batch[:3]
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        maps = variant_maps(
+            extracted, rows, hierarchy, labels, size, variants, _rest(config), weights, shuffled=shuffled
+        )
+        yield batch, maps
+
+
 def score_split(
     config: PipelineConfig,
     data: DataSplit,
@@ -274,14 +295,12 @@ def score_split(
         nan = (math.nan,) * len(thresholds)
         return {variant: ThresholdCurve(nan, nan if localization else ()) for variant in variants}
     num_classes = extracted.labels.shape[1]
-    shuffled = shuffled_control_hierarchy(config, hierarchy)
     iou = {v: MeanIoU(num_classes + 1, thresholds=thresholds, ignore_index=255) for v in variants}
     loc = {v: LocalizationError(iou=method.iou, thresholds=thresholds) for v in variants}
-    for rows, images, labels, masks, boxes in data.batches(64, indices):
-        size = (int(images.shape[-2]), int(images.shape[-1]))
-        for variant, maps in variant_maps(
-            extracted, rows, hierarchy, labels, size, variants, _rest(config), weights, shuffled=shuffled
-        ):
+    for (rows, _, labels, masks, boxes), maps_of in _batches_with_maps(
+        config, data, extracted, hierarchy, variants, indices, weights
+    ):
+        for variant, maps in maps_of:
             iou[variant].update(maps, labels, masks=masks)
             if localization:
                 loc[variant].update(maps, labels, boxes=boxes)
@@ -365,14 +384,12 @@ def wsol_scores(
     """
     if not (config.evaluation.wsol and data.has_masks):
         return {}
-    shuffled = shuffled_control_hierarchy(config, hierarchy)
     box = {v: MaxBoxAcc() for v in variants}
     pixel = {v: PxAP(ignore_index=255) for v in variants}
-    for rows, images, labels, masks, boxes in data.batches(64, indices):
-        size = (int(images.shape[-2]), int(images.shape[-1]))
-        for variant, maps in variant_maps(
-            extracted, rows, hierarchy, labels, size, variants, _rest(config), weights, shuffled=shuffled
-        ):
+    for (rows, _, labels, masks, boxes), maps_of in _batches_with_maps(
+        config, data, extracted, hierarchy, variants, indices, weights
+    ):
+        for variant, maps in maps_of:
             box[variant].update(maps, labels, boxes=boxes)
             pixel[variant].update(maps, labels, masks=masks)
         if on_batch is not None:
@@ -422,15 +439,13 @@ def faithfulness_scores(
     subset = faithfulness_images(config, range(len(data)) if indices is None else indices)
     if model is None or not subset:
         return {}
-    shuffled = shuffled_control_hierarchy(config, hierarchy)
     steps = evaluation.faithfulness_steps
     faithful = {v: DeletionInsertion(model, steps=steps, score="sigmoid") for v in variants}
-    for rows, images, labels, _, _ in data.batches(_FAITHFULNESS_BATCH, subset):
-        size = (int(images.shape[-2]), int(images.shape[-1]))
+    for (rows, images, labels, _, _), maps_of in _batches_with_maps(
+        config, data, extracted, hierarchy, variants, subset, weights, _FAITHFULNESS_BATCH
+    ):
         images = images.to(device)
-        for variant, maps in variant_maps(
-            extracted, rows, hierarchy, labels, size, variants, _rest(config), weights, shuffled=shuffled
-        ):
+        for variant, maps in maps_of:
             faithful[variant].update(maps, labels, images=images)
             if on_map is not None:
                 on_map(len(rows))
