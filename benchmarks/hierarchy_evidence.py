@@ -1534,21 +1534,22 @@ def print_error_pairs(dataset: str, seeds: Sequence[int], cache: Path) -> None:
         weight, bias = base.model.classifier.weight.detach(), base.model.classifier.bias.detach()
         cam = PrototypeCAM(weight, classifier_bias=bias, seed=kmeans_seed_of(ctx), **PROTOTYPE_OPTIONS)
         labels = ctx.data("train").labels
-        cam.update(
-            base_features(ctx, base, "train").float(),
-            normalize_maps(gradcam_maps(ctx, base, "train", None).float()),
-            labels,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a class without foreground is reported by the rows' own runs
+            cam.fit(
+                base_features(ctx, base, "train").float(),
+                normalize_maps(gradcam_maps(ctx, base, "train", None).float()),
+                labels,
+            )
         present = labels.double()
         share = (present.T @ present) / present.sum(0).clamp_min(1)[:, None]
         together = (share >= APART_RATE) | (share >= APART_RATE).T
         kept = rejected = 0
         counts = dict.fromkeys(["together", *names], 0)
-        for cls in range(cam.num_classes):
-            foreground, _ = cam._class_points(cls)
-            if foreground.shape[0] == 0:
+        for cls, centres in enumerate(cam.foreground_centers_ or []):
+            if centres.shape[0] == 0:
                 continue
-            centres = cam._centers(foreground).double()
+            centres = centres.double()
             probability = torch.softmax(centres @ weight.double().T + bias.double(), dim=1)
             out = probability[:, cls] <= cam.class_score
             kept += int((~out).sum())

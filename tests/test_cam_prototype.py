@@ -168,6 +168,30 @@ def test_maps_equal_the_naive_reference(seed: int) -> None:
     assert (expected.amax(dim=(-2, -1)) == 1).any()
 
 
+def test_foreground_centers_hold_every_centre_before_the_class_score_test() -> None:
+    features, maps, labels, weight = planted(0)
+    cam = make_cam(weight, class_score=0.9).fit(features, maps, labels)
+    batch, _, height, width = features.shape
+    rejected = 0
+    for cls in range(weight.shape[0]):
+        foreground = [
+            features[b, :, y, x]
+            for b in range(batch)
+            for y in range(height)
+            for x in range(width)
+            if labels[b, cls] == 1 and maps[b, cls, y, x] > SETTINGS["threshold"]
+        ]
+        want = torch.stack(naive_centers(foreground, SETTINGS["num_clusters"], SETTINGS["seed"]))
+        got = cam.foreground_centers_[cls].double()
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        passed = [c for c in want if softmax_score(c, weight, cls) > 0.9]
+        assert len(cam.class_prototypes_[cls]) == max(len(passed), 1)
+        rejected += len(want) - len(passed)
+    assert rejected > 0  # the test rejects some centres here, which only foreground_centers_ shows
+    cam.reset()
+    assert cam.foreground_centers_ is None
+
+
 def test_context_classes_equal_the_naive_reference() -> None:
     features, maps, labels, weight = planted(2)
     siblings = [[1], [0, 2], []]

@@ -170,6 +170,9 @@ class PrototypeCAM:
         seed: seed of K-means (and of the ``max_points`` draw).
 
     Attributes:
+        foreground_centers_: after ``cluster``, ``K`` tensors ``(n_k, C)``, every foreground centre of each
+            class before the class-score test (``class_prototypes_`` are those that pass it): to see what the
+            test rejects, e.g. with ``softmax(classifier_weight @ centre + classifier_bias)``.
         class_prototypes_: after ``cluster``, ``K`` tensors ``(N_k, C)``, the selected class prototypes.
         context_prototypes_: ``K`` tensors ``(M_k, C)``, each class's own selected context prototypes.
         weights_: ``(K, C)``, ``mean unit(class prototypes) - mean unit(context set)`` per class.
@@ -248,6 +251,7 @@ class PrototypeCAM:
         self._points: list[Tensor] = []  # (n, C) on the CPU, one per batch
         self._maps: list[Tensor] = []  # (n, K)
         self._present: list[Tensor] = []  # (n, K) bool: the labels of each position's image
+        self.foreground_centers_: list[Tensor] | None = None
         self.class_prototypes_: list[Tensor] | None = None
         self.context_prototypes_: list[Tensor] | None = None
         self.weights_: Tensor | None = None
@@ -290,10 +294,11 @@ class PrototypeCAM:
         """
         if not self._points:
             raise ValueError("no features collected: call `update` (or `fit`) with training batches first")
-        own, context, missing = [], [], []
+        own, context, missing, centers_of = [], [], [], []
         for cls in range(self.num_classes):
             foreground, background = self._class_points(cls)
             centers = self._centers(foreground)
+            centers_of.append(centers)
             own.append(select_prototypes(centers, cls, *self._classifier(), self.class_score, None))
             context.append(
                 select_prototypes(self._centers(background), cls, *self._classifier(), *self.context_score)
@@ -314,6 +319,7 @@ class PrototypeCAM:
             for cls in range(self.num_classes)
         ]
         self.class_prototypes_, self.context_prototypes_ = own, context
+        self.foreground_centers_ = centers_of
         self.weights_ = direction_weights(own, pooled)
         return self
 
