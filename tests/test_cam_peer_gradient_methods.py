@@ -224,6 +224,8 @@ def test_finer_cam_default_and_other_method_match_pytorch_grad_cam(case) -> None
 
 
 # ---------------------------------------------------------------------------------------- hand oracles
+# torch.func.jvp (the oracle) registers its decompositions through the deprecated torch.jit.script
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_shapley_second_order_term_counts_and_vanishes_on_an_affine_path() -> None:
     torch.manual_seed(0)
     model = small_cnn().eval()

@@ -246,7 +246,7 @@ def test_average_drop_of_a_class_whose_softmax_underflows_is_zero_like_torchcam(
     images, cams = torch.ones(1, 1, 4, 4), torch.rand(1, 4, 4)
     maps = torch.zeros(1, 2, 4, 4)
     maps[0, 1] = cams[0]
-    assert float(model(images).softmax(1)[0, 1]) == 0.0  # the premise: class 1's score underflows
+    assert float(model(images).detach().softmax(1)[0, 1]) == 0.0  # the premise: class 1's score underflows
     ours = confidence_change(maps, torch.tensor([[0, 1]]), images=images, model=model, normalize=None)
     peer = ClassificationMetric(FixedCams(model, cams), partial(torch.softmax, dim=-1))
     peer.update(images, [1])
