@@ -823,6 +823,8 @@ def prototype_maker(
 
     ``prototype_others`` adds every other class instead (hard negatives without a hierarchy);
     ``prototype_others_ensemble`` averages ``prototype_others`` over ``ensemble``'s models.
+    ``prototype_routed[_shuffled]`` lets the image's classes of one group compete by their contrast
+    (``routed_maps``), ``prototype_present`` all the image's classes.
     ``prototype_grouping[_shuffled]`` is ``grouping``'s Eq. 6 with each model's ``prototype_others`` maps in
     place of its Grad-CAMs: the base classifier's class maps and each level model's group maps (its own group
     prototypes), on ``group_source``'s hierarchy (or its shuffled copy, the control).
@@ -868,8 +870,8 @@ def prototype_maker(
         features, present = base_features(ctx, models.base, split), ctx.data(split).labels
         maps = torch.cat(
             [
-                routed_maps(feature[None].float(), others[i][None].float(), own, labels[None], groups)
-                for i, (feature, labels) in enumerate(zip(features, present, strict=True))
+                routed_maps(feature[None].float(), other[None].float(), own, image_labels[None], groups)
+                for feature, other, image_labels in zip(features, others, present, strict=True)
             ]
         )
         return lambda index, labels, size: upsample(maps[index], size)
