@@ -759,6 +759,33 @@ RESTART_SEED_OFFSET = 1000
 PROTOTYPE_SEED: int | None = None
 
 
+#: ``--objects-only``: score MSRC-21's object classes against a background of its "stuff" classes (the maps
+#: unchanged; a diagnostic of completeness against background, which the 21-class protocol cannot show).
+OBJECTS_ONLY = False
+
+
+def objects_only(labels: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """``(labels, masks)`` with MSRC-21's stuff classes out of the labels and their pixels background (0)."""
+    from hiercam.datasets import MSRC21_CLASSES, MSRC21_STUFF_CLASSES
+
+    stuff = [MSRC21_CLASSES.index(name) for name in MSRC21_STUFF_CLASSES]
+    labels = labels.clone()
+    labels[:, stuff] = 0
+    masks = masks.clone()
+    for k in stuff:
+        masks[masks == k + 1] = 0
+    return labels, masks
+
+
+def scored_labels(ctx: RunContext, split: str) -> list[int]:
+    """The confusion-matrix labels the mIoU averages (``--objects-only``: background and the objects)."""
+    if not OBJECTS_ONLY:
+        return list(ctx.data(split).scored_labels)
+    from hiercam.datasets import MSRC21_CLASSES, MSRC21_STUFF_CLASSES
+
+    return [0] + [k + 1 for k, name in enumerate(MSRC21_CLASSES) if name not in MSRC21_STUFF_CLASSES]
+
+
 def kmeans_seed_of(ctx: RunContext, kmeans_seed: int | None = None) -> int:
     """LPCAM's K-means seed: ``kmeans_seed``, else ``--prototype-seed``, else the training seed."""
     for seed in (kmeans_seed, PROTOTYPE_SEED):
@@ -1100,7 +1127,10 @@ def score(
             maps = make(index, labels, size)
             if not torch.isfinite(maps).all():
                 raise ValueError(f"row {row}: non-finite maps")
-            out[row].append(confusions(maps, labels, masks, thresholds, n))
+            if OBJECTS_ONLY:  # the maps were made with every label; only the objects compete and score
+                out[row].append(confusions(maps, *objects_only(labels, masks), thresholds, n))
+            else:
+                out[row].append(confusions(maps, labels, masks, thresholds, n))
     return {row: torch.cat(pieces, dim=1) for row, pieces in out.items()}
 
 
@@ -1202,7 +1232,7 @@ def run_seed(
             raise SystemExit(f"{path} holds rows this run would drop: {dropped}; add them to --rows")
     start = time.perf_counter()
     val = score(ctx, row_makers(ctx, models, rows, "val", log), "val", THRESHOLDS)
-    scored = list(ctx.data("val").scored_labels)
+    scored = scored_labels(ctx, "val")
     result: dict[str, Any] = {}
     chosen: dict[str, float] = {}
     for row, confusion in val.items():
@@ -1270,6 +1300,7 @@ def _write_record(
         "subcategory_weight": ctx.config.method.subcategory_weight,
         "prototype_seed": kmeans_seed_of(ctx),
         "prototype_n_init": PROTOTYPE_OPTIONS.get("n_init", 1),
+        "objects_only": OBJECTS_ONLY,
         "thresholds": list(THRESHOLDS),
         "results": result,
         **extra,
@@ -1705,6 +1736,11 @@ def main() -> None:
         help="LPCAM's K-means restarts (scikit-learn keeps the lowest-inertia one; default: 1, as published)",
     )
     parser.add_argument(
+        "--objects-only",
+        action="store_true",
+        help="MSRC-21: score the object classes against a background of the stuff classes (a diagnostic)",
+    )
+    parser.add_argument(
         "--validation-only",
         action="store_true",
         help="score the validation split alone (records validation_seed_<n>.json): a choice among settings",
@@ -1721,8 +1757,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    global PROTOTYPE_SEED
+    global PROTOTYPE_SEED, OBJECTS_ONLY
     PROTOTYPE_SEED = args.prototype_seed
+    if args.objects_only and args.dataset != "msrc21":
+        raise SystemExit("--objects-only needs --dataset msrc21 (its stuff classes become the background)")
+    OBJECTS_ONLY = args.objects_only
     if args.prototype_n_init != 1:  # only then in the options: the cache keys of n_init=1 stay as they were
         PROTOTYPE_OPTIONS["n_init"] = args.prototype_n_init
     if args.error_pairs:
