@@ -7,6 +7,7 @@ masks:
 * ``gradcam``: Grad-CAM of the base classifier (one model);
 * ``ensemble``: the maps of as many independently trained single models as ``grouping`` trains, averaged
   (the same-compute control of Eq. 6 over level models);
+* ``ensemble_fused``: Eq. 6 with those models' class maps as its levels (fused as ``grouping`` is, no groups);
 * ``grouping``: Eq. 6 over the base classifier and single-branch level models of the FC-weight hierarchy
   (Eq. 1-3, the ``single_branch`` preset's settings);
 * ``grouping_shuffled``: the same, with level models trained on a shuffled hierarchy (the same group sizes,
@@ -114,6 +115,7 @@ IRN_SCALES = (1.0, 0.5, 1.5, 2.0)
 ROWS_ORDER = (
     "gradcam",
     "ensemble",
+    "ensemble_fused",
     "grouping",
     "grouping_shuffled",
     "grouping_cooccurrence",
@@ -255,7 +257,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
     if any(row.startswith("recam") or row == "finetune" for row in wanted):
         recam = recam_models(ctx, base, hierarchies, wanted, log)
     partners = []
-    if wanted & {"ensemble", "prototype_others_ensemble"}:
+    if wanted & {"ensemble", "ensemble_fused", "prototype_others_ensemble"}:
         # as many single models as `grouping` trains: the base and one per level
         for index in range(1, hierarchy.num_levels):
             partners.append(train_ensemble(ctx, index=index))
@@ -686,6 +688,10 @@ def row_makers(
             makers[row] = lambda index, labels, size, up=up: average_branch_maps(
                 [up(m, index, size) for m in [models.base, *models.partners]]
             )
+        elif name == "ensemble_fused":  # Eq. 6 with the partners' class maps as the levels: no groups
+            makers[row] = lambda index, labels, size, up=up: fused_over_models(
+                up(models.base, index, size), [up(m, index, size) for m in models.partners], labels
+            )
         elif name.startswith("grouping"):
             source = {
                 "grouping": "fc",
@@ -718,6 +724,26 @@ def row_makers(
         else:
             raise ValueError(f"unknown row {row!r}")
     return makers
+
+
+def fused_over_models(base: Tensor, others: Sequence[Tensor], labels: Tensor) -> Tensor:
+    """Eq. 6 without groups: ``M0 + mean_i M_i - M0'`` with other models' *class* maps as the ``M_i``.
+
+    ``grouping``'s fusion (every term max-normalised, ``M0'`` the maximum of the other present classes'
+    ``M0``, the sum clamped at 0 and max-normalised) with each level model replaced by a class model of
+    another seed: ``ensemble_fused``, the same-compute control that is fused as ``grouping`` is.
+    """
+    from hiercam.fusion import fuse
+
+    scaled = normalize_maps(base)
+    present = labels.bool()[:, :, None, None]
+    masked = scaled.masked_fill(~present, -torch.inf)
+    rest = torch.stack(
+        [torch.cat([masked[:, :k], masked[:, k + 1 :]], dim=1).amax(dim=1) for k in range(base.shape[1])],
+        dim=1,
+    )
+    rest = torch.where(torch.isfinite(rest), rest, torch.zeros_like(rest))
+    return fuse(scaled, [normalize_maps(m) for m in others], rest)
 
 
 def cached(ctx: RunContext, name: str, compute: Callable[[], Tensor]) -> Tensor:
@@ -1154,7 +1180,8 @@ def paired_bootstrap(a: Tensor, b: Tensor, scored: Sequence[int], seed: int) -> 
 
 #: Each row's controls: the rows it must beat for the hierarchy (or design) to count.
 CONTROLS = {
-    "grouping": ("gradcam", "ensemble", "grouping_shuffled"),
+    "grouping": ("gradcam", "ensemble", "grouping_shuffled", "ensemble_fused"),
+    "ensemble_fused": ("gradcam", "ensemble"),
     "grouping_cooccurrence": ("gradcam", "ensemble", "grouping_shuffled"),
     "heads": ("gradcam", "heads_shuffled"),
     "prototype": ("gradcam",),
@@ -1320,6 +1347,7 @@ def _write_record(
 #: The rows that train and run as many models as ``ensemble``.
 ENSEMBLE_COST_ROWS = (
     "ensemble",
+    "ensemble_fused",
     "grouping",
     "grouping_shuffled",
     "grouping_cooccurrence",

@@ -282,3 +282,33 @@ def test_routed_maps_route_by_group_and_rank_siblings_by_their_contrast() -> Non
     flat = script.routed_maps(features, others, own, labels, None)
     assert flat[:, 1].ne(scaled[:, 1]).any()
     torch.testing.assert_close(flat.amax(dim=1), scaled[:, :4].amax(dim=1))
+
+
+def test_fused_over_models_is_eq6_with_class_maps_as_levels() -> None:
+    import torch
+
+    script = _script()
+    generator = torch.Generator().manual_seed(3)
+    base, other = torch.rand(2, 2, 4, 3, 3, generator=generator)
+    labels = torch.tensor([[1, 0, 1, 1], [0, 1, 0, 0]])
+    fused = script.fused_over_models(base, [other], labels)
+    scaled_base = base / base.amax(dim=(2, 3), keepdim=True)
+    scaled_other = other / other.amax(dim=(2, 3), keepdim=True)
+    for b in range(2):
+        present = labels[b].nonzero().flatten().tolist()
+        raw = torch.zeros(4, 3, 3)
+        for k in range(4):
+            rest = [scaled_base[b, j] for j in present if j != k]
+            value = scaled_base[b, k] + scaled_other[b, k] - (torch.stack(rest).amax(0) if rest else 0)
+            raw[k] = value.clamp_min(0)
+        expected = raw / raw.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        torch.testing.assert_close(fused[b], expected)
+    # the library's Eq. 6 agrees when the class maps are a hierarchy's group maps spread to its classes
+    from hiercam import ClassHierarchy, fuse_hierarchy
+
+    hierarchy = ClassHierarchy([[0, 1, 0, 1]])
+    group_maps = torch.rand(2, 2, 3, 3, generator=generator)
+    torch.testing.assert_close(
+        script.fused_over_models(base, [group_maps[:, hierarchy.assignments(1)]], labels),
+        fuse_hierarchy(base, [group_maps], hierarchy, labels),
+    )
