@@ -733,16 +733,10 @@ def fused_over_models(base: Tensor, others: Sequence[Tensor], labels: Tensor) ->
     ``M0``, the sum clamped at 0 and max-normalised) with each level model replaced by a class model of
     another seed: ``ensemble_fused``, the same-compute control that is fused as ``grouping`` is.
     """
-    from hiercam.fusion import fuse
+    from hiercam.fusion import _rest_maps, fuse  # the M0' that fuse_hierarchy builds, not a second copy
 
     scaled = normalize_maps(base)
-    present = labels.bool()[:, :, None, None]
-    masked = scaled.masked_fill(~present, -torch.inf)
-    rest = torch.stack(
-        [torch.cat([masked[:, :k], masked[:, k + 1 :]], dim=1).amax(dim=1) for k in range(base.shape[1])],
-        dim=1,
-    )
-    rest = torch.where(torch.isfinite(rest), rest, torch.zeros_like(rest))
+    rest = _rest_maps(scaled, labels.bool(), "max")
     return fuse(scaled, [normalize_maps(m) for m in others], rest)
 
 
