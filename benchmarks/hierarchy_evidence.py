@@ -102,6 +102,8 @@ from hiercam.pipeline.stages import (
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
     "msrc21": lambda seed: load_config(ROOT / "configs" / "msrc21_mobilenet_v2.toml", seed=seed),
+    # VOC-style: the stuff classes are the background of training and scoring (15 object classes)
+    "msrc21_objects": lambda seed: load_config(ROOT / "configs" / "msrc21_objects_mobilenet_v2.toml", seed=seed),
     "fashion_scenes": lambda seed: bench_config(seed=seed),
     "quick": lambda seed: bench_config(quick=True, seed=seed),  # a smoke test of this script
 }
@@ -1322,6 +1324,7 @@ def _write_record(
         "prototype_seed": kmeans_seed_of(ctx),
         "prototype_n_init": PROTOTYPE_OPTIONS.get("n_init", 1),
         "objects_only": OBJECTS_ONLY,
+        "background_classes": list(ctx.config.data.background_classes),
         "thresholds": list(THRESHOLDS),
         "results": result,
         **extra,
