@@ -103,7 +103,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
     "msrc21": lambda seed: load_config(ROOT / "configs" / "msrc21_mobilenet_v2.toml", seed=seed),
     # VOC-style: the stuff classes are the background of training and scoring (15 object classes)
-    "msrc21_objects": lambda seed: load_config(ROOT / "configs" / "msrc21_objects_mobilenet_v2.toml", seed=seed),
+    "msrc21_objects": lambda seed: load_config(
+        ROOT / "configs" / "msrc21_objects_mobilenet_v2.toml", seed=seed
+    ),
     "fashion_scenes": lambda seed: bench_config(seed=seed),
     "quick": lambda seed: bench_config(quick=True, seed=seed),  # a smoke test of this script
 }
