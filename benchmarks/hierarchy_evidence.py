@@ -1668,13 +1668,15 @@ def print_clustering_spread(folders: Sequence[Path], dataset: str) -> None:
         print(f"| {seed} | " + " | ".join(f"{w} of {len(records)}" for w in wins) + " |")
 
 
-def print_validation(folders: Sequence[Path], dataset: str) -> None:
+def print_validation(folders: Sequence[Path], dataset: str, compare: Sequence[str] = ()) -> None:
     """A choice among settings, on validation alone: each folder's rows, validation mIoU@0.15 per seed.
 
     Each folder is a ``--results`` root whose ``hierarchy/<dataset>`` holds ``validation_seed_<n>.json``
     (``--validation-only``) or full ``seed_<n>.json`` records (their validation figures are read, nothing
     else). The difference to Grad-CAM is paired by seed (each record's own base classifier). The SC-CAM
-    weight column is shown when a record holds a sub-category row.
+    weight column is shown when a record holds a sub-category row. ``compare`` (``"row:other"`` pairs, a
+    rule's comparisons) adds a table of each pair's difference paired by seed: its mean, on how many seeds
+    it is positive, and its values.
     """
     sets = []
     for folder in folders:
@@ -1704,6 +1706,22 @@ def print_validation(folders: Sequence[Path], dataset: str) -> None:
             print(
                 f"| {folder.name} | {weight}{row} | {', '.join(str(r['seed']) for r in have)} | "
                 f"{_spread(val)} | {shown} | {precision:.1f} / {recall:.1f} |"
+            )
+    if compare:
+        print("\n| records | comparison (validation mIoU@0.15) | mean | above on | per seed |")
+        print("| --- | --- | ---: | ---: | --- |")
+    for pair in compare:
+        row, _, other = pair.partition(":")
+        for folder, records in sets:
+            have = [r for r in records if row in r["results"] and other in r["results"]]
+            if not have:
+                continue
+            deltas = [
+                r["results"][row]["val_miou_paper"] - r["results"][other]["val_miou_paper"] for r in have
+            ]
+            print(
+                f"| {folder.name} | {row} - {other} | {sum(deltas) / len(deltas):+.2f} | "
+                f"{sum(d > 0 for d in deltas)} of {len(deltas)} | {', '.join(f'{d:+.2f}' for d in deltas)} |"
             )
 
 
@@ -1739,6 +1757,13 @@ def main() -> None:
         nargs="+",
         default=None,
         help="print the validation figures of these --results roots (a choice among settings) and stop",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=(),
+        metavar="ROW:OTHER",
+        help="with --validation-table: each pair's difference paired by seed (mean, above on, per seed)",
     )
     parser.add_argument(
         "--subcategory-weight", type=float, default=None, help="SC-CAM's auxiliary weight (default: its 5)"
@@ -1804,7 +1829,7 @@ def main() -> None:
         print_clustering_spread(args.clustering_spread, args.dataset)
         return
     if args.validation_table:
-        print_validation(args.validation_table, args.dataset)
+        print_validation(args.validation_table, args.dataset, args.compare)
         return
     rows = args.rows or list(ROWS)
     for seed in args.seeds:

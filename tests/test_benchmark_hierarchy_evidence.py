@@ -143,6 +143,26 @@ def test_validation_table_shows_the_sc_cam_weight_only_with_sub_category_rows(tm
     assert "| plain | prototype_others | 0 | 52.50 | +2.50 | 60.0 / 70.0 |" in shown
 
 
+def test_validation_table_compares_rows_paired_by_seed(tmp_path, capsys) -> None:
+    import json
+
+    script = _script()
+    where = tmp_path / "rule" / "hierarchy" / "msrc21"
+    where.mkdir(parents=True)
+    for seed, (a, b) in enumerate([(51.0, 50.0), (49.0, 49.5), (53.0, 50.0)]):
+        results = {
+            name: {"val_miou_paper": value, "val_precision_paper": 60.0, "val_recall_paper": 70.0}
+            for name, value in (("gradcam", 45.0), ("grouping", a), ("ensemble_fused", b))
+        }
+        record = {"seed": seed, "rows": list(results), "subcategory_weight": 5.0, "results": results}
+        (where / f"validation_seed_{seed}.json").write_text(json.dumps(record))
+    script.print_validation([tmp_path / "rule"], "msrc21", ["grouping:ensemble_fused", "grouping:absent"])
+    shown = capsys.readouterr().out
+    # by hand: +1.00, -0.50, +3.00 -> mean +1.17, positive on 2 of 3; a row no record holds prints nothing
+    assert "| rule | grouping - ensemble_fused | +1.17 | 2 of 3 | +1.00, -0.50, +3.00 |" in shown
+    assert "absent" not in shown
+
+
 def _script():
     """The script as a module (registered in ``sys.modules``: its dataclasses look their module up)."""
     import importlib.util
