@@ -123,6 +123,8 @@ ROWS_ORDER = (
     "grouping",
     "grouping_shuffled",
     "grouping_cooccurrence",
+    "grouping_prototypes",
+    "grouping_prototypes_shuffled",
     "heads",
     "heads_shuffled",
     "prototype",
@@ -223,7 +225,8 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         if "grouping_cooccurrence" in wanted:
             level_models["cooccurrence"] = train_level_models(ctx, cooc, digest(cooc.to_dict()))
     if ctx.config.model.weights is not None and (
-        any(row.startswith("prototype") for row in wanted) or wanted & GROUP_SOURCE_ROWS
+        any(row.startswith("prototype") for row in wanted)
+        or wanted & (GROUP_SOURCE_ROWS | PROTOTYPE_LEVEL_ROWS)
     ):
         hierarchies["prototypes"] = embedding_hierarchy(ctx, base, hierarchy)
     if wanted & {group_map_row("apart"), group_map_row("apart", shuffled=True)}:
@@ -244,6 +247,21 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
 
         source = group_source(ctx)
         hierarchies[f"{source}_shuffled"] = shuffled_hierarchy(hierarchies[source], seed=ctx.config.seed)
+    if wanted & PROTOTYPE_LEVEL_ROWS:
+        from hiercam.grouping import shuffled_hierarchy
+
+        if ctx.config.model.weights is None:
+            raise SystemExit("the grouping_prototypes rows need a pretrained backbone (its class prototypes)")
+        # the same shuffled copy as the prototype-hierarchy rows' control (group_source is "prototypes")
+        hierarchies["prototypes_shuffled"] = shuffled_hierarchy(
+            hierarchies["prototypes"], seed=ctx.config.seed
+        )
+        names = hierarchies["prototypes"].class_names
+        groups = [[names[k] for k in group] for group in hierarchies["prototypes"].groups(1)]
+        log(f"prototype hierarchy, level 1: {groups}")
+        for row in sorted(wanted & PROTOTYPE_LEVEL_ROWS):
+            key = "prototypes_shuffled" if row.endswith("_shuffled") else "prototypes"
+            level_models[key] = train_level_models(ctx, hierarchies[key], digest(hierarchies[key].to_dict()))
     for row in wanted & {"prototype_grouping", "prototype_grouping_shuffled"}:
         key = group_source(ctx) + ("_shuffled" if row.endswith("_shuffled") else "")
         level_models[key] = train_level_models(ctx, hierarchies[key], digest(hierarchies[key].to_dict()))
@@ -325,6 +343,10 @@ GROUP_SOURCE_ROWS = {
     "prototype_routed",
     *GROUP_SOURCE_SHUFFLED_ROWS,
 }
+
+
+#: Eq. 6 over level models trained on the frozen backbone's prototype hierarchy, and on its shuffled copy.
+PROTOTYPE_LEVEL_ROWS = {"grouping_prototypes", "grouping_prototypes_shuffled"}
 
 
 def group_source(ctx: RunContext) -> str:
@@ -701,6 +723,8 @@ def row_makers(
                 "grouping": "fc",
                 "grouping_shuffled": "shuffled",
                 "grouping_cooccurrence": "cooccurrence",
+                "grouping_prototypes": "prototypes",
+                "grouping_prototypes_shuffled": "prototypes_shuffled",
             }[name]
             hierarchy, level_models = models.hierarchies[source], models.level_models[source]
 
@@ -1181,6 +1205,13 @@ CONTROLS = {
     "grouping": ("gradcam", "ensemble", "grouping_shuffled", "ensemble_fused"),
     "ensemble_fused": ("gradcam", "ensemble"),
     "grouping_cooccurrence": ("gradcam", "ensemble", "grouping_shuffled"),
+    "grouping_prototypes": (
+        "gradcam",
+        "ensemble",
+        "ensemble_fused",
+        "grouping_prototypes_shuffled",
+        "grouping",
+    ),
     "heads": ("gradcam", "heads_shuffled"),
     "prototype": ("gradcam",),
     "prototype_siblings": ("gradcam", "prototype", "prototype_siblings_shuffled", "prototype_others"),
@@ -1386,6 +1417,7 @@ def _spread(values: Sequence[float], sign: str = "") -> str:
 METHOD_ROWS = (
     "grouping",
     "grouping_cooccurrence",
+    "grouping_prototypes",
     "heads",
     "prototype",
     "prototype_siblings",
