@@ -761,10 +761,10 @@ def fused_over_models(base: Tensor, others: Sequence[Tensor], labels: Tensor) ->
     ``M0``, the sum clamped at 0 and max-normalised) with each level model replaced by a class model of
     another seed: ``ensemble_fused``, the same-compute control that is fused as ``grouping`` is.
     """
-    from hiercam.fusion import _rest_maps, fuse  # the M0' that fuse_hierarchy builds, not a second copy
+    from hiercam.fusion import fuse, rest_maps  # the M0' that fuse_hierarchy builds, not a second copy
 
     scaled = normalize_maps(base)
-    rest = _rest_maps(scaled, labels.bool(), "max")
+    rest = rest_maps(scaled, labels, "max")
     return fuse(scaled, [normalize_maps(m) for m in others], rest)
 
 

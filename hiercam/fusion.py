@@ -4,7 +4,7 @@ For one class in one image, ``M = M0 + mean_i(M_i) - M0'``: the map of the level
 maps of the groups holding the class at every group level, minus ``M0'``, "the CAM of the rest classes".
 [`fuse`][hiercam.fuse] is Eq. 6 on maps the caller has already matched up;
 [`fuse_hierarchy`][hiercam.fuse_hierarchy] does the matching from a [`ClassHierarchy`][hiercam.ClassHierarchy]
-and builds ``M0'``.
+and builds ``M0'``; [`rest_maps`][hiercam.rest_maps] builds the same ``M0'`` for a caller of ``fuse``.
 
 The paper does not define ``M0'``. Our default reading (``rest_reduction="max"``) is the pixel-wise maximum of
 the base maps of the *other classes present in the image*. In an independent re-implementation of the paper on
@@ -35,7 +35,7 @@ from hiercam._validation import (
 from hiercam.hierarchy import ClassHierarchy
 from hiercam.maps import NormalizeMode, normalize_maps
 
-__all__ = ["fuse", "fuse_hierarchy", "RestReduction"]
+__all__ = ["fuse", "fuse_hierarchy", "rest_maps", "RestReduction"]
 
 #: How [`fuse_hierarchy`][hiercam.fuse_hierarchy] builds ``M0'`` from the other present classes' base maps.
 RestReduction = Literal["max", "mean"]
@@ -256,6 +256,55 @@ def fuse_hierarchy(
     if rest_reduction is not None and present is not None:
         rest_maps = _rest_maps(base, present, rest_reduction)
     return _fuse(base, gathered, rest_maps, clamp=clamp, normalize=normalize, weights=weights)
+
+
+def rest_maps(base_maps: Tensor, labels: Tensor, reduction: RestReduction = "max") -> Tensor:
+    """``M0'`` of Eq. 6 for every (image, class): the other present classes' base maps, reduced per pixel.
+
+    The ``M0'`` that [`fuse_hierarchy`][hiercam.fuse_hierarchy] builds, for a caller of
+    [`fuse`][hiercam.fuse] whose level maps do not come from a [`ClassHierarchy`][hiercam.ClassHierarchy]
+    (e.g. Eq. 6 over another model's class maps). For class ``k`` of image ``b``, the pixel-wise maximum
+    (``"max"``) or mean (``"mean"``) of ``base_maps[b, j]`` over the classes ``j != k`` with
+    ``labels[b, j] = 1``; zero where no other class is present. A class absent from ``labels`` gets the
+    reduction over every present class. The maps are used as given: rescale them first (e.g. with
+    [`normalize_maps`][hiercam.normalize_maps]) to match what ``fuse_hierarchy`` does with its default
+    ``normalize_inputs="max"``. Value checks (finite maps, 0/1 labels) are skipped after
+    [`hiercam.set_checks(False)`][hiercam.set_checks].
+
+    Args:
+        base_maps: CAMs ``(B, K, H, W)`` of the level-0 model, floating point, any device.
+        labels: multi-hot ``(B, K)`` image labels (0/1, any dtype, any device): ground truth when evaluating,
+            predictions at inference.
+        reduction: ``"max"`` (the default reading of ``fuse_hierarchy``) or ``"mean"``.
+
+    Returns:
+        ``M0'`` ``(B, K, H, W)``, same dtype and device as ``base_maps``; differentiable.
+
+    Raises:
+        TypeError: ``base_maps`` or ``labels`` is not a tensor, or ``base_maps`` is not floating point.
+        ValueError: the shapes disagree, ``labels`` is not 0/1, ``base_maps`` holds NaN or infinite values, or
+            ``reduction`` is unknown.
+
+    Examples:
+        >>> import torch
+        >>> base = torch.tensor([0.2, 0.9, 0.5], dtype=torch.float64).view(1, 3, 1, 1)  # (B, K, H, W)
+        >>> labels = torch.tensor([[1, 1, 0]])  # classes 0 and 1 are present
+        >>> rest_maps(base, labels).flatten().tolist()  # 0: the map of 1; 1: that of 0; 2 (absent): their max
+        [0.9, 0.2, 0.9]
+        >>> fuse(base, [base], rest_maps(base, labels)).shape  # Eq. 6 with level maps of your own
+        torch.Size([1, 3, 1, 1])
+    """
+    check_tensor(base_maps, "base_maps", dims="B, K, H, W", floating=True)
+    check_tensor(labels, "labels", dims="B, K")
+    if labels.shape != base_maps.shape[:2]:
+        raise ValueError(
+            f"`labels` must have shape {format_shape(base_maps.shape[:2])} (that of `base_maps` (B, K, H, W) "
+            f"without H, W), got {format_shape(labels.shape)}"
+        )
+    check_choice(reduction, "reduction", ("max", "mean"))
+    check_binary(labels, "labels")
+    check_finite(base_maps, "base_maps")
+    return _rest_maps(base_maps, labels.to(device=base_maps.device, dtype=torch.bool), reduction)
 
 
 def _check_weights(weights: tuple[float, float, float]) -> tuple[float, float, float]:

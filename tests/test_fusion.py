@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hiercam import ClassHierarchy, fuse, fuse_hierarchy, normalize_maps
+from hiercam import ClassHierarchy, fuse, fuse_hierarchy, normalize_maps, rest_maps
 
 # 6 classes -> 4 groups -> 2 groups
 HIERARCHY = ClassHierarchy([[0, 0, 1, 2, 3, 3], [0, 0, 0, 1, 1, 1]])
@@ -310,3 +310,71 @@ def test_fuse_hierarchy_keyword_names() -> None:
         base.numpy(), [lv.numpy() for lv in levels], HIERARCHY, labels.numpy(), None, "max"
     )
     np.testing.assert_allclose(none.numpy(), expected_none, rtol=1e-12, atol=1e-12)
+
+
+# -------------------------------------------------------------------------------------- rest_maps
+
+
+def rest_by_hand(base: np.ndarray, labels: np.ndarray, reduction: str) -> np.ndarray:
+    """M0' written out class by class: the other present classes' maps, max or mean, else 0."""
+    out = np.zeros_like(base)
+    for b in range(base.shape[0]):
+        for k in range(base.shape[1]):
+            others = [base[b, j] for j in range(base.shape[1]) if j != k and labels[b, j]]
+            if others:
+                out[b, k] = np.max(others, axis=0) if reduction == "max" else np.mean(others, axis=0)
+    return out
+
+
+@pytest.mark.parametrize("reduction", ["max", "mean"])
+def test_rest_maps_match_the_loop_by_hand_and_leave_inputs_untouched(reduction: str) -> None:
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(5, 6, 4, 3, generator=g, dtype=torch.float64)  # negative values too
+    labels = torch.tensor(
+        [[1, 0, 1, 0, 0, 1], [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0]]
+    )
+    before = base.clone(), labels.clone()
+    got = rest_maps(base, labels, reduction)  # type: ignore[arg-type]
+    np.testing.assert_allclose(got.numpy(), rest_by_hand(base.numpy(), labels.numpy(), reduction), atol=1e-12)
+    assert torch.equal(base, before[0])
+    assert torch.equal(labels, before[1])
+    # the M0' that fuse_hierarchy subtracts: fuse with the gathered level maps gives its figures
+    _, levels, _ = random_inputs(batch=5, size=1)
+    levels = [lv.expand(-1, -1, 4, 3).contiguous() for lv in levels]
+    gathered = [normalize_maps(lv)[:, HIERARCHY.assignments(i)] for i, lv in enumerate(levels, start=1)]
+    scaled = normalize_maps(base)
+    torch.testing.assert_close(
+        fuse(scaled, gathered, rest_maps(scaled, labels.bool(), reduction)),  # type: ignore[arg-type]
+        fuse_hierarchy(base, levels, HIERARCHY, labels, rest_reduction=reduction),  # type: ignore[arg-type]
+    )
+
+
+def test_rest_maps_single_class_dtype_and_gradient() -> None:
+    one = torch.rand(2, 1, 3, 3)
+    assert torch.equal(rest_maps(one, torch.ones(2, 1)), torch.zeros_like(one))  # no other class: zero
+    half = torch.rand(2, 3, 4, 4, dtype=torch.float16)
+    assert rest_maps(half, torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.bool)).dtype == torch.float16
+    base = torch.rand(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[1, 1, 1], [1, 0, 1]])
+    for reduction in ("max", "mean"):
+        assert torch.autograd.gradcheck(lambda b, r=reduction: rest_maps(b, labels, r), (base,))
+
+
+def test_rest_maps_bad_input() -> None:
+    base, labels = torch.rand(2, 3, 4, 4), torch.tensor([[1, 0, 1], [0, 1, 0]])
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(2, 3\) .*got \(2, 4\)"):
+        rest_maps(base, torch.ones(2, 4))
+    with pytest.raises(ValueError, match=r"`base_maps` must have shape \(B, K, H, W\), got \(3, 4, 4\)"):
+        rest_maps(base[0], labels)
+    with pytest.raises(ValueError, match="`labels` must hold only 0/1 values"):
+        rest_maps(base, labels * 2)
+    with pytest.raises(ValueError, match="`reduction` must be one of 'max', 'mean', got 'min'"):
+        rest_maps(base, labels, "min")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`base_maps` must be"):
+        rest_maps(base.long(), labels)
+    with pytest.raises(TypeError, match="`labels` must be"):
+        rest_maps(base, [[1, 0, 1], [0, 1, 0]])  # type: ignore[arg-type]
+    nan = base.clone()
+    nan[1, 2, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="`base_maps`.*NaN"):
+        rest_maps(nan, labels)
