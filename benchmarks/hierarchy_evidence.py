@@ -1540,7 +1540,9 @@ def print_tables(folder: Path, only_seeds: Sequence[int] | None = None) -> None:
                     for i in range(len(trees))
                     for j in range(i + 1, len(trees))
                 ]
-                if pairs:
+                if len(pairs) > 10:  # e.g. 45 pairs of 10 seeds: their spread
+                    print(f"- {source} ({len(trees)} seeds, {len(pairs)} pairs): {_spread(pairs)}")
+                elif pairs:
                     print(f"- {source} ({len(trees)} seeds): " + ", ".join(f"{v:.2f}" for v in pairs))
 
 
