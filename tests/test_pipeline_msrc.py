@@ -503,6 +503,24 @@ def test_msrc_config_file_points_at_shared() -> None:
     assert [len(load_split(real, split)) for split in ("train", "val", "test")] == [276, 59, 256]
 
 
+def test_voc_style_msrc_config_is_the_msrc_config_with_stuff_as_background() -> None:
+    from hiercam.pipeline import load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    objects = load_config(configs / "msrc21_objects_mobilenet_v2.toml")
+    assert tuple(objects.data.background_classes) == MSRC21_STUFF_CLASSES
+    assert tuple(objects.method.levels) == (6,)
+    plain = load_config(configs / "msrc21_mobilenet_v2.toml")
+    stuff = objects.data.background_classes
+    assert objects == plain.replace(data__background_classes=stuff, method__levels=[6])
+    if not (SHARED_WEIGHTS.is_file() and (SHARED_MSRC / "splits" / "all.txt").is_file()):
+        pytest.skip("../shared (MSRC-21 and the MobileNetV2 weights) is not available")
+    real = objects.replace(data__root=str(SHARED_MSRC), model__weights=str(SHARED_WEIGHTS))
+    train = load_split(real, "train")
+    assert train.labels.shape == (276, 15)
+    assert int((train.labels.sum(1) == 0).sum()) == 47  # photos of stuff alone: negatives for every class
+
+
 def test_cache_keys_leave_out_new_keys_at_their_defaults() -> None:
     from hiercam.pipeline import DataConfig, ModelConfig
     from hiercam.pipeline.keys import section_key
