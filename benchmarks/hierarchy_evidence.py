@@ -1381,6 +1381,8 @@ ENSEMBLE_COST_ROWS = (
     "grouping",
     "grouping_shuffled",
     "grouping_cooccurrence",
+    "grouping_prototypes",
+    "grouping_prototypes_shuffled",
     "prototype_others_ensemble",
     "prototype_grouping",
     "prototype_grouping_shuffled",
