@@ -224,6 +224,8 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         hierarchies["cooccurrence"] = cooc
         if "grouping_cooccurrence" in wanted:
             level_models["cooccurrence"] = train_level_models(ctx, cooc, digest(cooc.to_dict()))
+    if wanted & PROTOTYPE_LEVEL_ROWS and ctx.config.model.weights is None:
+        raise SystemExit("the grouping_prototypes rows need a pretrained backbone (its class prototypes)")
     if ctx.config.model.weights is not None and (
         any(row.startswith("prototype") for row in wanted)
         or wanted & (GROUP_SOURCE_ROWS | PROTOTYPE_LEVEL_ROWS)
@@ -242,27 +244,17 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         )
         hierarchies["apart_shuffled"] = shuffled_hierarchy(hierarchies["apart"], seed=ctx.config.seed)
         log(f"apart hierarchy: {hierarchies['apart'].groups(1)}")
-    if wanted & GROUP_SOURCE_SHUFFLED_ROWS:
+    if wanted & (GROUP_SOURCE_SHUFFLED_ROWS | PROTOTYPE_LEVEL_ROWS):
         from hiercam.grouping import shuffled_hierarchy
 
         source = group_source(ctx)
         hierarchies[f"{source}_shuffled"] = shuffled_hierarchy(hierarchies[source], seed=ctx.config.seed)
     if wanted & PROTOTYPE_LEVEL_ROWS:
-        from hiercam.grouping import shuffled_hierarchy
-
-        if ctx.config.model.weights is None:
-            raise SystemExit("the grouping_prototypes rows need a pretrained backbone (its class prototypes)")
-        # the same shuffled copy as the prototype-hierarchy rows' control (group_source is "prototypes")
-        hierarchies["prototypes_shuffled"] = shuffled_hierarchy(
-            hierarchies["prototypes"], seed=ctx.config.seed
-        )
         names = hierarchies["prototypes"].class_names
         groups = [[names[k] for k in group] for group in hierarchies["prototypes"].groups(1)]
         log(f"prototype hierarchy, level 1: {groups}")
-        for row in sorted(wanted & PROTOTYPE_LEVEL_ROWS):
-            key = "prototypes_shuffled" if row.endswith("_shuffled") else "prototypes"
-            level_models[key] = train_level_models(ctx, hierarchies[key], digest(hierarchies[key].to_dict()))
-    for row in wanted & {"prototype_grouping", "prototype_grouping_shuffled"}:
+    # level models on group_source's hierarchy ("prototypes" with a pretrained backbone) or its shuffled copy
+    for row in sorted(wanted & {"prototype_grouping", "prototype_grouping_shuffled", *PROTOTYPE_LEVEL_ROWS}):
         key = group_source(ctx) + ("_shuffled" if row.endswith("_shuffled") else "")
         level_models[key] = train_level_models(ctx, hierarchies[key], digest(hierarchies[key].to_dict()))
     heads = {}
@@ -1748,6 +1740,8 @@ def print_validation(folders: Sequence[Path], dataset: str, compare: Sequence[st
         print("| --- | --- | ---: | ---: | --- |")
     for pair in compare:
         row, _, other = pair.partition(":")
+        if not row or not other:
+            raise SystemExit(f"--compare takes ROW:OTHER pairs, got {pair!r}")
         for folder, records in sets:
             have = [r for r in records if row in r["results"] and other in r["results"]]
             if not have:

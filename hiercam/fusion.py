@@ -252,10 +252,10 @@ def fuse_hierarchy(
             for level, maps in enumerate(level_maps, start=1)
         ]
     )
-    rest_maps = None
+    rest = None  # M0'
     if rest_reduction is not None and present is not None:
-        rest_maps = _rest_maps(base, present, rest_reduction)
-    return _fuse(base, gathered, rest_maps, clamp=clamp, normalize=normalize, weights=weights)
+        rest = _rest_maps(base, present, rest_reduction)
+    return _fuse(base, gathered, rest, clamp=clamp, normalize=normalize, weights=weights)
 
 
 def rest_maps(base_maps: Tensor, labels: Tensor, reduction: RestReduction = "max") -> Tensor:

@@ -161,6 +161,8 @@ def test_validation_table_compares_rows_paired_by_seed(tmp_path, capsys) -> None
     # by hand: +1.00, -0.50, +3.00 -> mean +1.17, positive on 2 of 3; a row no record holds prints nothing
     assert "| rule | grouping - ensemble_fused | +1.17 | 2 of 3 | +1.00, -0.50, +3.00 |" in shown
     assert "absent" not in shown
+    with pytest.raises(SystemExit, match="ROW:OTHER pairs, got 'grouping'"):
+        script.print_validation([tmp_path / "rule"], "msrc21", ["grouping"])
 
 
 def _script():
