@@ -13,6 +13,13 @@ masks:
 * ``grouping_shuffled``: the same, with level models trained on a shuffled hierarchy (the same group sizes,
   the classes assigned at random): a hierarchy that helps beats it, one that does not ties it;
 * ``grouping_cooccurrence``: the same, with a hierarchy from label co-occurrence (independent of the seed);
+  ``grouping_prototypes`` / ``_shuffled``: with the frozen backbone's prototype hierarchy;
+  ``grouping_apart`` / ``_shuffled``: with ``apart_hierarchy`` (similar classes grouped, classes that share
+  images kept apart);
+* ``grouping_plus`` / ``_shuffled``: Eq. 6 whose ``M0`` is the ``ensemble``'s averaged maps, with the level
+  models of ``grouping`` (``grouping_shuffled``) as its levels; its controls train one more class model per
+  level instead: ``ensemble_plus`` averages them all, ``ensemble_plus_fused`` is Eq. 6 over the ensemble
+  with the extra class models as the levels (does a level model add what one more class model adds?);
 * ``heads`` / ``heads_shuffled``: Eq. 6 over the level heads of one shared backbone (one model's training);
 * ``prototype`` (LPCAM, training-free, the base classifier's features) and ``prototype_siblings`` /
   ``prototype_siblings_shuffled``: LPCAM whose context also holds the class prototypes of the class's
@@ -125,6 +132,12 @@ ROWS_ORDER = (
     "grouping_cooccurrence",
     "grouping_prototypes",
     "grouping_prototypes_shuffled",
+    "grouping_apart",
+    "grouping_apart_shuffled",
+    "ensemble_plus",
+    "ensemble_plus_fused",
+    "grouping_plus",
+    "grouping_plus_shuffled",
     "heads",
     "heads_shuffled",
     "prototype",
@@ -190,6 +203,8 @@ class SeedModels:
     heads: dict[str, TrainedModel]
     subcategory: dict[str, TrainedModel]
     recam: dict[str, TrainedModel]
+    #: the members after ``partners`` that the ``ensemble_plus`` rows add (as many as there are levels)
+    extra_partners: list[TrainedModel] = dataclasses.field(default_factory=list)
 
 
 def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None]) -> SeedModels:
@@ -199,10 +214,11 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
     hierarchies = {"fc": hierarchy}
     level_models: dict[str, list[TrainedModel]] = {}
     wanted = {row.removesuffix("_ms") for row in rows}
-    if "grouping" in wanted:
+    if wanted & {"grouping", "grouping_plus"}:
         level_models["fc"] = train_level_models(ctx, hierarchy, key)
     if wanted & {
         "grouping_shuffled",
+        "grouping_plus_shuffled",
         "prototype_siblings_shuffled",
         "prototype_distant_shuffled",
         "heads_shuffled",
@@ -211,7 +227,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
 
         shuffled = shuffled_hierarchy(hierarchy, seed=ctx.config.seed)
         hierarchies["shuffled"] = shuffled
-        if "grouping_shuffled" in wanted:
+        if wanted & {"grouping_shuffled", "grouping_plus_shuffled"}:
             level_models["shuffled"] = train_level_models(ctx, shuffled, digest(shuffled.to_dict()))
     if wanted & {"grouping_cooccurrence", "prototype_siblings_cooccurrence"}:
         from hiercam.grouping import HierarchicalKMeans, cooccurrence_embeddings
@@ -231,19 +247,24 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         or wanted & (GROUP_SOURCE_ROWS | PROTOTYPE_LEVEL_ROWS)
     ):
         hierarchies["prototypes"] = embedding_hierarchy(ctx, base, hierarchy)
-    if wanted & {group_map_row("apart"), group_map_row("apart", shuffled=True)}:
+    if wanted & {group_map_row("apart"), group_map_row("apart", shuffled=True), *APART_LEVEL_ROWS}:
         from hiercam.grouping import shuffled_hierarchy
 
         if ctx.config.model.weights is None:
             raise SystemExit(
-                "the prototype_groups_apart rows need a pretrained backbone (its class prototypes)"
+                "the prototype_groups_apart and grouping_apart rows need a pretrained backbone"
+                " (its class prototypes)"
             )
 
         hierarchies["apart"] = apart_hierarchy(
             prototype_embeddings(ctx, base), ctx.data("train").labels, hierarchy, APART_RATE
         )
         hierarchies["apart_shuffled"] = shuffled_hierarchy(hierarchies["apart"], seed=ctx.config.seed)
-        log(f"apart hierarchy: {hierarchies['apart'].groups(1)}")
+        names = hierarchies["apart"].class_names
+        log(f"apart hierarchy, level 1: {[[names[k] for k in g] for g in hierarchies['apart'].groups(1)]}")
+    for row in sorted(wanted & APART_LEVEL_ROWS):  # level models on the apart hierarchy or its shuffled copy
+        key = "apart" + ("_shuffled" if row.endswith("_shuffled") else "")
+        level_models[key] = train_level_models(ctx, hierarchies[key], digest(hierarchies[key].to_dict()))
     if wanted & (GROUP_SOURCE_SHUFFLED_ROWS | PROTOTYPE_LEVEL_ROWS):
         from hiercam.grouping import shuffled_hierarchy
 
@@ -270,12 +291,16 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
     recam = {}
     if any(row.startswith("recam") or row == "finetune" for row in wanted):
         recam = recam_models(ctx, base, hierarchies, wanted, log)
-    partners = []
-    if wanted & {"ensemble", "ensemble_fused", "prototype_others_ensemble"}:
+    partners, extra_partners = [], []
+    levels = hierarchy.num_levels - 1
+    if wanted & {"ensemble", "ensemble_fused", "prototype_others_ensemble", *PLUS_ROWS}:
         # as many single models as `grouping` trains: the base and one per level
-        for index in range(1, hierarchy.num_levels):
-            partners.append(train_ensemble(ctx, index=index))
-    return SeedModels(base, partners, hierarchies, level_models, heads, subcategory, recam)
+        partners = [train_ensemble(ctx, index=index) for index in range(1, levels + 1)]
+    if wanted & {"ensemble_plus", "ensemble_plus_fused"}:  # one more class model per level
+        extra_partners = [train_ensemble(ctx, index=index) for index in range(levels + 1, 2 * levels + 1)]
+    return SeedModels(
+        base, partners, hierarchies, level_models, heads, subcategory, recam, extra_partners=extra_partners
+    )
 
 
 #: ReCAM's settings (its public code: re-activation weight 1, the backbone at 0.1 times the predictor's rate),
@@ -339,6 +364,15 @@ GROUP_SOURCE_ROWS = {
 
 #: Eq. 6 over level models trained on the frozen backbone's prototype hierarchy, and on its shuffled copy.
 PROTOTYPE_LEVEL_ROWS = {"grouping_prototypes", "grouping_prototypes_shuffled"}
+
+#: Eq. 6 over level models trained on ``apart_hierarchy`` (similar classes grouped, classes that share images
+#: kept apart), and on its shuffled copy.
+APART_LEVEL_ROWS = {"grouping_apart", "grouping_apart_shuffled"}
+
+#: A third source of maps beside the two-model ensemble: Eq. 6 over the ensemble with the level models
+#: (``grouping_plus``, ``_shuffled``), and its controls with as many class models instead (``ensemble_plus``:
+#: averaged; ``ensemble_plus_fused``: Eq. 6 with them as the levels).
+PLUS_ROWS = {"ensemble_plus", "ensemble_plus_fused", "grouping_plus", "grouping_plus_shuffled"}
 
 
 def group_source(ctx: RunContext) -> str:
@@ -700,15 +734,26 @@ def row_makers(
         def up(trained: TrainedModel, index: Tensor, size: tuple[int, int], ms: bool = multiscale) -> Tensor:
             return upsample(maps_of(trained, ms)[index], size)
 
+        def ensemble(index: Tensor, size: tuple[int, int], up=up) -> Tensor:
+            """The ``ensemble`` row's maps: the base and its partners, averaged."""
+            return average_branch_maps([up(m, index, size) for m in [models.base, *models.partners]])
+
         if name == "gradcam":
             makers[row] = lambda index, labels, size, up=up: up(models.base, index, size)
         elif name == "ensemble":
-            makers[row] = lambda index, labels, size, up=up: average_branch_maps(
-                [up(m, index, size) for m in [models.base, *models.partners]]
-            )
+            makers[row] = lambda index, labels, size, ensemble=ensemble: ensemble(index, size)
         elif name == "ensemble_fused":  # Eq. 6 with the partners' class maps as the levels: no groups
             makers[row] = lambda index, labels, size, up=up: fused_over_models(
                 up(models.base, index, size), [up(m, index, size) for m in models.partners], labels
+            )
+        elif name == "ensemble_plus":
+            members = [models.base, *models.partners, *models.extra_partners]
+            makers[row] = lambda index, labels, size, up=up, members=members: average_branch_maps(
+                [up(m, index, size) for m in members]
+            )
+        elif name == "ensemble_plus_fused":  # Eq. 6 over the ensemble, the extra class models as the levels
+            makers[row] = lambda index, labels, size, up=up, ensemble=ensemble: fused_over_models(
+                ensemble(index, size), [up(m, index, size) for m in models.extra_partners], labels
             )
         elif name.startswith("grouping"):
             source = {
@@ -717,13 +762,25 @@ def row_makers(
                 "grouping_cooccurrence": "cooccurrence",
                 "grouping_prototypes": "prototypes",
                 "grouping_prototypes_shuffled": "prototypes_shuffled",
+                "grouping_apart": "apart",
+                "grouping_apart_shuffled": "apart_shuffled",
+                "grouping_plus": "fc",
+                "grouping_plus_shuffled": "shuffled",
             }[name]
             hierarchy, level_models = models.hierarchies[source], models.level_models[source]
+            # grouping_plus: Eq. 6 whose M0 is the ensemble's maps (M0' too), the level models as the levels
+            over = ensemble if name.startswith("grouping_plus") else None
 
             def fused(
-                index: Tensor, labels: Tensor, size: tuple[int, int], up=up, h=hierarchy, lm=level_models
+                index: Tensor,
+                labels: Tensor,
+                size: tuple[int, int],
+                up=up,
+                h=hierarchy,
+                lm=level_models,
+                over=over,
             ):
-                base = up(models.base, index, size)
+                base = up(models.base, index, size) if over is None else over(index, size)
                 levels = [up(m, index, size) for m in lm]
                 return fuse_hierarchy(base, levels, h, labels, rest_reduction=rest)
 
@@ -1196,6 +1253,16 @@ def paired_bootstrap(a: Tensor, b: Tensor, scored: Sequence[int], seed: int) -> 
 CONTROLS = {
     "grouping": ("gradcam", "ensemble", "grouping_shuffled", "ensemble_fused"),
     "ensemble_fused": ("gradcam", "ensemble"),
+    "grouping_apart": ("gradcam", "ensemble", "ensemble_fused", "grouping_apart_shuffled", "grouping"),
+    "grouping_plus": (
+        "gradcam",
+        "ensemble",
+        "ensemble_plus",
+        "ensemble_plus_fused",
+        "grouping_plus_shuffled",
+        "grouping",
+    ),
+    "ensemble_plus_fused": ("gradcam", "ensemble_plus"),
     "grouping_cooccurrence": ("gradcam", "ensemble", "grouping_shuffled"),
     "grouping_prototypes": (
         "gradcam",
@@ -1375,6 +1442,8 @@ ENSEMBLE_COST_ROWS = (
     "grouping_cooccurrence",
     "grouping_prototypes",
     "grouping_prototypes_shuffled",
+    "grouping_apart",
+    "grouping_apart_shuffled",
     "prototype_others_ensemble",
     "prototype_grouping",
     "prototype_grouping_shuffled",
@@ -1393,6 +1462,8 @@ def cost(row: str, levels: int) -> tuple[int, int]:
     scale = 4 if row.endswith("_ms") else 1  # IRN's four scales
     if name in ENSEMBLE_COST_ROWS:
         return 1 + levels, (1 + levels) * scale
+    if name in PLUS_ROWS:  # the ensemble's 1 + levels models and one more per level
+        return 1 + 2 * levels, (1 + 2 * levels) * scale
     if name.startswith("recam") or name == "finetune":  # the base classifier, then a fine-tuning as long
         return 2, scale
     return 1, scale
@@ -1412,6 +1483,8 @@ METHOD_ROWS = (
     "grouping",
     "grouping_cooccurrence",
     "grouping_prototypes",
+    "grouping_apart",
+    "grouping_plus",
     "heads",
     "prototype",
     "prototype_siblings",

@@ -334,3 +334,75 @@ def test_fused_over_models_is_eq6_with_class_maps_as_levels() -> None:
         script.fused_over_models(base, [group_maps[:, hierarchy.assignments(1)]], labels),
         fuse_hierarchy(base, [group_maps], hierarchy, labels),
     )
+
+
+def test_plus_rows_add_a_level_model_or_a_class_model_to_the_ensemble(monkeypatch) -> None:
+    """``grouping_plus`` is Eq. 6 over the ensemble with the level model, its controls the extra class model.
+
+    Oracle: Eq. 6 written out by hand (max-normalised terms, ``M0'`` the maximum of the other present classes'
+    ensemble maps, clamp at 0, max-normalised) on maps that each fake model returns.
+    """
+    from types import SimpleNamespace
+
+    import torch
+
+    script = _script()
+    from hiercam import ClassHierarchy
+
+    generator = torch.Generator().manual_seed(5)
+    names = ["base", "partner", "extra", "level", "shuffled_level"]
+    raw = {name: torch.rand(2, 4, 3, 3, generator=generator) + 0.01 for name in names}
+    group_raw = {name: torch.rand(2, 2, 3, 3, generator=generator) + 0.01 for name in names[3:]}
+    model = {name: SimpleNamespace(content_key=name * 3) for name in names}
+
+    def fake_maps(ctx, trained, split, scales):
+        name = trained.content_key[: len(trained.content_key) // 3]
+        return group_raw.get(name, raw[name])
+
+    monkeypatch.setattr(script, "gradcam_maps", fake_maps)
+    hierarchy = ClassHierarchy([[0, 1, 0, 1]])
+    shuffled = ClassHierarchy([[0, 0, 1, 1]])
+    models = script.SeedModels(
+        base=model["base"],
+        partners=[model["partner"]],
+        hierarchies={"fc": hierarchy, "shuffled": shuffled},
+        level_models={"fc": [model["level"]], "shuffled": [model["shuffled_level"]]},
+        heads={},
+        subcategory={},
+        recam={},
+        extra_partners=[model["extra"]],
+    )
+    rows = ["ensemble", "ensemble_plus", "ensemble_plus_fused", "grouping_plus", "grouping_plus_shuffled"]
+    makers = script.row_makers(SimpleNamespace(timings={}), models, rows, "val", print)
+    index, labels, size = torch.arange(2), torch.tensor([[1, 0, 1, 1], [0, 1, 0, 0]]), (3, 3)
+
+    def scaled(maps):
+        return maps / maps.amax(dim=(-2, -1), keepdim=True)
+
+    def average(*maps):
+        return scaled(sum(scaled(m) for m in maps) / len(maps))
+
+    def eq6(m0, level):  # by hand: a loop over images and classes
+        out = torch.zeros_like(m0)
+        for b in range(2):
+            present = labels[b].nonzero().flatten().tolist()
+            for k in range(4):
+                rest = [scaled(m0)[b, j] for j in present if j != k]
+                value = scaled(m0)[b, k] + scaled(level)[b, k] - (torch.stack(rest).amax(0) if rest else 0)
+                out[b, k] = value.clamp_min(0)
+        return out / out.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
+    ensemble = average(raw["base"], raw["partner"])
+    torch.testing.assert_close(makers["ensemble"](index, labels, size), ensemble)
+    torch.testing.assert_close(
+        makers["ensemble_plus"](index, labels, size), average(raw["base"], raw["partner"], raw["extra"])
+    )
+    fused = makers["ensemble_plus_fused"](index, labels, size)
+    torch.testing.assert_close(fused, eq6(ensemble, raw["extra"]))
+    spread = group_raw["level"][:, [0, 1, 0, 1]]  # each class gets its group's map
+    torch.testing.assert_close(makers["grouping_plus"](index, labels, size), eq6(ensemble, spread))
+    spread = group_raw["shuffled_level"][:, [0, 0, 1, 1]]
+    torch.testing.assert_close(makers["grouping_plus_shuffled"](index, labels, size), eq6(ensemble, spread))
+    # the cost column: the ensemble's two models and one more per level
+    assert script.cost("grouping_plus", 1) == script.cost("ensemble_plus", 1) == (3, 3)
+    assert script.cost("grouping_apart", 1) == script.cost("grouping", 1) == (2, 2)
