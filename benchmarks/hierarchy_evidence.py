@@ -1535,11 +1535,15 @@ def choose_recommended(records: Sequence[dict[str, Any]], rows: Sequence[str]) -
     )
 
 
-def print_tables(folder: Path, only_seeds: Sequence[int] | None = None) -> None:
+def print_tables(
+    folder: Path, only_seeds: Sequence[int] | None = None, compare: Sequence[str] = ()
+) -> None:
     """The evidence tables (Markdown) from the committed seed records, one section per dataset.
 
     A row is shown over the seeds whose records hold it (the seeds are named); its difference to Grad-CAM is
-    paired by seed. ``only_seeds``: only the records of these seeds (default: every record).
+    paired by seed. ``only_seeds``: only the records of these seeds (default: every record). ``compare``
+    (``"row:other"`` pairs): each dataset's section ends with their test mIoU@0.15 differences paired by
+    seed, as ``--validation-table`` prints them on validation.
     """
     from hiercam.grouping import hierarchy_agreement
 
@@ -1611,6 +1615,7 @@ def print_tables(folder: Path, only_seeds: Sequence[int] | None = None) -> None:
                     print(f"- {source} ({len(trees)} seeds, {len(pairs)} pairs): {_spread(pairs)}")
                 elif pairs:
                     print(f"- {source} ({len(trees)} seeds): " + ", ".join(f"{v:.2f}" for v in pairs))
+        print_comparisons([(dataset_folder.name, records)], compare, "test")
 
 
 def group_mates(hierarchy: ClassHierarchy, labels: Tensor, level: int = 1) -> tuple[float, float]:
@@ -1808,22 +1813,37 @@ def print_validation(folders: Sequence[Path], dataset: str, compare: Sequence[st
                 f"| {folder.name} | {weight}{row} | {', '.join(str(r['seed']) for r in have)} | "
                 f"{_spread(val)} | {shown} | {precision:.1f} / {recall:.1f} |"
             )
-    if compare:
-        print("\n| records | comparison (validation mIoU@0.15) | mean | above on | per seed |")
-        print("| --- | --- | ---: | ---: | --- |")
+    print_comparisons([(folder.name, records) for folder, records in sets], compare, "val")
+
+
+def print_comparisons(
+    sets: Sequence[tuple[str, Sequence[dict[str, Any]]]], compare: Sequence[str], split: str
+) -> None:
+    """A rule's comparisons: each ``"row:other"`` pair's mIoU@0.15 difference on ``split``, paired by seed.
+
+    For each named set of records that holds both rows: the mean difference, on how many seeds it is
+    positive, and its values in the records' order.
+    """
+    pairs = []
     for pair in compare:
         row, _, other = pair.partition(":")
         if not row or not other:
             raise SystemExit(f"--compare takes ROW:OTHER pairs, got {pair!r}")
-        for folder, records in sets:
+        pairs.append((row, other))
+    if not pairs:
+        return
+    name = {"val": "validation", "test": "test"}[split]
+    print(f"\n| records | comparison ({name} mIoU@0.15) | mean | above on | per seed |")
+    print("| --- | --- | ---: | ---: | --- |")
+    key = f"{split}_miou_paper"
+    for row, other in pairs:
+        for label, records in sets:
             have = [r for r in records if row in r["results"] and other in r["results"]]
             if not have:
                 continue
-            deltas = [
-                r["results"][row]["val_miou_paper"] - r["results"][other]["val_miou_paper"] for r in have
-            ]
+            deltas = [r["results"][row][key] - r["results"][other][key] for r in have]
             print(
-                f"| {folder.name} | {row} - {other} | {sum(deltas) / len(deltas):+.2f} | "
+                f"| {label} | {row} - {other} | {sum(deltas) / len(deltas):+.2f} | "
                 f"{sum(d > 0 for d in deltas)} of {len(deltas)} | {', '.join(f'{d:+.2f}' for d in deltas)} |"
             )
 
@@ -1866,7 +1886,8 @@ def main() -> None:
         nargs="+",
         default=(),
         metavar="ROW:OTHER",
-        help="with --validation-table: each pair's difference paired by seed (mean, above on, per seed)",
+        help="with --validation-table (validation) or --table (test): each pair's mIoU@0.15 difference "
+        "paired by seed (mean, above on, per seed)",
     )
     parser.add_argument(
         "--subcategory-weight", type=float, default=None, help="SC-CAM's auxiliary weight (default: its 5)"
@@ -1926,7 +1947,7 @@ def main() -> None:
         print_group_mates(args.results, args.dataset, args.cache)
         return
     if args.table:
-        print_tables(args.results / "hierarchy", args.table_seeds)
+        print_tables(args.results / "hierarchy", args.table_seeds, args.compare)
         return
     if args.clustering_spread:
         print_clustering_spread(args.clustering_spread, args.dataset)

@@ -165,6 +165,26 @@ def test_validation_table_compares_rows_paired_by_seed(tmp_path, capsys) -> None
         script.print_validation([tmp_path / "rule"], "msrc21", ["grouping"])
 
 
+def test_comparisons_on_the_test_split_read_the_test_figures(capsys) -> None:
+    script = _script()
+    records = [
+        {
+            "results": {
+                "grouping": {"val_miou_paper": 0.0, "test_miou_paper": a},
+                "gradcam": {"test_miou_paper": b},
+            }
+        }
+        for a, b in [(50.0, 49.0), (48.0, 48.5)]
+    ]
+    script.print_comparisons([("voc", records)], ["grouping:gradcam"], "test")
+    shown = capsys.readouterr().out
+    # by hand: +1.00, -0.50 -> mean +0.25, positive on 1 of 2
+    assert "comparison (test mIoU@0.15)" in shown
+    assert "| voc | grouping - gradcam | +0.25 | 1 of 2 | +1.00, -0.50 |" in shown
+    script.print_comparisons([("voc", records)], [], "test")
+    assert capsys.readouterr().out == ""
+
+
 def _script():
     """The script as a module (registered in ``sys.modules``: its dataclasses look their module up)."""
     import importlib.util
