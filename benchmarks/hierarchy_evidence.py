@@ -1535,9 +1535,7 @@ def choose_recommended(records: Sequence[dict[str, Any]], rows: Sequence[str]) -
     )
 
 
-def print_tables(
-    folder: Path, only_seeds: Sequence[int] | None = None, compare: Sequence[str] = ()
-) -> None:
+def print_tables(folder: Path, only_seeds: Sequence[int] | None = None, compare: Sequence[str] = ()) -> None:
     """The evidence tables (Markdown) from the committed seed records, one section per dataset.
 
     A row is shown over the seeds whose records hold it (the seeds are named); its difference to Grad-CAM is
