@@ -210,12 +210,17 @@ class SeedModels:
 def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None]) -> SeedModels:
     """Every model the chosen rows need (loaded when cached)."""
     base = train_base(ctx)
-    hierarchy, key = build_hierarchy(ctx, base)
+    hierarchy, fc_key = build_hierarchy(ctx, base)
     hierarchies = {"fc": hierarchy}
     level_models: dict[str, list[TrainedModel]] = {}
+
+    def level_models_on(name: str) -> list[TrainedModel]:
+        """Single-branch level models on ``hierarchies[name]``, cached by the hierarchy's content."""
+        return train_level_models(ctx, hierarchies[name], digest(hierarchies[name].to_dict()))
+
     wanted = {row.removesuffix("_ms") for row in rows}
     if wanted & {"grouping", "grouping_plus"}:
-        level_models["fc"] = train_level_models(ctx, hierarchy, key)
+        level_models["fc"] = train_level_models(ctx, hierarchy, fc_key)
     if wanted & {
         "grouping_shuffled",
         "grouping_plus_shuffled",
@@ -228,7 +233,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         shuffled = shuffled_hierarchy(hierarchy, seed=ctx.config.seed)
         hierarchies["shuffled"] = shuffled
         if wanted & {"grouping_shuffled", "grouping_plus_shuffled"}:
-            level_models["shuffled"] = train_level_models(ctx, shuffled, digest(shuffled.to_dict()))
+            level_models["shuffled"] = level_models_on("shuffled")
     if wanted & {"grouping_cooccurrence", "prototype_siblings_cooccurrence"}:
         from hiercam.grouping import HierarchicalKMeans, cooccurrence_embeddings
 
@@ -239,7 +244,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         )
         hierarchies["cooccurrence"] = cooc
         if "grouping_cooccurrence" in wanted:
-            level_models["cooccurrence"] = train_level_models(ctx, cooc, digest(cooc.to_dict()))
+            level_models["cooccurrence"] = level_models_on("cooccurrence")
     if wanted & PROTOTYPE_LEVEL_ROWS and ctx.config.model.weights is None:
         raise SystemExit("the grouping_prototypes rows need a pretrained backbone (its class prototypes)")
     if ctx.config.model.weights is not None and (
@@ -263,8 +268,8 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         names = hierarchies["apart"].class_names
         log(f"apart hierarchy, level 1: {[[names[k] for k in g] for g in hierarchies['apart'].groups(1)]}")
     for row in sorted(wanted & APART_LEVEL_ROWS):  # level models on the apart hierarchy or its shuffled copy
-        key = "apart" + ("_shuffled" if row.endswith("_shuffled") else "")
-        level_models[key] = train_level_models(ctx, hierarchies[key], digest(hierarchies[key].to_dict()))
+        name = "apart" + ("_shuffled" if row.endswith("_shuffled") else "")
+        level_models[name] = level_models_on(name)
     if wanted & (GROUP_SOURCE_SHUFFLED_ROWS | PROTOTYPE_LEVEL_ROWS):
         from hiercam.grouping import shuffled_hierarchy
 
@@ -276,11 +281,11 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         log(f"prototype hierarchy, level 1: {groups}")
     # level models on group_source's hierarchy ("prototypes" with a pretrained backbone) or its shuffled copy
     for row in sorted(wanted & {"prototype_grouping", "prototype_grouping_shuffled", *PROTOTYPE_LEVEL_ROWS}):
-        key = group_source(ctx) + ("_shuffled" if row.endswith("_shuffled") else "")
-        level_models[key] = train_level_models(ctx, hierarchies[key], digest(hierarchies[key].to_dict()))
+        name = group_source(ctx) + ("_shuffled" if row.endswith("_shuffled") else "")
+        level_models[name] = level_models_on(name)
     heads = {}
     if "heads" in wanted:
-        heads["fc"] = train_level_heads(ctx, hierarchy, key)
+        heads["fc"] = train_level_heads(ctx, hierarchy, fc_key)
     if "heads_shuffled" in wanted:
         heads["shuffled"] = train_level_heads(
             ctx, hierarchies["shuffled"], digest(hierarchies["shuffled"].to_dict())
