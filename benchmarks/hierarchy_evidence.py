@@ -79,7 +79,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1551,7 +1551,7 @@ def print_tables(folder: Path, only_seeds: Sequence[int] | None = None, compare:
     from hiercam.grouping import hierarchy_agreement
 
     for dataset_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
-        records = [json.loads(p.read_text()) for p in sorted(dataset_folder.glob("seed_*.json"))]
+        records = [json.loads(p.read_text()) for p in in_seed_order(dataset_folder.glob("seed_*.json"))]
         records = [r for r in records if only_seeds is None or r["seed"] in only_seeds]
         if not records:
             continue
@@ -1639,11 +1639,16 @@ def group_mates(hierarchy: ClassHierarchy, labels: Tensor, level: int = 1) -> tu
     return borrowed / max(pairs, 1), 100 * together / max(pairs, 1)
 
 
+def in_seed_order(paths: Iterable[Path]) -> list[Path]:
+    """Seed records (``seed_7.json``, ``validation_seed_12.json``) by their seed's number, not by name."""
+    return sorted(paths, key=lambda path: int(path.stem.rsplit("_", 1)[1]))
+
+
 def print_group_mates(folder: Path, dataset: str, cache: Path) -> None:
     """Each record's hierarchies against the test labels of its seed (``group_mates``), one line each."""
     print("| seed | hierarchy | mates borrowed per (image, class) | pairs with a mate in the image |")
     print("| ---: | --- | ---: | ---: |")
-    for path in sorted((folder / "hierarchy" / dataset).glob("seed_*.json")):
+    for path in in_seed_order((folder / "hierarchy" / dataset).glob("seed_*.json")):
         record = json.loads(path.read_text())
         labels = context(dataset, record["seed"], cache, lambda line: None).data("test").labels
         for name, stored in record.get("hierarchies", {}).items():
@@ -1753,7 +1758,7 @@ def print_clustering_spread(folders: Sequence[Path], dataset: str) -> None:
     """
     by_seed: dict[int, list[dict[str, Any]]] = {}
     for folder in folders:
-        for path in sorted((folder / "hierarchy" / dataset).glob("validation_seed_*.json")):
+        for path in in_seed_order((folder / "hierarchy" / dataset).glob("validation_seed_*.json")):
             record = json.loads(path.read_text())
             by_seed.setdefault(record["seed"], []).append(record)
     rows = [row for row in ROWS_ORDER if any(row in r["results"] for rs in by_seed.values() for r in rs)]
@@ -1790,7 +1795,8 @@ def print_validation(folders: Sequence[Path], dataset: str, compare: Sequence[st
     sets = []
     for folder in folders:
         where = folder / "hierarchy" / dataset
-        paths = sorted(where.glob("validation_seed_*.json")) or sorted(where.glob("seed_*.json"))
+        paths = in_seed_order(where.glob("validation_seed_*.json"))
+        paths = paths or in_seed_order(where.glob("seed_*.json"))
         records = [json.loads(path.read_text()) for path in paths]
         if records:
             sets.append((folder, records))

@@ -426,3 +426,20 @@ def test_plus_rows_add_a_level_model_or_a_class_model_to_the_ensemble(monkeypatc
     # the cost column: the ensemble's two models and one more per level
     assert script.cost("grouping_plus", 1) == script.cost("ensemble_plus", 1) == (3, 3)
     assert script.cost("grouping_apart", 1) == script.cost("grouping", 1) == (2, 2)
+
+
+def test_records_are_read_in_seed_order_not_name_order(tmp_path: Path) -> None:
+    script = _script()
+    for seed in (9, 10, 40, 5):
+        (tmp_path / f"seed_{seed}.json").write_text("{}")
+        (tmp_path / f"validation_seed_{seed}.json").write_text("{}")
+    # by name, seed_10 sorts before seed_5 and seed_9
+    assert min(p.name for p in tmp_path.glob("seed_*.json")) == "seed_10.json"
+    assert [p.name for p in script.in_seed_order(tmp_path.glob("seed_*.json"))] == [
+        "seed_5.json",
+        "seed_9.json",
+        "seed_10.json",
+        "seed_40.json",
+    ]
+    ordered = script.in_seed_order(tmp_path.glob("validation_seed_*.json"))
+    assert [p.stem for p in ordered] == [f"validation_seed_{s}" for s in (5, 9, 10, 40)]
