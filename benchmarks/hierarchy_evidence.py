@@ -207,6 +207,24 @@ class SeedModels:
     extra_partners: list[TrainedModel] = dataclasses.field(default_factory=list)
 
 
+def final_val_map(models: SeedModels) -> dict[str, float]:
+    """Each trained model's validation mAP after its last epoch (level 0's logits), by a readable name.
+
+    ``base``, ``partner_<i>``, ``extra_partner_<i>``, ``level_<hierarchy>_<l>``, ``heads_<hierarchy>``,
+    ``subcategory_<name>``, ``recam_<name>``: what a record keeps so that a reading such as "the level heads'
+    class head scores a lower mAP" can be checked from the JSON alone.
+    """
+    named: dict[str, TrainedModel] = {"base": models.base}
+    named |= {f"partner_{i}": m for i, m in enumerate(models.partners)}
+    named |= {f"extra_partner_{i}": m for i, m in enumerate(models.extra_partners)}
+    for name, level_models in models.level_models.items():
+        named |= {f"level_{name}_{level}": m for level, m in enumerate(level_models, start=1)}
+    named |= {f"heads_{name}": m for name, m in models.heads.items()}
+    named |= {f"subcategory_{name}": m for name, m in models.subcategory.items()}
+    named |= {f"recam_{name}": m for name, m in models.recam.items()}
+    return {name: float(m.history[-1].get("val_map", math.nan)) for name, m in named.items() if m.history}
+
+
 def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None]) -> SeedModels:
     """Every model the chosen rows need (loaded when cached)."""
     base = train_base(ctx)
@@ -1376,7 +1394,7 @@ def run_seed(
             for metric, value in figures(confusion[t].sum(0), scored).items():
                 result[row][f"val_{metric}_{tag}"] = float(value) * 100
     if validation_only:
-        return _write_record(path, ctx, rows, result, start, split="val")
+        return _write_record(path, ctx, rows, result, start, split="val", val_map=final_val_map(models))
     test = score(ctx, row_makers(ctx, models, rows, "test", log), "test", THRESHOLDS)
     for row, confusion in test.items():
         for tag, t in (("paper", paper), ("t_star", THRESHOLDS.index(chosen[row]))):
@@ -1398,7 +1416,15 @@ def run_seed(
             comparisons[f"{row} - {other}"] = entry
     hierarchies = {name: h.to_dict() for name, h in models.hierarchies.items()}
     return _write_record(
-        path, ctx, rows, result, start, split="test", comparisons=comparisons, hierarchies=hierarchies
+        path,
+        ctx,
+        rows,
+        result,
+        start,
+        split="test",
+        comparisons=comparisons,
+        hierarchies=hierarchies,
+        val_map=final_val_map(models),
     )
 
 

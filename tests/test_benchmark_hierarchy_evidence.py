@@ -54,6 +54,23 @@ def test_validation_only_records_hold_the_full_records_validation_figures(record
     assert "subcategory_shuffled - gradcam" in full["comparisons"]
 
 
+def test_records_keep_each_trained_models_final_validation_map(records) -> None:
+    root, full, val = records
+    # the validation-only run trains fewer rows' models; the ones it shares are the same cached models
+    assert val["val_map"] == {name: full["val_map"][name] for name in val["val_map"]}
+    assert set(full["val_map"]) - set(val["val_map"]) == {"subcategory_shuffled"}
+    assert "base" in full["val_map"]
+    assert any(name.startswith("subcategory_") for name in full["val_map"])
+    # the oracle: the last epoch of each cached model's own training history
+    cached = set()
+    for path in (root / "cache").rglob("*.json"):
+        stored = json.loads(path.read_text())
+        if isinstance(stored, dict) and stored.get("history"):
+            cached.add(round(stored["history"][-1]["val_map"], 12))
+    assert cached
+    assert {round(value, 12) for value in full["val_map"].values()} <= cached
+
+
 def test_tables_print_the_records(records) -> None:
     root, full, val = records
     table = evidence("--table", "--results", str(root / "full"))
