@@ -232,9 +232,13 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
     hierarchies = {"fc": hierarchy}
     level_models: dict[str, list[TrainedModel]] = {}
 
+    def content_key(name: str) -> str:
+        """The cache key of the models trained on ``hierarchies[name]``: the hierarchy's content."""
+        return digest(hierarchies[name].to_dict())
+
     def level_models_on(name: str) -> list[TrainedModel]:
-        """Single-branch level models on ``hierarchies[name]``, cached by the hierarchy's content."""
-        return train_level_models(ctx, hierarchies[name], digest(hierarchies[name].to_dict()))
+        """Single-branch level models on ``hierarchies[name]``."""
+        return train_level_models(ctx, hierarchies[name], content_key(name))
 
     wanted = {row.removesuffix("_ms") for row in rows}
     if wanted & {"grouping", "grouping_plus"}:
@@ -305,9 +309,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
     if "heads" in wanted:
         heads["fc"] = train_level_heads(ctx, hierarchy, fc_key)
     if "heads_shuffled" in wanted:
-        heads["shuffled"] = train_level_heads(
-            ctx, hierarchies["shuffled"], digest(hierarchies["shuffled"].to_dict())
-        )
+        heads["shuffled"] = train_level_heads(ctx, hierarchies["shuffled"], content_key("shuffled"))
     subcategory = {}
     if wanted & {"subcategory", "subcategory_shuffled"}:
         subcategory = subcategory_models(ctx, base, wanted, log)
