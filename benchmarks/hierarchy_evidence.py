@@ -15,7 +15,8 @@ masks:
 * ``grouping_cooccurrence``: the same, with a hierarchy from label co-occurrence (independent of the seed);
   ``grouping_prototypes`` / ``_shuffled``: with the frozen backbone's prototype hierarchy;
   ``grouping_apart`` / ``_shuffled``: with ``apart_hierarchy`` (similar classes grouped, classes that share
-  images kept apart);
+  images kept apart); ``grouping_given`` / ``_shuffled``: with a hierarchy the user gives as a JSON file
+  (``GIVEN_HIERARCHIES``: MSRC-21's objects grouped by their WordNet hypernyms, written by hand);
 * ``grouping_plus`` / ``_shuffled``: Eq. 6 whose ``M0`` is the ``ensemble``'s averaged maps, with the level
   models of ``grouping`` (``grouping_shuffled``) as its levels; its controls train one more class model per
   level instead: ``ensemble_plus`` averages them all, ``ensemble_plus_fused`` is Eq. 6 over the ensemble
@@ -134,6 +135,8 @@ ROWS_ORDER = (
     "grouping_prototypes_shuffled",
     "grouping_apart",
     "grouping_apart_shuffled",
+    "grouping_given",
+    "grouping_given_shuffled",
     "ensemble_plus",
     "ensemble_plus_fused",
     "grouping_plus",
@@ -292,6 +295,16 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
     for row in sorted(wanted & APART_LEVEL_ROWS):  # level models on the apart hierarchy or its shuffled copy
         name = "apart" + ("_shuffled" if row.endswith("_shuffled") else "")
         level_models[name] = level_models_on(name)
+    if wanted & GIVEN_LEVEL_ROWS:
+        from hiercam.grouping import shuffled_hierarchy
+
+        hierarchies["given"] = given_hierarchy(hierarchy)
+        hierarchies["given_shuffled"] = shuffled_hierarchy(hierarchies["given"], seed=ctx.config.seed)
+        names = hierarchy.class_names
+        log(f"given hierarchy, level 1: {[[names[k] for k in g] for g in hierarchies['given'].groups(1)]}")
+        for row in sorted(wanted & GIVEN_LEVEL_ROWS):  # level models on the given hierarchy or its shuffle
+            name = "given" + ("_shuffled" if row.endswith("_shuffled") else "")
+            level_models[name] = level_models_on(name)
     if wanted & (GROUP_SOURCE_SHUFFLED_ROWS | PROTOTYPE_LEVEL_ROWS):
         from hiercam.grouping import shuffled_hierarchy
 
@@ -393,6 +406,34 @@ PROTOTYPE_LEVEL_ROWS = {"grouping_prototypes", "grouping_prototypes_shuffled"}
 #: Eq. 6 over level models trained on ``apart_hierarchy`` (similar classes grouped, classes that share images
 #: kept apart), and on its shuffled copy.
 APART_LEVEL_ROWS = {"grouping_apart", "grouping_apart_shuffled"}
+
+#: Eq. 6 over level models trained on the hierarchy the user gives (``GIVEN_HIERARCHIES``), and on its
+#: shuffled copy.
+GIVEN_LEVEL_ROWS = {"grouping_given", "grouping_given_shuffled"}
+
+#: The hierarchies a user gives: ``ClassHierarchy.save`` JSON files, each written for one dataset's classes.
+#: ``msrc21_objects_wordnet.json``: MSRC-21's 15 objects (VOC-style) grouped by their WordNet hypernyms into
+#: as many groups as the config's level (6): mammals {cow, sheep, cat, dog}, vehicles {aeroplane, car,
+#: bicycle, boat}, the person {face, body}, the other artefacts {sign, book, chair}, {flower} (a plant),
+#: {bird}; written by hand before any model of it was trained (docs/benchmarks.md, rule 7).
+GIVEN_HIERARCHIES = (ROOT / "benchmarks" / "hierarchies" / "msrc21_objects_wordnet.json",)
+
+
+def given_hierarchy(reference: ClassHierarchy) -> ClassHierarchy:
+    """The given hierarchy (``GIVEN_HIERARCHIES``) whose classes are ``reference``'s, in the same order.
+
+    Raises:
+        SystemExit: no given hierarchy is written for these classes.
+    """
+    for path in GIVEN_HIERARCHIES:
+        given = ClassHierarchy.load(path)
+        if given.class_names == reference.class_names:
+            return given
+    raise SystemExit(
+        f"the grouping_given rows need a given hierarchy of the classes {list(reference.class_names)};"
+        f" none of {[p.name for p in GIVEN_HIERARCHIES]} holds them"
+    )
+
 
 #: A third source of maps beside the two-model ensemble: Eq. 6 over the ensemble with the level models
 #: (``grouping_plus``, ``_shuffled``), and its controls with as many class models instead (``ensemble_plus``:
@@ -789,6 +830,8 @@ def row_makers(
                 "grouping_prototypes_shuffled": "prototypes_shuffled",
                 "grouping_apart": "apart",
                 "grouping_apart_shuffled": "apart_shuffled",
+                "grouping_given": "given",
+                "grouping_given_shuffled": "given_shuffled",
                 "grouping_plus": "fc",
                 "grouping_plus_shuffled": "shuffled",
             }[name]
@@ -1279,6 +1322,7 @@ CONTROLS = {
     "grouping": ("gradcam", "ensemble", "grouping_shuffled", "ensemble_fused"),
     "ensemble_fused": ("gradcam", "ensemble"),
     "grouping_apart": ("gradcam", "ensemble", "ensemble_fused", "grouping_apart_shuffled", "grouping"),
+    "grouping_given": ("gradcam", "ensemble", "ensemble_fused", "grouping_given_shuffled", "grouping"),
     "grouping_plus": (
         "gradcam",
         "ensemble",
@@ -1477,6 +1521,8 @@ ENSEMBLE_COST_ROWS = (
     "grouping_prototypes_shuffled",
     "grouping_apart",
     "grouping_apart_shuffled",
+    "grouping_given",
+    "grouping_given_shuffled",
     "prototype_others_ensemble",
     "prototype_grouping",
     "prototype_grouping_shuffled",
@@ -1517,6 +1563,7 @@ METHOD_ROWS = (
     "grouping_cooccurrence",
     "grouping_prototypes",
     "grouping_apart",
+    "grouping_given",
     "grouping_plus",
     "heads",
     "prototype",

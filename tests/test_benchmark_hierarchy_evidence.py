@@ -461,3 +461,66 @@ def test_records_are_read_in_seed_order_not_name_order(tmp_path: Path) -> None:
     ]
     ordered = script.in_seed_order(tmp_path.glob("validation_seed_*.json"))
     assert [p.stem for p in ordered] == [f"validation_seed_{s}" for s in (5, 9, 10, 40)]
+
+
+def test_given_hierarchy_groups_msrc_objects_by_their_wordnet_hypernyms(monkeypatch) -> None:
+    """Rule 7's hierarchy file holds the groups written in docs/benchmarks.md, for the VOC-style classes.
+
+    Oracles: the groups spelled out by hand; the class list of MSRC-21 without its stuff classes; the row's
+    maps against ``fused_over_models`` (itself checked against Eq. 6 by hand above) with each class given its
+    group's map.
+    """
+    from types import SimpleNamespace
+
+    import torch
+
+    from hiercam import ClassHierarchy
+    from hiercam.datasets._msrc_layout import MSRC21_CLASSES, MSRC21_STUFF_CLASSES
+
+    script = _script()
+    objects = tuple(name for name in MSRC21_CLASSES if name not in MSRC21_STUFF_CLASSES)
+    given = script.given_hierarchy(ClassHierarchy([[0] * len(objects)], list(objects)))
+    assert given.class_names == objects
+    assert sorted(sorted(names.strip("{}").split(", ")) for names in given.group_names(1)) == sorted(
+        sorted(group)
+        for group in (
+            ["cow", "sheep", "cat", "dog"],
+            ["aeroplane", "car", "bicycle", "boat"],
+            ["face", "body"],
+            ["sign", "book", "chair"],
+            ["flower"],
+            ["bird"],
+        )
+    )
+    assert given.singletons == ()
+    with pytest.raises(SystemExit, match="none of"):
+        script.given_hierarchy(ClassHierarchy([[0, 0, 1]], ["cat", "dog", "car"]))
+
+    generator = torch.Generator().manual_seed(7)
+    base = torch.rand(2, 4, 3, 3, generator=generator) + 0.01
+    group_raw = {name: torch.rand(2, 2, 3, 3, generator=generator) + 0.01 for name in ("given", "shuffled")}
+    monkeypatch.setattr(
+        script, "gradcam_maps", lambda ctx, trained, split, scales: group_raw.get(trained.content_key, base)
+    )
+    hierarchies = {"given": ClassHierarchy([[0, 1, 1, 0]]), "given_shuffled": ClassHierarchy([[0, 0, 1, 1]])}
+    models = script.SeedModels(
+        base=SimpleNamespace(content_key="base"),
+        partners=[],
+        hierarchies=hierarchies,
+        level_models={
+            "given": [SimpleNamespace(content_key="given")],
+            "given_shuffled": [SimpleNamespace(content_key="shuffled")],
+        },
+        heads={},
+        subcategory={},
+        recam={},
+    )
+    rows = ["grouping_given", "grouping_given_shuffled"]
+    makers = script.row_makers(SimpleNamespace(timings={}), models, rows, "val", print)
+    index, labels, size = torch.arange(2), torch.tensor([[1, 1, 0, 1], [0, 1, 0, 0]]), (3, 3)
+    for row, name, key in zip(rows, ("given", "given_shuffled"), ("given", "shuffled"), strict=True):
+        spread = group_raw[key][:, hierarchies[name].assignments(1)]
+        expected = script.fused_over_models(base, [spread], labels)
+        torch.testing.assert_close(makers[row](index, labels, size), expected)
+    assert script.cost("grouping_given", 1) == script.cost("grouping", 1) == (2, 2)
+    assert script.CONTROLS["grouping_given"][:4] == ("gradcam", "ensemble", "ensemble_fused", rows[1])
