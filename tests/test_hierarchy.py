@@ -269,3 +269,46 @@ def test_label_methods_take_labels_by_keyword() -> None:
     torch.testing.assert_close(h.group_presence(labels=labels, level=1), torch.tensor([1.0, 0.5]))
     with pytest.raises(ValueError, match="every group level has a group present in more than 50%"):
         h.drop_saturated_levels(labels=labels, max_presence=0.5)
+
+
+def test_from_groups_numbers_named_groups_in_their_order() -> None:
+    """Oracle: the integer assignments written by hand for the same groups."""
+    names = ["cat", "car", "dog", "bus", "tree"]
+    levels = [[["cat", "dog"], ["car", "bus"], ["tree"]], [["car", "bus"], ["cat", "dog", "tree"]]]
+    h = ClassHierarchy.from_groups(levels, names, singletons=[])
+    assert h == ClassHierarchy([[0, 1, 0, 1, 2], [1, 0, 1, 0, 1]], names)
+    kept = ClassHierarchy.from_groups(levels[:1], names, singletons=["tree"])
+    assert kept.singletons == (4,)
+    assert ClassHierarchy.from_dict(kept.to_dict()) == kept
+
+
+@pytest.mark.parametrize(
+    ("levels", "error", "match"),
+    [
+        ([[["cat"], ["dog", "cow"]]], ValueError, r"levels\[0\]\[1\]` names 'cow'"),
+        ([[["cat", "dog"], ["dog"]]], ValueError, r"puts 'dog' in groups 0 and 1"),
+        ([[["cat"], []]], ValueError, r"levels\[0\]\[1\]` is an empty group"),
+        ([[["cat"]]], ValueError, r"leaves class\(es\) 'dog', 'car' out"),
+        ([[["cat", "dog"], ["car"]], [["cat"], ["dog", "car"]]], ValueError, "must strictly decrease"),
+        ([["cat", "dog", "car"]], TypeError, r"levels\[0\]\[0\]` must be a sequence of class names"),
+        ([[["cat", 1], ["dog", "car"]]], TypeError, "must hold class names"),
+        ("cat", TypeError, "`levels` must be a sequence"),
+    ],
+)
+def test_from_groups_names_the_level_and_group_it_refuses(levels, error, match) -> None:
+    with pytest.raises(error, match=match):
+        ClassHierarchy.from_groups(levels, ["cat", "dog", "car"])
+
+
+def test_from_groups_refuses_unknown_or_repeated_class_names() -> None:
+    with pytest.raises(TypeError, match="`singletons` must hold class names"):
+        ClassHierarchy.from_groups([[["cat", "dog"], ["car"]]], ["cat", "dog", "car"], singletons=[2])
+    with pytest.raises(ValueError, match="must not repeat"):
+        ClassHierarchy.from_groups([[["cat"], ["dog"]]], ["cat", "cat"])
+    with pytest.raises(ValueError, match="`singletons` names 'cow'"):
+        ClassHierarchy.from_groups([[["cat", "dog"], ["car"]]], ["cat", "dog", "car"], singletons=["cow"])
+    with pytest.raises(ValueError, match="kept out of the grouping but shares"):
+        ClassHierarchy.from_groups([[["cat", "dog"], ["car"]]], ["cat", "dog", "car"], singletons=["cat"])
+    split = [[["cat", "dog"], ["car"], ["bus"]], [["cat", "car"], ["dog", "bus"]]]
+    with pytest.raises(ValueError, match="not nested"):
+        ClassHierarchy.from_groups(split, ["cat", "dog", "car", "bus"])

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from hiercam._validation import check_int, type_name
 
-__all__ = ["NAMES_SHOWN", "as_index_list", "check_assignment", "check_singletons"]
+__all__ = ["NAMES_SHOWN", "as_index_list", "assignment_of_groups", "check_assignment", "check_singletons"]
 
 NAMES_SHOWN = 8  # class names (or group ids) shown per group in trees and messages
 
@@ -81,3 +81,36 @@ def check_assignment(level: tuple[int, ...], index: int, finer: tuple[int, ...],
                 f"between groups {parent[child]} and {group} of level {index}"
             )
     return count
+
+
+def assignment_of_groups(groups: Any, index: int, names: tuple[str, ...]) -> list[int]:
+    """The assignment of a level written as its groups of class names (groups numbered in their order).
+
+    Every class must be in exactly one group; checked in time proportional to ``K``.
+    """
+    where = f"levels[{index}]"
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
+        raise TypeError(f"`{where}` must be a sequence of groups of class names, got {type_name(groups)}")
+    position = {name: k for k, name in enumerate(names)}
+    assignment: list[int | None] = [None] * len(names)
+    for g, group in enumerate(groups):
+        if isinstance(group, (str, bytes)) or not isinstance(group, Sequence):
+            raise TypeError(f"`{where}[{g}]` must be a sequence of class names, got {type_name(group)}")
+        if not group:
+            raise ValueError(f"`{where}[{g}]` is an empty group")
+        for name in group:
+            if not isinstance(name, str):
+                raise TypeError(f"`{where}[{g}]` must hold class names (str), got {type_name(name)}")
+            if name not in position:
+                raise ValueError(f"`{where}[{g}]` names {name!r}, which is not one of `class_names`")
+            k = position[name]
+            if assignment[k] is not None:
+                raise ValueError(f"`{where}` puts {name!r} in groups {assignment[k]} and {g}")
+            assignment[k] = g
+    missing = [names[k] for k, group in enumerate(assignment) if group is None]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:NAMES_SHOWN]) + (
+            ", ..." if len(missing) > NAMES_SHOWN else ""
+        )
+        raise ValueError(f"`{where}` leaves class(es) {shown} out of every group")
+    return [int(group) for group in assignment if group is not None]

@@ -24,7 +24,12 @@ from hiercam._validation import (
     format_shape,
     type_name,
 )
-from hiercam.hierarchy._checks import as_index_list, check_assignment, check_singletons
+from hiercam.hierarchy._checks import (
+    as_index_list,
+    assignment_of_groups,
+    check_assignment,
+    check_singletons,
+)
 from hiercam.hierarchy._io import FORMAT, FORMAT_VERSION, from_mapping, read_json
 from hiercam.hierarchy._tree import render_html, render_text
 from hiercam.hierarchy.saturation import SaturationMethods
@@ -199,6 +204,59 @@ class ClassHierarchy(SaturationMethods):
         if not isinstance(data, Mapping):
             raise TypeError(f"`data` must be a mapping, got {type_name(data)}")
         return from_mapping(cls, data, "`data`")
+
+    @classmethod
+    def from_groups(
+        cls,
+        levels: Sequence[Sequence[Sequence[str]]],
+        class_names: Sequence[str],
+        *,
+        singletons: Sequence[str] = (),
+    ) -> ClassHierarchy:
+        """A hierarchy written by hand: each group level as its groups of class names (e.g. from WordNet).
+
+        The groups of a level are numbered in the order given. Everything else is checked as the constructor
+        checks it (nested levels, strictly fewer groups per level).
+
+        Args:
+            levels: one sequence per group level ``1..L``; each holds that level's groups, each group a
+                non-empty sequence of names from ``class_names``; every class in exactly one group per level.
+            class_names: the ``K`` class names, in the classifier's order.
+            singletons: names of the classes kept out of the grouping (alone in their group at every level).
+
+        Returns:
+            The hierarchy; ``to_dict`` / ``save`` give its JSON (``grouping_source = "file"`` reads it).
+
+        Raises:
+            TypeError: a level, group, name or singleton has the wrong type.
+            ValueError: a name is not a class, a class is in two groups of a level or in none, a group is
+                empty, or the constructor refuses the levels; the message names the level and the group.
+
+        Examples:
+            >>> h = ClassHierarchy.from_groups(
+            ...     [[["cat", "dog"], ["car", "bus"]]], class_names=["cat", "car", "dog", "bus"]
+            ... )
+            >>> h.assignments(1)
+            tensor([0, 1, 0, 1])
+            >>> h.group_names(1)
+            ['{cat, dog}', '{car, bus}']
+        """
+        if class_names is None or isinstance(class_names, str) or not isinstance(class_names, Sequence):
+            raise TypeError(f"`class_names` must be a sequence of strings, got {type_name(class_names)}")
+        names = check_class_names(class_names, len(class_names))
+        if len(set(names)) != len(names):
+            raise ValueError("`class_names` must not repeat a name (groups name their classes)")
+        if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
+            raise TypeError(f"`levels` must be a sequence of group levels, got {type_name(levels)}")
+        assignments = [assignment_of_groups(groups, i, names) for i, groups in enumerate(levels)]
+        if isinstance(singletons, str) or not isinstance(singletons, Sequence):
+            raise TypeError(f"`singletons` must be a sequence of class names, got {type_name(singletons)}")
+        if not all(isinstance(name, str) for name in singletons):
+            raise TypeError("`singletons` must hold class names (str)")
+        unknown = [name for name in singletons if name not in names]
+        if unknown:
+            raise ValueError(f"`singletons` names {unknown[0]!r}, which is not one of `class_names`")
+        return cls(assignments, names, singletons=[names.index(name) for name in singletons])
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the hierarchy as JSON, atomically (a temporary file renamed into place)."""
