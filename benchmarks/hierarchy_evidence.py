@@ -1621,7 +1621,8 @@ def print_tables(folder: Path, only_seeds: Sequence[int] | None = None, compare:
     A row is shown over the seeds whose records hold it (the seeds are named); its difference to Grad-CAM is
     paired by seed. ``only_seeds``: only the records of these seeds (default: every record). ``compare``
     (``"row:other"`` pairs): each dataset's section ends with their test mIoU@0.15 differences paired by
-    seed, as ``--validation-table`` prints them on validation.
+    seed, as ``--validation-table`` prints them on validation, then their test mIoU@t* differences (each
+    row at its own threshold chosen on the seed's validation split).
     """
     from hiercam.grouping import hierarchy_agreement
 
@@ -1694,6 +1695,7 @@ def print_tables(folder: Path, only_seeds: Sequence[int] | None = None, compare:
                 elif pairs:
                     print(f"- {source} ({len(trees)} seeds): " + ", ".join(f"{v:.2f}" for v in pairs))
         print_comparisons([(dataset_folder.name, records)], compare, "test")
+        print_comparisons([(dataset_folder.name, records)], compare, "test", at="t_star")
 
 
 def group_mates(hierarchy: ClassHierarchy, labels: Tensor, level: int = 1) -> tuple[float, float]:
@@ -1901,12 +1903,16 @@ def print_validation(folders: Sequence[Path], dataset: str, compare: Sequence[st
 
 
 def print_comparisons(
-    sets: Sequence[tuple[str, Sequence[dict[str, Any]]]], compare: Sequence[str], split: str
+    sets: Sequence[tuple[str, Sequence[dict[str, Any]]]],
+    compare: Sequence[str],
+    split: str,
+    at: str = "paper",
 ) -> None:
-    """A rule's comparisons: each ``"row:other"`` pair's mIoU@0.15 difference on ``split``, paired by seed.
+    """A rule's comparisons: each ``"row:other"`` pair's mIoU difference on ``split``, paired by seed.
 
     For each named set of records that holds both rows: the mean difference, on how many seeds it is
-    positive, and its values in the records' order.
+    positive, and its values in the records' order. ``at``: ``"paper"`` (mIoU@0.15) or ``"t_star"`` (each
+    row at its own validation-chosen threshold).
     """
     pairs = []
     for pair in compare:
@@ -1917,9 +1923,10 @@ def print_comparisons(
     if not pairs:
         return
     name = {"val": "validation", "test": "test"}[split]
-    print(f"\n| records | comparison ({name} mIoU@0.15) | mean | above on | per seed |")
+    threshold = {"paper": "0.15", "t_star": "t*"}[at]
+    print(f"\n| records | comparison ({name} mIoU@{threshold}) | mean | above on | per seed |")
     print("| --- | --- | ---: | ---: | --- |")
-    key = f"{split}_miou_paper"
+    key = f"{split}_miou_{at}"
     for row, other in pairs:
         for label, records in sets:
             have = [r for r in records if row in r["results"] and other in r["results"]]

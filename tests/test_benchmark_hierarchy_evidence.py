@@ -188,8 +188,8 @@ def test_comparisons_on_the_test_split_read_the_test_figures(capsys) -> None:
     records = [
         {
             "results": {
-                "grouping": {"val_miou_paper": 0.0, "test_miou_paper": a},
-                "gradcam": {"test_miou_paper": b},
+                "grouping": {"val_miou_paper": 0.0, "test_miou_paper": a, "test_miou_t_star": a + 2},
+                "gradcam": {"test_miou_paper": b, "test_miou_t_star": b},
             }
         }
         for a, b in [(50.0, 49.0), (48.0, 48.5)]
@@ -199,6 +199,11 @@ def test_comparisons_on_the_test_split_read_the_test_figures(capsys) -> None:
     # by hand: +1.00, -0.50 -> mean +0.25, positive on 1 of 2
     assert "comparison (test mIoU@0.15)" in shown
     assert "| voc | grouping - gradcam | +0.25 | 1 of 2 | +1.00, -0.50 |" in shown
+    # each row at its own validation-chosen threshold: +3.00, +1.50 -> mean +2.25, positive on 2 of 2
+    script.print_comparisons([("voc", records)], ["grouping:gradcam"], "test", at="t_star")
+    shown = capsys.readouterr().out
+    assert "comparison (test mIoU@t*)" in shown
+    assert "| voc | grouping - gradcam | +2.25 | 2 of 2 | +3.00, +1.50 |" in shown
     script.print_comparisons([("voc", records)], [], "test")
     assert capsys.readouterr().out == ""
 
