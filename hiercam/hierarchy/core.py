@@ -241,7 +241,7 @@ class ClassHierarchy(SaturationMethods):
             >>> h.group_names(1)
             ['{cat, dog}', '{car, bus}']
         """
-        if class_names is None or isinstance(class_names, str) or not isinstance(class_names, Sequence):
+        if isinstance(class_names, str) or not isinstance(class_names, Sequence):
             raise TypeError(f"`class_names` must be a sequence of strings, got {type_name(class_names)}")
         names = check_class_names(class_names, len(class_names))
         if len(set(names)) != len(names):
