@@ -290,8 +290,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
             prototype_embeddings(ctx, base), ctx.data("train").labels, hierarchy, APART_RATE
         )
         hierarchies["apart_shuffled"] = shuffled_hierarchy(hierarchies["apart"], seed=ctx.config.seed)
-        names = hierarchies["apart"].class_names
-        log(f"apart hierarchy, level 1: {[[names[k] for k in g] for g in hierarchies['apart'].groups(1)]}")
+        log(f"apart hierarchy, level 1: {', '.join(hierarchies['apart'].group_names(1))}")
     for row in sorted(wanted & APART_LEVEL_ROWS):  # level models on the apart hierarchy or its shuffled copy
         name = "apart" + ("_shuffled" if row.endswith("_shuffled") else "")
         level_models[name] = level_models_on(name)
@@ -300,8 +299,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
 
         hierarchies["given"] = given_hierarchy(hierarchy)
         hierarchies["given_shuffled"] = shuffled_hierarchy(hierarchies["given"], seed=ctx.config.seed)
-        names = hierarchy.class_names
-        log(f"given hierarchy, level 1: {[[names[k] for k in g] for g in hierarchies['given'].groups(1)]}")
+        log(f"given hierarchy, level 1: {', '.join(hierarchies['given'].group_names(1))}")
         for row in sorted(wanted & GIVEN_LEVEL_ROWS):  # level models on the given hierarchy or its shuffle
             name = "given" + ("_shuffled" if row.endswith("_shuffled") else "")
             level_models[name] = level_models_on(name)
@@ -311,9 +309,7 @@ def train_models(ctx: RunContext, rows: Sequence[str], log: Callable[[str], None
         source = group_source(ctx)
         hierarchies[f"{source}_shuffled"] = shuffled_hierarchy(hierarchies[source], seed=ctx.config.seed)
     if wanted & PROTOTYPE_LEVEL_ROWS:
-        names = hierarchies["prototypes"].class_names
-        groups = [[names[k] for k in group] for group in hierarchies["prototypes"].groups(1)]
-        log(f"prototype hierarchy, level 1: {groups}")
+        log(f"prototype hierarchy, level 1: {', '.join(hierarchies['prototypes'].group_names(1))}")
     # level models on group_source's hierarchy ("prototypes" with a pretrained backbone) or its shuffled copy
     for row in sorted(wanted & {"prototype_grouping", "prototype_grouping_shuffled", *PROTOTYPE_LEVEL_ROWS}):
         name = group_source(ctx) + ("_shuffled" if row.endswith("_shuffled") else "")
